@@ -1,0 +1,57 @@
+# edgefleet — every target sets itself up: `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+PROTO_SRC := $(shell find protos -name '*.proto' | sort)
+PROTO_STAMP := protos/.generated
+MODELS_STAMP := models/.built
+
+.PHONY: install protos models demo test lint bench stubs fleet-demo clean
+
+install: $(INSTALLED)
+
+# torch comes from the local CPU wheel first; a loose requirement would pull a 5 GB CUDA build.
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+protos: $(PROTO_STAMP)
+
+# Python stubs are generated with the installed grpcio-tools so gencode and runtime always match.
+$(PROTO_STAMP): $(INSTALLED) $(PROTO_SRC)
+	find protos -name '*_pb2*.py*' -delete
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+	touch $@
+
+models: $(MODELS_STAMP)
+
+$(MODELS_STAMP): $(PROTO_STAMP) scripts/build_default_models.py
+	$(PY) scripts/build_default_models.py --repository models
+	touch $@
+
+demo: $(MODELS_STAMP)
+	$(VENV)/bin/edgefleet demo --repository models
+
+test: $(MODELS_STAMP)
+	$(PY) -m pytest -q
+
+lint: $(PROTO_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+bench: $(MODELS_STAMP)
+	for script in bench/bench_*.py; do $(PY) $$script || exit 1; done
+
+stubs: $(PROTO_STAMP)
+	bash scripts/gen_stubs.sh
+
+fleet-demo: $(MODELS_STAMP)
+	$(PY) -m fleet.demo --repository models
+
+clean:
+	rm -rf $(VENV) models build .mypy_cache .pytest_cache $(PROTO_STAMP)
+	find protos -name '*_pb2*.py*' -delete

@@ -1,0 +1,236 @@
+"""The model manifest: `<repository>/<name>/<version>/manifest.json`.
+
+One manifest describes one model version: its format and file, its tensors, how camera frames
+become its input (preprocess), how its output becomes labels (postprocess), batching, pinned
+runtime choices, and the sha256 of every file in the version directory. It is the contract
+between `make models` / `edgefleet export`, the server, the hardware planner and the fleet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from server.errors import InvalidManifest
+
+MANIFEST_FILENAME = "manifest.json"
+SCHEMA_VERSION = 1
+
+DType = Literal[
+    "bool", "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64",
+    "float16", "float32", "float64",
+]  # fmt: skip
+# A dimension is a fixed size, or dynamic: -1 or a symbolic name such as "N".
+Dim = int | str
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    name: str
+    dtype: DType
+    # Full shape, batch dimension first when the model batches.
+    shape: list[Dim]
+
+    @field_validator("shape")
+    @classmethod
+    def _dims_are_valid(cls, shape: list[Dim]) -> list[Dim]:
+        for dim in shape:
+            if isinstance(dim, int) and dim < -1:
+                raise ValueError(f"dimension {dim} is invalid: use a size >= 0, -1 or a name")
+        return shape
+
+    def fixed_dims(self) -> list[int]:
+        """The shape with every dynamic dimension as -1."""
+        return [dim if isinstance(dim, int) else -1 for dim in self.shape]
+
+
+class Preprocess(_Strict):
+    """How a camera frame (uint8 HWC) becomes the model's input tensor."""
+
+    input: str
+    # Height and width the model expects.
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    # stretch: plain resize; letterbox: keep aspect ratio, pad with `pad_value`.
+    resize: Literal["stretch", "letterbox"] = "stretch"
+    pad_value: int = Field(default=114, ge=0, le=255)
+    # Colour order the model was trained on.
+    color: Literal["rgb", "bgr"] = "rgb"
+    # Applied on the 0..255 scale: (pixel - mean) / std, per channel.
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    layout: Literal["nchw", "nhwc"] = "nchw"
+    dtype: Literal["float32", "float16", "uint8"] = "float32"
+
+    @field_validator("std")
+    @classmethod
+    def _std_nonzero(cls, std: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(value == 0 for value in std):
+            raise ValueError("std must not contain 0")
+        return std
+
+
+class Postprocess(_Strict):
+    """How the model's output becomes a result."""
+
+    kind: Literal["classification", "raw"] = "raw"
+    # The output tensor holding class scores (classification only).
+    output: str | None = None
+    softmax: bool = True
+    top_k: int = Field(default=5, ge=1)
+    # One label per line, class id = line number; relative to the version directory.
+    labels_file: str | None = None
+
+    @model_validator(mode="after")
+    def _classification_names_output(self) -> Postprocess:
+        if self.kind == "classification" and not self.output:
+            raise ValueError("classification postprocess needs `output`")
+        return self
+
+
+class Batching(_Strict):
+    # 0 disables batching; the model's first dimension is then not a batch dimension.
+    max_batch_size: int = Field(default=8, ge=0)
+    max_queue_delay_us: int = Field(default=2000, ge=0)
+    # Requests waiting for a batch; beyond this the model answers Overloaded.
+    max_queue_size: int = Field(default=128, ge=1)
+
+
+class RuntimePins(_Strict):
+    """Choices the operator pinned; the hardware planner never overrides them."""
+
+    providers: list[str] | None = None
+    precision: Precision | None = None
+    intra_op_threads: int | None = Field(default=None, ge=1)
+    inter_op_threads: int | None = Field(default=None, ge=1)
+    max_batch_size: int | None = Field(default=None, ge=0)
+    max_queue_delay_us: int | None = Field(default=None, ge=0)
+    instance_count: int | None = Field(default=None, ge=1)
+    autotune: bool | None = None
+
+
+class ModelManifest(_Strict):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str
+    version: str
+    format: Literal["onnx", "torchscript"]
+    # The model file, relative to the version directory.
+    model_file: str
+    inputs: Annotated[list[TensorSpec], Field(min_length=1)]
+    outputs: Annotated[list[TensorSpec], Field(min_length=1)]
+    preprocess: Preprocess | None = None
+    postprocess: Postprocess = Postprocess()
+    batching: Batching = Batching()
+    runtime: RuntimePins = RuntimePins()
+    # sha256 of every file in the version directory except the manifest itself.
+    files: dict[str, str]
+    description: str = ""
+    # Free-form provenance written by tools (export verification report, ...).
+    provenance: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("version")
+    @classmethod
+    def _version_is_number(cls, version: str) -> str:
+        if not version.isdigit() or int(version) < 1:
+            raise ValueError(f"version {version!r} must be a positive integer")
+        return version
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> ModelManifest:
+        input_names = {spec.name for spec in self.inputs}
+        output_names = {spec.name for spec in self.outputs}
+        if self.model_file not in self.files:
+            raise ValueError(f"model_file {self.model_file!r} has no entry in `files`")
+        if self.preprocess and self.preprocess.input not in input_names:
+            raise ValueError(f"preprocess.input {self.preprocess.input!r} is not a model input")
+        post = self.postprocess
+        if post.output and post.output not in output_names:
+            raise ValueError(f"postprocess.output {post.output!r} is not a model output")
+        if post.labels_file and post.labels_file not in self.files:
+            raise ValueError(f"labels_file {post.labels_file!r} has no entry in `files`")
+        for relative in self.files:
+            path = Path(relative)
+            if path.is_absolute() or ".." in path.parts:
+                raise ValueError(f"file {relative!r} escapes the version directory")
+        return self
+
+    def input_spec(self, name: str) -> TensorSpec:
+        return next(spec for spec in self.inputs if spec.name == name)
+
+    def output_spec(self, name: str) -> TensorSpec:
+        return next(spec for spec in self.outputs if spec.name == name)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_directory(version_dir: Path) -> dict[str, str]:
+    """sha256 of every file under `version_dir` except the manifest, keyed by relative path."""
+    return {
+        path.relative_to(version_dir).as_posix(): sha256_file(path)
+        for path in sorted(version_dir.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_FILENAME
+    }
+
+
+def read_manifest(version_dir: Path) -> ModelManifest:
+    """Parse the manifest of one version directory; does not check file hashes."""
+    path = version_dir / MANIFEST_FILENAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidManifest(f"{path}: no manifest") from None
+    except OSError as exc:
+        raise InvalidManifest(f"{path}: unreadable ({exc.strerror})") from None
+    try:
+        manifest = ModelManifest.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "manifest"
+        raise InvalidManifest(f"{path}: {where}: {first['msg']}") from None
+    if manifest.version != version_dir.name:
+        raise InvalidManifest(
+            f"{path}: says version {manifest.version} but lives in directory {version_dir.name}"
+        )
+    return manifest
+
+
+def verify_files(version_dir: Path, manifest: ModelManifest) -> None:
+    """Raise InvalidManifest unless every listed file exists with the listed sha256."""
+    for relative, expected in manifest.files.items():
+        path = version_dir / relative
+        if not path.is_file():
+            raise InvalidManifest(f"{manifest.name}/{manifest.version}: {relative} is missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise InvalidManifest(
+                f"{manifest.name}/{manifest.version}: {relative} sha256 is {actual[:12]}..., "
+                f"manifest expects {expected[:12]}... (corrupt or tampered file)"
+            )
+
+
+def write_manifest(version_dir: Path, manifest: ModelManifest) -> Path:
+    path = version_dir / MANIFEST_FILENAME
+    payload = manifest.model_dump(mode="json", exclude_defaults=False)
+    path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def load_labels(version_dir: Path, manifest: ModelManifest) -> list[str]:
+    if not manifest.postprocess.labels_file:
+        return []
+    text = (version_dir / manifest.postprocess.labels_file).read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]

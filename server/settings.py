@@ -1,0 +1,39 @@
+"""Typed server settings, built once by the CLI (flags over `EDGEFLEET_*` env) and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A raw 3840x2160 RGB frame is 24.9 MB; leave room for the envelope.
+DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", frozen=True, extra="forbid")
+
+    repository: Path = Path("models")
+    # Insecure serving stays on loopback by default; bind wider on purpose.
+    host: str = "127.0.0.1"
+    # 0 picks a free port (tests); the bound port is logged and written to `port_file`.
+    port: int = Field(default=8001, ge=0, le=65535)
+    # Prometheus endpoint; -1 disables it.
+    metrics_port: int = Field(default=8002, ge=-1, le=65535)
+    port_file: Path | None = None
+    # Models to load at start; None loads every model in the repository (newest version).
+    models: tuple[str, ...] | None = None
+    max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
+    # Frames accepted but unanswered per camera stream, unless the stream asks for fewer.
+    stream_max_in_flight: int = Field(default=4, ge=1, le=256)
+    # Upper bound a stream may ask for.
+    stream_max_in_flight_limit: int = Field(default=64, ge=1)
+    # Concurrent unary/stream requests before new ones get RESOURCE_EXHAUSTED.
+    max_concurrent_rpcs: int = Field(default=1024, ge=1)
+    # Seconds SIGTERM waits for in-flight work before cancelling it.
+    shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Threads for preprocessing (decode, resize, normalise) shared by all streams.
+    preprocess_threads: int = Field(default=2, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
