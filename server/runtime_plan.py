@@ -1,0 +1,119 @@
+"""What a model version runs with, and why: the contract between planners and backends.
+
+`ManifestPlanner` is the plain planner: it takes the manifest's batching and pins and the
+execution providers onnxruntime offers here. The hardware planner (`server.hardware`) decides
+from probed facts and a policy instead; both return the same `RuntimePlan`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from server.manifest import ModelManifest
+
+# Fastest first; CPU is always last and always present.
+PROVIDER_PREFERENCE = (
+    "TensorrtExecutionProvider",
+    "CUDAExecutionProvider",
+    "OpenVINOExecutionProvider",
+    "CPUExecutionProvider",
+)
+
+
+@dataclass(frozen=True)
+class RuntimePlan:
+    backend: str
+    # The file to load, relative to the version directory (a converted model may differ).
+    model_file: str
+    providers: tuple[str, ...]
+    precision: str
+    intra_op_threads: int
+    inter_op_threads: int
+    max_batch_size: int
+    max_queue_delay_us: int
+    max_queue_size: int
+    instance_count: int = 1
+    # One line per decision: "precision" -> "fp32: no int8-capable CPU features".
+    reasons: Mapping[str, str] = field(default_factory=dict)
+    # Decisions taken from the manifest or the command line, not made by the planner.
+    pinned: frozenset[str] = frozenset()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["providers"] = list(self.providers)
+        data["reasons"] = dict(self.reasons)
+        data["pinned"] = sorted(self.pinned)
+        return data
+
+
+class Planner(Protocol):
+    def plan(self, version_dir: Path, manifest: ModelManifest) -> RuntimePlan:
+        """Decide how to run one model version. May be slow (quantize, autotune): runs off-loop."""
+        ...
+
+
+def available_onnx_providers() -> tuple[str, ...]:
+    import onnxruntime
+
+    offered = set(onnxruntime.get_available_providers())
+    return tuple(name for name in PROVIDER_PREFERENCE if name in offered) or (
+        "CPUExecutionProvider",
+    )
+
+
+class ManifestPlanner:
+    """Runs what the manifest says, on every provider offered here, with one intra-op thread
+    per available core."""
+
+    def __init__(self, intra_op_threads: int | None = None) -> None:
+        self._intra_op_threads = intra_op_threads
+
+    def plan(self, version_dir: Path, manifest: ModelManifest) -> RuntimePlan:
+        pins = manifest.runtime
+        pinned: set[str] = set()
+        reasons: dict[str, str] = {"backend": f"the manifest's format is {manifest.format}"}
+        if pins.providers:
+            providers, reasons["providers"] = tuple(pins.providers), "pinned in the manifest"
+            pinned.add("providers")
+        elif manifest.format == "onnx":
+            providers = available_onnx_providers()
+            reasons["providers"] = "every onnxruntime provider available here, fastest first"
+        else:
+            providers, reasons["providers"] = ("cpu",), "TorchScript runs on the CPU here"
+        cores = len(os.sched_getaffinity(0))
+        threads = pins.intra_op_threads or self._intra_op_threads or cores
+        reasons["intra_op_threads"] = (
+            "pinned" if pins.intra_op_threads else f"{cores} cores available to this process"
+        )
+        max_batch = (
+            pins.max_batch_size
+            if pins.max_batch_size is not None
+            else manifest.batching.max_batch_size
+        )
+        delay = (
+            pins.max_queue_delay_us
+            if pins.max_queue_delay_us is not None
+            else manifest.batching.max_queue_delay_us
+        )
+        for key in ("intra_op_threads", "max_batch_size", "max_queue_delay_us", "precision"):
+            if getattr(pins, key) is not None:
+                pinned.add(key)
+        reasons.setdefault("max_batch_size", "from the manifest's batching section")
+        return RuntimePlan(
+            backend=manifest.format,
+            model_file=manifest.model_file,
+            providers=providers,
+            precision=pins.precision or "fp32",
+            intra_op_threads=threads,
+            inter_op_threads=pins.inter_op_threads or 1,
+            max_batch_size=max_batch,
+            max_queue_delay_us=delay,
+            max_queue_size=manifest.batching.max_queue_size,
+            instance_count=pins.instance_count or 1,
+            reasons=reasons,
+            pinned=frozenset(pinned),
+        )
