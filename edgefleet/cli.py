@@ -1,0 +1,47 @@
+"""`edgefleet` command line: one typer app, each area registers its own commands.
+
+Each area's `register(app)` must stay cheap: heavy imports (onnxruntime, torch, grpc) happen
+inside the command functions, so `edgefleet --help` starts fast and never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+# Modules exposing `register(app: typer.Typer) -> None`, in help order.
+COMMAND_MODULES = (
+    "server.cli",  # serve, demo
+    "server.hardware.cli",  # probe
+    "client.cli",  # stream
+    "fleet.cli",  # controller
+    "edgefleet.export.cli",  # export
+)
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="edgefleet",
+        help="Neural-network inference on fleets of edge devices.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+    )
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # An area still being built is simply absent; a broken import inside it is not.
+            if exc.name != module_name and not module_name.startswith(f"{exc.name}."):
+                raise
+            continue
+        module.register(app)
+    return app
+
+
+def main() -> None:
+    build_app()()
+
+
+if __name__ == "__main__":
+    main()
