@@ -1,0 +1,1 @@
+"""Generated gRPC code lives beside the .proto sources; run `make protos`."""
