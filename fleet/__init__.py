@@ -1,0 +1,1 @@
+"""Fleet control: the controller, the device agent, signed model bundles and `fleetctl`."""

@@ -1,0 +1,61 @@
+"""Tiny ONNX classifiers built in-process, so fleet tests need no exported model.
+
+`slow_layers` repeats one MatMul+Relu layer (one shared weight, so the file stays small): the
+graph does measurably more work per frame, which the canary-fail test relies on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from server.manifest import Batching, ModelManifest, TensorSpec, hash_directory, write_manifest
+
+FEATURES = 256
+CLASSES = 10
+
+
+def build_model_dir(root: Path, name: str, version: str, slow_layers: int = 0) -> Path:
+    """Write `<root>/<name>/<version>/` with model.onnx and a valid manifest; return the dir."""
+    rng = np.random.default_rng(int(version) + slow_layers)
+    hidden = numpy_helper.from_array(
+        (rng.standard_normal((FEATURES, FEATURES)) / FEATURES).astype(np.float32), "hidden"
+    )
+    head = numpy_helper.from_array(
+        rng.standard_normal((FEATURES, CLASSES)).astype(np.float32), "head"
+    )
+    nodes, current = [], "input"
+    for layer in range(slow_layers):
+        nodes.append(helper.make_node("MatMul", [current, "hidden"], [f"mm{layer}"]))
+        nodes.append(helper.make_node("Relu", [f"mm{layer}"], [f"act{layer}"]))
+        current = f"act{layer}"
+    nodes.append(helper.make_node("MatMul", [current, "head"], ["logits"]))
+    graph = helper.make_graph(
+        nodes,
+        f"{name}_v{version}",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", FEATURES])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
+        initializer=[hidden, head],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    version_dir = root / name / version
+    version_dir.mkdir(parents=True)
+    onnx.save(model, version_dir / "model.onnx")
+    manifest = ModelManifest(
+        name=name,
+        version=version,
+        format="onnx",
+        model_file="model.onnx",
+        inputs=[TensorSpec(name="input", dtype="float32", shape=["N", FEATURES])],
+        outputs=[TensorSpec(name="logits", dtype="float32", shape=["N", CLASSES])],
+        batching=Batching(max_batch_size=8, max_queue_delay_us=500),
+        files=hash_directory(version_dir),
+        description=f"test classifier with {slow_layers} extra layers",
+    )
+    write_manifest(version_dir, manifest)
+    return version_dir
