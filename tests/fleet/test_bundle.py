@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import tarfile
@@ -11,7 +13,7 @@ import pytest
 
 from fleet.bundle import build_bundle, install_bundle, verify_bundle
 from fleet.errors import BundleRejected
-from fleet.keys import TrustedKeys, generate_keypair, load_private_key
+from fleet.keys import TrustedKeys, generate_keypair, key_id, load_private_key
 from server.manifest import read_manifest, verify_files
 from tests.fleet.modelgen import build_model_dir
 
@@ -113,19 +115,44 @@ def test_truncated_bundle_is_rejected(tmp_path, bundle, keys, keep):
     _assert_rejected(truncated, keys, "truncated|corrupt|missing", tmp_path)
 
 
-def test_path_traversal_is_rejected_even_when_signed(tmp_path, keys):
+def _resign(index_bytes: bytes, key_path: Path) -> bytes:
+    key = load_private_key(key_path)
+    signature = base64.b64encode(key.sign(index_bytes)).decode()
+    return json.dumps({"key_id": key_id(key.public_key()), "signature": signature}).encode()
+
+
+@pytest.mark.parametrize("evil_path", ["../../escaped.txt", "/tmp/escaped.txt", "a/../../x"])
+def test_path_traversal_is_rejected_even_when_signed(tmp_path, bundle, keys, evil_path):
     # A compromised build pipeline signs whatever it is given: paths are checked regardless.
-    model_dir = build_model_dir(tmp_path / "src", "tiny", "1")
-    good = build_bundle(model_dir, "tiny", "3", load_private_key(keys["release"]), tmp_path)
-    evil = _rewrite(
-        good,
-        tmp_path / "evil.efb",
-        lambda n, d: (
-            [(n, d), ("files/../../escaped.txt", b"owned")] if n == "bundle.json" else [(n, d)]
-        ),
-    )
+    payload = b"owned"
+    state = {}
+
+    def inject(name, data):
+        if name == "bundle.json":
+            index = json.loads(data)
+            index["files"][evil_path] = {"sha256": hashlib.sha256(payload).hexdigest(), "size": 5}
+            state["index"] = json.dumps(index, sort_keys=True).encode()
+            return [(name, state["index"])]
+        if name == "bundle.sig":
+            return [
+                (name, _resign(state["index"], keys["release"])),
+                ("files/" + evil_path, payload),
+            ]
+        return [(name, data)]
+
+    evil = _rewrite(bundle, tmp_path / "evil.efb", inject)
     _assert_rejected(evil, keys, "path traversal", tmp_path)
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_member_outside_the_signed_index_is_rejected(tmp_path, bundle, keys):
+    def smuggle(name, data):
+        extra = [("files/../../escaped.txt", b"owned")] if name == "bundle.sig" else []
+        return [(name, data), *extra]
+
+    _assert_rejected(
+        _rewrite(bundle, tmp_path / "s.efb", smuggle), keys, "path traversal", tmp_path
+    )
 
 
 def test_symlink_member_is_rejected(tmp_path, bundle, keys):
