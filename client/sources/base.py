@@ -1,0 +1,29 @@
+"""What every frame source offers, and the one error a source raises."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from client.frames import CapturedFrame
+
+
+class SourceError(Exception):
+    """A source that cannot be opened or read; the message names the source and the reason."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class FrameSource(Protocol):
+    # What the user asked for (path, URL, `pattern:640x480`), for messages and displays.
+    name: str
+    # Frames per second the source is meant to play at; None when it has no clock of its own
+    # (an image folder) or paces itself (a live camera, whose reads block until a frame comes).
+    native_fps: float | None
+
+    def frames(self) -> AsyncIterator[CapturedFrame]:
+        """Yield frames until the source ends; close the underlying device when done."""
+        ...

@@ -1,0 +1,414 @@
+"""One camera's FrameStream: send frames from any async iterator, receive results as they come.
+
+The connection can break (server restart, network): the client reconnects with exponential
+backoff and jitter, opens the stream again and resumes. Frames the broken connection had not
+answered are re-sent under the BLOCK policy (recorded video: nothing may be lost) and counted as
+lost under DROP_OLDEST (a live camera wants the freshest frame, not a stale one).
+
+Memory stays bounded whatever the consumer does: the send queue holds `send_queue_frames`, the
+in-flight table is capped, and results are read only as fast as the caller takes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import grpc
+
+from client.frames import CapturedFrame, Encoding, encode_frame
+from client.stats import StreamState, StreamStats
+from protos.edgefleet.v1 import frame_stream_pb2 as pb
+from protos.edgefleet.v1 import frame_stream_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+# Codes a restart or a network blip produces; anything else (bad model, bad token) is final.
+RETRYABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+)
+# Frames remembered for latency and resend; past this the oldest is written off as lost.
+MAX_TRACKED_IN_FLIGHT = 4096
+
+_WIRE_ENCODING = {Encoding.JPEG: pb.FRAME_ENCODING_JPEG, Encoding.RAW: pb.FRAME_ENCODING_RAW_BGR}
+
+
+class OverloadPolicy(StrEnum):
+    DROP_OLDEST = "drop-oldest"
+    BLOCK = "block"
+
+
+_WIRE_POLICY = {
+    OverloadPolicy.DROP_OLDEST: pb.OVERLOAD_POLICY_DROP_OLDEST,
+    OverloadPolicy.BLOCK: pb.OVERLOAD_POLICY_BLOCK,
+}
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    """Exponential backoff with jitter; `max_attempts` consecutive failures end the stream."""
+
+    initial_s: float = 0.1
+    max_s: float = 5.0
+    multiplier: float = 2.0
+    # Up to this fraction of each delay is randomised away, so cameras do not reconnect in step.
+    jitter: float = 0.5
+    # 0 retries forever (a camera that must come back whenever the server does).
+    max_attempts: int = 8
+
+    def delay_s(self, attempt: int, rng: random.Random) -> float:
+        base = min(self.max_s, self.initial_s * self.multiplier ** max(attempt - 1, 0))
+        return base * (1.0 - self.jitter * rng.random())
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    model_name: str
+    # Empty: the server's active version, following hot swaps.
+    model_version: str = ""
+    encoding: Encoding = Encoding.JPEG
+    jpeg_quality: int = 85
+    overload_policy: OverloadPolicy = OverloadPolicy.DROP_OLDEST
+    # 0: the server's default window.
+    max_in_flight: int = 0
+    # 0: the model's default number of labels.
+    top_k: int = 0
+    stream_id: str = ""
+    source_fps: float = 0.0
+    # Encoded frames waiting for the wire; a live source drops the oldest when it is full.
+    send_queue_frames: int = 8
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+
+
+@dataclass(frozen=True)
+class Label:
+    class_id: int
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Connected:
+    stream_id: str
+    model_name: str
+    model_version: str
+    max_in_flight: int
+    resent: int
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    sequence: int
+    capture_time_unix_ns: int
+    model_name: str
+    model_version: str
+    labels: tuple[Label, ...]
+    # From sending the frame to receiving its result, on this host's monotonic clock.
+    latency_s: float | None
+    server_total_us: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class FramesDropped:
+    sequences: tuple[int, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class FrameRejected:
+    sequence: int
+    code: grpc.StatusCode
+    message: str
+
+
+@dataclass(frozen=True)
+class Reconnecting:
+    attempt: int
+    delay_s: float
+    reason: str
+    frames_lost: int
+
+
+StreamEvent = Connected | FrameResult | FramesDropped | FrameRejected | Reconnecting
+
+
+class StreamFailed(Exception):
+    """The stream cannot go on: a final status, or reconnect attempts ran out."""
+
+    def __init__(self, code: grpc.StatusCode | None, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class _Outgoing:
+    sequence: int
+    request: pb.StreamRequest
+    sent_at: float = 0.0
+
+
+_END = None
+_Call = grpc.aio.StreamStreamCall[pb.StreamRequest, pb.StreamResponse]
+_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class FrameStreamClient:
+    """Streams one source's frames over `channel` (owned by the caller) and yields events.
+
+    `metadata` is sent with every call (the auth token, see `client.security`).
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        config: StreamConfig,
+        metadata: tuple[tuple[str, str], ...] = (),
+        *,
+        stats: StreamStats | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._stub = pb_grpc.FrameStreamServiceStub(channel)
+        self._config = config
+        self._metadata = metadata
+        self.stats = stats if stats is not None else StreamStats()
+        self._rng = rng if rng is not None else random.Random()
+        self._outbox: asyncio.Queue[_Outgoing | None] = asyncio.Queue(config.send_queue_frames)
+        self._in_flight: OrderedDict[int, _Outgoing] = OrderedDict()
+        self._room = asyncio.Event()
+        self._window = 0
+        self._source_done = False
+        self._source_error: BaseException | None = None
+
+    async def stream(self, frames: AsyncIterable[CapturedFrame]) -> AsyncIterator[StreamEvent]:
+        """Send every frame of `frames`; yield events until all are answered, dropped or lost.
+
+        Raises StreamFailed when the server refuses the stream or cannot be reached in
+        `backoff.max_attempts` consecutive tries, and re-raises a source's own error at the end.
+        """
+        pump = asyncio.create_task(self._pump(frames), name="frame-pump")
+        resend: list[_Outgoing] = []
+        failures = 0
+        try:
+            while True:
+                outcome: str | grpc.aio.AioRpcError
+                call = self._stub.Stream(metadata=self._metadata)
+                sender = asyncio.create_task(self._send(call, resend), name="frame-sender")
+                resend = []
+                try:
+                    async for event in self._read(call):
+                        if isinstance(event, Connected):
+                            failures = 0
+                        yield event
+                    outcome = "done" if self._source_done else "server ended the stream early"
+                except grpc.aio.AioRpcError as error:
+                    outcome = error
+                finally:
+                    sender.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await sender
+                    call.cancel()
+                if outcome == "done":
+                    break
+                failures += 1
+                reason = self._check_retryable(outcome, failures)
+                resend, lost = self._collect_unanswered()
+                if self._source_done and not resend and self._outbox.empty():
+                    break
+                delay = self._config.backoff.delay_s(failures, self._rng)
+                self.stats.state = StreamState.RECONNECTING
+                self.stats.reconnects += 1
+                self.stats.last_error = reason
+                log.warning("stream broke (%s); reconnect %d in %.2fs", reason, failures, delay)
+                yield Reconnecting(failures, delay, reason, lost)
+                await asyncio.sleep(delay)
+            self.stats.state = StreamState.FINISHED
+        except BaseException:
+            self.stats.state = StreamState.FAILED
+            raise
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        if self._source_error is not None:
+            raise self._source_error
+
+    def _check_retryable(self, outcome: str | grpc.aio.AioRpcError, failures: int) -> str:
+        if isinstance(outcome, grpc.aio.AioRpcError):
+            code, details = outcome.code(), outcome.details() or ""
+            reason = f"{code.name}: {details}"
+            if code not in RETRYABLE_CODES:
+                self.stats.last_error = reason
+                raise StreamFailed(code, reason)
+        else:
+            code, reason = grpc.StatusCode.UNAVAILABLE, outcome
+        limit = self._config.backoff.max_attempts
+        if limit and failures >= limit:
+            self.stats.last_error = reason
+            raise StreamFailed(code, f"gave up after {failures} attempts: {reason}")
+        return reason
+
+    def _collect_unanswered(self) -> tuple[list[_Outgoing], int]:
+        """Frames the broken connection never answered: re-send (BLOCK) or write off."""
+        unanswered = list(self._in_flight.values())
+        self._in_flight.clear()
+        self._room.set()
+        if self._config.overload_policy is OverloadPolicy.BLOCK:
+            return unanswered, 0
+        self.stats.frames_lost += len(unanswered)
+        return [], len(unanswered)
+
+    def _open_request(self) -> pb.StreamRequest:
+        config = self._config
+        return pb.StreamRequest(
+            open=pb.StreamOpen(
+                model_name=config.model_name,
+                model_version=config.model_version,
+                encoding=_WIRE_ENCODING[config.encoding],
+                source_fps=config.source_fps,
+                overload_policy=_WIRE_POLICY[config.overload_policy],
+                max_in_flight=config.max_in_flight,
+                results=pb.ResultOptions(top_k=config.top_k),
+                stream_id=config.stream_id,
+            )
+        )
+
+    async def _pump(self, frames: AsyncIterable[CapturedFrame]) -> None:
+        """Encode frames off the loop and queue them; a live stream drops the oldest when full."""
+        config = self._config
+        sequence = 0
+        try:
+            async for frame in frames:
+                sequence += 1
+                outgoing = await asyncio.to_thread(self._encode, sequence, frame)
+                if config.overload_policy is OverloadPolicy.BLOCK:
+                    await self._outbox.put(outgoing)
+                    continue
+                if self._outbox.full():
+                    self._outbox.get_nowait()
+                    self.stats.frames_dropped_client += 1
+                self._outbox.put_nowait(outgoing)
+        except Exception as error:  # noqa: BLE001 - re-raised by stream() once in-flight work ends
+            self._source_error = error
+        await self._outbox.put(_END)
+
+    def _encode(self, sequence: int, frame: CapturedFrame) -> _Outgoing:
+        encoded = encode_frame(frame, self._config.encoding, self._config.jpeg_quality)
+        request = pb.StreamRequest(
+            frame=pb.Frame(
+                sequence=sequence,
+                capture_time_unix_ns=encoded.capture_time_unix_ns,
+                data=encoded.data,
+                width=encoded.width if encoded.encoding is Encoding.RAW else 0,
+                height=encoded.height if encoded.encoding is Encoding.RAW else 0,
+            )
+        )
+        return _Outgoing(sequence, request)
+
+    async def _send(self, call: _Call, resend: list[_Outgoing]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await call.write(self._open_request())
+            for outgoing in resend:
+                await self._wait_for_room()
+                self._track(outgoing, loop.time())
+                await call.write(outgoing.request)
+            while not self._source_done:
+                await self._wait_for_room()
+                item = await self._outbox.get()
+                if item is _END:
+                    self._source_done = True
+                    break
+                self._track(item, loop.time())
+                self.stats.frames_sent += 1
+                await call.write(item.request)
+            await call.done_writing()
+        except (grpc.RpcError, asyncio.InvalidStateError) as error:
+            # The call broke; the reader gets the same status and decides whether to reconnect.
+            log.debug("sender stopped: %r", error)
+
+    async def _wait_for_room(self) -> None:
+        """BLOCK streams keep at most `window` frames unanswered, so a resend stays bounded."""
+        while self._window and len(self._in_flight) >= self._window:
+            self._room.clear()
+            await self._room.wait()
+
+    def _track(self, outgoing: _Outgoing, now: float) -> None:
+        outgoing.sent_at = now
+        self._in_flight[outgoing.sequence] = outgoing
+        if len(self._in_flight) > MAX_TRACKED_IN_FLIGHT:
+            self._in_flight.popitem(last=False)
+            self.stats.frames_lost += 1
+
+    def _settle(self, sequence: int) -> _Outgoing | None:
+        outgoing = self._in_flight.pop(sequence, None)
+        self._room.set()
+        return outgoing
+
+    async def _read(self, call: _Call) -> AsyncIterator[StreamEvent]:
+        loop = asyncio.get_running_loop()
+        while True:
+            response = await call.read()
+            if not isinstance(response, pb.StreamResponse):
+                return  # grpc.aio.EOF: the server closed the stream
+            kind = response.WhichOneof("kind")
+            if kind == "opened":
+                opened = response.opened
+                if self._config.overload_policy is OverloadPolicy.BLOCK:
+                    # Twice the server's window keeps its batcher fed while bounding resends.
+                    self._window = 2 * max(int(opened.max_in_flight), 1)
+                self.stats.state = StreamState.STREAMING
+                yield Connected(
+                    opened.stream_id,
+                    opened.model_name,
+                    opened.model_version,
+                    opened.max_in_flight,
+                    resent=len(self._in_flight),
+                )
+            elif kind == "result":
+                yield self._on_result(response.result, loop.time())
+            elif kind == "dropped":
+                sequences = tuple(response.dropped.sequences)
+                for sequence in sequences:
+                    self._settle(sequence)
+                self.stats.frames_dropped += len(sequences)
+                yield FramesDropped(sequences, response.dropped.reason)
+            elif kind == "error":
+                error = response.error
+                self._settle(error.sequence)
+                self.stats.frames_rejected += 1
+                code = _CODE_BY_NUMBER.get(error.code, grpc.StatusCode.UNKNOWN)
+                self.stats.last_error = f"frame {error.sequence}: {code.name}: {error.message}"
+                yield FrameRejected(error.sequence, code, error.message)
+
+    def _on_result(self, result: pb.FrameResult, now: float) -> FrameResult:
+        outgoing = self._settle(result.sequence)
+        latency_s = now - outgoing.sent_at if outgoing is not None else None
+        labels = tuple(Label(lb.class_id, lb.label, lb.score) for lb in result.labels)
+        names = tuple(label.label for label in labels)
+        if latency_s is not None:
+            self.stats.record_result(latency_s, result.capture_time_unix_ns, names)
+        else:
+            self.stats.frames_answered += 1
+        return FrameResult(
+            sequence=result.sequence,
+            capture_time_unix_ns=result.capture_time_unix_ns,
+            model_name=result.model_name,
+            model_version=result.model_version,
+            labels=labels,
+            latency_s=latency_s,
+            server_total_us=result.timings.total_us,
+            batch_size=result.timings.batch_size,
+        )
