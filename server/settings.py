@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A raw 3840x2160 RGB frame is 24.9 MB; leave room for the envelope.
@@ -37,3 +37,10 @@ class ServerSettings(BaseSettings):
     # Threads for preprocessing (decode, resize, normalise) shared by all streams.
     preprocess_threads: int = Field(default=2, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # TLS is on when cert and key are both set (server/tls.py); a client CA also demands client
+    # certificates signed by it (mutual TLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # When set, every call except health checks must carry `authorization: Bearer <token>`.
+    auth_token: SecretStr | None = None
