@@ -1,0 +1,82 @@
+"""Auth token check for every RPC: a missing or wrong token is answered UNAUTHENTICATED.
+
+Clients send `authorization: Bearer <token>` metadata (client/security.py). Health checks stay
+open so a load balancer or an orchestrator can probe the server without the secret.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import grpc
+
+from server.settings import ServerSettings
+
+AUTH_METADATA_KEY = "authorization"
+EXEMPT_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
+
+if TYPE_CHECKING:
+    _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+else:  # the runtime class is not generic; the stubs are
+    _Handler = grpc.RpcMethodHandler
+
+
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, token: str, exempt_prefixes: Sequence[str] = EXEMPT_METHOD_PREFIXES) -> None:
+        if not token:
+            raise ValueError("an empty auth token would accept anyone")
+        self._expected = f"Bearer {token}".encode()
+        self._exempt = tuple(exempt_prefixes)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method or ""
+        if handler is None or method.startswith(self._exempt):
+            return handler
+        presented = None
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == AUTH_METADATA_KEY:
+                presented = value.encode() if isinstance(value, str) else value
+        if presented is not None and hmac.compare_digest(presented, self._expected):
+            return handler
+        reason = (
+            f"missing auth token: send metadata '{AUTH_METADATA_KEY}: Bearer <token>'"
+            if presented is None
+            else "invalid auth token"
+        )
+        return _refusing(handler, reason)
+
+
+def _refusing(handler: _Handler, reason: str) -> _Handler:
+    """A handler of the same shape as `handler` that only answers UNAUTHENTICATED."""
+
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+
+    make: Callable[..., _Handler]
+    if handler.request_streaming and handler.response_streaming:
+        make = grpc.stream_stream_rpc_method_handler
+    elif handler.request_streaming:
+        make = grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        make = grpc.unary_stream_rpc_method_handler
+    else:
+        make = grpc.unary_unary_rpc_method_handler
+    return make(
+        refuse,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+
+
+def auth_interceptors(settings: ServerSettings) -> list[grpc.aio.ServerInterceptor]:
+    """The interceptors `grpc.aio.server(interceptors=...)` needs for these settings."""
+    if settings.auth_token is None:
+        return []
+    return [TokenAuthInterceptor(settings.auth_token.get_secret_value())]
