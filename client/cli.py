@@ -1,0 +1,152 @@
+"""`edgefleet stream`: stream sources to a server with a live view and a final summary.
+
+`register` stays cheap; grpc, OpenCV and numpy load inside the command.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+STREAM_HELP = """Stream SOURCE... to a server, one FrameStream per source.
+
+SOURCE is a video file, an rtsp:// or http(s):// URL, an image folder or file, `webcam`,
+`webcam:N` or /dev/videoN, or `pattern`, `pattern:640x480` or `pattern:640x480@30` (synthetic
+colour bars with the frame counter burned in)."""
+
+
+def register(app: typer.Typer) -> None:
+    app.command("stream", help=STREAM_HELP)(stream_command)
+
+
+def stream_command(
+    sources: Annotated[list[str], typer.Argument(help="One or more sources.", show_default=False)],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model name on the server.")],
+    server: Annotated[str, typer.Option(help="Server HOST:PORT.")] = "127.0.0.1:8001",
+    model_version: Annotated[str, typer.Option(help="Pin a version (default: active).")] = "",
+    fps: Annotated[
+        float | None,
+        typer.Option(help="Frames per second; default: the source's own rate; 0: flat out."),
+    ] = None,
+    encoding: Annotated[str, typer.Option(help="jpeg (saves bandwidth) or raw.")] = "jpeg",
+    quality: Annotated[int, typer.Option(help="JPEG quality 1-100.")] = 85,
+    policy: Annotated[
+        str, typer.Option(help="auto, drop-oldest (live) or block (every frame).")
+    ] = "auto",
+    max_in_flight: Annotated[int, typer.Option(help="Unanswered frames; 0: server's.")] = 0,
+    top_k: Annotated[int, typer.Option(help="Labels per result; 0: model default.")] = 0,
+    duration: Annotated[float | None, typer.Option(help="Stop after S seconds.")] = None,
+    loop: Annotated[bool, typer.Option(help="Repeat files and folders.")] = False,
+    retries: Annotated[int, typer.Option(help="Reconnect attempts in a row; 0: forever.")] = 8,
+    output: Annotated[
+        tuple[str, Path] | None,
+        typer.Option(
+            help="`jsonl FILE`: write every result as one JSON line.", metavar="jsonl FILE"
+        ),
+    ] = None,
+    tls: Annotated[bool, typer.Option(help="Turn on TLS (system roots unless --ca).")] = False,
+    ca: Annotated[Path | None, typer.Option(help="CA certificate (PEM) to trust.")] = None,
+    cert: Annotated[Path | None, typer.Option(help="Client certificate for mutual TLS.")] = None,
+    key: Annotated[Path | None, typer.Option(help="Client key for mutual TLS.")] = None,
+    server_name: Annotated[str | None, typer.Option(help="Expected TLS server name.")] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="EDGEFLEET_TOKEN", help="Auth token (bearer).")
+    ] = None,
+    live: Annotated[bool, typer.Option(help="Live view (off when not a terminal).")] = True,
+) -> None:
+    import asyncio
+    import json
+    import logging
+    import signal
+
+    from pydantic import ValidationError
+    from rich.console import Console
+
+    from client.display import show_live, summary_table
+    from client.runner import StreamRun, run_streams
+    from client.security import SecurityConfigError
+    from client.settings import ClientSettings
+    from client.sources import FrameSource, SourceError, open_source
+
+    console = Console(stderr=True)
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    if output is not None and output[0] != "jsonl":
+        raise typer.BadParameter(f"unknown format {output[0]!r}; only jsonl", param_hint="--output")
+    if policy not in ("auto", "drop-oldest", "block"):
+        raise typer.BadParameter("auto, drop-oldest or block", param_hint="--policy")
+    try:
+        settings = ClientSettings(
+            server=server,
+            model=model,
+            model_version=model_version,
+            fps=fps,
+            encoding=encoding,
+            jpeg_quality=quality,
+            drop_oldest=None if policy == "auto" else policy == "drop-oldest",
+            max_in_flight=max_in_flight,
+            top_k=top_k,
+            duration_s=duration,
+            loop=loop,
+            retries=retries,
+            tls=tls,
+            tls_ca=ca,
+            tls_cert=cert,
+            tls_key=key,
+            tls_server_name=server_name,
+            token=token,
+            output_jsonl=output[1] if output else None,
+        )
+    except ValidationError as error:
+        console.print(f"[red]invalid options:[/] {error}")
+        raise typer.Exit(2) from error
+    opened: list[FrameSource] = []
+    for spec in sources:
+        try:
+            opened.append(open_source(spec, loop=settings.loop))
+        except SourceError as error:
+            console.print(f"[red]cannot open source[/] {error}")
+            raise typer.Exit(2) from error
+
+    async def main() -> list[StreamRun]:
+        stop = asyncio.Event()
+        loop_ = asyncio.get_running_loop()
+        # Ctrl-C ends the sources; frames already sent are still answered and summarised.
+        loop_.add_signal_handler(signal.SIGINT, stop.set)
+        done = asyncio.Event()
+        started: list[StreamRun] = []
+        view = None
+        if live and console.is_terminal:
+            started_event = asyncio.Event()
+
+            def on_start(runs: list[StreamRun]) -> None:
+                started.extend(runs)
+                started_event.set()
+
+            streams = asyncio.create_task(run_streams(settings, opened, stop, on_start))
+            await started_event.wait()
+            view = asyncio.create_task(show_live(console, started, done))
+        else:
+            streams = asyncio.create_task(run_streams(settings, opened, stop))
+        try:
+            return await streams
+        finally:
+            done.set()
+            if view is not None:
+                await view
+
+    try:
+        runs = asyncio.run(main())
+    except SecurityConfigError as error:
+        console.print(f"[red]TLS settings:[/] {error}")
+        raise typer.Exit(2) from error
+    Console().print(summary_table(runs))
+    if not console.is_terminal:
+        for stream_run in runs:
+            console.print(json.dumps(stream_run.summary()), soft_wrap=True, highlight=False)
+    failed = [stream_run for stream_run in runs if stream_run.error]
+    for stream_run in failed:
+        console.print(f"[red]{stream_run.source.name} failed:[/] {stream_run.error}")
+    if failed:
+        raise typer.Exit(1)

@@ -1,0 +1,101 @@
+"""The rich live view of running streams, and the summary table printed at the end."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from client.runner import StreamRun
+from client.stats import StreamState
+
+REFRESH_S = 0.25
+_STATE_STYLE = {
+    StreamState.CONNECTING: "yellow",
+    StreamState.STREAMING: "green",
+    StreamState.RECONNECTING: "bold yellow",
+    StreamState.FINISHED: "cyan",
+    StreamState.FAILED: "bold red",
+}
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def live_table(runs: Sequence[StreamRun]) -> Table:
+    table = Table(title="edgefleet stream", expand=False)
+    for column in ("source", "state", "sent", "answered", "dropped", "fps"):
+        table.add_column(column, justify="left" if column in ("source", "state") else "right")
+    table.add_column("p50/p95 ms", justify="right")
+    table.add_column("age ms", justify="right")
+    table.add_column("last result")
+    for run in runs:
+        snap = run.stats.snapshot()
+        state = snap.state.value
+        if snap.state is StreamState.RECONNECTING:
+            state = f"reconnecting (#{snap.reconnects})"
+        last = ", ".join(snap.last_labels[:2]) or (snap.last_error or "")
+        dropped = snap.frames_dropped + snap.frames_dropped_client + snap.frames_lost
+        table.add_row(
+            run.source.name,
+            f"[{_STATE_STYLE[snap.state]}]{state}[/]",
+            str(snap.frames_sent),
+            str(snap.frames_answered),
+            str(dropped),
+            f"{snap.fps:.1f}",
+            f"{_ms(snap.latency_p50_ms)}/{_ms(snap.latency_p95_ms)}",
+            _ms(snap.result_age_ms),
+            last[:60],
+        )
+    return table
+
+
+def summary_table(runs: Sequence[StreamRun]) -> Table:
+    table = Table(title="summary")
+    columns = (
+        "source", "state", "sent", "answered", "dropped (server)", "dropped (client)", "lost",
+        "rejected", "reconnects", "avg fps", "p50 ms", "p95 ms", "p99 ms", "last result",
+    )  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("source", "state") else "right")
+    for run in runs:
+        row = run.summary()
+        labels = row["last_labels"]
+        last = ", ".join(labels[:2]) if isinstance(labels, list) else ""
+        table.add_row(
+            run.source.name,
+            str(row["state"]),
+            *(
+                str(row[key])
+                for key in (
+                    "frames_sent",
+                    "frames_answered",
+                    "frames_dropped",
+                    "frames_dropped_client",
+                    "frames_lost",
+                    "frames_rejected",
+                    "reconnects",
+                    "average_fps",
+                )  # fmt: skip
+            ),
+            _ms(run.stats.snapshot().latency_p50_ms),
+            _ms(run.stats.snapshot().latency_p95_ms),
+            _ms(run.stats.snapshot().latency_p99_ms),
+            str(run.error or last)[:80],
+        )
+    return table
+
+
+async def show_live(console: Console, runs: Sequence[StreamRun], done: asyncio.Event) -> None:
+    """Redraw from the event loop (not rich's refresh thread: stats are not thread-safe)."""
+    with Live(live_table(runs), console=console, auto_refresh=False, transient=True) as live:
+        while not done.is_set():
+            live.update(live_table(runs), refresh=True)
+            try:
+                await asyncio.wait_for(done.wait(), REFRESH_S)
+            except TimeoutError:
+                continue

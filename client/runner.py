@@ -1,0 +1,200 @@
+"""Run several sources at once, one FrameStream each over one shared channel.
+
+This is how one box with many cameras looks to the server. `run_streams` is the async entry
+point; `run` is the thin synchronous helper for scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from client.security import ChannelSecurity, open_channel
+from client.settings import ClientSettings
+from client.sources import FrameSource, SourceError, paced, until_stopped
+from client.stats import StatsSnapshot, StreamState, StreamStats
+from client.stream import (
+    BackoffPolicy,
+    FrameRejected,
+    FrameResult,
+    FramesDropped,
+    FrameStreamClient,
+    OverloadPolicy,
+    Reconnecting,
+    StreamConfig,
+    StreamEvent,
+    StreamFailed,
+)
+
+
+@dataclass
+class StreamRun:
+    """One source's stream: live stats while running, elapsed time and error once done."""
+
+    source: FrameSource
+    stats: StreamStats
+    started_at: float = 0.0
+    finished_at: float | None = None
+    error: str | None = None
+
+    def elapsed_s(self) -> float:
+        end = self.finished_at if self.finished_at is not None else time.monotonic()
+        return max(end - self.started_at, 1e-9) if self.started_at else 0.0
+
+    def summary(self) -> dict[str, object]:
+        snapshot = self.stats.snapshot()
+        elapsed = self.elapsed_s()
+        return {
+            "source": self.source.name,
+            **snapshot.as_dict(),
+            "elapsed_s": round(elapsed, 3),
+            "average_fps": round(snapshot.frames_answered / elapsed, 2) if elapsed else 0.0,
+            "error": self.error,
+        }
+
+
+def security_from(settings: ClientSettings) -> ChannelSecurity:
+    return ChannelSecurity(
+        tls=settings.tls,
+        ca_cert=settings.tls_ca,
+        client_cert=settings.tls_cert,
+        client_key=settings.tls_key,
+        token=settings.token.get_secret_value() if settings.token else None,
+        server_name=settings.tls_server_name,
+    )
+
+
+def stream_config(settings: ClientSettings, source: FrameSource, index: int) -> StreamConfig:
+    live = source.native_fps is None or source.name.startswith("pattern")
+    drop_oldest = live if settings.drop_oldest is None else settings.drop_oldest
+    return StreamConfig(
+        model_name=settings.model,
+        model_version=settings.model_version,
+        encoding=settings.encoding,
+        jpeg_quality=settings.jpeg_quality,
+        overload_policy=OverloadPolicy.DROP_OLDEST if drop_oldest else OverloadPolicy.BLOCK,
+        max_in_flight=settings.max_in_flight,
+        top_k=settings.top_k,
+        stream_id=f"{index}:{source.name}"[:128],
+        source_fps=source.native_fps or 0.0,
+        backoff=BackoffPolicy(max_attempts=settings.retries),
+    )
+
+
+def event_record(stream: str, event: StreamEvent) -> dict[str, object] | None:
+    """The JSONL line for an event (None for events not worth a line)."""
+    if isinstance(event, FrameResult):
+        return {
+            "stream": stream,
+            "event": "result",
+            "sequence": event.sequence,
+            "capture_time_unix_ns": event.capture_time_unix_ns,
+            "model_version": event.model_version,
+            "labels": [
+                {"class_id": lb.class_id, "label": lb.label, "score": round(lb.score, 5)}
+                for lb in event.labels
+            ],
+            "latency_ms": None if event.latency_s is None else round(event.latency_s * 1e3, 3),
+            "server_total_us": event.server_total_us,
+            "batch_size": event.batch_size,
+        }
+    if isinstance(event, FramesDropped):
+        return {"stream": stream, "event": "dropped", "sequences": list(event.sequences)}
+    if isinstance(event, FrameRejected):
+        return {
+            "stream": stream,
+            "event": "rejected",
+            "sequence": event.sequence,
+            "code": event.code.name,
+            "message": event.message,
+        }
+    if isinstance(event, Reconnecting):
+        return {
+            "stream": stream,
+            "event": "reconnecting",
+            "attempt": event.attempt,
+            "reason": event.reason,
+            "frames_lost": event.frames_lost,
+        }
+    return None
+
+
+async def _run_one(
+    client: FrameStreamClient,
+    run: StreamRun,
+    fps: float | None,
+    stop: asyncio.Event,
+    sink: IO[str] | None,
+) -> None:
+    run.started_at = time.monotonic()
+    frames = until_stopped(paced(run.source.frames(), fps), stop)
+    try:
+        async for event in client.stream(frames):
+            if sink is not None and (record := event_record(run.source.name, event)):
+                # Small buffered writes; the OS absorbs them without stalling the loop.
+                sink.write(json.dumps(record) + "\n")
+    except (StreamFailed, SourceError) as error:
+        run.error = str(error)
+        run.stats.last_error = str(error)
+        run.stats.state = StreamState.FAILED
+    finally:
+        run.finished_at = time.monotonic()
+
+
+async def run_streams(
+    settings: ClientSettings,
+    sources: Sequence[FrameSource],
+    stop: asyncio.Event | None = None,
+    on_start: Callable[[list[StreamRun]], None] | None = None,
+) -> list[StreamRun]:
+    """Stream every source until it ends, `duration_s` passes or `stop` is set."""
+    stop = stop if stop is not None else asyncio.Event()
+    security = security_from(settings)
+    runs = [StreamRun(source, StreamStats()) for source in sources]
+    if on_start is not None:
+        on_start(runs)
+    with contextlib.ExitStack() as files:
+        sink = None
+        if settings.output_jsonl is not None:
+            path = Path(settings.output_jsonl)
+            sink = files.enter_context(await asyncio.to_thread(path.open, "w", encoding="utf-8"))
+        async with open_channel(settings.server, security) as channel:
+            clients = [
+                FrameStreamClient(
+                    channel,
+                    stream_config(settings, run.source, index),
+                    security.call_metadata(),
+                    stats=run.stats,
+                )
+                for index, run in enumerate(runs)
+            ]
+            timer = None
+            if settings.duration_s is not None:
+                timer = asyncio.create_task(_stop_after(stop, settings.duration_s))
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for client, run in zip(clients, runs, strict=True):
+                        group.create_task(_run_one(client, run, settings.fps, stop, sink))
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await timer
+    return runs
+
+
+async def _stop_after(stop: asyncio.Event, seconds: float) -> None:
+    await asyncio.sleep(seconds)
+    stop.set()
+
+
+def run(settings: ClientSettings, sources: Sequence[FrameSource]) -> list[StatsSnapshot]:
+    """Synchronous helper for scripts: stream the sources, return each one's final stats."""
+    runs = asyncio.run(run_streams(settings, sources))
+    return [stream_run.stats.snapshot() for stream_run in runs]

@@ -1,0 +1,37 @@
+"""Typed settings of a `stream` run, built once by the CLI (flags over `EDGEFLEET_*` env)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from client.frames import DEFAULT_JPEG_QUALITY, Encoding
+
+
+class ClientSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", frozen=True, extra="ignore")
+
+    server: str = "127.0.0.1:8001"
+    model: str
+    model_version: str = ""
+    # None: each source's own rate (a file's fps; live cameras pace themselves); 0: flat out.
+    fps: float | None = Field(default=None, ge=0)
+    encoding: Encoding = Encoding.JPEG
+    jpeg_quality: int = Field(default=DEFAULT_JPEG_QUALITY, ge=1, le=100)
+    # None: BLOCK for files and folders (every frame matters), DROP_OLDEST for live sources.
+    drop_oldest: bool | None = None
+    max_in_flight: int = Field(default=0, ge=0)
+    top_k: int = Field(default=0, ge=0)
+    duration_s: float | None = Field(default=None, gt=0)
+    loop: bool = False
+    # Consecutive failed connection attempts before a stream gives up; 0 retries forever.
+    retries: int = Field(default=8, ge=0)
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_server_name: str | None = None
+    token: SecretStr | None = None
+    output_jsonl: Path | None = None
