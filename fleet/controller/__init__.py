@@ -1,0 +1,1 @@
+"""The fleet controller: device registry, enrollment CA, bundle store and rollout engine."""

@@ -1,0 +1,155 @@
+"""Rollout gates: parse `p95_latency_ms <= 1.2*baseline + 2`, measure cohorts, judge three ways.
+
+A gate is judged on the devices of the wave (canary) against the devices still on the old
+version (baseline). Too few reporting devices is INCONCLUSIVE, never PASS: an idle fleet at
+night must not promote a model.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from fleet.controller.records import Measurement, Verdict
+from fleet.errors import InvalidRequest
+
+METRICS = ("p50_latency_ms", "p95_latency_ms", "fps", "error_rate", "drop_rate")
+_OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    "<": operator.lt,
+    ">=": operator.ge,
+    ">": operator.gt,
+}
+_NUMBER = r"[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?"
+_GATE = re.compile(
+    rf"^\s*(?P<metric>[a-z0-9_]+)\s*(?P<op><=|>=|<|>)\s*"
+    rf"(?:(?P<factor>{_NUMBER})\s*\*\s*)?(?P<base>baseline|{_NUMBER})"
+    rf"(?:\s*(?P<sign>[-+])\s*(?P<offset>{_NUMBER}))?\s*$"
+)
+
+
+@dataclass(frozen=True)
+class Gate:
+    text: str
+    metric: str
+    op: str
+    # None: an absolute threshold (`offset`); else factor*baseline + offset.
+    factor: float | None
+    offset: float
+
+    def threshold(self, baseline: float | None) -> float | None:
+        if self.factor is None:
+            return self.offset
+        return None if baseline is None else self.factor * baseline + self.offset
+
+    def holds(self, value: float, threshold: float) -> bool:
+        return _OPERATORS[self.op](value, threshold)
+
+
+def parse_gate(text: str) -> Gate:
+    match = _GATE.match(text)
+    if not match:
+        raise InvalidRequest(
+            f"gate {text!r} must look like 'p95_latency_ms <= 1.2*baseline' or 'error_rate < 0.01'"
+        )
+    metric = match["metric"]
+    if metric not in METRICS:
+        raise InvalidRequest(f"gate {text!r}: unknown metric {metric!r}; use one of {METRICS}")
+    offset = float(match["offset"] or 0) * (-1 if match["sign"] == "-" else 1)
+    if match["base"] == "baseline":
+        return Gate(text.strip(), metric, match["op"], float(match["factor"] or 1), offset)
+    if match["factor"] or match["offset"]:
+        raise InvalidRequest(f"gate {text!r}: only a baseline can be scaled or offset")
+    return Gate(text.strip(), metric, match["op"], None, float(match["base"]))
+
+
+@dataclass(frozen=True)
+class DeviceWindow:
+    """One device's figures over a bake window, for one model version."""
+
+    device_id: str
+    requests: int
+    errors: int
+    drops: int
+    fps: float
+    p50_latency_ms: float
+    p95_latency_ms: float
+
+
+def cohort_figures(devices: Sequence[DeviceWindow]) -> dict[str, float]:
+    """Median per device for latency and fps; pooled rates for errors and drops."""
+    if not devices:
+        return {}
+    requests = sum(device.requests for device in devices)
+    return {
+        "p50_latency_ms": statistics.median(device.p50_latency_ms for device in devices),
+        "p95_latency_ms": statistics.median(device.p95_latency_ms for device in devices),
+        "fps": statistics.median(device.fps for device in devices),
+        "error_rate": sum(device.errors for device in devices) / max(requests, 1),
+        "drop_rate": sum(device.drops for device in devices)
+        / max(requests + sum(device.drops for device in devices), 1),
+    }
+
+
+def judge(
+    gates: Sequence[Gate],
+    wave: int,
+    canary: Sequence[DeviceWindow],
+    baseline: Sequence[DeviceWindow],
+    frozen_baseline: Mapping[str, float],
+    min_devices: int,
+    now: float,
+) -> tuple[Verdict, list[Measurement], dict[str, float]]:
+    """Judge every gate; return the wave's verdict, the measurements, and the baseline used."""
+    canary_figures = cohort_figures(canary)
+    baseline_note = ""
+    if len(baseline) >= min_devices:
+        baseline_figures = cohort_figures(baseline)
+    elif frozen_baseline:
+        baseline_figures = dict(frozen_baseline)
+        baseline_note = "baseline frozen from an earlier wave (too few devices left on the old one)"
+    else:
+        baseline_figures = {}
+    measurements: list[Measurement] = []
+    for gate in gates:
+        value = canary_figures.get(gate.metric, math.nan)
+        base = baseline_figures.get(gate.metric) if gate.factor is not None else None
+        threshold = gate.threshold(base)
+        notes = [baseline_note] if gate.factor is not None and baseline_note else []
+        if len(canary) < min_devices:
+            verdict = Verdict.INCONCLUSIVE
+            notes.append(
+                f"{len(canary)} wave devices reported enough traffic, {min_devices} needed"
+            )
+        elif threshold is None:
+            verdict = Verdict.INCONCLUSIVE
+            notes.append(f"{len(baseline)} baseline devices reported, {min_devices} needed")
+        else:
+            verdict = Verdict.PASS if gate.holds(value, threshold) else Verdict.FAIL
+        measurements.append(
+            Measurement(
+                wave=wave,
+                gate=gate.text,
+                metric=gate.metric,
+                canary_value=value,
+                baseline_value=math.nan if base is None else base,
+                threshold=math.nan if threshold is None else threshold,
+                verdict=verdict,
+                canary_devices=len(canary),
+                baseline_devices=len(baseline),
+                note="; ".join(notes),
+                evaluated_at=now,
+            )
+        )
+    verdicts = {measurement.verdict for measurement in measurements}
+    if Verdict.FAIL in verdicts:
+        overall = Verdict.FAIL
+    elif Verdict.INCONCLUSIVE in verdicts or len(canary) < min_devices:
+        overall = Verdict.INCONCLUSIVE
+    else:
+        overall = Verdict.PASS
+    return overall, measurements, baseline_figures

@@ -1,0 +1,110 @@
+"""The controller's live view of the fleet: who is connected, and recent telemetry per device.
+
+In memory only, bounded per device; the durable copy of telemetry is in the store. Times are
+`loop.time()` so bake windows never jump with the wall clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelSample:
+    name: str
+    version: str
+    requests: int
+    errors: int
+    drops: int
+    fps: float
+    p50_latency_ms: float
+    p95_latency_ms: float
+
+
+@dataclass(frozen=True)
+class TelemetrySample:
+    # loop.time() when the controller received it.
+    at: float
+    received_wall: float
+    cpu_percent: float
+    memory_used_bytes: int
+    memory_total_bytes: int
+    temperature_c: float
+    gpu_utilization_percent: float
+    gpu_memory_used_bytes: int
+    dropped_samples: int
+    models: tuple[ModelSample, ...]
+    # Sent late from the agent's buffer: describes an earlier time, so bake windows skip it.
+    replayed: bool = False
+
+    def model(self, name: str) -> ModelSample | None:
+        return next((model for model in self.models if model.name == name), None)
+
+
+@dataclass
+class DeviceSession:
+    """One connected agent stream. `desired_changed` wakes its sender."""
+
+    device_id: str
+    desired_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class LiveFleet:
+    def __init__(self, samples_per_device: int) -> None:
+        self._samples_per_device = samples_per_device
+        self._sessions: dict[str, DeviceSession] = {}
+        self._history: dict[str, deque[TelemetrySample]] = {}
+        self._last_seen: dict[str, float] = {}
+
+    def attach(self, device_id: str) -> DeviceSession:
+        """Register a new stream; an older stream of the same device is told to close."""
+        previous = self._sessions.get(device_id)
+        if previous is not None:
+            previous.closed.set()
+        session = DeviceSession(device_id)
+        self._sessions[device_id] = session
+        return session
+
+    def detach(self, session: DeviceSession) -> None:
+        if self._sessions.get(session.device_id) is session:
+            del self._sessions[session.device_id]
+
+    def online(self, device_id: str) -> bool:
+        return device_id in self._sessions
+
+    def online_count(self) -> int:
+        return len(self._sessions)
+
+    def notify(self, device_ids: Iterable[str]) -> None:
+        for device_id in device_ids:
+            session = self._sessions.get(device_id)
+            if session is not None:
+                session.desired_changed.set()
+
+    def touch(self, device_id: str, wall: float) -> None:
+        self._last_seen[device_id] = wall
+
+    def last_seen(self, device_id: str) -> float | None:
+        return self._last_seen.get(device_id)
+
+    def record(self, device_id: str, sample: TelemetrySample) -> None:
+        history = self._history.get(device_id)
+        if history is None:
+            history = self._history[device_id] = deque(maxlen=self._samples_per_device)
+        history.append(sample)
+        self._last_seen[device_id] = sample.received_wall
+
+    def latest(self, device_id: str) -> TelemetrySample | None:
+        history = self._history.get(device_id)
+        return history[-1] if history else None
+
+    def devices_with_telemetry(self) -> list[str]:
+        return list(self._history)
+
+    def samples_since(self, device_id: str, since: float) -> list[TelemetrySample]:
+        history = self._history.get(device_id, ())
+        return [sample for sample in history if sample.at >= since and not sample.replayed]

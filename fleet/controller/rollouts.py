@@ -1,0 +1,462 @@
+"""The rollout engine: waves, bakes, three-way gate verdicts, automatic rollback.
+
+Every transition is written to the store before it takes effect, together with the desired
+state it implies, so a controller restarted at any point picks the rollout up where it was
+(a wave that was baking bakes again from the start: its telemetry window lived in memory).
+Rollback rewrites desired state, so a device that was offline rolls back when it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+
+from fleet.controller.gates import DeviceWindow, judge, parse_gate
+from fleet.controller.live import LiveFleet
+from fleet.controller.records import (
+    BundleRecord,
+    DesiredEntry,
+    DeviceInstall,
+    DeviceRecord,
+    Measurement,
+    PreviousVersion,
+    RolloutRecord,
+    RolloutSpec,
+    RolloutState,
+    Verdict,
+    WaveRecord,
+)
+from fleet.controller.store import StoreRunner
+from fleet.errors import Conflict, InvalidRequest, NotFound
+
+PIN_SOURCE = "pin"
+
+
+def cohort_rank(model: str, device_id: str) -> str:
+    """Stable order of devices for a model: waves take a growing prefix, so cohorts never
+    shuffle between waves, rollouts or restarts."""
+    return hashlib.sha256(f"{model}\0{device_id}".encode()).hexdigest()
+
+
+def matches(labels: dict[str, str], selector: dict[str, str]) -> bool:
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
+def validate_steps(steps: Sequence[float]) -> None:
+    if not steps:
+        raise InvalidRequest("steps must not be empty")
+    if any(step <= 0 or step > 100 for step in steps):
+        raise InvalidRequest("every step is a percentage in (0, 100]")
+    if list(steps) != sorted(set(steps)):
+        raise InvalidRequest("steps must be strictly increasing")
+    if steps[-1] != 100:
+        raise InvalidRequest("the last step must be 100")
+
+
+class RolloutEngine:
+    def __init__(
+        self,
+        store: StoreRunner,
+        live: LiveFleet,
+        notify: Callable[[Iterable[str]], None],
+        tick_s: float,
+    ) -> None:
+        self._store = store
+        self._live = live
+        self._notify = notify
+        self._tick_s = tick_s
+        self._rollouts: dict[str, RolloutRecord] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        for rollout in await self._store.call(self._store.store.list_rollouts):
+            self._rollouts[rollout.rollout_id] = rollout
+            if not rollout.state.finished:
+                self._spawn(rollout.rollout_id)
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    def _spawn(self, rollout_id: str) -> None:
+        self._wake[rollout_id] = asyncio.Event()
+        task = asyncio.create_task(self._drive(rollout_id), name=f"rollout-{rollout_id}")
+        self._tasks[rollout_id] = task
+        task.add_done_callback(lambda _: self._tasks.pop(rollout_id, None))
+
+    # queries
+    def get(self, rollout_id: str) -> RolloutRecord:
+        if not rollout_id:
+            if not self._rollouts:
+                raise NotFound("no rollouts yet")
+            return max(self._rollouts.values(), key=lambda rollout: rollout.created_at)
+        rollout = self._rollouts.get(rollout_id)
+        if rollout is None:
+            raise NotFound(f"no rollout {rollout_id!r}")
+        return rollout
+
+    def list_rollouts(self) -> list[RolloutRecord]:
+        return sorted(self._rollouts.values(), key=lambda rollout: rollout.created_at)
+
+    async def measurements(self, rollout_id: str) -> list[Measurement]:
+        return await self._store.call(self._store.store.measurements, rollout_id)
+
+    # operator actions
+    async def create(
+        self,
+        spec: RolloutSpec,
+        bundle: BundleRecord,
+        devices: Sequence[DeviceRecord],
+        desired: Sequence[DesiredEntry],
+    ) -> RolloutRecord:
+        validate_steps(spec.steps)
+        for gate in spec.gates:
+            parse_gate(gate)
+        model = bundle.name
+        async with self._lock:
+            for other in self._rollouts.values():
+                if other.model_name == model and not other.state.finished:
+                    raise Conflict(
+                        f"rollout {other.rollout_id} of {model} is still {other.state.value}"
+                    )
+            current = {(entry.device_id, entry.model): entry for entry in desired}
+            eligible = sorted(
+                (
+                    device.device_id
+                    for device in devices
+                    if matches(device.labels, spec.selector)
+                    and getattr(current.get((device.device_id, model)), "source", "") != PIN_SOURCE
+                ),
+                key=lambda device_id: cohort_rank(model, device_id),
+            )
+            if not eligible:
+                raise InvalidRequest(f"no unpinned device matches the selector {spec.selector}")
+            previous: dict[str, PreviousVersion] = {}
+            by_id = {device.device_id: device for device in devices}
+            for device_id in eligible:
+                entry = current.get((device_id, model))
+                if entry is not None and entry.version != bundle.version:
+                    previous[device_id] = PreviousVersion(
+                        version=entry.version,
+                        bundle_sha256=entry.bundle_sha256,
+                        bundle_size=entry.bundle_size,
+                    )
+                    continue
+                active = by_id[device_id].active_versions.get(model)
+                if active and active != bundle.version:
+                    previous[device_id] = PreviousVersion(version=active)
+            now = time.time()
+            rollout = RolloutRecord(
+                rollout_id=uuid.uuid4().hex[:12],
+                model_name=model,
+                version=bundle.version,
+                bundle_size=bundle.size,
+                spec=spec,
+                waves=[WaveRecord(index=i, percent=step) for i, step in enumerate(spec.steps)],
+                eligible=eligible,
+                previous=previous,
+                created_at=now,
+                updated_at=now,
+            )
+            await self._save(rollout)
+            self._rollouts[rollout.rollout_id] = rollout
+            self._spawn(rollout.rollout_id)
+            return rollout
+
+    async def promote(self, rollout_id: str) -> RolloutRecord:
+        async with self._lock:
+            rollout = self.get(rollout_id)
+            if rollout.state.finished:
+                raise Conflict(f"rollout {rollout.rollout_id} already {rollout.state.value}")
+            wave = rollout.waves[rollout.current_wave]
+            wave.verdict, wave.reason = Verdict.PASS, "promoted by the operator"
+            self._advance(rollout)
+            await self._save(rollout)
+        self._wake[rollout.rollout_id].set()
+        return rollout
+
+    async def abort(self, rollout_id: str, reason: str) -> RolloutRecord:
+        async with self._lock:
+            rollout = self.get(rollout_id)
+            if rollout.state.finished:
+                raise Conflict(f"rollout {rollout.rollout_id} already {rollout.state.value}")
+            await self._roll_back(rollout, reason or "aborted by the operator")
+        self._wake[rollout.rollout_id].set()
+        return rollout
+
+    async def rollback(self, rollout_id: str) -> RolloutRecord:
+        async with self._lock:
+            rollout = self.get(rollout_id)
+            if rollout.state == RolloutState.ROLLED_BACK:
+                raise Conflict(f"rollout {rollout.rollout_id} is already rolled back")
+            await self._roll_back(rollout, "rolled back by the operator")
+        if event := self._wake.get(rollout.rollout_id):
+            event.set()
+        return rollout
+
+    # signals from agents
+    async def install_reported(self, device_id: str, model: str, version: str, error: str) -> None:
+        for rollout in self._active(model, version):
+            if rollout.installs.get(device_id) == DeviceInstall.PENDING:
+                async with self._lock:
+                    if error:
+                        rollout.installs[device_id] = DeviceInstall.FAILED
+                        rollout.install_errors[device_id] = error
+                    else:
+                        rollout.installs[device_id] = DeviceInstall.INSTALLED
+                    await self._save(rollout)
+                self._wake[rollout.rollout_id].set()
+
+    def active_version_seen(self, device_id: str, model: str, version: str) -> None:
+        """Telemetry showing the new version active counts as installed (the result message may
+        have been lost in a disconnect or a controller restart)."""
+        for rollout in self._active(model, version):
+            if rollout.installs.get(device_id) == DeviceInstall.PENDING:
+                self._wake[rollout.rollout_id].set()
+
+    def _active(self, model: str, version: str) -> list[RolloutRecord]:
+        return [
+            rollout
+            for rollout in self._rollouts.values()
+            if rollout.model_name == model
+            and rollout.version == version
+            and not rollout.state.finished
+        ]
+
+    # the driver
+    async def _wait(self, rollout_id: str, seconds: float) -> None:
+        event = self._wake[rollout_id]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), max(seconds, 0))
+        event.clear()
+
+    async def _drive(self, rollout_id: str) -> None:
+        while True:
+            rollout = self._rollouts[rollout_id]
+            if rollout.state.finished:
+                return
+            if rollout.state == RolloutState.PAUSED:
+                await self._wait(rollout_id, 3600)
+            elif rollout.state == RolloutState.INSTALLING:
+                await self._install_wave(rollout)
+            else:
+                await self._bake_wave(rollout)
+
+    def _cohort(self, rollout: RolloutRecord, through_wave: int) -> list[str]:
+        return [
+            device_id for wave in rollout.waves[: through_wave + 1] for device_id in wave.devices
+        ]
+
+    def _sync_installs_from_telemetry(self, rollout: RolloutRecord) -> bool:
+        changed = False
+        for device_id, status in rollout.installs.items():
+            if status != DeviceInstall.PENDING:
+                continue
+            sample = self._live.latest(device_id)
+            model = sample.model(rollout.model_name) if sample else None
+            if model is not None and model.version == rollout.version:
+                rollout.installs[device_id] = DeviceInstall.INSTALLED
+                changed = True
+        return changed
+
+    async def _install_wave(self, rollout: RolloutRecord) -> None:
+        index = rollout.current_wave
+        wave = rollout.waves[index]
+        if not wave.devices:
+            async with self._lock:
+                if rollout.state != RolloutState.INSTALLING or rollout.current_wave != index:
+                    return
+                count = max(1, math.ceil(len(rollout.eligible) * wave.percent / 100))
+                earlier = set(self._cohort(rollout, index - 1)) if index else set()
+                wave.devices = [d for d in rollout.eligible[:count] if d not in earlier]
+                for device_id in wave.devices:
+                    rollout.installs[device_id] = DeviceInstall.PENDING
+                desired = [
+                    DesiredEntry(
+                        device_id=device_id,
+                        model=rollout.model_name,
+                        version=rollout.version,
+                        bundle_sha256=rollout.spec.bundle_sha256,
+                        bundle_size=rollout.bundle_size,
+                        source=f"rollout:{rollout.rollout_id}",
+                    )
+                    for device_id in wave.devices
+                ]
+                await self._save(rollout, desired)
+            self._notify(wave.devices)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + rollout.spec.install_timeout_s
+        while rollout.state == RolloutState.INSTALLING and rollout.current_wave == index:
+            if self._sync_installs_from_telemetry(rollout):
+                async with self._lock:
+                    await self._save(rollout)
+            pending = [d for d in wave.devices if rollout.installs[d] == DeviceInstall.PENDING]
+            if not pending:
+                break
+            left = deadline - loop.time()
+            if left <= 0:
+                async with self._lock:
+                    for device_id in pending:
+                        rollout.installs[device_id] = DeviceInstall.TIMED_OUT
+                    await self._save(rollout)
+                break
+            await self._wait(rollout.rollout_id, min(left, self._tick_s))
+        async with self._lock:
+            if rollout.state != RolloutState.INSTALLING or rollout.current_wave != index:
+                return
+            total = max(len(wave.devices), 1)
+            failed = [d for d in wave.devices if rollout.installs[d] == DeviceInstall.FAILED]
+            timed_out = [d for d in wave.devices if rollout.installs[d] == DeviceInstall.TIMED_OUT]
+            if len(failed) / total > rollout.spec.max_install_failure_rate:
+                reasons = "; ".join(f"{d}: {rollout.install_errors.get(d, '')}" for d in failed)
+                wave.verdict = Verdict.FAIL
+                wave.reason = f"{len(failed)}/{total} devices failed to install ({reasons})"
+                await self._roll_back(rollout, wave.reason)
+            elif len(timed_out) / total > rollout.spec.max_timeout_rate:
+                wave.verdict = Verdict.FAIL
+                wave.reason = f"{len(timed_out)}/{total} devices did not install in time"
+                await self._roll_back(rollout, wave.reason)
+            else:
+                rollout.state = RolloutState.BAKING
+                await self._save(rollout)
+
+    def _windows(
+        self, rollout: RolloutRecord, devices: Iterable[str], since: float, new_version: bool
+    ) -> list[DeviceWindow]:
+        windows = []
+        for device_id in devices:
+            samples = [
+                (sample, model)
+                for sample in self._live.samples_since(device_id, since)
+                if (model := sample.model(rollout.model_name)) is not None
+                and (model.version == rollout.version) == new_version
+            ]
+            if len(samples) < 2:
+                continue
+            first, last = samples[0][1], samples[-1][1]
+
+            def delta(name: str, first: object = first, last: object = last) -> int:
+                before, after = int(getattr(first, name)), int(getattr(last, name))
+                return after - before if after >= before else after
+
+            requests = delta("requests")
+            if requests < rollout.spec.min_requests:
+                continue
+            windows.append(
+                DeviceWindow(
+                    device_id=device_id,
+                    requests=requests,
+                    errors=delta("errors"),
+                    drops=delta("drops"),
+                    fps=statistics.fmean(model.fps for _, model in samples),
+                    p50_latency_ms=statistics.fmean(m.p50_latency_ms for _, m in samples),
+                    p95_latency_ms=statistics.fmean(m.p95_latency_ms for _, m in samples),
+                )
+            )
+        return windows
+
+    async def _bake_wave(self, rollout: RolloutRecord) -> None:
+        index = rollout.current_wave
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + rollout.spec.bake_s
+        while rollout.state == RolloutState.BAKING and rollout.current_wave == index:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            await self._wait(rollout.rollout_id, left)
+        async with self._lock:
+            if rollout.state != RolloutState.BAKING or rollout.current_wave != index:
+                return
+            cohort = set(self._cohort(rollout, index))
+            canary_ids = [d for d in cohort if rollout.installs[d] == DeviceInstall.INSTALLED]
+            baseline_ids = [d for d in rollout.eligible if d not in cohort]
+            canary = self._windows(rollout, canary_ids, started, new_version=True)
+            baseline = self._windows(rollout, baseline_ids, started, new_version=False)
+            gates = [parse_gate(text) for text in rollout.spec.gates]
+            verdict, measurements, used_baseline = judge(
+                gates,
+                index,
+                canary,
+                baseline,
+                rollout.baseline,
+                rollout.spec.min_devices,
+                time.time(),
+            )
+            if len(baseline) >= rollout.spec.min_devices:
+                rollout.baseline = used_baseline
+            await self._store.call(
+                self._store.store.add_measurements, rollout.rollout_id, measurements
+            )
+            wave = rollout.waves[index]
+            wave.verdict = verdict
+            failing = [m for m in measurements if m.verdict != Verdict.PASS]
+            wave.reason = "; ".join(
+                f"{m.gate}: {m.canary_value:.4g} vs threshold {m.threshold:.4g} {m.verdict.value}"
+                + (f" ({m.note})" if m.note else "")
+                for m in failing
+            )
+            if verdict == Verdict.PASS:
+                self._advance(rollout)
+                await self._save(rollout)
+            elif verdict == Verdict.FAIL:
+                await self._roll_back(rollout, f"wave {index} failed its gates: {wave.reason}")
+            else:
+                rollout.state = RolloutState.PAUSED
+                rollout.reason = f"wave {index} inconclusive: {wave.reason or 'no gate data'}"
+                await self._save(rollout)
+
+    # transitions (caller holds the lock)
+    def _advance(self, rollout: RolloutRecord) -> None:
+        if rollout.current_wave + 1 >= len(rollout.waves):
+            rollout.state = RolloutState.SUCCEEDED
+            rollout.reason = "every wave passed"
+        else:
+            rollout.current_wave += 1
+            rollout.state = RolloutState.INSTALLING
+            rollout.reason = ""
+
+    async def _roll_back(self, rollout: RolloutRecord, reason: str) -> None:
+        touched = list(rollout.installs)
+        desired: list[DesiredEntry] = []
+        undesired: list[tuple[str, str]] = []
+        for device_id in touched:
+            previous = rollout.previous.get(device_id)
+            if previous is None:
+                undesired.append((device_id, rollout.model_name))
+                continue
+            desired.append(
+                DesiredEntry(
+                    device_id=device_id,
+                    model=rollout.model_name,
+                    version=previous.version,
+                    bundle_sha256=previous.bundle_sha256,
+                    bundle_size=previous.bundle_size,
+                    source=f"rollback:{rollout.rollout_id}",
+                )
+            )
+        rollout.state = RolloutState.ROLLED_BACK
+        rollout.reason = reason
+        await self._save(rollout, desired, undesired)
+        self._notify(touched)
+
+    async def _save(
+        self,
+        rollout: RolloutRecord,
+        desired: Sequence[DesiredEntry] = (),
+        undesired: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        rollout.updated_at = time.time()
+        snapshot = rollout.model_copy(deep=True)
+        await self._store.call(self._store.store.save_rollout, snapshot, desired, undesired)

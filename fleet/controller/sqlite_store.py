@@ -1,0 +1,229 @@
+"""SQLite (WAL) implementation of `Store`: one file in the controller's data directory."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from fleet.controller.records import (
+    AuditRecord,
+    BundleRecord,
+    DesiredEntry,
+    DeviceRecord,
+    Measurement,
+    RolloutRecord,
+)
+from fleet.errors import PermissionDenied
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    token_hash TEXT PRIMARY KEY, labels TEXT NOT NULL, expires_at REAL NOT NULL,
+    used_by TEXT, used_at REAL);
+CREATE TABLE IF NOT EXISTS devices (device_id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS desired (
+    device_id TEXT NOT NULL, model TEXT NOT NULL, doc TEXT NOT NULL,
+    PRIMARY KEY (device_id, model));
+CREATE TABLE IF NOT EXISTS bundles (
+    sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, version TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS bundles_by_version ON bundles (name, version);
+CREATE TABLE IF NOT EXISTS rollouts (
+    rollout_id TEXT PRIMARY KEY, created_at REAL NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS measurements (
+    id INTEGER PRIMARY KEY, rollout_id TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS measurements_by_rollout ON measurements (rollout_id);
+CREATE TABLE IF NOT EXISTS telemetry (
+    id INTEGER PRIMARY KEY, device_id TEXT NOT NULL, received_at REAL NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS telemetry_by_device ON telemetry (device_id, received_at);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY, at REAL NOT NULL, doc TEXT NOT NULL);
+"""
+
+
+class SqliteStore:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The controller calls the store from one executor thread; the lock keeps any other
+        # caller (tests, tools) from interleaving transactions.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql, params).fetchall())
+
+    # tokens
+    def add_token(self, token_hash: str, labels: dict[str, str], expires_at: float) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO tokens (token_hash, labels, expires_at) VALUES (?, ?, ?)",
+                (token_hash, json.dumps(labels), expires_at),
+            )
+
+    def consume_token(self, token_hash: str, device_id: str, now: float) -> dict[str, str]:
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT labels, expires_at, used_by FROM tokens WHERE token_hash = ?",
+                (token_hash,),
+            ).fetchone()
+            if row is None:
+                raise PermissionDenied("unknown enrollment token")
+            labels, expires_at, used_by = row
+            if used_by is not None:
+                raise PermissionDenied("enrollment token was already used")
+            if expires_at < now:
+                raise PermissionDenied("enrollment token expired")
+            db.execute(
+                "UPDATE tokens SET used_by = ?, used_at = ? WHERE token_hash = ?",
+                (device_id, now, token_hash),
+            )
+            result: dict[str, str] = json.loads(labels)
+            return result
+
+    # devices
+    def upsert_device(self, device: DeviceRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO devices (device_id, doc) VALUES (?, ?)",
+                (device.device_id, device.model_dump_json()),
+            )
+
+    def get_device(self, device_id: str) -> DeviceRecord | None:
+        rows = self._query("SELECT doc FROM devices WHERE device_id = ?", (device_id,))
+        return DeviceRecord.model_validate_json(str(rows[0][0])) if rows else None
+
+    def list_devices(self) -> list[DeviceRecord]:
+        rows = self._query("SELECT doc FROM devices ORDER BY device_id")
+        return [DeviceRecord.model_validate_json(str(row[0])) for row in rows]
+
+    # desired state
+    def desired_for(self, device_id: str) -> list[DesiredEntry]:
+        rows = self._query(
+            "SELECT doc FROM desired WHERE device_id = ? ORDER BY model", (device_id,)
+        )
+        return [DesiredEntry.model_validate_json(str(row[0])) for row in rows]
+
+    def all_desired(self) -> list[DesiredEntry]:
+        rows = self._query("SELECT doc FROM desired ORDER BY device_id, model")
+        return [DesiredEntry.model_validate_json(str(row[0])) for row in rows]
+
+    def set_desired(self, entries: Sequence[DesiredEntry]) -> None:
+        with self._transaction() as db:
+            self._write_desired(db, entries)
+
+    def delete_desired(self, device_id: str, model: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM desired WHERE device_id = ? AND model = ?", (device_id, model))
+
+    @staticmethod
+    def _write_desired(db: sqlite3.Connection, entries: Sequence[DesiredEntry]) -> None:
+        db.executemany(
+            "INSERT OR REPLACE INTO desired (device_id, model, doc) VALUES (?, ?, ?)",
+            [(entry.device_id, entry.model, entry.model_dump_json()) for entry in entries],
+        )
+
+    # bundles
+    def add_bundle(self, bundle: BundleRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO bundles (sha256, name, version, doc) VALUES (?, ?, ?, ?)",
+                (bundle.sha256, bundle.name, bundle.version, bundle.model_dump_json()),
+            )
+
+    def get_bundle(self, sha256: str) -> BundleRecord | None:
+        rows = self._query("SELECT doc FROM bundles WHERE sha256 = ?", (sha256,))
+        return BundleRecord.model_validate_json(str(rows[0][0])) if rows else None
+
+    def find_bundle(self, name: str, version: str) -> BundleRecord | None:
+        rows = self._query(
+            "SELECT doc FROM bundles WHERE name = ? AND version = ? ORDER BY rowid DESC LIMIT 1",
+            (name, version),
+        )
+        return BundleRecord.model_validate_json(str(rows[0][0])) if rows else None
+
+    # rollouts
+    def save_rollout(
+        self,
+        rollout: RolloutRecord,
+        desired: Sequence[DesiredEntry] = (),
+        undesired: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO rollouts (rollout_id, created_at, doc) VALUES (?, ?, ?)",
+                (rollout.rollout_id, rollout.created_at, rollout.model_dump_json()),
+            )
+            self._write_desired(db, desired)
+            db.executemany("DELETE FROM desired WHERE device_id = ? AND model = ?", undesired)
+
+    def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
+        rows = self._query("SELECT doc FROM rollouts WHERE rollout_id = ?", (rollout_id,))
+        return RolloutRecord.model_validate_json(str(rows[0][0])) if rows else None
+
+    def list_rollouts(self) -> list[RolloutRecord]:
+        rows = self._query("SELECT doc FROM rollouts ORDER BY created_at")
+        return [RolloutRecord.model_validate_json(str(row[0])) for row in rows]
+
+    def add_measurements(self, rollout_id: str, measurements: Sequence[Measurement]) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO measurements (rollout_id, doc) VALUES (?, ?)",
+                [(rollout_id, measurement.model_dump_json()) for measurement in measurements],
+            )
+
+    def measurements(self, rollout_id: str) -> list[Measurement]:
+        rows = self._query(
+            "SELECT doc FROM measurements WHERE rollout_id = ? ORDER BY id", (rollout_id,)
+        )
+        return [Measurement.model_validate_json(str(row[0])) for row in rows]
+
+    # telemetry
+    def add_telemetry(self, rows: Sequence[tuple[str, float, str]]) -> None:
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO telemetry (device_id, received_at, doc) VALUES (?, ?, ?)", rows
+            )
+
+    def telemetry(self, device_id: str, since: float, limit: int) -> list[tuple[float, str]]:
+        rows = self._query(
+            "SELECT received_at, doc FROM telemetry WHERE device_id = ? AND received_at >= ?"
+            " ORDER BY received_at DESC LIMIT ?",
+            (device_id, since, limit),
+        )
+        return [(float(str(at)), str(doc)) for at, doc in reversed(rows)]
+
+    def prune_telemetry(self, before: float) -> int:
+        with self._transaction() as db:
+            return db.execute("DELETE FROM telemetry WHERE received_at < ?", (before,)).rowcount
+
+    # audit
+    def add_audit(self, record: AuditRecord) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO audit (at, doc) VALUES (?, ?)", (record.at, record.model_dump_json())
+            )
+
+    def audit_entries(self, limit: int) -> list[AuditRecord]:
+        rows = self._query("SELECT doc FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        return [AuditRecord.model_validate_json(str(row[0])) for row in reversed(rows)]

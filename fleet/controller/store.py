@@ -1,0 +1,79 @@
+"""The controller's persistence contract. SQLite implements it (`sqlite_store`); a PostgreSQL
+backend can implement the same methods. Methods are blocking: the controller runs them in its
+store executor, one at a time, never on the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import ParamSpec, Protocol, TypeVar
+
+from fleet.controller.records import (
+    AuditRecord,
+    BundleRecord,
+    DesiredEntry,
+    DeviceRecord,
+    Measurement,
+    RolloutRecord,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Store(Protocol):
+    def close(self) -> None: ...
+
+    # Enrollment tokens are stored hashed; consuming one is atomic and happens once.
+    def add_token(self, token_hash: str, labels: dict[str, str], expires_at: float) -> None: ...
+    def consume_token(self, token_hash: str, device_id: str, now: float) -> dict[str, str]: ...
+
+    def upsert_device(self, device: DeviceRecord) -> None: ...
+    def get_device(self, device_id: str) -> DeviceRecord | None: ...
+    def list_devices(self) -> list[DeviceRecord]: ...
+
+    def desired_for(self, device_id: str) -> list[DesiredEntry]: ...
+    def all_desired(self) -> list[DesiredEntry]: ...
+    def set_desired(self, entries: Sequence[DesiredEntry]) -> None: ...
+    def delete_desired(self, device_id: str, model: str) -> None: ...
+
+    def add_bundle(self, bundle: BundleRecord) -> None: ...
+    def get_bundle(self, sha256: str) -> BundleRecord | None: ...
+    def find_bundle(self, name: str, version: str) -> BundleRecord | None: ...
+
+    # A rollout and the desired state it implies change together, in one transaction.
+    def save_rollout(
+        self,
+        rollout: RolloutRecord,
+        desired: Sequence[DesiredEntry] = (),
+        undesired: Sequence[tuple[str, str]] = (),
+    ) -> None: ...
+    def get_rollout(self, rollout_id: str) -> RolloutRecord | None: ...
+    def list_rollouts(self) -> list[RolloutRecord]: ...
+    def add_measurements(self, rollout_id: str, measurements: Sequence[Measurement]) -> None: ...
+    def measurements(self, rollout_id: str) -> list[Measurement]: ...
+
+    def add_telemetry(self, rows: Sequence[tuple[str, float, str]]) -> None: ...
+    def telemetry(self, device_id: str, since: float, limit: int) -> list[tuple[float, str]]: ...
+    def prune_telemetry(self, before: float) -> int: ...
+
+    def add_audit(self, record: AuditRecord) -> None: ...
+    def audit_entries(self, limit: int) -> list[AuditRecord]: ...
+
+
+class StoreRunner:
+    """Runs store calls on one dedicated thread, in order, off the event loop."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-store")
+
+    async def call(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(function, *args, **kwargs))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self.store.close()
