@@ -118,7 +118,7 @@ class RuntimePins(_Strict):
 
 
 class ModelManifest(_Strict):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     name: str
     version: str
     format: Literal["onnx", "torchscript"]

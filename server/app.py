@@ -1,0 +1,134 @@
+"""EdgeServer: the whole edge server in-process — core, gRPC services, health, reflection,
+Prometheus. The CLI, the tests and the fleet agent all build it through this one factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from protos.edgefleet.v1 import (
+    frame_stream_pb2,
+    frame_stream_pb2_grpc,
+    server_info_pb2,
+    server_info_pb2_grpc,
+)
+from protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from server.core import InferenceCore
+from server.grpc_api.frame_stream import FrameStreamServicer
+from server.grpc_api.kserve import KServeServicer
+from server.grpc_api.server_info import DeviceFacts, ServerInfoServicer
+from server.metrics import ServerMetrics
+from server.runtime_plan import Planner
+from server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+    frame_stream_pb2.DESCRIPTOR.services_by_name["FrameStreamService"].full_name,
+    server_info_pb2.DESCRIPTOR.services_by_name["ServerInfoService"].full_name,
+)
+
+
+def grpc_options(settings: ServerSettings) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Cameras sit behind NAT and flaky links: notice dead peers instead of holding streams.
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class EdgeServer:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        planner: Planner | None = None,
+        *,
+        device_facts: DeviceFacts | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        server_credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = ServerMetrics()
+        self.core = InferenceCore(settings, planner=planner, metrics=self.metrics)
+        self._device_facts = device_facts
+        self._interceptors = list(interceptors)
+        self._credentials = server_credentials
+        self._grpc: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._metrics_http: Any = None
+        self.port = 0
+        self.metrics_port = 0
+
+    async def start(self) -> int:
+        """Load the models, then open the gRPC port (and the metrics port). Returns the port."""
+        await self.core.start()
+        server = grpc.aio.server(
+            interceptors=self._interceptors,
+            options=grpc_options(self.settings),
+            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
+        )
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            KServeServicer(self.core), server
+        )
+        frame_stream_pb2_grpc.add_FrameStreamServiceServicer_to_server(
+            FrameStreamServicer(self.core), server
+        )
+        server_info_pb2_grpc.add_ServerInfoServiceServicer_to_server(
+            ServerInfoServicer(self.core, self._device_facts), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        address = f"{self.settings.host}:{self.settings.port}"
+        if self._credentials is not None:
+            self.port = server.add_secure_port(address, self._credentials)
+        else:
+            self.port = server.add_insecure_port(address)
+        await server.start()
+        self._grpc = server
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.settings.metrics_port >= 0:
+            self._metrics_http, _thread = start_http_server(
+                self.settings.metrics_port, addr=self.settings.host, registry=self.metrics.registry
+            )
+            self.metrics_port = self._metrics_http.server_port
+        if self.settings.port_file is not None:
+            self.settings.port_file.write_text(f"{self.port}\n", encoding="utf-8")
+        log.info(
+            "edgefleet serving on %s:%d (metrics on %s)",
+            self.settings.host, self.port,
+            self.metrics_port if self.settings.metrics_port >= 0 else "off",
+        )  # fmt: skip
+        return self.port
+
+    async def wait_for_termination(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.wait_for_termination()
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: report NOT_SERVING, let in-flight RPCs finish within the grace, free models."""
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        await self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+            self._grpc = None
+        await self.core.stop()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            self._metrics_http = None
+        log.info("edgefleet stopped")

@@ -1,0 +1,1 @@
+"""Model runtimes behind one interface. Each backend module imports its runtime lazily."""

@@ -1,0 +1,55 @@
+"""ONNX Runtime backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+
+from server.backends.base import Arrays
+from server.errors import ModelLoadError
+from server.manifest import ModelManifest
+from server.runtime_plan import RuntimePlan
+
+
+class OnnxBackend:
+    def __init__(self, model_path: Path, manifest: ModelManifest, plan: RuntimePlan) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = plan.intra_op_threads
+        options.inter_op_num_threads = plan.inter_op_threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        offered = set(ort.get_available_providers())
+        providers = [name for name in plan.providers if name in offered] or ["CPUExecutionProvider"]
+        try:
+            self._session = ort.InferenceSession(
+                str(model_path), sess_options=options, providers=providers
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelLoadError(
+                f"{manifest.name}/{manifest.version}: onnxruntime cannot load "
+                f"{model_path.name}: {str(exc).splitlines()[0][:300]}"
+            ) from exc
+        model_inputs = {node.name for node in self._session.get_inputs()}
+        model_outputs = {node.name for node in self._session.get_outputs()}
+        declared_in = {spec.name for spec in manifest.inputs}
+        declared_out = {spec.name for spec in manifest.outputs}
+        if declared_in != model_inputs or not declared_out <= model_outputs:
+            raise ModelLoadError(
+                f"{manifest.name}/{manifest.version}: manifest tensors {sorted(declared_in)} -> "
+                f"{sorted(declared_out)} do not match the ONNX graph {sorted(model_inputs)} -> "
+                f"{sorted(model_outputs)}"
+            )
+        self._providers = self._session.get_providers()
+
+    @property
+    def description(self) -> str:
+        return f"onnxruntime {ort.__version__} ({', '.join(self._providers)})"
+
+    def run(self, inputs: Arrays, output_names: list[str]) -> Arrays:
+        values = self._session.run(output_names, inputs)
+        return dict(zip(output_names, values, strict=True))
+
+    def close(self) -> None:
+        del self._session

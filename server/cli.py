@@ -1,0 +1,64 @@
+"""`edgefleet serve`: run the edge inference server until SIGTERM, then drain gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from server.settings import DEFAULT_MAX_MESSAGE_BYTES, ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+def serve(
+    repository: Annotated[Path, typer.Option(help="Model repository: <repo>/<name>/<version>/.")] = Path("models"),
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 for every interface.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="gRPC port (KServe v2 + FrameStream); 0 picks one.")] = 8001,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port; -1 disables.")] = 8002,
+    model: Annotated[list[str] | None, typer.Option("--model", help="Load only these models (repeatable); default: all.")] = None,
+    max_message_bytes: Annotated[int, typer.Option(help="Largest gRPC message accepted.")] = DEFAULT_MAX_MESSAGE_BYTES,
+    stream_max_in_flight: Annotated[int, typer.Option(help="Default in-flight frame window per camera stream.")] = 4,
+    shutdown_grace_s: Annotated[float, typer.Option(help="Seconds SIGTERM waits for in-flight work.")] = 10.0,
+    port_file: Annotated[Path | None, typer.Option(help="Write the bound gRPC port here once serving.")] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:  # fmt: skip
+    """Serve the models in REPOSITORY over gRPC (KServe v2 / Triton protocol and FrameStream)."""
+    settings = ServerSettings(
+        repository=repository,
+        host=host,
+        port=port,
+        metrics_port=metrics_port,
+        models=tuple(model) if model else None,
+        max_message_bytes=max_message_bytes,
+        stream_max_in_flight=stream_max_in_flight,
+        shutdown_grace_s=shutdown_grace_s,
+        port_file=port_file,
+        log_level=log_level.upper(),  # type: ignore[arg-type]
+    )
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(run_server(settings))
+
+
+async def run_server(settings: ServerSettings) -> None:
+    from server.app import EdgeServer
+
+    server = EdgeServer(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await server.start()
+    await stop.wait()
+    log.info("signal received: draining for up to %.1f s", settings.shutdown_grace_s)
+    await server.stop()

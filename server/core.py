@@ -1,0 +1,267 @@
+"""InferenceCore: the one domain core every transport (KServe, FrameStream, fleet agent) uses.
+
+It never imports grpc or generated protobuf code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from server.errors import EdgeError, InvalidInput, ShuttingDown
+from server.frame_session import (
+    FrameIn,
+    FrameSession,
+    StreamEvent,
+    StreamOpenedEvent,
+    StreamOptions,
+)
+from server.infer_types import InferRequest, InferResponse, OutputTensor, RequestedOutput
+from server.manifest import ModelManifest
+from server.metrics import ServerMetrics
+from server.model_version import InferOutcome, ModelVersion
+from server.postprocess import classification_strings
+from server.registry import ModelIndexEntry, ModelRegistry
+from server.runtime_plan import ManifestPlanner, Planner, RuntimePlan
+from server.settings import ServerSettings
+from server.stats import ModelStats, ModelTelemetry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    active_version: str
+    version_dir: Path
+    manifest: ModelManifest
+    plan: RuntimePlan
+    backend: str
+    versions_on_disk: list[str]
+
+
+class InferenceCore:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        planner: Planner | None = None,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics if metrics is not None else ServerMetrics()
+        self._preprocess_pool = ThreadPoolExecutor(
+            max_workers=settings.preprocess_threads, thread_name_prefix="preprocess"
+        )
+        # Loads are serialised per model by the registry; two threads let models load side by side.
+        self._load_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="model-load")
+        self.registry = ModelRegistry(
+            settings.repository,
+            planner if planner is not None else ManifestPlanner(),
+            self.metrics,
+            self._load_pool,
+        )
+        self._started = False
+        self._stopping = False
+        self._streams = 0
+
+    # ---- lifecycle ----
+
+    @property
+    def ready(self) -> bool:
+        return self._started and not self._stopping
+
+    @property
+    def live(self) -> bool:
+        return not self._stopping
+
+    async def start(self) -> None:
+        names = (
+            list(self.settings.models)
+            if self.settings.models is not None
+            else (self.registry.names_on_disk())
+        )
+        for name in names:
+            try:
+                await self.registry.load(name)
+            except EdgeError as exc:
+                if self.settings.models is not None:
+                    raise  # a model the operator named must load, or the server must not start
+                log.error("skipping model %s: %s", name, exc)
+        self._started = True
+
+    async def stop(self) -> None:
+        """Refuse new work, let in-flight requests finish, free every runtime."""
+        self._stopping = True
+        await self.registry.close()
+        self._preprocess_pool.shutdown(wait=True)
+        self._load_pool.shutdown(wait=True)
+
+    # ---- models ----
+
+    async def load_model(self, name: str, version: str | None = None) -> str:
+        loaded = await self.registry.load(name, version)
+        return loaded.version
+
+    async def unload_model(self, name: str, version: str | None = None) -> None:
+        await self.registry.unload(name, version)
+
+    def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
+        return self.registry.index(ready_only)
+
+    def active_version(self, name: str) -> str | None:
+        active = self.registry.active(name)
+        return active.version if active else None
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.registry.resolve(name, version)
+        except EdgeError:
+            return False
+        return True
+
+    def model_info(self, name: str, version: str = "") -> ModelInfo:
+        model = self.registry.resolve(name, version)
+        return ModelInfo(
+            name=model.name,
+            version=model.version,
+            active_version=self.active_version(name) or "",
+            version_dir=model.version_dir,
+            manifest=model.manifest,
+            plan=model.plan,
+            backend=model.backend_description,
+            versions_on_disk=self.registry.versions_on_disk(name),
+        )
+
+    def statistics(self, name: str = "", version: str = "") -> list[ModelStats]:
+        if name:
+            return [self.registry.resolve(name, version).stats]
+        return [model.stats for model in self.registry.loaded()]
+
+    def model_telemetry(self) -> list[ModelTelemetry]:
+        telemetry = []
+        for model in self.registry.loaded():
+            stats = model.stats
+            fps, p50, p95 = stats.window()
+            telemetry.append(
+                ModelTelemetry(
+                    name=model.name,
+                    version=model.version,
+                    requests=stats.success.count + stats.fail.count,
+                    errors=stats.fail.count,
+                    drops=stats.frames_dropped,
+                    fps=fps,
+                    latency_p50_ms=p50,
+                    latency_p95_ms=p95,
+                )
+            )
+        return telemetry
+
+    # ---- inference ----
+
+    def _check_serving(self) -> None:
+        if self._stopping:
+            raise ShuttingDown("server is shutting down")
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        self._check_serving()
+        loop = asyncio.get_running_loop()
+        arrival = loop.time()
+        model = self.registry.resolve(request.model_name, request.model_version)
+        with model.lease():
+            try:
+                requested = self._requested_outputs(model, request.outputs)
+                outcome = await model.infer(request.inputs)
+                post_start = loop.time()
+                outputs = [self._output(model, outcome, wanted) for wanted in requested]
+            except EdgeError as exc:
+                model.record_failure(loop.time() - arrival, type(exc).__name__)
+                raise
+            done = loop.time()
+            model.record_success(
+                total_s=done - arrival, queue_s=outcome.queue_s, input_s=0.0,
+                infer_s=outcome.infer_s, output_s=done - post_start,
+            )  # fmt: skip
+        return InferResponse(model.name, outcome.version, request.id, outputs)
+
+    @staticmethod
+    def _requested_outputs(
+        model: ModelVersion, requested: tuple[RequestedOutput, ...]
+    ) -> tuple[RequestedOutput, ...]:
+        if not requested:
+            return tuple(RequestedOutput(spec.name) for spec in model.manifest.outputs)
+        declared = {spec.name for spec in model.manifest.outputs}
+        for wanted in requested:
+            if wanted.name not in declared:
+                raise InvalidInput(
+                    f"model {model.name}: unknown output {wanted.name!r} "
+                    f"(outputs: {sorted(declared)})"
+                )
+            if wanted.classification < 0:
+                raise InvalidInput(f"output {wanted.name!r}: classification count must be >= 0")
+        return requested
+
+    @staticmethod
+    def _output(
+        model: ModelVersion, outcome: InferOutcome, wanted: RequestedOutput
+    ) -> OutputTensor:
+        value = outcome.outputs[wanted.name]
+        if wanted.classification:
+            if model.plan.max_batch_size == 0:
+                value = value[None]
+            strings = classification_strings(
+                value, wanted.classification, model.labels,
+                apply_softmax=model.manifest.postprocess.softmax,
+            )  # fmt: skip
+            return OutputTensor(wanted.name, strings if model.plan.max_batch_size else strings[0])
+        return OutputTensor(wanted.name, np.ascontiguousarray(value))
+
+    async def stream(
+        self, options: StreamOptions, frames: AsyncIterator[FrameIn]
+    ) -> AsyncIterator[StreamEvent]:
+        """Run one camera stream. Errors in the options raise before anything is yielded."""
+        self._check_serving()
+        model = self.registry.resolve(options.model_name, options.model_version)
+        if model.manifest.preprocess is None:
+            raise InvalidInput(
+                f"model {model.name} has no preprocess section, so it cannot take camera frames"
+            )
+        requested = options.max_in_flight or self.settings.stream_max_in_flight
+        if requested > self.settings.stream_max_in_flight_limit:
+            raise InvalidInput(
+                f"max_in_flight {requested} exceeds the server's limit "
+                f"{self.settings.stream_max_in_flight_limit}"
+            )
+        name, version = options.model_name, options.model_version
+        session = FrameSession(
+            options=options,
+            window=requested,
+            resolve_model=lambda: self.registry.resolve(name, version),
+            preprocess_pool=self._preprocess_pool,
+        )
+        stream_id = options.stream_id or f"stream-{id(session):x}"
+        self._streams += 1
+        self.metrics.active_streams.inc()
+        try:
+            yield StreamOpenedEvent(stream_id, model.name, model.version, requested, options.policy)
+            async for event in session.run(frames):
+                yield event
+        finally:
+            self._streams -= 1
+            self.metrics.active_streams.dec()
+
+    @property
+    def active_streams(self) -> int:
+        return self._streams
+
+
+def default_thread_count() -> int:
+    return len(os.sched_getaffinity(0))

@@ -1,0 +1,1 @@
+"""Thin gRPC transports over InferenceCore: convert, delegate, map errors."""

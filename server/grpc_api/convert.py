@@ -1,0 +1,464 @@
+"""Protobuf <-> domain conversion, both directions, for every edgefleet service."""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, cast
+
+import numpy as np
+
+from protos.edgefleet.v1 import frame_stream_pb2 as fs
+from protos.inference import grpc_service_pb2 as kserve
+from server.core import ModelInfo
+from server.errors import InvalidInput
+from server.frame_session import (
+    FrameErrorEvent,
+    FrameIn,
+    FrameResultEvent,
+    FramesDroppedEvent,
+    OverloadPolicy,
+    StreamEvent,
+    StreamOpenedEvent,
+    StreamOptions,
+)
+from server.grpc_api.status import public_message, status_for
+from server.infer_types import InferRequest, InferResponse, OutputTensor, RequestedOutput
+from server.manifest import ModelManifest, TensorSpec
+from server.preprocess import FrameEncoding
+from server.registry import ModelIndexEntry
+from server.stats import Duration, ModelStats
+from server.tensors import array_from_bytes, kserve_datatype, numpy_dtype
+
+# ---------------------------------------------------------------- KServe inference
+
+# Typed contents field per KServe datatype, for requests that do not use raw bytes.
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
+
+def infer_request_from_pb(request: kserve.ModelInferRequest) -> InferRequest:
+    if not request.model_name:
+        raise InvalidInput("model_name is required")
+    if not request.inputs:
+        raise InvalidInput(f"request for model {request.model_name!r} has no inputs")
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; "
+            "send one entry per input, in input order"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        if tensor.name in arrays:
+            raise InvalidInput(f"input {tensor.name!r} appears twice")
+        shape = list(tensor.shape)
+        if raw:
+            arrays[tensor.name] = array_from_bytes(
+                raw[index], tensor.datatype, shape, tensor=tensor.name
+            )
+        else:
+            arrays[tensor.name] = _array_from_contents(tensor, shape)
+    outputs = tuple(
+        RequestedOutput(
+            name=output.name,
+            classification=(
+                int(output.parameters["classification"].int64_param)
+                if "classification" in output.parameters
+                else 0
+            ),
+        )
+        for output in request.outputs
+    )
+    return InferRequest(
+        model_name=request.model_name,
+        model_version=request.model_version,
+        id=request.id,
+        inputs=arrays,
+        outputs=outputs,
+    )
+
+
+def _array_from_contents(
+    tensor: kserve.ModelInferRequest.InferInputTensor, shape: list[int]
+) -> np.ndarray:
+    field = _CONTENTS_FIELD.get(tensor.datatype)
+    dtype = numpy_dtype(tensor.datatype, tensor=tensor.name)
+    if field is None:
+        raise InvalidInput(
+            f"input {tensor.name!r}: {tensor.datatype} must be sent in raw_input_contents"
+        )
+    values = getattr(tensor.contents, field)
+    expected = int(np.prod(shape, dtype=np.int64))
+    if any(dim < 0 for dim in shape) or len(values) != expected:
+        raise InvalidInput(
+            f"input {tensor.name!r}: {len(values)} values in {field} do not match shape {shape}"
+        )
+    return np.asarray(values, dtype=dtype).reshape(shape)
+
+
+def _serialize_bytes_tensor(array: np.ndarray) -> bytes:
+    """KServe BYTES raw layout: each element as a 4-byte little-endian length, then the bytes."""
+    parts = []
+    for item in array.reshape(-1):
+        data = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(struct.pack("<I", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def output_to_pb(
+    output: OutputTensor,
+) -> tuple[kserve.ModelInferResponse.InferOutputTensor, bytes]:
+    array = output.array
+    if output.is_bytes:
+        datatype, raw = "BYTES", _serialize_bytes_tensor(array)
+    else:
+        datatype = kserve_datatype(str(array.dtype))
+        raw = (
+            np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        )
+    tensor = kserve.ModelInferResponse.InferOutputTensor(
+        name=output.name, datatype=datatype, shape=list(array.shape)
+    )
+    return tensor, raw
+
+
+def infer_response_to_pb(response: InferResponse) -> kserve.ModelInferResponse:
+    message = kserve.ModelInferResponse(
+        model_name=response.model_name, model_version=response.model_version, id=response.id
+    )
+    for output in response.outputs:
+        tensor, raw = output_to_pb(output)
+        message.outputs.append(tensor)
+        message.raw_output_contents.append(raw)
+    return message
+
+
+def stream_error_to_pb(
+    request: kserve.ModelInferRequest, error: Exception
+) -> kserve.ModelStreamInferResponse:
+    return kserve.ModelStreamInferResponse(
+        error_message=public_message(error),
+        infer_response=kserve.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )
+
+
+# ---------------------------------------------------------------- KServe metadata
+
+_PLATFORM = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
+_BACKEND = {"onnx": "onnxruntime", "torchscript": "pytorch"}
+
+
+def _metadata_shape(spec: TensorSpec) -> list[int]:
+    return spec.fixed_dims()
+
+
+def model_metadata_to_pb(info: ModelInfo) -> kserve.ModelMetadataResponse:
+    manifest = info.manifest
+    return kserve.ModelMetadataResponse(
+        name=info.name,
+        versions=info.versions_on_disk,
+        platform=_PLATFORM[manifest.format],
+        inputs=[
+            kserve.ModelMetadataResponse.TensorMetadata(
+                name=spec.name, datatype=kserve_datatype(spec.dtype), shape=_metadata_shape(spec)
+            )
+            for spec in manifest.inputs
+        ],
+        outputs=[
+            kserve.ModelMetadataResponse.TensorMetadata(
+                name=spec.name, datatype=kserve_datatype(spec.dtype), shape=_metadata_shape(spec)
+            )
+            for spec in manifest.outputs
+        ],
+    )
+
+
+def _config_dims(spec: TensorSpec, batching: bool) -> list[int]:
+    dims = spec.fixed_dims()
+    return dims[1:] if batching else dims
+
+
+def model_config_to_pb(info: ModelInfo) -> kserve.ModelConfig:
+    manifest: ModelManifest = info.manifest
+    plan = info.plan
+    batching = plan.max_batch_size > 0
+    layout = manifest.preprocess.layout if manifest.preprocess else ""
+    input_format = {
+        "nchw": kserve.ModelInput.FORMAT_NCHW,
+        "nhwc": kserve.ModelInput.FORMAT_NHWC,
+    }.get(layout, kserve.ModelInput.FORMAT_NONE)
+    on_gpu = any(
+        name in plan.providers for name in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    )
+    config = kserve.ModelConfig(
+        name=info.name,
+        platform=_PLATFORM[manifest.format],
+        backend=_BACKEND[manifest.format],
+        max_batch_size=plan.max_batch_size,
+        default_model_filename=plan.model_file,
+        input=[
+            kserve.ModelInput(
+                name=spec.name,
+                data_type=_config_datatype(spec.dtype),
+                format=input_format
+                if manifest.preprocess and spec.name == manifest.preprocess.input
+                else kserve.ModelInput.FORMAT_NONE,
+                dims=_config_dims(spec, batching),
+            )
+            for spec in manifest.inputs
+        ],
+        output=[
+            kserve.ModelOutput(
+                name=spec.name,
+                data_type=_config_datatype(spec.dtype),
+                dims=_config_dims(spec, batching),
+                label_filename=(
+                    manifest.postprocess.labels_file or ""
+                    if spec.name == manifest.postprocess.output
+                    else ""
+                ),
+            )
+            for spec in manifest.outputs
+        ],
+        instance_group=[
+            kserve.ModelInstanceGroup(
+                name=f"{info.name}_0",
+                kind=kserve.ModelInstanceGroup.KIND_GPU
+                if on_gpu
+                else kserve.ModelInstanceGroup.KIND_CPU,
+                count=plan.instance_count,
+            )
+        ],
+        version_policy=kserve.ModelVersionPolicy(
+            latest=kserve.ModelVersionPolicy.Latest(num_versions=1)
+        ),
+    )
+    if batching:
+        config.dynamic_batching.CopyFrom(
+            kserve.ModelDynamicBatching(
+                preferred_batch_size=[plan.max_batch_size],
+                max_queue_delay_microseconds=plan.max_queue_delay_us,
+                default_queue_policy=kserve.ModelQueuePolicy(max_queue_size=plan.max_queue_size),
+            )
+        )
+    accelerators = config.optimization.execution_accelerators
+    for provider in plan.providers:
+        target = (
+            accelerators.gpu_execution_accelerator
+            if provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+            else accelerators.cpu_execution_accelerator
+        )
+        target.append(
+            kserve.ModelOptimizationPolicy.ExecutionAccelerators.Accelerator(name=provider)
+        )
+    config.parameters["edgefleet.plan"].string_value = json.dumps(plan.to_dict(), sort_keys=True)
+    config.parameters["edgefleet.runtime"].string_value = info.backend
+    config.parameters["edgefleet.precision"].string_value = plan.precision
+    return config
+
+
+def _config_datatype(dtype: str) -> kserve.DataType:
+    return cast(kserve.DataType, kserve.DataType.Value(f"TYPE_{kserve_datatype(dtype)}"))
+
+
+def _duration(duration: Duration) -> kserve.StatisticDuration:
+    return kserve.StatisticDuration(count=duration.count, ns=duration.ns)
+
+
+def statistics_to_pb(stats: Iterable[ModelStats]) -> kserve.ModelStatisticsResponse:
+    response = kserve.ModelStatisticsResponse()
+    for item in stats:
+        response.model_stats.append(
+            kserve.ModelStatistics(
+                name=item.name,
+                version=item.version,
+                last_inference=item.last_inference_ms,
+                inference_count=item.inference_count,
+                execution_count=item.execution_count,
+                inference_stats=kserve.InferStatistics(
+                    success=_duration(item.success),
+                    fail=_duration(item.fail),
+                    queue=_duration(item.queue),
+                    compute_input=_duration(item.compute_input),
+                    compute_infer=_duration(item.compute_infer),
+                    compute_output=_duration(item.compute_output),
+                ),
+                batch_stats=[
+                    kserve.InferBatchStatistics(
+                        batch_size=size,
+                        compute_input=_duration(batch.compute_input),
+                        compute_infer=_duration(batch.compute_infer),
+                        compute_output=_duration(batch.compute_output),
+                    )
+                    for size, batch in sorted(item.batches.items())
+                ],
+            )
+        )
+    return response
+
+
+def index_to_pb(entries: Iterable[ModelIndexEntry]) -> kserve.RepositoryIndexResponse:
+    return kserve.RepositoryIndexResponse(
+        models=[
+            kserve.RepositoryIndexResponse.ModelIndex(
+                name=entry.name, version=entry.version, state=entry.state, reason=entry.reason
+            )
+            for entry in entries
+        ]
+    )
+
+
+def load_version_from_pb(
+    parameters: Any,
+) -> str | None:
+    """RepositoryModelLoad's optional "version" parameter (string or int64)."""
+    unknown = sorted(key for key in parameters if key != "version")
+    if unknown:
+        raise InvalidInput(f"load parameter {unknown[0]!r} is not supported (only 'version')")
+    if "version" not in parameters:
+        return None
+    value = parameters["version"]
+    choice = value.WhichOneof("parameter_choice")
+    if choice == "string_param":
+        return str(value.string_param)
+    if choice == "int64_param":
+        return str(value.int64_param)
+    raise InvalidInput("load parameter 'version' must be a string or an int64")
+
+
+# ---------------------------------------------------------------- FrameStream
+
+_ENCODINGS = {
+    fs.FRAME_ENCODING_RAW_RGB: FrameEncoding.RAW_RGB,
+    fs.FRAME_ENCODING_RAW_BGR: FrameEncoding.RAW_BGR,
+    fs.FRAME_ENCODING_JPEG: FrameEncoding.JPEG,
+    fs.FRAME_ENCODING_PNG: FrameEncoding.PNG,
+}
+_POLICIES = {
+    fs.OVERLOAD_POLICY_UNSPECIFIED: OverloadPolicy.DROP_OLDEST,
+    fs.OVERLOAD_POLICY_DROP_OLDEST: OverloadPolicy.DROP_OLDEST,
+    fs.OVERLOAD_POLICY_BLOCK: OverloadPolicy.BLOCK,
+}
+_POLICY_TO_PB = {
+    OverloadPolicy.DROP_OLDEST: fs.OVERLOAD_POLICY_DROP_OLDEST,
+    OverloadPolicy.BLOCK: fs.OVERLOAD_POLICY_BLOCK,
+}
+
+
+def stream_options_from_pb(message: fs.StreamRequest) -> StreamOptions:
+    if message.WhichOneof("kind") != "open":
+        raise InvalidInput("the first message of a FrameStream must be `open`")
+    opening = message.open
+    if not opening.model_name:
+        raise InvalidInput("open.model_name is required")
+    if opening.encoding == fs.FRAME_ENCODING_UNSPECIFIED:
+        raise InvalidInput("open.encoding is required (RAW_RGB, RAW_BGR, JPEG or PNG)")
+    if opening.encoding not in _ENCODINGS:
+        raise InvalidInput(f"open.encoding {opening.encoding} is not a known frame encoding")
+    if opening.overload_policy not in _POLICIES:
+        raise InvalidInput(f"open.overload_policy {opening.overload_policy} is not known")
+    return StreamOptions(
+        model_name=opening.model_name,
+        model_version=opening.model_version,
+        encoding=_ENCODINGS[opening.encoding],
+        source_fps=opening.source_fps,
+        policy=_POLICIES[opening.overload_policy],
+        max_in_flight=opening.max_in_flight,
+        top_k=opening.results.top_k,
+        raw_tensors=opening.results.raw_tensors,
+        stream_id=opening.stream_id,
+    )
+
+
+async def frames_from_pb(messages: AsyncIterator[fs.StreamRequest]) -> AsyncIterator[FrameIn]:
+    async for message in messages:
+        if message.WhichOneof("kind") != "frame":
+            raise InvalidInput("after `open`, every FrameStream message must be a `frame`")
+        frame = message.frame
+        yield FrameIn(
+            sequence=frame.sequence,
+            capture_time_ns=frame.capture_time_unix_ns,
+            data=frame.data,
+            width=frame.width,
+            height=frame.height,
+        )
+
+
+def _tensor_to_pb(output: OutputTensor) -> fs.Tensor:
+    tensor, raw = output_to_pb(output)
+    return fs.Tensor(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape, data=raw)
+
+
+def stream_event_to_pb(event: StreamEvent) -> fs.StreamResponse:
+    if isinstance(event, FrameResultEvent):
+        return fs.StreamResponse(
+            result=fs.FrameResult(
+                sequence=event.sequence,
+                capture_time_unix_ns=event.capture_time_ns,
+                model_name=event.model_name,
+                model_version=event.model_version,
+                labels=[
+                    fs.Label(class_id=item.class_id, label=item.label, score=item.score)
+                    for item in event.labels
+                ],
+                tensors=[_tensor_to_pb(tensor) for tensor in event.tensors],
+                timings=fs.Timings(
+                    queue_us=event.queue_us,
+                    preprocess_us=event.preprocess_us,
+                    inference_us=event.inference_us,
+                    postprocess_us=event.postprocess_us,
+                    total_us=event.total_us,
+                    batch_size=event.batch_size,
+                ),
+            )
+        )
+    if isinstance(event, FramesDroppedEvent):
+        return fs.StreamResponse(
+            dropped=fs.FramesDropped(
+                sequences=list(event.sequences),
+                reason=event.reason,
+                total_dropped=event.total_dropped,
+            )
+        )
+    if isinstance(event, FrameErrorEvent):
+        return fs.StreamResponse(
+            error=fs.FrameError(
+                sequence=event.sequence,
+                code=status_for(event.error).value[0],
+                message=public_message(event.error),
+            )
+        )
+    if isinstance(event, StreamOpenedEvent):
+        return fs.StreamResponse(
+            opened=fs.StreamOpened(
+                stream_id=event.stream_id,
+                model_name=event.model_name,
+                model_version=event.model_version,
+                max_in_flight=event.max_in_flight,
+                overload_policy=_POLICY_TO_PB[event.policy],
+            )
+        )
+    raise TypeError(f"unknown stream event {type(event).__name__}")
+
+
+def model_info_to_json(info: ModelInfo) -> tuple[str, str]:
+    manifest_json = info.manifest.model_dump_json()
+    plan = {**info.plan.to_dict(), "runtime": info.backend}
+    return manifest_json, json.dumps(plan, sort_keys=True)
+

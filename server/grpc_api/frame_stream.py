@@ -1,0 +1,34 @@
+"""`edgefleet.v1.FrameStreamService`: camera streams over InferenceCore."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from protos.edgefleet.v1 import frame_stream_pb2 as fs
+from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
+from server.core import InferenceCore
+from server.grpc_api import convert
+from server.grpc_api.status import grpc_errors
+
+
+class FrameStreamServicer(fs_grpc.FrameStreamServiceServicer):
+    def __init__(self, core: InferenceCore) -> None:
+        self._core = core
+
+    @grpc_errors
+    async def Stream(
+        self,
+        request_iterator: AsyncIterator[fs.StreamRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[fs.StreamResponse]:
+        requests = aiter(request_iterator)
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            return
+        options = convert.stream_options_from_pb(first)
+        async for event in self._core.stream(options, convert.frames_from_pb(requests)):
+            yield convert.stream_event_to_pb(event)

@@ -1,0 +1,160 @@
+"""`inference.GRPCInferenceService` (KServe v2 / Triton) over InferenceCore."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from protos.inference import grpc_service_pb2 as kserve
+from protos.inference import grpc_service_pb2_grpc as kserve_grpc
+from server.concurrency import bounded_map
+from server.core import InferenceCore
+from server.errors import EdgeError, Unsupported
+from server.grpc_api import convert
+from server.grpc_api.status import grpc_errors, status_for
+
+SERVER_NAME = "edgefleet"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ["classification", "model_repository", "statistics"]
+# Requests of one ModelStreamInfer stream processed at once, so they can share batches.
+STREAM_WINDOW = 16
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, core: InferenceCore) -> None:
+        self._core = core
+
+    @grpc_errors
+    async def ServerLive(
+        self, request: kserve.ServerLiveRequest, context: Context
+    ) -> kserve.ServerLiveResponse:
+        return kserve.ServerLiveResponse(live=self._core.live)
+
+    @grpc_errors
+    async def ServerReady(
+        self, request: kserve.ServerReadyRequest, context: Context
+    ) -> kserve.ServerReadyResponse:
+        return kserve.ServerReadyResponse(ready=self._core.ready)
+
+    @grpc_errors
+    async def ModelReady(
+        self, request: kserve.ModelReadyRequest, context: Context
+    ) -> kserve.ModelReadyResponse:
+        ready = self._core.model_ready(request.name, request.version)
+        return kserve.ModelReadyResponse(ready=ready)
+
+    @grpc_errors
+    async def ServerMetadata(
+        self, request: kserve.ServerMetadataRequest, context: Context
+    ) -> kserve.ServerMetadataResponse:
+        return kserve.ServerMetadataResponse(
+            name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS
+        )
+
+    @grpc_errors
+    async def ModelMetadata(
+        self, request: kserve.ModelMetadataRequest, context: Context
+    ) -> kserve.ModelMetadataResponse:
+        return convert.model_metadata_to_pb(self._core.model_info(request.name, request.version))
+
+    @grpc_errors
+    async def ModelConfig(
+        self, request: kserve.ModelConfigRequest, context: Context
+    ) -> kserve.ModelConfigResponse:
+        info = self._core.model_info(request.name, request.version)
+        return kserve.ModelConfigResponse(config=convert.model_config_to_pb(info))
+
+    @grpc_errors
+    async def ModelInfer(
+        self, request: kserve.ModelInferRequest, context: Context
+    ) -> kserve.ModelInferResponse:
+        response = await self._core.infer(convert.infer_request_from_pb(request))
+        return convert.infer_response_to_pb(response)
+
+    @grpc_errors
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[kserve.ModelInferRequest], context: Context
+    ) -> AsyncIterator[kserve.ModelStreamInferResponse]:
+        async def answer(request: kserve.ModelInferRequest) -> kserve.ModelStreamInferResponse:
+            # One bad request is answered in error_message; the stream stays open.
+            try:
+                response = await self._core.infer(convert.infer_request_from_pb(request))
+            except Exception as exc:
+                if status_for(exc) is grpc.StatusCode.INTERNAL:
+                    raise
+                return convert.stream_error_to_pb(request, exc)
+            return kserve.ModelStreamInferResponse(
+                infer_response=convert.infer_response_to_pb(response)
+            )
+
+        async for message in bounded_map(answer, request_iterator, STREAM_WINDOW):
+            yield message
+
+    @grpc_errors
+    async def ModelStatistics(
+        self, request: kserve.ModelStatisticsRequest, context: Context
+    ) -> kserve.ModelStatisticsResponse:
+        return convert.statistics_to_pb(self._core.statistics(request.name, request.version))
+
+    @grpc_errors
+    async def RepositoryIndex(
+        self, request: kserve.RepositoryIndexRequest, context: Context
+    ) -> kserve.RepositoryIndexResponse:
+        return convert.index_to_pb(self._core.repository_index(ready_only=request.ready))
+
+    @grpc_errors
+    async def RepositoryModelLoad(
+        self, request: kserve.RepositoryModelLoadRequest, context: Context
+    ) -> kserve.RepositoryModelLoadResponse:
+        version = convert.load_version_from_pb(request.parameters)
+        await self._core.load_model(request.model_name, version)
+        return kserve.RepositoryModelLoadResponse()
+
+    @grpc_errors
+    async def RepositoryModelUnload(
+        self, request: kserve.RepositoryModelUnloadRequest, context: Context
+    ) -> kserve.RepositoryModelUnloadResponse:
+        await self._core.unload_model(request.model_name)
+        return kserve.RepositoryModelUnloadResponse()
+
+    # Shared memory, trace and log settings: wire-compatible names, deliberately not offered.
+
+    @grpc_errors
+    async def SystemSharedMemoryStatus(self, request: Any, context: Context) -> Any:
+        raise _unsupported("system shared memory")
+
+    @grpc_errors
+    async def SystemSharedMemoryRegister(self, request: Any, context: Context) -> Any:
+        raise _unsupported("system shared memory")
+
+    @grpc_errors
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Context) -> Any:
+        raise _unsupported("system shared memory")
+
+    @grpc_errors
+    async def CudaSharedMemoryStatus(self, request: Any, context: Context) -> Any:
+        raise _unsupported("CUDA shared memory")
+
+    @grpc_errors
+    async def CudaSharedMemoryRegister(self, request: Any, context: Context) -> Any:
+        raise _unsupported("CUDA shared memory")
+
+    @grpc_errors
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Context) -> Any:
+        raise _unsupported("CUDA shared memory")
+
+    @grpc_errors
+    async def TraceSetting(self, request: Any, context: Context) -> Any:
+        raise _unsupported("trace settings")
+
+    @grpc_errors
+    async def LogSettings(self, request: Any, context: Context) -> Any:
+        raise _unsupported("log settings")
+
+
+def _unsupported(feature: str) -> EdgeError:
+    return Unsupported(f"{feature} is not supported by edgefleet; send tensors in the request")

@@ -1,0 +1,97 @@
+"""Domain errors to gRPC status codes: the one table, and the one decorator that applies it."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar, cast
+
+import grpc
+
+from server.errors import (
+    EdgeError,
+    InvalidInput,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    Overloaded,
+    PlanRefused,
+    ShuttingDown,
+    Unauthenticated,
+    Unsupported,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[EdgeError], grpc.StatusCode] = {
+    ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    ModelNotReady: grpc.StatusCode.UNAVAILABLE,
+    ShuttingDown: grpc.StatusCode.UNAVAILABLE,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    PlanRefused: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
+    Unsupported: grpc.StatusCode.UNIMPLEMENTED,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+}
+
+INTERNAL_MESSAGE = "internal error (the server log has the details)"
+
+
+def status_for(error: BaseException) -> grpc.StatusCode:
+    for klass in type(error).__mro__:
+        if klass in STATUS:
+            return STATUS[klass]
+    return grpc.StatusCode.INTERNAL
+
+
+def public_message(error: BaseException) -> str:
+    """Domain errors explain themselves; anything else is never leaked to the client."""
+    if isinstance(error, EdgeError) and status_for(error) is not grpc.StatusCode.INTERNAL:
+        return str(error)
+    return INTERNAL_MESSAGE
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def grpc_errors(method: F) -> F:
+    """Turn domain errors raised by a servicer method (unary or streaming) into gRPC statuses."""
+
+    async def fail(error: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        code = status_for(error)
+        if code is grpc.StatusCode.INTERNAL:
+            log.error("unexpected error in %s", method.__qualname__, exc_info=error)
+        await context.abort(code, public_message(error))
+
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream_wrapper(
+            self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            try:
+                async for response in method(self, request, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await fail(exc, context)
+
+        return cast(F, stream_wrapper)
+
+    @functools.wraps(method)
+    async def unary_wrapper(
+        self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Coroutine[Any, Any, Any]:
+        try:
+            return cast(Coroutine[Any, Any, Any], await method(self, request, context))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await fail(exc, context)
+            raise  # unreachable: abort raises
+
+    return cast(F, unary_wrapper)

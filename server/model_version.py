@@ -1,0 +1,183 @@
+"""One loaded model version: its runtime, batcher, labels, plan and statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from server.backends.base import Arrays, load_backend
+from server.batcher import BatchOutcome, DynamicBatcher
+from server.errors import InvalidInput, ModelLoadError
+from server.manifest import ModelManifest, load_labels
+from server.metrics import ServerMetrics
+from server.runtime_plan import RuntimePlan
+from server.stats import ModelStats
+from server.tensors import check_tensor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferOutcome:
+    outputs: Arrays
+    version: str
+    queue_s: float
+    infer_s: float
+    batch_rows: int
+
+
+class ModelVersion:
+    """Created by `load()` off the event loop, then `start()`ed on it."""
+
+    def __init__(
+        self,
+        version_dir: Path,
+        manifest: ModelManifest,
+        plan: RuntimePlan,
+        metrics: ServerMetrics,
+    ) -> None:
+        self.version_dir = version_dir
+        self.manifest = manifest
+        self.plan = plan
+        self.name = manifest.name
+        self.version = manifest.version
+        self.labels = load_labels(version_dir, manifest)
+        self.stats = ModelStats(self.name, self.version)
+        self._metrics = metrics
+        self._backend = load_backend(version_dir, manifest, plan)
+        self._warm_up()
+        self._output_names = [spec.name for spec in manifest.outputs]
+        self._batcher = DynamicBatcher(
+            self._backend,
+            name=f"{self.name}/{self.version}",
+            output_names=self._output_names,
+            max_batch_size=plan.max_batch_size,
+            max_queue_delay_us=plan.max_queue_delay_us,
+            max_queue_size=plan.max_queue_size,
+            instance_count=plan.instance_count,
+            on_execution=self._on_execution,
+        )
+        self._leases = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def backend_description(self) -> str:
+        return self._backend.description
+
+    @property
+    def in_flight(self) -> int:
+        return self._leases
+
+    def _warm_up(self) -> None:
+        """Run once on zeros so the first real request does not pay for lazy initialisation."""
+        pre = self.manifest.preprocess
+
+        def warm_dim(spec_name: str, axis: int, dim: int | str) -> int:
+            if isinstance(dim, int) and dim > 0:
+                return dim
+            if axis == 0:
+                return 1
+            if pre is not None and pre.input == spec_name:
+                height_axis, width_axis = (2, 3) if pre.layout == "nchw" else (1, 2)
+                if axis == height_axis:
+                    return pre.height
+                if axis == width_axis:
+                    return pre.width
+            return 64
+
+        inputs = {
+            spec.name: np.zeros(
+                [warm_dim(spec.name, axis, dim) for axis, dim in enumerate(spec.shape)],
+                dtype=spec.dtype,
+            )
+            for spec in self.manifest.inputs
+        }
+        try:
+            self._backend.run(inputs, [spec.name for spec in self.manifest.outputs])
+        except Exception as exc:  # a model that cannot run on its own declared shapes is broken
+            raise ModelLoadError(
+                f"{self.name}/{self.version}: warm-up run failed: {str(exc).splitlines()[0][:300]}"
+            ) from exc
+
+    def start(self) -> None:
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._batcher.start()
+
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[ModelVersion]:
+        """Hold the version while a request uses it; retiring waits for every lease to end."""
+        self._leases += 1
+        self._idle.clear()
+        try:
+            yield self
+        finally:
+            self._leases -= 1
+            if self._leases == 0:
+                self._idle.set()
+
+    def validate(self, inputs: Arrays) -> None:
+        declared = {spec.name for spec in self.manifest.inputs}
+        missing = declared - inputs.keys()
+        unknown = inputs.keys() - declared
+        if unknown:
+            raise InvalidInput(
+                f"model {self.name}: unknown input {sorted(unknown)[0]!r} "
+                f"(inputs: {sorted(declared)})"
+            )
+        if missing:
+            raise InvalidInput(f"model {self.name}: missing input {sorted(missing)[0]!r}")
+        rows = set()
+        for spec in self.manifest.inputs:
+            check_tensor(inputs[spec.name], spec, max_batch_size=self.plan.max_batch_size)
+            rows.add(inputs[spec.name].shape[0] if self.plan.max_batch_size > 0 else 1)
+        if len(rows) > 1:
+            raise InvalidInput(f"model {self.name}: inputs disagree on batch size {sorted(rows)}")
+
+    async def infer(self, inputs: Arrays) -> InferOutcome:
+        """Validate, queue for a batch, and await this request's rows."""
+        self.validate(inputs)
+        outcome: BatchOutcome = await self._batcher.submit(inputs)
+        self._metrics.queue_latency.labels(self.name, self.version).observe(outcome.queue_s)
+        return InferOutcome(
+            outputs=outcome.outputs,
+            version=self.version,
+            queue_s=outcome.queue_s,
+            infer_s=outcome.infer_s,
+            batch_rows=outcome.batch_rows,
+        )
+
+    def _on_execution(self, rows: int, infer_s: float) -> None:
+        self.stats.record_execution(rows, infer_s)
+        self._metrics.batch_size.labels(self.name, self.version).observe(rows)
+        self._metrics.compute_latency.labels(self.name, self.version).observe(infer_s)
+
+    async def retire(self) -> None:
+        """Wait for in-flight requests, then drain the batcher and free the runtime."""
+        await self._idle.wait()
+        await self._batcher.close()
+        log.info("model %s version %s unloaded", self.name, self.version)
+
+    def record_success(
+        self, *, total_s: float, queue_s: float, input_s: float, infer_s: float, output_s: float
+    ) -> None:
+        self.stats.record_success(
+            total_s=total_s, queue_s=queue_s, input_s=input_s, infer_s=infer_s, output_s=output_s
+        )
+        self._metrics.requests.labels(self.name, self.version, "success").inc()
+        self._metrics.request_latency.labels(self.name, self.version).observe(total_s)
+
+    def record_failure(self, total_s: float, outcome: str = "error") -> None:
+        self.stats.record_failure(total_s)
+        self._metrics.requests.labels(self.name, self.version, outcome).inc()
+
+    def record_drops(self, count: int) -> None:
+        self.stats.record_drops(count)
+        self._metrics.frames_dropped.labels(self.name).inc(count)

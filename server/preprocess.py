@@ -1,0 +1,99 @@
+"""Camera frames to model input: decode, colour order, resize or letterbox, normalise, layout.
+
+OpenCV (libjpeg-turbo and libpng inside, SIMD resize) does the pixel work and releases the
+GIL, so frames from many streams preprocess in parallel threads off the event loop.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import cv2
+import numpy as np
+
+from server.errors import InvalidInput
+from server.manifest import Preprocess
+
+# Refuse frames beyond 8K before allocating for them.
+MAX_PIXELS = 7680 * 4320
+
+
+class FrameEncoding(Enum):
+    RAW_RGB = "raw_rgb"
+    RAW_BGR = "raw_bgr"
+    JPEG = "jpeg"
+    PNG = "png"
+
+
+_JPEG_MAGIC = b"\xff\xd8"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def decode_frame(
+    data: bytes, encoding: FrameEncoding, width: int, height: int
+) -> tuple[np.ndarray, str]:
+    """Return (HWC uint8 image, its colour order "rgb" or "bgr")."""
+    if encoding in (FrameEncoding.RAW_RGB, FrameEncoding.RAW_BGR):
+        if width <= 0 or height <= 0:
+            raise InvalidInput(f"raw frame needs width and height, got {width}x{height}")
+        if width * height > MAX_PIXELS:
+            raise InvalidInput(f"raw frame {width}x{height} exceeds the 8K limit")
+        expected = width * height * 3
+        if len(data) != expected:
+            raise InvalidInput(
+                f"raw frame of {width}x{height}x3 needs {expected} bytes, got {len(data)}"
+            )
+        image = np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
+        return image, "rgb" if encoding is FrameEncoding.RAW_RGB else "bgr"
+    magic = _JPEG_MAGIC if encoding is FrameEncoding.JPEG else _PNG_MAGIC
+    kind = encoding.name
+    if not data.startswith(magic):
+        raise InvalidInput(f"frame is not {kind}: {len(data)} bytes without the {kind} signature")
+    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if decoded is None:
+        raise InvalidInput(f"undecodable {kind} frame ({len(data)} bytes)")
+    return decoded, "bgr"
+
+
+def to_model_input(image: np.ndarray, color: str, spec: Preprocess) -> np.ndarray:
+    """HWC uint8 image to a batch-of-one tensor in the model's layout, dtype and colour."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidInput(f"frame has shape {list(image.shape)}, expected height x width x 3")
+    if color != spec.color:
+        image = image[:, :, ::-1]
+    resized = _resize(image, spec)
+    if spec.dtype == "uint8":
+        tensor = resized
+    else:
+        mean = np.asarray(spec.mean, dtype=np.float32)
+        inv_std = 1.0 / np.asarray(spec.std, dtype=np.float32)
+        tensor = (resized.astype(np.float32) - mean) * inv_std
+        if spec.dtype == "float16":
+            tensor = tensor.astype(np.float16)
+    if spec.layout == "nchw":
+        tensor = tensor.transpose(2, 0, 1)
+    return np.ascontiguousarray(tensor)[None]
+
+
+def _resize(image: np.ndarray, spec: Preprocess) -> np.ndarray:
+    height, width = image.shape[:2]
+    if spec.resize == "stretch":
+        return _scale(image, spec.width, spec.height)
+    scale = min(spec.width / width, spec.height / height)
+    new_width, new_height = max(1, round(width * scale)), max(1, round(height * scale))
+    canvas = np.full((spec.height, spec.width, 3), spec.pad_value, dtype=np.uint8)
+    top, left = (spec.height - new_height) // 2, (spec.width - new_width) // 2
+    canvas[top : top + new_height, left : left + new_width] = _scale(image, new_width, new_height)
+    return canvas
+
+
+def _scale(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    if image.shape[1] == width and image.shape[0] == height:
+        return np.ascontiguousarray(image)
+    shrinking = width < image.shape[1] and height < image.shape[0]
+    # Area averaging avoids aliasing when a 1080p frame shrinks to 224 px.
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    resized: np.ndarray = cv2.resize(
+        np.ascontiguousarray(image), (width, height), interpolation=interpolation
+    )
+    return resized
