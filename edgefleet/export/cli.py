@@ -133,6 +133,9 @@ def export(
     force: Annotated[bool, typer.Option(help="Write targets that fail verification.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing version.")] = False,
     benchmark: Annotated[bool, typer.Option(help="Measure eager/TorchScript/ORT here.")] = False,
+    bench_seconds: Annotated[
+        float, typer.Option(help="Measuring time per runtime and batch.", min=0.0)
+    ] = 2.0,
     max_batch: Annotated[int, typer.Option(help="Planned batch size.", min=1)] = 8,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     description: Annotated[str, typer.Option()] = "",
@@ -169,6 +172,7 @@ def export(
             force=force,
             overwrite=overwrite,
             benchmark=benchmark,
+            bench_seconds=bench_seconds,
             max_batch=max_batch,
             opset=opset,
             description=description,

@@ -23,8 +23,11 @@ def resolve_factory(target: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure in user code is the user's to see
+        hint = ""
+        if isinstance(exc, ModuleNotFoundError) and exc.name and module_name.startswith(exc.name):
+            hint = " (is the directory holding it on PYTHONPATH?)"
         raise ModuleImportFailed(
-            f"module {module_name!r} does not import: {type(exc).__name__}: {exc}"
+            f"module {module_name!r} does not import: {type(exc).__name__}: {exc}{hint}"
         ) from exc
     factory: Any = module
     for part in attribute.split("."):

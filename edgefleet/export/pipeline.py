@@ -77,6 +77,8 @@ class ExportRequest:
     force: bool = False
     overwrite: bool = False
     benchmark: bool = False
+    # Minimum measuring time per runtime and batch size.
+    bench_seconds: float = 2.0
     max_batch: int = 8
     opset: int = onnx_target.DEFAULT_OPSET
     description: str = ""
@@ -343,4 +345,4 @@ def _benchmark(
         batch: [t.numpy() for t in batch_inputs(request.inputs, batch, generator)]
         for batch in batches
     }
-    return benchmark_runtimes(candidates, inputs_by_batch)
+    return benchmark_runtimes(candidates, inputs_by_batch, min_seconds=request.bench_seconds)

@@ -7,6 +7,7 @@ something; tiny elements are judged by the absolute difference alone.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from edgefleet.export.runners import Runner
+
+_ERROR_LINE = re.compile(r"^[A-Za-z_.]*(Error|Exception): ")
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,13 @@ def compare_outputs(
 
 
 def first_line(exc: BaseException) -> str:
+    """The line of an error message that says what failed. TorchScript's interpreter opens with
+    a generic line and ends with the original `SomeError: detail`; prefer that."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if lines and "TorchScript interpreter" in lines[0]:
+        cause = next((line for line in reversed(lines) if _ERROR_LINE.match(line)), None)
+        if cause:
+            return cause
     return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
