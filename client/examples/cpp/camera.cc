@@ -1,0 +1,130 @@
+// Minimal edgefleet camera client in C++: opens a FrameStream, sends JPEG files as frames and
+// prints one line per result. Usage: edgefleet_camera HOST:PORT MODEL IMAGE.jpg [IMAGE.jpg ...]
+// EDGEFLEET_TOKEN, when set, is sent as `authorization: Bearer <token>`.
+#include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "edgefleet/v1/frame_stream.grpc.pb.h"
+
+namespace v1 = edgefleet::v1;
+
+namespace {
+
+bool ReadFile(const std::string& path, std::string* contents) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) return false;
+  contents->assign(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
+  return true;
+}
+
+int64_t NowUnixNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+void PrintResponses(grpc::ClientReaderWriter<v1::StreamRequest, v1::StreamResponse>* stream,
+                    int* answered) {
+  v1::StreamResponse response;
+  while (stream->Read(&response)) {
+    switch (response.kind_case()) {
+      case v1::StreamResponse::kOpened:
+        std::cout << "opened stream=" << response.opened().stream_id()
+                  << " model=" << response.opened().model_name()
+                  << " version=" << response.opened().model_version() << std::endl;
+        break;
+      case v1::StreamResponse::kResult: {
+        const auto& result = response.result();
+        std::ostringstream labels;
+        for (int i = 0; i < result.labels_size(); ++i) {
+          if (i) labels << ", ";
+          labels << result.labels(i).label() << " (" << std::fixed << std::setprecision(3)
+                 << result.labels(i).score() << ")";
+        }
+        std::cout << "frame " << result.sequence() << " " << result.model_name() << "/"
+                  << result.model_version() << ": " << labels.str() << std::endl;
+        ++*answered;
+        break;
+      }
+      case v1::StreamResponse::kDropped:
+        std::cout << "dropped " << response.dropped().sequences_size()
+                  << " frames: " << response.dropped().reason() << std::endl;
+        break;
+      case v1::StreamResponse::kError:
+        std::cout << "frame " << response.error().sequence() << " error "
+                  << response.error().code() << ": " << response.error().message() << std::endl;
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 4) {
+    std::cerr << "usage: " << argv[0] << " HOST:PORT MODEL IMAGE.jpg [IMAGE.jpg ...]\n";
+    return 2;
+  }
+  const std::string target = argv[1];
+  const std::string model = argv[2];
+  std::vector<std::string> frames;
+  for (int i = 3; i < argc; ++i) {
+    std::string data;
+    if (!ReadFile(argv[i], &data)) {
+      std::cerr << argv[i] << ": cannot read\n";
+      return 2;
+    }
+    frames.push_back(std::move(data));
+  }
+
+  auto channel = grpc::CreateChannel(target, grpc::InsecureChannelCredentials());
+  auto stub = v1::FrameStreamService::NewStub(channel);
+  grpc::ClientContext context;
+  if (const char* token = std::getenv("EDGEFLEET_TOKEN")) {
+    context.AddMetadata("authorization", std::string("Bearer ") + token);
+  }
+  auto stream = stub->Stream(&context);
+
+  // Results are read on their own thread so a full send window never deadlocks the writer.
+  int answered = 0;
+  std::thread reader(PrintResponses, stream.get(), &answered);
+
+  v1::StreamRequest open;
+  open.mutable_open()->set_model_name(model);
+  open.mutable_open()->set_encoding(v1::FRAME_ENCODING_JPEG);
+  // BLOCK: every frame of a recorded sequence is answered rather than dropped.
+  open.mutable_open()->set_overload_policy(v1::OVERLOAD_POLICY_BLOCK);
+  open.mutable_open()->mutable_results()->set_top_k(3);
+  open.mutable_open()->set_stream_id("cpp-camera");
+  bool writing = stream->Write(open);
+  for (size_t i = 0; writing && i < frames.size(); ++i) {
+    v1::StreamRequest request;
+    request.mutable_frame()->set_sequence(i + 1);
+    request.mutable_frame()->set_capture_time_unix_ns(NowUnixNs());
+    request.mutable_frame()->set_data(frames[i]);
+    writing = stream->Write(request);
+  }
+  stream->WritesDone();
+  reader.join();
+  const grpc::Status status = stream->Finish();
+  if (!status.ok()) {
+    std::cerr << "stream failed: code " << status.error_code() << ": " << status.error_message()
+              << std::endl;
+    return 1;
+  }
+  std::cout << "done: " << answered << "/" << frames.size() << " frames answered" << std::endl;
+  return 0;
+}
