@@ -20,12 +20,14 @@ from protos.edgefleet.v1 import (
 )
 from protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from server.core import InferenceCore
+from server.grpc_api.auth import auth_interceptors
 from server.grpc_api.frame_stream import FrameStreamServicer
 from server.grpc_api.kserve import KServeServicer
 from server.grpc_api.server_info import DeviceFacts, ServerInfoServicer
 from server.metrics import ServerMetrics
 from server.runtime_plan import Planner
 from server.settings import ServerSettings
+from server.tls import server_credentials as tls_credentials
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,12 @@ class EdgeServer:
         self.metrics = ServerMetrics()
         self.core = InferenceCore(settings, planner=planner, metrics=self.metrics)
         self._device_facts = device_facts
-        self._interceptors = list(interceptors)
-        self._credentials = server_credentials
+        # The settings' auth token and TLS files apply unless the caller passes its own; the token
+        # check runs first so an unauthenticated call reaches nothing else.
+        self._interceptors = [*auth_interceptors(settings), *interceptors]
+        self._credentials = (
+            server_credentials if server_credentials is not None else tls_credentials(settings)
+        )
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._metrics_http: Any = None

@@ -30,6 +30,10 @@ def serve(
     shutdown_grace_s: Annotated[float, typer.Option(help="Seconds SIGTERM waits for in-flight work.")] = 10.0,
     port_file: Annotated[Path | None, typer.Option(help="Write the bound gRPC port here once serving.")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM); with --tls-key turns TLS on.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM, unencrypted).")] = None,
+    tls_client_ca: Annotated[Path | None, typer.Option(help="Demand client certificates signed by this CA (mutual TLS).")] = None,
+    auth_token: Annotated[str | None, typer.Option(envvar="EDGEFLEET_AUTH_TOKEN", help="Require `authorization: Bearer TOKEN` on every call but health checks.")] = None,
 ) -> None:  # fmt: skip
     """Serve the models in REPOSITORY over gRPC (KServe v2 / Triton protocol and FrameStream)."""
     settings = ServerSettings(
@@ -43,11 +47,21 @@ def serve(
         shutdown_grace_s=shutdown_grace_s,
         port_file=port_file,
         log_level=log_level.upper(),  # type: ignore[arg-type]
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        auth_token=auth_token,
     )
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(run_server(settings))
+    from server.tls import TlsConfigError
+
+    try:
+        asyncio.run(run_server(settings))
+    except TlsConfigError as exc:
+        typer.echo(f"edgefleet serve: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 async def run_server(settings: ServerSettings) -> None:
