@@ -1,0 +1,124 @@
+"""The whole controller in-process: store, CA, core, the mTLS and enrollment gRPC servers and
+the Prometheus endpoint. `edgefleet controller` and the tests build it the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, start_http_server
+
+from fleet.controller.controller import FleetController
+from fleet.controller.grpc_api import AdminServicer, AgentServicer, EnrollmentServicer
+from fleet.controller.settings import ControllerSettings
+from fleet.controller.sqlite_store import SqliteStore
+from fleet.keys import TrustedKeys
+from fleet.pki import ADMIN_PREFIX, CertificateAuthority
+from protos.edgefleet.fleet.v1 import admin_pb2_grpc, agent_pb2_grpc
+
+logger = logging.getLogger(__name__)
+ADMIN_CREDENTIAL = "admin-credential.json"
+# Bundles travel in chunks well under this; uploads too.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+class ControllerApp:
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        self.controller: FleetController | None = None
+        self._servers: list[grpc.aio.Server] = []
+        self._metrics_server: Any = None
+        self.port = 0
+        self.enroll_port = 0
+        self.metrics_port = 0
+
+    @property
+    def admin_credential_path(self) -> Path:
+        return self.settings.data_dir / ADMIN_CREDENTIAL
+
+    async def start(self) -> int:
+        settings = self.settings
+        pki_dir = settings.data_dir / "pki"
+        ca = await asyncio.to_thread(CertificateAuthority.load_or_create, pki_dir)
+        key_pem, cert_pem = await asyncio.to_thread(
+            ca.server_credentials, pki_dir, settings.hostnames
+        )
+        trusted = await asyncio.to_thread(TrustedKeys.from_paths, settings.trusted_keys)
+        store = await asyncio.to_thread(SqliteStore, settings.data_dir / "controller.db")
+        controller = FleetController(settings, store, ca, trusted, self.registry)
+        await controller.start()
+        self.controller = controller
+
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Agents behind NAT: keep idle streams alive through middleboxes.
+            ("grpc.keepalive_time_ms", 60_000),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ]
+        main = grpc.aio.server(options=options)
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(controller), main)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(controller), main)
+        mutual = grpc.ssl_server_credentials(
+            [(key_pem, cert_pem)], root_certificates=ca.certificate_pem, require_client_auth=True
+        )
+        self.port = main.add_secure_port(f"{settings.host}:{settings.port}", mutual)
+        enroll = grpc.aio.server(options=options)
+        agent_pb2_grpc.add_EnrollmentServiceServicer_to_server(
+            EnrollmentServicer(controller), enroll
+        )
+        server_only = grpc.ssl_server_credentials([(key_pem, cert_pem)])
+        self.enroll_port = enroll.add_secure_port(
+            f"{settings.host}:{settings.enroll_port}", server_only
+        )
+        self._servers = [main, enroll]
+        for server in self._servers:
+            await server.start()
+        if settings.metrics_port >= 0:
+            self._metrics_server, _ = start_http_server(
+                settings.metrics_port, addr=settings.host, registry=self.registry
+            )
+            self.metrics_port = self._metrics_server.server_port
+        await asyncio.to_thread(self._write_admin_credential, ca)
+        logger.info(
+            "controller on %s:%d (mTLS), enrollment on :%d, data in %s",
+            settings.host,
+            self.port,
+            self.enroll_port,
+            settings.data_dir,
+        )
+        return self.port
+
+    def _write_admin_credential(self, ca: CertificateAuthority) -> None:
+        """fleetctl's credential: the CA to trust, an admin client certificate, the address."""
+        path = self.admin_credential_path
+        if path.exists():
+            credential = json.loads(path.read_text())
+        else:
+            key_pem, cert_pem = ca.issue_client(ADMIN_PREFIX + "operator")
+            credential = {"key_pem": key_pem.decode(), "certificate_pem": cert_pem.decode()}
+        credential["ca_pem"] = ca.certificate_pem.decode()
+        credential["address"] = f"{self.settings.hostnames[0]}:{self.port}"
+        credential["enroll_address"] = f"{self.settings.hostnames[0]}:{self.enroll_port}"
+        temporary = path.with_suffix(".tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(credential, handle, indent=2)
+        temporary.replace(path)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        await asyncio.gather(*(server.stop(grace) for server in self._servers))
+        self._servers = []
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.shutdown)
+            self._metrics_server = None
+        if self.controller is not None:
+            await self.controller.stop()
+            self.controller = None

@@ -1,0 +1,359 @@
+"""The controller core: enrollment, the device registry, desired state, bundles, telemetry and
+rollouts. No gRPC here: `fleet.controller.grpc_api` translates and delegates."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import re
+import secrets
+import shutil
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Histogram
+
+from fleet.bundle import BundleInfo, sha256_path, verify_bundle
+from fleet.controller.live import LiveFleet, TelemetrySample
+from fleet.controller.metrics import FleetCollector
+from fleet.controller.records import (
+    AuditRecord,
+    BundleRecord,
+    DesiredEntry,
+    DeviceRecord,
+    Measurement,
+    RolloutRecord,
+    RolloutSpec,
+)
+from fleet.controller.rollouts import PIN_SOURCE, RolloutEngine, matches
+from fleet.controller.settings import ControllerSettings
+from fleet.controller.store import Store, StoreRunner
+from fleet.errors import Conflict, InvalidRequest, NotFound
+from fleet.keys import TrustedKeys
+from fleet.pki import DEVICE_PREFIX, CertificateAuthority
+
+logger = logging.getLogger(__name__)
+_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    record: DeviceRecord
+    online: bool
+    last_seen: float
+    desired: list[DesiredEntry]
+    latest: TelemetrySample | None
+
+
+class FleetController:
+    def __init__(
+        self,
+        settings: ControllerSettings,
+        store: Store,
+        ca: CertificateAuthority,
+        trusted_keys: TrustedKeys,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.settings = settings
+        self._store = StoreRunner(store)
+        self._ca = ca
+        self._trusted_keys = trusted_keys
+        self.live = LiveFleet(settings.samples_per_device)
+        self.rollouts = RolloutEngine(
+            self._store, self.live, self.live.notify, settings.rollout_tick_s
+        )
+        self._bundle_dir = settings.data_dir / "bundles"
+        self._pending_rows: deque[tuple[str, float, str]] = deque(
+            maxlen=settings.telemetry_buffer_rows
+        )
+        self.telemetry_rows_dropped = 0
+        self._devices: dict[str, DeviceRecord] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.heartbeat_seconds = Histogram(
+            "edgefleet_controller_telemetry_handling_seconds",
+            "Time to handle one telemetry heartbeat from an agent",
+            buckets=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1),
+            registry=registry,
+        )
+        registry.register(FleetCollector(self))
+
+    @property
+    def ca_certificate_pem(self) -> bytes:
+        return self._ca.certificate_pem
+
+    def device_records(self) -> list[DeviceRecord]:
+        return list(self._devices.values())
+
+    async def start(self) -> None:
+        self._bundle_dir.mkdir(parents=True, exist_ok=True)
+        for device in await self._store.call(self._store.store.list_devices):
+            self._devices[device.device_id] = device
+        await self.rollouts.start()
+        self._tasks.append(asyncio.create_task(self._flush_telemetry(), name="telemetry-flush"))
+
+    async def stop(self) -> None:
+        await self.rollouts.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self._write_pending_telemetry()
+        self._store.close()
+
+    async def audit(self, actor: str, action: str, **detail: object) -> None:
+        record = AuditRecord(at=time.time(), actor=actor, action=action, detail=detail)
+        await self._store.call(self._store.store.add_audit, record)
+        logger.info("audit: %s %s %s", actor, action, detail)
+
+    # enrollment
+    async def create_token(
+        self, actor: str, labels: dict[str, str], ttl_s: float
+    ) -> tuple[str, float]:
+        token = secrets.token_urlsafe(24)
+        expires_at = time.time() + (ttl_s or self.settings.token_ttl_s)
+        await self._store.call(self._store.store.add_token, _token_hash(token), labels, expires_at)
+        await self.audit(actor, "enrollment-token.create", labels=labels, expires_at=expires_at)
+        return token, expires_at
+
+    async def enroll(
+        self, token: str, requested_id: str, csr_pem: bytes
+    ) -> tuple[str, bytes, dict[str, str]]:
+        device_id = requested_id or f"dev-{secrets.token_hex(4)}"
+        if not _DEVICE_ID.match(device_id):
+            raise InvalidRequest(f"device id {device_id!r} must match {_DEVICE_ID.pattern}")
+        if device_id in self._devices:
+            raise Conflict(f"device {device_id} is already enrolled")
+        labels = await self._store.call(
+            self._store.store.consume_token, _token_hash(token), device_id, time.time()
+        )
+        try:
+            certificate = self._ca.sign_request(csr_pem, DEVICE_PREFIX + device_id)
+        except ValueError as exc:
+            raise InvalidRequest(f"bad certificate request: {exc}") from None
+        device = DeviceRecord(device_id=device_id, labels=labels, enrolled_at=time.time())
+        await self._store.call(self._store.store.upsert_device, device)
+        self._devices[device_id] = device
+        await self.audit(f"device:{device_id}", "device.enroll", labels=labels)
+        return device_id, certificate, labels
+
+    # agents
+    def known(self, device_id: str) -> bool:
+        return device_id in self._devices
+
+    async def hello(
+        self, device_id: str, labels: dict[str, str], hardware_json: str, active: dict[str, str]
+    ) -> None:
+        device = self._devices[device_id]
+        # Enrollment labels are the controller's; the device may add labels, never override.
+        merged = {**labels, **device.labels}
+        updated = device.model_copy(
+            update={
+                "labels": merged,
+                "hardware_json": hardware_json,
+                "active_versions": active,
+                "last_seen": time.time(),
+            }
+        )
+        self._devices[device_id] = updated
+        self.live.touch(device_id, updated.last_seen)
+        await self._store.call(self._store.store.upsert_device, updated)
+
+    async def desired_state(self, device_id: str) -> list[DesiredEntry]:
+        return await self._store.call(self._store.store.desired_for, device_id)
+
+    def telemetry(self, device_id: str, sample: TelemetrySample, document: str) -> None:
+        """Record one sample; cheap and synchronous, it runs for every heartbeat of the fleet."""
+        self.live.record(device_id, sample)
+        if len(self._pending_rows) == self._pending_rows.maxlen:
+            self.telemetry_rows_dropped += 1
+        self._pending_rows.append((device_id, sample.received_wall, document))
+        device = self._devices.get(device_id)
+        for model in sample.models:
+            if device is not None and device.active_versions.get(model.name) != model.version:
+                device.active_versions[model.name] = model.version
+            self.rollouts.active_version_seen(device_id, model.name, model.version)
+
+    async def install_result(
+        self, device_id: str, model: str, version: str, error: str, active_version: str
+    ) -> None:
+        device = self._devices[device_id]
+        if active_version:
+            device.active_versions[model] = active_version
+        await self._store.call(self._store.store.upsert_device, device.model_copy(deep=True))
+        entries = await self.desired_state(device_id)
+        for entry in entries:
+            if entry.model == model and entry.version == version and entry.last_error != error:
+                await self._store.call(
+                    self._store.store.set_desired, [entry.model_copy(update={"last_error": error})]
+                )
+        await self.rollouts.install_reported(device_id, model, version, error)
+        if error:
+            logger.warning(
+                "device %s failed to install %s/%s: %s", device_id, model, version, error
+            )
+
+    async def _flush_telemetry(self) -> None:
+        last_prune = 0.0
+        while True:
+            await asyncio.sleep(self.settings.telemetry_flush_s)
+            try:
+                await self._write_pending_telemetry()
+                now = time.time()
+                if now - last_prune > 60:
+                    last_prune = now
+                    before = now - self.settings.telemetry_retention_s
+                    await self._store.call(self._store.store.prune_telemetry, before)
+            except Exception:
+                logger.exception("writing telemetry to the store failed; will retry")
+
+    async def _write_pending_telemetry(self) -> None:
+        if not self._pending_rows:
+            return
+        rows = list(self._pending_rows)
+        self._pending_rows.clear()
+        await self._store.call(self._store.store.add_telemetry, rows)
+
+    # bundles
+    async def bundle_file(self, sha256: str) -> tuple[Path, int]:
+        bundle = await self._store.call(self._store.store.get_bundle, sha256)
+        if bundle is None:
+            raise NotFound(f"no bundle {sha256}")
+        return Path(bundle.path), bundle.size
+
+    async def add_bundle(self, actor: str, upload: Path) -> BundleRecord:
+        """Verify an uploaded bundle against the controller's trusted keys, then keep it under its
+        sha256. The upload file is consumed."""
+        info, digest, size, target = await asyncio.to_thread(
+            _keep_bundle, upload, self._trusted_keys, self._bundle_dir
+        )
+        record = BundleRecord(
+            sha256=digest,
+            name=info.name,
+            version=info.version,
+            size=size,
+            key_id=info.key_id,
+            path=str(target),
+            uploaded_at=time.time(),
+        )
+        await self._store.call(self._store.store.add_bundle, record)
+        await self.audit(
+            actor, "bundle.upload", sha256=digest, model=info.name, version=info.version
+        )
+        return record
+
+    # operator views
+    async def devices(self, selector: dict[str, str]) -> list[DeviceView]:
+        desired = await self._store.call(self._store.store.all_desired)
+        by_device: dict[str, list[DesiredEntry]] = {}
+        for entry in desired:
+            by_device.setdefault(entry.device_id, []).append(entry)
+        return [
+            DeviceView(
+                record=device,
+                online=self.live.online(device_id),
+                last_seen=self.live.last_seen(device_id) or device.last_seen,
+                desired=by_device.get(device_id, []),
+                latest=self.live.latest(device_id),
+            )
+            for device_id, device in sorted(self._devices.items())
+            if matches(device.labels, selector)
+        ]
+
+    async def device(self, device_id: str) -> DeviceView:
+        views = [view for view in await self.devices({}) if view.record.device_id == device_id]
+        if not views:
+            raise NotFound(f"no device {device_id!r}")
+        return views[0]
+
+    async def telemetry_history(
+        self, device_id: str, since_s: float, limit: int
+    ) -> list[tuple[float, str]]:
+        if device_id not in self._devices:
+            raise NotFound(f"no device {device_id!r}")
+        await self._write_pending_telemetry()
+        since = time.time() - since_s if since_s > 0 else 0.0
+        return await self._store.call(self._store.store.telemetry, device_id, since, limit or 1000)
+
+    async def audit_entries(self, limit: int) -> list[AuditRecord]:
+        return await self._store.call(self._store.store.audit_entries, limit or 100)
+
+    async def pin(self, actor: str, device_id: str, model: str, version: str) -> DeviceView:
+        if device_id not in self._devices:
+            raise NotFound(f"no device {device_id!r}")
+        if not model:
+            raise InvalidRequest("pin needs a model name")
+        if not version:
+            await self._store.call(self._store.store.delete_desired, device_id, model)
+        else:
+            bundle = await self._store.call(self._store.store.find_bundle, model, version)
+            entry = DesiredEntry(
+                device_id=device_id,
+                model=model,
+                version=version,
+                bundle_sha256=bundle.sha256 if bundle else "",
+                bundle_size=bundle.size if bundle else 0,
+                source=PIN_SOURCE,
+            )
+            await self._store.call(self._store.store.set_desired, [entry])
+        await self.audit(actor, "device.pin", device=device_id, model=model, version=version)
+        self.live.notify([device_id])
+        return await self.device(device_id)
+
+    # rollouts
+    async def create_rollout(self, actor: str, spec: RolloutSpec) -> RolloutRecord:
+        bundle = await self._store.call(self._store.store.get_bundle, spec.bundle_sha256)
+        if bundle is None:
+            raise NotFound(f"no bundle {spec.bundle_sha256}: upload it first")
+        desired = await self._store.call(self._store.store.all_desired)
+        rollout = await self.rollouts.create(spec, bundle, list(self._devices.values()), desired)
+        await self.audit(
+            actor,
+            "rollout.create",
+            rollout=rollout.rollout_id,
+            model=rollout.model_name,
+            version=rollout.version,
+            spec=spec.model_dump(mode="json"),
+        )
+        return rollout
+
+    async def promote(self, actor: str, rollout_id: str) -> RolloutRecord:
+        rollout = await self.rollouts.promote(rollout_id)
+        await self.audit(actor, "rollout.promote", rollout=rollout.rollout_id)
+        return rollout
+
+    async def abort(self, actor: str, rollout_id: str, reason: str) -> RolloutRecord:
+        rollout = await self.rollouts.abort(rollout_id, reason)
+        await self.audit(actor, "rollout.abort", rollout=rollout.rollout_id, reason=reason)
+        return rollout
+
+    async def rollback(self, actor: str, rollout_id: str) -> RolloutRecord:
+        rollout = await self.rollouts.rollback(rollout_id)
+        await self.audit(actor, "rollout.rollback", rollout=rollout.rollout_id)
+        return rollout
+
+    async def explain(self, rollout_id: str) -> tuple[RolloutRecord, list[Measurement]]:
+        rollout = self.rollouts.get(rollout_id)
+        return rollout, await self.rollouts.measurements(rollout.rollout_id)
+
+
+def _keep_bundle(
+    upload: Path, trusted_keys: TrustedKeys, bundle_dir: Path
+) -> tuple[BundleInfo, str, int, Path]:
+    try:
+        info = verify_bundle(upload, trusted_keys)
+        digest = sha256_path(upload)
+        target = bundle_dir / f"{digest}.efb"
+        size = upload.stat().st_size
+        shutil.move(upload, target)
+        return info, digest, size, target
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            upload.unlink()
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

@@ -1,0 +1,224 @@
+"""Controller records <-> fleet protobuf messages, both directions."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from fleet.controller.controller import DeviceView
+from fleet.controller.live import ModelSample, TelemetrySample
+from fleet.controller.records import (
+    AuditRecord,
+    DesiredEntry,
+    DeviceInstall,
+    Measurement,
+    RolloutRecord,
+    RolloutSpec,
+    Verdict,
+)
+from protos.edgefleet.fleet.v1 import admin_pb2, agent_pb2
+
+
+def timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def desired_state_to_pb(
+    generation: int, entries: list[DesiredEntry], telemetry_interval_s: float
+) -> agent_pb2.ConnectResponse:
+    return agent_pb2.ConnectResponse(
+        desired_state=agent_pb2.DesiredState(
+            generation=generation,
+            telemetry_interval_s=telemetry_interval_s,
+            models=[
+                agent_pb2.DesiredModel(
+                    name=entry.model,
+                    version=entry.version,
+                    bundle_sha256=entry.bundle_sha256,
+                    bundle_size=entry.bundle_size,
+                )
+                for entry in entries
+            ],
+        )
+    )
+
+
+def telemetry_from_pb(
+    message: agent_pb2.Telemetry, at: float, received_wall: float
+) -> tuple[TelemetrySample, str]:
+    """The sample for the live view, and its JSON document for the store."""
+    system = message.system
+    models = tuple(
+        ModelSample(
+            name=model.name,
+            version=model.active_version,
+            requests=model.requests,
+            errors=model.errors,
+            drops=model.drops,
+            fps=model.fps,
+            p50_latency_ms=model.latency_p50_ms,
+            p95_latency_ms=model.latency_p95_ms,
+        )
+        for model in message.models
+    )
+    sample = TelemetrySample(
+        at=at,
+        received_wall=received_wall,
+        cpu_percent=system.cpu_percent,
+        memory_used_bytes=system.memory_used_bytes,
+        memory_total_bytes=system.memory_total_bytes,
+        temperature_c=system.temperature_c,
+        gpu_utilization_percent=system.gpu_utilization_percent,
+        gpu_memory_used_bytes=system.gpu_memory_used_bytes,
+        dropped_samples=message.dropped_samples,
+        models=models,
+        replayed=message.replayed,
+    )
+    document = {
+        "sampled_at": message.sampled_at.ToNanoseconds() / 1e9,
+        "received_at": received_wall,
+        "replayed": message.replayed,
+        "dropped_samples": message.dropped_samples,
+        "cpu_percent": system.cpu_percent,
+        "memory_used_bytes": system.memory_used_bytes,
+        "memory_total_bytes": system.memory_total_bytes,
+        "temperature_c": None if math.isnan(system.temperature_c) else system.temperature_c,
+        "gpu_utilization_percent": system.gpu_utilization_percent if system.has_gpu else None,
+        "gpu_memory_used_bytes": system.gpu_memory_used_bytes if system.has_gpu else None,
+        "models": [
+            {
+                "name": model.name,
+                "version": model.version,
+                "requests": model.requests,
+                "errors": model.errors,
+                "drops": model.drops,
+                "fps": model.fps,
+                "latency_p50_ms": model.p50_latency_ms,
+                "latency_p95_ms": model.p95_latency_ms,
+            }
+            for model in models
+        ],
+    }
+    return sample, json.dumps(document)
+
+
+_VERDICTS = {
+    None: admin_pb2.VERDICT_UNSPECIFIED,
+    Verdict.PASS: admin_pb2.VERDICT_PASS,
+    Verdict.FAIL: admin_pb2.VERDICT_FAIL,
+    Verdict.INCONCLUSIVE: admin_pb2.VERDICT_INCONCLUSIVE,
+}
+
+
+def rollout_to_pb(rollout: RolloutRecord) -> admin_pb2.Rollout:
+    spec = rollout.spec
+    waves = []
+    for wave in rollout.waves:
+        statuses = [rollout.installs.get(device_id) for device_id in wave.devices]
+        waves.append(
+            admin_pb2.Wave(
+                index=wave.index,
+                percent=wave.percent,
+                target_devices=len(wave.devices),
+                installed=statuses.count(DeviceInstall.INSTALLED),
+                failed=statuses.count(DeviceInstall.FAILED),
+                timed_out=statuses.count(DeviceInstall.TIMED_OUT),
+                verdict=_VERDICTS[wave.verdict],
+                reason=wave.reason,
+            )
+        )
+    return admin_pb2.Rollout(
+        rollout_id=rollout.rollout_id,
+        model_name=rollout.model_name,
+        version=rollout.version,
+        bundle_sha256=spec.bundle_sha256,
+        state=f"ROLLOUT_STATE_{rollout.state.value}",
+        selector=spec.selector,
+        steps=spec.steps,
+        bake_s=spec.bake_s,
+        gates=spec.gates,
+        min_devices=spec.min_devices,
+        current_wave=rollout.current_wave,
+        waves=waves,
+        eligible_devices=len(rollout.eligible),
+        reason=rollout.reason,
+        created_at=timestamp(rollout.created_at),
+        updated_at=timestamp(rollout.updated_at),
+    )
+
+
+def spec_from_pb(request: admin_pb2.CreateRolloutRequest) -> RolloutSpec:
+    values: dict[str, object] = {
+        "bundle_sha256": request.bundle_sha256,
+        "selector": dict(request.selector),
+        "steps": list(request.steps) or [100.0],
+        "bake_s": request.bake_s,
+        "gates": list(request.gates),
+    }
+    # Zero means "the default" for every optional number.
+    for name in (
+        "min_devices",
+        "min_requests",
+        "max_install_failure_rate",
+        "max_timeout_rate",
+        "install_timeout_s",
+    ):
+        if value := getattr(request, name):
+            values[name] = value
+    return RolloutSpec.model_validate(values)
+
+
+def measurement_to_pb(measurement: Measurement) -> admin_pb2.GateMeasurement:
+    return admin_pb2.GateMeasurement(
+        wave=measurement.wave,
+        gate=measurement.gate,
+        metric=measurement.metric,
+        canary_value=measurement.canary_value,
+        baseline_value=measurement.baseline_value,
+        threshold=measurement.threshold,
+        verdict=_VERDICTS[measurement.verdict],
+        canary_devices=measurement.canary_devices,
+        baseline_devices=measurement.baseline_devices,
+        note=measurement.note,
+        evaluated_at=timestamp(measurement.evaluated_at),
+    )
+
+
+def device_to_pb(view: DeviceView) -> admin_pb2.Device:
+    record, latest = view.record, view.latest
+    desired = {entry.model: entry for entry in view.desired}
+    names = sorted(set(desired) | set(record.active_versions))
+    models = [
+        admin_pb2.DeviceModel(
+            name=name,
+            desired_version=desired[name].version if name in desired else "",
+            actual_version=record.active_versions.get(name, ""),
+            desired_source=desired[name].source if name in desired else "",
+            last_install_error=desired[name].last_error if name in desired else "",
+        )
+        for name in names
+    ]
+    return admin_pb2.Device(
+        device_id=record.device_id,
+        labels=record.labels,
+        online=view.online,
+        last_seen=timestamp(view.last_seen),
+        models=models,
+        cpu_percent=latest.cpu_percent if latest else 0.0,
+        memory_used_bytes=latest.memory_used_bytes if latest else 0,
+        temperature_c=latest.temperature_c if latest else math.nan,
+        dropped_samples=latest.dropped_samples if latest else 0,
+    )
+
+
+def audit_to_pb(record: AuditRecord) -> admin_pb2.AuditEntry:
+    return admin_pb2.AuditEntry(
+        at=timestamp(record.at),
+        actor=record.actor,
+        action=record.action,
+        detail_json=json.dumps(record.detail, sort_keys=True),
+    )

@@ -1,0 +1,321 @@
+"""Thin gRPC servicers over `FleetController`: identify the peer, translate, delegate."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import grpc
+
+from fleet.controller import convert
+from fleet.controller.controller import FleetController
+from fleet.errors import InvalidRequest, PermissionDenied
+from fleet.grpc_status import peer_common_name, streaming, unary
+from fleet.pki import ADMIN_PREFIX, DEVICE_PREFIX
+from protos.edgefleet.fleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
+
+logger = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _admin(context: Context) -> str:
+    name = peer_common_name(context)
+    if not name.startswith(ADMIN_PREFIX):
+        raise PermissionDenied("the admin API needs an admin certificate")
+    return name
+
+
+class EnrollmentServicer(agent_pb2_grpc.EnrollmentServiceServicer):
+    def __init__(self, controller: FleetController) -> None:
+        self._controller = controller
+
+    @unary
+    async def Enroll(
+        self, request: agent_pb2.EnrollRequest, context: Context
+    ) -> agent_pb2.EnrollResponse:
+        device_id, certificate, labels = await self._controller.enroll(
+            request.token, request.device_id, request.csr_pem
+        )
+        return agent_pb2.EnrollResponse(
+            device_id=device_id,
+            certificate_pem=certificate,
+            ca_certificate_pem=self._controller.ca_certificate_pem,
+            labels=labels,
+        )
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, controller: FleetController) -> None:
+        self._controller = controller
+        self._generations = itertools.count(1)
+
+    def _device(self, context: Context) -> str:
+        name = peer_common_name(context)
+        device_id = name.removeprefix(DEVICE_PREFIX)
+        if not name.startswith(DEVICE_PREFIX) or not self._controller.known(device_id):
+            raise PermissionDenied("not an enrolled device certificate")
+        return device_id
+
+    @unary
+    async def Connect(
+        self, request_iterator: AsyncIterator[agent_pb2.ConnectRequest], context: Context
+    ) -> None:
+        device_id = self._device(context)
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("hello"):
+            raise InvalidRequest("the first message on Connect must be hello")
+        hello = first.hello
+        active = {model.name: model.version for model in hello.installed if model.active}
+        await self._controller.hello(device_id, dict(hello.labels), hello.hardware_json, active)
+        session = self._controller.live.attach(device_id)
+        reader = asyncio.create_task(self._read(device_id, request_iterator))
+        logger.info("device %s connected", device_id)
+        try:
+            while not reader.done() and not session.closed.is_set():
+                session.desired_changed.clear()
+                entries = await self._controller.desired_state(device_id)
+                await context.write(
+                    convert.desired_state_to_pb(
+                        next(self._generations),
+                        entries,
+                        self._controller.settings.telemetry_interval_s,
+                    )
+                )
+                waiters = [
+                    asyncio.create_task(session.desired_changed.wait()),
+                    asyncio.create_task(session.closed.wait()),
+                ]
+                try:
+                    await asyncio.wait([reader, *waiters], return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for waiter in waiters:
+                        waiter.cancel()
+            if reader.done() and (error := reader.exception()) is not None:
+                raise error
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            self._controller.live.detach(session)
+            logger.info("device %s disconnected", device_id)
+
+    async def _read(
+        self, device_id: str, request_iterator: AsyncIterator[agent_pb2.ConnectRequest]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        controller = self._controller
+        async for message in request_iterator:
+            kind = message.WhichOneof("payload")
+            if kind == "telemetry":
+                started = time.perf_counter()
+                sample, document = convert.telemetry_from_pb(
+                    message.telemetry, loop.time(), time.time()
+                )
+                controller.telemetry(device_id, sample, document)
+                controller.heartbeat_seconds.observe(time.perf_counter() - started)
+            elif kind == "heartbeat":
+                controller.live.touch(device_id, time.time())
+            elif kind == "install_result":
+                result = message.install_result
+                failed = result.outcome != agent_pb2.INSTALL_OUTCOME_INSTALLED
+                await controller.install_result(
+                    device_id,
+                    result.model_name,
+                    result.version,
+                    (result.reason or "install failed") if failed else "",
+                    result.active_version,
+                )
+
+    @streaming
+    async def Download(
+        self, request: agent_pb2.DownloadRequest, context: Context
+    ) -> AsyncIterator[agent_pb2.DownloadResponse]:
+        self._device(context)
+        path, size = await self._controller.bundle_file(request.bundle_sha256)
+        if request.offset > size:
+            raise InvalidRequest(f"offset {request.offset} is past the end ({size} bytes)")
+        chunk = min(
+            request.chunk_size or self._controller.settings.download_chunk_bytes,
+            self._controller.settings.download_chunk_bytes,
+        )
+        handle = await asyncio.to_thread(path.open, "rb")
+        try:
+            offset = request.offset
+            await asyncio.to_thread(handle.seek, offset)
+            first = True
+            while offset < size or first:
+                data = await asyncio.to_thread(handle.read, chunk)
+                yield agent_pb2.DownloadResponse(
+                    offset=offset,
+                    data=data,
+                    total_size=size if first else 0,
+                    bundle_sha256=request.bundle_sha256 if first else "",
+                )
+                first = False
+                offset += len(data)
+                if not data:
+                    break
+        finally:
+            await asyncio.to_thread(handle.close)
+
+
+def _new_upload(directory: Path) -> tuple[Path, BinaryIO]:
+    directory.mkdir(parents=True, exist_ok=True)
+    descriptor, name = tempfile.mkstemp(dir=directory, suffix=".upload")
+    return Path(name), os.fdopen(descriptor, "wb")
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    def __init__(self, controller: FleetController) -> None:
+        self._controller = controller
+
+    @unary
+    async def CreateEnrollmentToken(
+        self, request: admin_pb2.CreateEnrollmentTokenRequest, context: Context
+    ) -> admin_pb2.CreateEnrollmentTokenResponse:
+        token, expires_at = await self._controller.create_token(
+            _admin(context), dict(request.labels), request.ttl_s
+        )
+        return admin_pb2.CreateEnrollmentTokenResponse(
+            token=token, expires_at=convert.timestamp(expires_at)
+        )
+
+    @unary
+    async def ListDevices(
+        self, request: admin_pb2.ListDevicesRequest, context: Context
+    ) -> admin_pb2.ListDevicesResponse:
+        _admin(context)
+        views = await self._controller.devices(dict(request.selector))
+        return admin_pb2.ListDevicesResponse(devices=[convert.device_to_pb(v) for v in views])
+
+    @unary
+    async def UploadBundle(
+        self, request_iterator: AsyncIterator[admin_pb2.UploadBundleRequest], context: Context
+    ) -> admin_pb2.UploadBundleResponse:
+        actor = _admin(context)
+        limit = self._controller.settings.max_bundle_bytes
+        upload_dir = self._controller.settings.data_dir / "uploads"
+        path, handle = await asyncio.to_thread(_new_upload, upload_dir)
+        try:
+            received = 0
+            async for chunk in request_iterator:
+                received += len(chunk.data)
+                if received > limit:
+                    raise InvalidRequest(f"bundle is larger than the {limit}-byte limit")
+                await asyncio.to_thread(handle.write, chunk.data)
+        finally:
+            await asyncio.to_thread(handle.close)
+        record = await self._controller.add_bundle(actor, path)
+        return admin_pb2.UploadBundleResponse(
+            bundle_sha256=record.sha256,
+            model_name=record.name,
+            version=record.version,
+            size=record.size,
+            key_id=record.key_id,
+        )
+
+    @unary
+    async def CreateRollout(
+        self, request: admin_pb2.CreateRolloutRequest, context: Context
+    ) -> admin_pb2.CreateRolloutResponse:
+        actor = _admin(context)
+        try:
+            spec = convert.spec_from_pb(request)
+        except ValueError as exc:
+            raise InvalidRequest(f"bad rollout request: {exc}") from None
+        rollout = await self._controller.create_rollout(actor, spec)
+        return admin_pb2.CreateRolloutResponse(rollout=convert.rollout_to_pb(rollout))
+
+    @unary
+    async def GetRollout(
+        self, request: admin_pb2.GetRolloutRequest, context: Context
+    ) -> admin_pb2.GetRolloutResponse:
+        _admin(context)
+        rollout = self._controller.rollouts.get(request.rollout_id)
+        return admin_pb2.GetRolloutResponse(rollout=convert.rollout_to_pb(rollout))
+
+    @unary
+    async def ListRollouts(
+        self, request: admin_pb2.ListRolloutsRequest, context: Context
+    ) -> admin_pb2.ListRolloutsResponse:
+        _admin(context)
+        rollouts = self._controller.rollouts.list_rollouts()
+        return admin_pb2.ListRolloutsResponse(rollouts=[convert.rollout_to_pb(r) for r in rollouts])
+
+    @unary
+    async def PromoteRollout(
+        self, request: admin_pb2.PromoteRolloutRequest, context: Context
+    ) -> admin_pb2.PromoteRolloutResponse:
+        rollout = await self._controller.promote(_admin(context), request.rollout_id)
+        return admin_pb2.PromoteRolloutResponse(rollout=convert.rollout_to_pb(rollout))
+
+    @unary
+    async def AbortRollout(
+        self, request: admin_pb2.AbortRolloutRequest, context: Context
+    ) -> admin_pb2.AbortRolloutResponse:
+        rollout = await self._controller.abort(_admin(context), request.rollout_id, request.reason)
+        return admin_pb2.AbortRolloutResponse(rollout=convert.rollout_to_pb(rollout))
+
+    @unary
+    async def RollbackRollout(
+        self, request: admin_pb2.RollbackRolloutRequest, context: Context
+    ) -> admin_pb2.RollbackRolloutResponse:
+        rollout = await self._controller.rollback(_admin(context), request.rollout_id)
+        return admin_pb2.RollbackRolloutResponse(rollout=convert.rollout_to_pb(rollout))
+
+    @unary
+    async def ExplainRollout(
+        self, request: admin_pb2.ExplainRolloutRequest, context: Context
+    ) -> admin_pb2.ExplainRolloutResponse:
+        _admin(context)
+        rollout, measurements = await self._controller.explain(request.rollout_id)
+        return admin_pb2.ExplainRolloutResponse(
+            rollout=convert.rollout_to_pb(rollout),
+            measurements=[convert.measurement_to_pb(m) for m in measurements],
+        )
+
+    @unary
+    async def PinDevice(
+        self, request: admin_pb2.PinDeviceRequest, context: Context
+    ) -> admin_pb2.PinDeviceResponse:
+        view = await self._controller.pin(
+            _admin(context), request.device_id, request.model_name, request.version
+        )
+        return admin_pb2.PinDeviceResponse(device=convert.device_to_pb(view))
+
+    @unary
+    async def GetTelemetry(
+        self, request: admin_pb2.GetTelemetryRequest, context: Context
+    ) -> admin_pb2.GetTelemetryResponse:
+        _admin(context)
+        rows = await self._controller.telemetry_history(
+            request.device_id, request.since_s, request.limit
+        )
+        return admin_pb2.GetTelemetryResponse(
+            samples=[
+                admin_pb2.TelemetrySample(
+                    received_at=convert.timestamp(at),
+                    device_id=request.device_id,
+                    telemetry_json=document,
+                )
+                for at, document in rows
+            ]
+        )
+
+    @unary
+    async def ListAuditEntries(
+        self, request: admin_pb2.ListAuditEntriesRequest, context: Context
+    ) -> admin_pb2.ListAuditEntriesResponse:
+        _admin(context)
+        entries = await self._controller.audit_entries(request.limit)
+        return admin_pb2.ListAuditEntriesResponse(
+            entries=[convert.audit_to_pb(entry) for entry in entries]
+        )

@@ -1,0 +1,74 @@
+"""Prometheus view of the fleet, labelled by device and model version, read at scrape time."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from fleet.controller.controller import FleetController
+
+
+class FleetCollector(Collector):
+    def __init__(self, controller: FleetController) -> None:
+        self._controller = controller
+
+    def collect(self) -> Iterator[Metric]:
+        controller = self._controller
+        live = controller.live
+        online = GaugeMetricFamily(
+            "edgefleet_device_online", "1 while the device's agent is connected", labels=["device"]
+        )
+        cpu = GaugeMetricFamily("edgefleet_device_cpu_percent", "Device CPU use", labels=["device"])
+        memory = GaugeMetricFamily(
+            "edgefleet_device_memory_used_bytes", "Device memory in use", labels=["device"]
+        )
+        temperature = GaugeMetricFamily(
+            "edgefleet_device_temperature_celsius", "Device temperature", labels=["device"]
+        )
+        model_labels = ["device", "model", "version"]
+        fps = GaugeMetricFamily("edgefleet_model_fps", "Frames per second", labels=model_labels)
+        p50 = GaugeMetricFamily(
+            "edgefleet_model_latency_p50_ms", "Median latency", labels=model_labels
+        )
+        p95 = GaugeMetricFamily(
+            "edgefleet_model_latency_p95_ms", "95th percentile latency", labels=model_labels
+        )
+        requests = GaugeMetricFamily(
+            "edgefleet_model_requests", "Requests since the model loaded", labels=model_labels
+        )
+        errors = GaugeMetricFamily(
+            "edgefleet_model_errors", "Errors since the model loaded", labels=model_labels
+        )
+        drops = GaugeMetricFamily(
+            "edgefleet_model_drops", "Dropped frames since the model loaded", labels=model_labels
+        )
+        for device in controller.device_records():
+            device_id = device.device_id
+            online.add_metric([device_id], 1.0 if live.online(device_id) else 0.0)
+            sample = live.latest(device_id)
+            if sample is None:
+                continue
+            cpu.add_metric([device_id], sample.cpu_percent)
+            memory.add_metric([device_id], sample.memory_used_bytes)
+            if not math.isnan(sample.temperature_c):
+                temperature.add_metric([device_id], sample.temperature_c)
+            for model in sample.models:
+                labels = [device_id, model.name, model.version]
+                fps.add_metric(labels, model.fps)
+                p50.add_metric(labels, model.p50_latency_ms)
+                p95.add_metric(labels, model.p95_latency_ms)
+                requests.add_metric(labels, model.requests)
+                errors.add_metric(labels, model.errors)
+                drops.add_metric(labels, model.drops)
+        dropped = GaugeMetricFamily(
+            "edgefleet_controller_telemetry_rows_dropped",
+            "Telemetry rows dropped because the store fell behind",
+        )
+        dropped.add_metric([], controller.telemetry_rows_dropped)
+        yield from (online, cpu, memory, temperature, fps, p50, p95, requests, errors, drops)
+        yield dropped

@@ -1,0 +1,42 @@
+"""Typed controller settings, built once by `edgefleet controller` (flags over env), passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ControllerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EDGEFLEET_CONTROLLER_", frozen=True, extra="forbid"
+    )
+
+    data_dir: Path = Path("fleet-data")
+    host: str = "127.0.0.1"
+    # Agents and fleetctl, mutual TLS. 0 picks a free port (tests).
+    port: int = Field(default=7443, ge=0, le=65535)
+    # Enrollment only: server-authenticated TLS for devices that have no certificate yet.
+    enroll_port: int = Field(default=7444, ge=0, le=65535)
+    # Prometheus endpoint; -1 disables it.
+    metrics_port: int = Field(default=9443, ge=-1, le=65535)
+    # Names and addresses the server certificate is valid for.
+    hostnames: tuple[str, ...] = ("localhost", "127.0.0.1")
+    # Public keys (files or directories of *.pub) a bundle must be signed by to be uploaded.
+    trusted_keys: tuple[Path, ...] = ()
+    token_ttl_s: float = Field(default=24 * 3600, gt=0)
+    telemetry_interval_s: float = Field(default=10.0, gt=0)
+    # Telemetry samples kept in memory per device for gate windows.
+    samples_per_device: int = Field(default=360, ge=2)
+    telemetry_flush_s: float = Field(default=1.0, gt=0)
+    # Rows waiting for the store; beyond this the oldest are dropped (and counted).
+    telemetry_buffer_rows: int = Field(default=100_000, ge=1)
+    telemetry_retention_s: float = Field(default=7 * 24 * 3600, gt=0)
+    download_chunk_bytes: int = Field(default=256 * 1024, ge=1024, le=4 * 1024 * 1024)
+    max_bundle_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    # How often a rollout re-checks installs while it waits (wakes early on every report).
+    rollout_tick_s: float = Field(default=1.0, gt=0)
+    # Seconds SIGTERM waits for in-flight RPCs.
+    shutdown_grace_s: float = Field(default=2.0, ge=0)
+    log_level: str = "INFO"

@@ -1,0 +1,49 @@
+"""Fleet fixtures: a real controller on loopback with its own CA and SQLite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleet.controller.app import ControllerApp
+from fleet.controller.settings import ControllerSettings
+from fleet.ctl.client import AdminClient, AdminCredential
+from fleet.keys import generate_keypair
+
+
+@pytest.fixture
+def signing_keys(tmp_path: Path) -> tuple[Path, Path]:
+    """(private key, public key) of the release signing key."""
+    return generate_keypair(tmp_path / "keys", "release")
+
+
+def controller_settings(data_dir: Path, trusted: Path, **overrides: object) -> ControllerSettings:
+    values: dict[str, object] = {
+        "data_dir": data_dir,
+        "port": 0,
+        "enroll_port": 0,
+        "metrics_port": -1,
+        "trusted_keys": (trusted,),
+        "telemetry_interval_s": 0.2,
+        "rollout_tick_s": 0.1,
+        "telemetry_flush_s": 0.2,
+        "shutdown_grace_s": 0.2,
+    }
+    values.update(overrides)
+    return ControllerSettings.model_validate(values)
+
+
+@pytest.fixture
+async def controller(tmp_path: Path, signing_keys: tuple[Path, Path]):
+    app = ControllerApp(controller_settings(tmp_path / "controller", signing_keys[1].parent))
+    await app.start()
+    yield app
+    await app.stop(0.2)
+
+
+@pytest.fixture
+async def admin(controller: ControllerApp):
+    credential = AdminCredential.load(controller.admin_credential_path)
+    async with AdminClient.connect(credential, f"127.0.0.1:{controller.port}") as client:
+        yield client
