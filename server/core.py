@@ -6,6 +6,7 @@ It never imports grpc or generated protobuf code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -252,8 +253,9 @@ class InferenceCore:
         self.metrics.active_streams.inc()
         try:
             yield StreamOpenedEvent(stream_id, model.name, model.version, requested, options.policy)
-            async for event in session.run(frames):
-                yield event
+            async with contextlib.aclosing(session.run(frames)) as events:
+                async for event in events:
+                    yield event
         finally:
             self._streams -= 1
             self.metrics.active_streams.dec()

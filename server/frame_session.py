@@ -120,6 +120,7 @@ class FrameSession:
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _mailbox: _Waiting | None = None
     _failure: BaseException | None = None
+    _closing: bool = False
 
     def __post_init__(self) -> None:
         # Results and drop notices; bounded so a client that stops reading stalls its own
@@ -135,6 +136,8 @@ class FrameSession:
             if self._failure is not None:
                 raise self._failure
         finally:
+            self._closing = True
+            self._mailbox = None
             reader.cancel()
             for task in list(self._tasks):
                 task.cancel()
@@ -179,6 +182,8 @@ class FrameSession:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self.on_frame_done()
+        if self._closing:
+            return
         if self._mailbox is not None and len(self._tasks) < self.window:
             waiting, self._mailbox = self._mailbox, None
             self._start(waiting)

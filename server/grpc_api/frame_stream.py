@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,5 +31,7 @@ class FrameStreamServicer(fs_grpc.FrameStreamServiceServicer):
         except StopAsyncIteration:
             return
         options = convert.stream_options_from_pb(first)
-        async for event in self._core.stream(options, convert.frames_from_pb(requests)):
-            yield convert.stream_event_to_pb(event)
+        events = self._core.stream(options, convert.frames_from_pb(requests))
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield convert.stream_event_to_pb(event)

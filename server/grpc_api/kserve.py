@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -91,8 +92,10 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
                 infer_response=convert.infer_response_to_pb(response)
             )
 
-        async for message in bounded_map(answer, request_iterator, STREAM_WINDOW):
-            yield message
+        responses = bounded_map(answer, request_iterator, STREAM_WINDOW)
+        async with contextlib.aclosing(responses):
+            async for message in responses:
+                yield message
 
     @grpc_errors
     async def ModelStatistics(
