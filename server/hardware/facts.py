@@ -39,23 +39,31 @@ class CpuFacts(_Fact):
 
     @property
     def usable_cores(self) -> int:
-        """Cores work can really use: the tightest of logical cores, affinity and quota."""
-        candidates = [
-            value for value in (self.logical_cores, self.affinity_cores) if value is not None
-        ]
-        cores = min(candidates) if candidates else 1
+        """CPUs work may run on: the tightest of logical cores, affinity and the cgroup quota."""
+        cores = self._scheduled_cpus()
         if self.quota_cores is not None:
             cores = min(cores, max(1, math.floor(self.quota_cores)))
         return max(1, cores)
 
     @property
     def compute_cores(self) -> int:
-        """Usable cores without hyperthread siblings: one intra-op thread per real core."""
-        cores = self.usable_cores
+        """Usable cores without hyperthread siblings: one intra-op thread per real core.
+
+        Siblings are dropped from the CPUs the scheduler offers; a cgroup quota then caps the
+        result, since a quota limits CPU time whichever siblings run it.
+        """
+        cores = self._scheduled_cpus()
         if self.physical_cores and self.logical_cores and self.logical_cores > self.physical_cores:
-            ratio = self.logical_cores // self.physical_cores
-            cores = max(1, cores // max(1, ratio))
-        return cores
+            cores = max(1, cores * self.physical_cores // self.logical_cores)
+        if self.quota_cores is not None:
+            cores = min(cores, max(1, math.floor(self.quota_cores)))
+        return max(1, cores)
+
+    def _scheduled_cpus(self) -> int:
+        candidates = [
+            value for value in (self.logical_cores, self.affinity_cores) if value is not None
+        ]
+        return min(candidates) if candidates else 1
 
     def has(self, feature: str) -> bool:
         return feature in self.features

@@ -101,9 +101,7 @@ def _nvml_gpu(nvml: Any, index: int) -> GpuFacts:
 def jetson_gpu(jetson: JetsonFacts) -> GpuFacts:
     """Jetson's integrated GPU: it has no memory of its own, it shares system memory."""
     lowered = jetson.model.lower()
-    capability = next(
-        (value for key, value in _JETSON_CAPABILITY.items() if key in lowered), None
-    )
+    capability = next((value for key, value in _JETSON_CAPABILITY.items() if key in lowered), None)
     return GpuFacts(
         index=0,
         name=f"{jetson.model} integrated GPU",

@@ -23,7 +23,6 @@ from server.hardware.facts import (
     ARM_FEATURES,
     X86_FEATURES,
     CpuFacts,
-    GpuFacts,
     HardwareFacts,
     JetsonFacts,
     MemoryFacts,
