@@ -38,7 +38,7 @@ def live_table(runs: Sequence[StreamRun]) -> Table:
         state = snap.state.value
         if snap.state is StreamState.RECONNECTING:
             state = f"reconnecting (#{snap.reconnects})"
-        last = ", ".join(snap.last_labels[:2]) or (snap.last_error or "")
+        last = ", ".join(lb.split(",")[0] for lb in snap.last_labels[:2]) or (snap.last_error or "")
         dropped = snap.frames_dropped + snap.frames_dropped_client + snap.frames_lost
         table.add_row(
             run.source.name,
@@ -56,36 +56,26 @@ def live_table(runs: Sequence[StreamRun]) -> Table:
 
 def summary_table(runs: Sequence[StreamRun]) -> Table:
     table = Table(title="summary")
-    columns = (
-        "source", "state", "sent", "answered", "dropped (server)", "dropped (client)", "lost",
-        "rejected", "reconnects", "avg fps", "p50 ms", "p95 ms", "p99 ms", "last result",
-    )  # fmt: skip
-    for column in columns:
+    for column in ("source", "state", "sent", "answered", "dropped srv/cli/lost", "reconn",
+                   "avg fps", "p50/p95/p99 ms", "last result"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("source", "state") else "right")
     for run in runs:
-        row = run.summary()
-        labels = row["last_labels"]
-        last = ", ".join(labels[:2]) if isinstance(labels, list) else ""
+        snap = run.stats.snapshot()
+        elapsed = run.elapsed_s()
+        average_fps = snap.frames_answered / elapsed if elapsed else 0.0
+        latency = "/".join(
+            _ms(value) for value in (snap.latency_p50_ms, snap.latency_p95_ms, snap.latency_p99_ms)
+        )
         table.add_row(
             run.source.name,
-            str(row["state"]),
-            *(
-                str(row[key])
-                for key in (
-                    "frames_sent",
-                    "frames_answered",
-                    "frames_dropped",
-                    "frames_dropped_client",
-                    "frames_lost",
-                    "frames_rejected",
-                    "reconnects",
-                    "average_fps",
-                )  # fmt: skip
-            ),
-            _ms(run.stats.snapshot().latency_p50_ms),
-            _ms(run.stats.snapshot().latency_p95_ms),
-            _ms(run.stats.snapshot().latency_p99_ms),
-            str(run.error or last)[:80],
+            f"[{_STATE_STYLE[snap.state]}]{snap.state.value}[/]",
+            str(snap.frames_sent),
+            str(snap.frames_answered),
+            f"{snap.frames_dropped}/{snap.frames_dropped_client}/{snap.frames_lost}",
+            str(snap.reconnects),
+            f"{average_fps:.1f}",
+            latency,
+            (run.error or ", ".join(label.split(",")[0] for label in snap.last_labels[:2]))[:60],
         )
     return table
 

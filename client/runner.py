@@ -71,8 +71,7 @@ def security_from(settings: ClientSettings) -> ChannelSecurity:
 
 
 def stream_config(settings: ClientSettings, source: FrameSource, index: int) -> StreamConfig:
-    live = source.native_fps is None or source.name.startswith("pattern")
-    drop_oldest = live if settings.drop_oldest is None else settings.drop_oldest
+    drop_oldest = source.live if settings.drop_oldest is None else settings.drop_oldest
     return StreamConfig(
         model_name=settings.model,
         model_version=settings.model_version,
@@ -133,7 +132,9 @@ async def _run_one(
     sink: IO[str] | None,
 ) -> None:
     run.started_at = time.monotonic()
-    frames = until_stopped(paced(run.source.frames(), fps), stop)
+    # No rate given: play at the source's own rate (live sources pace themselves: None).
+    rate = fps if fps is not None else run.source.native_fps
+    frames = until_stopped(paced(run.source.frames(), rate), stop)
     try:
         async for event in client.stream(frames):
             if sink is not None and (record := event_record(run.source.name, event)):
@@ -157,6 +158,16 @@ async def run_streams(
     stop = stop if stop is not None else asyncio.Event()
     security = security_from(settings)
     runs = [StreamRun(source, StreamStats()) for source in sources]
+    # Open every source first: a bad one is reported by name before any stream starts, and a
+    # video file's own fps is known for pacing.
+    opened = await asyncio.gather(*(source.open() for source in sources), return_exceptions=True)
+    for stream_run, outcome in zip(runs, opened, strict=True):
+        if isinstance(outcome, SourceError):
+            stream_run.error = str(outcome)
+            stream_run.stats.last_error = str(outcome)
+            stream_run.stats.state = StreamState.FAILED
+        elif isinstance(outcome, BaseException):
+            raise outcome
     if on_start is not None:
         on_start(runs)
     with contextlib.ExitStack() as files:
@@ -180,7 +191,8 @@ async def run_streams(
             try:
                 async with asyncio.TaskGroup() as group:
                     for client, run in zip(clients, runs, strict=True):
-                        group.create_task(_run_one(client, run, settings.fps, stop, sink))
+                        if run.error is None:
+                            group.create_task(_run_one(client, run, settings.fps, stop, sink))
             finally:
                 if timer is not None:
                     timer.cancel()

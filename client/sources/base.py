@@ -23,6 +23,13 @@ class FrameSource(Protocol):
     # Frames per second the source is meant to play at; None when it has no clock of its own
     # (an image folder) or paces itself (a live camera, whose reads block until a frame comes).
     native_fps: float | None
+    # A live source (camera, stream, synthetic pattern) would rather lose a stale frame than
+    # fall behind: its streams default to DROP_OLDEST. Files and folders default to BLOCK.
+    live: bool
+
+    async def open(self) -> None:
+        """Check the source can be read (raise SourceError if not) and learn its fps."""
+        ...
 
     def frames(self) -> AsyncIterator[CapturedFrame]:
         """Yield frames until the source ends; close the underlying device when done."""

@@ -22,6 +22,7 @@ class ImageFolderSource:
     def __init__(self, path: Path, *, loop: bool = False) -> None:
         self.name = str(path)
         self.native_fps: float | None = None
+        self.live = False
         self._loop = loop
         if path.is_file():
             self._files = [path]
@@ -31,6 +32,9 @@ class ImageFolderSource:
                 raise SourceError(self.name, f"no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         else:
             raise SourceError(self.name, "no such file or directory")
+
+    async def open(self) -> None:
+        """Nothing to open: unreadable files are skipped (and named) as they come."""
 
     async def frames(self) -> AsyncIterator[CapturedFrame]:
         while True:

@@ -40,8 +40,12 @@ class TestPatternSource:
     ) -> None:
         self.name = f"pattern:{width}x{height}@{fps:g}"
         self.native_fps: float | None = fps
+        self.live = True
         self._bars = render_bars(width, height)
         self._count = count
+
+    async def open(self) -> None:
+        """Always available."""
 
     async def frames(self) -> AsyncIterator[CapturedFrame]:
         height, width = self._bars.shape[:2]

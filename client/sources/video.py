@@ -31,8 +31,8 @@ class VideoSource:
     def __init__(self, name: str, target: str | int, *, live: bool, loop: bool = False) -> None:
         self.name = name
         self.native_fps: float | None = None
+        self.live = live
         self._target = target
-        self._live = live
         self._loop = loop
 
     @classmethod
@@ -65,7 +65,7 @@ class VideoSource:
             capture.release()
             reason = (
                 "could not connect, or no video stream at this address"
-                if self._live
+                if self.live
                 else "OpenCV could not open it (not a video, or no decoder for its codec)"
             )
             raise SourceError(self.name, reason)
@@ -74,7 +74,7 @@ class VideoSource:
             capture.release()
             raise SourceError(self.name, "opened, but no frame could be decoded")
         fps = float(capture.get(cv2.CAP_PROP_FPS))
-        if not self._live and math.isfinite(fps) and 0 < fps <= 1000:
+        if not self.live and math.isfinite(fps) and 0 < fps <= 1000:
             self.native_fps = fps
         return capture, first
 
