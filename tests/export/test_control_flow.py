@@ -13,7 +13,7 @@ import torch
 
 from server.manifest import read_manifest, verify_files
 from tests.export.helpers import SAMPLES, export_cli, snapshot
-from tests.export.sample_modules.control_flow import gated_recurrent_head
+from tests.export.sample_modules.control_flow import GatedRecurrentHead, gated_recurrent_head
 
 FACTORY = f"{SAMPLES}.control_flow:gated_recurrent_head"
 
@@ -75,7 +75,7 @@ def test_auto_scripts_and_the_result_matches_eager_at_many_lengths(tmp_path: Pat
     assert branches == {True, False}, "both sides of the value branch must be checked"
 
 
-def _takes_positive_branch(model: torch.nn.Module, x: torch.Tensor) -> bool:
+def _takes_positive_branch(model: GatedRecurrentHead, x: torch.Tensor) -> bool:
     state = torch.zeros(x.size(0), model.hidden)
     for step in x.unbind(1):
         state = torch.tanh(model.inp(step) + model.rec(state))

@@ -24,11 +24,13 @@ class GatedRecurrentHead(nn.Module):
         for step in x.unbind(1):
             state = torch.tanh(self.inp(step) + self.rec(state))
         if bool(state.mean() > 0):
-            return self.head(state)
-        return self.head(-state) * 2.0
+            scores: torch.Tensor = self.head(state)
+        else:
+            scores = self.head(-state) * 2.0
+        return scores
 
 
-def gated_recurrent_head() -> nn.Module:
+def gated_recurrent_head() -> GatedRecurrentHead:
     torch.manual_seed(7)
     return GatedRecurrentHead().eval()
 
@@ -42,7 +44,8 @@ class TwoLayerHead(nn.Module):
         self.out = nn.Linear(HIDDEN * 2, CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(torch.relu(self.inp(x.mean(1))))
+        scores: torch.Tensor = self.out(torch.relu(self.inp(x.mean(1))))
+        return scores
 
 
 def broken_factory() -> nn.Module:

@@ -15,7 +15,8 @@ class SpectralHead(nn.Module):
         self.head = nn.Linear(SAMPLES // 2 + 1, 2)
 
     def forward(self, signal: torch.Tensor) -> torch.Tensor:  # [N, SAMPLES]
-        return self.head(torch.fft.rfft(signal, dim=-1).abs())
+        scores: torch.Tensor = self.head(torch.fft.rfft(signal, dim=-1).abs())
+        return scores
 
 
 def spectral_head() -> nn.Module:
