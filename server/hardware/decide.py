@@ -7,6 +7,7 @@ draft real (quantize and guard, autotune) and may revise it, with reasons.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -54,9 +55,12 @@ def draft_plan(
     manifest: ModelManifest,
     facts: HardwareFacts,
     settings: PlannerSettings,
-    footprint: Footprint,
+    footprint_of: Callable[[str], Footprint],
 ) -> RuntimePlan:
-    """Decide everything that needs no measurement; raise PlanRefused if it cannot fit."""
+    """Decide everything that needs no measurement; raise PlanRefused if it cannot fit.
+
+    `footprint_of(model_file)` measures the file the chosen backend will load.
+    """
     pins = Pins(manifest.runtime, settings.pins)
     reasons: dict[str, str] = {}
     pinned: set[str] = set()
@@ -117,7 +121,7 @@ def draft_plan(
         reasons=reasons,
         pinned=frozenset(pinned),
     )
-    return fit_memory(plan, manifest, facts, settings, footprint)
+    return fit_memory(plan, manifest, facts, settings, footprint_of(model_file))
 
 
 def _choose_backend(
