@@ -46,7 +46,7 @@ def serve(
         stream_max_in_flight=stream_max_in_flight,
         shutdown_grace_s=shutdown_grace_s,
         port_file=port_file,
-        log_level=log_level.upper(),  # type: ignore[arg-type]
+        log_level=log_level.upper(),
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_client_ca=tls_client_ca,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 In = TypeVar("In")
@@ -12,7 +12,7 @@ Out = TypeVar("Out")
 
 async def bounded_map(
     handle: Callable[[In], Awaitable[Out]], items: AsyncIterator[In], window: int
-) -> AsyncIterator[Out]:
+) -> AsyncGenerator[Out, None]:
     """Run `handle` on up to `window` items at once (so they can share batches) and yield
     results in completion order. `handle` must turn its own errors into results; reading
     stops while the window is full, so a fast sender is held back by flow control."""

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,7 +227,7 @@ class InferenceCore:
 
     async def stream(
         self, options: StreamOptions, frames: AsyncIterator[FrameIn]
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Run one camera stream. Errors in the options raise before anything is yielded."""
         self._check_serving()
         model = self.registry.resolve(options.model_name, options.model_version)

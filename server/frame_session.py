@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import Enum
@@ -128,7 +128,7 @@ class FrameSession:
         self._out: asyncio.Queue[StreamEvent | None] = asyncio.Queue(maxsize=self.window * 2 + 4)
         self._slot_freed = asyncio.Event()
 
-    async def run(self, frames: AsyncIterator[FrameIn]) -> AsyncIterator[StreamEvent]:
+    async def run(self, frames: AsyncIterator[FrameIn]) -> AsyncGenerator[StreamEvent, None]:
         reader = asyncio.create_task(self._read(frames), name="frame-reader")
         try:
             while (event := await self._out.get()) is not None:

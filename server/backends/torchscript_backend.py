@@ -37,8 +37,10 @@ class TorchScriptBackend:
         return f"torch {torch.__version__} TorchScript (cpu, {self._threads} threads)"
 
     def run(self, inputs: Arrays, output_names: list[str]) -> Arrays:
+        # Request bytes arrive as read-only views; torch needs writable memory (copied only then).
         tensors = [
-            torch.from_numpy(np.ascontiguousarray(inputs[name])) for name in self._input_names
+            torch.from_numpy(np.require(inputs[name], requirements=["C", "W"]))
+            for name in self._input_names
         ]
         with torch.inference_mode():
             result = self._module(*tensors)

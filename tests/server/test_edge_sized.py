@@ -1,0 +1,47 @@
+"""Edge-sized: an ONNX-only server never imports torch; TorchScript loads only when needed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from protos.inference import grpc_service_pb2_grpc as kserve_grpc
+from server.app import EdgeServer
+from tests.conftest import ONNX_MODEL, ROOT, TORCHSCRIPT_MODEL, copy_model, server_settings
+from tests.server.kserve_helpers import infer_request, output_array
+
+
+async def test_onnx_only_server_process_never_imports_torch(repository: Path):
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.server.onnx_only_server", str(repository),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    report = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert report == {"answered": 4000, "torch_imported": False}
+
+
+async def test_onnx_and_torchscript_versions_agree(repository, built_models, preprocessed):
+    import grpc
+
+    copy_model(built_models, TORCHSCRIPT_MODEL, repository)
+    server = EdgeServer(server_settings(repository))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = kserve_grpc.GRPCInferenceServiceStub(channel)
+            for name in ("chelsea", "coffee", "astronaut", "rocket"):
+                image = preprocessed(name)
+                onnx = output_array(await stub.ModelInfer(infer_request(ONNX_MODEL, image)))
+                script = output_array(
+                    await stub.ModelInfer(infer_request(TORCHSCRIPT_MODEL, image))
+                )
+                assert int(np.argmax(onnx)) == int(np.argmax(script)), name
+                np.testing.assert_allclose(onnx, script, rtol=1e-3, atol=1e-3)
+    finally:
+        await server.stop(grace_s=1.0)
