@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
+import sys
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.export.errors import FactoryFailed, ModuleImportFailed, WeightsMismatch
@@ -19,9 +23,13 @@ _NAMED_KEYS = 5
 def resolve_factory(target: str) -> Any:
     module_name, sep, attribute = target.partition(":")
     if not sep or not module_name or not attribute:
-        raise ModuleImportFailed(f"{target!r}: expected MODULE:FACTORY, e.g. mypkg.models:build")
+        raise ModuleImportFailed(
+            f"{target!r}: expected MODULE:FACTORY, e.g. mypkg.models:build or models.py:build"
+        )
     try:
-        module = importlib.import_module(module_name)
+        module = _import(module_name)
+    except ModuleImportFailed:
+        raise
     except Exception as exc:  # any import-time failure in user code is the user's to see
         hint = ""
         if isinstance(exc, ModuleNotFoundError) and exc.name and module_name.startswith(exc.name):
@@ -40,6 +48,30 @@ def resolve_factory(target: str) -> Any:
     if not callable(factory):
         raise ModuleImportFailed(f"{target!r} is a {type(factory).__name__}, not a callable")
     return factory
+
+
+def _import(module_name: str) -> ModuleType:
+    """A dotted module name, or a path to a `.py` file (what a researcher often hands over)."""
+    if not module_name.endswith(".py"):
+        return importlib.import_module(module_name)
+    path = Path(module_name).resolve()
+    if not path.is_file():
+        raise ModuleImportFailed(f"module file {module_name} does not exist")
+    # A stable, unique name: TorchScript and pickling look classes up through sys.modules.
+    name = f"_edgefleet_export_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}_{path.stem}"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ModuleImportFailed(f"module file {module_name} cannot be loaded as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def build_module(target: str, weights: Path | None) -> torch.nn.Module:

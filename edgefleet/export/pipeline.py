@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +53,8 @@ Target = Literal["onnx", "torchscript"]
 TARGETS: tuple[Target, ...] = ("onnx", "torchscript")
 MODEL_FILES: dict[Target, str] = {"onnx": "model.onnx", "torchscript": "model.pt"}
 LABELS_FILE = "labels.txt"
+# The names the server's registry accepts (server/registry.py); a dot-name is never a model.
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,14 @@ def build_preprocess(
 def run_export(request: ExportRequest) -> ExportReport:
 
     entries = request.entry_names()
+    for name in entries.values():
+        if not _MODEL_NAME.match(name):
+            raise InvalidRequest(
+                f"model name {name!r}: use letters, digits, '_', '.', '-', starting with a "
+                "letter or digit"
+            )
+    if request.version is not None and (not request.version.isdigit() or int(request.version) < 1):
+        raise InvalidRequest(f"version {request.version!r} must be a positive integer")
     version = request.version or next_version(request.repository, entries.values())
     ensure_free(request.repository, entries.values(), version, request.overwrite)
 

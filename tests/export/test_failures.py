@@ -168,3 +168,34 @@ def test_a_new_repository_is_not_left_behind_on_failure(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.exit_code == 1
     assert not repository.exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--name", ".hidden", "model name '.hidden'"),
+        ("--version", "v2", "version 'v2' must be a positive integer"),
+    ],
+)
+def test_names_the_server_cannot_serve_are_refused(
+    repository: Path, flag: str, value: str, message: str
+) -> None:
+    before = snapshot(repository)
+    result = export_cli(
+        CONTROL_FLOW, "--example-input", "N,L,4", flag, value, "--repository", repository
+    )
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert snapshot(repository) == before
+
+
+def test_factory_from_a_python_file(tmp_path: Path) -> None:
+    """A researcher's file need not be an installed package."""
+    source = Path(__file__).parent / "sample_modules" / "control_flow.py"
+    result = export_cli(
+        f"{source}:gated_recurrent_head", "--example-input", "N,L,4", "--to", "torchscript",
+        "--repository", tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert result.report()["method"] == "script"
+    assert (tmp_path / "gated_recurrent_head" / "1" / "model.pt").is_file()
