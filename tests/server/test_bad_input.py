@@ -111,10 +111,18 @@ JPEG_GARBAGE = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8
 FRAME_CASES = {
     "undecodable jpeg": (fs.FRAME_ENCODING_JPEG, frame(1, JPEG_GARBAGE), "undecodable JPEG"),
     "png sent as jpeg": (fs.FRAME_ENCODING_JPEG, frame(1, b"\x89PNG\r\n\x1a\nxxxx"), "is not JPEG"),
-    "raw size mismatch": (fs.FRAME_ENCODING_RAW_RGB, frame(1, b"\x00" * 100, 10, 10), "needs 300 bytes"),
-    "raw without size": (fs.FRAME_ENCODING_RAW_RGB, frame(1, b"\x00" * 300), "needs width and height"),
+    "raw size mismatch": (
+        fs.FRAME_ENCODING_RAW_RGB,
+        frame(1, b"\x00" * 100, 10, 10),
+        "needs 300 bytes",
+    ),
+    "raw without size": (
+        fs.FRAME_ENCODING_RAW_RGB,
+        frame(1, b"\x00" * 300),
+        "needs width and height",
+    ),
     "empty frame": (fs.FRAME_ENCODING_PNG, frame(1, b""), "is empty"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(FRAME_CASES))
@@ -148,12 +156,28 @@ def _png_of_coffee() -> bytes:
 
 
 STREAM_OPEN_CASES = {
-    "unknown encoding": ([opening(99)], grpc.StatusCode.INVALID_ARGUMENT, "not a known frame encoding"),
-    "missing encoding": ([opening(fs.FRAME_ENCODING_UNSPECIFIED)], grpc.StatusCode.INVALID_ARGUMENT, "encoding is required"),
+    "unknown encoding": (
+        [opening(99)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "not a known frame encoding",
+    ),
+    "missing encoding": (
+        [opening(fs.FRAME_ENCODING_UNSPECIFIED)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "encoding is required",
+    ),
     "frame before open": ([frame(0, b"x")], grpc.StatusCode.INVALID_ARGUMENT, "must be `open`"),
-    "second open": ([opening(fs.FRAME_ENCODING_JPEG), opening(fs.FRAME_ENCODING_JPEG)], grpc.StatusCode.INVALID_ARGUMENT, "must be a `frame`"),
-    "unknown model": ([opening(fs.FRAME_ENCODING_JPEG, model="nope")], grpc.StatusCode.NOT_FOUND, "'nope'"),
-}  # fmt: skip
+    "second open": (
+        [opening(fs.FRAME_ENCODING_JPEG), opening(fs.FRAME_ENCODING_JPEG)],
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "must be a `frame`",
+    ),
+    "unknown model": (
+        [opening(fs.FRAME_ENCODING_JPEG, model="nope")],
+        grpc.StatusCode.NOT_FOUND,
+        "'nope'",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", list(STREAM_OPEN_CASES))
