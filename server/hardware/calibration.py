@@ -1,8 +1,9 @@
 """Inputs for quantization calibration and the accuracy guard: real frames, not noise.
 
 Models with a preprocess section get real photographs (a directory of sample frames, else the
-images bundled with scikit-image) plus crops and flips of them, preprocessed the way the
-manifest says. Models without one get seeded Gaussian inputs, and the reasons say so.
+images bundled with scikit-image) plus crops and flips of them, preprocessed by the server's own
+`to_model_input`, exactly as frames are when served. Models without one get seeded Gaussian
+inputs, and the reasons say so.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from server.manifest import ModelManifest, Preprocess
+from server.manifest import ModelManifest
+from server.preprocess import to_model_input
 
 Sample = dict[str, np.ndarray]
 # scikit-image's bundled photographs (no download needed); grayscale ones become RGB.
@@ -46,7 +48,7 @@ def calibration_set(
     if not images:
         return _synthetic(manifest, count=16)
     samples = [
-        {manifest.preprocess.input: preprocess(view, manifest.preprocess)}
+        {manifest.preprocess.input: to_model_input(view, "rgb", manifest.preprocess)}
         for image in images
         for view in list(_views(image))[:views_per_image]
     ]
@@ -80,34 +82,7 @@ def _views(image: np.ndarray) -> Iterator[np.ndarray]:
     yield image
     top, left = int(height * 0.15), int(width * 0.15)
     yield image[top : height - top, left : width - left]
-    yield image[: int(height * 0.8), int(width * 0.2) :, :][:, ::-1]
-
-
-def preprocess(image: np.ndarray, spec: Preprocess) -> np.ndarray:
-    """RGB uint8 HWC -> the model's input tensor with a batch dimension of one."""
-    import cv2
-
-    if spec.resize == "letterbox":
-        scale = min(spec.height / image.shape[0], spec.width / image.shape[1])
-        height, width = round(image.shape[0] * scale), round(image.shape[1] * scale)
-        resized = cv2.resize(np.ascontiguousarray(image), (width, height))
-        canvas = np.full((spec.height, spec.width, 3), spec.pad_value, dtype=np.uint8)
-        top, left = (spec.height - height) // 2, (spec.width - width) // 2
-        canvas[top : top + height, left : left + width] = resized
-        resized = canvas
-    else:
-        resized = cv2.resize(np.ascontiguousarray(image), (spec.width, spec.height))
-    if spec.color == "bgr":
-        resized = resized[..., ::-1]
-    if spec.dtype == "uint8":
-        tensor = resized
-    else:
-        mean = np.asarray(spec.mean, dtype=np.float32)
-        std = np.asarray(spec.std, dtype=np.float32)
-        tensor = ((resized.astype(np.float32) - mean) / std).astype(spec.dtype)
-    if spec.layout == "nchw":
-        tensor = tensor.transpose(2, 0, 1)
-    return np.ascontiguousarray(tensor[np.newaxis])
+    yield np.ascontiguousarray(image[: int(height * 0.8), int(width * 0.2) :, :][:, ::-1])
 
 
 def _synthetic(manifest: ModelManifest, count: int) -> CalibrationSet:
