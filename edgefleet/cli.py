@@ -12,11 +12,12 @@ import typer
 
 # Modules exposing `register(app: typer.Typer) -> None`, in help order.
 COMMAND_MODULES = (
-    "server.cli",  # serve, demo
+    "server.cli",  # serve
     "server.hardware.cli",  # probe
     "client.cli",  # stream
     "fleet.cli",  # controller
     "edgefleet.export.cli",  # export
+    "edgefleet.demo",  # demo
 )
 
 
