@@ -193,7 +193,8 @@ def _probe_cpu(
             mapped.add("neon")  # Advanced SIMD is mandatory on ARMv8-A
         features = tuple(name for name in ARM_FEATURES if name in mapped)
 
-    model = first.get("model name") or _arm_core_name(first) or header.get("hardware")
+    # ARM kernels often say only "ARMv8 Processor rev 1 (v8l)"; the part number names the core.
+    model = _arm_core_name(first) or first.get("model name") or header.get("hardware")
     if model is None and processors:
         skipped.append("cpu model: not in /proc/cpuinfo")
 
