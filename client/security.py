@@ -52,6 +52,14 @@ def open_channel(
     options: list[tuple[str, str | int]] = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
+        # gRPC's own reconnect backoff grows to 120 s; cap it near the stream's backoff so a
+        # restarted server is found within seconds, not minutes.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 5000),
+        # Notice a server that vanished without closing the connection (power cut, NAT reset).
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
     ]
     has_client_pair = security.client_cert is not None or security.client_key is not None
     if not security.tls:

@@ -5,8 +5,9 @@ backoff and jitter, opens the stream again and resumes. Frames the broken connec
 answered are re-sent under the BLOCK policy (recorded video: nothing may be lost) and counted as
 lost under DROP_OLDEST (a live camera wants the freshest frame, not a stale one).
 
-Memory stays bounded whatever the consumer does: the send queue holds `send_queue_frames`, the
-in-flight table is capped, and results are read only as fast as the caller takes them.
+Memory stays bounded whatever the consumer does: the send queue holds `send_queue_frames`, at
+most `client_window` frames are unsettled, and results are read only as fast as the caller takes
+them; a live source then drops its oldest frames on the client, before they cost bandwidth.
 """
 
 from __future__ import annotations
@@ -89,6 +90,10 @@ class StreamConfig:
     source_fps: float = 0.0
     # Encoded frames waiting for the wire; a live source drops the oldest when it is full.
     send_queue_frames: int = 8
+    # Frames sent but not yet settled (answered, dropped, rejected); 0: twice the server's
+    # window. Past it the sender waits, so a slow reader or server backs up into the bounded
+    # send queue (where a live source drops its oldest frames) instead of into memory.
+    client_window: int = 0
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
 
 
@@ -340,7 +345,7 @@ class FrameStreamClient:
             log.debug("sender stopped: %r", error)
 
     async def _wait_for_room(self) -> None:
-        """BLOCK streams keep at most `window` frames unanswered, so a resend stays bounded."""
+        """At most `window` frames unsettled: memory and any resend stay bounded."""
         while self._window and len(self._in_flight) >= self._window:
             self._room.clear()
             await self._room.wait()
@@ -366,9 +371,8 @@ class FrameStreamClient:
             kind = response.WhichOneof("kind")
             if kind == "opened":
                 opened = response.opened
-                if self._config.overload_policy is OverloadPolicy.BLOCK:
-                    # Twice the server's window keeps its batcher fed while bounding resends.
-                    self._window = 2 * max(int(opened.max_in_flight), 1)
+                # Twice the server's window keeps its batcher fed across a round trip.
+                self._window = self._config.client_window or 2 * max(opened.max_in_flight, 1)
                 self.stats.state = StreamState.STREAMING
                 yield Connected(
                     opened.stream_id,

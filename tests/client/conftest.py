@@ -39,7 +39,7 @@ def test_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MJPG .avi written with OpenCV (the client's video library) from skimage photos."""
     path = tmp_path_factory.mktemp("video") / "scenes.avi"
     size = (320, 240)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), VIDEO_FPS, size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), VIDEO_FPS, size)
     assert writer.isOpened(), "OpenCV has no MJPG writer"
     for name, frames in VIDEO_SCENES:
         image = cv2.resize(cv2.cvtColor(photo(name), cv2.COLOR_RGB2BGR), size)
