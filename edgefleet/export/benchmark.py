@@ -54,6 +54,8 @@ def device_facts() -> dict[str, Any]:
     return {
         "cpu": cpu_model,
         "cores_available": len(os.sched_getaffinity(0)),
+        # Intra-op threads both torch and ONNX Runtime used.
+        "threads": torch.get_num_threads(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -62,33 +64,16 @@ def device_facts() -> dict[str, Any]:
     }
 
 
-def measure(
-    runtime: str,
-    runner: Runner,
-    inputs: Sequence[npt.NDArray[Any]],
-    batch: int,
-    min_seconds: float,
-    min_calls: int,
-    warmup: int,
-) -> BenchResult:
-    for _ in range(warmup):
-        runner(inputs)
+def _timed_calls(
+    runner: Runner, inputs: Sequence[npt.NDArray[Any]], min_seconds: float, min_calls: int
+) -> tuple[list[float], float]:
     latencies: list[float] = []
     start = time.perf_counter()
     while len(latencies) < min_calls or time.perf_counter() - start < min_seconds:
         began = time.perf_counter()
         runner(inputs)
         latencies.append(time.perf_counter() - began)
-    elapsed = time.perf_counter() - start
-    cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-    return BenchResult(
-        runtime=runtime,
-        batch=batch,
-        p50_ms=statistics.median(latencies) * 1000,
-        p95_ms=cuts[94] * 1000,
-        items_per_s=batch * len(latencies) / elapsed,
-        calls=len(latencies),
-    )
+    return latencies, time.perf_counter() - start
 
 
 def benchmark_runtimes(
@@ -97,10 +82,36 @@ def benchmark_runtimes(
     min_seconds: float = 2.0,
     min_calls: int = 20,
     warmup: int = 3,
+    rounds: int = 3,
 ) -> list[BenchResult]:
-    """Each runtime at each batch size, one after another in this process, same inputs."""
+    """Each runtime at each batch size on the same inputs. The measuring time is split into
+    `rounds` slices that rotate through the runtimes, so a busy neighbour on a shared machine
+    slows every runtime alike instead of whichever happened to run at the time."""
     results = []
     for batch, inputs in inputs_by_batch.items():
-        for runtime, runner in runners.items():
-            results.append(measure(runtime, runner, inputs, batch, min_seconds, min_calls, warmup))
+        for runner in runners.values():
+            for _ in range(warmup):
+                runner(inputs)
+        latencies: dict[str, list[float]] = {runtime: [] for runtime in runners}
+        elapsed = dict.fromkeys(runners, 0.0)
+        for _ in range(rounds):
+            for runtime, runner in runners.items():
+                slice_latencies, slice_elapsed = _timed_calls(
+                    runner, inputs, min_seconds / rounds, -(-min_calls // rounds)
+                )
+                latencies[runtime] += slice_latencies
+                elapsed[runtime] += slice_elapsed
+        for runtime in runners:
+            calls = latencies[runtime]
+            cuts = statistics.quantiles(calls, n=100, method="inclusive")
+            results.append(
+                BenchResult(
+                    runtime=runtime,
+                    batch=batch,
+                    p50_ms=statistics.median(calls) * 1000,
+                    p95_ms=cuts[94] * 1000,
+                    items_per_s=batch * len(calls) / elapsed[runtime],
+                    calls=len(calls),
+                )
+            )
     return results

@@ -1,0 +1,108 @@
+"""Export benchmark: eager PyTorch vs TorchScript vs ONNX Runtime, in one run, on this machine.
+
+For EfficientNet-Lite0 (traced) and the control-flow module (scripted: a recurrent loop over a
+variable-length sequence), `edgefleet export --benchmark` measures every runtime at batch 1 and
+batch 8 on the same inputs with the same thread count; eager PyTorch is the baseline. The
+figures and the machine go into the `<!-- bench:export -->` section of docs/benchmarks.md.
+
+    .venv/bin/python bench/bench_export.py [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as bench_server does
+
+from bench.machine import describe, write_section  # noqa: E402
+from edgefleet.export.examples import parse_input_spec  # noqa: E402
+from edgefleet.export.pipeline import ExportRequest, run_export  # noqa: E402
+from edgefleet.export.report import ExportReport  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "benchmarks.md"
+CONTROL_FLOW = ROOT / "tests" / "export" / "sample_modules" / "control_flow.py"
+
+CASES = [
+    ("EfficientNet-Lite0", "edgefleet.export.zoo:efficientnet_lite0", "N,3,224,224"),
+    ("Control-flow module (GRU-style loop + value branch, L=3)",
+     f"{CONTROL_FLOW}:gated_recurrent_head", "N,L,4"),
+]  # fmt: skip
+
+
+def run_case(factory: str, shape: str, seconds: float, repository: Path) -> ExportReport:
+    request = ExportRequest(
+        factory=factory,
+        inputs=(parse_input_spec(shape),),
+        name=factory.rpartition(":")[2],
+        repository=repository,
+        benchmark=True,
+        bench_seconds=seconds,
+        max_batch=8,
+    )
+    report = run_export(request)
+    if not report.succeeded:
+        raise SystemExit(f"{factory}: export failed: {report.failures()}")
+    return report
+
+
+def table(report: ExportReport) -> list[str]:
+    eager = {row.batch: row for row in report.benchmark if row.runtime == "eager"}
+    lines = [
+        "| runtime | batch | p50 ms | p95 ms | items/s | throughput vs eager |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in report.benchmark:
+        ratio = row.items_per_s / eager[row.batch].items_per_s
+        lines.append(
+            f"| {row.runtime} | {row.batch} | {row.p50_ms:.2f} | {row.p95_ms:.2f} | "
+            f"{row.items_per_s:.1f} | {ratio:.2f}x |"
+        )
+    return lines
+
+
+def section(results: list[tuple[str, ExportReport]], seconds: float, machine: str) -> str:
+    device = results[0][1].device or {}
+    lines = [
+        "## export: eager PyTorch vs TorchScript vs ONNX Runtime (`bench/bench_export.py`)",
+        "",
+        f"Machine: {machine}; torch {device.get('torch')}. The machine is shared, so absolute "
+        "figures are noisy; the runtimes of one model are measured in one process on the same "
+        "inputs, interleaved, so the ratios are the finding.",
+        "",
+        f"Method: `edgefleet export --benchmark`; each runtime and batch size runs 3 warm-up "
+        f"calls, then at least {seconds:g} s and 20 calls on the same random inputs, in 3 "
+        "slices that rotate through the runtimes (so background load hits all alike); torch "
+        f"and ONNX Runtime both use {device.get('threads')} intra-op threads. Eager PyTorch "
+        "(`inference_mode`) is the baseline; TorchScript and ONNX are the files written to "
+        "the repository.",
+        "",
+    ]
+    for title, report in results:
+        lines += [f"### {title}: {report.method}", "", f"Why {report.method}: {report.reason}", ""]
+        lines += table(report) + [""]
+    lines.append("Reproduce: `.venv/bin/python bench/bench_export.py` (or `make bench`).")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=3.0, help="per runtime and batch")
+    args = parser.parse_args()
+    machine = describe()
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for title, factory, shape in CASES:
+            report = run_case(factory, shape, args.seconds, Path(scratch))
+            results.append((title, report))
+            print(f"## {title} ({report.method})")
+            print("\n".join(table(report)))
+    write_section("export", section(results, args.seconds, machine))
+    print(f"wrote the export section of {DOC.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
