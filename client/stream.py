@@ -194,6 +194,7 @@ class FrameStreamClient:
         self._in_flight: OrderedDict[int, _Outgoing] = OrderedDict()
         self._room = asyncio.Event()
         self._window = 0
+        self._resending = 0
         self._source_done = False
         self._source_error: BaseException | None = None
 
@@ -210,6 +211,11 @@ class FrameStreamClient:
             while True:
                 outcome: str | grpc.aio.AioRpcError
                 call = self._stub.Stream(metadata=self._metadata)
+                # Tracked before the sender runs: if this attempt fails too, they are still owed.
+                now = asyncio.get_running_loop().time()
+                for outgoing in resend:
+                    self._track(outgoing, now)
+                self._resending = len(resend)
                 sender = asyncio.create_task(self._send(call, resend), name="frame-sender")
                 resend = []
                 try:
@@ -326,9 +332,8 @@ class FrameStreamClient:
         loop = asyncio.get_running_loop()
         try:
             await call.write(self._open_request())
-            for outgoing in resend:
-                await self._wait_for_room()
-                self._track(outgoing, loop.time())
+            for outgoing in resend:  # already tracked; at most one window of them
+                outgoing.sent_at = loop.time()
                 await call.write(outgoing.request)
             while not self._source_done:
                 await self._wait_for_room()
@@ -379,7 +384,7 @@ class FrameStreamClient:
                     opened.model_name,
                     opened.model_version,
                     opened.max_in_flight,
-                    resent=len(self._in_flight),
+                    resent=self._resending,
                 )
             elif kind == "result":
                 yield self._on_result(response.result, loop.time())
