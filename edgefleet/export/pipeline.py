@@ -1,7 +1,7 @@
 """One export: build the module, convert it, write each target, verify it, measure, commit.
 
-Everything that can be refused cheaply (existing version, bad module, weights, examples) is
-checked before any file is written; the targets are staged and renamed into the repository
+Everything that can be refused cheaply (name, existing version, bad module, weights, examples)
+is checked before any file is written; the targets are staged and renamed into the repository
 only at the end, so a failure leaves the repository as it was.
 """
 
@@ -15,34 +15,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy.typing as npt
-
 from edgefleet.export import onnx_target
 from edgefleet.export.benchmark import BenchResult, benchmark_runtimes, device_facts
+from edgefleet.export.contract import Example, ModelContract, Outputs, describe_model, run_eager
 from edgefleet.export.conversion import Conversion, Method, convert
-from edgefleet.export.errors import ExampleRejected, InvalidRequest, OnnxExportFailed
+from edgefleet.export.errors import InvalidRequest, OnnxExportFailed
 from edgefleet.export.examples import InputSpec, batch_inputs, make_examples
 from edgefleet.export.loading import build_module
 from edgefleet.export.report import REPORT_FILE, ExportReport, TargetOutcome
 from edgefleet.export.runners import (
     Runner,
-    as_output_list,
     onnx_file_runner,
     recorded_warnings,
     torch_runner,
     torchscript_file_runner,
 )
-from edgefleet.export.verify import Tolerance, first_line, verify_target
-from edgefleet.export.writer import ensure_free, next_version, staging
-from server.manifest import (
-    Batching,
-    ModelManifest,
-    Postprocess,
-    Preprocess,
-    TensorSpec,
-    hash_directory,
-    write_manifest,
-)
+from edgefleet.export.verify import Tolerance, verify_target
+from edgefleet.export.writer import Staging, ensure_free, next_version, staging
+from server.manifest import Batching, ModelManifest, Postprocess, hash_directory, write_manifest
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +41,7 @@ log = logging.getLogger(__name__)
 
 Target = Literal["onnx", "torchscript"]
 TARGETS: tuple[Target, ...] = ("onnx", "torchscript")
-MODEL_FILES: dict[Target, str] = {"onnx": "model.onnx", "torchscript": "model.pt"}
+MODEL_FILES: dict[str, str] = {"onnx": "model.onnx", "torchscript": "model.pt"}
 LABELS_FILE = "labels.txt"
 # The names the server's registry accepts (server/registry.py); a dot-name is never a model.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -86,7 +76,7 @@ class ExportRequest:
     opset: int = onnx_target.DEFAULT_OPSET
     description: str = ""
 
-    def entry_names(self) -> dict[Target, str]:
+    def entry_names(self) -> dict[str, str]:
         """One target takes the name; with both, TorchScript gets a `_torchscript` suffix
         (the layout `make models` uses: one format per model name)."""
         if len(self.targets) == 1:
@@ -94,102 +84,9 @@ class ExportRequest:
         return {t: self.name if t == "onnx" else f"{self.name}_{t}" for t in self.targets}
 
 
-def _names(given: Sequence[str], count: int, stem: str, what: str) -> list[str]:
-    if not given:
-        return [stem] if count == 1 else [f"{stem}_{index}" for index in range(count)]
-    if len(given) != count:
-        raise InvalidRequest(f"{len(given)} {what} names given for {count} {what}s")
-    return list(given)
-
-
-def run_eager(
-    model: torch.nn.Module, examples: Sequence[tuple[torch.Tensor, ...]]
-) -> list[list[npt.NDArray[Any]]]:
-    import torch
-
-    references = []
-    for index, example in enumerate(examples):
-        try:
-            with torch.inference_mode():
-                outputs = as_output_list(model(*example))
-        except ExampleRejected:
-            raise
-        except Exception as exc:
-            shapes = ", ".join(
-                f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in example
-            )
-            raise ExampleRejected(
-                f"the model rejects example {index} ({shapes}): {first_line(exc)}"
-            ) from exc
-        references.append([tensor.numpy().copy() for tensor in outputs])
-    return references
-
-
-def output_specs(
-    names: Sequence[str],
-    specs: Sequence[InputSpec],
-    examples: Sequence[tuple[torch.Tensor, ...]],
-    references: Sequence[Sequence[npt.NDArray[Any]]],
-) -> list[TensorSpec]:
-    """Output shapes: a dimension that changes across examples is dynamic, named after the
-    input dimension whose sizes it followed."""
-    input_dim_sizes: dict[tuple[int, ...], str] = {}
-    for spec_index, spec in enumerate(specs):
-        for axis, dim in enumerate(spec.dims):
-            if isinstance(dim, str):
-                sizes = tuple(example[spec_index].shape[axis] for example in examples)
-                input_dim_sizes.setdefault(sizes, dim)
-    result = []
-    for index, name in enumerate(names):
-        arrays = [reference[index] for reference in references]
-        dims: list[int | str] = []
-        for axis, size in enumerate(arrays[0].shape):
-            sizes = tuple(array.shape[axis] for array in arrays)
-            if len(set(sizes)) == 1:
-                dims.append(int(size))
-            else:
-                dims.append(input_dim_sizes.get(sizes, f"{name}_dim{axis}"))
-        dtype = str(arrays[0].dtype)
-        result.append(TensorSpec(name=name, dtype=dtype, shape=dims))
-    return result
-
-
-def read_labels(path: Path, outputs: Sequence[TensorSpec], classifier_output: str | None) -> str:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidRequest(f"labels file {path}: {exc.strerror}") from None
-    labels = [line.strip() for line in text.splitlines() if line.strip()]
-    spec = next((o for o in outputs if o.name == classifier_output), None)
-    classes = spec.shape[-1] if spec else None
-    if isinstance(classes, int) and classes != len(labels):
-        raise InvalidRequest(
-            f"labels file {path} has {len(labels)} labels but output {classifier_output} "
-            f"has {classes} classes"
-        )
-    return "\n".join(labels) + "\n"
-
-
-def build_preprocess(
-    fields: dict[str, Any] | None, spec: InputSpec, input_name: str
-) -> Preprocess | None:
-    if fields is None:
-        return None
-    values = dict(fields)
-    values.setdefault("input", input_name)
-    layout = values.get("layout", "nchw")
-    spatial = spec.dims[2:4] if layout == "nchw" else spec.dims[1:3]
-    for key, dim in zip(("height", "width"), spatial, strict=False):
-        if isinstance(dim, int):
-            values.setdefault(key, dim)
-    try:
-        return Preprocess.model_validate(values)
-    except ValueError as exc:
-        raise InvalidRequest(f"--preprocess: {exc}") from None
-
-
-def run_export(request: ExportRequest) -> ExportReport:
-
+def _reserve(request: ExportRequest) -> tuple[dict[str, str], str]:
+    """Entry names and the version, refused before any work if the server could not serve
+    them or they exist (without --overwrite)."""
     entries = request.entry_names()
     for name in entries.values():
         if not _MODEL_NAME.match(name):
@@ -201,64 +98,36 @@ def run_export(request: ExportRequest) -> ExportReport:
         raise InvalidRequest(f"version {request.version!r} must be a positive integer")
     version = request.version or next_version(request.repository, entries.values())
     ensure_free(request.repository, entries.values(), version, request.overwrite)
+    return entries, version
 
+
+def run_export(request: ExportRequest) -> ExportReport:
+    entries, version = _reserve(request)
     model = build_module(request.factory, request.weights)
-    input_names = _names(request.input_names, len(request.inputs), "input", "input")
     examples = make_examples(request.inputs)
     references = run_eager(model, examples)
-    output_names = _names(request.output_names, len(references[0]), "output", "output")
-    outputs = output_specs(output_names, request.inputs, examples, references)
-    classifier = request.classifier if request.classifier is not None else bool(request.labels)
-    classifier_output = output_names[0] if classifier else None
-    labels = read_labels(request.labels, outputs, classifier_output) if request.labels else None
-    preprocess = build_preprocess(request.preprocess, request.inputs[0], input_names[0])
-
+    contract = describe_model(
+        request.inputs, examples, references,
+        input_names=request.input_names, output_names=request.output_names,
+        classifier=request.classifier if request.classifier is not None else bool(request.labels),
+        labels=request.labels, preprocess=request.preprocess,
+    )  # fmt: skip
     conversion = convert(
-        model, examples, references, output_names, request.method, request.tolerance
+        model, examples, references, contract.output_names, request.method, request.tolerance
     )
     log.info("converted with %s: %s", conversion.method, conversion.reason)
-    example_arrays = [[tensor.numpy() for tensor in example] for example in examples]
-    dynamic_axes = {
-        name: {axis: dim for axis, dim in enumerate(spec.shape) if isinstance(dim, str)}
-        for name, spec in [
-            *zip(input_names, _input_tensor_specs(request, input_names), strict=True),
-            *((o.name, o) for o in outputs),
-        ]
-    }
 
     with staging(request.repository) as stage:
         outcomes: list[TargetOutcome] = []
         runners: dict[str, Runner] = {}
         for target in request.targets:
-            entry = f"{entries[target]}/{version}"
-            version_dir = stage.version_dir(entries[target], version)
-            model_path = version_dir / MODEL_FILES[target]
-            try:
-                runner = _write_target(
-                    target, conversion, examples[0], model_path, input_names, output_names,
-                    dynamic_axes, request.opset,
-                )  # fmt: skip
-            except OnnxExportFailed as exc:
-                log.error("%s", exc)
-                stage.discard(entries[target], version)
-                outcomes.append(TargetOutcome(target, entry, None, written=False, error=str(exc)))
-                continue
-            verification = verify_target(
-                target, runner, example_arrays, references, output_names, request.tolerance,
-                classifier_output,
+            outcome, runner = _build_target(
+                stage, request, target, entries[target], version, conversion, contract,
+                examples, references,
             )  # fmt: skip
-            written = verification.passed or request.force
-            if not written:
-                stage.discard(entries[target], version)
-            else:
+            outcomes.append(outcome)
+            if runner is not None:
                 runners[target] = runner
-            outcomes.append(TargetOutcome(target, entry, verification, written))
-
-        benchmark: list[BenchResult] = []
-        device = None
-        if request.benchmark:
-            benchmark = _benchmark(request, model, runners)
-            device = device_facts()
         report = ExportReport(
             factory=request.factory,
             method=conversion.method,
@@ -268,62 +137,56 @@ def run_export(request: ExportRequest) -> ExportReport:
             tolerance=request.tolerance,
             forced=request.force,
             targets=outcomes,
-            benchmark=benchmark,
-            device=device,
-        )
-        batching = (
-            Batching(max_batch_size=request.max_batch)
-            if isinstance(request.inputs[0].dims[0], str)
-            else Batching(max_batch_size=0)
+            benchmark=_benchmark(request, model, runners) if request.benchmark else [],
+            device=device_facts() if request.benchmark else None,
         )
         for outcome in outcomes:
-            if not outcome.written:
-                continue
-            name = entries[outcome.target]  # type: ignore[index]
-            version_dir = stage.root / name / version
-            if labels is not None:
-                (version_dir / LABELS_FILE).write_text(labels, encoding="utf-8")
-            (version_dir / REPORT_FILE).write_text(
-                json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8"
-            )
-            manifest = ModelManifest(
-                name=name,
-                version=version,
-                format=outcome.target,
-                model_file=MODEL_FILES[outcome.target],  # type: ignore[index]
-                inputs=_input_tensor_specs(request, input_names),
-                outputs=outputs,
-                preprocess=preprocess,
-                postprocess=Postprocess(
-                    kind="classification", output=classifier_output,
-                    labels_file=LABELS_FILE if labels is not None else None,
-                ) if classifier_output else Postprocess(),
-                batching=batching,
-                files=hash_directory(version_dir),
-                description=request.description,
-                provenance={"export": report.provenance(outcome.target)},
-            )  # fmt: skip
-            write_manifest(version_dir, manifest)
+            if outcome.written:
+                version_dir = stage.root / entries[outcome.target] / version
+                _complete_entry(version_dir, request, outcome.target, contract, report)
         for placed in stage.commit(request.overwrite):
             log.info("wrote %s", placed)
     return report
 
 
-def _input_tensor_specs(request: ExportRequest, names: Sequence[str]) -> list[TensorSpec]:
-    return [
-        TensorSpec(name=name, dtype=spec.dtype, shape=list(spec.dims))
-        for name, spec in zip(names, request.inputs, strict=True)
-    ]
+def _build_target(
+    stage: Staging,
+    request: ExportRequest,
+    target: Target,
+    name: str,
+    version: str,
+    conversion: Conversion,
+    contract: ModelContract,
+    examples: Sequence[Example],
+    references: Sequence[Outputs],
+) -> tuple[TargetOutcome, Runner | None]:
+    """Write one target's model file, verify it against eager; keep it if it passes (or
+    --force). The runner comes back for the benchmark when the target is kept."""
+    entry = f"{name}/{version}"
+    model_path = stage.version_dir(name, version) / MODEL_FILES[target]
+    try:
+        runner = _write_model(target, conversion, examples[0], model_path, contract, request.opset)
+    except OnnxExportFailed as exc:
+        log.error("%s", exc)
+        stage.discard(name, version)
+        return TargetOutcome(target, entry, None, written=False, error=str(exc)), None
+    verification = verify_target(
+        target, runner,
+        [[tensor.numpy() for tensor in example] for example in examples], references,
+        contract.output_names, request.tolerance, contract.classifier_output,
+    )  # fmt: skip
+    written = verification.passed or request.force
+    if not written:
+        stage.discard(name, version)
+    return TargetOutcome(target, entry, verification, written), runner if written else None
 
 
-def _write_target(
+def _write_model(
     target: Target,
     conversion: Conversion,
-    example: tuple[torch.Tensor, ...],
+    example: Example,
     model_path: Path,
-    input_names: Sequence[str],
-    output_names: Sequence[str],
-    dynamic_axes: dict[str, dict[int, str]],
+    contract: ModelContract,
     opset: int,
 ) -> Runner:
     import torch
@@ -333,10 +196,50 @@ def _write_target(
             torch.jit.save(conversion.module, str(model_path))
         return torchscript_file_runner(model_path)
     onnx_target.export_onnx(
-        conversion.module, example, model_path, input_names, output_names, dynamic_axes, opset
-    )
+        conversion.module, example, model_path, contract.input_names, contract.output_names,
+        contract.dynamic_axes(), opset,
+    )  # fmt: skip
     # Same intra-op thread count as torch, so a benchmark compares runtimes, not threads.
-    return onnx_file_runner(model_path, input_names, threads=torch.get_num_threads())
+    return onnx_file_runner(model_path, contract.input_names, threads=torch.get_num_threads())
+
+
+def _complete_entry(
+    version_dir: Path,
+    request: ExportRequest,
+    target: str,
+    contract: ModelContract,
+    report: ExportReport,
+) -> None:
+    """Labels, the report and last the manifest, which hashes everything beside it."""
+    if contract.labels_text is not None:
+        (version_dir / LABELS_FILE).write_text(contract.labels_text, encoding="utf-8")
+    (version_dir / REPORT_FILE).write_text(
+        json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8"
+    )
+    postprocess = (
+        Postprocess(
+            kind="classification",
+            output=contract.classifier_output,
+            labels_file=LABELS_FILE if contract.labels_text is not None else None,
+        )
+        if contract.classifier_output
+        else Postprocess()
+    )
+    manifest = ModelManifest(
+        name=version_dir.parent.name,
+        version=version_dir.name,
+        format=target,
+        model_file=MODEL_FILES[target],
+        inputs=contract.inputs,
+        outputs=contract.outputs,
+        preprocess=contract.preprocess,
+        postprocess=postprocess,
+        batching=Batching(max_batch_size=request.max_batch if contract.batched else 0),
+        files=hash_directory(version_dir),
+        description=request.description,
+        provenance={"export": report.provenance(target)},
+    )
+    write_manifest(version_dir, manifest)
 
 
 def _benchmark(
@@ -346,9 +249,7 @@ def _benchmark(
     import torch
 
     candidates: dict[str, Runner] = {"eager": torch_runner(model)}
-    candidates.update(
-        (target, runners[target]) for target in ("torchscript", "onnx") if target in runners
-    )
+    candidates.update((t, runners[t]) for t in ("torchscript", "onnx") if t in runners)
     batched = isinstance(request.inputs[0].dims[0], str)
     batches = sorted({1, request.max_batch}) if batched and request.max_batch > 1 else [1]
     generator = torch.Generator().manual_seed(1234)
