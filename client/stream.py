@@ -195,6 +195,7 @@ class FrameStreamClient:
         self._room = asyncio.Event()
         self._window = 0
         self._resending = 0
+        self._opened = asyncio.Event()
         self._source_done = False
         self._source_error: BaseException | None = None
 
@@ -216,6 +217,7 @@ class FrameStreamClient:
                 for outgoing in resend:
                     self._track(outgoing, now)
                 self._resending = len(resend)
+                self._opened = asyncio.Event()
                 sender = asyncio.create_task(self._send(call, resend), name="frame-sender")
                 resend = []
                 try:
@@ -332,6 +334,9 @@ class FrameStreamClient:
         loop = asyncio.get_running_loop()
         try:
             await call.write(self._open_request())
+            # Frames follow the server's `opened`: a refused stream (bad token, unknown model)
+            # then fails cleanly, with its own status, before megabytes of frames are in flight.
+            await self._opened.wait()
             for outgoing in resend:  # already tracked; at most one window of them
                 outgoing.sent_at = loop.time()
                 await call.write(outgoing.request)
@@ -379,6 +384,7 @@ class FrameStreamClient:
                 # Twice the server's window keeps its batcher fed across a round trip.
                 self._window = self._config.client_window or 2 * max(opened.max_in_flight, 1)
                 self.stats.state = StreamState.STREAMING
+                self._opened.set()
                 yield Connected(
                     opened.stream_id,
                     opened.model_name,

@@ -7,7 +7,7 @@ open so a load balancer or an orchestrator can probe the server without the secr
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
@@ -59,6 +59,12 @@ def _refusing(handler: _Handler, reason: str) -> _Handler:
     async def refuse(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
 
+    async def refuse_streaming(
+        _request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+        yield  # an async generator, as grpc.aio expects of a streaming-response handler
+
     make: Callable[..., _Handler]
     if handler.request_streaming and handler.response_streaming:
         make = grpc.stream_stream_rpc_method_handler
@@ -69,7 +75,7 @@ def _refusing(handler: _Handler, reason: str) -> _Handler:
     else:
         make = grpc.unary_unary_rpc_method_handler
     return make(
-        refuse,
+        refuse_streaming if handler.response_streaming else refuse,
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
