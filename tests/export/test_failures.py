@@ -134,14 +134,16 @@ def test_existing_version_is_refused_unless_overwrite(repository: Path) -> None:
     assert (repository / "gru" / "2" / "manifest.json").is_file()
 
 
-def test_script_error_names_the_construct_and_line(repository: Path) -> None:
+@pytest.mark.parametrize("method", ["auto", "script"])
+def test_script_error_names_the_construct_and_line(repository: Path, method: str) -> None:
     before = snapshot(repository)
     result = export_cli(
         f"{SAMPLES}.unscriptable:length_dependent_pool", "--example-input", "N,L",
-        "--repository", repository,
+        "--method", method, "--repository", repository,
     )  # fmt: skip
     assert result.exit_code == 2
-    assert "tracing is unsafe (example 1 " in result.stderr
+    if method == "auto":  # auto says why it tried scripting at all
+        assert "tracing is unsafe (example 1 " in result.stderr
     assert "cannot script LengthDependentPool: try blocks aren't supported at " in result.stderr
     assert "unscriptable.py:14: `try:`" in result.stderr
     assert snapshot(repository) == before
