@@ -1,0 +1,109 @@
+"""Frame sources and what the CLI says when one cannot be opened."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from client.frames import CapturedFrame, Encoding, encode_frame
+from client.sources import SourceError, open_source, paced, until_stopped
+from client.sources.pattern import TestPatternSource
+from tests.conftest import ROOT, photo, png_bytes
+
+
+async def collect(source_spec: str, limit: int = 100) -> list[CapturedFrame]:
+    source = open_source(source_spec)
+    await source.open()
+    frames = []
+    async for frame in source.frames():
+        frames.append(frame)
+        if len(frames) >= limit:
+            break
+    return frames
+
+
+async def test_pattern_burns_in_a_counter_and_honours_size_and_count() -> None:
+    source = TestPatternSource(320, 240, fps=30, count=3)
+    frames = [frame async for frame in source.frames()]
+    assert len(frames) == 3
+    assert all(frame.pixels_bgr.shape == (240, 320, 3) for frame in frames)
+    # Only the counter (and the moving marker) differ between frames.
+    assert not np.array_equal(frames[0].pixels_bgr, frames[1].pixels_bgr)
+    spec = open_source("pattern:64x48@12.5")
+    assert (spec.native_fps, spec.live) == (12.5, True)
+
+
+async def test_image_folder_plays_in_name_order_and_skips_unreadable_files(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "b.png").write_bytes(png_bytes(photo("coffee")))
+    (tmp_path / "a.png").write_bytes(png_bytes(photo("chelsea")))
+    (tmp_path / "c.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "notes.txt").write_text("ignored")
+    frames = await collect(str(tmp_path))
+    assert [frame.pixels_bgr.shape for frame in frames] == [(300, 451, 3), (400, 600, 3)]
+    assert "c.jpg: skipped, not a readable image" in caplog.text
+
+
+async def test_video_and_folder_errors_name_the_source_and_the_reason(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match=r"missing\.mp4: no such file"):
+        open_source(str(tmp_path / "missing.mp4"))
+    fake = tmp_path / "fake.mp4"
+    fake.write_bytes(b"\x00" * 1000)
+    with pytest.raises(SourceError, match=r"fake\.mp4: .*(could not open|no frame)"):
+        await collect(str(fake))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SourceError, match=r"empty: no images"):
+        open_source(str(empty))
+    with pytest.raises(SourceError, match="no such file or directory"):
+        open_source(str(tmp_path / "missing.png"))
+
+
+@pytest.mark.skipif(any(Path("/dev").glob("video*")), reason="this machine has a webcam")
+def test_webcam_without_a_device_says_so() -> None:
+    with pytest.raises(SourceError, match=r"webcam: no /dev/video\* device"):
+        open_source("webcam")
+
+
+async def test_pacing_spreads_frames_over_time_and_stop_ends_a_source() -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    frames = [f async for f in paced(TestPatternSource(32, 32, count=6).frames(), 50)]
+    # Six frames at 50 fps: five intervals of 20 ms at the least.
+    assert len(frames) == 6 and loop.time() - started >= 0.1
+    stop = asyncio.Event()
+    endless = until_stopped(paced(TestPatternSource(32, 32).frames(), 100), stop)
+    received = 0
+    async for _frame in endless:
+        received += 1
+        if received == 3:
+            stop.set()
+    assert received == 3
+
+
+def test_jpeg_is_smaller_and_raw_is_exact() -> None:
+    pixels = cv2.cvtColor(photo("astronaut"), cv2.COLOR_RGB2BGR)
+    frame = CapturedFrame(pixels, 1)
+    raw = encode_frame(frame, Encoding.RAW)
+    jpeg = encode_frame(frame, Encoding.JPEG, jpeg_quality=80)
+    assert raw.data == pixels.tobytes() and (raw.width, raw.height) == (512, 512)
+    assert len(jpeg.data) < len(raw.data) / 5
+    decoded = cv2.imdecode(np.frombuffer(jpeg.data, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == pixels.shape
+
+
+def test_cli_names_a_source_it_cannot_open(tmp_path: Path) -> None:
+    missing = tmp_path / "camera-7.mp4"
+    completed = subprocess.run(
+        [sys.executable, "-m", "edgefleet.cli", "stream", str(missing), "--model", "m"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert completed.returncode == 2
+    assert f"{missing}: no such file" in " ".join(completed.stderr.split())
