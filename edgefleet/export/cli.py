@@ -62,6 +62,8 @@ def _render(report: ExportReport) -> None:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:  # piped: rich's 80 columns would truncate the table
+        console = Console(width=120)
     console.print(f"[bold]method:[/bold] {report.method} — {report.reason}")
     for finding in report.trace_findings:
         console.print(f"  trace finding: {finding}")

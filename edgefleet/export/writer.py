@@ -61,17 +61,27 @@ class Staging:
         self._entries.remove((name, version))
 
     def commit(self, overwrite: bool) -> list[Path]:
-        """Rename every staged version into the repository; replaced versions are removed."""
+        """Rename every staged version into the repository; replaced versions are removed.
+
+        Versions that appeared since `ensure_free` (another export) are refused before any
+        rename, so either all entries land or none does."""
+        if not overwrite:
+            for name, version in self._entries:
+                ensure_free(self._repository, [name], version, overwrite=False)
         placed = []
         for name, version in self._entries:
             target = self._repository / name / version
-            if target.exists():
-                if not overwrite:  # appeared while we exported
-                    raise VersionExists(f"{name}/{version} appeared in {self._repository}")
-                # Move the old version out of the way first; it is deleted with the staging dir.
-                target.rename(self._root / f"replaced-{name}-{version}")
             target.parent.mkdir(parents=True, exist_ok=True)
-            (self._root / name / version).rename(target)
+            replaced = self._root / f"replaced-{name}-{version}"
+            if target.exists():
+                # Move the old version aside first; it is deleted with the staging directory.
+                target.rename(replaced)
+            try:
+                (self._root / name / version).rename(target)
+            except OSError:
+                if replaced.exists():
+                    replaced.rename(target)
+                raise
             placed.append(target)
         return placed
 
