@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -21,8 +22,9 @@ def top1(logits: np.ndarray, labels: list[str]) -> str:
 
 
 @pytest.fixture
-def imagenet_labels(repository) -> list[str]:  # type: ignore[no-untyped-def]
-    return (repository / ONNX_MODEL / "1" / "labels.txt").read_text().splitlines()
+def imagenet_labels(repository: Path) -> list[str]:
+    labels: list[str] = (repository / ONNX_MODEL / "1" / "labels.txt").read_text().splitlines()
+    return labels
 
 
 async def test_unary_and_streaming_inference(

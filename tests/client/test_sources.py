@@ -96,7 +96,7 @@ def test_jpeg_is_smaller_and_raw_is_exact() -> None:
     assert raw.data == pixels.tobytes() and (raw.width, raw.height) == (512, 512)
     assert len(jpeg.data) < len(raw.data) / 5
     decoded = cv2.imdecode(np.frombuffer(jpeg.data, np.uint8), cv2.IMREAD_COLOR)
-    assert decoded.shape == pixels.shape
+    assert decoded is not None and decoded.shape == pixels.shape
 
 
 def test_cli_names_a_source_it_cannot_open(tmp_path: Path) -> None:
