@@ -266,5 +266,7 @@ def _prepare(frame: FrameIn, encoding: FrameEncoding, spec: Preprocess) -> np.nd
     """Runs in the preprocess pool: decode and turn into the model's input."""
     if not frame.data:
         raise InvalidInput(f"frame {frame.sequence} is empty")
-    image, color = decode_frame(frame.data, encoding, frame.width, frame.height)
+    image, color = decode_frame(
+        frame.data, encoding, frame.width, frame.height, target=(spec.height, spec.width)
+    )
     return to_model_input(image, color, spec)

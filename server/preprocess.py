@@ -29,10 +29,55 @@ _JPEG_MAGIC = b"\xff\xd8"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+_REDUCED_DECODE = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                   (2, cv2.IMREAD_REDUCED_COLOR_2))  # fmt: skip
+# Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's start-of-frame header, without decoding; None if absent."""
+    index = 2
+    while index + 9 <= len(data):
+        if data[index] != 0xFF:
+            return None
+        marker = data[index + 1]
+        if marker == 0xFF:  # fill byte
+            index += 1
+            continue
+        if marker in _SOF_MARKERS:
+            height = int.from_bytes(data[index + 5 : index + 7], "big")
+            width = int.from_bytes(data[index + 7 : index + 9], "big")
+            return height, width
+        if marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length
+            index += 2
+            continue
+        index += 2 + int.from_bytes(data[index + 2 : index + 4], "big")
+    return None
+
+
+def _jpeg_decode_flag(data: bytes, target: tuple[int, int] | None) -> int:
+    """Let libjpeg scale by 1/2, 1/4 or 1/8 while decoding when the model wants far fewer
+    pixels: a 1080p frame headed for 224x224 decodes about 4x faster."""
+    size = jpeg_dimensions(data) if target else None
+    if size is None or target is None:
+        return cv2.IMREAD_COLOR
+    height, width = size
+    for factor, flag in _REDUCED_DECODE:
+        if height // factor >= target[0] and width // factor >= target[1]:
+            return flag
+    return cv2.IMREAD_COLOR
+
+
 def decode_frame(
-    data: bytes, encoding: FrameEncoding, width: int, height: int
+    data: bytes,
+    encoding: FrameEncoding,
+    width: int,
+    height: int,
+    target: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, str]:
-    """Return (HWC uint8 image, its colour order "rgb" or "bgr")."""
+    """Return (HWC uint8 image, its colour order "rgb" or "bgr"). `target` (height, width) is
+    the size the image will be resized to; a JPEG may then decode at a reduced scale."""
     if encoding in (FrameEncoding.RAW_RGB, FrameEncoding.RAW_BGR):
         if width <= 0 or height <= 0:
             raise InvalidInput(f"raw frame needs width and height, got {width}x{height}")
@@ -49,7 +94,8 @@ def decode_frame(
     kind = encoding.name
     if not data.startswith(magic):
         raise InvalidInput(f"frame is not {kind}: {len(data)} bytes without the {kind} signature")
-    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    flag = _jpeg_decode_flag(data, target) if encoding is FrameEncoding.JPEG else cv2.IMREAD_COLOR
+    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
     if decoded is None:
         raise InvalidInput(f"undecodable {kind} frame ({len(data)} bytes)")
     return decoded, "bgr"
