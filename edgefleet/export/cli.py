@@ -104,7 +104,9 @@ def _render(report: ExportReport) -> None:
 
 
 def export(
-    factory: Annotated[str, typer.Argument(help="MODULE:FACTORY returning an nn.Module.")],
+    factory: Annotated[
+        str, typer.Argument(help="MODULE:FACTORY or FILE.py:FACTORY returning an nn.Module.")
+    ],
     example_input: Annotated[
         list[str],
         typer.Option(
