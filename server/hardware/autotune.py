@@ -94,7 +94,7 @@ def autotune(
             cache_dir.mkdir(parents=True, exist_ok=True)
             payload = {"version": CACHE_VERSION, "measurements": [asdict(m) for m in measurements]}
             cache_file.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    best, within = _pick(measurements, queue_delay_ms, latency_budget_ms)
+    best, within = pick_best(measurements, queue_delay_ms, latency_budget_ms)
     return TuneResult(
         best=best,
         measurements=tuple(measurements),
@@ -173,7 +173,7 @@ def _summarise(thread: int, batch: int, times: list[float]) -> Measurement:
     )
 
 
-def _pick(
+def pick_best(
     measurements: list[Measurement], queue_delay_ms: float, latency_budget_ms: float | None
 ) -> tuple[Measurement, bool]:
     """Best throughput whose worst-case request latency (queue wait + batch run) fits."""

@@ -8,8 +8,9 @@ needs). TorchScript files have no graph to read; their estimate is a stated rule
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,25 @@ class Footprint:
 
     def needed(self, precision: str, batch: int, instances: int) -> int:
         return instances * (self.weights_at(precision) + self.activations_at(precision, batch))
+
+
+def cached_footprint(
+    model_path: Path, manifest: ModelManifest, model_sha256: str, cache_dir: Path
+) -> Footprint:
+    """`measure_footprint`, remembered on disk by sha256: shape inference imports sympy and
+    takes seconds on a small board, and the answer never changes for the same file."""
+    cache_file = cache_dir / f"footprint-{model_sha256[:16]}.json"
+    try:
+        return Footprint(**json.loads(cache_file.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        pass
+    footprint = measure_footprint(model_path, manifest)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache_file.write_text(json.dumps(asdict(footprint)) + "\n", encoding="utf-8")
+    except OSError as exc:  # a read-only repository only loses the cache
+        logger.info("cannot cache the footprint of %s: %s", model_path, exc)
+    return footprint
 
 
 def measure_footprint(model_path: Path, manifest: ModelManifest) -> Footprint:

@@ -19,7 +19,7 @@ from server.hardware.autotune import autotune, candidate_batches, candidate_thre
 from server.hardware.calibration import calibration_set
 from server.hardware.decide import GPU_PROVIDERS, draft_plan, fit_memory
 from server.hardware.facts import HardwareFacts
-from server.hardware.footprint import Footprint, measure_footprint
+from server.hardware.footprint import Footprint, cached_footprint
 from server.hardware.policy import PlannerSettings
 from server.hardware.precision import cache_dir_for, convert_with_guard
 from server.hardware.probe import probe_hardware
@@ -60,7 +60,13 @@ class HardwarePlanner:
 
         def footprint_of(model_file: str) -> Footprint:
             if model_file not in footprints:
-                footprints[model_file] = measure_footprint(version_dir / model_file, manifest)
+                path = version_dir / model_file
+                footprints[model_file] = cached_footprint(
+                    path,
+                    manifest,
+                    manifest.files.get(model_file) or sha256_file(path),
+                    cache_dir_for(version_dir, self._settings.cache_dir),
+                )
             return footprints[model_file]
 
         plan = draft_plan(manifest, facts, self._settings, footprint_of)
