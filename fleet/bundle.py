@@ -276,30 +276,43 @@ def verify_bundle(path: Path, trusted: TrustedKeys) -> BundleInfo:
     return result
 
 
-def install_bundle(path: Path, trusted: TrustedKeys, repository: Path) -> BundleInfo:
+def install_bundle(
+    path: Path, trusted: TrustedKeys, repository: Path, expect: tuple[str, str] | None = None
+) -> BundleInfo:
     """Verify and unpack into `<repository>/<name>/<version>/`, atomically.
 
-    Files go to a staging directory inside the repository first; only a bundle whose every file
+    Files go to a staging directory beside the version first; only a bundle whose every file
     checked out is renamed into place. An existing version directory is left untouched.
+    `expect` (name, version) rejects a bundle that holds some other model or version.
     """
-    repository.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=repository))
+    staging: Path | None = None
     try:
         result: BundleInfo | None = None
         for info, relative, stream, _size in _walk(path, trusted):
+            if staging is None:
+                if expect is not None and (info.name, info.version) != expect:
+                    raise BundleRejected(
+                        f"bundle holds {info.name}/{info.version}, expected {expect[0]}/{expect[1]}"
+                    )
+                # Inside the model's directory (same filesystem, so the rename is atomic) under a
+                # name that is not a version number, so the server never takes it for one.
+                model_dir = repository / info.name
+                model_dir.mkdir(parents=True, exist_ok=True)
+                staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
             target = staging / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             with target.open("wb") as sink:
                 digest, size = _copy_hashed(stream, sink)
             _check_file(info, relative, digest, size)
             result = info
-        if result is None:
+        if result is None or staging is None:
             raise BundleRejected("bundle holds no files")
         destination = repository / result.name / result.version
         if destination.exists():
             raise FileExistsError(f"{destination} already exists")
-        destination.parent.mkdir(parents=True, exist_ok=True)
         staging.rename(destination)
+        staging = None
         return result
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)

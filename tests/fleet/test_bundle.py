@@ -54,7 +54,7 @@ def test_good_bundle_installs_as_the_requested_version(tmp_path, bundle, keys):
     manifest = read_manifest(repository / "tiny" / "7")
     verify_files(repository / "tiny" / "7", manifest)
     assert manifest.version == "7"
-    assert not [p for p in repository.iterdir() if p.name.startswith(".staging")]
+    assert not list(repository.rglob(".staging*"))
 
 
 def test_keys_rotate_a_device_trusting_both_accepts_either(tmp_path, keys):
@@ -70,6 +70,7 @@ def _assert_rejected(path: Path, keys, match: str, tmp_path: Path) -> None:
     with pytest.raises(BundleRejected, match=match):
         install_bundle(path, _trusted(keys), repository)
     assert not any(repository.rglob("*.onnx")), "a rejected bundle left files behind"
+    assert not list(repository.rglob(".staging*"))
 
 
 def test_unsigned_bundle_is_rejected(tmp_path, bundle, keys):

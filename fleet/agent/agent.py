@@ -1,0 +1,409 @@
+"""The device agent. It dials out to the controller (devices sit behind NAT), reconnects with
+backoff, reports telemetry through a store-and-forward buffer, and converges the edge server on
+the desired state: download (resumable), verify, install, load and warm, switch, report.
+
+It drives the server only through its public core API (`ServingCore`), in the same process and
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import shutil
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+
+from fleet.agent.download import fetch_bundle
+from fleet.agent.identity import DeviceIdentity, enroll, load_identity, save_identity
+from fleet.agent.settings import AgentSettings
+from fleet.agent.spool import TelemetrySpool
+from fleet.agent.system import SystemSample, SystemSampler
+from fleet.bundle import install_bundle
+from fleet.errors import BundleRejected
+from fleet.keys import TrustedKeys
+from protos.edgefleet.fleet.v1 import agent_pb2, agent_pb2_grpc
+from server.errors import EdgeError
+
+logger = logging.getLogger(__name__)
+AGENT_VERSION = "0.1.0"
+DEFAULT_TELEMETRY_INTERVAL_S = 10.0
+# Failures worth retrying on the next connection rather than reporting as a failed install.
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.ABORTED,
+}
+
+
+class ModelTelemetryView(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def requests(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def drops(self) -> int: ...
+    @property
+    def fps(self) -> float: ...
+    @property
+    def latency_p50_ms(self) -> float: ...
+    @property
+    def latency_p95_ms(self) -> float: ...
+
+
+class IndexEntryView(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+
+
+class ServingCore(Protocol):
+    """The part of `server.core.InferenceCore` the agent uses."""
+
+    async def load_model(self, name: str, version: str | None = None) -> str: ...
+    def active_version(self, name: str) -> str | None: ...
+    def model_telemetry(self) -> Sequence[ModelTelemetryView]: ...
+    def repository_index(self) -> Sequence[IndexEntryView]: ...
+
+
+class Agent:
+    def __init__(
+        self,
+        core: ServingCore,
+        repository: Path,
+        settings: AgentSettings,
+        hardware_json: str = "{}",
+    ) -> None:
+        self._core = core
+        self._repository = repository
+        self._settings = settings
+        self._hardware_json = hardware_json
+        self._identity: DeviceIdentity | None = None
+        self._spool: TelemetrySpool | None = None
+        self._trusted = TrustedKeys(by_id={})
+        self._sampler: SystemSampler | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._desired: dict[str, agent_pb2.DesiredModel] = {}
+        self._desired_changed = asyncio.Event()
+        self._spooled = asyncio.Event()
+        self._interval_changed = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._outbox: asyncio.Queue[agent_pb2.ConnectRequest] | None = None
+        self._stub: agent_pb2_grpc.AgentServiceStub | None = None
+        self._unsent_results: deque[agent_pb2.InstallResult] = deque(maxlen=64)
+        self._reported: dict[str, str] = {}
+        self._failed: dict[tuple[str, str, str], str] = {}
+        self._interval = settings.telemetry_interval_s or DEFAULT_TELEMETRY_INTERVAL_S
+
+    @property
+    def device_id(self) -> str:
+        return self._identity.device_id if self._identity else ""
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def start(self) -> None:
+        settings = self._settings
+        identity = await asyncio.to_thread(load_identity, settings.state_dir)
+        if identity is None:
+            identity = await enroll(settings)
+            await asyncio.to_thread(save_identity, settings.state_dir, identity)
+            logger.info("enrolled as device %s", identity.device_id)
+        self._identity = identity
+        self._trusted = await asyncio.to_thread(TrustedKeys.from_paths, settings.trusted_keys)
+        if not self._trusted.by_id:
+            logger.warning("no trusted bundle keys configured: every bundle will be rejected")
+        self._spool = await asyncio.to_thread(
+            TelemetrySpool, settings.state_dir / "telemetry.db", settings.spool_max_samples
+        )
+        self._sampler = await asyncio.to_thread(SystemSampler)
+        self._tasks = [
+            asyncio.create_task(self._connect_forever(), name="agent-connect"),
+            asyncio.create_task(self._sample_forever(), name="agent-telemetry"),
+            asyncio.create_task(self._converge_forever(), name="agent-converge"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._spool is not None:
+            await asyncio.to_thread(self._spool.close)
+            self._spool = None
+
+    # connection
+    async def _connect_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay = self._settings.reconnect_min_s
+        while True:
+            started = loop.time()
+            try:
+                await self._session()
+            except grpc.aio.AioRpcError as error:
+                logger.warning("controller stream ended: %s %s", error.code().name, error.details())
+            except (OSError, ConnectionError) as error:
+                logger.warning("controller unreachable: %s", error)
+            if loop.time() - started > 30:
+                delay = self._settings.reconnect_min_s
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, self._settings.reconnect_max_s)
+
+    async def _session(self) -> None:
+        assert self._identity is not None
+        options = [("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000)]
+        async with grpc.aio.secure_channel(
+            self._settings.controller, self._identity.credentials(), options=options
+        ) as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            outbox: asyncio.Queue[agent_pb2.ConnectRequest] = asyncio.Queue(maxsize=256)
+            outbox.put_nowait(agent_pb2.ConnectRequest(hello=self._hello()))
+            while self._unsent_results:
+                result = self._unsent_results.popleft()
+                outbox.put_nowait(agent_pb2.ConnectRequest(install_result=result))
+            call = stub.Connect(self._drain(outbox))
+            forwarder = asyncio.create_task(self._forward_telemetry(outbox))
+            try:
+                async for response in call:
+                    if not self._connected.is_set():
+                        self._outbox, self._stub = outbox, stub
+                        self._connected.set()
+                        logger.info("connected to controller %s", self._settings.controller)
+                    if response.HasField("desired_state"):
+                        self._take_desired(response.desired_state)
+            finally:
+                self._connected.clear()
+                self._outbox = self._stub = None
+                forwarder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await forwarder
+                call.cancel()
+
+    @staticmethod
+    async def _drain(
+        outbox: asyncio.Queue[agent_pb2.ConnectRequest],
+    ) -> AsyncIterator[agent_pb2.ConnectRequest]:
+        while True:
+            yield await outbox.get()
+
+    def _hello(self) -> agent_pb2.Hello:
+        installed = []
+        for entry in self._core.repository_index():
+            active = self._core.active_version(entry.name) == entry.version
+            installed.append(
+                agent_pb2.InstalledModel(
+                    name=entry.name, version=entry.version, state=entry.state, active=active
+                )
+            )
+        return agent_pb2.Hello(
+            agent_version=AGENT_VERSION,
+            labels=self._settings.labels,
+            hardware_json=self._hardware_json,
+            installed=installed,
+        )
+
+    def _take_desired(self, state: agent_pb2.DesiredState) -> None:
+        interval = state.telemetry_interval_s
+        follow = self._settings.telemetry_interval_s is None
+        if follow and interval > 0 and interval != self._interval:
+            self._interval = interval
+            self._interval_changed.set()
+        self._desired = {model.name: model for model in state.models}
+        self._desired_changed.set()
+
+    async def _report(self, result: agent_pb2.InstallResult) -> None:
+        outbox = self._outbox
+        if outbox is None:
+            self._unsent_results.append(result)
+        else:
+            await outbox.put(agent_pb2.ConnectRequest(install_result=result))
+
+    # telemetry
+    def _telemetry(self, vitals: SystemSample, dropped: int) -> agent_pb2.Telemetry:
+        """Runs on the event loop: the core's statistics are not thread-safe."""
+        models = [
+            agent_pb2.ModelTelemetry(
+                name=model.name,
+                active_version=model.version,
+                requests=model.requests,
+                errors=model.errors,
+                drops=model.drops,
+                fps=model.fps,
+                latency_p50_ms=model.latency_p50_ms,
+                latency_p95_ms=model.latency_p95_ms,
+            )
+            for model in self._core.model_telemetry()
+            if self._core.active_version(model.name) == model.version
+        ]
+        message = agent_pb2.Telemetry(
+            system=agent_pb2.SystemTelemetry(
+                cpu_percent=vitals.cpu_percent,
+                memory_used_bytes=vitals.memory_used_bytes,
+                memory_total_bytes=vitals.memory_total_bytes,
+                temperature_c=vitals.temperature_c,
+                has_gpu=vitals.has_gpu,
+                gpu_utilization_percent=vitals.gpu_utilization_percent,
+                gpu_memory_used_bytes=vitals.gpu_memory_used_bytes,
+            ),
+            models=models,
+            dropped_samples=dropped,
+        )
+        message.sampled_at.GetCurrentTime()
+        return message
+
+    async def _sample_forever(self) -> None:
+        while True:
+            try:
+                assert self._sampler is not None and self._spool is not None
+                vitals = await asyncio.to_thread(self._sampler.sample)
+                dropped = await asyncio.to_thread(self._spool.dropped)
+                message = self._telemetry(vitals, dropped)
+                await asyncio.to_thread(self._spool.put, message.SerializeToString())
+                self._spooled.set()
+            except Exception:
+                logger.exception("telemetry sample failed")
+            # A new interval from the controller takes effect at once, not after the old one.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._interval_changed.wait(), self._interval)
+            self._interval_changed.clear()
+
+    async def _forward_telemetry(self, outbox: asyncio.Queue[agent_pb2.ConnectRequest]) -> None:
+        """Move buffered samples, oldest first, onto the stream."""
+        spool = self._spool
+        assert spool is not None
+        while True:
+            rows = await asyncio.to_thread(spool.peek, 64)
+            if not rows:
+                self._spooled.clear()
+                await self._spooled.wait()
+                continue
+            now = time.time()
+            for _, payload in rows:
+                message = agent_pb2.Telemetry.FromString(payload)
+                if now - message.sampled_at.ToNanoseconds() / 1e9 > 2 * self._interval:
+                    message.replayed = True
+                await outbox.put(agent_pb2.ConnectRequest(telemetry=message))
+            await asyncio.to_thread(spool.ack, rows[-1][0])
+
+    # convergence
+    async def _converge_forever(self) -> None:
+        while True:
+            await self._desired_changed.wait()
+            self._desired_changed.clear()
+            for model in list(self._desired.values()):
+                try:
+                    await self._converge(model)
+                except Exception:
+                    logger.exception("converging %s/%s failed", model.name, model.version)
+
+    async def _converge(self, model: agent_pb2.DesiredModel) -> None:
+        name, version = model.name, model.version
+        if self._core.active_version(name) == version:
+            if self._reported.get(name) != version:
+                await self._result(name, version, agent_pb2.INSTALL_OUTCOME_INSTALLED, "")
+            return
+        key = (name, version, model.bundle_sha256)
+        if key in self._failed:
+            return
+        version_dir = self._repository / name / version
+        try:
+            if not await asyncio.to_thread((version_dir / "manifest.json").is_file):
+                await self._install(model)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            previous = self._core.active_version(name)
+            await self._core.load_model(name, version)
+            logger.info(
+                "%s: version %s active (was %s), loaded and warmed in %.2fs",
+                name,
+                version,
+                previous,
+                loop.time() - started,
+            )
+            await self._result(name, version, agent_pb2.INSTALL_OUTCOME_INSTALLED, "")
+            await asyncio.to_thread(self._prune, name, {version, previous or ""})
+        except BundleRejected as error:
+            self._failed[key] = str(error)
+            logger.error("%s/%s: bundle rejected: %s", name, version, error)
+            await self._result(name, version, agent_pb2.INSTALL_OUTCOME_REJECTED, str(error))
+        except EdgeError as error:
+            self._failed[key] = str(error)
+            logger.error("%s/%s: the server refused it: %s", name, version, error)
+            await self._result(name, version, agent_pb2.INSTALL_OUTCOME_FAILED, str(error))
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _TRANSIENT:
+                logger.warning("%s/%s: download interrupted (%s); will resume", name, version,
+                               error.code().name)  # fmt: skip
+                return
+            self._failed[key] = f"download refused: {error.details()}"
+            await self._result(name, version, agent_pb2.INSTALL_OUTCOME_FAILED, self._failed[key])
+        except ConnectionError as error:
+            logger.warning("%s/%s: %s; will resume", name, version, error)
+
+    async def _install(self, model: agent_pb2.DesiredModel) -> None:
+        if not model.bundle_sha256:
+            raise BundleRejected(
+                f"version {model.version} is not on this device and no bundle was offered"
+            )
+        await self._connected.wait()
+        stub = self._stub
+        if stub is None:
+            raise ConnectionError("controller went away")
+        path = await fetch_bundle(
+            stub,
+            model.bundle_sha256,
+            self._settings.state_dir / "bundles",
+            self._settings.download_chunk_bytes,
+        )
+        try:
+            await asyncio.to_thread(
+                install_bundle,
+                path,
+                self._trusted,
+                self._repository,
+                (model.name, model.version),
+            )
+        finally:
+            # The version directory is the local copy from now on; a bad bundle is not kept.
+            await asyncio.to_thread(path.unlink, True)
+
+    async def _result(self, name: str, version: str, outcome: int, reason: str) -> None:
+        if outcome == agent_pb2.INSTALL_OUTCOME_INSTALLED:
+            self._reported[name] = version
+        await self._report(
+            agent_pb2.InstallResult(
+                model_name=name,
+                version=version,
+                outcome=outcome,  # type: ignore[arg-type]
+                reason=reason,
+                active_version=self._core.active_version(name) or "",
+            )
+        )
+
+    def _prune(self, name: str, keep: set[str]) -> None:
+        """Keep the newest `keep_versions` versions (and the active and previous ones)."""
+        model_dir = self._repository / name
+        versions = sorted(
+            (child.name for child in model_dir.iterdir() if child.name.isdigit()), key=int
+        )
+        keep |= set(versions[-self._settings.keep_versions :])
+        for version in versions:
+            if version not in keep:
+                shutil.rmtree(model_dir / version, ignore_errors=True)
+                logger.info("%s: removed old version %s", name, version)

@@ -1,0 +1,42 @@
+"""Typed agent settings, built once by `edgefleet serve --controller ...` and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_AGENT_", frozen=True, extra="forbid")
+
+    # The controller's mutual-TLS address, HOST:PORT.
+    controller: str
+    # Its enrollment address; None: the same host, port + 1.
+    enroll_address: str | None = None
+    # The controller CA to trust when enrolling; after enrollment the state directory holds it.
+    controller_ca: Path | None = None
+    # One-time token from `fleetctl enroll`; needed only until the device holds a certificate.
+    enroll_token: str | None = None
+    device_id: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    # Certificate, key, partial downloads and the telemetry buffer live here.
+    state_dir: Path = Path("agent-state")
+    # Public keys (files, or directories of *.pub) a bundle must be signed by.
+    trusted_keys: tuple[Path, ...] = ()
+    # None follows the controller's interval.
+    telemetry_interval_s: float | None = Field(default=None, gt=0)
+    reconnect_min_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    # Samples kept while the controller is unreachable; beyond this the oldest are dropped.
+    spool_max_samples: int = Field(default=10_000, ge=1)
+    download_chunk_bytes: int = Field(default=256 * 1024, ge=1024, le=4 * 1024 * 1024)
+    # Versions of a model kept on disk for instant local rollback (the active one included).
+    keep_versions: int = Field(default=3, ge=2)
+
+    def resolved_enroll_address(self) -> str:
+        if self.enroll_address:
+            return self.enroll_address
+        host, _, port = self.controller.rpartition(":")
+        return f"{host}:{int(port) + 1}"

@@ -1,0 +1,144 @@
+"""Rollouts end to end: a real controller, real agents beside real edge servers on loopback,
+real traffic. Bake times and telemetry intervals are seconds so the tests run in seconds."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from fleet.bundle import build_bundle
+from fleet.keys import load_private_key
+from protos.edgefleet.fleet.v1 import admin_pb2
+from tests.fleet.harness import MODEL, rollout_state, start_node, wait_for
+from tests.fleet.modelgen import build_model_dir
+
+STATE = admin_pb2.RolloutState
+# ~20 ms more work per frame than the 1-layer model: measurably slower even on a busy CPU
+# where the fast model's p95 is itself several milliseconds of scheduling noise.
+SLOW_LAYERS = 2500
+# Same-speed versions on a shared CPU differ by noise: the pass gates leave room for it.
+LENIENT_GATES = ["p95_latency_ms <= 2*baseline + 5", "error_rate < 0.01", "fps >= 0.5*baseline"]
+
+
+@pytest.fixture
+async def nodes(tmp_path, controller, admin, signing_keys):
+    started = []
+    for index in range(3):
+        node = await start_node(
+            f"cam-{index}", tmp_path / f"node{index}", controller, admin, (signing_keys[1],)
+        )
+        node.start_traffic()
+        started.append(node)
+    await wait_for(
+        lambda: all(node.agent and node.agent.connected for node in started), 20, "agents online"
+    )
+    yield started
+    for node in started:
+        await node.stop()
+
+
+async def upload(admin, tmp_path, signing_keys, version: str, slow_layers: int = 0):
+    source = build_model_dir(tmp_path / f"build{version}", MODEL, "1", slow_layers=slow_layers)
+    bundle = build_bundle(source, MODEL, version, load_private_key(signing_keys[0]), tmp_path)
+    return await admin.upload_bundle(bundle)
+
+
+def rollout_request(bundle, **overrides) -> admin_pb2.CreateRolloutRequest:
+    values = {
+        "bundle_sha256": bundle.bundle_sha256,
+        "selector": {"site": "lobby"},
+        "steps": [33, 66, 100],
+        "bake_s": 1.5,
+        "gates": [
+            "p95_latency_ms <= 1.5*baseline + 1",
+            "error_rate < 0.01",
+            "fps >= 0.5*baseline",
+        ],
+        "min_devices": 1,
+        "min_requests": 5,
+        "install_timeout_s": 20,
+    }
+    values.update(overrides)
+    return admin_pb2.CreateRolloutRequest(**values)
+
+
+LAST: dict[str, admin_pb2.Rollout] = {}
+
+
+async def finished(admin, rollout_id: str) -> admin_pb2.Rollout | None:
+    rollout = LAST[rollout_id] = await rollout_state(admin, rollout_id)
+    done = (STATE.ROLLOUT_STATE_SUCCEEDED, STATE.ROLLOUT_STATE_ROLLED_BACK)
+    return rollout if rollout.state in done else None
+
+
+async def test_canary_pass_promotes_through_every_wave(tmp_path, admin, nodes, signing_keys):
+    bundle = await upload(admin, tmp_path, signing_keys, "2")
+    created = await admin.stub.CreateRollout(rollout_request(bundle, gates=LENIENT_GATES))
+    rollout = await wait_for(
+        lambda: finished(admin, created.rollout.rollout_id), 60, "rollout", describe=lambda: LAST
+    )
+    assert rollout.state == STATE.ROLLOUT_STATE_SUCCEEDED, rollout.reason
+    assert [wave.target_devices for wave in rollout.waves] == [1, 1, 1]
+    assert all(wave.verdict == admin_pb2.VERDICT_PASS for wave in rollout.waves)
+    assert [node.active() for node in nodes] == ["2", "2", "2"]
+    assert all(node.failed == 0 for node in nodes)
+    # The previous version stays on disk for an instant local rollback.
+    assert all((node.repository / MODEL / "1" / "manifest.json").is_file() for node in nodes)
+    explained = await admin.stub.ExplainRollout(
+        admin_pb2.ExplainRolloutRequest(rollout_id=rollout.rollout_id)
+    )
+    assert {m.wave for m in explained.measurements} == {0, 1, 2}
+    assert all(m.verdict == admin_pb2.VERDICT_PASS for m in explained.measurements)
+    devices = await admin.stub.ListDevices(admin_pb2.ListDevicesRequest())
+    for device in devices.devices:
+        (model,) = device.models
+        assert (model.desired_version, model.actual_version) == ("2", "2")
+
+
+async def test_canary_fail_rolls_back_and_why_shows_the_numbers(
+    tmp_path, admin, nodes, signing_keys
+):
+    bundle = await upload(admin, tmp_path, signing_keys, "2", slow_layers=SLOW_LAYERS)
+    created = await admin.stub.CreateRollout(rollout_request(bundle))
+    rollout = await wait_for(
+        lambda: finished(admin, created.rollout.rollout_id), 60, "rollout", describe=lambda: LAST
+    )
+    assert rollout.state == STATE.ROLLOUT_STATE_ROLLED_BACK
+    assert "p95_latency_ms" in rollout.reason, rollout
+    assert rollout.waves[0].verdict == admin_pb2.VERDICT_FAIL
+    assert rollout.waves[1].target_devices == 0, "a failed wave must not reach the next one"
+    await wait_for(lambda: [n.active() for n in nodes] == ["1", "1", "1"], 20, "rollback")
+    explained = await admin.stub.ExplainRollout(
+        admin_pb2.ExplainRolloutRequest(rollout_id=rollout.rollout_id)
+    )
+    latency = next(m for m in explained.measurements if m.metric == "p95_latency_ms")
+    assert latency.verdict == admin_pb2.VERDICT_FAIL
+    assert latency.canary_value > latency.threshold
+    assert latency.threshold == pytest.approx(1.5 * latency.baseline_value + 1)
+    assert latency.canary_devices == 1 and latency.baseline_devices == 2
+
+
+async def test_too_few_reporting_devices_pauses_and_never_promotes(
+    tmp_path, admin, nodes, signing_keys
+):
+    bundle = await upload(admin, tmp_path, signing_keys, "2")
+    created = await admin.stub.CreateRollout(
+        rollout_request(bundle, min_devices=3, bake_s=1.0, gates=LENIENT_GATES)
+    )
+    rollout_id = created.rollout.rollout_id
+    rollout = await wait_for(
+        lambda: _in_state(admin, rollout_id, STATE.ROLLOUT_STATE_PAUSED), 30, "pause"
+    )
+    assert rollout.waves[0].verdict == admin_pb2.VERDICT_INCONCLUSIVE
+    assert "1 wave devices reported enough traffic, 3 needed" in rollout.reason
+    await asyncio.sleep(2.0)
+    rollout = await rollout_state(admin, rollout_id)
+    assert rollout.state == STATE.ROLLOUT_STATE_PAUSED
+    assert rollout.current_wave == 0
+    assert sorted(node.active() for node in nodes) == ["1", "1", "2"]
+
+
+async def _in_state(admin, rollout_id: str, state: int) -> admin_pb2.Rollout | None:
+    rollout = await rollout_state(admin, rollout_id)
+    return rollout if rollout.state == state else None
