@@ -6,11 +6,14 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from server.settings import DEFAULT_MAX_MESSAGE_BYTES, ServerSettings
+
+if TYPE_CHECKING:
+    from server.hardware.policy import PlannerSettings
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,7 @@ def serve(
     metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port; -1 disables.")] = 8002,
     model: Annotated[list[str] | None, typer.Option("--model", help="Load only these models (repeatable); default: all.")] = None,
     max_message_bytes: Annotated[int, typer.Option(help="Largest gRPC message accepted.")] = DEFAULT_MAX_MESSAGE_BYTES,
+    versions_kept: Annotated[int, typer.Option(help="Loaded versions kept per model (active + most recent previous).")] = 1,
     stream_max_in_flight: Annotated[int, typer.Option(help="Default in-flight frame window per camera stream.")] = 4,
     shutdown_grace_s: Annotated[float, typer.Option(help="Seconds SIGTERM waits for in-flight work.")] = 10.0,
     port_file: Annotated[Path | None, typer.Option(help="Write the bound gRPC port here once serving.")] = None,
@@ -34,6 +38,14 @@ def serve(
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM, unencrypted).")] = None,
     tls_client_ca: Annotated[Path | None, typer.Option(help="Demand client certificates signed by this CA (mutual TLS).")] = None,
     auth_token: Annotated[str | None, typer.Option(envvar="EDGEFLEET_AUTH_TOKEN", help="Require `authorization: Bearer TOKEN` on every call but health checks.")] = None,
+    planner: Annotated[str, typer.Option(help="hardware: plan each model from probed facts; manifest: run the manifest as written.")] = "hardware",
+    policy: Annotated[str | None, typer.Option(help="Hardware planner policy: latency, throughput or balanced.")] = None,
+    latency_budget_ms: Annotated[float | None, typer.Option(help="Latency budget per request for the hardware planner.")] = None,
+    memory_budget_mb: Annotated[float | None, typer.Option(help="Memory each model may take (hardware planner).")] = None,
+    autotune: Annotated[bool | None, typer.Option("--autotune/--no-autotune", help="Measure threads and batch sizes at load (cached).")] = None,
+    precision: Annotated[str | None, typer.Option(help="Pin the precision of every model: fp32, fp16 or int8.")] = None,
+    intra_op_threads: Annotated[int | None, typer.Option(help="Pin intra-op threads of every model.")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Pin the max batch size of every model.")] = None,
 ) -> None:  # fmt: skip
     """Serve the models in REPOSITORY over gRPC (KServe v2 / Triton protocol and FrameStream)."""
     settings = ServerSettings(
@@ -44,6 +56,7 @@ def serve(
         models=tuple(model) if model else None,
         max_message_bytes=max_message_bytes,
         stream_max_in_flight=stream_max_in_flight,
+        versions_kept=versions_kept,
         shutdown_grace_s=shutdown_grace_s,
         port_file=port_file,
         log_level=log_level.upper(),
@@ -57,17 +70,59 @@ def serve(
     )
     from server.tls import TlsConfigError
 
+    if planner not in ("hardware", "manifest"):
+        raise typer.BadParameter("--planner must be hardware or manifest")
+    plan_settings = None
+    if planner == "hardware":
+        from pydantic import ValidationError
+
+        from server.hardware.cli import planner_settings
+
+        try:
+            plan_settings = planner_settings(
+                policy=policy,
+                latency_budget_ms=latency_budget_ms,
+                memory_budget_mb=memory_budget_mb,
+                autotune=autotune,
+                precision=precision,
+                intra_op_threads=intra_op_threads,
+                max_batch_size=max_batch_size,
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise typer.BadParameter(f"{where}: {first['msg']}") from None
     try:
-        asyncio.run(run_server(settings))
+        asyncio.run(run_server(settings, plan_settings))
     except TlsConfigError as exc:
         typer.echo(f"edgefleet serve: {exc}", err=True)
         raise typer.Exit(2) from exc
 
 
-async def run_server(settings: ServerSettings) -> None:
+async def run_server(
+    settings: ServerSettings, planner_settings: PlannerSettings | None = None
+) -> None:
     from server.app import EdgeServer
 
-    server = EdgeServer(settings)
+    if planner_settings is None:
+        server = EdgeServer(settings)
+    else:
+        from server.hardware.planner import HardwarePlanner
+
+        planner = HardwarePlanner(planner_settings)
+        facts = await asyncio.to_thread(planner.facts)
+        log.info(
+            "hardware %s: %s, %d usable cores, isa %s, gpus %s, onnxruntime %s",
+            facts.fingerprint,
+            facts.cpu.model,
+            facts.cpu.usable_cores,
+            ",".join(facts.cpu.features) or "-",
+            ",".join(gpu.name for gpu in facts.gpus) or "none",
+            ",".join(facts.onnx_providers),
+        )
+        server = EdgeServer(
+            settings, planner=planner, device_facts=lambda: planner.facts().to_dict()
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

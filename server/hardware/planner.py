@@ -36,7 +36,10 @@ class HardwarePlanner:
         facts: HardwareFacts | None = None,
         probe: Callable[[], HardwareFacts] = probe_hardware,
     ) -> None:
+        """With `facts`, every plan uses them (recorded profiles, tests). Without, the device is
+        probed again for each plan, so free memory counts the models loaded before it."""
         self._settings = settings
+        self._fixed = facts is not None
         self._facts = facts
         self._probe = probe
         self._lock = threading.Lock()
@@ -46,16 +49,26 @@ class HardwarePlanner:
         return self._settings
 
     def facts(self) -> HardwareFacts:
-        """The device's facts, probed once on first use (or the ones given)."""
+        """The latest facts (probing now if there are none yet); never blocks for long."""
         with self._lock:
             if self._facts is None:
-                self._facts = self._probe()
-                for line in self._facts.skipped:
-                    logger.info("hardware probe skipped %s", line)
+                self._facts = self._probe_now()
             return self._facts
 
+    def _current_facts(self) -> HardwareFacts:
+        with self._lock:
+            if not self._fixed or self._facts is None:
+                self._facts = self._probe_now()
+            return self._facts
+
+    def _probe_now(self) -> HardwareFacts:
+        facts = self._probe()
+        for line in facts.skipped:
+            logger.debug("hardware probe skipped %s", line)
+        return facts
+
     def plan(self, version_dir: Path, manifest: ModelManifest) -> RuntimePlan:
-        facts = self.facts()
+        facts = self._current_facts()
         footprints: dict[str, Footprint] = {}
 
         def footprint_of(model_file: str) -> Footprint:
