@@ -1,0 +1,202 @@
+"""Hardware planner benchmarks on this machine, EfficientNet-Lite0, all in one run:
+
+1. fp32 vs int8 (static QDQ, calibrated on scikit-image photos): batch-1 latency, batch-8
+   throughput, and the top-1 agreement the accuracy guard measured;
+2. the naive plan (batch 1, onnxruntime's default threads) vs the planner's default plan vs
+   the autotuned plan, each run through the real backend (`load_backend`) under saturation.
+
+Writes the `<!-- bench:planner -->` section of docs/benchmarks.md.
+
+    .venv/bin/python bench/bench_planner.py [--seconds 3] [--autotune-s 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.machine import describe, write_section  # noqa: E402
+from server.backends.base import load_backend  # noqa: E402
+from server.hardware.autotune import synthetic_inputs  # noqa: E402
+from server.hardware.calibration import calibration_set  # noqa: E402
+from server.hardware.planner import HardwarePlanner  # noqa: E402
+from server.hardware.policy import PlannerSettings  # noqa: E402
+from server.hardware.precision import convert_with_guard  # noqa: E402
+from server.hardware.probe import probe_hardware  # noqa: E402
+from server.manifest import ModelManifest, read_manifest  # noqa: E402
+from server.runtime_plan import RuntimePlan  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "models" / "efficientnet_lite0" / "1"
+
+
+def measure(
+    version_dir: Path, manifest: ModelManifest, plan: RuntimePlan, seconds: float
+) -> dict[str, float]:
+    """Saturated runs of the plan's batch through the real backend: frames/s and batch latency."""
+    backend = load_backend(version_dir, manifest, plan)
+    batch = max(plan.max_batch_size, 1)
+    inputs = synthetic_inputs(manifest, batch)
+    outputs = [spec.name for spec in manifest.outputs]
+    for _ in range(3):
+        backend.run(inputs, outputs)
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < 10:
+        started = time.perf_counter()
+        backend.run(inputs, outputs)
+        times.append(time.perf_counter() - started)
+    backend.close()
+    millis = np.asarray(times) * 1000
+    return {
+        "batch": batch,
+        "p50": float(np.percentile(millis, 50)),
+        "p95": float(np.percentile(millis, 95)),
+        "fps": batch * len(times) / float(np.sum(times)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    parser.add_argument("--autotune-s", type=float, default=20.0, help="autotune time bound")
+    args = parser.parse_args()
+    machine = describe()
+    facts = probe_hardware()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-planner-"))
+    try:
+        version_dir = workdir / "efficientnet_lite0" / "1"
+        shutil.copytree(MODEL, version_dir)
+        manifest = read_manifest(version_dir)
+        cache = workdir / "cache"
+        threads = facts.cpu.compute_cores
+
+        # 1. fp32 vs int8, guard or not: threshold 0 keeps the int8 file so it can be timed.
+        calibration = calibration_set(manifest, None)
+        started = time.perf_counter()
+        conversion = convert_with_guard(
+            model_path=version_dir / manifest.model_file,
+            model_sha256=manifest.files[manifest.model_file],
+            manifest=manifest,
+            precision="int8",
+            calibration=calibration,
+            cache_dir=cache,
+            providers=("CPUExecutionProvider",),
+            min_agreement=0.0,
+            max_error=float("inf"),
+        )
+        convert_s = time.perf_counter() - started
+        assert conversion.path is not None
+        agreement = conversion.verdict.value
+        base = RuntimePlan(
+            backend="onnx",
+            model_file=manifest.model_file,
+            providers=("CPUExecutionProvider",),
+            precision="fp32",
+            intra_op_threads=threads,
+            inter_op_threads=1,
+            max_batch_size=1,
+            max_queue_delay_us=0,
+            max_queue_size=128,
+        )
+        int8_plan = replace(base, precision="int8", model_file=str(conversion.path))
+        precision_rows = []
+        for label, plan in (("fp32", base), ("int8", int8_plan)):
+            for batch in (1, 8):
+                result = measure(
+                    version_dir, manifest, replace(plan, max_batch_size=batch), args.seconds
+                )
+                precision_rows.append((label, result))
+                print(label, result, flush=True)
+        guard_passes = agreement >= PlannerSettings().min_top1_agreement
+
+        # 2. naive vs default plan vs autotuned plan, measured back to back.
+        naive = replace(base, intra_op_threads=0)  # 0: onnxruntime picks its default
+        default_plan = HardwarePlanner(PlannerSettings(cache_dir=cache), facts=facts).plan(
+            version_dir, manifest
+        )
+        started = time.perf_counter()
+        tuned_plan = HardwarePlanner(
+            PlannerSettings(cache_dir=cache, autotune=True, autotune_time_s=args.autotune_s),
+            facts=facts,
+        ).plan(version_dir, manifest)
+        tune_s = time.perf_counter() - started
+        started = time.perf_counter()
+        HardwarePlanner(
+            PlannerSettings(cache_dir=cache, autotune=True, autotune_time_s=args.autotune_s),
+            facts=facts,
+        ).plan(version_dir, manifest)
+        cached_tune_s = time.perf_counter() - started
+        plan_rows = []
+        for label, plan in (
+            ("naive: batch 1, onnxruntime default threads", naive),
+            ("planner default (balanced)", default_plan),
+            ("planner + autotune", tuned_plan),
+        ):
+            result = measure(version_dir, manifest, plan, args.seconds)
+            plan_rows.append((label, plan, result))
+            print(label, result, flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    fp32_by_batch = {int(r["batch"]): r for label, r in precision_rows if label == "fp32"}
+    lines = [
+        "## Hardware planner (`bench/bench_planner.py`)",
+        "",
+        f"Machine: {machine}. Probe: {facts.cpu.model}, {facts.cpu.usable_cores} usable cores, "
+        f"ISA {', '.join(facts.cpu.features) or '-'}, fingerprint {facts.fingerprint}.",
+        "Model: EfficientNet-Lite0 ONNX; synthetic 224x224 inputs; each row runs the real "
+        f"backend (`load_backend`) back to back for {args.seconds:g} s under saturation "
+        "(no queueing: the batch is always full). All rows come from the same process and run.",
+        "",
+        "### fp32 vs int8 (static QDQ, per-channel weights, MinMax calibration)",
+        "",
+        f"int8 conversion + guard: {convert_s:.1f} s. Guard: {conversion.verdict.describe()} "
+        f"({conversion.verdict.calibration}); threshold 99% -> "
+        f"**{'accepted' if guard_passes else 'rejected: the planner serves fp32'}**.",
+        "",
+        f"| precision | batch | p50 ms | p95 ms | frames/s | vs fp32 ({threads} threads) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, result in precision_rows:
+        ratio = result["fps"] / fp32_by_batch[int(result["batch"])]["fps"]
+        lines.append(
+            f"| {label} | {int(result['batch'])} | {result['p50']:.2f} | {result['p95']:.2f} | "
+            f"{result['fps']:.1f} | {ratio:.2f}x |"
+        )
+    naive_fps = plan_rows[0][2]["fps"]
+    lines += [
+        "",
+        "### Plans: naive vs planner default vs autotuned",
+        "",
+        f"Autotune (bound {args.autotune_s:g} s): {tune_s:.1f} s for the first plan, "
+        f"{cached_tune_s:.2f} s for the next (cached by model sha256, fingerprint, onnxruntime).",
+        "",
+        "| plan | precision | threads | batch | batch p50 ms | batch p95 ms | frames/s "
+        "| vs naive |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, plan, result in plan_rows:
+        threads_shown = plan.intra_op_threads or "default"
+        lines.append(
+            f"| {label} | {plan.precision} | {threads_shown} | {int(result['batch'])} | "
+            f"{result['p50']:.2f} | {result['p95']:.2f} | {result['fps']:.1f} | "
+            f"{result['fps'] / naive_fps:.2f}x |"
+        )
+    lines += ["", "Planner reasons (autotuned plan):", ""]
+    lines += [f"- {key}: {reason}" for key, reason in tuned_plan.reasons.items()]
+    write_section("planner", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
