@@ -47,6 +47,7 @@ class ModelInfo:
     plan: RuntimePlan
     backend: str
     versions_on_disk: list[str]
+    loaded_versions: list[str]
 
 
 class InferenceCore:
@@ -69,6 +70,7 @@ class InferenceCore:
             planner if planner is not None else ManifestPlanner(),
             self.metrics,
             self._load_pool,
+            versions_kept=settings.versions_kept,
         )
         self._started = False
         self._stopping = False
@@ -140,6 +142,7 @@ class InferenceCore:
             plan=model.plan,
             backend=model.backend_description,
             versions_on_disk=self.registry.versions_on_disk(name),
+            loaded_versions=self.registry.loaded_versions(name),
         )
 
     def statistics(self, name: str = "", version: str = "") -> list[ModelStats]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +37,12 @@ class ModelIndexEntry:
 @dataclass
 class _ModelSlot:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The version unversioned requests get; always one of `loaded`.
     active: ModelVersion | None = None
+    # Loaded versions in load order (oldest first), so the oldest is retired first.
+    loaded: dict[str, ModelVersion] = field(default_factory=dict)
     loading: str | None = None
-    # Last outcome per version that is not active: why it is unavailable.
+    # Last outcome per version that is not loaded: why it is unavailable.
     reasons: dict[str, str] = field(default_factory=dict)
 
 
@@ -51,15 +53,16 @@ class ModelRegistry:
         planner: Planner,
         metrics: ServerMetrics,
         load_executor: Executor,
-        on_active_change: Callable[[ModelVersion | None, ModelVersion | None], None] | None = None,
+        *,
+        versions_kept: int = 1,
     ) -> None:
         self._repository = repository
         self._planner = planner
         self._metrics = metrics
         self._load_executor = load_executor
+        self._versions_kept = versions_kept
         self._slots: dict[str, _ModelSlot] = {}
         self._retiring: set[asyncio.Task[None]] = set()
-        self._on_active_change = on_active_change
 
     # ---- disk ----
 
@@ -95,9 +98,12 @@ class ModelRegistry:
     def resolve(self, name: str, version: str = "") -> ModelVersion:
         """The version that should serve a request; NOT_FOUND vs UNAVAILABLE is decided here."""
         slot = self._slots.get(name)
+        if slot is not None:
+            if not version and slot.active is not None:
+                return slot.active
+            if version and version in slot.loaded:
+                return slot.loaded[version]
         active = slot.active if slot else None
-        if active is not None and (not version or version == active.version):
-            return active
         on_disk = self.versions_on_disk(name)
         if not on_disk and active is None:
             raise ModelNotFound(f"model {name!r} is not in the repository")
@@ -116,18 +122,20 @@ class ModelRegistry:
         slot = self._slots.get(name)
         return slot.active if slot else None
 
+    def loaded_versions(self, name: str) -> list[str]:
+        slot = self._slots.get(name)
+        return sorted(slot.loaded, key=int) if slot else []
+
     def loaded(self) -> list[ModelVersion]:
-        return [slot.active for slot in self._slots.values() if slot.active is not None]
+        return [model for slot in self._slots.values() for model in slot.loaded.values()]
 
     def index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
         entries: list[ModelIndexEntry] = []
-        names = sorted(set(self.names_on_disk()) | set(self._slots))
-        for name in names:
+        for name in sorted(set(self.names_on_disk()) | set(self._slots)):
             slot = self._slots.get(name)
-            for version in self.versions_on_disk(name) or (
-                [slot.active.version] if slot and slot.active else []
-            ):
-                if slot and slot.active and slot.active.version == version:
+            loaded = slot.loaded if slot else {}
+            for version in sorted(set(self.versions_on_disk(name)) | set(loaded), key=int):
+                if version in loaded:
                     entries.append(ModelIndexEntry(name, version, "READY"))
                 elif slot and slot.loading == version:
                     entries.append(ModelIndexEntry(name, version, "LOADING"))
@@ -139,7 +147,10 @@ class ModelRegistry:
     # ---- lifecycle ----
 
     async def load(self, name: str, version: str | None = None) -> ModelVersion:
-        """Load `version` (newest on disk if None), warm it, and make it active atomically."""
+        """Load `version` (newest on disk if None), warm it, and make it active atomically.
+
+        Versions loaded earlier stay loaded (newest first) up to `versions_kept`, so requests
+        that name them keep working; older ones retire once their requests finish."""
         on_disk = self.versions_on_disk(name)
         if not on_disk:
             raise ModelNotFound(f"model {name!r} is not in the repository")
@@ -168,7 +179,10 @@ class ModelRegistry:
             finally:
                 slot.loading = None
             fresh.start()
-            previous, slot.active = slot.active, fresh
+            reloaded = slot.loaded.pop(chosen, None)
+            previous = slot.active
+            slot.loaded[chosen] = fresh
+            slot.active = fresh  # the switch: one assignment, between two awaits
             slot.reasons.pop(chosen, None)
             event = "swap" if previous is not None else "load"
             self._metrics.model_events.labels(name, chosen, event).inc()
@@ -177,12 +191,12 @@ class ModelRegistry:
                 name, chosen, "swapped in" if previous else "loaded",
                 fresh.backend_description, dict(fresh.plan.reasons),
             )  # fmt: skip
-            if self._on_active_change is not None:
-                self._on_active_change(previous, fresh)
-            if previous is not None:
-                if previous.version != chosen:
-                    slot.reasons[previous.version] = f"replaced by version {chosen}"
-                self._retire(previous)
+            if reloaded is not None:
+                self._retire(reloaded)
+            while len(slot.loaded) > self._versions_kept:
+                oldest = next(iter(slot.loaded))
+                slot.reasons[oldest] = f"replaced by version {chosen}"
+                self._retire(slot.loaded.pop(oldest))
             return fresh
 
     def _build(self, version_dir: Path) -> ModelVersion:
@@ -198,23 +212,24 @@ class ModelRegistry:
         return ModelVersion(version_dir, manifest, plan, self._metrics)
 
     async def unload(self, name: str, version: str | None = None) -> None:
+        """Unload one version, or every loaded version of the model when `version` is None."""
         slot = self._slots.get(name)
-        if slot is None or slot.active is None:
+        if slot is None or not slot.loaded:
             if not self.versions_on_disk(name):
                 raise ModelNotFound(f"model {name!r} is not in the repository")
             raise ModelNotReady(f"model {name!r} is not loaded")
         async with slot.lock:
-            current = slot.active
-            if current is None:
-                return
-            if version and version != current.version:
+            if version and version not in slot.loaded:
                 raise ModelNotReady(f"model {name!r} version {version} is not loaded")
-            slot.active = None
-            slot.reasons[current.version] = "unloaded"
-            self._metrics.model_events.labels(name, current.version, "unload").inc()
-            if self._on_active_change is not None:
-                self._on_active_change(current, None)
-        await current.retire()
+            leaving = [version] if version else list(slot.loaded)
+            retired = [slot.loaded.pop(item) for item in leaving]
+            for item in leaving:
+                slot.reasons[item] = "unloaded"
+                self._metrics.model_events.labels(name, item, "unload").inc()
+            if slot.active is not None and slot.active.version in leaving:
+                # The newest version still loaded, if any, takes over unversioned requests.
+                slot.active = list(slot.loaded.values())[-1] if slot.loaded else None
+        await asyncio.gather(*(model.retire() for model in retired))
 
     def _retire(self, version: ModelVersion) -> None:
         label = f"retire-{version.name}/{version.version}"
@@ -225,8 +240,9 @@ class ModelRegistry:
     async def close(self) -> None:
         """Retire everything; in-flight requests finish first."""
         for slot in self._slots.values():
-            if slot.active is not None:
-                self._retire(slot.active)
-                slot.active = None
+            for model in slot.loaded.values():
+                self._retire(model)
+            slot.loaded.clear()
+            slot.active = None
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)

@@ -25,6 +25,9 @@ class ServerSettings(BaseSettings):
     port_file: Path | None = None
     # Models to load at start; None loads every model in the repository (newest version).
     models: tuple[str, ...] | None = None
+    # Loaded versions kept per model: the active one plus the most recent previous ones, which
+    # requests can still name (and the fleet can roll back to instantly).
+    versions_kept: int = Field(default=1, ge=1, le=16)
     max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
     # Frames accepted but unanswered per camera stream, unless the stream asks for fewer.
     stream_max_in_flight: int = Field(default=4, ge=1, le=256)

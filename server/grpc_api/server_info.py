@@ -34,7 +34,7 @@ class ServerInfoServicer(info_grpc.ServerInfoServiceServicer):
             name=info.name,
             version=info.version,
             active_version=info.active_version,
-            loaded_versions=[info.active_version] if info.active_version else [],
+            loaded_versions=info.loaded_versions,
             manifest_json=manifest_json,
             plan_json=plan_json,
         )

@@ -86,3 +86,37 @@ async def test_twenty_swaps_under_two_30fps_streams_lose_nothing(repository, bui
             assert shouting == (result.model_version == "2"), (result.model_version, label)
     assert versions_seen == {"1", "2"}
     assert len(swapped_to) == SWAPS
+
+
+async def test_kept_versions_serve_requests_that_name_them(repository, built_models, preprocessed):
+    """versions_kept=2: the previous version stays loaded for requests that name it."""
+    from protos.inference import grpc_service_pb2 as kserve
+    from protos.inference import grpc_service_pb2_grpc as kserve_grpc
+    from tests.server.kserve_helpers import infer_request
+
+    add_shouting_version(repository, built_models)
+    server = EdgeServer(server_settings(repository, versions_kept=2, models=(ONNX_MODEL,)))
+    await server.start()
+    try:
+        await server.core.load_model(ONNX_MODEL, "1")
+        await server.core.load_model(ONNX_MODEL, "2")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = kserve_grpc.GRPCInferenceServiceStub(channel)
+            index = await stub.RepositoryIndex(kserve.RepositoryIndexRequest(ready=True))
+            assert sorted(m.version for m in index.models) == ["1", "2"]
+            image = preprocessed("coffee")
+            default = await stub.ModelInfer(infer_request(ONNX_MODEL, image, classification=1))
+            named = await stub.ModelInfer(
+                infer_request(ONNX_MODEL, image, version="1", classification=1)
+            )
+            assert (default.model_version, named.model_version) == ("2", "1")
+            assert default.raw_output_contents[0].endswith(b"ESPRESSO")
+            assert named.raw_output_contents[0].endswith(b"espresso")
+            await stub.RepositoryModelUnload(
+                kserve.RepositoryModelUnloadRequest(model_name=ONNX_MODEL)
+            )
+            assert not (
+                await stub.RepositoryIndex(kserve.RepositoryIndexRequest(ready=True))
+            ).models
+    finally:
+        await server.stop(grace_s=1.0)
