@@ -168,7 +168,7 @@ def _check_index(
         raise BundleRejected("bundle signature is malformed") from None
     public_key = trusted.by_id.get(signer)
     if public_key is None:
-        raise BundleRejected(f"bundle is signed by key {signer}, which this device does not trust")
+        raise BundleRejected(f"bundle is signed by key {signer}, which is not trusted here")
     try:
         public_key.verify(raw_signature, index_bytes)
     except InvalidSignature:

@@ -83,7 +83,7 @@ def test_unsigned_bundle_is_rejected(tmp_path, bundle, keys):
 def test_wrong_key_bundle_is_rejected(tmp_path, keys):
     model_dir = build_model_dir(tmp_path / "src", "tiny", "1")
     rogue = build_bundle(model_dir, "tiny", "2", load_private_key(keys["rogue"]), tmp_path)
-    _assert_rejected(rogue, keys, "does not trust", tmp_path)
+    _assert_rejected(rogue, keys, "not trusted", tmp_path)
 
 
 def test_tampered_model_file_is_rejected(tmp_path, bundle, keys):
