@@ -42,6 +42,9 @@ class EdgeNode:
     def repository(self) -> Path:
         return self.root / "repo"
 
+    def online(self) -> bool:
+        return self.agent is not None and self.agent.connected
+
     def active(self) -> str | None:
         return self.server.core.active_version(MODEL)
 
@@ -132,6 +135,6 @@ async def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.05,
         await asyncio.sleep(poll_s)
 
 
-async def rollout_state(admin: AdminClient, rollout_id: str = "") -> admin_pb2.Rollout:
+async def rollout_state(admin: AdminClient, rollout_id: str = ""):
     response = await admin.stub.GetRollout(admin_pb2.GetRolloutRequest(rollout_id=rollout_id))
     return response.rollout

@@ -39,7 +39,7 @@ async def test_enrollment_token_is_one_time_and_carries_labels(controller, admin
     with pytest.raises(grpc.aio.AioRpcError) as reused:
         await _enroll(controller, token.token, "cam-2")
     assert reused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "already used" in reused.value.details()
+    assert "already used" in str(reused.value.details())
 
     with pytest.raises(grpc.aio.AioRpcError) as unknown:
         await _enroll(controller, "not-a-token", "cam-3")

@@ -39,7 +39,7 @@ async def test_agent_killed_mid_download_resumes_and_installs(
         "cam-0", tmp_path / "node", controller, admin, (signing_keys[1],), download_chunk_bytes=1024
     )
     try:
-        await wait_for(lambda: node.agent.connected, 20, "agent online")
+        await wait_for(lambda: node.online(), 20, "agent online")
         path = await _bundle(tmp_path, signing_keys[0], "2", padding_bytes=3 * 1024 * 1024)
         uploaded = await admin.upload_bundle(path)
         await admin.stub.CreateRollout(
@@ -83,7 +83,7 @@ async def test_controller_restart_mid_rollout_resumes_where_it_was(tmp_path, sig
             )
             node.start_traffic()
             nodes.append(node)
-        await wait_for(lambda: all(n.agent.connected for n in nodes), 20, "agents online")
+        await wait_for(lambda: all(n.online() for n in nodes), 20, "agents online")
         uploaded = await admin.upload_bundle(await _bundle(tmp_path, signing_keys[0], "2"))
         created = await admin.stub.CreateRollout(
             rollout_request(uploaded, bake_s=2.0, gates=LENIENT_GATES)
@@ -133,7 +133,7 @@ async def test_device_offline_during_abort_rolls_back_when_it_returns(
             )
             node.start_traffic()
             nodes.append(node)
-        await wait_for(lambda: all(n.agent.connected for n in nodes), 20, "agents online")
+        await wait_for(lambda: all(n.online() for n in nodes), 20, "agents online")
         uploaded = await admin.upload_bundle(await _bundle(tmp_path, signing_keys[0], "2"))
         created = await admin.stub.CreateRollout(
             rollout_request(uploaded, bake_s=30.0, gates=LENIENT_GATES)
@@ -177,7 +177,7 @@ async def test_wrong_key_and_tampered_bundles_are_rejected_and_v1_keeps_serving(
     node = await start_node("cam-0", tmp_path / "node", controller, admin, (signing_keys[1],))
     node.start_traffic()
     try:
-        await wait_for(lambda: node.agent.connected, 20, "agent online")
+        await wait_for(lambda: node.online(), 20, "agent online")
         rogue_key = retired_key
         wrong_key = await admin.upload_bundle(await _bundle(tmp_path, rogue_key, "2"))
         created = await admin.stub.CreateRollout(

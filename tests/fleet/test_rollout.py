@@ -30,9 +30,7 @@ async def nodes(tmp_path, controller, admin, signing_keys):
         )
         node.start_traffic()
         started.append(node)
-    await wait_for(
-        lambda: all(node.agent and node.agent.connected for node in started), 20, "agents online"
-    )
+    await wait_for(lambda: all(node.online() for node in started), 20, "agents online")
     yield started
     for node in started:
         await node.stop()
