@@ -44,7 +44,7 @@ lint: $(PROTO_STAMP)
 	$(VENV)/bin/mypy .
 
 bench: $(MODELS_STAMP)
-	for script in bench/bench_*.py; do $(PY) $$script || exit 1; done
+	for script in bench/bench_*.py; do $(PY) -m bench.$$(basename $$script .py) || exit 1; done
 
 stubs: $(PROTO_STAMP)
 	bash scripts/gen_stubs.sh
