@@ -95,3 +95,36 @@ def test_buf_lint_is_clean() -> None:
         [str(BUF), "lint", "protos"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+@pytest.mark.usefixtures("built_examples")
+async def test_buf_curl_examples_from_the_readme_work_through_reflection(
+    repository: Path, photo_files: list[Path]
+) -> None:
+    import base64
+    import json
+
+    chelsea = base64.b64encode(photo_files[0].read_bytes()).decode()
+    requests = json.dumps(
+        {"open": {"model_name": ONNX_MODEL, "encoding": "FRAME_ENCODING_JPEG"}}
+    ) + json.dumps({"frame": {"sequence": 1, "data": chelsea}})
+    async with running_server(repository) as server:
+        base = f"http://127.0.0.1:{server.port}"
+        curl = [str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge"]
+        services = await run_client([*curl, "--list-services", base])
+        process = await asyncio.create_subprocess_exec(
+            *curl, "-d", "@-", f"{base}/edgefleet.v1.FrameStreamService/Stream",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        stdout, stderr = await asyncio.wait_for(process.communicate(requests.encode()), 60)
+    assert "edgefleet.v1.FrameStreamService" in services.split()
+    assert process.returncode == 0, stderr.decode()
+    decoder = json.JSONDecoder()
+    text, messages = stdout.decode().strip(), []
+    while text:
+        message, end = decoder.raw_decode(text)
+        messages.append(message)
+        text = text[end:].strip()
+    assert messages[0]["opened"]["modelName"] == ONNX_MODEL
+    assert messages[1]["result"]["labels"][0]["label"] in EXPECTED_TOP1["chelsea"]
