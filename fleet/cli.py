@@ -1,0 +1,69 @@
+"""`edgefleet controller`: run the fleet controller until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from fleet.controller.settings import ControllerSettings
+
+logger = logging.getLogger(__name__)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("controller")(controller)
+
+
+def controller(
+    data: Annotated[Path, typer.Option("--data", help="State directory: SQLite store, CA, bundles.")] = Path("fleet-data"),
+    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 for every interface.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Agent and admin port (mutual TLS); 0 picks one.")] = 7443,
+    enroll_port: Annotated[int, typer.Option(help="Enrollment port (server TLS only).")] = 7444,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port; -1 disables.")] = 9443,
+    hostname: Annotated[list[str] | None, typer.Option("--hostname", help="Name or IP the server certificate covers (repeatable).")] = None,
+    trusted_key: Annotated[list[Path] | None, typer.Option("--trusted-key", help="Public key file or directory of *.pub a bundle must be signed by (repeatable).")] = None,
+    telemetry_interval_s: Annotated[float, typer.Option(help="Seconds between agent telemetry samples.")] = 10.0,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
+) -> None:  # fmt: skip
+    """Run the fleet controller: enrollment, device registry, bundles, rollouts, telemetry."""
+    from fleet.controller.settings import ControllerSettings
+
+    values: dict[str, object] = {
+        "data_dir": data,
+        "host": host,
+        "port": port,
+        "enroll_port": enroll_port,
+        "metrics_port": metrics_port,
+        "trusted_keys": tuple(trusted_key or ()),
+        "telemetry_interval_s": telemetry_interval_s,
+        "log_level": log_level.upper(),
+    }
+    if hostname:
+        values["hostnames"] = tuple(hostname)
+    settings = ControllerSettings.model_validate(values)
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if not settings.trusted_keys:
+        logger.warning("no --trusted-key: every bundle upload will be refused")
+    asyncio.run(_run(settings))
+
+
+async def _run(settings: ControllerSettings) -> None:
+    from fleet.controller.app import ControllerApp
+
+    app = ControllerApp(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await app.start()
+    logger.info("admin credential for fleetctl: %s", app.admin_credential_path)
+    await stop.wait()
+    await app.stop()

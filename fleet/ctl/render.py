@@ -1,0 +1,192 @@
+"""How fleetctl shows things: rich tables for people, JSON for scripts (`--output json`)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from rich.console import Group
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from protos.edgefleet.fleet.v1 import admin_pb2
+
+VERDICT_STYLE = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow", "": "dim"}
+
+
+def as_json(messages: Message | list[Message]) -> str:
+    if isinstance(messages, list):
+        data: Any = [MessageToDict(m, preserving_proto_field_name=True) for m in messages]
+    else:
+        data = MessageToDict(messages, preserving_proto_field_name=True)
+    return json.dumps(data, indent=2, sort_keys=True)
+
+
+def _verdict(value: int) -> str:
+    name = admin_pb2.Verdict.Name(value).removeprefix("VERDICT_")
+    return "" if name == "UNSPECIFIED" else name
+
+
+def state_name(rollout: admin_pb2.Rollout) -> str:
+    return admin_pb2.RolloutState.Name(rollout.state).removeprefix("ROLLOUT_STATE_")
+
+
+def _ago(seconds: float) -> str:
+    if seconds <= 0:
+        return "never"
+    delta = max(time.time() - seconds, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= size:
+            return f"{delta / size:.0f}{unit} ago"
+    return f"{delta:.0f}s ago"
+
+
+def devices_table(devices: list[admin_pb2.Device]) -> Table:
+    table = Table(title="devices (desired vs actual)")
+    for column in (
+        "device",
+        "labels",
+        "online",
+        "last seen",
+        "model",
+        "desired",
+        "actual",
+        "source",
+        "drift",
+    ):
+        table.add_column(column)
+    for device in devices:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(device.labels.items()))
+        online = Text("yes", "green") if device.online else Text("no", "red")
+        seen = _ago(device.last_seen.ToNanoseconds() / 1e9)
+        if not device.models:
+            table.add_row(device.device_id, labels, online, seen, "-", "-", "-", "-", "")
+        for model in device.models:
+            drift = model.desired_version and model.desired_version != model.actual_version
+            mark = Text("DRIFT", "yellow") if drift else Text("ok", "green")
+            if model.last_install_error:
+                mark = Text(f"error: {model.last_install_error[:40]}", "red")
+            table.add_row(
+                device.device_id, labels, online, seen, model.name,
+                model.desired_version or "-", model.actual_version or "-",
+                model.desired_source or "-", mark,
+            )  # fmt: skip
+    return table
+
+
+def top_table(devices: list[admin_pb2.Device], telemetry: dict[str, dict[str, Any]]) -> Table:
+    table = Table(title=f"fleet top ({time.strftime('%H:%M:%S')})")
+    for column in (
+        "device",
+        "online",
+        "cpu %",
+        "mem MB",
+        "temp C",
+        "model",
+        "version",
+        "fps",
+        "p50 ms",
+        "p95 ms",
+        "errors",
+        "drops",
+    ):
+        table.add_column(column, justify="right")
+    for device in devices:
+        latest = telemetry.get(device.device_id, {})
+        temperature = "-" if math.isnan(device.temperature_c) else f"{device.temperature_c:.0f}"
+        base = [
+            device.device_id,
+            "yes" if device.online else "no",
+            f"{device.cpu_percent:.0f}",
+            f"{device.memory_used_bytes / 1e6:.0f}",
+            temperature,
+        ]
+        models = latest.get("models") or [{}]
+        for model in models:
+            table.add_row(
+                *base,
+                str(model.get("name", "-")),
+                str(model.get("version", "-")),
+                f"{model.get('fps', 0):.1f}",
+                f"{model.get('latency_p50_ms', 0):.2f}",
+                f"{model.get('latency_p95_ms', 0):.2f}",
+                str(model.get("errors", 0)),
+                str(model.get("drops", 0)),
+            )
+    return table
+
+
+def rollout_view(rollout: admin_pb2.Rollout) -> Group:
+    header = Text.assemble(
+        (f"rollout {rollout.rollout_id} ", "bold"),
+        f"{rollout.model_name} -> version {rollout.version}  ",
+        (state_name(rollout), "bold cyan"),
+        f"  {rollout.eligible_devices} eligible devices, bake {rollout.bake_s:g}s",
+    )
+    table = Table(show_header=True)
+    for column in (
+        "wave",
+        "%",
+        "devices",
+        "installed",
+        "failed",
+        "timed out",
+        "progress",
+        "verdict",
+    ):
+        table.add_column(column)
+    for wave in rollout.waves:
+        total = max(wave.target_devices, 1)
+        current = wave.index == rollout.current_wave and state_name(rollout) in (
+            "INSTALLING",
+            "BAKING",
+            "PAUSED",
+        )
+        verdict = _verdict(wave.verdict)
+        label = verdict or (state_name(rollout) if current else "")
+        table.add_row(
+            f"{wave.index}{' *' if current else ''}",
+            f"{wave.percent:g}",
+            str(wave.target_devices),
+            str(wave.installed),
+            str(wave.failed),
+            str(wave.timed_out),
+            ProgressBar(total=total, completed=wave.installed, width=20),
+            Text(label, VERDICT_STYLE.get(verdict, "cyan")),
+        )
+    parts: list[Any] = [header, table]
+    if rollout.reason:
+        parts.append(Text(f"reason: {rollout.reason}"))
+    return Group(*parts)
+
+
+def why_table(measurements: list[admin_pb2.GateMeasurement]) -> Table:
+    table = Table(title="gate measurements")
+    for column in (
+        "wave",
+        "gate",
+        "canary",
+        "baseline",
+        "threshold",
+        "devices (wave/base)",
+        "verdict",
+        "note",
+    ):
+        table.add_column(column)
+
+    def number(value: float) -> str:
+        return "-" if math.isnan(value) else f"{value:.4g}"
+
+    for m in measurements:
+        verdict = _verdict(m.verdict)
+        table.add_row(
+            str(m.wave), m.gate, number(m.canary_value), number(m.baseline_value),
+            number(m.threshold), f"{m.canary_devices}/{m.baseline_devices}",
+            Text(verdict, VERDICT_STYLE.get(verdict, "")), m.note,
+        )  # fmt: skip
+    return table
