@@ -128,11 +128,14 @@ def convert(
 
     try:
         traced, warned = trace_module(model, examples[0])
-    except Exception as exc:
+    except Exception as exc:  # the tracer raises whatever the model's Python raises
+        failure = f"tracing failed: {first_line(exc)}"
         if method == "trace":
-            raise TraceUnsafe(f"tracing failed: {first_line(exc)}") from exc
-        scripted = _script_after_trace(model, [f"tracing failed: {first_line(exc)}"])
-        return scripted
+            raise TraceUnsafe(failure) from exc
+        try:
+            return _script_after_trace(model, [failure])
+        except ScriptFailed as script_exc:
+            raise TraceUnsafe(f"{failure}; and scripting fails: {script_exc}") from script_exc
     mismatches = trace_findings(traced, examples, references, output_names, tolerance)
     findings = mismatches + [f"tracer warning at {warning}" for warning in warned]
 
