@@ -83,20 +83,7 @@ async def served(exported: tuple[Path, dict[str, Any]]) -> AsyncIterator[grpc.ai
         await server.stop(grace_s=1.0)
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        NAME,
-        pytest.param(
-            f"{NAME}_torchscript",
-            # server/backends/torchscript_backend.py hands the read-only request buffer to
-            # torch.from_numpy, which warns; reported to the lead. Remove once fixed there.
-            marks=pytest.mark.filterwarnings(
-                "ignore:The given NumPy array is not writable:UserWarning"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("name", ENTRIES)
 async def test_server_serves_the_export_with_correct_labels(
     served: grpc.aio.Channel, exported: tuple[Path, dict[str, Any]], name: str
 ) -> None:
