@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 from pathlib import Path
@@ -13,6 +14,7 @@ import typer
 from server.settings import DEFAULT_MAX_MESSAGE_BYTES, ServerSettings
 
 if TYPE_CHECKING:
+    from fleet.agent.settings import AgentSettings
     from server.hardware.policy import PlannerSettings
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,13 @@ def serve(
     precision: Annotated[str | None, typer.Option(help="Pin the precision of every model: fp32, fp16 or int8.")] = None,
     intra_op_threads: Annotated[int | None, typer.Option(help="Pin intra-op threads of every model.")] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Pin the max batch size of every model.")] = None,
+    controller: Annotated[str | None, typer.Option(help="Fleet controller HOST:PORT: run the fleet agent beside the server.")] = None,
+    controller_ca: Annotated[Path | None, typer.Option(help="Fleet controller CA certificate (PEM); needed to enroll.")] = None,
+    enroll_token: Annotated[str | None, typer.Option(envvar="EDGEFLEET_AGENT_ENROLL_TOKEN", help="One-time token from `fleetctl enroll`; needed once.")] = None,
+    device_id: Annotated[str, typer.Option(help="Device id to enroll as; empty lets the controller pick.")] = "",
+    agent_state: Annotated[Path, typer.Option(help="Fleet agent state: certificate, downloads, telemetry buffer.")] = Path("agent-state"),
+    trusted_key: Annotated[list[Path] | None, typer.Option("--trusted-key", help="Bundle signing public key, or a directory of *.pub (repeatable).")] = None,
+    label: Annotated[list[str] | None, typer.Option("--label", help="key=value label the agent reports (repeatable).")] = None,
 ) -> None:  # fmt: skip
     """Serve the models in REPOSITORY over gRPC (KServe v2 / Triton protocol and FrameStream)."""
     settings = ServerSettings(
@@ -92,18 +101,36 @@ def serve(
             first = exc.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
             raise typer.BadParameter(f"{where}: {first['msg']}") from None
+    agent_settings = None
+    if controller:
+        from fleet.agent.settings import AgentSettings
+
+        agent_settings = AgentSettings(
+            controller=controller,
+            controller_ca=controller_ca,
+            enroll_token=enroll_token,
+            device_id=device_id,
+            state_dir=agent_state,
+            trusted_keys=tuple(trusted_key or ()),
+            labels=dict(item.split("=", 1) for item in label or [] if "=" in item),
+        )
+    from fleet.errors import FleetError
+
     try:
-        asyncio.run(run_server(settings, plan_settings))
-    except TlsConfigError as exc:
+        asyncio.run(run_server(settings, plan_settings, agent_settings))
+    except (TlsConfigError, FleetError) as exc:
         typer.echo(f"edgefleet serve: {exc}", err=True)
         raise typer.Exit(2) from exc
 
 
 async def run_server(
-    settings: ServerSettings, planner_settings: PlannerSettings | None = None
+    settings: ServerSettings,
+    planner_settings: PlannerSettings | None = None,
+    agent_settings: AgentSettings | None = None,
 ) -> None:
     from server.app import EdgeServer
 
+    hardware_json = "{}"
     if planner_settings is None:
         server = EdgeServer(settings)
     else:
@@ -120,6 +147,7 @@ async def run_server(
             ",".join(gpu.name for gpu in facts.gpus) or "none",
             ",".join(facts.onnx_providers),
         )
+        hardware_json = json.dumps(facts.to_dict(), default=str)
         server = EdgeServer(
             settings, planner=planner, device_facts=lambda: planner.facts().to_dict()
         )
@@ -128,6 +156,19 @@ async def run_server(
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await server.start()
+    agent = None
+    if agent_settings is not None:
+        # The fleet agent drives this server through its core, in this process and loop.
+        from fleet.agent.agent import Agent
+
+        agent = Agent(server.core, settings.repository, agent_settings, hardware_json)
+        try:
+            await agent.start()
+        except BaseException:
+            await server.stop()
+            raise
     await stop.wait()
     log.info("signal received: draining for up to %.1f s", settings.shutdown_grace_s)
+    if agent is not None:
+        await agent.stop()
     await server.stop()
