@@ -162,10 +162,11 @@ class HardwarePlanner:
         return replace(plan, precision="fp32", reasons=reasons)
 
     def _autotune_wanted(self, manifest: ModelManifest, plan: RuntimePlan) -> bool:
-        pin = self._settings.pins.autotune
-        if pin is None:
-            pin = manifest.runtime.autotune
-        wanted = self._settings.autotune if pin is None else pin
+        # The command line (or environment) first, then the manifest, then the policy.
+        choices = (self._settings.pins.autotune, self._settings.autotune, manifest.runtime.autotune)
+        wanted = next((choice for choice in choices if choice is not None), None)
+        if wanted is None:
+            wanted = self._settings.policy == "throughput"
         return wanted and plan.backend == "onnx"
 
     def _apply_autotune(

@@ -25,7 +25,8 @@ class PlannerSettings(BaseSettings):
     memory_budget_mb: float | None = Field(default=None, gt=0)
     # Share of free memory a plan may use; the rest stays for the OS and other models.
     memory_headroom: float = Field(default=0.8, gt=0, le=1)
-    autotune: bool = False
+    # None: on for the throughput policy (where a wrong batch size costs most), off otherwise.
+    autotune: bool | None = None
     autotune_time_s: float = Field(default=20.0, gt=0)
     # Reduced precisions the planner may choose (each still has to pass the accuracy guard).
     allow_int8: bool = True

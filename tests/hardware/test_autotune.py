@@ -88,3 +88,18 @@ def test_best_throughput_within_the_latency_budget() -> None:
     assert pick_best(table, queue_delay_ms=2.0, latency_budget_ms=20.0) == (table[0], True)
     # Nothing fits 4 ms: the fastest request latency, flagged.
     assert pick_best(table, queue_delay_ms=2.0, latency_budget_ms=4.0) == (table[0], False)
+
+
+def test_throughput_policy_turns_autotune_on(tmp_path: Path, built_models: Path) -> None:
+    version_dir = copy_model(built_models, "efficientnet_lite0", tmp_path / "repo")
+    manifest = read_manifest(version_dir)
+    settings = PlannerSettings(
+        policy="throughput", autotune_time_s=1.0, cache_dir=tmp_path / "cache", pins=FP32
+    )
+    plan = HardwarePlanner(settings, facts=load_profile("this_machine")).plan(version_dir, manifest)
+    assert "autotune (measured" in plan.reasons["autotune"]
+    balanced = PlannerSettings(policy="balanced", cache_dir=tmp_path / "cache", pins=FP32)
+    plain = HardwarePlanner(balanced, facts=load_profile("this_machine")).plan(
+        version_dir, manifest
+    )
+    assert "autotune" not in plain.reasons
