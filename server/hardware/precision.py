@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 CACHE_DIRNAME = ".edgefleet-cache"
 # Bumped when the conversion recipe changes, so old cache entries are not reused.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class GuardVerdict:
     calibration: str
     converted_sha256: str | None  # None once a rejected file is deleted
     convert_seconds: float
+    # Where the candidate ran for the comparison (a GPU provider when the device has one).
+    provider: str
 
     def passes(self, min_agreement: float, max_error: float) -> bool:
         if self.metric == "top1_agreement":
@@ -43,9 +45,10 @@ class GuardVerdict:
         return self.value <= max_error
 
     def describe(self) -> str:
+        where = f"on {self.samples} inputs, {self.provider}"
         if self.metric == "top1_agreement":
-            return f"top-1 agreement with fp32 {self.value:.1%} on {self.samples} inputs"
-        return f"relative error vs fp32 {self.value:.4f} on {self.samples} inputs"
+            return f"top-1 agreement with fp32 {self.value:.1%} {where}"
+        return f"relative error vs fp32 {self.value:.4f} {where}"
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,9 @@ def convert_with_guard(
             raise ValueError(f"no conversion to {precision}")
         tmp.replace(converted)
         seconds = time.monotonic() - started
-        metric, value = _compare(model_path, converted, manifest, calibration.samples, providers)
+        metric, value, provider = _compare(
+            model_path, converted, manifest, calibration.samples, providers
+        )
         verdict = GuardVerdict(
             precision=precision,
             metric=metric,
@@ -103,6 +108,7 @@ def convert_with_guard(
             calibration=calibration.source,
             converted_sha256=sha256_file(converted),
             convert_seconds=round(seconds, 2),
+            provider=provider,
         )
     accepted = verdict.passes(min_agreement, max_error)
     if not accepted and converted.exists():
@@ -192,7 +198,7 @@ def _compare(
     manifest: ModelManifest,
     samples: list[Sample],
     providers: tuple[str, ...],
-) -> tuple[str, float]:
+) -> tuple[str, float, str]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -203,6 +209,7 @@ def _compare(
         str(reference_path), sess_options=options, providers=["CPUExecutionProvider"]
     )
     candidate = ort.InferenceSession(str(candidate_path), sess_options=options, providers=usable)
+    provider = candidate.get_providers()[0]
     post = manifest.postprocess
     names = [post.output] if post.kind == "classification" and post.output else None
     names = names or [spec.name for spec in manifest.outputs]
@@ -213,11 +220,11 @@ def _compare(
             int(np.argmax(want[0].reshape(-1))) == int(np.argmax(got[0].reshape(-1)))
             for want, got in zip(expected, actual, strict=True)
         ]
-        return "top1_agreement", float(np.mean(agree))
+        return "top1_agreement", float(np.mean(agree)), provider
     errors = []
     for want_all, got_all in zip(expected, actual, strict=True):
         for want, got in zip(want_all, got_all, strict=True):
             want64 = np.asarray(want, dtype=np.float64)
             diff = np.linalg.norm(want64 - np.asarray(got, dtype=np.float64))
             errors.append(float(diff / max(float(np.linalg.norm(want64)), 1e-12)))
-    return "relative_error", max(errors)
+    return "relative_error", max(errors), provider

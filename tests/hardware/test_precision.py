@@ -146,3 +146,24 @@ async def test_plan_and_facts_are_readable_over_grpc(tmp_path: Path) -> None:
             assert "avx512_vnni" in facts["cpu"]["features"]
     finally:
         await server.stop(grace_s=1.0)
+
+
+def test_fp16_for_a_fast_fp16_gpu_passes_the_guard(tmp_path: Path, built_models: Path) -> None:
+    # The laptop profile's RTX GPU is recorded (no GPU here): the planner converts to fp16 and,
+    # with no CUDA provider in this onnxruntime, the guard compares on the CPU provider and
+    # says so.
+    version_dir = copy_model(built_models, "efficientnet_lite0", tmp_path / "repo")
+    manifest = read_manifest(version_dir)
+    planner = HardwarePlanner(PlannerSettings(), facts=load_profile("laptop_rtx_8gb"))
+    plan = planner.plan(version_dir, manifest)
+    assert plan.precision == "fp16"
+    assert plan.providers[0] == "TensorrtExecutionProvider"
+    assert "accuracy guard passed: top-1 agreement with fp32" in plan.reasons["precision"]
+    assert "CPUExecutionProvider" in plan.reasons["precision"]
+    converted = version_dir / plan.model_file
+    assert converted.is_file() and converted.name.startswith(manifest.files["model.onnx"][:16])
+    # Inputs and outputs stay fp32, so clients and preprocessing do not change.
+    session = ort.InferenceSession(str(converted), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float)"
+    assert session.get_outputs()[0].type == "tensor(float)"
+    assert "weights 8.8 MiB fp16" in plan.reasons["memory"]
