@@ -109,26 +109,32 @@ def stream_command(
             console.print(f"[red]cannot open source[/] {error}")
             raise typer.Exit(2) from error
 
+    started: list[StreamRun] = []
+
     async def main() -> list[StreamRun]:
         stop = asyncio.Event()
-        loop_ = asyncio.get_running_loop()
-        # Ctrl-C ends the sources; frames already sent are still answered and summarised.
-        loop_.add_signal_handler(signal.SIGINT, stop.set)
+        streams: asyncio.Task[list[StreamRun]] | None = None
+
+        def interrupt() -> None:
+            # First Ctrl-C ends the sources (frames already sent are still answered); a second
+            # one abandons the streams, e.g. while they wait for a server that is gone.
+            if stop.is_set() and streams is not None:
+                streams.cancel()
+            stop.set()
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupt)
         done = asyncio.Event()
-        started: list[StreamRun] = []
+        started_event = asyncio.Event()
+
+        def on_start(runs: list[StreamRun]) -> None:
+            started.extend(runs)
+            started_event.set()
+
+        streams = asyncio.create_task(run_streams(settings, opened, stop, on_start))
         view = None
         if live and console.is_terminal:
-            started_event = asyncio.Event()
-
-            def on_start(runs: list[StreamRun]) -> None:
-                started.extend(runs)
-                started_event.set()
-
-            streams = asyncio.create_task(run_streams(settings, opened, stop, on_start))
             await started_event.wait()
             view = asyncio.create_task(show_live(console, started, done))
-        else:
-            streams = asyncio.create_task(run_streams(settings, opened, stop))
         try:
             return await streams
         finally:
@@ -136,11 +142,14 @@ def stream_command(
             if view is not None:
                 await view
 
+    interrupted = False
     try:
         runs = asyncio.run(main())
     except SecurityConfigError as error:
         console.print(f"[red]TLS settings:[/] {error}")
         raise typer.Exit(2) from error
+    except asyncio.CancelledError:
+        interrupted, runs = True, started
     Console().print(summary_table(runs))
     if not console.is_terminal:
         for stream_run in runs:
@@ -148,5 +157,8 @@ def stream_command(
     failed = [stream_run for stream_run in runs if stream_run.error]
     for stream_run in failed:
         console.print(f"[red]{stream_run.source.name} failed:[/] {stream_run.error}")
+    if interrupted:
+        console.print("[yellow]interrupted[/]: streams abandoned before they finished")
+        raise typer.Exit(130)
     if failed:
         raise typer.Exit(1)

@@ -28,16 +28,17 @@ def _ms(value: float | None) -> str:
 
 def live_table(runs: Sequence[StreamRun]) -> Table:
     table = Table(title="edgefleet stream", expand=False)
-    for column in ("source", "state", "sent", "answered", "dropped", "fps"):
-        table.add_column(column, justify="left" if column in ("source", "state") else "right")
-    table.add_column("p50/p95 ms", justify="right")
-    table.add_column("age ms", justify="right")
-    table.add_column("last result")
+    table.add_column("source", no_wrap=True, max_width=28, overflow="ellipsis")
+    table.add_column("state", no_wrap=True, min_width=9)
+    for column in ("sent", "done", "drop", "fps", "p50/p95 ms", "age ms"):
+        # Numbers never shrink to an ellipsis; the source and last result give way instead.
+        table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
+    table.add_column("last result", no_wrap=True, overflow="ellipsis")
     for run in runs:
         snap = run.stats.snapshot()
         state = snap.state.value
         if snap.state is StreamState.RECONNECTING:
-            state = f"reconnecting (#{snap.reconnects})"
+            state = f"reconnecting #{snap.reconnects}"
         last = ", ".join(lb.split(",")[0] for lb in snap.last_labels[:2]) or (snap.last_error or "")
         dropped = snap.frames_dropped + snap.frames_dropped_client + snap.frames_lost
         table.add_row(
@@ -49,7 +50,7 @@ def live_table(runs: Sequence[StreamRun]) -> Table:
             f"{snap.fps:.1f}",
             f"{_ms(snap.latency_p50_ms)}/{_ms(snap.latency_p95_ms)}",
             _ms(snap.result_age_ms),
-            last[:60],
+            last,
         )
     return table
 

@@ -140,3 +140,19 @@ def test_bad_tls_files_are_named_before_serving(
                 tls=True, client_cert=certificates.client_cert, client_key=Path("/nonexistent")
             ),
         )
+
+
+async def test_cli_reports_a_bad_token_as_unauthenticated(repository: Path) -> None:
+    import sys
+
+    from tests.conftest import ROOT
+
+    async with running_server(repository, auth_token=TOKEN) as server:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edgefleet.cli", "stream", "pattern", "--duration", "5",
+            "--server", f"127.0.0.1:{server.port}", "--model", ONNX_MODEL, "--token", "guess",
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 1
+    assert "UNAUTHENTICATED: invalid auth token" in " ".join(stderr.decode().split())
