@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,7 +63,20 @@ class Conversion:
 
 
 def cache_dir_for(version_dir: Path, cache_dir: Path | None) -> Path:
-    return cache_dir if cache_dir is not None else version_dir / CACHE_DIRNAME
+    """The configured cache, else `.edgefleet-cache` beside the model; a read-only repository
+    (a mounted bundle, say) falls back to the temp directory, still keyed by sha256."""
+    if cache_dir is not None:
+        return cache_dir
+    beside = version_dir / CACHE_DIRNAME
+    try:
+        beside.mkdir(exist_ok=True)
+        if os.access(beside, os.W_OK):
+            return beside
+    except OSError:
+        pass
+    fallback = Path(tempfile.gettempdir()) / "edgefleet-cache"
+    logger.info("%s is not writable; caching conversions in %s", beside, fallback)
+    return fallback
 
 
 def convert_with_guard(
