@@ -6,6 +6,8 @@ open so a load balancer or an orchestrator can probe the server without the secr
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -16,6 +18,8 @@ from server.settings import ServerSettings
 
 AUTH_METADATA_KEY = "authorization"
 EXEMPT_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
+# How long a refused streaming call may take to send its first message (see _take_first).
+FIRST_MESSAGE_WAIT_S = 1.0
 
 if TYPE_CHECKING:
     _Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
@@ -55,14 +59,17 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
 def _refusing(handler: _Handler, reason: str) -> _Handler:
     """A handler of the same shape as `handler` that only answers UNAUTHENTICATED."""
+    request_streaming = handler.request_streaming
 
-    async def refuse(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if request_streaming:
+            await _take_first(request)
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
 
     async def refuse_streaming(
-        _request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+        await refuse(request, context)
         yield  # an async generator, as grpc.aio expects of a streaming-response handler
 
     make: Callable[..., _Handler]
@@ -79,6 +86,17 @@ def _refusing(handler: _Handler, reason: str) -> _Handler:
         request_deserializer=handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
+
+
+async def _take_first(requests: AsyncIterator[Any]) -> None:
+    """Read the client's first message (briefly) before refusing its stream.
+
+    A Python aio client whose first write races the refusal sees INTERNAL ("Internal error
+    from Core") instead of the UNAUTHENTICATED we send; once its first message is read, it gets
+    the real status.
+    """
+    with contextlib.suppress(StopAsyncIteration, TimeoutError, grpc.RpcError):
+        await asyncio.wait_for(anext(aiter(requests)), FIRST_MESSAGE_WAIT_S)
 
 
 def auth_interceptors(settings: ServerSettings) -> list[grpc.aio.ServerInterceptor]:
