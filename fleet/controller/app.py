@@ -106,6 +106,7 @@ class ControllerApp:
         credential["ca_pem"] = ca.certificate_pem.decode()
         credential["address"] = f"{self.settings.hostnames[0]}:{self.port}"
         credential["enroll_address"] = f"{self.settings.hostnames[0]}:{self.enroll_port}"
+        credential["metrics_port"] = self.metrics_port
         temporary = path.with_suffix(".tmp")
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle:

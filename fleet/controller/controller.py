@@ -76,7 +76,7 @@ class FleetController:
         self.heartbeat_seconds = Histogram(
             "edgefleet_controller_telemetry_handling_seconds",
             "Time to handle one telemetry heartbeat from an agent",
-            buckets=(1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1),
+            buckets=(2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 3e-2, 0.1),
             registry=registry,
         )
         registry.register(FleetCollector(self))
