@@ -128,3 +128,17 @@ async def test_buf_curl_examples_from_the_readme_work_through_reflection(
         text = text[end:].strip()
     assert messages[0]["opened"]["modelName"] == ONNX_MODEL
     assert messages[1]["result"]["labels"][0]["label"] in EXPECTED_TOP1["chelsea"]
+
+
+@pytest.mark.usefixtures("built_examples")
+def test_buf_breaking_against_the_previous_commit() -> None:
+    previous = subprocess.run(
+        ["git", "cat-file", "-e", "HEAD~1:protos"], cwd=ROOT, capture_output=True
+    )
+    if previous.returncode != 0:
+        pytest.skip("no previous commit with protos/ (shallow clone): nothing to compare")
+    completed = subprocess.run(
+        [str(BUF), "breaking", "protos", "--against", ".git#ref=HEAD~1,subdir=protos"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stdout + completed.stderr

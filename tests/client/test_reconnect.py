@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 from pathlib import Path
 
+import pytest
+
 from client.security import ChannelSecurity, open_channel
 from client.sources import paced
 from client.sources.pattern import TestPatternSource
@@ -27,8 +29,9 @@ FRAMES = 60
 OUTAGE_S = 1.0
 
 
-async def test_server_restart_mid_stream_reconnects_and_resumes_without_losing_frames(
-    repository: Path,
+@pytest.mark.parametrize("policy", [OverloadPolicy.BLOCK, OverloadPolicy.DROP_OLDEST])
+async def test_server_restart_mid_stream_reconnects_and_resumes(
+    repository: Path, policy: OverloadPolicy
 ) -> None:
     servers = [EdgeServer(server_settings(repository))]
     port = await servers[0].start()
@@ -42,7 +45,7 @@ async def test_server_restart_mid_stream_reconnects_and_resumes_without_losing_f
 
     config = StreamConfig(
         model_name=ONNX_MODEL,
-        overload_policy=OverloadPolicy.BLOCK,
+        overload_policy=policy,
         backoff=BackoffPolicy(initial_s=0.05, max_s=0.3, max_attempts=0),
     )
     events: list[StreamEvent] = []
@@ -75,10 +78,21 @@ async def test_server_restart_mid_stream_reconnects_and_resumes_without_losing_f
     assert len(connects) == 2, "expected one reconnect after the outage"
     after_restart = [event for event in events[connects[1] :] if isinstance(event, FrameResult)]
     assert after_restart, "nothing was answered after the restart"
-    # BLOCK (recorded video): unanswered frames are re-sent, so every frame is answered once.
     answered = [event.sequence for event in events if isinstance(event, FrameResult)]
-    assert sorted(answered) == list(range(1, FRAMES + 1))
     snapshot = client.stats.snapshot()
     assert snapshot.state is StreamState.FINISHED
     assert snapshot.reconnects == len(reconnects)
-    assert snapshot.frames_answered == FRAMES and snapshot.frames_lost == 0
+    if policy is OverloadPolicy.BLOCK:
+        # Recorded video: unanswered frames are re-sent, so every frame is answered once.
+        assert sorted(answered) == list(range(1, FRAMES + 1))
+        assert snapshot.frames_answered == FRAMES and snapshot.frames_lost == 0
+    else:
+        # Live camera: frames queued during the outage are shed and the ones the dead
+        # connection held are written off, but every frame is accounted for exactly once.
+        assert len(answered) == len(set(answered)) == snapshot.frames_answered
+        assert snapshot.frames_sent + snapshot.frames_dropped_client == FRAMES
+        assert snapshot.frames_sent == (
+            snapshot.frames_answered + snapshot.frames_dropped + snapshot.frames_lost
+            + snapshot.frames_rejected
+        )  # fmt: skip
+        assert snapshot.frames_dropped_client > 0, "the outage should have shed queued frames"
