@@ -1,0 +1,200 @@
+"""`make fleet-demo`: a controller and three edge nodes on loopback. A new model version goes
+out in gated waves with live progress; the final state of every device is printed.
+
+Everything is real: the controller with its CA and SQLite store, three EdgeServers each with a
+fleet agent in its event loop, camera-like traffic over KServe gRPC, a signed bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import grpc
+import numpy as np
+from rich.console import Console
+from rich.live import Live
+
+from fleet.agent.agent import Agent
+from fleet.agent.settings import AgentSettings
+from fleet.bundle import build_bundle
+from fleet.controller.app import ControllerApp
+from fleet.controller.settings import ControllerSettings
+from fleet.ctl.client import AdminClient, AdminCredential
+from fleet.ctl.render import devices_table, rollout_view, why_table
+from fleet.keys import generate_keypair, load_private_key
+from protos.edgefleet.fleet.v1 import admin_pb2
+from protos.inference import grpc_service_pb2 as kserve
+from protos.inference import grpc_service_pb2_grpc as kserve_grpc
+from server.app import EdgeServer
+from server.manifest import read_manifest
+from server.settings import ServerSettings
+
+MODEL = "efficientnet_lite0"
+NODES = ("lobby-cam-1", "lobby-cam-2", "lobby-cam-3")
+
+
+def _copy_version(source: Path, target: Path) -> None:
+    """Copy a model version; the model file is hard-linked (never modified)."""
+
+    def link_or_copy(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(source, target, copy_function=link_or_copy)
+
+
+async def _camera(port: int, manifest_input: str, shape: list[int], fps: float) -> None:
+    """A camera-like client: one preprocessed frame every 1/fps seconds, forever."""
+    frame = np.random.default_rng(0).standard_normal([1, *shape[1:]]).astype(np.float32)
+    request = kserve.ModelInferRequest(model_name=MODEL)
+    request.inputs.add(name=manifest_input, datatype="FP32", shape=list(frame.shape))
+    request.raw_input_contents.append(frame.tobytes())
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = kserve_grpc.GRPCInferenceServiceStub(channel)
+        while True:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await stub.ModelInfer(request, timeout=10)
+            await asyncio.sleep(1 / fps)
+
+
+async def demo(repository: Path, workdir: Path, bake_s: float, fps: float) -> None:
+    console = Console()
+    source = repository / MODEL / "1"
+    manifest = read_manifest(source)
+    input_spec = manifest.inputs[0]
+    shape = [1 if not isinstance(dim, int) or dim < 0 else dim for dim in input_spec.shape]
+
+    private_key, public_key = generate_keypair(workdir / "keys", "release")
+    controller = ControllerApp(
+        ControllerSettings(
+            data_dir=workdir / "controller",
+            port=0,
+            enroll_port=0,
+            metrics_port=-1,
+            trusted_keys=(public_key,),
+            telemetry_interval_s=0.5,
+            rollout_tick_s=0.2,
+        )
+    )
+    await controller.start()
+    console.print(f"[bold]controller[/] on 127.0.0.1:{controller.port} (mutual TLS)")
+    credential = AdminCredential.load(controller.admin_credential_path)
+    servers: list[EdgeServer] = []
+    agents: list[Agent] = []
+    cameras: list[asyncio.Task[None]] = []
+    try:
+        async with AdminClient.connect(credential) as admin:
+            for name in NODES:
+                node_repository = workdir / name / "repo"
+                _copy_version(source, node_repository / MODEL / "1")
+                server = EdgeServer(
+                    ServerSettings(
+                        repository=node_repository, port=0, metrics_port=-1, models=(MODEL,)
+                    )
+                )
+                await server.start()
+                servers.append(server)
+                token = await admin.stub.CreateEnrollmentToken(
+                    admin_pb2.CreateEnrollmentTokenRequest(labels={"site": "lobby"})
+                )
+                agent = Agent(
+                    server.core,
+                    node_repository,
+                    AgentSettings(
+                        controller=f"127.0.0.1:{controller.port}",
+                        enroll_address=f"127.0.0.1:{controller.enroll_port}",
+                        controller_ca=controller.settings.data_dir / "pki" / "ca.pem",
+                        enroll_token=token.token,
+                        device_id=name,
+                        state_dir=workdir / name / "agent",
+                        trusted_keys=(public_key,),
+                    ),
+                )
+                await agent.start()
+                agents.append(agent)
+                cameras.append(
+                    asyncio.create_task(_camera(server.port, input_spec.name, shape, fps))
+                )
+                console.print(f"[bold]edge node[/] {name}: serving {MODEL}/1 on :{server.port}")
+
+            bundle = build_bundle(
+                source, MODEL, "2", load_private_key(private_key), workdir / "bundles"
+            )
+            console.print(f"[bold]bundle[/] {bundle.name} (signed, Ed25519)")
+            uploaded = await admin.upload_bundle(bundle)
+            await asyncio.sleep(2 * 0.5 + 1)  # a few telemetry samples from every node
+            created = await admin.stub.CreateRollout(
+                admin_pb2.CreateRolloutRequest(
+                    bundle_sha256=uploaded.bundle_sha256,
+                    selector={"site": "lobby"},
+                    steps=[33, 66, 100],
+                    bake_s=bake_s,
+                    gates=[
+                        "p95_latency_ms <= 1.5*baseline + 20",
+                        "error_rate < 0.01",
+                        "fps >= 0.5*baseline",
+                    ],
+                    min_devices=1,
+                    min_requests=3,
+                    install_timeout_s=120,
+                )
+            )
+            request = admin_pb2.GetRolloutRequest(rollout_id=created.rollout.rollout_id)
+            ended = (
+                admin_pb2.ROLLOUT_STATE_SUCCEEDED,
+                admin_pb2.ROLLOUT_STATE_ROLLED_BACK,
+                admin_pb2.ROLLOUT_STATE_PAUSED,
+            )
+            with Live(console=console, refresh_per_second=4) as live:
+                while True:
+                    rollout = (await admin.stub.GetRollout(request)).rollout
+                    live.update(rollout_view(rollout))
+                    if rollout.state in ended:
+                        break
+                    await asyncio.sleep(0.25)
+            explained = await admin.stub.ExplainRollout(
+                admin_pb2.ExplainRolloutRequest(rollout_id=rollout.rollout_id)
+            )
+            console.print(why_table(list(explained.measurements)))
+            devices = await admin.stub.ListDevices(admin_pb2.ListDevicesRequest())
+            console.print(devices_table(list(devices.devices)))
+            actual = {str(server.core.active_version(MODEL)) for server in servers}
+            console.print(f"[bold]active versions on the edge servers:[/] {sorted(actual)}")
+    finally:
+        for task in cameras:
+            task.cancel()
+        await asyncio.gather(*cameras, return_exceptions=True)
+        for agent in agents:
+            await agent.stop()
+        for server in servers:
+            await server.stop(grace_s=0.5)
+        await controller.stop(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repository", type=Path, default=Path("models"))
+    parser.add_argument("--bake", type=float, default=4.0, help="Seconds each wave bakes.")
+    parser.add_argument("--fps", type=float, default=5.0, help="Frames per second per camera.")
+    parser.add_argument("--workdir", type=Path, default=None, help="Keep state here.")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        asyncio.run(demo(args.repository, args.workdir, args.bake, args.fps))
+        return
+    with tempfile.TemporaryDirectory(prefix="fleet-demo-") as workdir:
+        asyncio.run(demo(args.repository, Path(workdir), args.bake, args.fps))
+
+
+if __name__ == "__main__":
+    main()
