@@ -102,7 +102,7 @@ def draft_plan(
 
     batch = take_pin("max_batch_size")
     if batch is None:
-        batch = _choose_batch(manifest, on_gpu, settings, reasons)
+        batch = _choose_batch(manifest, on_gpu, facts.cpu.compute_cores, settings, reasons)
     delay = take_pin("max_queue_delay_us")
     if delay is None:
         delay = _choose_delay(manifest, batch, settings, reasons)
@@ -256,7 +256,11 @@ def _choose_intra_threads(
 
 
 def _choose_batch(
-    manifest: ModelManifest, on_gpu: bool, settings: PlannerSettings, reasons: dict[str, str]
+    manifest: ModelManifest,
+    on_gpu: bool,
+    cores: int,
+    settings: PlannerSettings,
+    reasons: dict[str, str],
 ) -> int:
     declared = manifest.batching.max_batch_size
     if declared == 0:
@@ -275,6 +279,13 @@ def _choose_batch(
             f"{batch}: throughput policy on the {'GPU' if on_gpu else 'CPU'}"
         )
         return batch
+    if not on_gpu and declared > cores:
+        # Measured (docs/benchmarks.md, planner): a CPU gains nothing from batches larger than
+        # its core count; they only add queueing and spill activations out of cache.
+        reasons["max_batch_size"] = (
+            f"{cores}: balanced policy on the CPU caps the manifest's {declared} at one per core"
+        )
+        return cores
     reasons["max_batch_size"] = f"{declared}: balanced policy keeps the manifest's batching"
     return declared
 

@@ -9,9 +9,12 @@ from typer.testing import CliRunner
 
 from edgefleet.cli import build_app
 
+# Wide enough that rich never wraps a reason or an error message mid-phrase.
+WIDE = {"COLUMNS": "400"}
+
 
 def run_probe(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(build_app(), ["probe", "--no-torch-gpu", *args])
+    result = CliRunner().invoke(build_app(), ["probe", "--no-torch-gpu", *args], env=WIDE)
     return result.exit_code, result.stdout
 
 
@@ -58,7 +61,7 @@ def test_probe_refuses_a_plan_that_does_not_fit(repository: Path) -> None:
 
 
 def test_probe_rejects_bad_options(tmp_path: Path) -> None:
-    result = CliRunner().invoke(build_app(), ["probe", "--policy", "fastest"])
+    result = CliRunner().invoke(build_app(), ["probe", "--policy", "fastest"], env=WIDE)
     assert result.exit_code == 2 and "latency, throughput or balanced" in result.output
-    result = CliRunner().invoke(build_app(), ["probe", "--model", str(tmp_path)])
+    result = CliRunner().invoke(build_app(), ["probe", "--model", str(tmp_path)], env=WIDE)
     assert result.exit_code == 2 and "no manifest.json" in result.output

@@ -56,8 +56,9 @@ def plan_for(
 # profile -> (providers, precision, intra threads, batch, delay us, instances, reason fragments)
 EXPECTED = {
     "raspberry_pi4": (
-        CPU, "fp32", 4, 8, 2000, 1,
+        CPU, "fp32", 4, 4, 2000, 1,
         {"precision": "no int8 dot-product instructions", "providers": "no GPU here",
+         "max_batch_size": "caps the manifest's 8 at one per core",
          "intra_op_threads": "4 physical cores", "memory": "free memory"},
     ),
     "jetson_orin_nano": (
@@ -67,7 +68,8 @@ EXPECTED = {
     ),
     "x86_server_avx512_vnni": (
         CPU, "int8", 16, 8, 2000, 1,
-        {"precision": "avx512_vnni", "intra_op_threads": "hyperthreads skipped"},
+        {"precision": "avx512_vnni", "intra_op_threads": "hyperthreads skipped",
+         "max_batch_size": "balanced policy keeps the manifest's batching"},
     ),
     "laptop_rtx_8gb": (
         GPU, "fp16", 2, 8, 2000, 1,
@@ -75,12 +77,12 @@ EXPECTED = {
          "memory": "free on NVIDIA GeForce RTX 4070 Laptop GPU"},
     ),
     "container_2cpu_1gb": (
-        CPU, "fp32", 2, 8, 2000, 1,
+        CPU, "fp32", 2, 2, 2000, 1,
         {"intra_op_threads": "cgroup quota 2 CPUs", "memory": "cgroup limit 1024.0 MiB",
          "precision": "no int8 dot-product instructions"},
     ),
     "this_machine": (
-        CPU, "int8", 2, 8, 2000, 1,
+        CPU, "int8", 2, 2, 2000, 1,
         {"precision": "avx512_vnni", "backend": "onnx: model.onnx"},
     ),
 }  # fmt: skip
@@ -146,20 +148,21 @@ def test_memory_shrinks_the_batch_then_refuses_with_numbers(
     lite0: tuple[ModelManifest, Footprint],
 ) -> None:
     _, footprint = lite0
-    container = load_profile("container_2cpu_1gb")
-    one = footprint.needed("fp32", 1, 1) / (1 << 20)
-    eight = footprint.needed("fp32", 8, 1) / (1 << 20)
+    server = load_profile("x86_server_avx512_vnni")  # batch 8, int8 candidate
+    one = footprint.needed("int8", 1, 1) / (1 << 20)
+    eight = footprint.needed("int8", 8, 1) / (1 << 20)
     budget = (one + eight) / 2  # fits a smaller batch, not 8
-    shrunk = plan_for(lite0, container, memory_budget_mb=budget)
+    shrunk = plan_for(lite0, server, memory_budget_mb=budget)
     assert 1 <= shrunk.max_batch_size < 8
-    assert footprint.needed("fp32", shrunk.max_batch_size, 1) <= budget * (1 << 20)
+    assert footprint.needed("int8", shrunk.max_batch_size, 1) <= budget * (1 << 20)
     assert "reduced from 8" in shrunk.reasons["max_batch_size"]
+    assert f"within {budget:.1f} MiB (the {budget:g} MiB memory budget)" in shrunk.reasons["memory"]
     with pytest.raises(PlanRefused) as refused:
-        plan_for(lite0, container, memory_budget_mb=one * 0.9)
+        plan_for(lite0, server, memory_budget_mb=one * 0.9)
     message = str(refused.value)
     assert f"needs {one:.1f} MiB" in message
     assert f"only {one * 0.9:.1f} MiB may be used" in message
-    assert "weights 17.7 MiB fp32" in message
+    assert "weights 4.4 MiB int8" in message
 
 
 def test_a_pinned_choice_overrides_the_plan(lite0: tuple[ModelManifest, Footprint]) -> None:
