@@ -33,14 +33,17 @@ TWO_INSTANCE_CORES = 8
 
 
 class Pins:
-    """Pinned choices: the command line first, then the manifest."""
+    """Pinned choices, the command line first, then the manifest; each with where it came from."""
 
     def __init__(self, manifest: RuntimePins, command_line: RuntimePins) -> None:
         self._manifest = manifest
         self._command_line = command_line
 
     def get(self, key: str) -> tuple[Any, str] | None:
-        for pins, where in ((self._command_line, "command line"), (self._manifest, "manifest")):
+        for pins, where in (
+            (self._command_line, "pinned on the command line"),
+            (self._manifest, "pinned in the manifest"),
+        ):
             value = getattr(pins, key)
             if value is not None:
                 return value, where
@@ -71,11 +74,8 @@ def draft_plan(
             return None
         value, where = found
         pinned.add(key)
-        reasons[key] = (
-            f"{value}: pinned on the {where}"
-            if where == "command line"
-            else (f"{value}: pinned in the manifest")
-        )
+        shown = ", ".join(value) if isinstance(value, list) else value
+        reasons[key] = f"{shown}: {where}"
         return value
 
     backend, model_file = _choose_backend(manifest, facts, reasons)
