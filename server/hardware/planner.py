@@ -126,7 +126,8 @@ class HardwarePlanner:
                 plan.precision,
                 exc_info=True,
             )
-            failure = f"{plan.precision} conversion failed ({type(exc).__name__}: {exc})"
+            # The traceback is in the log; the reason reaches clients, so it names no paths.
+            failure = f"{plan.precision} conversion failed ({type(exc).__name__})"
             if pinned:
                 raise PlanRefused(
                     f"{manifest.name}/{manifest.version}: precision {plan.precision} is pinned "
