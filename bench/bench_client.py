@@ -210,18 +210,27 @@ async def measure(args: argparse.Namespace) -> str:
     costs = encode_costs(args.repeats)
     decode = decode_rates(args.decode_frames)
     with edge_server() as target:
-        for row in costs:
-            width, height = map(int, str(row["size"]).split("x"))
-            row["e2e_fps"] = await end_to_end_fps(
-                target, width, height, Encoding(str(row["encoding"])), args.frames
-            )
+        # Rounds interleave the configurations so a burst of load from other processes on
+        # this shared machine does not land on one of them; the median of the rounds is kept.
+        samples: dict[int, list[float]] = {index: [] for index in range(len(costs))}
+        for _ in range(args.rounds):
+            for index, row in enumerate(costs):
+                width, height = map(int, str(row["size"]).split("x"))
+                encoding = Encoding(str(row["encoding"]))
+                fps = await end_to_end_fps(target, width, height, encoding, args.frames)
+                samples[index].append(fps)
+        for index, row in enumerate(costs):
+            row["e2e_fps"] = statistics.median(samples[index])
         capacity = []
         for streams in range(1, args.max_streams + 1):
             level = await cameras(target, streams, args.seconds)
             capacity.append(level)
-            offered = CAMERA_FPS * streams
+            # Judged against what the cameras really produced: on a saturated machine the
+            # client's own pacing can fall short of 30 fps, which is not the server dropping.
+            offered = level["offered_fps"]
             sustained = level["drop_pct"] <= 1.0 and level["answered_fps"] >= 0.95 * offered
             level["sustained"] = float(sustained)
+            level["paced_ok"] = float(offered >= 0.95 * CAMERA_FPS * streams)
             if not sustained:
                 break
     return report(costs, decode, capacity, args)
@@ -243,7 +252,8 @@ def report(costs: list[dict[str, object]], decode: list[dict[str, object]],
         f"### Cost per frame (photo content, JPEG quality {JPEG_QUALITY}; raw is the baseline)",
         "",
         f"Encode: median of {args.repeats} runs. End-to-end: {args.frames} frames flat out on",
-        "one stream (BLOCK policy, so none dropped), server decode + preprocess + model included.",
+        "one stream (BLOCK policy, so none dropped), server decode + preprocess + model included;",
+        f"median of {args.rounds} interleaved rounds.",
         "",
         "| size | encoding | encode ms | bytes on the wire | vs raw | end-to-end fps |",
         "|---|---|---:|---:|---:|---:|",
@@ -262,22 +272,30 @@ def report(costs: list[dict[str, object]], decode: list[dict[str, object]],
         f"640x480 JPEG test pattern, drop-oldest, {args.seconds:g} s per level.",
         "",
         "Sustained = at most 1% of frames dropped (server or client side) and at least 95% of the",
-        "offered frame rate answered. Levels stop at the first that is not sustained.",
+        "frames the cameras produced answered. Levels stop at the first that is not sustained.",
+        "`cameras kept pace` says whether the client really produced 30 fps per camera; when it",
+        "did not, the machine (shared with the server) was saturated before the server dropped.",
         "",
-        "| streams | offered fps | answered fps | dropped % | worst stream p95 ms | sustained |",
-        "|---:|---:|---:|---:|---:|---|",
+        "| streams | offered fps | answered fps | dropped % | worst stream p95 ms | sustained "
+        "| cameras kept pace |",
+        "|---:|---:|---:|---:|---:|---|---|",
     ]
     for level in capacity:
         verdict = "yes" if level["sustained"] else "no"
+        paced_ok = "yes" if level["paced_ok"] else "no"
         lines.append(
             f"| {int(level['streams'])} | {level['offered_fps']:.1f} | "
             f"{level['answered_fps']:.1f} | {level['drop_pct']:.1f} | {level['p95_ms']:.0f} | "
-            f"{verdict} |"
+            f"{verdict} | {paced_ok} |"
         )
     held = [int(level["streams"]) for level in capacity if level["sustained"]]
+    at_pace = [
+        int(level["streams"]) for level in capacity if level["sustained"] and level["paced_ok"]
+    ]
     lines += [
         "",
-        f"**Result: {max(held) if held else 0} camera stream(s) at 30 fps before drops.**",
+        f"**Result: {max(held) if held else 0} camera stream(s) before the server drops frames; "
+        f"{max(at_pace) if at_pace else 0} of them at a full 30 fps.**",
     ]
     lines += [
         "",
@@ -305,7 +323,8 @@ def report(costs: list[dict[str, object]], decode: list[dict[str, object]],
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--frames", type=int, default=40)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--max-streams", type=int, default=8)
     parser.add_argument("--decode-frames", type=int, default=90)
