@@ -103,7 +103,7 @@ class Agent:
         self._spooled = asyncio.Event()
         self._interval_changed = asyncio.Event()
         self._connected = asyncio.Event()
-        self._outbox: asyncio.Queue[agent_pb2.ConnectRequest] | None = None
+        self._outbox: asyncio.Queue[agent_pb2.ConnectRequest | None] | None = None
         self._stub: agent_pb2_grpc.AgentServiceStub | None = None
         self._unsent_results: deque[agent_pb2.InstallResult] = deque(maxlen=64)
         self._reported: dict[str, str] = {}
@@ -172,16 +172,19 @@ class Agent:
             self._settings.controller, self._identity.credentials(), options=options
         ) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
-            outbox: asyncio.Queue[agent_pb2.ConnectRequest] = asyncio.Queue(maxsize=256)
+            # None ends the request stream, so gRPC's request consumer finishes cleanly.
+            outbox: asyncio.Queue[agent_pb2.ConnectRequest | None] = asyncio.Queue(maxsize=256)
             outbox.put_nowait(agent_pb2.ConnectRequest(hello=self._hello()))
             while self._unsent_results:
                 result = self._unsent_results.popleft()
                 outbox.put_nowait(agent_pb2.ConnectRequest(install_result=result))
             call = stub.Connect(self._drain(outbox))
-            forwarder = asyncio.create_task(self._forward_telemetry(outbox))
+            forwarder: asyncio.Task[None] | None = None
             try:
                 async for response in call:
-                    if not self._connected.is_set():
+                    if forwarder is None:
+                        # Only a stream the controller answered takes samples out of the buffer.
+                        forwarder = asyncio.create_task(self._forward_telemetry(outbox))
                         self._outbox, self._stub = outbox, stub
                         self._connected.set()
                         logger.info("connected to controller %s", self._settings.controller)
@@ -190,17 +193,21 @@ class Agent:
             finally:
                 self._connected.clear()
                 self._outbox = self._stub = None
-                forwarder.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await forwarder
+                if forwarder is not None:
+                    forwarder.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await forwarder
+                while not outbox.empty():
+                    outbox.get_nowait()
+                outbox.put_nowait(None)
                 call.cancel()
 
     @staticmethod
     async def _drain(
-        outbox: asyncio.Queue[agent_pb2.ConnectRequest],
+        outbox: asyncio.Queue[agent_pb2.ConnectRequest | None],
     ) -> AsyncIterator[agent_pb2.ConnectRequest]:
-        while True:
-            yield await outbox.get()
+        while (message := await outbox.get()) is not None:
+            yield message
 
     def _hello(self) -> agent_pb2.Hello:
         installed = []
@@ -283,7 +290,9 @@ class Agent:
                 await asyncio.wait_for(self._interval_changed.wait(), self._interval)
             self._interval_changed.clear()
 
-    async def _forward_telemetry(self, outbox: asyncio.Queue[agent_pb2.ConnectRequest]) -> None:
+    async def _forward_telemetry(
+        self, outbox: asyncio.Queue[agent_pb2.ConnectRequest | None]
+    ) -> None:
         """Move buffered samples, oldest first, onto the stream."""
         spool = self._spool
         assert spool is not None

@@ -119,6 +119,7 @@ class ControllerApp:
         self._servers = []
         if self._metrics_server is not None:
             await asyncio.to_thread(self._metrics_server.shutdown)
+            self._metrics_server.server_close()
             self._metrics_server = None
         if self.controller is not None:
             await self.controller.stop()
