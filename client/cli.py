@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,29 +24,35 @@ def register(app: typer.Typer) -> None:
 def stream_command(
     sources: Annotated[list[str], typer.Argument(help="One or more sources.", show_default=False)],
     model: Annotated[str, typer.Option("--model", "-m", help="Model name on the server.")],
-    server: Annotated[str, typer.Option(help="Server HOST:PORT.")] = "127.0.0.1:8001",
-    model_version: Annotated[str, typer.Option(help="Pin a version (default: active).")] = "",
+    server: Annotated[str | None, typer.Option(help="Server HOST:PORT [127.0.0.1:8001].")] = None,
+    model_version: Annotated[str | None, typer.Option(help="Pin a version [active].")] = None,
     fps: Annotated[
         float | None,
         typer.Option(help="Frames per second; default: the source's own rate; 0: flat out."),
     ] = None,
-    encoding: Annotated[str, typer.Option(help="jpeg (saves bandwidth) or raw.")] = "jpeg",
-    quality: Annotated[int, typer.Option(help="JPEG quality 1-100.")] = 85,
+    encoding: Annotated[
+        str | None, typer.Option(help="jpeg (saves bandwidth) or raw [jpeg].")
+    ] = None,
+    quality: Annotated[int | None, typer.Option(help="JPEG quality 1-100 [85].")] = None,
     policy: Annotated[
         str, typer.Option(help="auto, drop-oldest (live) or block (every frame).")
     ] = "auto",
-    max_in_flight: Annotated[int, typer.Option(help="Unanswered frames; 0: server's.")] = 0,
-    top_k: Annotated[int, typer.Option(help="Labels per result; 0: model default.")] = 0,
+    max_in_flight: Annotated[int | None, typer.Option(help="Unanswered frames [server's].")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Labels per result [model's].")] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after S seconds.")] = None,
-    loop: Annotated[bool, typer.Option(help="Repeat files and folders.")] = False,
-    retries: Annotated[int, typer.Option(help="Reconnect attempts in a row; 0: forever.")] = 8,
+    loop: Annotated[bool | None, typer.Option(help="Repeat files and folders.")] = None,
+    retries: Annotated[
+        int | None, typer.Option(help="Reconnect attempts in a row; 0: forever [8].")
+    ] = None,
     output: Annotated[
         tuple[str, Path] | None,
         typer.Option(
             help="`jsonl FILE`: write every result as one JSON line.", metavar="jsonl FILE"
         ),
     ] = None,
-    tls: Annotated[bool, typer.Option(help="Turn on TLS (system roots unless --ca).")] = False,
+    tls: Annotated[
+        bool | None, typer.Option(help="Turn on TLS (system roots unless --ca).")
+    ] = None,
     ca: Annotated[Path | None, typer.Option(help="CA certificate (PEM) to trust.")] = None,
     cert: Annotated[Path | None, typer.Option(help="Client certificate for mutual TLS.")] = None,
     key: Annotated[Path | None, typer.Option(help="Client key for mutual TLS.")] = None,
@@ -76,27 +82,31 @@ def stream_command(
         raise typer.BadParameter(f"unknown format {output[0]!r}; only jsonl", param_hint="--output")
     if policy not in ("auto", "drop-oldest", "block"):
         raise typer.BadParameter("auto, drop-oldest or block", param_hint="--policy")
+    # Flags given win; the rest come from EDGEFLEET_CLIENT_* variables or the defaults.
+    flags: dict[str, Any] = {
+        "server": server,
+        "model": model,
+        "model_version": model_version,
+        "fps": fps,
+        "encoding": encoding,
+        "jpeg_quality": quality,
+        "drop_oldest": None if policy == "auto" else policy == "drop-oldest",
+        "max_in_flight": max_in_flight,
+        "top_k": top_k,
+        "duration_s": duration,
+        "loop": loop,
+        "retries": retries,
+        "tls": tls,
+        "tls_ca": ca,
+        "tls_cert": cert,
+        "tls_key": key,
+        "tls_server_name": server_name,
+        "token": token,
+        "output_jsonl": output[1] if output else None,
+    }
     try:
         settings = ClientSettings(
-            server=server,
-            model=model,
-            model_version=model_version,
-            fps=fps,
-            encoding=encoding,
-            jpeg_quality=quality,
-            drop_oldest=None if policy == "auto" else policy == "drop-oldest",
-            max_in_flight=max_in_flight,
-            top_k=top_k,
-            duration_s=duration,
-            loop=loop,
-            retries=retries,
-            tls=tls,
-            tls_ca=ca,
-            tls_cert=cert,
-            tls_key=key,
-            tls_server_name=server_name,
-            token=token,
-            output_jsonl=output[1] if output else None,
+            **{name: value for name, value in flags.items() if value is not None}
         )
     except ValidationError as error:
         console.print(f"[red]invalid options:[/] {error}")

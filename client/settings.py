@@ -1,4 +1,5 @@
-"""Typed settings of a `stream` run, built once by the CLI (flags over `EDGEFLEET_*` env)."""
+"""Typed settings of a `stream` run, built once by the CLI: flags over `EDGEFLEET_CLIENT_*`
+environment variables (their own prefix, so a client's TLS files never read the server's)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from client.frames import DEFAULT_JPEG_QUALITY, Encoding
 
 
 class ClientSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_CLIENT_", frozen=True, extra="ignore")
 
     server: str = "127.0.0.1:8001"
     model: str
