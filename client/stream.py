@@ -95,6 +95,8 @@ class StreamConfig:
     # send queue (where a live source drops its oldest frames) instead of into memory.
     client_window: int = 0
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    # A server that accepts the call but sends no `opened` within this is treated as down.
+    open_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,7 @@ class FrameStreamClient:
         self._opened = asyncio.Event()
         self._source_done = False
         self._source_error: BaseException | None = None
+        self._streamed = False
 
     async def stream(self, frames: AsyncIterable[CapturedFrame]) -> AsyncIterator[StreamEvent]:
         """Send every frame of `frames`; yield events until all are answered, dropped or lost.
@@ -205,6 +208,9 @@ class FrameStreamClient:
         Raises StreamFailed when the server refuses the stream or cannot be reached in
         `backoff.max_attempts` consecutive tries, and re-raises a source's own error at the end.
         """
+        if self._streamed:
+            raise RuntimeError("a FrameStreamClient streams once; make another for a new stream")
+        self._streamed = True
         pump = asyncio.create_task(self._pump(frames), name="frame-pump")
         resend: list[_Outgoing] = []
         failures = 0
@@ -228,6 +234,10 @@ class FrameStreamClient:
                     outcome = "done" if self._source_done else "server ended the stream early"
                 except grpc.aio.AioRpcError as error:
                     outcome = error
+                except TimeoutError:
+                    outcome = (
+                        f"no 'opened' from the server within {self._config.open_timeout_s:g} s"
+                    )
                 finally:
                     sender.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -375,7 +385,10 @@ class FrameStreamClient:
     async def _read(self, call: _Call) -> AsyncIterator[StreamEvent]:
         loop = asyncio.get_running_loop()
         while True:
-            response = await call.read()
+            if self._opened.is_set():
+                response = await call.read()
+            else:
+                response = await asyncio.wait_for(call.read(), self._config.open_timeout_s)
             if not isinstance(response, pb.StreamResponse):
                 return  # grpc.aio.EOF: the server closed the stream
             kind = response.WhichOneof("kind")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from client.stream import (
     Reconnecting,
     StreamConfig,
     StreamEvent,
+    StreamFailed,
 )
 from server.app import EdgeServer
 from tests.conftest import ONNX_MODEL, server_settings
@@ -96,3 +98,40 @@ async def test_server_restart_mid_stream_reconnects_and_resumes(
             + snapshot.frames_rejected
         )  # fmt: skip
         assert snapshot.frames_dropped_client > 0, "the outage should have shed queued frames"
+
+
+async def test_a_server_that_never_opens_the_stream_is_not_a_silent_stall() -> None:
+    """A server that accepts the call and then says nothing (hung, wedged) is treated as down:
+    the client retries, then fails with a message, instead of waiting forever."""
+    import grpc
+
+    from protos.edgefleet.v1 import frame_stream_pb2_grpc as pb_grpc
+    from tests.client.frames import photo_frames
+
+    class SilentServicer(pb_grpc.FrameStreamServiceServicer):  # type: ignore[misc]
+        async def Stream(self, request_iterator, context):
+            await asyncio.Event().wait()
+            yield  # never reached
+
+    server = grpc.aio.server()
+    pb_grpc.add_FrameStreamServiceServicer_to_server(SilentServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with open_channel(f"127.0.0.1:{port}", ChannelSecurity()) as channel:
+            config = StreamConfig(
+                ONNX_MODEL,
+                open_timeout_s=0.3,
+                backoff=BackoffPolicy(initial_s=0.01, max_attempts=2),
+            )
+            client = FrameStreamClient(channel, config)
+            with pytest.raises(StreamFailed, match="gave up after 2 attempts: no 'opened'"):
+                await asyncio.wait_for(_drain(client.stream(photo_frames("chelsea"))), 10)
+    finally:
+        await server.stop(grace=None)
+    assert client.stats.snapshot().state is StreamState.FAILED
+
+
+async def _drain(events: AsyncIterator[StreamEvent]) -> None:
+    async for _event in events:
+        pass
