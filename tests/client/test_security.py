@@ -156,3 +156,11 @@ async def test_cli_reports_a_bad_token_as_unauthenticated(repository: Path) -> N
         _, stderr = await asyncio.wait_for(process.communicate(), 60)
     assert process.returncode == 1
     assert "UNAUTHENTICATED: invalid auth token" in " ".join(stderr.decode().split())
+
+
+async def test_a_tls_client_against_a_plaintext_server_fails_promptly(
+    repository: Path, certificates: Certificates
+) -> None:
+    async with running_server(repository) as server:
+        failure = await refused(server.port, ChannelSecurity(tls=True, ca_cert=certificates.ca))
+    assert failure.code is grpc.StatusCode.UNAVAILABLE
