@@ -34,14 +34,18 @@ CASES = [
 ]  # fmt: skip
 
 
-def run_case(factory: str, shape: str, seconds: float, repository: Path) -> ExportReport:
+def run_case(
+    factory: str, shape: str, seconds: float, threads: int, repository: Path
+) -> ExportReport:
     request = ExportRequest(
         factory=factory,
         inputs=(parse_input_spec(shape),),
         name=factory.rpartition(":")[2],
         repository=repository,
+        overwrite=True,
         benchmark=True,
         bench_seconds=seconds,
+        bench_threads=threads,
         max_batch=8,
     )
     report = run_export(request)
@@ -67,29 +71,34 @@ def table(report: ExportReport) -> list[str]:
     return lines
 
 
-def section(
-    results: list[tuple[str, ExportReport]], seconds: float, machine: str, load_after: str
-) -> str:
+def section(results: list[tuple[str, ExportReport]], seconds: float, machine: str) -> str:
     device = results[0][1].device or {}
+    load_after = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     lines = [
         "## export: eager PyTorch vs TorchScript vs ONNX Runtime (`bench/bench_export.py`)",
         "",
-        f"Machine: {machine}; load average at the end {load_after}; torch {device.get('torch')}. The machine "
-        "is shared, so absolute figures are noisy (see the p95 column); the runtimes of one "
-        "model are measured in one process on the same inputs, interleaved, so the p50 "
-        "ratios are the finding.",
+        f"Machine: {machine}; load average at the end {load_after}; torch {device.get('torch')}.",
         "",
-        f"Method: `edgefleet export --benchmark`; each runtime and batch size runs 3 warm-up "
-        f"calls, then at least {seconds:g} s and 20 calls on the same random inputs, in 3 "
-        "slices that rotate through the runtimes (so background load hits all alike); torch "
-        f"and ONNX Runtime both use {device.get('threads')} intra-op threads. Eager PyTorch "
-        "(`inference_mode`) is the baseline; TorchScript and ONNX are the files written to "
-        "the repository.",
+        "Method: `edgefleet export --benchmark --bench-threads T` for T = 1 and T = all cores; "
+        f"each runtime and batch size runs 3 warm-up calls, then at least {seconds:g} s and 20 "
+        "calls on the same random inputs, in 3 slices that rotate through the runtimes so "
+        "background load hits all alike. torch and ONNX Runtime use the same T intra-op "
+        "threads. Eager PyTorch (`inference_mode`) is the baseline; TorchScript and ONNX are "
+        "the files written to the repository. The machine is shared with other engineers' "
+        "builds and benchmarks, so absolute figures are noisy (see p95); the p50 ratios "
+        "within one table are the finding.",
         "",
     ]
     for title, report in results:
-        lines += [f"### {title}: {report.method}", "", f"Why {report.method}: {report.reason}", ""]
-        lines += table(report) + [""]
+        threads = (report.device or {}).get("threads")
+        lines += [
+            f"### {title}, {threads} thread(s): {report.method}",
+            "",
+            f"Why {report.method}: {report.reason}",
+            "",
+            *table(report),
+            "",
+        ]
     lines.append("Reproduce: `.venv/bin/python bench/bench_export.py` (or `make bench`).")
     return "\n".join(lines)
 
@@ -99,15 +108,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per runtime and batch")
     args = parser.parse_args()
     machine = describe()
+    cores = len(os.sched_getaffinity(0))
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for title, factory, shape in CASES:
-            report = run_case(factory, shape, args.seconds, Path(scratch))
-            results.append((title, report))
-            print(f"## {title} ({report.method})")
-            print("\n".join(table(report)))
-    load_after = ", ".join(f"{value:.2f}" for value in os.getloadavg())
-    write_section("export", section(results, args.seconds, machine, load_after))
+            for threads in sorted({1, cores}):
+                report = run_case(factory, shape, args.seconds, threads, Path(scratch))
+                results.append((title, report))
+                print(f"## {title}, {threads} thread(s) ({report.method})")
+                print("\n".join(table(report)))
+    write_section("export", section(results, args.seconds, machine))
     print(f"wrote the export section of {DOC.relative_to(ROOT)}")
 
 

@@ -32,7 +32,7 @@ class BenchResult:
         return asdict(self)
 
 
-def device_facts() -> dict[str, Any]:
+def device_facts(threads: int) -> dict[str, Any]:
     """The machine the numbers came from: CPU model, cores, memory, library versions."""
     import onnxruntime
     import psutil
@@ -55,7 +55,7 @@ def device_facts() -> dict[str, Any]:
         "cpu": cpu_model,
         "cores_available": len(os.sched_getaffinity(0)),
         # Intra-op threads both torch and ONNX Runtime used.
-        "threads": torch.get_num_threads(),
+        "threads": threads,
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "torch": torch.__version__,

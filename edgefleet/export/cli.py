@@ -140,6 +140,9 @@ def export(
     bench_seconds: Annotated[
         float, typer.Option(help="Measuring time per runtime and batch.", min=0.0)
     ] = 2.0,
+    bench_threads: Annotated[
+        int | None, typer.Option(help="Intra-op threads (default: cores).", min=1)
+    ] = None,
     max_batch: Annotated[int, typer.Option(help="Planned batch size.", min=1)] = 8,
     opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
     description: Annotated[str, typer.Option()] = "",
@@ -177,6 +180,7 @@ def export(
             overwrite=overwrite,
             benchmark=benchmark,
             bench_seconds=bench_seconds,
+            bench_threads=bench_threads,
             max_batch=max_batch,
             opset=opset,
             description=description,

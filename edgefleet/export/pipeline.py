@@ -72,6 +72,8 @@ class ExportRequest:
     benchmark: bool = False
     # Minimum measuring time per runtime and batch size.
     bench_seconds: float = 2.0
+    # Intra-op threads for torch and ONNX Runtime alike; None: torch's default (the cores).
+    bench_threads: int | None = None
     max_batch: int = 8
     opset: int = onnx_target.DEFAULT_OPSET
     description: str = ""
@@ -119,15 +121,18 @@ def run_export(request: ExportRequest) -> ExportReport:
 
     with staging(request.repository) as stage:
         outcomes: list[TargetOutcome] = []
-        runners: dict[str, Runner] = {}
+        kept: dict[str, Path] = {}
         for target in request.targets:
-            outcome, runner = _build_target(
+            outcome, model_path = _build_target(
                 stage, request, target, entries[target], version, conversion, contract,
                 examples, references,
             )  # fmt: skip
             outcomes.append(outcome)
-            if runner is not None:
-                runners[target] = runner
+            if model_path is not None:
+                kept[target] = model_path
+        benchmark, device = (
+            _benchmark(request, model, kept, contract) if request.benchmark else ([], None)
+        )
         report = ExportReport(
             factory=request.factory,
             method=conversion.method,
@@ -137,8 +142,8 @@ def run_export(request: ExportRequest) -> ExportReport:
             tolerance=request.tolerance,
             forced=request.force,
             targets=outcomes,
-            benchmark=_benchmark(request, model, runners) if request.benchmark else [],
-            device=device_facts() if request.benchmark else None,
+            benchmark=benchmark,
+            device=device,
         )
         for outcome in outcomes:
             if outcome.written:
@@ -159,9 +164,9 @@ def _build_target(
     contract: ModelContract,
     examples: Sequence[Example],
     references: Sequence[Outputs],
-) -> tuple[TargetOutcome, Runner | None]:
+) -> tuple[TargetOutcome, Path | None]:
     """Write one target's model file, verify it against eager; keep it if it passes (or
-    --force). The runner comes back for the benchmark when the target is kept."""
+    --force). The model file comes back for the benchmark when the target is kept."""
     entry = f"{name}/{version}"
     model_path = stage.version_dir(name, version) / MODEL_FILES[target]
     try:
@@ -178,7 +183,7 @@ def _build_target(
     written = verification.passed or request.force
     if not written:
         stage.discard(name, version)
-    return TargetOutcome(target, entry, verification, written), runner if written else None
+    return TargetOutcome(target, entry, verification, written), model_path if written else None
 
 
 def _write_model(
@@ -199,8 +204,7 @@ def _write_model(
         conversion.module, example, model_path, contract.input_names, contract.output_names,
         contract.dynamic_axes(), opset,
     )  # fmt: skip
-    # Same intra-op thread count as torch, so a benchmark compares runtimes, not threads.
-    return onnx_file_runner(model_path, contract.input_names, threads=torch.get_num_threads())
+    return onnx_file_runner(model_path, contract.input_names)
 
 
 def _complete_entry(
@@ -243,18 +247,34 @@ def _complete_entry(
 
 
 def _benchmark(
-    request: ExportRequest, model: torch.nn.Module, runners: dict[str, Runner]
-) -> list[BenchResult]:
-    """Eager vs every written target at batch 1 and the planned batch, on the same inputs."""
+    request: ExportRequest,
+    model: torch.nn.Module,
+    model_files: dict[str, Path],
+    contract: ModelContract,
+) -> tuple[list[BenchResult], dict[str, Any]]:
+    """Eager vs every written target at batch 1 and the planned batch, on the same inputs,
+    with the same intra-op thread count for torch and ONNX Runtime."""
     import torch
 
-    candidates: dict[str, Runner] = {"eager": torch_runner(model)}
-    candidates.update((t, runners[t]) for t in ("torchscript", "onnx") if t in runners)
-    batched = isinstance(request.inputs[0].dims[0], str)
-    batches = sorted({1, request.max_batch}) if batched and request.max_batch > 1 else [1]
-    generator = torch.Generator().manual_seed(1234)
-    inputs_by_batch = {
-        batch: [t.numpy() for t in batch_inputs(request.inputs, batch, generator)]
-        for batch in batches
-    }
-    return benchmark_runtimes(candidates, inputs_by_batch, min_seconds=request.bench_seconds)
+    default_threads = torch.get_num_threads()
+    threads = request.bench_threads or default_threads
+    torch.set_num_threads(threads)
+    try:
+        candidates: dict[str, Runner] = {"eager": torch_runner(model)}
+        if "torchscript" in model_files:
+            candidates["torchscript"] = torchscript_file_runner(model_files["torchscript"])
+        if "onnx" in model_files:
+            candidates["onnx"] = onnx_file_runner(
+                model_files["onnx"], contract.input_names, threads=threads
+            )
+        batched = isinstance(request.inputs[0].dims[0], str)
+        batches = sorted({1, request.max_batch}) if batched and request.max_batch > 1 else [1]
+        generator = torch.Generator().manual_seed(1234)
+        inputs_by_batch = {
+            batch: [t.numpy() for t in batch_inputs(request.inputs, batch, generator)]
+            for batch in batches
+        }
+        results = benchmark_runtimes(candidates, inputs_by_batch, min_seconds=request.bench_seconds)
+        return results, device_facts(threads)
+    finally:
+        torch.set_num_threads(default_threads)

@@ -14,6 +14,7 @@ def test_benchmark_rows_for_every_runtime_at_batch_1_and_planned(tmp_path: Path)
     result = export_cli(
         f"{SAMPLES}.control_flow:gated_recurrent_head", "--example-input", "N,L,4",
         "--name", "gru", "--benchmark", "--bench-seconds", "0.05", "--max-batch", "4",
+        "--bench-threads", "1",
         "--repository", tmp_path,
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
@@ -25,6 +26,7 @@ def test_benchmark_rows_for_every_runtime_at_batch_1_and_planned(tmp_path: Path)
         assert 0 < row["p50_ms"] <= row["p95_ms"]
         assert row["items_per_s"] > 0
     assert report["device"]["cores_available"] >= 1
+    assert report["device"]["threads"] == 1
     assert report["device"]["torch"].startswith("2.")
 
     manifest = read_manifest(tmp_path / "gru" / "1")
