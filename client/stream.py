@@ -244,6 +244,9 @@ class FrameStreamClient:
                         await sender
                     call.cancel()
                 if outcome == "done":
+                    # The server closed after our last frame; anything it left unanswered is lost.
+                    self.stats.frames_lost += len(self._in_flight)
+                    self._in_flight.clear()
                     break
                 failures += 1
                 reason = self._check_retryable(outcome, failures)
