@@ -31,8 +31,10 @@ def built_examples() -> None:
         subprocess.run(["make", "-s", "-C", str(ROOT / "client/examples/cpp")], check=True)
         return
     completed = subprocess.run(
-        ["bash", str(ROOT / "scripts/gen_stubs.sh")], capture_output=True, text=True, timeout=900
-    )
+        ["bash", str(ROOT / "scripts/gen_stubs.sh")],
+        env={**os.environ, "STUBS_SKIP_BUF": "1"},  # buf has its own tests below
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
 
 
