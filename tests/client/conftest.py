@@ -22,6 +22,7 @@ from tests.conftest import photo, server_settings
 # The photos the test video shows, in order, and how many frames each one lasts.
 VIDEO_SCENES = (("chelsea", 6), ("coffee", 6))
 VIDEO_FPS = 10.0
+VIDEO_FRAMES = sum(frames for _, frames in VIDEO_SCENES)
 
 
 @contextlib.asynccontextmanager

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import http.server
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import cv2
@@ -14,6 +17,7 @@ import pytest
 from client.frames import CapturedFrame, Encoding, encode_frame
 from client.sources import SourceError, open_source, paced, until_stopped
 from client.sources.pattern import TestPatternSource
+from tests.client.conftest import VIDEO_FRAMES
 from tests.conftest import ROOT, photo, png_bytes
 
 
@@ -107,3 +111,27 @@ def test_cli_names_a_source_it_cannot_open(tmp_path: Path) -> None:
     )  # fmt: skip
     assert completed.returncode == 2
     assert f"{missing}: no such file" in " ".join(completed.stderr.split())
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+async def test_http_stream_source_reads_a_served_video(test_video: Path) -> None:
+    """A real HTTP server on port 0 serves the test video; OpenCV's FFmpeg reads it by URL."""
+    handler = functools.partial(_QuietHandler, directory=str(test_video.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        frames = await collect(f"{base}/{test_video.name}")
+        with pytest.raises(SourceError, match=r"missing\.avi: could not connect, or no video"):
+            await collect(f"{base}/missing.avi")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert len(frames) == VIDEO_FRAMES
+    assert open_source(f"{base}/{test_video.name}").live

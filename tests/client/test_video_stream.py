@@ -12,7 +12,7 @@ import pytest
 from client.security import ChannelSecurity, open_channel
 from client.sources import open_source
 from client.stream import FrameResult, FrameStreamClient, OverloadPolicy, StreamConfig
-from tests.client.conftest import VIDEO_FPS, VIDEO_SCENES, running_server
+from tests.client.conftest import VIDEO_FPS, VIDEO_FRAMES, VIDEO_SCENES, running_server
 from tests.conftest import EXPECTED_TOP1, ONNX_MODEL, ROOT, photo, png_bytes
 
 
@@ -24,9 +24,6 @@ def expected_scene(sequence: int) -> str:
             return name
         first += frames
     raise AssertionError(f"frame {sequence} is past the end of the video")
-
-
-VIDEO_FRAMES = sum(frames for _, frames in VIDEO_SCENES)
 
 
 async def test_video_file_streams_every_frame_with_the_right_labels(
