@@ -71,6 +71,40 @@ def table(report: ExportReport) -> list[str]:
     return lines
 
 
+def findings(results: list[tuple[str, ExportReport]]) -> list[str]:
+    """One line per model and thread count: what TorchScript and ONNX Runtime save over eager
+    at p50, and how eager and ONNX Runtime scale from 1 thread to all cores."""
+    p50: dict[tuple[str, int, str, int], float] = {}
+    for title, report in results:
+        threads = int((report.device or {}).get("threads", 0))
+        for row in report.benchmark:
+            p50[(title, threads, row.runtime, row.batch)] = row.p50_ms
+    lines = []
+    for title, threads, _, batch in sorted(k for k in p50 if k[2] == "eager"):
+        eager = p50[(title, threads, "eager", batch)]
+        parts = [
+            f"{runtime} {eager / p50[(title, threads, runtime, batch)]:.2f}x"
+            for runtime in ("torchscript", "onnx")
+            if (title, threads, runtime, batch) in p50
+        ]
+        lines.append(
+            f"- {title}, {threads} thread(s), batch {batch}: eager p50 {eager:.2f} ms; "
+            f"speed-up over eager: {', '.join(parts)}."
+        )
+    thread_counts = sorted({key[1] for key in p50})
+    if len(thread_counts) > 1:
+        low, high = thread_counts[0], thread_counts[-1]
+        for title in dict.fromkeys(title for title, _ in results):
+            for runtime in ("eager", "onnx"):
+                one, many = p50.get((title, low, runtime, 1)), p50.get((title, high, runtime, 1))
+                if one and many:
+                    lines.append(
+                        f"- {title}, {runtime}, batch 1: p50 {one:.2f} ms with {low} thread, "
+                        f"{many:.2f} ms with {high} ({one / many:.2f}x from more threads)."
+                    )
+    return lines
+
+
 def section(results: list[tuple[str, ExportReport]], seconds: float, machine: str) -> str:
     device = results[0][1].device or {}
     load_after = ", ".join(f"{value:.2f}" for value in os.getloadavg())
@@ -99,6 +133,7 @@ def section(results: list[tuple[str, ExportReport]], seconds: float, machine: st
             *table(report),
             "",
         ]
+    lines += ["### Findings (computed from the tables above)", "", *findings(results), ""]
     lines.append("Reproduce: `.venv/bin/python bench/bench_export.py` (or `make bench`).")
     return "\n".join(lines)
 
