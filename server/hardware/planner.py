@@ -90,7 +90,7 @@ class HardwarePlanner:
             )
         if self._autotune_wanted(manifest, plan):
             plan = self._apply_autotune(plan, version_dir, manifest)
-            # Restate the memory check for the batch autotune picked (never larger than before).
+            # Check the batch autotune picked against memory (it may exceed the draft's).
             plan = fit_memory(
                 plan, manifest, facts, self._settings, footprint_of(manifest_file(plan, manifest))
             )
@@ -184,10 +184,12 @@ class HardwarePlanner:
             if "intra_op_threads" in plan.pinned or on_gpu
             else candidate_threads(max(1, facts.cpu.compute_cores // plan.instance_count))
         )
+        # Up to the manifest's batch even where the policy chose less: measuring is the point.
+        # The memory check after autotune still shrinks what does not fit.
         batches = (
             [plan.max_batch_size]
-            if "max_batch_size" in plan.pinned
-            else candidate_batches(plan.max_batch_size)
+            if "max_batch_size" in plan.pinned or plan.max_batch_size == 0
+            else candidate_batches(max(plan.max_batch_size, manifest.batching.max_batch_size))
         )
         result = autotune(
             model_path=model_path,
