@@ -167,3 +167,25 @@ def test_fp16_for_a_fast_fp16_gpu_passes_the_guard(tmp_path: Path, built_models:
     assert session.get_inputs()[0].type == "tensor(float)"
     assert session.get_outputs()[0].type == "tensor(float)"
     assert "weights 8.8 MiB fp16" in plan.reasons["memory"]
+
+
+def test_raw_outputs_are_judged_by_relative_error(tmp_path: Path) -> None:
+    version_dir = write_classifier(tmp_path / "repo", "features", outlier=None, raw=True)
+    plan = vnni_planner().plan(version_dir, read_manifest(version_dir))
+    assert plan.precision == "int8"
+    assert "relative error vs fp32" in plan.reasons["precision"]
+    assert "seeded Gaussian inputs" in plan.reasons["precision"]
+    assert "needs <= 0.05" in plan.reasons["precision"]
+
+
+def test_a_conversion_that_fails_falls_back_to_fp32(tmp_path: Path) -> None:
+    version_dir = write_classifier(tmp_path / "repo", "tiny", outlier=None)
+    manifest = read_manifest(version_dir)
+    missing = tmp_path / "no-such-frames"
+    plan = vnni_planner(calibration_dir=missing).plan(version_dir, manifest)
+    assert plan.precision == "fp32" and plan.model_file == "model.onnx"
+    assert plan.reasons["precision"] == "fp32: int8 conversion failed (FileNotFoundError)"
+    with pytest.raises(PlanRefused, match="precision int8 is pinned but int8 conversion failed"):
+        vnni_planner(calibration_dir=missing, pins=RuntimePins(precision="int8")).plan(
+            version_dir, manifest
+        )

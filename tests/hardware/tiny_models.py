@@ -58,8 +58,13 @@ def _classifier(outlier: float | None) -> onnx.ModelProto:
     return model
 
 
-def write_classifier(repository: Path, name: str, *, outlier: float | None) -> Path:
-    """Write `<repository>/<name>/1/` with model.onnx and a manifest; returns the version dir."""
+def write_classifier(
+    repository: Path, name: str, *, outlier: float | None, raw: bool = False
+) -> Path:
+    """Write `<repository>/<name>/1/` with model.onnx and a manifest; returns the version dir.
+
+    `raw` declares the output as a plain tensor (no classification, no preprocess), so the
+    guard compares relative error on synthetic inputs instead of top-1 on photographs."""
     version_dir = repository / name / "1"
     version_dir.mkdir(parents=True)
     onnx.save(_classifier(outlier), str(version_dir / "model.onnx"))
@@ -73,10 +78,14 @@ def write_classifier(repository: Path, name: str, *, outlier: float | None) -> P
         model_file="model.onnx",
         inputs=[TensorSpec(name="input", dtype="float32", shape=["N", 3, SIDE, SIDE])],
         outputs=[TensorSpec(name="logits", dtype="float32", shape=["N", CLASSES])],
-        preprocess=Preprocess(
+        preprocess=None
+        if raw
+        else Preprocess(
             input="input", height=SIDE, width=SIDE, mean=(127.5,) * 3, std=(127.5,) * 3
         ),
-        postprocess=Postprocess(kind="classification", output="logits", labels_file="labels.txt"),
+        postprocess=Postprocess()
+        if raw
+        else Postprocess(kind="classification", output="logits", labels_file="labels.txt"),
         batching=Batching(max_batch_size=8),
         files=hash_directory(version_dir),
     )
