@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Installs the non-Python toolchains `make stubs` needs, only what is missing (idempotent).
 # Required: protoc + the gRPC C++ plugin + grpc++/protobuf headers (Debian packages), Node 20 + npm.
-# Optional: the Go and Java gRPC generators; when Debian cannot provide them gen_stubs.sh says
-# plainly that it skips them.
+# Optional: the Go and Java gRPC generators and the libraries to compile their output; when
+# Debian cannot provide them gen_stubs.sh says plainly what it skips.
 set -euo pipefail
 
 required_packages=(protobuf-compiler protobuf-compiler-grpc libgrpc++-dev libprotobuf-dev pkg-config g++)
 # protoc-gen-go (APIv1, which still carries the grpc plugin), protoc-gen-go-grpc, grpc-java plugin.
 optional_packages=(golang-goprotobuf-dev protoc-gen-go-grpc protobuf-compiler-grpc-java-plugin)
+# To compile the Go and Java stubs as a check (Debian's Go 1.19 in GOPATH mode, grpc-java 1.41).
+# STUBS_QUICK (the tests) skips them: they only prove the generated code builds.
+if [[ -z ${STUBS_QUICK:-} ]]; then
+    optional_packages+=(golang-go golang-google-grpc-dev golang-google-protobuf-dev
+                        libgrpc-java libprotobuf-java)
+fi
 
 missing_packages() {
     local package
