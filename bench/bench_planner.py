@@ -110,6 +110,7 @@ def main() -> None:
             providers=("CPUExecutionProvider",),
             min_agreement=0.0,
             max_error=float("inf"),
+            fingerprint=facts.fingerprint,
         )
         convert_s = time.perf_counter() - started
         assert conversion.path is not None

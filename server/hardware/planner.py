@@ -117,6 +117,7 @@ class HardwarePlanner:
                 providers=plan.providers,
                 min_agreement=settings.min_top1_agreement,
                 max_error=settings.max_relative_error,
+                fingerprint=self.facts().fingerprint,
             )
         except Exception as exc:  # quantizers fail on odd graphs in many ways
             logger.warning(

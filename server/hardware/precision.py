@@ -4,7 +4,8 @@ int8: static QDQ quantization (onnxruntime.quantization) calibrated on real fram
 float16 graph with fp32 inputs and outputs. Either is compared with the fp32 model on the
 calibration inputs (top-1 agreement for classifiers, relative error for raw outputs) and is
 only ever served if it passes. Results are cached beside the model, keyed by its sha256; a
-rejected conversion keeps its verdict on disk but not its file.
+rejected conversion keeps its verdict on disk but not its file. The cache key is the model's
+sha256, the recipe, the onnxruntime version and the hardware fingerprint.
 """
 
 from __future__ import annotations
@@ -90,12 +91,18 @@ def convert_with_guard(
     providers: tuple[str, ...],
     min_agreement: float,
     max_error: float,
+    fingerprint: str,
 ) -> Conversion:
     """Convert `model_path` to `precision` (or reuse the cache) and judge it against fp32."""
     import onnxruntime
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{model_sha256[:16]}-{precision}-r{RECIPE_VERSION}-ort{onnxruntime.__version__}"
+    # The verdict depends on the device's kernels (VNNI or not, GPU or CPU), so the device's
+    # fingerprint is part of the key: a cache copied to another device is not trusted there.
+    stem = (
+        f"{model_sha256[:16]}-{precision}-r{RECIPE_VERSION}-ort{onnxruntime.__version__}"
+        f"-{fingerprint}"
+    )
     converted = cache_dir / f"{stem}.onnx"
     record = cache_dir / f"{stem}.json"
 
