@@ -3,9 +3,9 @@
 int8: static QDQ quantization (onnxruntime.quantization) calibrated on real frames. fp16: a
 float16 graph with fp32 inputs and outputs. Either is compared with the fp32 model on the
 calibration inputs (top-1 agreement for classifiers, relative error for raw outputs) and is
-only ever served if it passes. Results are cached beside the model, keyed by its sha256; a
-rejected conversion keeps its verdict on disk but not its file. The cache key is the model's
-sha256, the recipe, the onnxruntime version and the hardware fingerprint.
+only ever served if it passes. Results are cached beside the model, keyed by the model's
+sha256, the recipe, the onnxruntime version and the hardware fingerprint; a rejected
+conversion keeps its verdict on disk but not its file.
 """
 
 from __future__ import annotations
