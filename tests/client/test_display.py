@@ -1,0 +1,30 @@
+"""The live view says when a stream is reconnecting; the summary names each source."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from client.display import live_table, summary_table
+from client.runner import StreamRun
+from client.sources.pattern import TestPatternSource
+from client.stats import StreamState, StreamStats
+
+
+def render(table: object) -> str:
+    console = Console(record=True, width=160)
+    console.print(table)
+    return console.export_text()
+
+
+def test_live_view_shows_reconnecting_and_the_summary_shows_counts() -> None:
+    stats = StreamStats()
+    stats.frames_sent, stats.reconnects = 12, 2
+    stats.record_result(0.040, 0, ("tabby, tabby cat", "tiger cat"))
+    stats.state = StreamState.RECONNECTING
+    run = StreamRun(TestPatternSource(64, 48), stats)
+    live = render(live_table([run]))
+    assert "reconnecting #2" in live
+    assert "tabby, tiger cat" in live and "pattern:64x48@30" in live
+    stats.state = StreamState.FINISHED
+    summary = render(summary_table([run]))
+    assert "finished" in summary and " 12 " in summary and "40.0/40.0/40.0" in summary
