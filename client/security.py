@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
+log = logging.getLogger(__name__)
 
 # The server checks this metadata key (see server/grpc_api/auth.py): `authorization: Bearer T`.
 AUTH_METADATA_KEY = "authorization"
@@ -65,6 +69,9 @@ def open_channel(
     if not security.tls:
         if has_client_pair or security.ca_cert is not None:
             raise SecurityConfigError("certificates given but TLS is off; add --tls")
+        if not is_loopback(target):
+            # Allowed (a lab network), but said out loud: frames and any token travel in clear.
+            log.warning("plaintext gRPC to %s, which is not loopback; use TLS (--tls)", target)
         return grpc.aio.insecure_channel(target, options=options)
     if (security.client_cert is None) != (security.client_key is None):
         raise SecurityConfigError("mutual TLS needs both a client certificate and its key")
@@ -76,3 +83,17 @@ def open_channel(
     if security.server_name:
         options.append(("grpc.ssl_target_name_override", security.server_name))
     return grpc.aio.secure_channel(target, credentials, options=options)
+
+
+def is_loopback(target: str) -> bool:
+    """Whether `host:port` (or `[v6]:port`, `unix:...`) stays on this machine."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = target.rsplit(":", 1)[0] if target.count(":") == 1 or "]" in target else target
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
