@@ -166,10 +166,10 @@ async def test_a_tls_client_against_a_plaintext_server_fails_promptly(
     assert failure.code is grpc.StatusCode.UNAVAILABLE
 
 
-def test_plaintext_is_flagged_off_loopback(caplog: pytest.LogCaptureFixture) -> None:
+async def test_plaintext_is_flagged_off_loopback(caplog: pytest.LogCaptureFixture) -> None:
     from client.security import is_loopback
 
     assert all(map(is_loopback, ["127.0.0.1:8001", "localhost:1", "[::1]:5", "unix:/tmp/s"]))
     assert not any(map(is_loopback, ["10.0.0.7:8001", "cam.local:1"]))
-    open_channel("10.0.0.7:8001", ChannelSecurity())  # lazy: nothing connects
+    await open_channel("10.0.0.7:8001", ChannelSecurity()).close()  # lazy: nothing connects
     assert "plaintext gRPC to 10.0.0.7:8001, which is not loopback" in caplog.text
