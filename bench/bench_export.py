@@ -54,6 +54,11 @@ def run_case(
     return report
 
 
+def ms(value: float) -> str:
+    """Milliseconds with three significant digits below 1 ms, where the small module lives."""
+    return f"{value:.2f}" if value >= 1 else f"{value:.3f}"
+
+
 def table(report: ExportReport) -> list[str]:
     """Mean throughput counts every stall a busy neighbour caused; the p50 speed-up over eager
     is the robust comparison on a shared machine, so both are shown."""
@@ -65,7 +70,7 @@ def table(report: ExportReport) -> list[str]:
     for row in report.benchmark:
         speedup = eager[row.batch].p50_ms / row.p50_ms
         lines.append(
-            f"| {row.runtime} | {row.batch} | {row.p50_ms:.2f} | {row.p95_ms:.2f} | "
+            f"| {row.runtime} | {row.batch} | {ms(row.p50_ms)} | {ms(row.p95_ms)} | "
             f"{row.items_per_s:.1f} | {speedup:.2f}x |"
         )
     return lines
@@ -88,7 +93,7 @@ def findings(results: list[tuple[str, ExportReport]]) -> list[str]:
             if (title, threads, runtime, batch) in p50
         ]
         lines.append(
-            f"- {title}, {threads} thread(s), batch {batch}: eager p50 {eager:.2f} ms; "
+            f"- {title}, {threads} thread(s), batch {batch}: eager p50 {ms(eager)} ms; "
             f"speed-up over eager: {', '.join(parts)}."
         )
     thread_counts = sorted({key[1] for key in p50})
@@ -99,8 +104,8 @@ def findings(results: list[tuple[str, ExportReport]]) -> list[str]:
                 one, many = p50.get((title, low, runtime, 1)), p50.get((title, high, runtime, 1))
                 if one and many:
                     lines.append(
-                        f"- {title}, {runtime}, batch 1: p50 {one:.2f} ms with {low} thread, "
-                        f"{many:.2f} ms with {high} ({one / many:.2f}x from more threads)."
+                        f"- {title}, {runtime}, batch 1: p50 {ms(one)} ms with {low} thread, "
+                        f"{ms(many)} ms with {high} ({one / many:.2f}x from more threads)."
                     )
     return lines
 
