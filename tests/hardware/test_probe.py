@@ -204,3 +204,12 @@ def test_an_empty_root_gives_facts_and_a_list_of_what_is_missing(tmp_path: Path)
     assert "/proc/meminfo: missing" in facts.skipped
     assert "nvml: init failed (Driver Not Loaded)" in facts.skipped
     assert facts.fingerprint
+
+
+def test_torch_fallback_finds_no_cuda_here_and_says_nothing_broke() -> None:
+    # NVML is absent here; the CLI probe may ask torch instead (CPU torch: no CUDA devices).
+    facts = probe_hardware(nvml=FakeNvml(init_error="NVML Shared Library Not Found"),
+                           torch_fallback=True)  # fmt: skip
+    assert facts.gpus == ()
+    assert not any(line.startswith("torch gpu fallback") for line in facts.skipped)
+    assert "nvml: init failed (NVML Shared Library Not Found)" in facts.skipped
