@@ -109,8 +109,14 @@ class ExportReport:
         }
 
     def provenance(self, target: str) -> dict[str, Any]:
-        """The manifest's `provenance.export`: enough for the planner and an auditor."""
+        """The manifest's `provenance.export`: enough for the planner and an auditor.
+
+        `benchmark` rows are {runtime: eager|torchscript|onnx, batch, p50_ms, p95_ms,
+        items_per_s, calls}, measured on `device` (cpu, cores_available, threads, versions)."""
         outcome = next(item for item in self.targets if item.target == target)
+        failure = None
+        if not outcome.verified and outcome.verification is not None:
+            failure = outcome.verification.first_failure()
         return {
             "tool": "edgefleet export",
             "factory": self.factory,
@@ -118,9 +124,7 @@ class ExportReport:
             "reason": self.reason,
             "verification": "passed" if outcome.verified else "failed",
             "forced": self.forced and not outcome.verified,
-            "failure": None
-            if outcome.verified
-            else outcome.verification and outcome.verification.first_failure(),
+            "failure": failure,
             "report": REPORT_FILE,
             "benchmark": [result.to_dict() for result in self.benchmark],
             "device": self.device,
