@@ -18,6 +18,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -69,14 +70,17 @@ def load_efficientnet_lite0() -> torch.nn.Module:
         )
     # Lite variants already use ReLU6 (export-friendly). Do NOT call set_swish(): it would
     # replace ReLU6 with swish and silently break the pretrained weights.
-    return model.eval()
+    model.eval()
+    return model  # type: ignore[no-any-return]
 
 
-def manifest_for(name: str, fmt: str, model_file: str, version_dir: Path) -> ModelManifest:
+def manifest_for(
+    name: str, fmt: Literal["onnx", "torchscript"], model_file: str, version_dir: Path
+) -> ModelManifest:
     return ModelManifest(
         name=name,
         version=version_dir.name,
-        format=fmt,  # type: ignore[arg-type]
+        format=fmt,
         model_file=model_file,
         description="EfficientNet-Lite0 ImageNet classifier (Apache-2.0), pretrained.",
         inputs=[TensorSpec(name="input", dtype="float32", shape=["N", 3, IMAGE_SIZE, IMAGE_SIZE])],
@@ -110,7 +114,7 @@ def build(repository: Path, cache: Path) -> None:
     model = load_efficientnet_lite0()
     example = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
     repository.mkdir(parents=True, exist_ok=True)
-    targets = {
+    targets: dict[str, tuple[Literal["onnx", "torchscript"], str]] = {
         "efficientnet_lite0": ("onnx", "model.onnx"),
         "efficientnet_lite0_torchscript": ("torchscript", "model.pt"),
     }
@@ -128,7 +132,7 @@ def build(repository: Path, cache: Path) -> None:
                 )  # fmt: skip
             else:
                 with torch.no_grad():
-                    traced = torch.jit.trace(model, example)
+                    traced = torch.jit.trace(model, example)  # type: ignore[no-untyped-call]
                 torch.jit.save(traced, str(model_path))
             write_manifest(version_dir, manifest_for(name, fmt, filename, version_dir))
             target = repository / name / "1"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -12,7 +13,7 @@ from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from tests.conftest import jpeg_bytes, photo, png_bytes
 
 
-def encode(image_rgb: np.ndarray, encoding: int) -> tuple[bytes, int, int]:
+def encode(image_rgb: np.ndarray, encoding: fs.FrameEncoding) -> tuple[bytes, int, int]:
     height, width = image_rgb.shape[:2]
     if encoding == fs.FRAME_ENCODING_JPEG:
         return jpeg_bytes(image_rgb), width, height
@@ -28,9 +29,9 @@ async def camera(
     photos: Sequence[str],
     count: int,
     *,
-    encoding: int = fs.FRAME_ENCODING_JPEG,
+    encoding: fs.FrameEncoding = fs.FRAME_ENCODING_JPEG,
     fps: float = 0.0,
-    policy: int = fs.OVERLOAD_POLICY_DROP_OLDEST,
+    policy: fs.OverloadPolicy = fs.OVERLOAD_POLICY_DROP_OLDEST,
     max_in_flight: int = 0,
     top_k: int = 3,
     stream_id: str = "",
@@ -58,9 +59,9 @@ async def camera(
         )  # fmt: skip
 
 
-async def collect(responses: AsyncIterator[fs.StreamResponse]) -> dict[str, list]:
+async def collect(responses: AsyncIterator[fs.StreamResponse]) -> dict[str, list[Any]]:
     """Sort a stream's responses by kind."""
-    seen: dict[str, list] = {"opened": [], "result": [], "dropped": [], "error": []}
+    seen: dict[str, list[Any]] = {"opened": [], "result": [], "dropped": [], "error": []}
     async for response in responses:
         kind = response.WhichOneof("kind")
         seen[kind].append(getattr(response, kind))

@@ -124,4 +124,4 @@ async def test_unknown_model_ends_the_stream_with_not_found(stub):
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await collect(stub.Stream(camera("no_such_model", PHOTOS, 1)))
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
-    assert "no_such_model" in error.value.details()
+    assert "no_such_model" in str(error.value.details())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -44,7 +45,7 @@ async def test_twenty_swaps_under_two_30fps_streams_lose_nothing(repository, bui
             streams_done = asyncio.Event()
             frames_per_stream = 30 * 40  # upper bound; the streams stop once swapping is over
 
-            async def run_camera(name: str) -> dict[str, list]:
+            async def run_camera(name: str) -> dict[str, list[Any]]:
                 requests = camera(
                     ONNX_MODEL, ["chelsea", "coffee"], frames_per_stream, fps=30,
                     policy=fs.OVERLOAD_POLICY_BLOCK, stream_id=name,

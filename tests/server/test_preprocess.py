@@ -19,6 +19,7 @@ def test_jpeg_dimensions_are_read_from_the_header():
 
 def test_reduced_decode_of_a_1080p_frame_keeps_the_classification():
     spec = read_manifest(BUILT_MODELS / ONNX_MODEL / "1").preprocess
+    assert spec is not None
     session = ort.InferenceSession(str(BUILT_MODELS / ONNX_MODEL / "1" / "model.onnx"))
     for name in ("chelsea", "coffee"):
         frame = jpeg_bytes(cv2.resize(photo(name), (1920, 1080), interpolation=cv2.INTER_CUBIC))

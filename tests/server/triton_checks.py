@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import queue
 import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as triton
@@ -28,13 +30,14 @@ def classify(client: triton.InferenceServerClient, model: str, image: np.ndarray
     raw = result.as_numpy("logits")
     logits_result = client.infer(model, [infer_input])
     logits = logits_result.as_numpy("logits")
-    top = raw.reshape(-1)[0].decode()
+    top = str(raw.reshape(-1)[0].decode())
     assert int(top.split(":")[1]) == int(np.argmax(logits)), (top, int(np.argmax(logits)))
     return top.split(":", 2)[2]
 
 
 def main(url: str, model: str, repository: str, stream_count: int) -> None:
-    spec = read_manifest(__import__("pathlib").Path(repository) / model / "1").preprocess
+    spec = read_manifest(Path(repository) / model / "1").preprocess
+    assert spec is not None
     client = triton.InferenceServerClient(url)
     report: dict[str, object] = {
         "live": client.is_server_live(),
@@ -63,7 +66,7 @@ def main(url: str, model: str, repository: str, stream_count: int) -> None:
     ]
 
     # Streaming: every response comes back, ids echoed.
-    responses: queue.Queue = queue.Queue()
+    responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
     tensor = to_model_input(data.coffee(), "rgb", spec)
     for index in range(stream_count):
