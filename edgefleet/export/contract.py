@@ -56,7 +56,7 @@ class ModelContract:
         }
 
 
-def run_eager(model: torch.nn.Module, examples: Sequence[Example]) -> list[Outputs]:
+def run_eager(model: torch.nn.Module, examples: Sequence[Example], hint: str = "") -> list[Outputs]:
     """The reference outputs; an example the model cannot run is the user's error to fix."""
     import torch
 
@@ -72,7 +72,7 @@ def run_eager(model: torch.nn.Module, examples: Sequence[Example]) -> list[Outpu
                 f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in example
             )
             raise ExampleRejected(
-                f"the model rejects example {index} ({shapes}): {first_line(exc)}"
+                f"the model rejects example {index} ({shapes}): {first_line(exc)}{hint}"
             ) from exc
         references.append([tensor.numpy().copy() for tensor in outputs])
     return references
@@ -92,12 +92,14 @@ def output_specs(
     examples: Sequence[Example],
     references: Sequence[Outputs],
 ) -> list[TensorSpec]:
-    input_dim_sizes: dict[tuple[int, ...], str] = {}
+    # Input dimensions by the sizes they took across examples; two names may share sizes
+    # (H=224/320, W=224/320), so the one at the same axis is preferred.
+    input_dims: dict[tuple[int, ...], dict[int, str]] = {}
     for spec_index, spec in enumerate(specs):
         for axis, dim in enumerate(spec.dims):
             if isinstance(dim, str):
                 sizes = tuple(example[spec_index].shape[axis] for example in examples)
-                input_dim_sizes.setdefault(sizes, dim)
+                input_dims.setdefault(sizes, {}).setdefault(axis, dim)
     result = []
     for index, name in enumerate(names):
         arrays = [reference[index] for reference in references]
@@ -106,8 +108,11 @@ def output_specs(
             sizes = tuple(array.shape[axis] for array in arrays)
             if len(set(sizes)) == 1:
                 dims.append(int(size))
+            elif sizes in input_dims:
+                by_axis = input_dims[sizes]
+                dims.append(by_axis.get(axis, next(iter(by_axis.values()))))
             else:
-                dims.append(input_dim_sizes.get(sizes, f"{name}_dim{axis}"))
+                dims.append(f"{name}_dim{axis}")
         dtype = str(arrays[0].dtype)
         if dtype not in get_args(DType):
             raise InvalidRequest(f"output {name} has dtype {dtype}, which edge runtimes lack")

@@ -107,7 +107,13 @@ def run_export(request: ExportRequest) -> ExportReport:
     entries, version = _reserve(request)
     model = build_module(request.factory, request.weights)
     examples = make_examples(request.inputs)
-    references = run_eager(model, examples)
+    dynamic = any(spec.dynamic_names() for spec in request.inputs)
+    hint = (
+        " (if a dynamic dimension needs particular sizes, give one per example, e.g. H=224/320)"
+        if dynamic
+        else ""
+    )
+    references = run_eager(model, examples, hint)
     contract = describe_model(
         request.inputs, examples, references,
         input_names=request.input_names, output_names=request.output_names,

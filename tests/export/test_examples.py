@@ -35,3 +35,19 @@ def test_every_dynamic_dim_changes_between_examples_and_names_differ() -> None:
     assert [tuple(example[0].shape) for example in examples] == [(s["N"], s["L"], 4) for s in sizes]
     assert examples[0][1].shape[0] == examples[0][0].shape[0]  # a shared name, one size
     assert not examples[0][0].equal(examples[1][0][: sizes[0]["N"], : sizes[0]["L"]])
+
+
+def test_explicit_sizes_per_example() -> None:
+    spec = parse_input_spec("N,3,H=224/320,W=224")
+    assert spec.dims == ("N", 3, "H", "W")
+    sizes = [dynamic_sizes([spec], index) for index in range(3)]
+    assert [s["H"] for s in sizes] == [224, 320, 224]
+    # One size given: the check doubles it (keeping divisibility), the third repeats it.
+    assert [s["W"] for s in sizes] == [224, 448, 224]
+    assert [s["N"] for s in sizes] == [2, 5, 1]
+
+
+@pytest.mark.parametrize("text", ["N,H=224/224", "N,H=0", "N,H=224/x", "N,H=1/2/3/4"])
+def test_bad_explicit_sizes(text: str) -> None:
+    with pytest.raises(InvalidRequest, match="H="):
+        parse_input_spec(text)
