@@ -188,6 +188,8 @@ def export(
         report = run_export(request)
     except ExportError as exc:
         typer.echo(f"error: {exc}", err=True)
+        if output is OutputFormat.json:  # scripts get an answer on stdout either way
+            typer.echo(json.dumps({"error": str(exc), "kind": type(exc).__name__}))
         raise typer.Exit(2) from None
     if output is OutputFormat.json:
         typer.echo(json.dumps(report.to_dict(), indent=2))

@@ -62,6 +62,7 @@ def test_mismatched_weights_name_the_first_keys(repository: Path, tmp_path: Path
     assert "missing keys: rec.weight, rec.bias, head.weight, head.bias" in result.stderr
     assert "unexpected keys: out.weight, out.bias" in result.stderr
     assert "shape mismatch: inp.weight (file [16, 4], model [8, 4])" in result.stderr
+    assert result.report()["kind"] == "WeightsMismatch"
     assert snapshot(repository) == before
 
 
