@@ -3,7 +3,6 @@ and the scripted model (TorchScript and ONNX) matches eager at several sequence 
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,10 +53,7 @@ def test_auto_scripts_and_the_result_matches_eager_at_many_lengths(tmp_path: Pat
     assert manifest.provenance["export"]["method"] == "script"
 
     eager = gated_recurrent_head()
-    with warnings.catch_warnings():
-        # torch 2.13 deprecates torch.jit.load; loading TorchScript is what we test here.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        scripted = torch.jit.load(str(script_dir / "model.pt"))
+    scripted = torch.jit.load(str(script_dir / "model.pt"))
     session = onnxruntime.InferenceSession(
         str(onnx_dir / "model.onnx"), providers=["CPUExecutionProvider"]
     )

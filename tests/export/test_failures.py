@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
@@ -42,10 +41,7 @@ def test_unsupported_onnx_operator_is_named_and_torchscript_is_still_written(
     assert not (tmp_path / "spectral").exists()
     version_dir = tmp_path / "spectral_torchscript" / "1"
     verify_files(version_dir, read_manifest(version_dir))
-    with warnings.catch_warnings():
-        # torch 2.13 deprecates torch.jit.load; loading TorchScript is what we test here.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        scripted = torch.jit.load(str(version_dir / "model.pt"))
+    scripted = torch.jit.load(str(version_dir / "model.pt"))
     assert scripted(torch.randn(4, 16)).shape == (4, 2)
 
 
@@ -79,9 +75,7 @@ def test_matching_weights_are_loaded(repository: Path, tmp_path: Path) -> None:
         "--name", "trained", "--repository", repository,
     )  # fmt: skip
     assert result.exit_code == 0, result.stderr
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load, see above
-        scripted = torch.jit.load(str(repository / "trained" / "1" / "model.pt"))
+    scripted = torch.jit.load(str(repository / "trained" / "1" / "model.pt"))
     x = torch.randn(2, 3, 4)
     torch.testing.assert_close(scripted(x), trained.eval()(x))
 
