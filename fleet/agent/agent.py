@@ -175,9 +175,6 @@ class Agent:
             # None ends the request stream, so gRPC's request consumer finishes cleanly.
             outbox: asyncio.Queue[agent_pb2.ConnectRequest | None] = asyncio.Queue(maxsize=256)
             outbox.put_nowait(agent_pb2.ConnectRequest(hello=self._hello()))
-            while self._unsent_results:
-                result = self._unsent_results.popleft()
-                outbox.put_nowait(agent_pb2.ConnectRequest(install_result=result))
             call = stub.Connect(self._drain(outbox))
             forwarder: asyncio.Task[None] | None = None
             try:
@@ -188,6 +185,9 @@ class Agent:
                         self._outbox, self._stub = outbox, stub
                         self._connected.set()
                         logger.info("connected to controller %s", self._settings.controller)
+                        while self._unsent_results:
+                            result = self._unsent_results.popleft()
+                            await outbox.put(agent_pb2.ConnectRequest(install_result=result))
                     if response.HasField("desired_state"):
                         self._take_desired(response.desired_state)
             finally:
