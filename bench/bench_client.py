@@ -11,7 +11,7 @@ The server runs as a subprocess (`edgefleet serve`), this process is the cameras
 machine both share the same cores, as a gateway box running its own server would.
 Writes the `<!-- bench:client -->` section of docs/benchmarks.md.
 
-    .venv/bin/python bench/bench_client.py [--seconds 6] [--max-streams 8]
+    .venv/bin/python -m bench.bench_client [--seconds 6] [--max-streams 8]
 """
 
 from __future__ import annotations
@@ -32,20 +32,18 @@ from typing import Any
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.machine import describe, write_section  # noqa: E402
-from client.frames import CapturedFrame, Encoding, encode_frame  # noqa: E402
-from client.security import ChannelSecurity, open_channel  # noqa: E402
-from client.sources import paced, until_stopped  # noqa: E402
-from client.sources.pattern import TestPatternSource  # noqa: E402
-from client.stream import (  # noqa: E402
+from bench.machine import describe, write_section
+from client.frames import CapturedFrame, Encoding, encode_frame
+from client.security import ChannelSecurity, open_channel
+from client.sources import paced, until_stopped
+from client.sources.pattern import TestPatternSource
+from client.stream import (
     FrameResult,
     FrameStreamClient,
     OverloadPolicy,
     StreamConfig,
 )
-from protos.edgefleet.v1 import frame_stream_pb2 as pb  # noqa: E402
+from protos.edgefleet.v1 import frame_stream_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet_lite0"

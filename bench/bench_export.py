@@ -5,23 +5,20 @@ variable-length sequence), `edgefleet export --benchmark` measures every runtime
 batch 8 on the same inputs with the same thread count; eager PyTorch is the baseline. The
 figures and the machine go into the `<!-- bench:export -->` section of docs/benchmarks.md.
 
-    .venv/bin/python bench/bench_export.py [--seconds 3]
+    .venv/bin/python -m bench.bench_export [--seconds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # as bench_server does
-
-from bench.machine import describe, write_section  # noqa: E402
-from edgefleet.export.examples import parse_input_spec  # noqa: E402
-from edgefleet.export.pipeline import ExportRequest, run_export  # noqa: E402
-from edgefleet.export.report import ExportReport  # noqa: E402
+from bench.machine import describe, write_section
+from edgefleet.export.examples import parse_input_spec
+from edgefleet.export.pipeline import ExportRequest, run_export
+from edgefleet.export.report import ExportReport
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -139,7 +136,7 @@ def section(results: list[tuple[str, ExportReport]], seconds: float, machine: st
             "",
         ]
     lines += ["### Findings (computed from the tables above)", "", *findings(results), ""]
-    lines.append("Reproduce: `.venv/bin/python bench/bench_export.py` (or `make bench`).")
+    lines.append("Reproduce: `.venv/bin/python -m bench.bench_export` (or `make bench`).")
     return "\n".join(lines)
 
 

@@ -7,14 +7,13 @@
 
 Writes the `<!-- bench:planner -->` section of docs/benchmarks.md.
 
-    .venv/bin/python bench/bench_planner.py [--seconds 4] [--autotune-s 20]
+    .venv/bin/python -m bench.bench_planner [--seconds 4] [--autotune-s 20]
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -22,18 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.machine import describe, write_section  # noqa: E402
-from server.backends.base import Backend, load_backend  # noqa: E402
-from server.hardware.autotune import synthetic_inputs  # noqa: E402
-from server.hardware.calibration import calibration_set  # noqa: E402
-from server.hardware.planner import HardwarePlanner  # noqa: E402
-from server.hardware.policy import PlannerSettings  # noqa: E402
-from server.hardware.precision import convert_with_guard  # noqa: E402
-from server.hardware.probe import probe_hardware  # noqa: E402
-from server.manifest import ModelManifest, read_manifest  # noqa: E402
-from server.runtime_plan import RuntimePlan  # noqa: E402
+from bench.machine import describe, write_section
+from server.backends.base import Backend, load_backend
+from server.hardware.autotune import synthetic_inputs
+from server.hardware.calibration import calibration_set
+from server.hardware.planner import HardwarePlanner
+from server.hardware.policy import PlannerSettings
+from server.hardware.precision import convert_with_guard
+from server.hardware.probe import probe_hardware
+from server.manifest import ModelManifest, read_manifest
+from server.runtime_plan import RuntimePlan
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "efficientnet_lite0" / "1"
