@@ -50,6 +50,7 @@ def serve(
     max_batch_size: Annotated[int | None, typer.Option(help="Pin the max batch size of every model.")] = None,
     controller: Annotated[str | None, typer.Option(help="Fleet controller HOST:PORT: run the fleet agent beside the server.")] = None,
     controller_ca: Annotated[Path | None, typer.Option(help="Fleet controller CA certificate (PEM); needed to enroll.")] = None,
+    enroll_address: Annotated[str | None, typer.Option(help="Controller enrollment HOST:PORT; default: the controller's port + 1.")] = None,
     enroll_token: Annotated[str | None, typer.Option(envvar="EDGEFLEET_AGENT_ENROLL_TOKEN", help="One-time token from `fleetctl enroll`; needed once.")] = None,
     device_id: Annotated[str, typer.Option(help="Device id to enroll as; empty lets the controller pick.")] = "",
     agent_state: Annotated[Path, typer.Option(help="Fleet agent state: certificate, downloads, telemetry buffer.")] = Path("agent-state"),
@@ -108,6 +109,7 @@ def serve(
         agent_settings = AgentSettings(
             controller=controller,
             controller_ca=controller_ca,
+            enroll_address=enroll_address,
             enroll_token=enroll_token,
             device_id=device_id,
             state_dir=agent_state,

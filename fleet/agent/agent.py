@@ -27,7 +27,7 @@ from fleet.agent.settings import AgentSettings
 from fleet.agent.spool import TelemetrySpool
 from fleet.agent.system import SystemSample, SystemSampler
 from fleet.bundle import install_bundle
-from fleet.errors import BundleRejected
+from fleet.errors import BundleRejected, FleetError
 from fleet.keys import TrustedKeys
 from protos.edgefleet.fleet.v1 import agent_pb2, agent_pb2_grpc
 from server.errors import EdgeError
@@ -120,12 +120,9 @@ class Agent:
 
     async def start(self) -> None:
         settings = self._settings
-        identity = await asyncio.to_thread(load_identity, settings.state_dir)
-        if identity is None:
-            identity = await enroll(settings)
-            await asyncio.to_thread(save_identity, settings.state_dir, identity)
-            logger.info("enrolled as device %s", identity.device_id)
-        self._identity = identity
+        # Without an identity yet, the connection loop enrolls (with backoff): the server serves
+        # from the start, whether or not the controller is reachable.
+        self._identity = await asyncio.to_thread(load_identity, settings.state_dir)
         self._trusted = await asyncio.to_thread(TrustedKeys.from_paths, settings.trusted_keys)
         if not self._trusted.by_id:
             logger.warning("no trusted bundle keys configured: every bundle will be rejected")
@@ -155,7 +152,11 @@ class Agent:
         while True:
             started = loop.time()
             try:
+                if self._identity is None:
+                    await self._enroll()
                 await self._session()
+            except FleetError as error:
+                logger.error("cannot enroll: %s", error)
             except grpc.aio.AioRpcError as error:
                 logger.warning("controller stream ended: %s %s", error.code().name, error.details())
             except (OSError, ConnectionError) as error:
@@ -164,6 +165,12 @@ class Agent:
                 delay = self._settings.reconnect_min_s
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self._settings.reconnect_max_s)
+
+    async def _enroll(self) -> None:
+        identity = await enroll(self._settings)
+        await asyncio.to_thread(save_identity, self._settings.state_dir, identity)
+        self._identity = identity
+        logger.info("enrolled as device %s", identity.device_id)
 
     async def _session(self) -> None:
         assert self._identity is not None
