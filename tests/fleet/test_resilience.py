@@ -214,3 +214,25 @@ async def test_wrong_key_and_tampered_bundles_are_rejected_and_v1_keeps_serving(
         await node.stop()
         await admin.__aexit__(None, None, None)
         await controller.stop(0.1)
+
+
+async def test_devices_that_never_install_abort_the_rollout(
+    tmp_path, controller, admin, signing_keys
+):
+    node = await start_node("cam-0", tmp_path / "node", controller, admin, (signing_keys[1],))
+    try:
+        await wait_for(node.online, 20, "agent online")
+        uploaded = await admin.upload_bundle(await _bundle(tmp_path, signing_keys[0], "2"))
+        await node.stop_agent()  # offline for the whole wave
+        created = await admin.stub.CreateRollout(
+            rollout_request(uploaded, steps=[100], gates=[], install_timeout_s=1.0)
+        )
+        rollout = await wait_for(
+            lambda: finished(admin, created.rollout.rollout_id), 20, "the install timeout"
+        )
+        assert rollout.state == STATE.ROLLOUT_STATE_ROLLED_BACK
+        assert "did not install in time" in rollout.reason
+        assert rollout.waves[0].timed_out == 1
+        assert node.active() == "1"
+    finally:
+        await node.stop()
