@@ -18,7 +18,7 @@ STATE = admin_pb2.RolloutState
 # where the fast model's p95 is itself several milliseconds of scheduling noise.
 SLOW_LAYERS = 2500
 # Same-speed versions on a shared CPU differ by noise: the pass gates leave room for it.
-LENIENT_GATES = ["p95_latency_ms <= 2*baseline + 5", "error_rate < 0.01", "fps >= 0.5*baseline"]
+LENIENT_GATES = ["p95_latency_ms <= 3*baseline + 10", "error_rate < 0.01", "fps >= 0.3*baseline"]
 
 
 @pytest.fixture
