@@ -192,16 +192,23 @@ def device_to_pb(view: DeviceView) -> admin_pb2.Device:
     record, latest = view.record, view.latest
     desired = {entry.model: entry for entry in view.desired}
     names = sorted(set(desired) | set(record.active_versions))
-    models = [
-        admin_pb2.DeviceModel(
+    models = []
+    for name in names:
+        model = admin_pb2.DeviceModel(
             name=name,
             desired_version=desired[name].version if name in desired else "",
             actual_version=record.active_versions.get(name, ""),
             desired_source=desired[name].source if name in desired else "",
             last_install_error=desired[name].last_error if name in desired else "",
         )
-        for name in names
-    ]
+        if latest is not None and (sample := latest.model(name)) is not None:
+            model.fps = sample.fps
+            model.latency_p50_ms = sample.p50_latency_ms
+            model.latency_p95_ms = sample.p95_latency_ms
+            model.requests = sample.requests
+            model.errors = sample.errors
+            model.drops = sample.drops
+        models.append(model)
     return admin_pb2.Device(
         device_id=record.device_id,
         labels=record.labels,

@@ -173,18 +173,11 @@ def devices(
         _console().print(devices_table(list(response.devices)))
 
 
-async def _top_snapshot(client: Any) -> tuple[list[Any], dict[str, dict[str, Any]]]:
+async def _list_devices(client: Any) -> list[Any]:
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     listed = await client.stub.ListDevices(admin_pb2.ListDevicesRequest())
-    latest: dict[str, dict[str, Any]] = {}
-    for device in listed.devices:
-        history = await client.stub.GetTelemetry(
-            admin_pb2.GetTelemetryRequest(device_id=device.device_id, limit=1)
-        )
-        if history.samples:
-            latest[device.device_id] = json.loads(history.samples[-1].telemetry_json)
-    return list(listed.devices), latest
+    return list(listed.devices)
 
 
 @app.command("top")
@@ -197,21 +190,21 @@ def top(
     """Live table of every device: vitals and per-model fps, latency, errors, drops."""
     from rich.live import Live
 
-    from fleet.ctl.render import top_table
+    from fleet.ctl.render import as_json, top_table
 
     _check_output(output)
     if once or output == "json":
-        devices_, latest = _call(credential, _top_snapshot)
+        devices_ = _call(credential, _list_devices)
         if output == "json":
-            typer.echo(json.dumps(latest, indent=2, sort_keys=True))
+            typer.echo(as_json(devices_))
         else:
-            _console().print(top_table(devices_, latest))
+            _console().print(top_table(devices_))
         return
 
     async def watch(client: Any) -> None:
         with Live(refresh_per_second=4) as live:
             while True:
-                live.update(top_table(*await _top_snapshot(client)))
+                live.update(top_table(await _list_devices(client)))
                 await asyncio.sleep(interval)
 
     with contextlib.suppress(KeyboardInterrupt):

@@ -79,25 +79,13 @@ def devices_table(devices: list[admin_pb2.Device]) -> Table:
     return table
 
 
-def top_table(devices: list[admin_pb2.Device], telemetry: dict[str, dict[str, Any]]) -> Table:
+def top_table(devices: list[admin_pb2.Device]) -> Table:
     table = Table(title=f"fleet top ({time.strftime('%H:%M:%S')})")
-    for column in (
-        "device",
-        "online",
-        "cpu %",
-        "mem MB",
-        "temp C",
-        "model",
-        "version",
-        "fps",
-        "p50 ms",
-        "p95 ms",
-        "errors",
-        "drops",
-    ):
+    columns = ("device", "online", "cpu %", "mem MB", "temp C", "model", "version", "fps",
+               "p50 ms", "p95 ms", "errors", "drops")  # fmt: skip
+    for column in columns:
         table.add_column(column, justify="right")
     for device in devices:
-        latest = telemetry.get(device.device_id, {})
         temperature = "-" if math.isnan(device.temperature_c) else f"{device.temperature_c:.0f}"
         base = [
             device.device_id,
@@ -106,17 +94,18 @@ def top_table(devices: list[admin_pb2.Device], telemetry: dict[str, dict[str, An
             f"{device.memory_used_bytes / 1e6:.0f}",
             temperature,
         ]
-        models = latest.get("models") or [{}]
-        for model in models:
+        if not device.models:
+            table.add_row(*base, "-", "-", "", "", "", "", "")
+        for model in device.models:
             table.add_row(
                 *base,
-                str(model.get("name", "-")),
-                str(model.get("version", "-")),
-                f"{model.get('fps', 0):.1f}",
-                f"{model.get('latency_p50_ms', 0):.2f}",
-                f"{model.get('latency_p95_ms', 0):.2f}",
-                str(model.get("errors", 0)),
-                str(model.get("drops", 0)),
+                model.name,
+                model.actual_version or "-",
+                f"{model.fps:.1f}",
+                f"{model.latency_p50_ms:.2f}",
+                f"{model.latency_p95_ms:.2f}",
+                str(model.errors),
+                str(model.drops),
             )
     return table
 

@@ -44,6 +44,8 @@ async def test_keys_package_enroll_and_listings_in_json(tmp_path, controller, ad
     code, out, err = await fleetctl("devices", "-o", "json", credential=credential)
     assert code == 0, err
     assert json.loads(out) == []
+    code, out, err = await fleetctl("top", "--once", "-o", "json", credential=credential)
+    assert code == 0 and json.loads(out) == [], err
     code, out, err = await fleetctl("audit", "-o", "json", credential=credential)
     assert code == 0, err
     assert [entry["action"] for entry in json.loads(out)] == ["enrollment-token.create"]

@@ -57,6 +57,11 @@ async def test_telemetry_reaches_history_and_prometheus_and_is_buffered_while_aw
         assert (model["name"], model["version"]) == ("tiny", "1")
         assert model["fps"] > 0 and model["latency_p95_ms"] > 0
 
+        # What `fleetctl top` shows: one ListDevices call carries the live per-model figures.
+        listed = await admin.stub.ListDevices(admin_pb2.ListDevicesRequest())
+        (live_model,) = listed.devices[0].models
+        assert live_model.fps > 0 and live_model.latency_p95_ms > 0 and live_model.requests > 0
+
         url = f"http://127.0.0.1:{controller.metrics_port}/metrics"
         text = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
         assert 'edgefleet_model_fps{device="cam-7",model="tiny",version="1"}' in text
