@@ -180,7 +180,9 @@ class FleetController:
     async def install_result(
         self, device_id: str, model: str, version: str, error: str, active_version: str
     ) -> None:
-        device = self._devices[device_id]
+        device = self._devices.get(device_id)
+        if device is None:  # removed while its stream was still open
+            return
         if active_version:
             device.active_versions[model] = active_version
         await self._store.call(self._store.store.upsert_device, device.model_copy(deep=True))
@@ -268,6 +270,14 @@ class FleetController:
         if not views:
             raise NotFound(f"no device {device_id!r}")
         return views[0]
+
+    async def remove_device(self, actor: str, device_id: str) -> None:
+        if device_id not in self._devices:
+            raise NotFound(f"no device {device_id!r}")
+        await self._store.call(self._store.store.delete_device, device_id)
+        del self._devices[device_id]
+        self.live.disconnect(device_id)
+        await self.audit(actor, "device.remove", device=device_id)
 
     async def telemetry_history(
         self, device_id: str, since_s: float, limit: int

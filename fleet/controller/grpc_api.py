@@ -311,6 +311,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
 
     @unary
+    async def RemoveDevice(
+        self, request: admin_pb2.RemoveDeviceRequest, context: Context
+    ) -> admin_pb2.RemoveDeviceResponse:
+        await self._controller.remove_device(_admin(context), request.device_id)
+        return admin_pb2.RemoveDeviceResponse()
+
+    @unary
     async def ListAuditEntries(
         self, request: admin_pb2.ListAuditEntriesRequest, context: Context
     ) -> admin_pb2.ListAuditEntriesResponse:

@@ -73,6 +73,12 @@ class LiveFleet:
         if self._sessions.get(session.device_id) is session:
             del self._sessions[session.device_id]
 
+    def disconnect(self, device_id: str) -> None:
+        """Tell the device's open stream, if any, to close."""
+        session = self._sessions.get(device_id)
+        if session is not None:
+            session.closed.set()
+
     def online(self, device_id: str) -> bool:
         return device_id in self._sessions
 

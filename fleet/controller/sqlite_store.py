@@ -117,6 +117,11 @@ class SqliteStore:
         rows = self._query("SELECT doc FROM devices ORDER BY device_id")
         return [DeviceRecord.model_validate_json(str(row[0])) for row in rows]
 
+    def delete_device(self, device_id: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
+            db.execute("DELETE FROM desired WHERE device_id = ?", (device_id,))
+
     # desired state
     def desired_for(self, device_id: str) -> list[DesiredEntry]:
         rows = self._query(

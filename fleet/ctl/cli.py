@@ -275,6 +275,19 @@ def pin(
         _console().print(devices_table([response.device]))
 
 
+@app.command("remove")
+def remove(
+    device: Annotated[str, typer.Argument(help="Device id.")],
+    credential: Credential = DEFAULT_CREDENTIAL,
+) -> None:
+    """Forget a device: its certificate stops working; it must enroll again."""
+    from protos.edgefleet.fleet.v1 import admin_pb2
+
+    request = admin_pb2.RemoveDeviceRequest(device_id=device)
+    _call(credential, lambda c: c.stub.RemoveDevice(request))
+    typer.echo(f"removed {device}")
+
+
 @app.command("audit")
 def audit(
     credential: Credential = DEFAULT_CREDENTIAL,

@@ -3,6 +3,7 @@ certificates from the controller's CA, mutual TLS, admin-only API, audit log."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 import grpc
@@ -98,3 +99,23 @@ async def test_agent_with_a_certificate_from_another_ca_is_refused(controller, t
             async for _ in stub.Download(agent_pb2.DownloadRequest(bundle_sha256="ab" * 32)):
                 pass
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_removed_device_is_cut_off_and_refused(tmp_path, controller, admin, signing_keys):
+    from tests.fleet.harness import start_node, wait_for
+
+    node = await start_node("cam-5", tmp_path / "node", controller, admin, (signing_keys[1],))
+    try:
+        await wait_for(node.online, 20, "agent online")
+        await admin.stub.RemoveDevice(admin_pb2.RemoveDeviceRequest(device_id="cam-5"))
+        await wait_for(lambda: not node.online(), 10, "the stream to be closed")
+        await asyncio.sleep(1.0)  # the agent keeps retrying; every attempt is refused
+        assert not node.online()
+        listed = await admin.stub.ListDevices(admin_pb2.ListDevicesRequest())
+        assert not listed.devices
+        audit = await admin.stub.ListAuditEntries(admin_pb2.ListAuditEntriesRequest())
+        assert audit.entries[-1].action == "device.remove"
+        # The model keeps serving: losing the controller never stops inference.
+        assert node.active() == "1"
+    finally:
+        await node.stop()
