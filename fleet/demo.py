@@ -126,6 +126,13 @@ async def demo(repository: Path, workdir: Path, bake_s: float, fps: float) -> No
                 )
                 console.print(f"[bold]edge node[/] {name}: serving {MODEL}/1 on :{server.port}")
 
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while not all(agent.connected for agent in agents):
+                if loop.time() > deadline:
+                    raise RuntimeError("the agents did not connect to the controller")
+                await asyncio.sleep(0.1)
+            console.print("[bold]agents[/] enrolled (mutual TLS from now on) and connected")
             bundle = build_bundle(
                 source, MODEL, "2", load_private_key(private_key), workdir / "bundles"
             )
@@ -161,6 +168,7 @@ async def demo(repository: Path, workdir: Path, bake_s: float, fps: float) -> No
                     if rollout.state in ended:
                         break
                     await asyncio.sleep(0.25)
+            console.print()
             explained = await admin.stub.ExplainRollout(
                 admin_pb2.ExplainRolloutRequest(rollout_id=rollout.rollout_id)
             )
