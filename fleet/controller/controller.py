@@ -145,7 +145,12 @@ class FleetController:
         return device_id in self._devices
 
     async def hello(
-        self, device_id: str, labels: dict[str, str], hardware_json: str, active: dict[str, str]
+        self,
+        device_id: str,
+        labels: dict[str, str],
+        hardware_json: str,
+        active: dict[str, str],
+        agent_version: str = "",
     ) -> None:
         device = self._devices[device_id]
         # Enrollment labels are the controller's; the device may add labels, never override.
@@ -154,6 +159,7 @@ class FleetController:
             update={
                 "labels": merged,
                 "hardware_json": hardware_json,
+                "agent_version": agent_version,
                 "active_versions": active,
                 "last_seen": time.time(),
             }

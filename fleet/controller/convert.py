@@ -219,6 +219,8 @@ def device_to_pb(view: DeviceView) -> admin_pb2.Device:
         memory_used_bytes=latest.memory_used_bytes if latest else 0,
         temperature_c=latest.temperature_c if latest else math.nan,
         dropped_samples=latest.dropped_samples if latest else 0,
+        hardware_json=record.hardware_json,
+        agent_version=record.agent_version,
     )
 
 

@@ -74,7 +74,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             raise InvalidRequest("the first message on Connect must be hello")
         hello = first.hello
         active = {model.name: model.version for model in hello.installed if model.active}
-        await self._controller.hello(device_id, dict(hello.labels), hello.hardware_json, active)
+        await self._controller.hello(
+            device_id, dict(hello.labels), hello.hardware_json, active, hello.agent_version
+        )
         session = self._controller.live.attach(device_id)
         reader = asyncio.create_task(self._read(device_id, request_iterator))
         logger.info("device %s connected", device_id)

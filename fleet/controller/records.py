@@ -17,6 +17,7 @@ class DeviceRecord(_Record):
     labels: dict[str, str] = Field(default_factory=dict)
     enrolled_at: float
     hardware_json: str = "{}"
+    agent_version: str = ""
     # Last installed-model report: name -> active version.
     active_versions: dict[str, str] = Field(default_factory=dict)
     last_seen: float = 0.0

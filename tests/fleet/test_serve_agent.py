@@ -44,6 +44,7 @@ async def test_serve_with_controller_enrolls_and_reports(tmp_path, controller, a
         (device,) = await wait_for(reported, 60, "the serving process's agent to report")
         assert device.device_id == "dock-cam"
         assert dict(device.labels) == {"site": "dock", "rack": "7"}
+        assert device.agent_version
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
