@@ -59,6 +59,11 @@ def validate_steps(steps: Sequence[float]) -> None:
         raise InvalidRequest("the last step must be 100")
 
 
+def _counter_delta(before: int, after: int) -> int:
+    """Growth of a cumulative counter; a smaller value means it restarted (model reloaded)."""
+    return after - before if after >= before else after
+
+
 class RolloutEngine:
     def __init__(
         self,
@@ -345,20 +350,15 @@ class RolloutEngine:
             if len(samples) < 2:
                 continue
             first, last = samples[0][1], samples[-1][1]
-
-            def delta(name: str, first: object = first, last: object = last) -> int:
-                before, after = int(getattr(first, name)), int(getattr(last, name))
-                return after - before if after >= before else after
-
-            requests = delta("requests")
+            requests = _counter_delta(first.requests, last.requests)
             if requests < rollout.spec.min_requests:
                 continue
             windows.append(
                 DeviceWindow(
                     device_id=device_id,
                     requests=requests,
-                    errors=delta("errors"),
-                    drops=delta("drops"),
+                    errors=_counter_delta(first.errors, last.errors),
+                    drops=_counter_delta(first.drops, last.drops),
                     fps=statistics.fmean(model.fps for _, model in samples),
                     p50_latency_ms=statistics.fmean(m.p50_latency_ms for _, m in samples),
                     p95_latency_ms=statistics.fmean(m.p95_latency_ms for _, m in samples),
