@@ -89,10 +89,10 @@ def build_bundle(
     manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()
 
     contents: dict[str, Path | bytes] = {MODEL_MANIFEST: manifest_bytes}
-    for path in sorted(model_dir.rglob("*")):
-        relative = path.relative_to(model_dir).as_posix()
-        if path.is_file() and relative != MODEL_MANIFEST:
-            contents[relative] = path
+    # Exactly the files the manifest vouches for: local caches beside them (the planner's
+    # .edgefleet-cache, say) belong to this device and never ship.
+    for relative in sorted(manifest.get("files", {})):
+        contents[relative] = model_dir / _safe_relative(relative)
     files: dict[str, dict[str, Any]] = {}
     for relative, source in contents.items():
         data_hash = (

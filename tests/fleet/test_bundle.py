@@ -175,3 +175,17 @@ def test_existing_version_is_never_overwritten(tmp_path, bundle, keys):
     install_bundle(bundle, _trusted(keys), repository)
     with pytest.raises(FileExistsError):
         install_bundle(bundle, _trusted(keys), repository)
+
+
+def test_only_manifest_files_ship_not_local_caches(tmp_path, keys):
+    model_dir = build_model_dir(tmp_path / "src", "tiny", "1")
+    cache = model_dir / ".edgefleet-cache"
+    cache.mkdir()
+    (cache / "int8-verdict.json").write_text('{"accepted": true}')
+    built = build_bundle(model_dir, "tiny", "2", load_private_key(keys["release"]), tmp_path)
+    with tarfile.open(built) as tar:
+        names = tar.getnames()
+    assert not [name for name in names if ".edgefleet-cache" in name]
+    installed = tmp_path / "repo"
+    install_bundle(built, _trusted(keys), installed)
+    assert not (installed / "tiny" / "2" / ".edgefleet-cache").exists()
