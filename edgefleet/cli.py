@@ -12,7 +12,7 @@ import typer
 
 # Modules exposing `register(app: typer.Typer) -> None`, in help order.
 COMMAND_MODULES = (
-    "server.cli",  # serve
+    "edgefleet.serve",  # serve (the server, its planner and the fleet agent)
     "server.hardware.cli",  # probe
     "client.cli",  # stream
     "fleet.cli",  # controller

@@ -1,4 +1,9 @@
-"""`edgefleet serve`: run the edge inference server until SIGTERM, then drain gracefully."""
+"""`edgefleet serve`: the composition root of an edge device.
+
+It builds the server's settings, the hardware planner and, with --controller, the fleet agent
+that drives the server through its public API; runs them until SIGTERM; then drains. It lives
+in `edgefleet/` because it joins `server/` and `fleet/`, which never import each other.
+"""
 
 from __future__ import annotations
 
