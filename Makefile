@@ -50,7 +50,7 @@ stubs: $(PROTO_STAMP)
 	bash scripts/gen_stubs.sh
 
 fleet-demo: $(MODELS_STAMP)
-	$(PY) -m fleet.demo --repository models
+	$(PY) -m edgefleet.fleet_demo --repository models
 
 clean:
 	rm -rf $(VENV) models build .mypy_cache .pytest_cache $(PROTO_STAMP)
