@@ -2,7 +2,8 @@
 
 Requests from every stream and unary call land in the same queue. The collector waits for a
 free runner, then takes the first request and keeps adding compatible ones (same non-batch
-shapes) until `max_batch_size` rows or `max_queue_delay_us`, runs the batch in the model's own
+shapes) until `max_batch_size` rows or `max_queue_delay_us` (no wait at all when the first
+request found nobody queued behind it), runs the batch in the model's own
 executor (off the event loop, one run at a time per instance) and splits the outputs back.
 A full queue is an answer (Overloaded), never a hidden wait.
 """
@@ -137,7 +138,11 @@ class DynamicBatcher:
             first = await self._next(None)
             assert first is not None
             batch, rows = [first], first.rows
-            deadline = loop.time() + self._max_delay_s
+            # Eager when alone: a request reaching an idle model with nobody queued behind it
+            # runs at once. Waiting for companions only pays when others are already queued;
+            # under load batches also form by themselves while the runner is busy.
+            wait_s = self._max_delay_s if self.queue_depth else 0.0
+            deadline = loop.time() + wait_s
             skipped: list[_Pending] = []
             while self._batching and rows < self._max_rows:
                 item = await self._next(deadline - loop.time())

@@ -32,3 +32,27 @@ def test_reduced_decode_of_a_1080p_frame_keeps_the_classification():
         ]
         assert int(np.argmax(scores[0])) == int(np.argmax(scores[1]))
         np.testing.assert_allclose(scores[0], scores[1], atol=0.5)
+
+
+def test_layouts_dtypes_and_letterbox_match_the_plain_formula():
+    from server.manifest import Preprocess
+
+    image = photo("astronaut")  # 512x512 RGB
+    mean, std = (120.0, 110.0, 100.0), (50.0, 60.0, 70.0)
+    expected = (cv2.resize(image, (96, 64), interpolation=cv2.INTER_AREA) - mean) / std
+    for layout, dtype in (("nchw", "float32"), ("nhwc", "float32"), ("nchw", "float16")):
+        spec = Preprocess(
+            input="x", height=64, width=96, mean=mean, std=std, layout=layout, dtype=dtype
+        )
+        tensor = to_model_input(image, "rgb", spec)
+        hwc = tensor[0].transpose(1, 2, 0) if layout == "nchw" else tensor[0]
+        assert tensor.dtype == np.dtype(dtype) and tensor.flags.c_contiguous
+        np.testing.assert_allclose(hwc, expected, atol=2e-3 if dtype == "float16" else 1e-5)
+    # BGR input is flipped into the model's RGB order.
+    bgr = to_model_input(np.ascontiguousarray(image[:, :, ::-1]), "bgr", spec)
+    np.testing.assert_array_equal(bgr, tensor)
+    # Letterbox keeps the aspect ratio: a square photo in a 64x96 box gets side bands.
+    boxed = Preprocess(input="x", height=64, width=96, resize="letterbox", pad_value=0)
+    padded = to_model_input(image, "rgb", boxed)[0]
+    assert np.all(padded[:, :, :16] == 0) and np.all(padded[:, :, -16:] == 0)
+    assert padded[:, :, 16:80].mean() > 10
