@@ -23,10 +23,6 @@ class OnnxBackend:
         # The arena keeps the high-water mark of every batch size ever run (+60 MB for batch 8
         # of EfficientNet-Lite0); on a memory-tight device plain allocation is worth the cost.
         options.enable_cpu_mem_arena = False
-        # Spinning worker threads would burn the cores the event loop, gRPC and frame decoding
-        # need between runs; on a small edge CPU that costs more than the wake-up it saves.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         offered = set(ort.get_available_providers())
         providers = [name for name in plan.providers if name in offered] or ["CPUExecutionProvider"]
         try:
