@@ -73,8 +73,9 @@ def in_process_baseline(frames: list[np.ndarray], count: int) -> tuple[float, fl
 class Server:
     """`edgefleet serve` in its own process, on a free port."""
 
-    def __init__(self, repository: Path) -> None:
+    def __init__(self, repository: Path, planner: str = "manifest") -> None:
         self.repository = repository
+        self.planner = planner
         self.port_file = repository.parent / f"port-{repository.name}"
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -87,9 +88,9 @@ class Server:
             [str(ROOT / ".venv" / "bin" / "edgefleet"), "serve", "--repository",
              str(self.repository), "--port", "0", "--metrics-port", "-1",
              "--port-file", str(self.port_file), "--log-level", "WARNING",
-             # The manifest's plan: the same threads as the baseline, and no one-off int8
-             # guard run (the hardware planner's first load) inside time-to-ready.
-             "--planner", "manifest"],
+             # The manifest's plan by default: the same threads as the baseline, and no
+             # one-off int8 guard run (the hardware planner's first load) in time-to-ready.
+             "--planner", self.planner],
             cwd=ROOT,
         )  # fmt: skip
         while not self.port_file.exists():
@@ -231,7 +232,10 @@ def main() -> None:
     frames = frames_224()
     pipeline_rows = pipeline_costs()
     print("\n".join(pipeline_rows))
-    baseline_fps, baseline_p50 = in_process_baseline(frames, args.frames)
+    # Best of three passes: the most favourable baseline makes every ratio conservative.
+    passes = [in_process_baseline(frames, args.frames) for _ in range(3)]
+    baseline_fps = max(fps for fps, _ in passes)
+    baseline_p50 = min(p50 for _, p50 in passes)
     print(f"in-process onnxruntime: {baseline_fps:.1f} fps, p50 {baseline_p50:.2f} ms")
 
     results: dict[str, tuple[float, list[float]]] = {}
@@ -252,6 +256,11 @@ def main() -> None:
             results["8 streams, batching off"] = asyncio.run(
                 run_streams(server.port, frames, 8, max(args.frames // 8, 8), 4)
             )
+        planned_repository = repository_copy(Path(tmp), "planned", 8)
+        with Server(planned_repository, planner="hardware") as server:
+            results["8 streams, hardware planner's plan"] = asyncio.run(
+                run_streams(server.port, frames, 8, max(args.frames // 8, 8), 4)
+            )
     for name, (fps, lat) in results.items():
         print(f"{name}: {fps:.1f} fps, p50 {np.percentile(lat, 50):.2f} ms")
 
@@ -260,7 +269,7 @@ def main() -> None:
     rows = [
         "| measurement | frames/s | ratio to in-process | round-trip p50 ms | p95 ms |",
         "|---|---:|---:|---:|---:|",
-        f"| in-process onnxruntime `session.run`, batch 1 (baseline) | {baseline_fps:.1f} | 1.00 | {baseline_p50:.2f} | |",
+        f"| in-process onnxruntime `session.run`, batch 1 (baseline, best of 3 passes) | {baseline_fps:.1f} | 1.00 | {baseline_p50:.2f} | |",
     ]  # fmt: skip
     for name, (fps, lat) in results.items():
         label = {"latency": "FrameStream, 1 stream, 1 frame in flight"}.get(
@@ -271,6 +280,7 @@ def main() -> None:
             f"{np.percentile(lat, 50):.2f} | {np.percentile(lat, 95):.2f} |"
         )
     on, off = results["8 streams"][0], results["8 streams, batching off"][0]
+    planned_fps = results["8 streams, hardware planner's plan"][0]
     body = "\n".join(
         [
             "## Edge server (`bench/bench_server.py`)",
@@ -285,7 +295,15 @@ def main() -> None:
             "",
             f"- Added p50 latency per 224x224 raw frame over in-process `session.run`: "
             f"**{added:.2f} ms** (target <= 0.3 ms).",
-            f"- Batching at 8 streams: {on:.1f} fps on vs {off:.1f} fps off ({on / off:.2f}x).",
+            f"- Batching at 8 streams: {on:.1f} fps with the manifest's batch of 8 vs {off:.1f} "
+            f"fps with batching off ({on / off:.2f}x); the hardware planner's plan (fp32 after "
+            f"the int8 guard, batch capped at one per core) {planned_fps:.1f} fps. "
+            + (
+                "Big batches do not pay on this 2-core CPU: a batch of 8 runs no faster per "
+                "frame than single frames, while the queue delay adds latency."
+                if on < 1.1 * off
+                else "Batching pays here."
+            ),
             f"- Time to ready (process start to serving, model loaded and warmed): "
             f"**{ready_s:.2f} s** (target <= 2 s).",
             f"- Server RSS: {rss_idle:.0f} MiB when ready, {rss_busy:.0f} MiB after the 8-stream run "
@@ -296,6 +314,10 @@ def main() -> None:
             "larger than the model input it decodes at 1/2, 1/4 or 1/8 scale directly.",
             "",
             *pipeline_rows,
+            "",
+            "This machine is a shared VM whose speed swings from run to run (today the baseline "
+            "ranged 128-203 frames/s and the added latency 1.4-4.5 ms across runs), so compare "
+            "ratios within one run, not absolute figures across runs.",
             "",
             "Reproduce: `make bench` or `.venv/bin/python -m bench.bench_server --frames 400`.",
         ]
