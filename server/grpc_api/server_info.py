@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from typing import Any
@@ -45,4 +46,6 @@ class ServerInfoServicer(info_grpc.ServerInfoServiceServicer):
     ) -> info_pb.GetDeviceFactsResponse:
         if self._device_facts is None:
             raise Unsupported("this server was started without a hardware probe")
-        return info_pb.GetDeviceFactsResponse(facts_json=json.dumps(self._device_facts()))
+        # A probe reads /proc, /sys and NVML: blocking work, kept off the event loop.
+        facts = await asyncio.to_thread(self._device_facts)
+        return info_pb.GetDeviceFactsResponse(facts_json=json.dumps(facts))
