@@ -89,24 +89,17 @@ def serve(
         raise typer.BadParameter("--planner must be hardware or manifest")
     plan_settings = None
     if planner == "hardware":
-        from pydantic import ValidationError
-
         from server.hardware.cli import planner_settings
 
-        try:
-            plan_settings = planner_settings(
-                policy=policy,
-                latency_budget_ms=latency_budget_ms,
-                memory_budget_mb=memory_budget_mb,
-                autotune=autotune,
-                precision=precision,
-                intra_op_threads=intra_op_threads,
-                max_batch_size=max_batch_size,
-            )
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise typer.BadParameter(f"{where}: {first['msg']}") from None
+        plan_settings = planner_settings(
+            policy=policy,
+            latency_budget_ms=latency_budget_ms,
+            memory_budget_mb=memory_budget_mb,
+            autotune=autotune,
+            precision=precision,
+            intra_op_threads=intra_op_threads,
+            max_batch_size=max_batch_size,
+        )
     agent_settings = None
     if controller:
         from fleet.agent.settings import AgentSettings

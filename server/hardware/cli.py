@@ -35,6 +35,8 @@ def planner_settings(
     `precision`, `intra_op_threads`, `max_batch_size` and `providers` are pins: they win over the
     manifest and the planner. Shared by `probe` and `serve`.
     """
+    from pydantic import ValidationError
+
     from server.hardware.policy import PlannerSettings
     from server.manifest import RuntimePins
 
@@ -45,17 +47,22 @@ def planner_settings(
         "autotune": autotune,
         "autotune_time_s": autotune_time_s,
     }
-    pins = RuntimePins.model_validate(
-        {
-            "precision": precision,
-            "intra_op_threads": intra_op_threads,
-            "max_batch_size": max_batch_size,
-            "providers": providers or None,
-        }
-    )
-    return PlannerSettings(
-        **{key: value for key, value in given.items() if value is not None}, pins=pins
-    )
+    try:
+        pins = RuntimePins.model_validate(
+            {
+                "precision": precision,
+                "intra_op_threads": intra_op_threads,
+                "max_batch_size": max_batch_size,
+                "providers": providers or None,
+            }
+        )
+        return PlannerSettings(
+            **{key: value for key, value in given.items() if value is not None}, pins=pins
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise typer.BadParameter(f"{where}: {first['msg']}") from None
 
 
 def resolve_version_dir(model: Path) -> Path:
@@ -94,8 +101,6 @@ def probe(
     """Print the device's hardware facts and, with --model, the runtime plan and its reasons."""
     import logging
 
-    from pydantic import ValidationError
-
     from server.errors import EdgeError
     from server.hardware.planner import HardwarePlanner
     from server.hardware.probe import probe_hardware
@@ -105,22 +110,17 @@ def probe(
         raise typer.BadParameter("--output must be table or json")
     if policy is not None and policy not in ("latency", "throughput", "balanced"):
         raise typer.BadParameter("--policy must be latency, throughput or balanced")
-    try:
-        settings = planner_settings(
-            policy=policy,
-            latency_budget_ms=latency_budget_ms,
-            memory_budget_mb=memory_budget_mb,
-            autotune=autotune,
-            autotune_time_s=autotune_time_s,
-            precision=precision,
-            intra_op_threads=intra_op_threads,
-            max_batch_size=max_batch_size,
-            providers=provider,
-        )
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise typer.BadParameter(f"{where}: {first['msg']}") from None
+    settings = planner_settings(
+        policy=policy,
+        latency_budget_ms=latency_budget_ms,
+        memory_budget_mb=memory_budget_mb,
+        autotune=autotune,
+        autotune_time_s=autotune_time_s,
+        precision=precision,
+        intra_op_threads=intra_op_threads,
+        max_batch_size=max_batch_size,
+        providers=provider,
+    )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     facts = probe_hardware(torch_fallback=torch_gpu)
     plan: RuntimePlan | None = None
