@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncGenerator, AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -266,7 +265,3 @@ class InferenceCore:
     @property
     def active_streams(self) -> int:
         return self._streams
-
-
-def default_thread_count() -> int:
-    return len(os.sched_getaffinity(0))

@@ -115,7 +115,6 @@ class FrameSession:
     window: int
     resolve_model: ModelResolver
     preprocess_pool: Executor
-    on_frame_done: Callable[[], None] = lambda: None
     dropped_total: int = 0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _mailbox: _Waiting | None = None
@@ -181,7 +180,6 @@ class FrameSession:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self.on_frame_done()
         if self._closing:
             return
         if self._mailbox is not None and len(self._tasks) < self.window:
