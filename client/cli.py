@@ -38,6 +38,9 @@ def stream_command(
         str, typer.Option(help="auto, drop-oldest (live) or block (every frame).")
     ] = "auto",
     max_in_flight: Annotated[int | None, typer.Option(help="Unanswered frames [server's].")] = None,
+    max_age_ms: Annotated[
+        int | None, typer.Option(help="Server drops frames older than this as stale; 0: never.")
+    ] = None,
     top_k: Annotated[int | None, typer.Option(help="Labels per result [model's].")] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after S seconds.")] = None,
     loop: Annotated[bool | None, typer.Option(help="Repeat files and folders.")] = None,
@@ -92,6 +95,7 @@ def stream_command(
         "jpeg_quality": quality,
         "drop_oldest": None if policy == "auto" else policy == "drop-oldest",
         "max_in_flight": max_in_flight,
+        "max_age_ms": max_age_ms,
         "top_k": top_k,
         "duration_s": duration,
         "loop": loop,
