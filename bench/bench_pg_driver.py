@@ -70,7 +70,7 @@ async def psycopg_run(dsn: str, count: int, flushes: int) -> dict[str, dict[str,
 
 
 async def asyncpg_run(dsn: str, count: int, flushes: int) -> dict[str, dict[str, float]]:
-    import asyncpg  # type: ignore[import-not-found,unused-ignore]
+    import asyncpg  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
     connection = await asyncpg.connect(dsn)
     try:
@@ -156,7 +156,7 @@ async def run(args: argparse.Namespace) -> None:
             "psycopg 3.3 (async)": psycopg_run
         }
         try:
-            import asyncpg  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+            import asyncpg  # type: ignore[import-not-found,import-untyped,unused-ignore]  # noqa: F401
 
             drivers["asyncpg"] = asyncpg_run
         except ImportError:
