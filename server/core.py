@@ -92,6 +92,9 @@ class InferenceCore:
             else (self.registry.names_on_disk())
         )
         for name in names:
+            loaded = self.registry.loaded_versions(name)
+            if loaded and loaded[-1:] == self.registry.versions_on_disk(name)[-1:]:
+                continue  # already loaded as a member of a pipeline loaded before it
             try:
                 await self.registry.load(name)
             except EdgeError as exc:
@@ -233,7 +236,7 @@ class InferenceCore:
         """Run one camera stream. Errors in the options raise before anything is yielded."""
         self._check_serving()
         model = self.registry.resolve(options.model_name, options.model_version)
-        if model.manifest.preprocess is None:
+        if model.manifest.preprocess is None and model.manifest.pipeline is None:
             raise InvalidInput(
                 f"model {model.name} has no preprocess section, so it cannot take camera frames"
             )
