@@ -94,7 +94,8 @@ class YoloOptions(_Strict):
 
     # v5: [N, boxes, 5 + classes] (cx, cy, w, h, objectness, class scores);
     # v8: [N, 4 + classes, boxes] (v8, v11: cx, cy, w, h, class scores; no objectness);
-    # auto: v8 when the middle axis is the shorter one, else v5.
+    # auto: the layout whose class count matches the labels, else v8 when the middle axis is
+    # the shorter one (thousands of boxes, few classes), else v5.
     layout: Literal["auto", "v5", "v8"] = "auto"
     score_threshold: float = Field(default=0.25, ge=0, le=1)
     iou_threshold: float = Field(default=0.45, gt=0, le=1)

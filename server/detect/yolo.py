@@ -11,12 +11,19 @@ from server.errors import InvalidInput
 from server.manifest import YoloOptions
 
 
-def rows_of(output: np.ndarray, layout: str) -> tuple[np.ndarray, bool]:
-    """One image's output as [boxes, 4 (+1) + classes] rows, and whether it has objectness."""
+def rows_of(output: np.ndarray, layout: str, classes: int = 0) -> tuple[np.ndarray, bool]:
+    """One image's output as [boxes, 4 (+1) + classes] rows, and whether it has objectness.
+    `auto` matches the label count when there are labels, else takes the shorter axis as v8's
+    channel axis (exports have thousands of boxes and few classes)."""
     if output.ndim != 2:
         raise InvalidInput(f"yolo output of one image must be 2-D, got shape {list(output.shape)}")
     if layout == "auto":
-        layout = "v8" if output.shape[0] < output.shape[1] else "v5"
+        if classes and output.shape[0] == 4 + classes:
+            layout = "v8"
+        elif classes and output.shape[1] == 5 + classes:
+            layout = "v5"
+        else:
+            layout = "v8" if output.shape[0] < output.shape[1] else "v5"
     if layout == "v8":
         return output.T, False
     return output, True
@@ -31,7 +38,7 @@ def decode(
     score_threshold: float = 0.0,
 ) -> list[Detection]:
     """Detections of one image; `score_threshold` (per stream) overrides the manifest's when set."""
-    rows, objectness = rows_of(np.asarray(output, dtype=np.float32), options.layout)
+    rows, objectness = rows_of(np.asarray(output, dtype=np.float32), options.layout, len(labels))
     threshold = score_threshold or options.score_threshold
     first_class = 5 if objectness else 4
     if rows.shape[1] <= first_class:
