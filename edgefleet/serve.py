@@ -61,6 +61,7 @@ def serve(
     agent_state: Annotated[Path, typer.Option(help="Fleet agent state: certificate, downloads, telemetry buffer.")] = Path("agent-state"),
     trusted_key: Annotated[list[Path] | None, typer.Option("--trusted-key", help="Bundle signing public key, or a directory of *.pub (repeatable).")] = None,
     label: Annotated[list[str] | None, typer.Option("--label", help="key=value label the agent reports (repeatable).")] = None,
+    bundle_source: Annotated[list[str] | None, typer.Option("--bundle-source", help="HTTP base URL serving <sha256>.efb bundles (a mirror or the origin), tried in order before the controller (repeatable).")] = None,
 ) -> None:  # fmt: skip
     """Serve the models in REPOSITORY over gRPC (KServe v2 / Triton protocol and FrameStream)."""
     settings = ServerSettings(
@@ -113,6 +114,7 @@ def serve(
             state_dir=agent_state,
             trusted_keys=tuple(trusted_key or ()),
             labels=dict(item.split("=", 1) for item in label or [] if "=" in item),
+            bundle_sources=tuple(bundle_source or ()),
         )
     from fleet.errors import FleetError
 

@@ -24,6 +24,7 @@ import grpc
 from fleet.agent.download import fetch_bundle
 from fleet.agent.identity import DeviceIdentity, enroll, load_identity, save_identity
 from fleet.agent.settings import AgentSettings
+from fleet.agent.sources import BundleSources
 from fleet.agent.spool import TelemetrySpool
 from fleet.agent.system import SystemSample, SystemSampler
 from fleet.bundle import install_bundle
@@ -109,6 +110,7 @@ class Agent:
         self._reported: dict[str, str] = {}
         self._failed: dict[tuple[str, str, str], str] = {}
         self._interval = settings.telemetry_interval_s or DEFAULT_TELEMETRY_INTERVAL_S
+        self._sources = BundleSources(settings.bundle_sources)
 
     @property
     def device_id(self) -> str:
@@ -141,6 +143,7 @@ class Agent:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self._sources.aclose()
         if self._spool is not None:
             await asyncio.to_thread(self._spool.close)
             self._spool = None
@@ -377,16 +380,17 @@ class Agent:
             raise BundleRejected(
                 f"version {model.version} is not on this device and no bundle was offered"
             )
-        await self._connected.wait()
-        stub = self._stub
-        if stub is None:
-            raise ConnectionError("controller went away")
-        path = await fetch_bundle(
-            stub,
-            model.bundle_sha256,
-            self._settings.state_dir / "bundles",
-            self._settings.download_chunk_bytes,
-        )
+        directory = self._settings.state_dir / "bundles"
+        # HTTP sources first (mirrors, the origin), the controller last.
+        path = await self._sources.fetch(model.bundle_sha256, model.bundle_size, directory)
+        if path is None:
+            await self._connected.wait()
+            stub = self._stub
+            if stub is None:
+                raise ConnectionError("controller went away")
+            path = await fetch_bundle(
+                stub, model.bundle_sha256, directory, self._settings.download_chunk_bytes
+            )
         try:
             await asyncio.to_thread(
                 install_bundle,

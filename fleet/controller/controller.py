@@ -35,6 +35,7 @@ from fleet.controller.store import Store, StoreRunner
 from fleet.errors import Conflict, InvalidRequest, NotFound
 from fleet.keys import TrustedKeys
 from fleet.pki import DEVICE_PREFIX, CertificateAuthority
+from fleet.publish import publish_bundle
 
 logger = logging.getLogger(__name__)
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -248,6 +249,8 @@ class FleetController:
             uploaded_at=time.time(),
         )
         await self._store.call(self._store.store.add_bundle, record)
+        if self.settings.publish_dir is not None:
+            await asyncio.to_thread(publish_bundle, target, self.settings.publish_dir, digest)
         await self.audit(
             actor, "bundle.upload", sha256=digest, model=info.name, version=info.version
         )

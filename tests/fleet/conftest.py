@@ -11,6 +11,9 @@ from fleet.controller.settings import ControllerSettings
 from fleet.ctl.client import AdminClient, AdminCredential
 from fleet.keys import generate_keypair
 
+# Real nginx and PostgreSQL servers, for the tests that need them.
+from tests.fleet.services import nginx_factory, postgres_dsn, postgres_server  # noqa: F401
+
 
 @pytest.fixture
 def signing_keys(tmp_path: Path) -> tuple[Path, Path]:
