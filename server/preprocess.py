@@ -135,7 +135,7 @@ def crops_to_batch(crops: list[np.ndarray], color: str, spec: Preprocess) -> np.
         if color != spec.color:
             crop = crop[:, :, ::-1]
         width = min(padded, math.ceil(spec.height * crop.shape[1] / max(crop.shape[0], 1)))
-        resized = _scale(crop, max(width, 1), spec.height)
+        resized = _scale(crop, max(width, 1), spec.height, linear=True)
         tensors.append(_normalise(resized, spec, pad_to=padded))
     return np.concatenate(tensors)
 
@@ -205,14 +205,14 @@ def _resize(image: np.ndarray, spec: Preprocess) -> tuple[np.ndarray, FrameTrans
             scale_x=new_width / width, scale_y=new_height / height,
             source_width=width, source_height=height,
         )  # fmt: skip
-        return _scale(image, new_width, new_height), transform
+        return _scale(image, new_width, new_height, linear=spec.resize == "limit_side"), transform
     if spec.resize == "fit_height":
         new_width = min(spec.max_width, max(1, math.ceil(spec.height * width / height)))
         transform = FrameTransform(
             scale_x=new_width / width, scale_y=spec.height / height,
             source_width=width, source_height=height,
         )  # fmt: skip
-        return _scale(image, new_width, spec.height), transform
+        return _scale(image, new_width, spec.height, linear=True), transform
     scale = min(spec.width / width, spec.height / height)
     new_width, new_height = max(1, round(width * scale)), max(1, round(height * scale))
     canvas = np.full((spec.height, spec.width, 3), spec.pad_value, dtype=np.uint8)
@@ -225,10 +225,12 @@ def _resize(image: np.ndarray, spec: Preprocess) -> tuple[np.ndarray, FrameTrans
     return canvas, transform
 
 
-def _scale(image: np.ndarray, width: int, height: int) -> np.ndarray:
+def _scale(image: np.ndarray, width: int, height: int, *, linear: bool = False) -> np.ndarray:
+    """Resize; `linear` always interpolates bilinearly, as PaddleOCR's frame-sized resizes do
+    (its models were trained on that), else shrinking averages areas."""
     if image.shape[1] == width and image.shape[0] == height:
         return np.ascontiguousarray(image)
-    shrinking = width < image.shape[1] and height < image.shape[0]
+    shrinking = not linear and width < image.shape[1] and height < image.shape[0]
     # Area averaging avoids aliasing when a 1080p frame shrinks to 224 px.
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     resized: np.ndarray = cv2.resize(
