@@ -71,8 +71,9 @@ if command -v go >/dev/null && command -v protoc-gen-go >/dev/null \
                   -newer "$GO_DIR/vendor/modules.txt" | head -1) ]]; then
         bash scripts/go_vendor_debian.sh "$GO_DIR"
     fi
-    (cd "$GO_DIR" && GOFLAGS=-mod=vendor GOPROXY=off GOCACHE="$ROOT/build/go/cache" \
-        go build -o "$ROOT/build/examples/go/edgefleet_camera" ./cmd/camera)
+    # Every generated package (FrameStream, KServe v2, fleet) compiles; then the camera binary.
+    (cd "$GO_DIR" && export GOFLAGS=-mod=vendor GOPROXY=off GOCACHE="$ROOT/build/go/cache" \
+        && go build ./... && go build -o "$ROOT/build/examples/go/edgefleet_camera" ./cmd/camera)
     generated+=("go -> $GO_DIR/gen (example: build/examples/go/edgefleet_camera, $(go version | cut -d' ' -f3))")
 else
     skipped+=("go: go / protoc-gen-go / protoc-gen-go-grpc not installable here")

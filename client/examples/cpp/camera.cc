@@ -2,7 +2,7 @@
 // prints one line per answer (result, drop or per-frame error).
 // Usage: edgefleet_camera [--json] HOST:PORT MODEL IMAGE.jpg [IMAGE.jpg ...]
 // EDGEFLEET_TOKEN, when set, is sent as `authorization: Bearer <token>`. With --json it prints
-// the conformance scenario's JSON lines (client/conformance/README.md) instead of text.
+// the conformance scenario's JSON lines (client/README.md, "Conformance") instead of text.
 #include <chrono>
 #include <cstdlib>
 #include <fstream>

@@ -3,7 +3,7 @@
 // one line per answer (result, drop or per-frame error).
 // Usage: node camera.js [--json] HOST:PORT MODEL IMAGE.jpg [IMAGE.jpg ...]
 // EDGEFLEET_TOKEN, when set, is sent as `authorization: Bearer <token>`. With --json it prints
-// the conformance scenario's JSON lines (client/conformance/README.md) instead of text.
+// the conformance scenario's JSON lines (client/README.md, "Conformance") instead of text.
 'use strict';
 
 const fs = require('node:fs');
@@ -63,7 +63,7 @@ function textPrinter(sent) {
   };
 }
 
-// --json: the conformance lines (client/conformance/README.md), byte for byte what every other
+// --json: the conformance lines (client/README.md, "Conformance"), byte for byte what every other
 // client writes.
 function jsonPrinter() {
   return {

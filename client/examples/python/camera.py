@@ -6,7 +6,7 @@ answer (result, drop or per-frame error). The same program as the Node, C++, Go 
     python client/examples/python/camera.py [--json] HOST:PORT MODEL IMAGE.jpg [IMAGE.jpg ...]
 
 EDGEFLEET_TOKEN, when set, is sent as `authorization: Bearer <token>`. With --json it prints the
-conformance scenario's JSON lines (client/conformance/README.md) instead of text. Run it from the
+conformance scenario's JSON lines (client/README.md, "Conformance") instead of text. Run it from the
 repository root after `make protos` (the stubs are the `protos` package); for a full camera
 with sources, reconnects and TLS use `edgefleet stream` or `client.stream.FrameStreamClient`.
 """

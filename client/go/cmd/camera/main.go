@@ -4,7 +4,7 @@
 //	camera [-json] HOST:PORT MODEL IMAGE.jpg [IMAGE.jpg ...]
 //
 // EDGEFLEET_TOKEN, when set, is sent as `authorization: Bearer <token>`. With -json it prints the
-// conformance scenario's JSON lines (client/conformance/README.md) instead of text.
+// conformance scenario's JSON lines (client/README.md, "Conformance") instead of text.
 package main
 
 import (
