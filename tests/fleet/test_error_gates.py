@@ -20,7 +20,7 @@ from server.app import EdgeServer
 from server.settings import ServerSettings
 from tests.fleet.harness import MODEL, wait_for
 from tests.fleet.modelgen import FEATURES, build_poisoned_model_dir
-from tests.fleet.test_rollout import STATE, finished, nodes, rollout_request  # noqa: F401
+from tests.fleet.test_rollout import STATE, finished, rollout_request
 from tests.server.camera import camera, collect
 
 
