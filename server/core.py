@@ -211,8 +211,9 @@ class InferenceCore:
                 outcome = await model.infer(request.inputs)
                 post_start = loop.time()
                 outputs = [self._output(model, outcome, wanted) for wanted in requested]
-            except EdgeError as exc:
-                model.record_failure(loop.time() - arrival, type(exc).__name__)
+            except Exception as exc:  # every failure counts: a runtime error is a failed inference
+                outcome_label = type(exc).__name__ if isinstance(exc, EdgeError) else "error"
+                model.record_failure(loop.time() - arrival, outcome_label)
                 raise
             done = loop.time()
             model.record_success(

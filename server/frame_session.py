@@ -237,5 +237,7 @@ class FrameSession:
             raise
         except Exception:
             log.exception("stream %s: frame %d failed", self.options.stream_id, frame.sequence)
+            if model is not None:  # a runtime error is a failed inference too
+                model.record_failure(loop.time() - waiting.arrival)
             event = FrameErrorEvent(frame.sequence, EdgeError("internal error"))
         await self._out.put(event)
