@@ -29,10 +29,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from server.errors import EdgeError, InvalidInput, Overloaded
+from server.errors import EdgeError, Overloaded
+from server.frame_analysis import (
+    DETECTION_KINDS,
+    FrameAnalysis,
+    StageTimes,
+    analyze_frame,
+    decode_and_prepare,
+    decode_target,
+)
+from server.infer_types import OutputTensor
 from server.manifest import Preprocess
 from server.model_version import ModelVersion
-from server.preprocess import FrameEncoding, decode_frame, to_model_input
+from server.postprocess import LabelScore, top_k
 
 if TYPE_CHECKING:
     from server.frame_session import FrameIn, FrameSession
@@ -242,6 +251,12 @@ class FrameScheduler:
     async def _decode_and_run(
         self, model: ModelVersion, picks: list[Pick], loop: asyncio.AbstractEventLoop
     ) -> None:
+        post = model.manifest.postprocess
+        if model.manifest.pipeline is not None or post.kind in DETECTION_KINDS:
+            # Several models or per-frame geometry: each chosen frame runs its own analysis;
+            # frames chosen together still share the model's batches in its batcher.
+            await asyncio.gather(*(self._analyze_one(model, pick, loop) for pick in picks))
+            return
         spec = model.manifest.preprocess
         assert spec is not None  # checked when each stream opened
         started = loop.time()
@@ -283,47 +298,80 @@ class FrameScheduler:
         self._running(preprocessed - started)
         try:
             outcome = await model.infer({spec.input: batch})
-        except Overloaded as exc:
-            for pick in ready:
-                pick.settled = True
-                model.record_failure(loop.time() - pick.waiting.arrival, "overloaded")
-                pick.session.deliver_overloaded(pick.waiting, exc, model)
-            return
         except EdgeError as exc:
             for pick in ready:
                 pick.settled = True
-                model.record_failure(loop.time() - pick.waiting.arrival)
-                pick.session.deliver_error(pick.waiting.frame.sequence, exc)
+                self._failed(model, pick, exc, loop)
             return
         inferred = loop.time()
         self._ran(outcome.infer_s)
         batching = model.plan.max_batch_size > 0
         for row, pick in enumerate(ready):
             pick.settled = True
+            options = pick.session.options
             outputs = (
                 {name: value[row : row + 1] for name, value in outcome.outputs.items()}
                 if batching
                 else outcome.outputs
             )
-            pick.session.deliver_result(
-                model, pick.waiting, outputs, outcome,
-                started=started, preprocessed=preprocessed, inferred=inferred,
-            )  # fmt: skip
+            labels: list[LabelScore] = []
+            if post.kind == "classification" and post.output:
+                k = options.top_k or post.top_k
+                scores = outputs[post.output]
+                labels = top_k(scores, k, model.labels, apply_softmax=post.softmax)[0]
+            analysis = FrameAnalysis(
+                version=outcome.version,
+                labels=labels,
+                tensors=(
+                    [OutputTensor(name, value[0]) for name, value in outputs.items()]
+                    if options.raw_tensors
+                    else []
+                ),
+                times=StageTimes(
+                    queue_s=outcome.queue_s,
+                    preprocess_s=preprocessed - started,
+                    infer_s=outcome.infer_s,
+                    postprocess_s=loop.time() - inferred,
+                    batch_rows=outcome.batch_rows,
+                ),  # fmt: skip
+            )
+            pick.session.deliver_result(model, pick.waiting, analysis, started)
+
+    async def _analyze_one(
+        self, model: ModelVersion, pick: Pick, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        started = loop.time()
+        self._running(0.0)
+        try:
+            analysis = await analyze_frame(
+                model, pick.waiting.frame, pick.session.options, self._pool
+            )
+        except EdgeError as exc:
+            pick.settled = True
+            self._failed(model, pick, exc, loop)
+            return
+        self._ran(analysis.times.infer_s)
+        pick.settled = True
+        pick.session.deliver_result(model, pick.waiting, analysis, started)
+
+    @staticmethod
+    def _failed(
+        model: ModelVersion, pick: Pick, error: EdgeError, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        if isinstance(error, Overloaded):
+            model.record_failure(loop.time() - pick.waiting.arrival, "overloaded")
+            pick.session.deliver_overloaded(pick.waiting, error, model)
+        else:
+            model.record_failure(loop.time() - pick.waiting.arrival)
+            pick.session.deliver_error(pick.waiting.frame.sequence, error)
 
 
 async def _decode_one(
     loop: asyncio.AbstractEventLoop, pool: Executor, pick: Pick, spec: Preprocess
 ) -> np.ndarray:
-    return await loop.run_in_executor(
-        pool, prepare_frame, pick.waiting.frame, pick.session.options.encoding, spec
-    )
-
-
-def prepare_frame(frame: FrameIn, encoding: FrameEncoding, spec: Preprocess) -> np.ndarray:
-    """Runs in the preprocess pool: decode and turn into the model's input."""
-    if not frame.data:
-        raise InvalidInput(f"frame {frame.sequence} is empty")
-    image, color = decode_frame(
-        frame.data, encoding, frame.width, frame.height, target=(spec.height, spec.width)
-    )
-    return to_model_input(image, color, spec)
+    """Decode, cut the stream's region of interest and preprocess, in the pool."""
+    tensor, _transform = await loop.run_in_executor(
+        pool, decode_and_prepare, pick.waiting.frame, pick.session.options.encoding,
+        pick.session.options.detection.roi, spec, decode_target(spec, "classification"),
+    )  # fmt: skip
+    return tensor

@@ -21,18 +21,21 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
-import numpy as np
-
+from server.detections import Detection, DetectionFilter
 from server.errors import EdgeError, Overloaded
 from server.frame_scheduler import DropReason, FrameScheduler, Waiting
 from server.infer_types import OutputTensor
 from server.metrics import StreamMetrics
-from server.model_version import InferOutcome, ModelVersion
-from server.postprocess import LabelScore, top_k
+from server.model_version import ModelVersion
+from server.postprocess import LabelScore
 from server.preprocess import FrameEncoding
+
+if TYPE_CHECKING:
+    from server.frame_analysis import FrameAnalysis
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,8 @@ class StreamOptions:
     stream_id: str = ""
     # Frames older than this when they would start are dropped as stale; 0 = no limit.
     max_age_ms: int = 0
+    # Score threshold, max detections, classes and region of interest of this stream.
+    detection: DetectionFilter = DetectionFilter()
 
 
 @dataclass(frozen=True)
@@ -92,6 +97,7 @@ class FrameResultEvent:
     # Capture to result on the server's clock (meaningful when the camera's clock agrees);
     # 0 when the frame carries no capture time or one in the future.
     age_us: int = 0
+    detections: list[Detection] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -206,25 +212,17 @@ class FrameSession:
         return self._max_age_s is not None and now - waiting.arrival > self._max_age_s
 
     def deliver_result(
-        self,
-        model: ModelVersion,
-        waiting: Waiting,
-        outputs: dict[str, np.ndarray],
-        outcome: InferOutcome,
-        *,
-        started: float,
-        preprocessed: float,
-        inferred: float,
+        self, model: ModelVersion, waiting: Waiting, analysis: FrameAnalysis, started: float
     ) -> None:
+        """`started`: when the scheduler began this frame's batch (its decode)."""
         self._finished()
-        labels, tensors = self._postprocess(model, outputs)
         done = asyncio.get_running_loop().time()
-        frame = waiting.frame
+        frame, times = waiting.frame, analysis.times
         total = done - waiting.arrival
-        queue_s = (started - waiting.arrival) + outcome.queue_s
+        queue_s = (started - waiting.arrival) + times.queue_s
         model.record_success(
-            total_s=total, queue_s=queue_s, input_s=preprocessed - started,
-            infer_s=outcome.infer_s, output_s=done - inferred,
+            total_s=total, queue_s=queue_s, input_s=times.preprocess_s,
+            infer_s=times.infer_s, output_s=times.postprocess_s,
         )  # fmt: skip
         self._metrics.answered(total)
         if self._closed:
@@ -235,16 +233,17 @@ class FrameSession:
                 sequence=frame.sequence,
                 capture_time_ns=frame.capture_time_ns,
                 model_name=model.name,
-                model_version=outcome.version,
-                labels=labels,
-                tensors=tensors,
+                model_version=analysis.version,
+                labels=analysis.labels,
+                tensors=analysis.tensors,
                 queue_us=int(queue_s * 1e6),
-                preprocess_us=int((preprocessed - started) * 1e6),
-                inference_us=int(outcome.infer_s * 1e6),
-                postprocess_us=int((done - inferred) * 1e6),
+                preprocess_us=int(times.preprocess_s * 1e6),
+                inference_us=int(times.infer_s * 1e6),
+                postprocess_us=int(times.postprocess_s * 1e6),
                 total_us=int(total * 1e6),
-                batch_size=outcome.batch_rows,
+                batch_size=times.batch_rows,
                 age_us=age_ns // 1000 if age_ns >= 0 else 0,
+                detections=analysis.detections,
             )
         )
 
@@ -295,18 +294,3 @@ class FrameSession:
             else:
                 text = "replaced by a newer frame"
         self._push(FramesDroppedEvent((waiting.frame.sequence,), text, self.dropped_total, reason))
-
-    def _postprocess(
-        self, model: ModelVersion, outputs: dict[str, np.ndarray]
-    ) -> tuple[list[LabelScore], list[OutputTensor]]:
-        post = model.manifest.postprocess
-        labels: list[LabelScore] = []
-        if post.kind == "classification" and post.output:
-            k = self.options.top_k or post.top_k
-            labels = top_k(outputs[post.output], k, model.labels, apply_softmax=post.softmax)[0]
-        tensors = (
-            [OutputTensor(name, value[0]) for name, value in outputs.items()]
-            if self.options.raw_tensors
-            else []
-        )
-        return labels, tensors
