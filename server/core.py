@@ -97,6 +97,8 @@ class InferenceCore:
             else (self.registry.names_on_disk())
         )
         for name in names:
+            if self.registry.loaded_versions(name):
+                continue  # already loaded as a member of a pipeline loaded before it
             try:
                 await self._load_at_boot(name)
             except EdgeError as exc:
@@ -258,7 +260,7 @@ class InferenceCore:
         """Run one camera stream. Errors in the options raise before anything is yielded."""
         self._check_serving()
         model = self.registry.resolve(options.model_name, options.model_version)
-        if model.manifest.preprocess is None:
+        if model.manifest.preprocess is None and model.manifest.pipeline is None:
             raise InvalidInput(
                 f"model {model.name} has no preprocess section, so it cannot take camera frames"
             )
