@@ -184,7 +184,8 @@ def build_mtcnn(repository: Path, cache: Path) -> None:
                 output_names=outputs,
                 preprocess=preprocess,
                 classifier=False,
-                max_batch=64 if net != "pnet" else 1,
+                # P-Net: levels of the same size from several cameras share a batch.
+                max_batch=64 if net != "pnet" else 8,
                 description=description + " RGB, (pixel - 127.5) / 128, NCHW.",
                 provenance={
                     "source": f"facenet-pytorch {FACENET_VERSION} wheel (PyPI), "
