@@ -259,13 +259,18 @@ def visible(candidates: Candidates, height: int, width: int) -> Candidates:
 
 
 def refine(
-    candidates: Candidates, prob: FloatArray, reg: FloatArray, options: CascadeOptions
+    candidates: Candidates,
+    prob: FloatArray,
+    reg: FloatArray,
+    threshold: float,
+    nms_iou: float,
+    max_out: int,
 ) -> Candidates:
-    """R-Net's verdict on the 24x24 crops: threshold, NMS, regression, square."""
+    """A middle stage's verdict on its crops (R-Net): threshold, NMS, regression, square."""
     scores = prob[:, 1]
-    passed = scores > options.thresholds[1]
+    passed = scores > threshold
     boxes, scores, offsets = candidates.boxes[passed], scores[passed], reg[passed]
-    keep = nms(boxes, scores, options.nms_rnet, "union")[: options.max_onet_candidates]
+    keep = nms(boxes, scores, nms_iou, "union")[:max_out]
     return Candidates(square(regress(boxes[keep], offsets[keep])), scores[keep].astype(np.float32))
 
 
@@ -273,21 +278,27 @@ def finish(
     candidates: Candidates,
     prob: FloatArray,
     reg: FloatArray,
-    landmarks: FloatArray,
-    options: CascadeOptions,
+    landmarks: FloatArray | None,
+    threshold: float,
+    nms_iou: float,
+    nms_mode: Literal["union", "min"],
     height: int,
     width: int,
 ) -> Faces:
-    """O-Net's verdict on the 48x48 crops: threshold, landmarks from the crop's box, box
-    regression, NMS over the smaller box; boxes clipped to the frame."""
+    """The last stage's verdict on its crops (O-Net): threshold, landmarks from the crop's box,
+    box regression, NMS (MTCNN measures overlap over the smaller box, "min"); boxes clipped to
+    the frame. Without a landmarks output the faces have none (shape [N, 0, 2])."""
     scores = prob[:, 1]
-    passed = scores > options.thresholds[2]
+    passed = scores > threshold
     boxes, scores = candidates.boxes[passed], scores[passed].astype(np.float32)
-    sides = (boxes[:, 2:] - boxes[:, :2])[:, None, :]
-    points = np.stack([landmarks[passed, :5], landmarks[passed, 5:]], axis=2)
-    points = (boxes[:, None, :2] + points * sides).astype(np.float32)
+    if landmarks is None:
+        points = np.zeros((boxes.shape[0], 0, 2), np.float32)
+    else:
+        sides = (boxes[:, 2:] - boxes[:, :2])[:, None, :]
+        relative = np.stack([landmarks[passed, :5], landmarks[passed, 5:]], axis=2)
+        points = (boxes[:, None, :2] + relative * sides).astype(np.float32)
     boxes = regress(boxes, reg[passed])
-    keep = nms(boxes, scores, options.nms_onet, "min")
+    keep = nms(boxes, scores, nms_iou, nms_mode)
     boxes = np.clip(boxes[keep], 0, [width, height, width, height]).astype(np.float32)
     return Faces(boxes, scores[keep], points[keep])
 
@@ -340,7 +351,10 @@ def detect_faces(
     started = times.add("rnet_crops", started)
     prob, reg = run_batched(rnet, batch, max_batch)[:2]
     started = times.add("rnet", started)
-    candidates = visible(refine(candidates, prob, reg, options), height, width)
+    candidates = refine(
+        candidates, prob, reg, options.thresholds[1], options.nms_rnet, options.max_onet_candidates
+    )
+    candidates = visible(candidates, height, width)
     started = times.add("refine", started)
     if not len(candidates):
         return empty_faces()
@@ -348,6 +362,9 @@ def detect_faces(
     started = times.add("onet_crops", started)
     prob, reg, landmarks = run_batched(onet, batch, max_batch)[:3]
     started = times.add("onet", started)
-    faces = finish(candidates, prob, reg, landmarks, options, height, width)
+    faces = finish(
+        candidates, prob, reg, landmarks, options.thresholds[2], options.nms_onet, "min",
+        height, width,
+    )  # fmt: skip
     times.add("finish", started)
     return faces
