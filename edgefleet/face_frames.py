@@ -29,22 +29,27 @@ class FaceFrame:
     heads: list[tuple[int, int, int, int]]
 
 
-def head() -> npt.NDArray[np.uint8]:
+def photo(name: str) -> npt.NDArray[np.uint8]:
+    """An RGB photo from scikit-image's bundled data."""
     from skimage import data
 
-    image: npt.NDArray[np.uint8] = data.astronaut()
+    image: npt.NDArray[np.uint8] = getattr(data, name)()
+    return image
+
+
+def head() -> npt.NDArray[np.uint8]:
+    image = photo("astronaut")
     return image[HEAD_ROWS[0] : HEAD_ROWS[1], HEAD_COLUMNS[0] : HEAD_COLUMNS[1]]
 
 
 def frame_with_faces(width: int, height: int, faces: int) -> FaceFrame:
     """A width x height RGB frame with `faces` (0..5) heads side by side, alternately near the
     top and the bottom, each in its own fifth of the width."""
-    from skimage import data
-
     if not 0 <= faces <= MAX_FACES:
         raise ValueError(f"faces must be between 0 and {MAX_FACES}")
-    frame = np.ascontiguousarray(
-        cv2.resize(data.rocket(), (width, height), interpolation=cv2.INTER_AREA)
+    frame: npt.NDArray[np.uint8] = np.ascontiguousarray(
+        cv2.resize(photo("rocket"), (width, height), interpolation=cv2.INTER_AREA),
+        np.uint8,
     )
     source = head()
     aspect = source.shape[1] / source.shape[0]

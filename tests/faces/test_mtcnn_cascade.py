@@ -100,7 +100,7 @@ def test_benchmark_frames_hold_as_many_faces_as_they_say(nets, size):
     """The faces demo and benchmark frames: 0 to 5 heads pasted on a photo, each found once,
     inside the place it was pasted."""
     for count in range(MAX_FACES + 1):
-        frame = frame_with_faces(*size, count)
+        frame = frame_with_faces(size[0], size[1], count)
         faces = detect(frame.image, nets)
         assert len(faces) == count, (count, faces.boxes)
         for x0, y0, x1, y1 in frame.heads:
