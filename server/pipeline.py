@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from server.cascade import run_cascade
 from server.detect.ctc_text import decode as ctc_decode
 from server.detections import Detection
 from server.errors import ModelLoadError
@@ -192,7 +193,12 @@ async def run_pipeline(
         pool, decode_with_roi, frame, options.encoding, options.detection.roi, None
     )
     times.preprocess_s += loop.time() - started
-    detections: list[Detection] = []
+    if spec.stages[0].kind == "pyramid":
+        detections = await run_cascade(
+            spec.stages, lambda stage: _member(pipeline, stage), decoded, options, pool, times
+        )
+        return FrameAnalysis(pipeline.version, detections=detections, times=times)
+    detections = []
     for stage in spec.stages:
         member = _member(pipeline, stage)
         with member.lease():
