@@ -14,8 +14,9 @@ Stages (server.manifest.PipelineStage):
   batches of a frame at once so they share the member's batcher; its postprocess fills each
   detection (ctc_text: text and score; classification: class, label and score) and detections
   under the stage's `min_score` are dropped.
-A cascade such as MTCNN adds stage behaviour here (an image pyramid on `detect`, box refinement
-on `crop`) without touching the scheduler: the frame stays one unit of work.
+- `pyramid` then `refine` stages: a cascade detector (MTCNN's P-, R- and O-Net), run by
+  server/cascade.py.
+Whatever the stages, the frame stays one unit of work for the scheduler.
 """
 
 from __future__ import annotations
