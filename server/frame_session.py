@@ -28,7 +28,7 @@ from server.infer_types import OutputTensor
 from server.manifest import Preprocess
 from server.model_version import ModelVersion
 from server.postprocess import LabelScore, top_k
-from server.preprocess import FrameEncoding, decode_frame, to_model_input
+from server.preprocess import MAX_PIXELS, FrameEncoding, decode_frame, to_model_input
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,8 @@ class FrameSession:
     window: int
     resolve_model: ModelResolver
     preprocess_pool: Executor
+    # Frames declaring more pixels are refused before they are decoded.
+    max_pixels: int = MAX_PIXELS
     dropped_total: int = 0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _mailbox: _Waiting | None = None
@@ -199,7 +201,12 @@ class FrameSession:
                 assert spec is not None  # checked when the stream opened
                 started = loop.time()
                 tensor = await loop.run_in_executor(
-                    self.preprocess_pool, _prepare, frame, self.options.encoding, spec
+                    self.preprocess_pool,
+                    _prepare,
+                    frame,
+                    self.options.encoding,
+                    spec,
+                    self.max_pixels,
                 )
                 preprocessed = loop.time()
                 outcome = await model.infer({spec.input: tensor})
@@ -260,11 +267,14 @@ class FrameSession:
         return labels, tensors
 
 
-def _prepare(frame: FrameIn, encoding: FrameEncoding, spec: Preprocess) -> np.ndarray:
+def _prepare(
+    frame: FrameIn, encoding: FrameEncoding, spec: Preprocess, max_pixels: int
+) -> np.ndarray:
     """Runs in the preprocess pool: decode and turn into the model's input."""
     if not frame.data:
         raise InvalidInput(f"frame {frame.sequence} is empty")
     image, color = decode_frame(
-        frame.data, encoding, frame.width, frame.height, target=(spec.height, spec.width)
-    )
+        frame.data, encoding, frame.width, frame.height, target=(spec.height, spec.width),
+        max_pixels=max_pixels,
+    )  # fmt: skip
     return to_model_input(image, color, spec)
