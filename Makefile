@@ -28,7 +28,7 @@ $(PROTO_STAMP): $(INSTALLED) $(PROTO_SRC)
 
 models: $(MODELS_STAMP)
 
-$(MODELS_STAMP): $(PROTO_STAMP) scripts/build_default_models.py
+$(MODELS_STAMP): $(PROTO_STAMP) scripts/build_default_models.py edgefleet/export/mtcnn.py
 	$(PY) scripts/build_default_models.py --repository models
 	touch $@
 

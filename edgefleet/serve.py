@@ -71,6 +71,7 @@ def serve(
     agent_state: Annotated[Path, typer.Option(help="Fleet agent state: certificate, downloads, telemetry buffer.")] = Path("agent-state"),
     trusted_key: Annotated[list[Path] | None, typer.Option("--trusted-key", help="Bundle signing public key, or a directory of *.pub (repeatable).")] = None,
     label: Annotated[list[str] | None, typer.Option("--label", help="key=value label the agent reports (repeatable).")] = None,
+    bundle_source: Annotated[list[str] | None, typer.Option("--bundle-source", help="HTTP base URL serving <sha256>.efb bundles (a mirror or the origin), tried in order before the controller (repeatable).")] = None,
 ) -> None:  # fmt: skip
     """Serve the models in REPOSITORY over gRPC (KServe v2 / Triton protocol and FrameStream)."""
     settings = _server_settings(ctx)
@@ -115,6 +116,7 @@ def serve(
             state_dir=agent_state,
             trusted_keys=tuple(trusted_key or ()),
             labels=dict(item.split("=", 1) for item in label or [] if "=" in item),
+            bundle_sources=tuple(bundle_source or ()),
         )
     from fleet.errors import FleetError
 
@@ -161,8 +163,15 @@ async def run_server(
     from server.app import EdgeServer
 
     hardware_json = "{}"
+    boot = None
+    if agent_settings is not None:
+        # The device boots into its desired or last known good versions, controller or not.
+        from fleet.agent.local_state import BootPlan
+
+        boot = await asyncio.to_thread(BootPlan.load, agent_settings.state_dir)
+    boot_order = boot.order if boot is not None else None
     if planner_settings is None:
-        server = EdgeServer(settings)
+        server = EdgeServer(settings, boot_order=boot_order)
     else:
         from server.hardware.planner import HardwarePlanner
 
@@ -179,7 +188,10 @@ async def run_server(
         )
         hardware_json = json.dumps(facts.to_dict(), default=str)
         server = EdgeServer(
-            settings, planner=planner, device_facts=lambda: planner.facts().to_dict()
+            settings,
+            planner=planner,
+            device_facts=lambda: planner.facts().to_dict(),
+            boot_order=boot_order,
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -191,7 +203,7 @@ async def run_server(
         # The fleet agent drives this server through its core, in this process and loop.
         from fleet.agent.agent import Agent
 
-        agent = Agent(server.core, settings.repository, agent_settings, hardware_json)
+        agent = Agent(server.core, settings.repository, agent_settings, hardware_json, boot)
         try:
             await agent.start()
         except BaseException:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ import numpy as np
 from server.errors import (
     EdgeError,
     InvalidInput,
+    ModelNotReady,
     RepositoryMissing,
     RequiredModelFailed,
     ShuttingDown,
@@ -40,6 +41,9 @@ from server.settings import ServerSettings
 from server.stats import ModelStats, ModelTelemetry
 
 log = logging.getLogger(__name__)
+# (model name, versions on disk oldest first) -> the versions to try at boot, best first. The
+# fleet agent passes one that prefers the desired and last known good versions.
+BootOrder = Callable[[str, list[str]], list[str]]
 
 # Classification strings formatted on the event loop; larger requests format in a thread.
 CLASSIFICATION_ON_LOOP = 64
@@ -67,8 +71,10 @@ class InferenceCore:
         *,
         planner: Planner | None = None,
         metrics: ServerMetrics | None = None,
+        boot_order: BootOrder | None = None,
     ) -> None:
         self.settings = settings
+        self._boot_order = boot_order
         self.metrics = metrics if metrics is not None else ServerMetrics()
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.preprocess_threads, thread_name_prefix="preprocess"
@@ -111,7 +117,7 @@ class InferenceCore:
         )
         for name in names:
             try:
-                await self.registry.load(name)
+                await self._load_at_boot(name)
             except EdgeError as exc:
                 if self.settings.models is not None:
                     # A model the operator named must load, or the server must not start.
@@ -130,6 +136,25 @@ class InferenceCore:
                 len(loaded), ", ".join(f"{model.name}/{model.version}" for model in loaded),
             )  # fmt: skip
         self._started = True
+
+    async def _load_at_boot(self, name: str) -> None:
+        """Load the first version of `boot_order` (newest first by default) that loads: one bad
+        version on disk never keeps a server from starting on a good one."""
+        on_disk = self.registry.versions_on_disk(name)
+        order = self._boot_order(name, on_disk) if self._boot_order else on_disk[::-1]
+        if not order:
+            if on_disk:
+                raise ModelNotReady(f"model {name!r}: no version on disk may boot")
+            await self.registry.load(name)  # raises the precise "not found" error
+            return
+        for position, version in enumerate(order):
+            try:
+                await self.registry.load(name, version)
+                return
+            except EdgeError as exc:
+                if position == len(order) - 1:
+                    raise
+                log.error("model %s version %s skipped at boot: %s", name, version, exc)
 
     async def stop(self) -> None:
         """Refuse new work, let in-flight requests finish, free every runtime."""

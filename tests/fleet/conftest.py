@@ -11,6 +11,9 @@ from fleet.controller.settings import ControllerSettings
 from fleet.ctl.client import AdminClient, AdminCredential
 from fleet.keys import generate_keypair
 
+# Real nginx and PostgreSQL servers, for the tests that need them.
+from tests.fleet.services import nginx_factory, postgres_dsn, postgres_server  # noqa: F401
+
 
 @pytest.fixture
 def signing_keys(tmp_path: Path) -> tuple[Path, Path]:
@@ -34,9 +37,20 @@ def controller_settings(data_dir: Path, trusted: Path, **overrides: object) -> C
     return ControllerSettings.model_validate(values)
 
 
-@pytest.fixture
-async def controller(tmp_path: Path, signing_keys: tuple[Path, Path]):
-    app = ControllerApp(controller_settings(tmp_path / "controller", signing_keys[1].parent))
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def controller(
+    request: pytest.FixtureRequest, tmp_path: Path, signing_keys: tuple[Path, Path]
+):
+    """A controller on each store: SQLite, and a fresh database on the session's PostgreSQL."""
+    store: dict[str, object] = {}
+    if request.param == "postgresql":
+        postgres = request.getfixturevalue("postgres_server")
+        database = postgres.create_database()
+        store = {"store": postgres.dsn(database, with_password=False),
+                 "store_password": postgres.password}  # fmt: skip
+    app = ControllerApp(
+        controller_settings(tmp_path / "controller", signing_keys[1].parent, **store)
+    )
     await app.start()
     yield app
     await app.stop(0.2)
