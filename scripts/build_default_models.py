@@ -9,6 +9,10 @@
   from our own definitions (`edgefleet/export/mtcnn.py`) with the pretrained weights from the
   `facenet-pytorch` wheel (MIT). The wheel is downloaded, never installed: its package pins an
   old torch.
+- The PP-OCRv4 text reader: `ppocr_det/1/` (DB text detector, dynamic height and width),
+  `ppocr_rec/1/` (CTC recogniser; its ONNX metadata holds the character list) and the pipeline
+  `ppocr/1/` chaining them, from the ONNX files inside the `rapidocr-onnxruntime` wheel
+  (Apache-2.0).
 
 Every manifest carries the sha256 of every file; nothing is downloaded at run time.
 """
@@ -24,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +37,11 @@ import torch
 from edgefleet.export.mtcnn import WEIGHT_FILES as MTCNN_WEIGHT_FILES
 from server.manifest import (
     Batching,
+    CtcOptions,
+    DbOptions,
     ModelManifest,
+    PipelineSpec,
+    PipelineStage,
     Postprocess,
     Preprocess,
     TensorSpec,
@@ -240,12 +249,96 @@ def build(repository: Path, cache: Path) -> None:
     build_mtcnn(repository, cache)
 
 
+RAPIDOCR = "rapidocr-onnxruntime 1.4.4 (Apache-2.0), PaddleOCR PP-OCRv4 weights"
+# PP-OCR feeds OpenCV's BGR pixels as (pixel / 255 - 0.5) / 0.5.
+PPOCR_MEAN = (127.5, 127.5, 127.5)
+PPOCR_STD = (127.5, 127.5, 127.5)
+
+
+def _rapidocr_models() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    if spec is None or spec.origin is None:
+        raise SystemExit("rapidocr-onnxruntime is not installed: run `make install`")
+    return Path(spec.origin).parent / "models"
+
+
+def _write_version(repository: Path, name: str, build: Callable[[Path], ModelManifest]) -> None:
+    with tempfile.TemporaryDirectory(dir=repository) as staging:
+        version_dir = Path(staging) / "1"
+        version_dir.mkdir()
+        write_manifest(version_dir, build(version_dir))
+        target = repository / name / "1"
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        version_dir.rename(target)
+    print(f"wrote {target}")
+
+
+def build_ppocr(repository: Path) -> None:
+    source = _rapidocr_models()
+
+    def detector(version_dir: Path) -> ModelManifest:
+        shutil.copyfile(source / "ch_PP-OCRv4_det_infer.onnx", version_dir / "model.onnx")
+        return ModelManifest(
+            name="ppocr_det", version="1", format="onnx", model_file="model.onnx",
+            description="PP-OCRv4 text detector (differentiable binarisation); dynamic H and W.",
+            inputs=[TensorSpec(name="x", dtype="float32", shape=["N", 3, "H", "W"])],
+            outputs=[TensorSpec(name="sigmoid_0.tmp_0", dtype="float32", shape=["N", 1, "H", "W"])],
+            preprocess=Preprocess(
+                input="x", height=736, width=992, resize="limit_side", limit_side_len=736,
+                limit_type="min", max_side_len=2000, size_multiple=32, color="bgr",
+                mean=PPOCR_MEAN, std=PPOCR_STD,
+            ),
+            postprocess=Postprocess(kind="db_text", output="sigmoid_0.tmp_0", db=DbOptions()),
+            batching=Batching(max_batch_size=0),
+            files=hash_directory(version_dir),
+            provenance={"source": RAPIDOCR, "file": "ch_PP-OCRv4_det_infer.onnx"},
+        )  # fmt: skip
+
+    def recogniser(version_dir: Path) -> ModelManifest:
+        shutil.copyfile(source / "ch_PP-OCRv4_rec_infer.onnx", version_dir / "model.onnx")
+        return ModelManifest(
+            name="ppocr_rec", version="1", format="onnx", model_file="model.onnx",
+            description="PP-OCRv4 text recogniser (CTC; characters in the ONNX metadata).",
+            inputs=[TensorSpec(name="x", dtype="float32", shape=["N", 3, 48, "W"])],
+            outputs=[TensorSpec(name="softmax_11.tmp_0", dtype="float32", shape=["N", "T", 6625])],
+            preprocess=Preprocess(
+                input="x", height=48, width=320, resize="fit_height", max_width=2304,
+                color="bgr", mean=PPOCR_MEAN, std=PPOCR_STD,
+            ),
+            postprocess=Postprocess(kind="ctc_text", output="softmax_11.tmp_0", ctc=CtcOptions()),
+            batching=Batching(max_batch_size=6, max_queue_delay_us=1000),
+            files=hash_directory(version_dir),
+            provenance={"source": RAPIDOCR, "file": "ch_PP-OCRv4_rec_infer.onnx"},
+        )  # fmt: skip
+
+    def pipeline(version_dir: Path) -> ModelManifest:
+        return ModelManifest(
+            name="ppocr", version="1", format="pipeline", model_file="", inputs=[], outputs=[],
+            files={}, description="PP-OCRv4 text reading: ppocr_det finds lines, ppocr_rec reads.",
+            pipeline=PipelineSpec(stages=[
+                PipelineStage(kind="detect", model="ppocr_det"),
+                # PaddleOCR's drop_score: lines read with less confidence are dropped.
+                PipelineStage(kind="crop", model="ppocr_rec", crop="quad", min_score=0.5),
+            ]),
+            provenance={"source": RAPIDOCR},
+        )  # fmt: skip
+
+    _write_version(repository, "ppocr_det", detector)
+    _write_version(repository, "ppocr_rec", recogniser)
+    _write_version(repository, "ppocr", pipeline)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repository", type=Path, default=Path("models"))
     parser.add_argument("--cache", type=Path, default=Path(".cache"))
     args = parser.parse_args()
     build(args.repository, args.cache)
+    build_ppocr(args.repository)
 
 
 if __name__ == "__main__":

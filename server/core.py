@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -116,6 +117,8 @@ class InferenceCore:
             else (self.registry.names_on_disk())
         )
         for name in names:
+            if self.registry.loaded_versions(name):
+                continue  # already loaded as a member of a pipeline loaded before it
             try:
                 await self._load_at_boot(name)
             except EdgeError as exc:
@@ -242,8 +245,9 @@ class InferenceCore:
                 outcome = await model.infer(request.inputs)
                 post_start = loop.time()
                 outputs = [await self._output(model, outcome, wanted) for wanted in requested]
-            except EdgeError as exc:
-                model.record_failure(loop.time() - arrival, type(exc).__name__)
+            except Exception as exc:  # every failure counts: a runtime error is a failed inference
+                outcome_label = type(exc).__name__ if isinstance(exc, EdgeError) else "error"
+                model.record_failure(loop.time() - arrival, outcome_label)
                 raise
             done = loop.time()
             model.record_success(
@@ -291,7 +295,7 @@ class InferenceCore:
         """Run one camera stream. Errors in the options raise before anything is yielded."""
         self._check_serving()
         model = self.registry.resolve(options.model_name, options.model_version)
-        if model.manifest.preprocess is None:
+        if model.manifest.preprocess is None and model.manifest.pipeline is None:
             raise InvalidInput(
                 f"model {model.name} has no preprocess section, so it cannot take camera frames"
             )
@@ -302,12 +306,12 @@ class InferenceCore:
                 f"{self.settings.stream_max_in_flight_limit}"
             )
         name, version = options.model_name, options.model_version
+        options = dataclasses.replace(options, max_pixels=self.settings.max_frame_pixels)
         session = FrameSession(
             options=options,
             window=requested,
             resolve_model=lambda: self.registry.resolve(name, version),
             preprocess_pool=self._preprocess_pool,
-            max_pixels=self.settings.max_frame_pixels,
         )
         stream_id = options.stream_id or f"stream-{id(session):x}"
         self._streams += 1

@@ -106,7 +106,7 @@ async def test_11_environment_sets_every_flag_not_given(repository, tmp_path: Pa
 async def test_9_skipped_entries_and_zero_models_are_said_at_startup(tmp_path):
     repo = tmp_path / "repo"
     (repo / "resnet" / "1").mkdir(parents=True)
-    (repo / "resnet" / "1" / "model.onnx").write_bytes(b"onnx")
+    (repo / "resnet" / "1" / "resnet50.onnx").write_bytes(b"onnx")
     (repo / "notes.txt").write_text("hello")
     port_file = tmp_path / "port"
     process = await asyncio.create_subprocess_exec(
@@ -124,8 +124,9 @@ async def test_9_skipped_entries_and_zero_models_are_said_at_startup(tmp_path):
             process.send_signal(signal.SIGTERM)
         _, raw = await asyncio.wait_for(process.communicate(), 60)
     stderr = raw.decode()
-    assert "repository entry resnet skipped: version directories ['1'] have no manifest.json" in (
-        stderr
+    assert (
+        "repository entry resnet skipped: version directories ['1'] have no manifest.json "
+        "or model.onnx" in stderr
     )
     assert "repository entry notes.txt skipped: a file, not a model directory" in stderr
     assert "no models loaded" in stderr
