@@ -15,9 +15,17 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.cascade import cascade_problem
 from server.dropin import DROPIN_FILENAME, manifest_from_onnx
 from server.errors import EdgeError, ModelLoadError, ModelNotFound, ModelNotReady
-from server.manifest import MANIFEST_FILENAME, ModelManifest, read_manifest, verify_files
+from server.manifest import (
+    MANIFEST_FILENAME,
+    CascadeStage,
+    ModelManifest,
+    PipelineStage,
+    read_manifest,
+    verify_files,
+)
 from server.metrics import ServerMetrics
 from server.model_version import ModelVersion
 from server.runtime_plan import Planner, RuntimePlan
@@ -263,7 +271,7 @@ class ModelRegistry:
                 except EdgeError as exc:
                     raise ModelLoadError(f"{where}: {member} cannot be loaded: {exc}") from None
             model = self.resolve(stage.model, stage.version)
-            problem = stage_problem(stage.kind, model.manifest)
+            problem = stage_problem(stage.kind, model.manifest, stage)
             if problem:
                 raise ModelLoadError(f"{where}: {member}: {problem}")
 
@@ -332,11 +340,13 @@ def read_version_manifest(version_dir: Path) -> ModelManifest:
     return manifest
 
 
-def stage_problem(kind: str, member: ModelManifest) -> str:
+def stage_problem(kind: str, member: ModelManifest, stage: PipelineStage | None = None) -> str:
     """Why `member` cannot serve a pipeline stage of `kind`, or ""."""
     post = member.postprocess.kind
     if member.pipeline is not None:
         return "is a pipeline itself"
+    if kind in ("pyramid", "refine"):
+        return cascade_problem(kind, member, stage.cascade if stage else CascadeStage())
     if member.preprocess is None:
         return "has no preprocess section, so it cannot take frames or crops"
     if kind == "detect" and post not in ("yolo", "db_text"):
@@ -372,7 +382,7 @@ def check_pipeline_members(repository: Path, manifest: ModelManifest) -> None:
                 f"{where}: member {stage.model!r} has no version {version} "
                 f"(versions: {', '.join(versions)})"
             )
-        problem = stage_problem(stage.kind, read_version_manifest(directory / version))
+        problem = stage_problem(stage.kind, read_version_manifest(directory / version), stage)
         if problem:
             raise ModelLoadError(f"{where}: member {stage.model!r}: {problem}")
 
