@@ -373,5 +373,6 @@ async def _decode_one(
     tensor, _transform = await loop.run_in_executor(
         pool, decode_and_prepare, pick.waiting.frame, pick.session.options.encoding,
         pick.session.options.detection.roi, spec, decode_target(spec, "classification"),
+        pick.session.options.max_pixels,
     )  # fmt: skip
     return tensor

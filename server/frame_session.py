@@ -32,7 +32,7 @@ from server.infer_types import OutputTensor
 from server.metrics import StreamMetrics
 from server.model_version import ModelVersion
 from server.postprocess import LabelScore
-from server.preprocess import FrameEncoding
+from server.preprocess import MAX_PIXELS, FrameEncoding
 
 if TYPE_CHECKING:
     from server.frame_analysis import FrameAnalysis
@@ -60,6 +60,9 @@ class StreamOptions:
     max_age_ms: int = 0
     # Score threshold, max detections, classes and region of interest of this stream.
     detection: DetectionFilter = DetectionFilter()
+    # Frames declaring more pixels are refused before decoding; the server's setting, not the
+    # client's (the core sets it when the stream opens).
+    max_pixels: int = MAX_PIXELS
 
 
 @dataclass(frozen=True)
