@@ -333,21 +333,24 @@ def hash_directory(version_dir: Path) -> dict[str, str]:
 def read_manifest(version_dir: Path) -> ModelManifest:
     """Parse the manifest of one version directory; does not check file hashes."""
     path = version_dir / MANIFEST_FILENAME
+    # Errors reach clients: they name model/version, never a path on the server.
+    where_file = f"{version_dir.parent.name}/{version_dir.name}/{MANIFEST_FILENAME}"
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InvalidManifest(f"{path}: no manifest") from None
+        raise InvalidManifest(f"{where_file}: no manifest") from None
     except OSError as exc:
-        raise InvalidManifest(f"{path}: unreadable ({exc.strerror})") from None
+        raise InvalidManifest(f"{where_file}: unreadable ({exc.strerror})") from None
     try:
         manifest = ModelManifest.model_validate_json(text)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "manifest"
-        raise InvalidManifest(f"{path}: {where}: {first['msg']}") from None
+        raise InvalidManifest(f"{where_file}: {where}: {first['msg']}") from None
     if manifest.version != version_dir.name:
         raise InvalidManifest(
-            f"{path}: says version {manifest.version} but lives in directory {version_dir.name}"
+            f"{where_file}: says version {manifest.version} "
+            f"but lives in directory {version_dir.name}"
         )
     return manifest
 

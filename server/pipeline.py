@@ -191,8 +191,9 @@ async def run_pipeline(
     times = StageTimes()
     started = loop.time()
     decoded = await loop.run_in_executor(
-        pool, decode_with_roi, frame, options.encoding, options.detection.roi, None
-    )
+        pool, decode_with_roi, frame, options.encoding, options.detection.roi, None,
+        options.max_pixels,
+    )  # fmt: skip
     times.preprocess_s += loop.time() - started
     if spec.stages[0].kind == "pyramid":
         detections = await run_cascade(

@@ -102,6 +102,34 @@ class ModelRegistry:
             and self.versions_on_disk(child.name)
         )
 
+    def skipped_on_disk(self) -> list[tuple[str, str]]:
+        """Entries of the repository that hold no servable model, each with the reason."""
+        if not self._repository.is_dir():
+            return []
+        skipped: list[tuple[str, str]] = []
+        for child in sorted(self._repository.iterdir()):
+            if child.name.startswith("."):
+                continue
+            if not child.is_dir():
+                skipped.append((child.name, "a file, not a model directory"))
+            elif not _MODEL_NAME.match(child.name):
+                skipped.append((child.name, "not a valid model name"))
+            elif not self.versions_on_disk(child.name):
+                numbered = [
+                    item for item in child.iterdir() if item.is_dir() and item.name.isdigit()
+                ]
+                skipped.append(
+                    (
+                        child.name,
+                        f"no numbered version directory with a {MANIFEST_FILENAME} or a "
+                        f"{DROPIN_FILENAME}"
+                        if not numbered
+                        else f"version directories {sorted(item.name for item in numbered)} "
+                        f"have no {MANIFEST_FILENAME} or {DROPIN_FILENAME}",
+                    )
+                )
+        return skipped
+
     # ---- lookup ----
 
     def resolve(self, name: str, version: str = "") -> ModelVersion:
@@ -305,8 +333,8 @@ def read_version_manifest(version_dir: Path) -> ModelManifest:
     manifest = read_manifest(version_dir)
     if manifest.name != version_dir.parent.name:
         raise ModelLoadError(
-            f"{version_dir}: manifest names model {manifest.name!r}, "
-            f"directory is {version_dir.parent.name!r}"
+            f"{version_dir.parent.name}/{version_dir.name}: manifest names model "
+            f"{manifest.name!r}, directory is {version_dir.parent.name!r}"
         )
     verify_files(version_dir, manifest)
     return manifest
