@@ -279,7 +279,8 @@ class ModelRegistry:
         if slot is None or slot.loaded.get(model.version) is not model:
             return  # unloaded or replaced meanwhile
         if (plan.model_file, plan.precision) == (model.plan.model_file, model.plan.precision):
-            model.plan = plan  # rejected or failed: serving continues, the reason is recorded
+            # Rejected or failed: serving continues as it is; the reason is recorded.
+            model.plan = replace(model.plan, pending="", reasons=plan.reasons)
             self._metrics.model_events.labels(model.name, model.version, "upgrade_rejected").inc()
             return
         fresh = await loop.run_in_executor(
