@@ -7,7 +7,7 @@ PROTO_SRC := $(shell find protos -name '*.proto' | sort)
 PROTO_STAMP := protos/.generated
 MODELS_STAMP := models/.built
 
-.PHONY: install protos models demo test lint bench stubs fleet-demo clean
+.PHONY: install protos models demo test lint bench stubs fleet-demo clean fuzz
 
 install: $(INSTALLED)
 
@@ -16,6 +16,7 @@ $(INSTALLED): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps rapidocr-onnxruntime==1.4.4
 	touch $@
 
 protos: $(PROTO_STAMP)
@@ -28,7 +29,7 @@ $(PROTO_STAMP): $(INSTALLED) $(PROTO_SRC)
 
 models: $(MODELS_STAMP)
 
-$(MODELS_STAMP): $(PROTO_STAMP) scripts/build_default_models.py
+$(MODELS_STAMP): $(PROTO_STAMP) scripts/build_default_models.py edgefleet/export/mtcnn.py
 	$(PY) scripts/build_default_models.py --repository models
 	touch $@
 
@@ -37,6 +38,11 @@ demo: $(MODELS_STAMP)
 
 test: $(MODELS_STAMP)
 	$(PY) -m pytest -q
+
+# Long fuzzing of the real server (tests/server/test_fuzz.py): FUZZ_SECONDS=3600 make fuzz.
+FUZZ_SECONDS ?= 600
+fuzz: $(MODELS_STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -s --timeout 0 tests/server/test_fuzz.py -k long
 
 lint: $(PROTO_STAMP)
 	$(VENV)/bin/ruff check .

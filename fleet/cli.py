@@ -22,31 +22,47 @@ def register(app: typer.Typer) -> None:
 
 def controller(
     data: Annotated[Path, typer.Option("--data", help="State directory: SQLite store, CA, bundles.")] = Path("fleet-data"),
+    store: Annotated[str, typer.Option("--store", envvar="EDGEFLEET_CONTROLLER_STORE", help="sqlite (in --data, one machine) or postgresql://USER@HOST:PORT/DB (replicas). No password here: see --store-password-file.")] = "sqlite",
+    store_password_file: Annotated[Path | None, typer.Option("--store-password-file", envvar="EDGEFLEET_CONTROLLER_STORE_PASSWORD_FILE", help="File holding the PostgreSQL password (or set EDGEFLEET_CONTROLLER_STORE_PASSWORD, or libpq's PGPASSWORD/PGPASSFILE).")] = None,
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 for every interface.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Agent and admin port (mutual TLS); 0 picks one.")] = 7443,
     enroll_port: Annotated[int, typer.Option(help="Enrollment port (server TLS only).")] = 7444,
     metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port; -1 disables.")] = 9443,
     hostname: Annotated[list[str] | None, typer.Option("--hostname", help="Name or IP the server certificate covers (repeatable).")] = None,
     trusted_key: Annotated[list[Path] | None, typer.Option("--trusted-key", help="Public key file or directory of *.pub a bundle must be signed by (repeatable).")] = None,
+    publish_dir: Annotated[Path | None, typer.Option("--publish-dir", help="HTTP origin directory: every verified upload is also published there as <sha256>.efb for agents' --bundle-source.")] = None,
     telemetry_interval_s: Annotated[float, typer.Option(help="Seconds between agent telemetry samples.")] = 10.0,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:  # fmt: skip
     """Run the fleet controller: enrollment, device registry, bundles, rollouts, telemetry."""
+    from pydantic import ValidationError
+
     from fleet.controller.settings import ControllerSettings
 
     values: dict[str, object] = {
         "data_dir": data,
+        "store": store,
+        "store_password_file": store_password_file,
         "host": host,
         "port": port,
         "enroll_port": enroll_port,
         "metrics_port": metrics_port,
         "trusted_keys": tuple(trusted_key or ()),
+        "publish_dir": publish_dir,
         "telemetry_interval_s": telemetry_interval_s,
         "log_level": log_level.upper(),
     }
     if hostname:
         values["hostnames"] = tuple(hostname)
-    settings = ControllerSettings.model_validate(values)
+    try:
+        settings = ControllerSettings.model_validate(values)
+    except ValidationError as error:
+        # Only the messages: pydantic's full text repeats the input values.
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
+            for item in error.errors()
+        )
+        raise typer.BadParameter(problems) from None
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

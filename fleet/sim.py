@@ -14,7 +14,9 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import grpc
+import httpx
 
+from fleet.agent.sources import bundle_url
 from fleet.ctl.client import AdminClient
 from fleet.pki import make_csr, new_private_key, private_key_pem
 from protos.edgefleet.fleet.v1 import admin_pb2, agent_pb2, agent_pb2_grpc
@@ -47,6 +49,9 @@ class SimSettings:
     telemetry_interval_s: float = 10.0
     # Spread the first connections so the controller is not hit by a thundering herd.
     connect_spread_s: float = 5.0
+    # HTTP bundle origin (a web server over the controller's --publish-dir); empty: download
+    # from the controller over gRPC.
+    bundle_origin: str = ""
 
 
 @dataclass
@@ -55,6 +60,7 @@ class SimStats:
     installs: int = 0
     install_seconds: list[float] = field(default_factory=list)
     bytes_downloaded: int = 0
+    bytes_from_origin: int = 0
     connected: int = 0
     errors: int = 0
 
@@ -62,9 +68,10 @@ class SimStats:
 class SimulatedAgent:
     def __init__(
         self, settings: SimSettings, device_id: str, credentials: grpc.ChannelCredentials,
-        stats: SimStats,
+        stats: SimStats, http: httpx.AsyncClient | None = None,
     ) -> None:  # fmt: skip
         self.device_id = device_id
+        self._http = http
         self._settings = settings
         self._credentials = credentials
         self._stats = stats
@@ -165,12 +172,22 @@ class SimulatedAgent:
         started = loop.time()
         if model.version not in self._held and model.bundle_sha256:
             bytes_per_s = self._settings.link_mbps * 1e6 / 8
-            async for chunk in stub.Download(
-                agent_pb2.DownloadRequest(bundle_sha256=model.bundle_sha256)
-            ):
-                self._stats.bytes_downloaded += len(chunk.data)
-                # The simulated link: a chunk takes as long as its bytes need at this bandwidth.
-                await asyncio.sleep(len(chunk.data) / bytes_per_s)
+            if self._http is not None and self._settings.bundle_origin:
+                url = bundle_url(self._settings.bundle_origin, model.bundle_sha256)
+                async with self._http.stream("GET", url) as response:
+                    response.raise_for_status()
+                    async for data in response.aiter_bytes(256 * 1024):
+                        self._stats.bytes_downloaded += len(data)
+                        self._stats.bytes_from_origin += len(data)
+                        await asyncio.sleep(len(data) / bytes_per_s)
+            else:
+                async for chunk in stub.Download(
+                    agent_pb2.DownloadRequest(bundle_sha256=model.bundle_sha256)
+                ):
+                    self._stats.bytes_downloaded += len(chunk.data)
+                    # The simulated link: a chunk takes as long as its bytes need at this
+                    # bandwidth.
+                    await asyncio.sleep(len(chunk.data) / bytes_per_s)
             self._held.add(model.version)
         self.version = model.version
         self._stats.installs += 1
@@ -193,6 +210,12 @@ class SimulatedFleet:
         self.stats = SimStats()
         self.agents: list[SimulatedAgent] = []
         self._tasks: list[asyncio.Task[None]] = []
+        # One HTTP client (connection pool) for every simulated device's origin downloads.
+        self._http = (
+            httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=None))
+            if settings.bundle_origin
+            else None
+        )
 
     async def enroll(self, admin: AdminClient, prefix: str = "sim", concurrency: int = 64) -> None:
         """Enroll `count` devices through the real token + CSR path (one shared key: simulation
@@ -220,7 +243,7 @@ class SimulatedFleet:
                     private_key=key_pem,
                     certificate_chain=response.certificate_pem,
                 )
-                return SimulatedAgent(self.settings, device_id, credentials, self.stats)
+                return SimulatedAgent(self.settings, device_id, credentials, self.stats, self._http)
 
             self.agents = list(
                 await asyncio.gather(*(one(index) for index in range(self.settings.count)))
@@ -234,6 +257,8 @@ class SimulatedFleet:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._http is not None:
+            await self._http.aclose()
 
     def versions(self) -> dict[str, int]:
         counts: dict[str, int] = {}

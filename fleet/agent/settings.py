@@ -31,9 +31,15 @@ class AgentSettings(BaseSettings):
     reconnect_max_s: float = Field(default=30.0, gt=0)
     # Samples kept while the controller is unreachable; beyond this the oldest are dropped.
     spool_max_samples: int = Field(default=10_000, ge=1)
+    # HTTP base URLs serving `<sha256>.efb` (mirrors, then the origin), tried in order before
+    # the controller; every download is checked against its sha256 and signature.
+    bundle_sources: tuple[str, ...] = ()
     download_chunk_bytes: int = Field(default=256 * 1024, ge=1024, le=4 * 1024 * 1024)
     # Versions of a model kept on disk for instant local rollback (the active one included).
     keep_versions: int = Field(default=3, ge=2)
+    # Quarantined (failed, rolled back, replaced) copies kept per model for forensics; cleanup
+    # removes them before any good version.
+    quarantine_kept: int = Field(default=1, ge=0)
 
     def resolved_enroll_address(self) -> str:
         if self.enroll_address:

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from fleet.controller.controller import FleetController
 from fleet.controller.grpc_api import AdminServicer, AgentServicer, EnrollmentServicer
 from fleet.controller.settings import ControllerSettings
-from fleet.controller.sqlite_store import SqliteStore
+from fleet.controller.stores import describe, open_store
 from fleet.keys import TrustedKeys
 from fleet.pki import ADMIN_PREFIX, CertificateAuthority
 from protos.edgefleet.fleet.v1 import admin_pb2_grpc, agent_pb2_grpc
@@ -50,7 +50,7 @@ class ControllerApp:
             ca.server_credentials, pki_dir, settings.hostnames
         )
         trusted = await asyncio.to_thread(TrustedKeys.from_paths, settings.trusted_keys)
-        store = await asyncio.to_thread(SqliteStore, settings.data_dir / "controller.db")
+        store = await asyncio.to_thread(open_store, settings)
         controller = FleetController(settings, store, ca, trusted, self.registry)
         await controller.start()
         self.controller = controller
@@ -87,11 +87,12 @@ class ControllerApp:
             self.metrics_port = self._metrics_server.server_port
         await asyncio.to_thread(self._write_admin_credential, ca)
         logger.info(
-            "controller on %s:%d (mTLS), enrollment on :%d, data in %s",
+            "controller on %s:%d (mTLS), enrollment on :%d, data in %s, store %s",
             settings.host,
             self.port,
             self.enroll_port,
             settings.data_dir,
+            describe(settings),
         )
         return self.port
 

@@ -4,7 +4,6 @@ rollouts. No gRPC here: `fleet.controller.grpc_api` translates and delegates."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import re
@@ -21,6 +20,7 @@ from fleet.bundle import BundleInfo, sha256_path, verify_bundle
 from fleet.controller.live import LiveFleet, TelemetrySample
 from fleet.controller.metrics import FleetCollector
 from fleet.controller.records import (
+    PIN_SOURCE,
     AuditRecord,
     BundleRecord,
     DesiredEntry,
@@ -29,12 +29,13 @@ from fleet.controller.records import (
     RolloutRecord,
     RolloutSpec,
 )
-from fleet.controller.rollouts import PIN_SOURCE, RolloutEngine, matches
+from fleet.controller.rollouts import RolloutEngine, matches
 from fleet.controller.settings import ControllerSettings
 from fleet.controller.store import Store, StoreRunner
 from fleet.errors import Conflict, InvalidRequest, NotFound
 from fleet.keys import TrustedKeys
 from fleet.pki import DEVICE_PREFIX, CertificateAuthority
+from fleet.publish import publish_bundle
 
 logger = logging.getLogger(__name__)
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -67,9 +68,12 @@ class FleetController:
             self._store, self.live, self.live.notify, settings.rollout_tick_s
         )
         self._bundle_dir = settings.data_dir / "bundles"
-        self._pending_rows: deque[tuple[str, float, str]] = deque(
+        # (sequence, device, received at, document): rows leave only once the store has them.
+        self._pending_rows: deque[tuple[int, str, float, str]] = deque(
             maxlen=settings.telemetry_buffer_rows
         )
+        self._row_sequence = 0
+        self._flush_lock = asyncio.Lock()
         self.telemetry_rows_dropped = 0
         self._devices: dict[str, DeviceRecord] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -84,6 +88,10 @@ class FleetController:
     @property
     def ca_certificate_pem(self) -> bytes:
         return self._ca.certificate_pem
+
+    @property
+    def telemetry_rows_pending(self) -> int:
+        return len(self._pending_rows)
 
     def device_records(self) -> list[DeviceRecord]:
         return list(self._devices.values())
@@ -176,7 +184,8 @@ class FleetController:
         self.live.record(device_id, sample)
         if len(self._pending_rows) == self._pending_rows.maxlen:
             self.telemetry_rows_dropped += 1
-        self._pending_rows.append((device_id, sample.received_wall, document))
+        self._row_sequence += 1
+        self._pending_rows.append((self._row_sequence, device_id, sample.received_wall, document))
         device = self._devices.get(device_id)
         for model in sample.models:
             if device is not None and device.active_versions.get(model.name) != model.version:
@@ -184,7 +193,13 @@ class FleetController:
             self.rollouts.active_version_seen(device_id, model.name, model.version)
 
     async def install_result(
-        self, device_id: str, model: str, version: str, error: str, active_version: str
+        self,
+        device_id: str,
+        model: str,
+        version: str,
+        error: str,
+        active_version: str,
+        bundle_sha256: str = "",
     ) -> None:
         device = self._devices.get(device_id)
         if device is None:  # removed while its stream was still open
@@ -198,7 +213,7 @@ class FleetController:
                 await self._store.call(
                     self._store.store.set_desired, [entry.model_copy(update={"last_error": error})]
                 )
-        await self.rollouts.install_reported(device_id, model, version, error)
+        await self.rollouts.install_reported(device_id, model, version, error, bundle_sha256)
         if error:
             logger.warning(
                 "device %s failed to install %s/%s: %s", device_id, model, version, error
@@ -221,9 +236,16 @@ class FleetController:
     async def _write_pending_telemetry(self) -> None:
         if not self._pending_rows:
             return
-        rows = list(self._pending_rows)
-        self._pending_rows.clear()
-        await self._store.call(self._store.store.add_telemetry, rows)
+        async with self._flush_lock:
+            batch = list(self._pending_rows)
+            if not batch:
+                return
+            rows = [(device_id, at, document) for _, device_id, at, document in batch]
+            # A failed write raises here and leaves every row in the buffer for the next flush.
+            await self._store.call(self._store.store.add_telemetry, rows)
+            written = batch[-1][0]
+            while self._pending_rows and self._pending_rows[0][0] <= written:
+                self._pending_rows.popleft()
 
     # bundles
     async def bundle_file(self, sha256: str) -> tuple[Path, int]:
@@ -235,9 +257,20 @@ class FleetController:
     async def add_bundle(self, actor: str, upload: Path) -> BundleRecord:
         """Verify an uploaded bundle against the controller's trusted keys, then keep it under its
         sha256. The upload file is consumed."""
-        info, digest, size, target = await asyncio.to_thread(
-            _keep_bundle, upload, self._trusted_keys, self._bundle_dir
-        )
+        try:
+            info, digest, size = await asyncio.to_thread(_verify_upload, upload, self._trusted_keys)
+            existing = await self._store.call(
+                self._store.store.find_bundle, info.name, info.version
+            )
+            if existing is not None and existing.sha256 != digest:
+                raise Conflict(
+                    f"{info.name} version {info.version} already exists as bundle "
+                    f"{existing.sha256[:12]}; versions are immutable: package a new version"
+                )
+            target = self._bundle_dir / f"{digest}.efb"
+            await asyncio.to_thread(shutil.move, upload, target)
+        finally:
+            await asyncio.to_thread(upload.unlink, True)
         record = BundleRecord(
             sha256=digest,
             name=info.name,
@@ -248,6 +281,8 @@ class FleetController:
             uploaded_at=time.time(),
         )
         await self._store.call(self._store.store.add_bundle, record)
+        if self.settings.publish_dir is not None:
+            await asyncio.to_thread(publish_bundle, target, self.settings.publish_dir, digest)
         await self.audit(
             actor, "bundle.upload", sha256=digest, model=info.name, version=info.version
         )
@@ -306,6 +341,21 @@ class FleetController:
             await self._store.call(self._store.store.delete_desired, device_id, model)
         else:
             bundle = await self._store.call(self._store.store.find_bundle, model, version)
+            # A pin must name something the device can run: a version the controller holds a
+            # bundle for, or the one the device serves right now.
+            running = self._devices[device_id].active_versions.get(model)
+            if bundle is None and running != version:
+                known = running is not None or any(
+                    model in device.active_versions for device in self._devices.values()
+                )
+                if not known and not await self._store.call(
+                    self._store.store.find_bundle_named, model
+                ):
+                    raise NotFound(f"no model {model!r}: no bundle and no device runs it")
+                raise NotFound(
+                    f"no bundle for {model} version {version} and {device_id} does not run it:"
+                    " upload the bundle first"
+                )
             entry = DesiredEntry(
                 device_id=device_id,
                 model=model,
@@ -315,6 +365,7 @@ class FleetController:
                 source=PIN_SOURCE,
             )
             await self._store.call(self._store.store.set_desired, [entry])
+            await self.rollouts.pinned(device_id, model)
         await self.audit(actor, "device.pin", device=device_id, model=model, version=version)
         self.live.notify([device_id])
         return await self.device(device_id)
@@ -356,19 +407,9 @@ class FleetController:
         return rollout, await self.rollouts.measurements(rollout.rollout_id)
 
 
-def _keep_bundle(
-    upload: Path, trusted_keys: TrustedKeys, bundle_dir: Path
-) -> tuple[BundleInfo, str, int, Path]:
-    try:
-        info = verify_bundle(upload, trusted_keys)
-        digest = sha256_path(upload)
-        target = bundle_dir / f"{digest}.efb"
-        size = upload.stat().st_size
-        shutil.move(upload, target)
-        return info, digest, size, target
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            upload.unlink()
+def _verify_upload(upload: Path, trusted_keys: TrustedKeys) -> tuple[BundleInfo, str, int]:
+    info = verify_bundle(upload, trusted_keys)
+    return info, sha256_path(upload), upload.stat().st_size
 
 
 def _token_hash(token: str) -> str:

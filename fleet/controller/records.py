@@ -23,6 +23,10 @@ class DeviceRecord(_Record):
     last_seen: float = 0.0
 
 
+# The desired-state source of an operator's pin: rollouts never overwrite it.
+PIN_SOURCE = "pin"
+
+
 class DesiredEntry(_Record):
     device_id: str
     model: str
@@ -33,6 +37,8 @@ class DesiredEntry(_Record):
     # "rollout:<id>", "rollback:<id>" or "pin".
     source: str = ""
     last_error: str = ""
+    # Versions rolled back from: the device quarantines them.
+    rejected_versions: list[str] = Field(default_factory=list)
 
 
 class BundleRecord(_Record):

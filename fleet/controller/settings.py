@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,6 +14,14 @@ class ControllerSettings(BaseSettings):
     )
 
     data_dir: Path = Path("fleet-data")
+    # "sqlite" (data_dir/controller.db, one machine) or postgresql://USER@HOST:PORT/DB.
+    store: str = "sqlite"
+    # The PostgreSQL password: a file, or EDGEFLEET_CONTROLLER_STORE_PASSWORD (libpq's
+    # PGPASSWORD and PGPASSFILE work too). Never part of `store`, which is logged.
+    store_password_file: Path | None = None
+    store_password: SecretStr | None = None
+    # SQLite: how long a write waits for another writer before it fails (and is retried).
+    store_busy_timeout_s: float = Field(default=5.0, gt=0)
     host: str = "127.0.0.1"
     # Agents and fleetctl, mutual TLS. 0 picks a free port (tests).
     port: int = Field(default=7443, ge=0, le=65535)
@@ -34,9 +42,28 @@ class ControllerSettings(BaseSettings):
     telemetry_buffer_rows: int = Field(default=100_000, ge=1)
     telemetry_retention_s: float = Field(default=7 * 24 * 3600, gt=0)
     download_chunk_bytes: int = Field(default=256 * 1024, ge=1024, le=4 * 1024 * 1024)
+    # An HTTP origin directory (served by nginx, a CDN...): every verified bundle upload is also
+    # published there as <sha256>.efb, for agents that list its URL as a bundle source.
+    publish_dir: Path | None = None
     max_bundle_bytes: int = Field(default=2 * 1024**3, ge=1024)
     # How often a rollout re-checks installs while it waits (wakes early on every report).
     rollout_tick_s: float = Field(default=1.0, gt=0)
     # Seconds SIGTERM waits for in-flight RPCs.
     shutdown_grace_s: float = Field(default=2.0, ge=0)
     log_level: str = "INFO"
+
+    @field_validator("store")
+    @classmethod
+    def _store_address(cls, value: str) -> str:
+        if value == "sqlite":
+            return value
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("store must be 'sqlite' or postgresql://USER@HOST:PORT/DB")
+        userinfo = value.split("://", 1)[1].split("/", 1)[0].rpartition("@")[0]
+        if ":" in userinfo or "password=" in value:
+            # The error must not echo the address: it holds a secret.
+            raise ValueError(
+                "put the PostgreSQL password in --store-password-file or "
+                "EDGEFLEET_CONTROLLER_STORE_PASSWORD, not in the store address (it is logged)"
+            )
+        return value

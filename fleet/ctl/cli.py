@@ -26,8 +26,12 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Bundle signing keys.", no_args_is_help=True)
 rollout_app = typer.Typer(help="Watch and steer rollouts.", no_args_is_help=True)
+bundles_app = typer.Typer(
+    help="Signed bundles and the HTTP origin they ship from.", no_args_is_help=True
+)
 app.add_typer(keys_app, name="keys")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(bundles_app, name="bundles")
 
 Credential = Annotated[
     Path,
@@ -128,6 +132,27 @@ def package(
         typer.echo(f"fleetctl: {error}", err=True)
         raise typer.Exit(1) from None
     typer.echo(str(path))
+
+
+@bundles_app.command("publish")
+def bundles_publish(
+    bundle: Annotated[list[Path], typer.Argument(help="Signed bundles from `fleetctl package`.")],
+    to: Annotated[Path, typer.Option("--to", help="The origin directory a web server or CDN serves; agents list its URL with --bundle-source.")],
+    trusted_key: Annotated[list[Path], typer.Option("--trusted-key", help="Public key file or directory of *.pub a bundle must be signed by (repeatable).")],
+) -> None:  # fmt: skip
+    """Verify BUNDLEs and publish them to an HTTP origin directory as <sha256>.efb."""
+    from fleet.errors import BundleRejected
+    from fleet.keys import TrustedKeys
+    from fleet.publish import verify_and_publish
+
+    try:
+        trusted = TrustedKeys.from_paths(tuple(trusted_key))
+        for path in bundle:
+            digest, published = verify_and_publish(path, to, trusted)
+            typer.echo(f"{digest}  {published}")
+    except (BundleRejected, ValueError, OSError) as error:
+        typer.echo(f"fleetctl: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 # devices

@@ -1,4 +1,5 @@
-"""Fleet fixtures: a real controller on loopback with its own CA and SQLite store."""
+"""Fleet fixtures: a real controller on loopback with its own CA and SQLite store, and three
+edge nodes with traffic."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from fleet.controller.app import ControllerApp
 from fleet.controller.settings import ControllerSettings
 from fleet.ctl.client import AdminClient, AdminCredential
 from fleet.keys import generate_keypair
+from tests.fleet.harness import start_node, wait_for
+
+# Real nginx and PostgreSQL servers, for the tests that need them.
+from tests.fleet.services import nginx_factory, postgres_dsn, postgres_server  # noqa: F401
 
 
 @pytest.fixture
@@ -34,9 +39,20 @@ def controller_settings(data_dir: Path, trusted: Path, **overrides: object) -> C
     return ControllerSettings.model_validate(values)
 
 
-@pytest.fixture
-async def controller(tmp_path: Path, signing_keys: tuple[Path, Path]):
-    app = ControllerApp(controller_settings(tmp_path / "controller", signing_keys[1].parent))
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def controller(
+    request: pytest.FixtureRequest, tmp_path: Path, signing_keys: tuple[Path, Path]
+):
+    """A controller on each store: SQLite, and a fresh database on the session's PostgreSQL."""
+    store: dict[str, object] = {}
+    if request.param == "postgresql":
+        postgres = request.getfixturevalue("postgres_server")
+        database = postgres.create_database()
+        store = {"store": postgres.dsn(database, with_password=False),
+                 "store_password": postgres.password}  # fmt: skip
+    app = ControllerApp(
+        controller_settings(tmp_path / "controller", signing_keys[1].parent, **store)
+    )
     await app.start()
     yield app
     await app.stop(0.2)
@@ -47,3 +63,18 @@ async def admin(controller: ControllerApp):
     credential = AdminCredential.load(controller.admin_credential_path)
     async with AdminClient.connect(credential, f"127.0.0.1:{controller.port}") as client:
         yield client
+
+
+@pytest.fixture
+async def nodes(tmp_path, controller, admin, signing_keys):
+    started = []
+    for index in range(3):
+        node = await start_node(
+            f"cam-{index}", tmp_path / f"node{index}", controller, admin, (signing_keys[1],)
+        )
+        node.start_traffic()
+        started.append(node)
+    await wait_for(lambda: all(node.online() for node in started), 20, "agents online")
+    yield started
+    for node in started:
+        await node.stop()

@@ -91,14 +91,19 @@ async def start_node(
     admin: AdminClient,
     trusted_keys: tuple[Path, ...],
     labels: dict[str, str] | None = None,
+    server_overrides: dict[str, object] | None = None,
     **agent_overrides: object,
 ) -> EdgeNode:
     """An edge server serving tiny/1, and its agent enrolled with a fresh one-time token."""
     repository = root / "repo"
     build_model_dir(repository, MODEL, "1")
-    server = EdgeServer(
-        ServerSettings(repository=repository, port=0, metrics_port=-1, models=(MODEL,))
-    )
+    server_values: dict[str, object] = {
+        "repository": repository,
+        "port": 0,
+        "metrics_port": -1,
+        "models": (MODEL,),
+    }
+    server = EdgeServer(ServerSettings.model_validate(server_values | (server_overrides or {})))
     await server.start()
     token = await admin.stub.CreateEnrollmentToken(
         admin_pb2.CreateEnrollmentTokenRequest(labels=labels or {"site": "lobby"})

@@ -1,0 +1,304 @@
+"""Real external services for fleet tests: nginx (a bundle origin and its mirrors) and PostgreSQL
+(the replicated controller's store), from Debian's packages.
+
+Each is installed with apt-get when missing (CI is a fresh root machine), started by the test
+on a free port in a temporary directory, and stopped afterwards. A test that needs one is
+skipped, with the reason, only when the package cannot be installed here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+APT_TIMEOUT_S = 900
+_apt_updated = False
+
+
+def _apt_install(package: str) -> str | None:
+    """Install a Debian package; None on success, else why it could not be installed."""
+    global _apt_updated
+    if shutil.which("apt-get") is None:
+        return "apt-get is not available (not a Debian system)"
+    if os.geteuid() != 0:
+        return f"{package} is not installed and installing it needs root"
+    environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    lock = ["-o", "DPkg::Lock::Timeout=600"]
+    try:
+        if not _apt_updated:
+            subprocess.run(
+                ["apt-get", "update", "-q", *lock],
+                check=True,
+                capture_output=True,
+                timeout=APT_TIMEOUT_S,
+                env=environment,
+            )
+            _apt_updated = True
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *lock, package],
+            check=True,
+            capture_output=True,
+            timeout=APT_TIMEOUT_S,
+            env=environment,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as error:
+        output = getattr(error, "stderr", b"") or b""
+        return f"apt-get install {package} failed: {output.decode(errors='replace')[-300:]}"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# nginx
+
+
+def nginx_binary() -> str:
+    """The nginx executable, installed from Debian if missing; skips the test if impossible."""
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+    if found:
+        return found
+    reason = _apt_install("nginx")
+    found = shutil.which("nginx") or "/usr/sbin/nginx"
+    if reason or not Path(found).exists():
+        pytest.skip(reason or "nginx was installed but its binary is missing")
+    return found
+
+
+@dataclass
+class Nginx:
+    """A running nginx serving `roots[name]` at `http://127.0.0.1:PORT/name/`."""
+
+    port: int
+    prefix: Path
+    process: subprocess.Popen[bytes]
+    roots: dict[str, Path] = field(default_factory=dict)
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{name}"
+
+    def access_log(self) -> list[str]:
+        """`path status range` per request, oldest first."""
+        path = self.prefix / "access.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_nginx(prefix: Path, roots: dict[str, Path]) -> Nginx:
+    """Start nginx (no daemon) serving each directory of `roots` under `/<name>/`."""
+    binary = nginx_binary()
+    prefix.mkdir(parents=True, exist_ok=True)
+    locations = "\n".join(
+        f"      location /{name}/ {{ alias {root.resolve()}/; }}" for name, root in roots.items()
+    )
+    # As root, workers would drop to `nobody`, who cannot read pytest's 0700 temp directories.
+    user = "user root;" if os.geteuid() == 0 else ""
+    for _ in range(5):
+        port = free_port()
+        temp = {name: prefix / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
+        (prefix / "nginx.conf").write_text(
+            f"""
+{user}
+daemon off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    types {{ application/octet-stream efb; }}
+    default_type application/octet-stream;
+    log_format ranges '$uri $status "$http_range"';
+    access_log {prefix}/access.log ranges;
+    client_body_temp_path {temp["body"]};
+    proxy_temp_path {temp["proxy"]};
+    fastcgi_temp_path {temp["fastcgi"]};
+    uwsgi_temp_path {temp["uwsgi"]};
+    scgi_temp_path {temp["scgi"]};
+    sendfile on;
+    server {{
+      listen 127.0.0.1:{port};
+{locations}
+    }}
+}}
+"""
+        )
+        process = subprocess.Popen(
+            [binary, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", "nginx.conf"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,  # errors go to error.log (-e)
+        )
+        if _wait_listening(port, process, 10):
+            return Nginx(port, prefix, process, dict(roots))
+        process.kill()
+        process.wait()
+    errors = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
+    raise RuntimeError(f"nginx did not start: {errors[-500:]}")
+
+
+@pytest.fixture
+def nginx_factory(tmp_path: Path) -> Iterator[object]:
+    """`start(roots)` starts an nginx for this test; all are stopped afterwards."""
+    started: list[Nginx] = []
+
+    def start(roots: dict[str, Path]) -> Nginx:
+        server = start_nginx(tmp_path / f"nginx{len(started)}", roots)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+# PostgreSQL
+
+
+def _postgres_bindir() -> Path | None:
+    # Debian keeps initdb and pg_ctl off PATH, under /usr/lib/postgresql/<major>/bin.
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=_major, reverse=True)
+    return Path(candidates[0]).parent if candidates else None
+
+
+def _major(path: str) -> int:
+    part = Path(path).parent.parent.name
+    return int(part) if part.isdigit() else 0
+
+
+@dataclass
+class Postgres:
+    """A private PostgreSQL cluster; `dsn(db)` connects with password authentication."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    directory: Path
+    bindir: Path
+    run_as: list[str]
+
+    def dsn(self, database: str = "postgres", with_password: bool = True) -> str:
+        secret = f":{self.password}" if with_password else ""
+        return f"postgresql://{self.user}{secret}@{self.host}:{self.port}/{database}"
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        result = subprocess.run(
+            [str(self.bindir / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+             "-d", self.dsn(database), "-c", sql],
+            check=True, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        return result.stdout.strip()
+
+    def create_database(self) -> str:
+        """A fresh, empty database for one test; its name."""
+        name = "t_" + secrets.token_hex(6)
+        self.psql(f"CREATE DATABASE {name}")
+        return name
+
+    def pg_ctl(self, *args: str) -> None:
+        subprocess.run(
+            [*self.run_as, str(self.bindir / "pg_ctl"), "-D", str(self.directory / "data"), *args],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        options = f"-p {self.port} -h {self.host} -k {self.directory}"
+        self.pg_ctl("-w", "-t", "60", "-l", str(self.directory / "server.log"), "-o", options,
+                    "start")  # fmt: skip
+
+    def stop(self, mode: str = "fast") -> None:
+        self.pg_ctl("-w", "-m", mode, "stop")
+
+
+def start_postgres() -> Postgres:
+    """initdb and start a cluster in a new temporary directory, as an unprivileged user."""
+    bindir = _postgres_bindir()
+    if bindir is None:
+        reason = _apt_install("postgresql")
+        bindir = _postgres_bindir()
+        if reason or bindir is None:
+            pytest.skip(reason or "postgresql was installed but initdb is missing")
+    directory = Path(tempfile.mkdtemp(prefix="edgefleet-pg-"))
+    run_as: list[str] = []
+    if os.geteuid() == 0:
+        # PostgreSQL refuses to run as root: the Debian package's `postgres` user runs it.
+        run_as = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(directory, "postgres", "postgres")
+    user, password = "edgefleet", secrets.token_urlsafe(16)
+    password_file = directory / "password"
+    password_file.write_text(password + "\n")
+    if run_as:
+        shutil.chown(password_file, "postgres", "postgres")
+    subprocess.run(
+        [*run_as, str(bindir / "initdb"), "-D", str(directory / "data"), "-U", user,
+         f"--pwfile={password_file}", "--auth-local=trust", "--auth-host=scram-sha-256",
+         "-E", "UTF8", "--locale=C.UTF-8"],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    password_file.unlink()
+    with (directory / "data" / "postgresql.conf").open("a") as conf:
+        # A test cluster: durability is not what is tested, start-up and speed are.
+        conf.write("fsync = off\nfull_page_writes = off\n")
+        conf.write("max_connections = 200\nshared_buffers = 64MB\n")
+    for _ in range(5):
+        server = Postgres("127.0.0.1", free_port(), user, password, directory, bindir, run_as)
+        try:
+            server.start()
+            return server
+        except subprocess.CalledProcessError:
+            continue
+    log = (directory / "server.log").read_text() if (directory / "server.log").exists() else ""
+    raise RuntimeError(f"PostgreSQL did not start: {log[-500:]}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """One PostgreSQL server for the session (initdb takes seconds); tests take a database each."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            server.stop("immediate")
+        shutil.rmtree(server.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: Postgres) -> str:
+    """The DSN of a fresh database on the session's PostgreSQL server (password included)."""
+    return postgres_server.dsn(postgres_server.create_database())
