@@ -24,6 +24,7 @@ from server.grpc_api.auth import auth_interceptors
 from server.grpc_api.frame_stream import FrameStreamServicer
 from server.grpc_api.kserve import KServeServicer
 from server.grpc_api.server_info import DeviceFacts, ServerInfoServicer
+from server.http_api.kserve_http import HttpServer
 from server.metrics import ServerMetrics
 from server.runtime_plan import Planner
 from server.settings import ServerSettings
@@ -77,7 +78,9 @@ class EdgeServer:
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._metrics_http: Any = None
+        self._http: HttpServer | None = None
         self.port = 0
+        self.http_port = 0
         self.metrics_port = 0
 
     async def start(self) -> int:
@@ -110,6 +113,12 @@ class EdgeServer:
         self._grpc = server
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.settings.http_port >= 0:
+            self._http = HttpServer(
+                self.core, self.settings.host, self.settings.http_port,
+                self.settings.max_message_bytes,
+            )  # fmt: skip
+            self.http_port = await self._http.start()
         if self.settings.metrics_port >= 0:
             self._metrics_http, _thread = start_http_server(
                 self.settings.metrics_port, addr=self.settings.host, registry=self.metrics.registry
@@ -118,8 +127,9 @@ class EdgeServer:
         if self.settings.port_file is not None:
             self.settings.port_file.write_text(f"{self.port}\n", encoding="utf-8")
         log.info(
-            "edgefleet serving on %s:%d (metrics on %s)",
+            "edgefleet serving on %s:%d (HTTP on %s, metrics on %s)",
             self.settings.host, self.port,
+            self.http_port if self._http is not None else "off",
             self.metrics_port if self.settings.metrics_port >= 0 else "off",
         )  # fmt: skip
         return self.port
@@ -132,6 +142,9 @@ class EdgeServer:
         """Drain: report NOT_SERVING, let in-flight RPCs finish within the grace, free models."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         await self._health.enter_graceful_shutdown()
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
