@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -19,7 +20,7 @@ from tests.conftest import EXPECTED_TOP1, ONNX_MODEL, ROOT, server_settings
 CAT_IDS = {281, 282, 285}
 
 
-def as_json(body: dict[str, object]) -> io.BytesIO:
+def as_json(body: dict[str, Any]) -> io.BytesIO:
     """A large JSON body as a stream, as curl -d @file sends it (aiohttp warns on big bytes)."""
     return io.BytesIO(json.dumps(body).encode())
 
@@ -59,7 +60,7 @@ async def test_tritonclient_http_health_metadata_and_infer_with_class_count(http
 async def test_curl_style_json_infer_and_errors(http_server, preprocessed):
     base = f"http://127.0.0.1:{http_server.http_port}"
     tensor = preprocessed("coffee")
-    body = {
+    body: dict[str, Any] = {
         "id": "cup-1",
         "inputs": [{"name": "input", "shape": list(tensor.shape), "datatype": "FP32",
                     "data": tensor.reshape(-1).tolist()}],
