@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A raw 3840x2160 RGB frame is 24.9 MB; leave room for the envelope.
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+# 8K (7680x4320).
+DEFAULT_MAX_FRAME_PIXELS = 7680 * 4320
 
 
 class ServerSettings(BaseSettings):
@@ -20,9 +22,8 @@ class ServerSettings(BaseSettings):
     host: str = "127.0.0.1"
     # 0 picks a free port (tests); the bound port is logged and written to `port_file`.
     port: int = Field(default=8001, ge=0, le=65535)
-    # KServe v2 HTTP/REST beside gRPC; -1 disables it, 0 picks a port. `edgefleet serve` opens
-    # Triton's customary 8000 by default; in-process servers (tests, demo, agent) opt in.
-    http_port: int = Field(default=-1, ge=-1, le=65535)
+    # KServe v2 HTTP/REST beside gRPC (Triton's customary 8000); -1 disables it, 0 picks one.
+    http_port: int = Field(default=8000, ge=-1, le=65535)
     # Prometheus endpoint; -1 disables it.
     metrics_port: int = Field(default=8002, ge=-1, le=65535)
     port_file: Path | None = None
@@ -40,6 +41,9 @@ class ServerSettings(BaseSettings):
     max_concurrent_rpcs: int = Field(default=1024, ge=1)
     # Seconds SIGTERM waits for in-flight work before cancelling it.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Largest camera frame accepted, in pixels (default 8K); a JPEG or PNG declaring more is
+    # refused from its header, before any decoding.
+    max_frame_pixels: int = Field(default=DEFAULT_MAX_FRAME_PIXELS, ge=1)
     # Threads for preprocessing (decode, resize, normalise) shared by all streams.
     preprocess_threads: int = Field(default=2, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
