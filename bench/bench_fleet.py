@@ -28,6 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psutil
 
 from bench.machine import describe, write_section
@@ -282,7 +283,13 @@ async def rollout_run(
             done = (admin_pb2.ROLLOUT_STATE_SUCCEEDED, admin_pb2.ROLLOUT_STATE_ROLLED_BACK,
                     admin_pb2.ROLLOUT_STATE_PAUSED)  # fmt: skip
             while True:
-                rollout = (await admin.stub.GetRollout(request)).rollout
+                try:
+                    rollout = (await admin.stub.GetRollout(request, timeout=30)).rollout
+                except grpc.aio.AioRpcError as error:
+                    # A poll lost on a saturated machine is retried; the rollout goes on.
+                    print(f"  GetRollout: {error.code().name}; polling again", flush=True)
+                    await asyncio.sleep(1)
+                    continue
                 if rollout.state in done:
                     break
                 await asyncio.sleep(0.5)
