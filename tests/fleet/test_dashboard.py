@@ -9,7 +9,7 @@ import json
 import ssl
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 from fleet.bundle import build_bundle
 from fleet.keys import load_private_key
@@ -34,16 +34,18 @@ async def test_dashboard_in_chromium_during_a_rollout(tmp_path, signing_keys):
         token, url = stored["dashboard_token"], f"https://127.0.0.1:{app.dashboard_port}"
         assert stored["dashboard_url"].endswith(f":{app.dashboard_port}/")
         ca = str(app.settings.data_dir / "pki" / "ca.pem")
-        async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=ca)) as web:
+        tls = ssl.create_default_context(cafile=ca)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as web:
             # HTTPS with the controller's certificate (checked against its CA), and no way in
             # without the token.
-            assert (await web.get(f"https://localhost:{app.dashboard_port}/")).status_code == 302
-            assert (await web.get(f"{url}/fragment")).status_code == 401
+            home = await web.get(f"https://localhost:{app.dashboard_port}/", allow_redirects=False)
+            assert home.status == 302 and home.headers["Location"] == "/login"
+            assert (await web.get(f"{url}/fragment")).status == 401
             wrong = await web.post(f"{url}/login", data={"token": token[:-1] + "x"})
-            assert wrong.status_code == 401
+            assert wrong.status == 401
             bearer = {"Authorization": f"Bearer {token}"}
             empty = await web.get(f"{url}/fragment", headers=bearer)
-            assert empty.status_code == 200 and "No rollouts yet" in empty.text
+            assert empty.status == 200 and "No rollouts yet" in await empty.text()
 
         credential = AdminCredential.load(app.admin_credential_path)
         async with AdminClient.connect(credential, f"127.0.0.1:{app.port}") as admin:
@@ -68,7 +70,8 @@ async def test_dashboard_in_chromium_during_a_rollout(tmp_path, signing_keys):
             baking = admin_pb2.RolloutState.ROLLOUT_STATE_BAKING
 
             async def first_wave_baking() -> bool:
-                return (await rollout_state(admin, rollout_id)).state == baking
+                state: int = (await rollout_state(admin, rollout_id)).state
+                return state == baking
 
             await wait_for(first_wave_baking, 60, "the first wave baking")
             await asyncio.sleep(1.5)  # a few telemetry samples for the charts
