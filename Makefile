@@ -16,6 +16,7 @@ $(INSTALLED): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps rapidocr-onnxruntime==1.4.4
 	touch $@
 
 protos: $(PROTO_STAMP)
@@ -28,7 +29,7 @@ $(PROTO_STAMP): $(INSTALLED) $(PROTO_SRC)
 
 models: $(MODELS_STAMP)
 
-$(MODELS_STAMP): $(PROTO_STAMP) scripts/build_default_models.py
+$(MODELS_STAMP): $(PROTO_STAMP) scripts/build_default_models.py edgefleet/export/mtcnn.py
 	$(PY) scripts/build_default_models.py --repository models
 	touch $@
 

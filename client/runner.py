@@ -99,6 +99,19 @@ def event_record(stream: str, event: StreamEvent) -> dict[str, object] | None:
                 {"class_id": lb.class_id, "label": lb.label, "score": round(lb.score, 5)}
                 for lb in event.labels
             ],
+            "detections": [
+                {
+                    "box": [round(v, 1) for v in (d.x_min, d.y_min, d.x_max, d.y_max)],
+                    "score": round(d.score, 5),
+                    "class_id": d.class_id,
+                    "label": d.label,
+                    **({"text": d.text} if d.text else {}),
+                    **(
+                        {"keypoints": [list(point) for point in d.keypoints]} if d.keypoints else {}
+                    ),
+                }  # fmt: skip
+                for d in event.detections
+            ],
             "latency_ms": None if event.latency_s is None else round(event.latency_s * 1e3, 3),
             "server_total_us": event.server_total_us,
             "batch_size": event.batch_size,

@@ -116,6 +116,27 @@ class Connected:
 
 
 @dataclass(frozen=True)
+class Detected:
+    """A box the server found, in the pixels of the frame as sent."""
+
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+    score: float
+    class_id: int
+    label: str
+    text: str
+    polygon: tuple[tuple[float, float], ...] = ()
+    keypoints: tuple[tuple[float, float], ...] = ()
+
+    @property
+    def caption(self) -> str:
+        """What a person wants to read about it: the text read, else the label."""
+        return self.text or self.label or str(self.class_id)
+
+
+@dataclass(frozen=True)
 class FrameResult:
     sequence: int
     capture_time_unix_ns: int
@@ -126,6 +147,7 @@ class FrameResult:
     latency_s: float | None
     server_total_us: int
     batch_size: int
+    detections: tuple[Detected, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -428,7 +450,22 @@ class FrameStreamClient:
         outgoing = self._settle(result.sequence)
         latency_s = now - outgoing.sent_at if outgoing is not None else None
         labels = tuple(Label(lb.class_id, lb.label, lb.score) for lb in result.labels)
-        names = tuple(label.label for label in labels)
+        detections = tuple(
+            Detected(
+                item.x_min,
+                item.y_min,
+                item.x_max,
+                item.y_max,
+                item.score,
+                item.class_id,
+                item.label,
+                item.text,
+                polygon=tuple((point.x, point.y) for point in item.polygon),
+                keypoints=tuple((point.x, point.y) for point in item.keypoints),
+            )  # fmt: skip
+            for item in result.detections
+        )
+        names = tuple(label.label for label in labels) or tuple(item.caption for item in detections)
         if latency_s is not None:
             self.stats.record_result(latency_s, result.capture_time_unix_ns, names)
         else:
@@ -442,4 +479,5 @@ class FrameStreamClient:
             latency_s=latency_s,
             server_total_us=result.timings.total_us,
             batch_size=result.timings.batch_size,
+            detections=detections,
         )

@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "client.cli",  # stream
     "fleet.cli",  # controller
     "edgefleet.export.cli",  # export
+    "edgefleet.model_cli",  # model init, model check
     "edgefleet.demo",  # demo
 )
 

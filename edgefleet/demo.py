@@ -3,6 +3,8 @@
 Starts an edge server on the default model repository, streams real photographs (scikit-image's
 chelsea, coffee, astronaut, rocket, ...) as a 30 fps camera over a bidirectional FrameStream,
 prints every frame's labels, and ends with frames per second and latency p50/p95.
+`--model ppocr` streams frames with rendered text (and scikit-image's `text`) to the PP-OCR
+pipeline instead and prints what it reads, with the boxes.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 DEMO_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
+# Models that find things rather than label the whole frame get frames with text in them.
+TEXT_MODELS = ("ppocr",)
+DEMO_LINES = ("EDGE FLEET 2026", "CAMERA 7 NORTH GATE", "Speed limit 30")
 
 
 def register(app: typer.Typer) -> None:
@@ -38,14 +43,50 @@ def demo(
     asyncio.run(_run(repository, model, frames, fps))
 
 
-async def _photos_as_camera(count: int, fps: float) -> AsyncIterator[object]:
+def text_frames() -> list[Any]:
+    """640x480 BGR frames with text drawn on plain and photo backgrounds, and skimage's text."""
+    import cv2
+    import numpy as np
+    from skimage import data
+
+    frames: list[Any] = []
+    for index, background in enumerate(("plain", "astronaut", "coffee")):
+        if background == "plain":
+            image = np.full((480, 640, 3), 235, np.uint8)
+        else:
+            image = cv2.resize(
+                cv2.cvtColor(getattr(data, background)(), cv2.COLOR_RGB2BGR), (640, 480)
+            )
+        for line, text in enumerate(DEMO_LINES[: index + 1]):
+            x, y = 60, 120 + 110 * line
+            (width, height), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 1.4, 3)
+            cv2.rectangle(
+                image,
+                (x - 10, y - height - 12),
+                (x + width + 10, y + base + 8),
+                (255, 255, 255),
+                -1,
+            )
+            cv2.putText(
+                image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 1.4, (20, 20, 20), 3, cv2.LINE_AA
+            )
+        frames.append(image)
+    page = data.text()  # type: ignore[no-untyped-call]
+    frames.append(np.asarray(cv2.cvtColor(page, cv2.COLOR_GRAY2BGR)))
+    return frames
+
+
+async def _photos_as_camera(count: int, fps: float, model: str = "") -> AsyncIterator[object]:
     import cv2
     from skimage import data
 
     from client.frames import CapturedFrame
 
-    images = [cv2.cvtColor(getattr(data, name)(), cv2.COLOR_RGB2BGR) for name in DEMO_PHOTOS]
-    images = [image for image in images if image.ndim == 3]
+    if model in TEXT_MODELS:
+        images = text_frames()
+    else:
+        images = [cv2.cvtColor(getattr(data, name)(), cv2.COLOR_RGB2BGR) for name in DEMO_PHOTOS]
+        images = [image for image in images if image.ndim == 3]
     loop = asyncio.get_running_loop()
     start = loop.time()
     for index in range(count):
@@ -78,9 +119,16 @@ async def _run(repository: Path, model: str, count: int, fps: float) -> None:
             client = FrameStreamClient(
                 channel, StreamConfig(model_name=model, source_fps=fps, top_k=3)
             )
-            async for event in client.stream(_photos_as_camera(count, fps)):  # type: ignore[arg-type]
+            frames = _photos_as_camera(count, fps, model)
+            async for event in client.stream(frames):  # type: ignore[arg-type]
                 if isinstance(event, FrameResult):
                     labels = ", ".join(f"{item.label} {item.score:.2f}" for item in event.labels)
+                    if event.detections:
+                        labels = "; ".join(
+                            f"{item.caption!r} {item.score:.2f} at "
+                            f"({item.x_min:.0f},{item.y_min:.0f})-({item.x_max:.0f},{item.y_max:.0f})"
+                            for item in event.detections
+                        )
                     latency = f"{event.latency_s * 1000:6.1f} ms" if event.latency_s else "   n/a"
                     console.print(
                         f"frame {event.sequence:4d}  v{event.model_version}  {latency}  "

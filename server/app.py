@@ -19,7 +19,7 @@ from protos.edgefleet.v1 import (
     server_info_pb2_grpc,
 )
 from protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
-from server.core import InferenceCore
+from server.core import BootOrder, InferenceCore
 from server.grpc_api.auth import auth_interceptors
 from server.grpc_api.frame_stream import FrameStreamServicer
 from server.grpc_api.kserve import KServeServicer
@@ -60,10 +60,13 @@ class EdgeServer:
         device_facts: DeviceFacts | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         server_credentials: grpc.ServerCredentials | None = None,
+        boot_order: BootOrder | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = ServerMetrics()
-        self.core = InferenceCore(settings, planner=planner, metrics=self.metrics)
+        self.core = InferenceCore(
+            settings, planner=planner, metrics=self.metrics, boot_order=boot_order
+        )
         self._device_facts = device_facts
         # The settings' auth token and TLS files apply unless the caller passes its own; the token
         # check runs first so an unauthenticated call reaches nothing else.

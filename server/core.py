@@ -8,14 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from server.errors import EdgeError, InvalidInput, ShuttingDown
+from server.errors import EdgeError, InvalidInput, ModelNotReady, ShuttingDown
 from server.frame_session import (
     FrameIn,
     FrameSession,
@@ -34,6 +34,9 @@ from server.settings import ServerSettings
 from server.stats import ModelStats, ModelTelemetry
 
 log = logging.getLogger(__name__)
+# (model name, versions on disk oldest first) -> the versions to try at boot, best first. The
+# fleet agent passes one that prefers the desired and last known good versions.
+BootOrder = Callable[[str, list[str]], list[str]]
 
 
 @dataclass(frozen=True)
@@ -56,8 +59,10 @@ class InferenceCore:
         *,
         planner: Planner | None = None,
         metrics: ServerMetrics | None = None,
+        boot_order: BootOrder | None = None,
     ) -> None:
         self.settings = settings
+        self._boot_order = boot_order
         self.metrics = metrics if metrics is not None else ServerMetrics()
         self._preprocess_pool = ThreadPoolExecutor(
             max_workers=settings.preprocess_threads, thread_name_prefix="preprocess"
@@ -92,13 +97,34 @@ class InferenceCore:
             else (self.registry.names_on_disk())
         )
         for name in names:
+            if self.registry.loaded_versions(name):
+                continue  # already loaded as a member of a pipeline loaded before it
             try:
-                await self.registry.load(name)
+                await self._load_at_boot(name)
             except EdgeError as exc:
                 if self.settings.models is not None:
                     raise  # a model the operator named must load, or the server must not start
                 log.error("skipping model %s: %s", name, exc)
         self._started = True
+
+    async def _load_at_boot(self, name: str) -> None:
+        """Load the first version of `boot_order` (newest first by default) that loads: one bad
+        version on disk never keeps a server from starting on a good one."""
+        on_disk = self.registry.versions_on_disk(name)
+        order = self._boot_order(name, on_disk) if self._boot_order else on_disk[::-1]
+        if not order:
+            if on_disk:
+                raise ModelNotReady(f"model {name!r}: no version on disk may boot")
+            await self.registry.load(name)  # raises the precise "not found" error
+            return
+        for position, version in enumerate(order):
+            try:
+                await self.registry.load(name, version)
+                return
+            except EdgeError as exc:
+                if position == len(order) - 1:
+                    raise
+                log.error("model %s version %s skipped at boot: %s", name, version, exc)
 
     async def stop(self) -> None:
         """Refuse new work, let in-flight requests finish, free every runtime."""
@@ -185,8 +211,9 @@ class InferenceCore:
                 outcome = await model.infer(request.inputs)
                 post_start = loop.time()
                 outputs = [self._output(model, outcome, wanted) for wanted in requested]
-            except EdgeError as exc:
-                model.record_failure(loop.time() - arrival, type(exc).__name__)
+            except Exception as exc:  # every failure counts: a runtime error is a failed inference
+                outcome_label = type(exc).__name__ if isinstance(exc, EdgeError) else "error"
+                model.record_failure(loop.time() - arrival, outcome_label)
                 raise
             done = loop.time()
             model.record_success(
@@ -233,7 +260,7 @@ class InferenceCore:
         """Run one camera stream. Errors in the options raise before anything is yielded."""
         self._check_serving()
         model = self.registry.resolve(options.model_name, options.model_version)
-        if model.manifest.preprocess is None:
+        if model.manifest.preprocess is None and model.manifest.pipeline is None:
             raise InvalidInput(
                 f"model {model.name} has no preprocess section, so it cannot take camera frames"
             )

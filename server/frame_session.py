@@ -21,14 +21,13 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import Enum
 
-import numpy as np
-
-from server.errors import EdgeError, InvalidInput, Overloaded
+from server.detections import Detection, DetectionFilter
+from server.errors import EdgeError, Overloaded
+from server.frame_analysis import analyze_frame
 from server.infer_types import OutputTensor
-from server.manifest import Preprocess
 from server.model_version import ModelVersion
-from server.postprocess import LabelScore, top_k
-from server.preprocess import FrameEncoding, decode_frame, to_model_input
+from server.postprocess import LabelScore
+from server.preprocess import FrameEncoding
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +48,8 @@ class StreamOptions:
     top_k: int = 0
     raw_tensors: bool = False
     stream_id: str = ""
+    # Score threshold, max detections, classes and region of interest of this stream.
+    detection: DetectionFilter = DetectionFilter()
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class FrameResultEvent:
     postprocess_us: int
     total_us: int
     batch_size: int
+    detections: list[Detection] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -195,36 +197,30 @@ class FrameSession:
         try:
             model = self.resolve_model()
             with model.lease():
-                spec = model.manifest.preprocess
-                assert spec is not None  # checked when the stream opened
                 started = loop.time()
-                tensor = await loop.run_in_executor(
-                    self.preprocess_pool, _prepare, frame, self.options.encoding, spec
-                )
-                preprocessed = loop.time()
-                outcome = await model.infer({spec.input: tensor})
-                inferred = loop.time()
-                labels, tensors = self._postprocess(model, outcome.outputs)
+                analysis = await analyze_frame(model, frame, self.options, self.preprocess_pool)
                 done = loop.time()
+                times = analysis.times
                 total = done - waiting.arrival
-                queue_s = (started - waiting.arrival) + outcome.queue_s
+                queue_s = (started - waiting.arrival) + times.queue_s
                 model.record_success(
-                    total_s=total, queue_s=queue_s, input_s=preprocessed - started,
-                    infer_s=outcome.infer_s, output_s=done - inferred,
+                    total_s=total, queue_s=queue_s, input_s=times.preprocess_s,
+                    infer_s=times.infer_s, output_s=times.postprocess_s,
                 )  # fmt: skip
                 event = FrameResultEvent(
                     sequence=frame.sequence,
                     capture_time_ns=frame.capture_time_ns,
                     model_name=model.name,
-                    model_version=outcome.version,
-                    labels=labels,
-                    tensors=tensors,
+                    model_version=analysis.version,
+                    labels=analysis.labels,
+                    tensors=analysis.tensors,
                     queue_us=int(queue_s * 1e6),
-                    preprocess_us=int((preprocessed - started) * 1e6),
-                    inference_us=int(outcome.infer_s * 1e6),
-                    postprocess_us=int((done - inferred) * 1e6),
+                    preprocess_us=int(times.preprocess_s * 1e6),
+                    inference_us=int(times.infer_s * 1e6),
+                    postprocess_us=int(times.postprocess_s * 1e6),
                     total_us=int(total * 1e6),
-                    batch_size=outcome.batch_rows,
+                    batch_size=times.batch_rows,
+                    detections=analysis.detections,
                 )
         except Overloaded as exc:
             if model is not None:
@@ -241,30 +237,7 @@ class FrameSession:
             raise
         except Exception:
             log.exception("stream %s: frame %d failed", self.options.stream_id, frame.sequence)
+            if model is not None:  # a runtime error is a failed inference too
+                model.record_failure(loop.time() - waiting.arrival)
             event = FrameErrorEvent(frame.sequence, EdgeError("internal error"))
         await self._out.put(event)
-
-    def _postprocess(
-        self, model: ModelVersion, outputs: dict[str, np.ndarray]
-    ) -> tuple[list[LabelScore], list[OutputTensor]]:
-        post = model.manifest.postprocess
-        labels: list[LabelScore] = []
-        if post.kind == "classification" and post.output:
-            k = self.options.top_k or post.top_k
-            labels = top_k(outputs[post.output], k, model.labels, apply_softmax=post.softmax)[0]
-        tensors = (
-            [OutputTensor(name, value[0]) for name, value in outputs.items()]
-            if self.options.raw_tensors
-            else []
-        )
-        return labels, tensors
-
-
-def _prepare(frame: FrameIn, encoding: FrameEncoding, spec: Preprocess) -> np.ndarray:
-    """Runs in the preprocess pool: decode and turn into the model's input."""
-    if not frame.data:
-        raise InvalidInput(f"frame {frame.sequence} is empty")
-    image, color = decode_frame(
-        frame.data, encoding, frame.width, frame.height, target=(spec.height, spec.width)
-    )
-    return to_model_input(image, color, spec)

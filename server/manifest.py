@@ -59,9 +59,20 @@ class Preprocess(_Strict):
     # Height and width the model expects.
     height: int = Field(gt=0)
     width: int = Field(gt=0)
-    # stretch: plain resize; letterbox: keep aspect ratio, pad with `pad_value`.
-    resize: Literal["stretch", "letterbox"] = "stretch"
+    # stretch: plain resize to height x width; letterbox: keep aspect ratio, pad with
+    # `pad_value`. Two sizes follow the frame, for models with dynamic height and width:
+    # limit_side: keep aspect ratio, scale so the shorter (limit_type "min") or longer ("max")
+    #   side is `limit_side_len`, never beyond `max_side_len`, each side a multiple of
+    #   `size_multiple` (PP-OCR's detector); height x width is then only the warm-up size.
+    # fit_height: scale to `height`, width following the aspect ratio, right-padded with zeros
+    #   (after normalisation) to at least `width` and at most `max_width` (text recognisers).
+    resize: Literal["stretch", "letterbox", "limit_side", "fit_height"] = "stretch"
     pad_value: int = Field(default=114, ge=0, le=255)
+    limit_side_len: int = Field(default=736, gt=0)
+    limit_type: Literal["min", "max"] = "min"
+    max_side_len: int = Field(default=2000, gt=0)
+    size_multiple: int = Field(default=32, ge=1)
+    max_width: int = Field(default=2304, gt=0)
     # Colour order the model was trained on.
     color: Literal["rgb", "bgr"] = "rgb"
     # Applied on the 0..255 scale: (pixel - mean) / std, per channel.
@@ -78,21 +89,99 @@ class Preprocess(_Strict):
         return std
 
 
+class YoloOptions(_Strict):
+    """Decoding of YOLO ONNX exports (server/detect/yolo.py)."""
+
+    # v5: [N, boxes, 5 + classes] (cx, cy, w, h, objectness, class scores);
+    # v8: [N, 4 + classes, boxes] (v8, v11: cx, cy, w, h, class scores; no objectness);
+    # auto: the layout whose class count matches the labels, else v8 when the middle axis is
+    # the shorter one (thousands of boxes, few classes), else v5.
+    layout: Literal["auto", "v5", "v8"] = "auto"
+    score_threshold: float = Field(default=0.25, ge=0, le=1)
+    iou_threshold: float = Field(default=0.45, gt=0, le=1)
+    # Candidates kept (best scores first) before NMS, so a noisy frame stays bounded in time.
+    max_candidates: int = Field(default=3000, ge=1)
+    max_detections: int = Field(default=300, ge=1)
+    # True: one NMS over all classes; False: boxes of different classes never suppress each other.
+    class_agnostic: bool = False
+
+
+class DbOptions(_Strict):
+    """PP-OCR's differentiable-binarisation text detector (server/detect/db_text.py), with the
+    thresholds PaddleOCR documents (det_db_thresh, det_db_box_thresh, det_db_unclip_ratio)."""
+
+    thresh: float = Field(default=0.3, ge=0, le=1)
+    box_thresh: float = Field(default=0.5, ge=0, le=1)
+    unclip_ratio: float = Field(default=1.6, gt=0)
+    max_candidates: int = Field(default=1000, ge=1)
+    use_dilation: bool = True
+    # Boxes whose shorter side is below this many map pixels are noise.
+    min_size: int = Field(default=3, ge=1)
+
+
+class CtcOptions(_Strict):
+    """Greedy CTC decoding for text recognisers (server/detect/ctc_text.py)."""
+
+    # ONNX metadata key holding the character list, one per line (PaddleOCR exports have it);
+    # `labels_file` is the fallback. Index 0 is the CTC blank.
+    characters_metadata_key: str = "character"
+    # PaddleOCR appends a space to the character list (use_space_char).
+    append_space: bool = True
+
+
 class Postprocess(_Strict):
     """How the model's output becomes a result."""
 
-    kind: Literal["classification", "raw"] = "raw"
-    # The output tensor holding class scores (classification only).
+    kind: Literal["classification", "raw", "yolo", "db_text", "ctc_text"] = "raw"
+    # The output tensor the postprocess reads (every kind but raw).
     output: str | None = None
     softmax: bool = True
     top_k: int = Field(default=5, ge=1)
     # One label per line, class id = line number; relative to the version directory.
     labels_file: str | None = None
+    yolo: YoloOptions | None = None
+    db: DbOptions | None = None
+    ctc: CtcOptions | None = None
 
     @model_validator(mode="after")
-    def _classification_names_output(self) -> Postprocess:
-        if self.kind == "classification" and not self.output:
-            raise ValueError("classification postprocess needs `output`")
+    def _kind_names_output(self) -> Postprocess:
+        if self.kind != "raw" and not self.output:
+            raise ValueError(f"{self.kind} postprocess needs `output`")
+        return self
+
+
+class PipelineStage(_Strict):
+    """One stage of a pipeline, run by server/pipeline.py.
+
+    detect: the model sees the whole frame (its own preprocess) and its postprocess (yolo,
+      db_text) yields detections in source pixels.
+    crop: every detection so far is cut out of the source frame (its axis-aligned box, or its
+      quadrilateral perspective-corrected), the crops of one frame go to the model as batches,
+      and its postprocess fills the detection: ctc_text sets `text` and `score`,
+      classification sets `class_id`, `label` and `score`.
+    """
+
+    kind: Literal["detect", "crop"]
+    model: str
+    # Empty: the member's active version, so hot swaps of a member apply to the pipeline.
+    version: str = ""
+    # crop: cut the detection's quadrilateral (perspective-corrected) or its box.
+    crop: Literal["quad", "box"] = "quad"
+    # crop: crops at least 1.5x taller than wide turn 90 degrees (vertical text lines).
+    rotate_tall: bool = True
+    # crop: detections whose new score is below this are dropped (PaddleOCR's drop_score).
+    min_score: float = Field(default=0.0, ge=0, le=1)
+
+
+class PipelineSpec(_Strict):
+    stages: Annotated[list[PipelineStage], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _detect_first(self) -> PipelineSpec:
+        if self.stages[0].kind != "detect":
+            raise ValueError("the first pipeline stage must be `detect`")
+        if any(stage.kind == "detect" for stage in self.stages[1:]):
+            raise ValueError("only the first pipeline stage may be `detect`")
         return self
 
 
@@ -121,11 +210,12 @@ class ModelManifest(_Strict):
     schema_version: Literal[1] = 1
     name: str
     version: str
-    format: Literal["onnx", "torchscript"]
-    # The model file, relative to the version directory.
+    # pipeline: no model file of its own; `pipeline` chains other models of the repository.
+    format: Literal["onnx", "torchscript", "pipeline"]
+    # The model file, relative to the version directory ("" for a pipeline).
     model_file: str
-    inputs: Annotated[list[TensorSpec], Field(min_length=1)]
-    outputs: Annotated[list[TensorSpec], Field(min_length=1)]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
     preprocess: Preprocess | None = None
     postprocess: Postprocess = Postprocess()
     batching: Batching = Batching()
@@ -135,6 +225,7 @@ class ModelManifest(_Strict):
     description: str = ""
     # Free-form provenance written by tools (export verification report, ...).
     provenance: dict[str, Any] = Field(default_factory=dict)
+    pipeline: PipelineSpec | None = None
 
     @field_validator("version")
     @classmethod
@@ -147,6 +238,12 @@ class ModelManifest(_Strict):
     def _references_resolve(self) -> ModelManifest:
         input_names = {spec.name for spec in self.inputs}
         output_names = {spec.name for spec in self.outputs}
+        if (self.format == "pipeline") != (self.pipeline is not None):
+            raise ValueError("format `pipeline` and a `pipeline` section go together")
+        if self.pipeline is not None:
+            return self._pipeline_is_plain()
+        if not self.inputs or not self.outputs:
+            raise ValueError("a model needs at least one input and one output")
         if self.model_file not in self.files:
             raise ValueError(f"model_file {self.model_file!r} has no entry in `files`")
         if self.preprocess and self.preprocess.input not in input_names:
@@ -160,6 +257,11 @@ class ModelManifest(_Strict):
             path = Path(relative)
             if path.is_absolute() or ".." in path.parts:
                 raise ValueError(f"file {relative!r} escapes the version directory")
+        return self
+
+    def _pipeline_is_plain(self) -> ModelManifest:
+        if self.model_file or self.files or self.preprocess:
+            raise ValueError("a pipeline has no model file, files or preprocess of its own")
         return self
 
     def input_spec(self, name: str) -> TensorSpec:

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from server.backends.base import Arrays, load_backend
+from server.backends.base import Arrays, Backend, load_backend
 from server.batcher import BatchOutcome, DynamicBatcher
+from server.detect.ctc_text import characters
+from server.dropin import onnx_metadata
 from server.errors import InvalidInput, ModelLoadError
-from server.manifest import ModelManifest, load_labels
+from server.manifest import CtcOptions, ModelManifest, load_labels
 from server.metrics import ServerMetrics
 from server.runtime_plan import RuntimePlan
 from server.stats import ModelStats
@@ -32,8 +34,15 @@ class InferOutcome:
     batch_rows: int
 
 
+# (name, version or "") -> the loaded member version; the registry's `resolve`.
+MemberResolver = Callable[[str, str], "ModelVersion"]
+
+
 class ModelVersion:
-    """Created by `load()` off the event loop, then `start()`ed on it."""
+    """Created by `load()` off the event loop, then `start()`ed on it.
+
+    A pipeline (manifest format `pipeline`) has no runtime or batcher of its own: `members`
+    resolves the models its stages run, at each frame, so member hot swaps apply at once."""
 
     def __init__(
         self,
@@ -41,18 +50,29 @@ class ModelVersion:
         manifest: ModelManifest,
         plan: RuntimePlan,
         metrics: ServerMetrics,
+        *,
+        members: MemberResolver | None = None,
     ) -> None:
         self.version_dir = version_dir
         self.manifest = manifest
         self.plan = plan
         self.name = manifest.name
         self.version = manifest.version
-        self.labels = load_labels(version_dir, manifest)
+        self.members = members
         self.stats = ModelStats(self.name, self.version)
         self._metrics = metrics
-        self._backend = load_backend(version_dir, manifest, plan)
-        self._warm_up()
         self._output_names = [spec.name for spec in manifest.outputs]
+        self._leases = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._backend: Backend | None = None
+        self._batcher: DynamicBatcher | None = None
+        if manifest.pipeline is not None:
+            self.labels: list[str] = []
+            return
+        self._backend = load_backend(version_dir, manifest, plan)
+        self.labels = _labels(version_dir, manifest)
+        self._warm_up(self._backend)
         self._batcher = DynamicBatcher(
             self._backend,
             name=f"{self.name}/{self.version}",
@@ -63,19 +83,18 @@ class ModelVersion:
             instance_count=plan.instance_count,
             on_execution=self._on_execution,
         )
-        self._leases = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     @property
     def backend_description(self) -> str:
+        if self._backend is None:
+            return f"pipeline ({self.plan.reasons.get('pipeline', '')})"
         return self._backend.description
 
     @property
     def in_flight(self) -> int:
         return self._leases
 
-    def _warm_up(self) -> None:
+    def _warm_up(self, backend: Backend) -> None:
         """Run once on zeros so the first real request does not pay for lazy initialisation."""
         pre = self.manifest.preprocess
 
@@ -100,7 +119,7 @@ class ModelVersion:
             for spec in self.manifest.inputs
         }
         try:
-            self._backend.run(inputs, [spec.name for spec in self.manifest.outputs])
+            backend.run(inputs, [spec.name for spec in self.manifest.outputs])
         except Exception as exc:  # a model that cannot run on its own declared shapes is broken
             raise ModelLoadError(
                 f"{self.name}/{self.version}: warm-up run failed: {str(exc).splitlines()[0][:300]}"
@@ -109,7 +128,8 @@ class ModelVersion:
     def start(self) -> None:
         self._idle = asyncio.Event()
         self._idle.set()
-        self._batcher.start()
+        if self._batcher is not None:
+            self._batcher.start()
 
     @contextlib.contextmanager
     def lease(self) -> Iterator[ModelVersion]:
@@ -143,6 +163,10 @@ class ModelVersion:
 
     async def infer(self, inputs: Arrays) -> InferOutcome:
         """Validate, queue for a batch, and await this request's rows."""
+        if self._batcher is None:
+            raise InvalidInput(
+                f"model {self.name} is a pipeline: it takes camera frames over FrameStream"
+            )
         self.validate(inputs)
         outcome: BatchOutcome = await self._batcher.submit(inputs)
         self._metrics.queue_latency.labels(self.name, self.version).observe(outcome.queue_s)
@@ -162,7 +186,8 @@ class ModelVersion:
     async def retire(self) -> None:
         """Wait for in-flight requests, then drain the batcher and free the runtime."""
         await self._idle.wait()
-        await self._batcher.close()
+        if self._batcher is not None:
+            await self._batcher.close()
         log.info("model %s version %s unloaded", self.name, self.version)
 
     def record_success(
@@ -181,3 +206,26 @@ class ModelVersion:
     def record_drops(self, count: int) -> None:
         self.stats.record_drops(count)
         self._metrics.frames_dropped.labels(self.name).inc(count)
+
+
+def _labels(version_dir: Path, manifest: ModelManifest) -> list[str]:
+    """Class names; for a CTC recogniser its decoding table, from the ONNX metadata where the
+    exporter stored it (PaddleOCR does, under `character`), else from `labels_file`."""
+    post = manifest.postprocess
+    if post.kind != "ctc_text":
+        return load_labels(version_dir, manifest)
+    options = post.ctc or CtcOptions()
+    listed: list[str] | None = None
+    if manifest.format == "onnx":
+        metadata = onnx_metadata(version_dir / manifest.model_file)
+        if options.characters_metadata_key in metadata:
+            listed = metadata[options.characters_metadata_key].splitlines()
+    if listed is None and post.labels_file:
+        text = (version_dir / post.labels_file).read_text(encoding="utf-8")
+        listed = text.splitlines()
+    if not listed:
+        raise ModelLoadError(
+            f"{manifest.name}/{manifest.version}: ctc_text needs a character list: ONNX metadata "
+            f"{options.characters_metadata_key!r} or a labels_file"
+        )
+    return characters(listed, append_space=options.append_space)

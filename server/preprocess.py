@@ -6,11 +6,13 @@ GIL, so frames from many streams preprocess in parallel threads off the event lo
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 
 import cv2
 import numpy as np
 
+from server.detections import FrameTransform
 from server.errors import InvalidInput
 from server.manifest import Preprocess
 
@@ -103,11 +105,55 @@ def decode_frame(
 
 def to_model_input(image: np.ndarray, color: str, spec: Preprocess) -> np.ndarray:
     """HWC uint8 image to a batch-of-one tensor in the model's layout, dtype and colour."""
+    return to_model_input_with_transform(image, color, spec)[0]
+
+
+def to_model_input_with_transform(
+    image: np.ndarray, color: str, spec: Preprocess
+) -> tuple[np.ndarray, FrameTransform]:
+    """Like `to_model_input`, also returning how model pixels map back to `image` pixels."""
     if image.ndim != 3 or image.shape[2] != 3:
         raise InvalidInput(f"frame has shape {list(image.shape)}, expected height x width x 3")
     if color != spec.color:
         image = image[:, :, ::-1]
-    resized = _resize(image, spec)
+    resized, transform = _resize(image, spec)
+    if spec.resize == "fit_height":
+        return _normalise(resized, spec, pad_to=max(spec.width, resized.shape[1])), transform
+    return _normalise(resized, spec), transform
+
+
+def crops_to_batch(crops: list[np.ndarray], color: str, spec: Preprocess) -> np.ndarray:
+    """Crops (HWC uint8) to one batch tensor. With `fit_height` every crop is scaled to the
+    model's height and padded (with 0 after normalisation, as PaddleOCR does) to the widest
+    crop of the batch, at least `width` and at most `max_width`; else each is resized as a frame."""
+    if spec.resize != "fit_height":
+        return np.concatenate([to_model_input(crop, color, spec) for crop in crops])
+    ratio = max(crop.shape[1] / max(crop.shape[0], 1) for crop in crops)
+    padded = min(spec.max_width, max(spec.width, int(spec.height * ratio)))
+    tensors = []
+    for crop in crops:
+        if color != spec.color:
+            crop = crop[:, :, ::-1]
+        width = min(padded, math.ceil(spec.height * crop.shape[1] / max(crop.shape[0], 1)))
+        resized = _scale(crop, max(width, 1), spec.height, linear=True)
+        tensors.append(_normalise(resized, spec, pad_to=padded))
+    return np.concatenate(tensors)
+
+
+def _normalise(resized: np.ndarray, spec: Preprocess, pad_to: int = 0) -> np.ndarray:
+    """HWC uint8 to a batch of one in the model's layout and dtype; zero-padded on the right
+    to `pad_to` columns when that is wider."""
+    if pad_to > resized.shape[1]:
+        if spec.dtype == "uint8":
+            resized = cv2.copyMakeBorder(
+                resized, 0, 0, 0, pad_to - resized.shape[1], cv2.BORDER_CONSTANT, value=0
+            )
+        else:
+            tensor = _normalise(resized, spec)
+            axis = 3 if spec.layout == "nchw" else 2
+            widths = [(0, 0)] * 4
+            widths[axis] = (0, pad_to - resized.shape[1])
+            return np.pad(tensor, widths)
     if spec.dtype == "uint8":
         tensor = resized.transpose(2, 0, 1) if spec.layout == "nchw" else resized
         return np.ascontiguousarray(tensor)[None]
@@ -129,22 +175,62 @@ def to_model_input(image: np.ndarray, color: str, spec: Preprocess) -> np.ndarra
     return np.ascontiguousarray(tensor)[None]
 
 
-def _resize(image: np.ndarray, spec: Preprocess) -> np.ndarray:
+def limit_side_size(height: int, width: int, spec: Preprocess) -> tuple[int, int]:
+    """(height, width) of a frame for a dynamic-size detector, as PaddleOCR's DetResizeForTest:
+    the shorter (or longer) side at `limit_side_len`, capped at `max_side_len`, both rounded to
+    a multiple of `size_multiple`."""
+    side = min(height, width) if spec.limit_type == "min" else max(height, width)
+    if spec.limit_type == "min":
+        ratio = spec.limit_side_len / side if side < spec.limit_side_len else 1.0
+    else:
+        ratio = spec.limit_side_len / side if side > spec.limit_side_len else 1.0
+    longest = max(height, width) * ratio
+    if longest > spec.max_side_len:
+        ratio *= spec.max_side_len / longest
+    step = spec.size_multiple
+    new_height = max(step, round(int(height * ratio) / step) * step)
+    new_width = max(step, round(int(width * ratio) / step) * step)
+    return new_height, new_width
+
+
+def _resize(image: np.ndarray, spec: Preprocess) -> tuple[np.ndarray, FrameTransform]:
     height, width = image.shape[:2]
-    if spec.resize == "stretch":
-        return _scale(image, spec.width, spec.height)
+    if spec.resize in ("stretch", "limit_side"):
+        new_height, new_width = (
+            (spec.height, spec.width)
+            if spec.resize == "stretch"
+            else limit_side_size(height, width, spec)
+        )
+        transform = FrameTransform(
+            scale_x=new_width / width, scale_y=new_height / height,
+            source_width=width, source_height=height,
+        )  # fmt: skip
+        return _scale(image, new_width, new_height, linear=spec.resize == "limit_side"), transform
+    if spec.resize == "fit_height":
+        new_width = min(spec.max_width, max(1, math.ceil(spec.height * width / height)))
+        transform = FrameTransform(
+            scale_x=new_width / width, scale_y=spec.height / height,
+            source_width=width, source_height=height,
+        )  # fmt: skip
+        return _scale(image, new_width, spec.height, linear=True), transform
     scale = min(spec.width / width, spec.height / height)
     new_width, new_height = max(1, round(width * scale)), max(1, round(height * scale))
     canvas = np.full((spec.height, spec.width, 3), spec.pad_value, dtype=np.uint8)
     top, left = (spec.height - new_height) // 2, (spec.width - new_width) // 2
     canvas[top : top + new_height, left : left + new_width] = _scale(image, new_width, new_height)
-    return canvas
+    transform = FrameTransform(
+        scale_x=new_width / width, scale_y=new_height / height, pad_left=left, pad_top=top,
+        source_width=width, source_height=height,
+    )  # fmt: skip
+    return canvas, transform
 
 
-def _scale(image: np.ndarray, width: int, height: int) -> np.ndarray:
+def _scale(image: np.ndarray, width: int, height: int, *, linear: bool = False) -> np.ndarray:
+    """Resize; `linear` always interpolates bilinearly, as PaddleOCR's frame-sized resizes do
+    (its models were trained on that), else shrinking averages areas."""
     if image.shape[1] == width and image.shape[0] == height:
         return np.ascontiguousarray(image)
-    shrinking = width < image.shape[1] and height < image.shape[0]
+    shrinking = not linear and width < image.shape[1] and height < image.shape[0]
     # Area averaging avoids aliasing when a 1080p frame shrinks to 224 px.
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     resized: np.ndarray = cv2.resize(

@@ -15,11 +15,12 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.dropin import DROPIN_FILENAME, manifest_from_onnx
 from server.errors import EdgeError, ModelLoadError, ModelNotFound, ModelNotReady
-from server.manifest import MANIFEST_FILENAME, read_manifest, verify_files
+from server.manifest import MANIFEST_FILENAME, ModelManifest, read_manifest, verify_files
 from server.metrics import ServerMetrics
 from server.model_version import ModelVersion
-from server.runtime_plan import Planner
+from server.runtime_plan import Planner, RuntimePlan
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class ModelRegistry:
         versions = [
             child.name
             for child in directory.iterdir()
-            if child.is_dir() and child.name.isdigit() and (child / MANIFEST_FILENAME).is_file()
+            if child.is_dir() and child.name.isdigit() and _has_model(child)
         ]
         return sorted(versions, key=int)
 
@@ -165,7 +166,14 @@ class ModelRegistry:
             version_dir = self.model_dir(name) / chosen
             loop = asyncio.get_running_loop()
             try:
-                fresh = await loop.run_in_executor(self._load_executor, self._build, version_dir)
+                manifest = await loop.run_in_executor(
+                    self._load_executor, read_version_manifest, version_dir
+                )
+                if manifest.pipeline is not None:
+                    await self._load_members(manifest)
+                fresh = await loop.run_in_executor(
+                    self._load_executor, self._build, version_dir, manifest
+                )
             except EdgeError as exc:
                 slot.reasons[chosen] = str(exc)
                 self._metrics.model_events.labels(name, chosen, "load_failed").inc()
@@ -199,17 +207,37 @@ class ModelRegistry:
                 self._retire(slot.loaded.pop(oldest))
             return fresh
 
-    def _build(self, version_dir: Path) -> ModelVersion:
-        """Blocking: read and verify the manifest, plan, load the runtime and warm it up."""
-        manifest = read_manifest(version_dir)
-        if manifest.name != version_dir.parent.name:
-            raise ModelLoadError(
-                f"{version_dir}: manifest names model {manifest.name!r}, "
-                f"directory is {version_dir.parent.name!r}"
+    def _build(self, version_dir: Path, manifest: ModelManifest) -> ModelVersion:
+        """Blocking: plan, load the runtime and warm it up (a pipeline has no runtime)."""
+        if manifest.pipeline is not None:
+            return ModelVersion(
+                version_dir, manifest, pipeline_plan(manifest), self._metrics, members=self.resolve
             )
-        verify_files(version_dir, manifest)
         plan = self._planner.plan(version_dir, manifest)
         return ModelVersion(version_dir, manifest, plan, self._metrics)
+
+    async def _load_members(self, manifest: ModelManifest) -> None:
+        """Load every member a pipeline needs that is not loaded yet; name what is missing."""
+        assert manifest.pipeline is not None
+        where = f"pipeline {manifest.name}/{manifest.version}"
+        for stage in manifest.pipeline.stages:
+            member = f"member {stage.model!r}" + (
+                f" version {stage.version}" if stage.version else ""
+            )
+            if stage.model == manifest.name:
+                raise ModelLoadError(f"{where}: {member} is the pipeline itself")
+            loaded = self.loaded_versions(stage.model) if stage.model in self._slots else []
+            if (stage.version and stage.version not in loaded) or (
+                not stage.version and not loaded
+            ):
+                try:
+                    await self.load(stage.model, stage.version or None)
+                except EdgeError as exc:
+                    raise ModelLoadError(f"{where}: {member} cannot be loaded: {exc}") from None
+            model = self.resolve(stage.model, stage.version)
+            problem = stage_problem(stage.kind, model.manifest)
+            if problem:
+                raise ModelLoadError(f"{where}: {member}: {problem}")
 
     async def unload(self, name: str, version: str | None = None) -> None:
         """Unload one version, or every loaded version of the model when `version` is None."""
@@ -246,3 +274,90 @@ class ModelRegistry:
             slot.active = None
         if self._retiring:
             await asyncio.gather(*self._retiring, return_exceptions=True)
+
+
+def _has_model(version_dir: Path) -> bool:
+    return (version_dir / MANIFEST_FILENAME).is_file() or (version_dir / DROPIN_FILENAME).is_file()
+
+
+def read_version_manifest(version_dir: Path) -> ModelManifest:
+    """Blocking: the version's manifest with its files verified, or, for a drop-in ONNX model
+    without one, the manifest completed from the model itself (files hashed now)."""
+    if (
+        not (version_dir / MANIFEST_FILENAME).is_file()
+        and (version_dir / DROPIN_FILENAME).is_file()
+    ):
+        manifest = manifest_from_onnx(version_dir)
+        log.info(
+            "model %s version %s has no %s: serving %s with a manifest completed from the model "
+            "(raw outputs; `edgefleet model init %s` writes it for editing)",
+            manifest.name, manifest.version, MANIFEST_FILENAME, DROPIN_FILENAME, version_dir,
+        )  # fmt: skip
+        return manifest
+    manifest = read_manifest(version_dir)
+    if manifest.name != version_dir.parent.name:
+        raise ModelLoadError(
+            f"{version_dir}: manifest names model {manifest.name!r}, "
+            f"directory is {version_dir.parent.name!r}"
+        )
+    verify_files(version_dir, manifest)
+    return manifest
+
+
+def stage_problem(kind: str, member: ModelManifest) -> str:
+    """Why `member` cannot serve a pipeline stage of `kind`, or ""."""
+    post = member.postprocess.kind
+    if member.pipeline is not None:
+        return "is a pipeline itself"
+    if member.preprocess is None:
+        return "has no preprocess section, so it cannot take frames or crops"
+    if kind == "detect" and post not in ("yolo", "db_text"):
+        return f"a detect stage needs a yolo or db_text postprocess, not {post}"
+    if kind == "crop" and post not in ("ctc_text", "classification"):
+        return f"a crop stage needs a ctc_text or classification postprocess, not {post}"
+    return ""
+
+
+def check_pipeline_members(repository: Path, manifest: ModelManifest) -> None:
+    """Blocking, for `edgefleet model check`: every member is on disk and fits its stage."""
+    assert manifest.pipeline is not None
+    where = f"pipeline {manifest.name}/{manifest.version}"
+    for stage in manifest.pipeline.stages:
+        directory = repository / stage.model
+        versions = (
+            sorted(
+                (
+                    child.name
+                    for child in directory.glob("*")
+                    if child.name.isdigit() and _has_model(child)
+                ),
+                key=int,
+            )
+            if directory.is_dir()
+            else []
+        )
+        if not versions:
+            raise ModelLoadError(f"{where}: member model {stage.model!r} is not in {repository}")
+        version = stage.version or versions[-1]
+        if version not in versions:
+            raise ModelLoadError(
+                f"{where}: member {stage.model!r} has no version {version} "
+                f"(versions: {', '.join(versions)})"
+            )
+        problem = stage_problem(stage.kind, read_version_manifest(directory / version))
+        if problem:
+            raise ModelLoadError(f"{where}: member {stage.model!r}: {problem}")
+
+
+def pipeline_plan(manifest: ModelManifest) -> RuntimePlan:
+    """A pipeline runs nothing itself: its members have their own plans."""
+    assert manifest.pipeline is not None
+    graph = " -> ".join(
+        f"{stage.kind} {stage.model}" + (f"/{stage.version}" if stage.version else "")
+        for stage in manifest.pipeline.stages
+    )
+    return RuntimePlan(
+        backend="pipeline", model_file="", providers=(), precision="", intra_op_threads=0,
+        inter_op_threads=0, max_batch_size=0, max_queue_delay_us=0, max_queue_size=1,
+        reasons={"pipeline": graph},
+    )  # fmt: skip

@@ -77,6 +77,8 @@ class ExportRequest:
     max_batch: int = 8
     opset: int = onnx_target.DEFAULT_OPSET
     description: str = ""
+    # Written into every manifest's `provenance` beside `export` (source, licence of weights).
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def entry_names(self) -> dict[str, str]:
         """One target takes the name; with both, TorchScript gets a `_torchscript` suffix
@@ -247,7 +249,7 @@ def _complete_entry(
         batching=Batching(max_batch_size=request.max_batch if contract.batched else 0),
         files=hash_directory(version_dir),
         description=request.description,
-        provenance={"export": report.provenance(target)},
+        provenance={**request.provenance, "export": report.provenance(target)},
     )
     write_manifest(version_dir, manifest)
 

@@ -23,6 +23,14 @@ import grpc
 
 from fleet.agent.download import fetch_bundle
 from fleet.agent.identity import DeviceIdentity, enroll, load_identity, save_identity
+from fleet.agent.local_state import (
+    BootPlan,
+    LocalState,
+    load_state,
+    prune_quarantine,
+    quarantine_version,
+    save_state,
+)
 from fleet.agent.settings import AgentSettings
 from fleet.agent.sources import BundleSources
 from fleet.agent.spool import TelemetrySpool
@@ -31,7 +39,6 @@ from fleet.bundle import install_bundle
 from fleet.errors import BundleRejected, FleetError
 from fleet.keys import TrustedKeys
 from protos.edgefleet.fleet.v1 import agent_pb2, agent_pb2_grpc
-from server.errors import EdgeError
 
 logger = logging.getLogger(__name__)
 AGENT_VERSION = "0.1.0"
@@ -71,15 +78,24 @@ class IndexEntryView(Protocol):
     def version(self) -> str: ...
     @property
     def state(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
 
 
 class ServingCore(Protocol):
-    """The part of `server.core.InferenceCore` the agent uses."""
+    """The part of `server.core.InferenceCore` the agent uses.
+
+    `load_model` raises when the version cannot serve (bad files, a runtime that refuses the
+    graph, a failed warm-up); the agent treats any exception from it as a failed install."""
 
     async def load_model(self, name: str, version: str | None = None) -> str: ...
     def active_version(self, name: str) -> str | None: ...
     def model_telemetry(self) -> Sequence[ModelTelemetryView]: ...
     def repository_index(self) -> Sequence[IndexEntryView]: ...
+
+
+class LoadFailed(FleetError):
+    """The server could not load and warm a version."""
 
 
 class Agent:
@@ -89,8 +105,12 @@ class Agent:
         repository: Path,
         settings: AgentSettings,
         hardware_json: str = "{}",
+        boot: BootPlan | None = None,
     ) -> None:
         self._core = core
+        # What the server tried at boot (None: the server booted without the agent's plan).
+        self._boot = boot
+        self._state = boot.state if boot is not None else LocalState()
         self._repository = repository
         self._settings = settings
         self._hardware_json = hardware_json
@@ -132,6 +152,17 @@ class Agent:
             TelemetrySpool, settings.state_dir / "telemetry.db", settings.spool_max_samples
         )
         self._sampler = await asyncio.to_thread(SystemSampler)
+        if self._boot is None:
+            self._state = await asyncio.to_thread(load_state, settings.state_dir)
+        # Converge on the desired state this device last heard of, controller or not.
+        for name, model in self._state.models.items():
+            if model.desired:
+                self._desired[name] = agent_pb2.DesiredModel(
+                    name=name, version=model.desired, bundle_sha256=model.desired_sha256
+                )
+        if self._desired:
+            self._desired_changed.set()
+        await self._quarantine_boot_failures()
         self._tasks = [
             asyncio.create_task(self._connect_forever(), name="agent-connect"),
             asyncio.create_task(self._sample_forever(), name="agent-telemetry"),
@@ -223,9 +254,14 @@ class Agent:
         installed = []
         for entry in self._core.repository_index():
             active = self._core.active_version(entry.name) == entry.version
+            digest = self._state.models.get(entry.name)
             installed.append(
                 agent_pb2.InstalledModel(
-                    name=entry.name, version=entry.version, state=entry.state, active=active
+                    name=entry.name,
+                    version=entry.version,
+                    state=entry.state,
+                    active=active,
+                    bundle_sha256=digest.installed.get(entry.version, "") if digest else "",
                 )
             )
         return agent_pb2.Hello(
@@ -242,7 +278,19 @@ class Agent:
             self._interval = interval
             self._interval_changed.set()
         self._desired = {model.name: model for model in state.models}
+        changed = False
+        for model in state.models:
+            local = self._state.model(model.name)
+            if (local.desired, local.desired_sha256) != (model.version, model.bundle_sha256):
+                local.desired, local.desired_sha256 = model.version, model.bundle_sha256
+                changed = True
+        if changed:
+            self._save_state()
         self._desired_changed.set()
+
+    def _save_state(self) -> None:
+        """Write the local state now: it is small, and a device may lose power any time."""
+        save_state(self._settings.state_dir, self._state)
 
     async def _report(self, result: agent_pb2.InstallResult) -> None:
         outbox = self._outbox
@@ -332,22 +380,36 @@ class Agent:
                     logger.exception("converging %s/%s failed", model.name, model.version)
 
     async def _converge(self, model: agent_pb2.DesiredModel) -> None:
-        name, version = model.name, model.version
-        if self._core.active_version(name) == version:
+        name, version, sha = model.name, model.version, model.bundle_sha256
+        local = self._state.model(name)
+        # Versions are immutable by digest: a version on disk from another bundle is stale.
+        stale = bool(sha) and local.installed.get(version, "") != sha
+        if self._core.active_version(name) == version and not stale:
             if self._reported.get(name) != version:
                 await self._result(name, version, agent_pb2.INSTALL_OUTCOME_INSTALLED, "")
+            await self._settle(name, version, model.rejected_versions)
             return
-        key = (name, version, model.bundle_sha256)
+        key = (name, version, sha)
         if key in self._failed:
             return
         version_dir = self._repository / name / version
         try:
-            if not await asyncio.to_thread((version_dir / "manifest.json").is_file):
+            on_disk = await asyncio.to_thread((version_dir / "manifest.json").is_file)
+            if on_disk and stale:
+                await self._quarantine(name, version, f"replaced by bundle {sha[:12]}")
+                on_disk = False
+            if not on_disk:
                 await self._install(model)
+                local.installed[version] = sha
+                local.quarantined.pop(version, None)
+                await asyncio.to_thread(self._save_state)
             loop = asyncio.get_running_loop()
             started = loop.time()
             previous = self._core.active_version(name)
-            await self._core.load_model(name, version)
+            try:
+                await self._core.load_model(name, version)
+            except Exception as error:  # the serving protocol: any failure is a failed load
+                raise LoadFailed(str(error) or type(error).__name__) from error
             logger.info(
                 "%s: version %s active (was %s), loaded and warmed in %.2fs",
                 name,
@@ -356,14 +418,15 @@ class Agent:
                 loop.time() - started,
             )
             await self._result(name, version, agent_pb2.INSTALL_OUTCOME_INSTALLED, "")
-            await asyncio.to_thread(self._prune, name, {version, previous or ""})
+            await self._settle(name, version, model.rejected_versions)
         except BundleRejected as error:
             self._failed[key] = str(error)
             logger.error("%s/%s: bundle rejected: %s", name, version, error)
             await self._result(name, version, agent_pb2.INSTALL_OUTCOME_REJECTED, str(error))
-        except EdgeError as error:
+        except LoadFailed as error:
             self._failed[key] = str(error)
             logger.error("%s/%s: the server refused it: %s", name, version, error)
+            await self._quarantine(name, version, f"failed to load: {error}")
             await self._result(name, version, agent_pb2.INSTALL_OUTCOME_FAILED, str(error))
         except grpc.aio.AioRpcError as error:
             if error.code() in _TRANSIENT:
@@ -374,6 +437,55 @@ class Agent:
             await self._result(name, version, agent_pb2.INSTALL_OUTCOME_FAILED, self._failed[key])
         except ConnectionError as error:
             logger.warning("%s/%s: %s; will resume", name, version, error)
+
+    async def _settle(self, name: str, version: str, rejected: Sequence[str]) -> None:
+        """`version` serves: remember it as good, quarantine rolled-back versions, clean up."""
+        local = self._state.model(name)
+        if local.good[:1] != [version]:
+            self._state.mark_good(name, version)
+            await asyncio.to_thread(self._save_state)
+        for bad in rejected:
+            if bad != version and bad not in local.quarantined:
+                await self._quarantine(name, bad, "rolled back by the controller")
+        keep = self._state.keep(name) | {version}
+        removed = await asyncio.to_thread(self._prune, name, keep)
+        if removed:
+            for old in removed:
+                local.installed.pop(old, None)
+            await asyncio.to_thread(self._save_state)
+
+    async def _quarantine(self, name: str, version: str, reason: str) -> None:
+        """Move a version out of the repository so the server never boots into it again."""
+        local = self._state.model(name)
+        local.quarantined[version] = reason
+        local.good = [v for v in local.good if v != version]
+        local.installed.pop(version, None)
+        await asyncio.to_thread(self._save_state)
+        moved = await asyncio.to_thread(
+            quarantine_version,
+            self._repository,
+            self._settings.state_dir,
+            name,
+            version,
+            self._settings.quarantine_kept,
+        )
+        if moved is not None:
+            logger.warning("%s: version %s quarantined (%s) in %s", name, version, reason, moved)
+
+    async def _quarantine_boot_failures(self) -> None:
+        """Versions the server tried at boot before the one it serves failed to load: quarantine
+        them and tell the controller once connected."""
+        if self._boot is None:
+            return
+        for name, tried in self._boot.tried.items():
+            active = self._core.active_version(name)
+            reasons = {e.version: e.reason for e in self._core.repository_index() if e.name == name}
+            for version in tried:
+                if version == active:
+                    break
+                reason = f"failed to load at boot: {reasons.get(version) or 'load failed'}"
+                await self._quarantine(name, version, reason)
+                await self._result(name, version, agent_pb2.INSTALL_OUTCOME_FAILED, reason)
 
     async def _install(self, model: agent_pb2.DesiredModel) -> None:
         if not model.bundle_sha256:
@@ -406,6 +518,11 @@ class Agent:
     async def _result(self, name: str, version: str, outcome: int, reason: str) -> None:
         if outcome == agent_pb2.INSTALL_OUTCOME_INSTALLED:
             self._reported[name] = version
+        local = self._state.models.get(name)
+        desired = self._desired.get(name)
+        digest = local.installed.get(version, "") if local else ""
+        if not digest and desired is not None and desired.version == version:
+            digest = desired.bundle_sha256
         await self._report(
             agent_pb2.InstallResult(
                 model_name=name,
@@ -413,17 +530,23 @@ class Agent:
                 outcome=outcome,  # type: ignore[arg-type]
                 reason=reason,
                 active_version=self._core.active_version(name) or "",
+                bundle_sha256=digest,
             )
         )
 
-    def _prune(self, name: str, keep: set[str]) -> None:
-        """Keep the newest `keep_versions` versions (and the active and previous ones)."""
+    def _prune(self, name: str, keep: set[str]) -> list[str]:
+        """Quarantined copies go first; then versions beyond `keep_versions`, oldest first,
+        never the desired, the last good, the previous good or the active version."""
+        kept = self._settings.quarantine_kept
+        for path in prune_quarantine(self._settings.state_dir, name, kept):
+            logger.info("%s: removed quarantined copy %s", name, path.name)
         model_dir = self._repository / name
         versions = sorted(
             (child.name for child in model_dir.iterdir() if child.name.isdigit()), key=int
         )
-        keep |= set(versions[-self._settings.keep_versions :])
-        for version in versions:
-            if version not in keep:
-                shutil.rmtree(model_dir / version, ignore_errors=True)
-                logger.info("%s: removed old version %s", name, version)
+        removable = [version for version in versions if version not in keep]
+        excess = len(versions) - self._settings.keep_versions
+        for version in removable[: max(excess, 0)]:
+            shutil.rmtree(model_dir / version, ignore_errors=True)
+            logger.info("%s: removed old version %s", name, version)
+        return removable[: max(excess, 0)]

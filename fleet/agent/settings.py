@@ -37,6 +37,9 @@ class AgentSettings(BaseSettings):
     download_chunk_bytes: int = Field(default=256 * 1024, ge=1024, le=4 * 1024 * 1024)
     # Versions of a model kept on disk for instant local rollback (the active one included).
     keep_versions: int = Field(default=3, ge=2)
+    # Quarantined (failed, rolled back, replaced) copies kept per model for forensics; cleanup
+    # removes them before any good version.
+    quarantine_kept: int = Field(default=1, ge=0)
 
     def resolved_enroll_address(self) -> str:
         if self.enroll_address:

@@ -4,7 +4,6 @@ rollouts. No gRPC here: `fleet.controller.grpc_api` translates and delegates."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import re
@@ -185,7 +184,13 @@ class FleetController:
             self.rollouts.active_version_seen(device_id, model.name, model.version)
 
     async def install_result(
-        self, device_id: str, model: str, version: str, error: str, active_version: str
+        self,
+        device_id: str,
+        model: str,
+        version: str,
+        error: str,
+        active_version: str,
+        bundle_sha256: str = "",
     ) -> None:
         device = self._devices.get(device_id)
         if device is None:  # removed while its stream was still open
@@ -199,7 +204,7 @@ class FleetController:
                 await self._store.call(
                     self._store.store.set_desired, [entry.model_copy(update={"last_error": error})]
                 )
-        await self.rollouts.install_reported(device_id, model, version, error)
+        await self.rollouts.install_reported(device_id, model, version, error, bundle_sha256)
         if error:
             logger.warning(
                 "device %s failed to install %s/%s: %s", device_id, model, version, error
@@ -236,9 +241,20 @@ class FleetController:
     async def add_bundle(self, actor: str, upload: Path) -> BundleRecord:
         """Verify an uploaded bundle against the controller's trusted keys, then keep it under its
         sha256. The upload file is consumed."""
-        info, digest, size, target = await asyncio.to_thread(
-            _keep_bundle, upload, self._trusted_keys, self._bundle_dir
-        )
+        try:
+            info, digest, size = await asyncio.to_thread(_verify_upload, upload, self._trusted_keys)
+            existing = await self._store.call(
+                self._store.store.find_bundle, info.name, info.version
+            )
+            if existing is not None and existing.sha256 != digest:
+                raise Conflict(
+                    f"{info.name} version {info.version} already exists as bundle "
+                    f"{existing.sha256[:12]}; versions are immutable: package a new version"
+                )
+            target = self._bundle_dir / f"{digest}.efb"
+            await asyncio.to_thread(shutil.move, upload, target)
+        finally:
+            await asyncio.to_thread(upload.unlink, True)
         record = BundleRecord(
             sha256=digest,
             name=info.name,
@@ -359,19 +375,9 @@ class FleetController:
         return rollout, await self.rollouts.measurements(rollout.rollout_id)
 
 
-def _keep_bundle(
-    upload: Path, trusted_keys: TrustedKeys, bundle_dir: Path
-) -> tuple[BundleInfo, str, int, Path]:
-    try:
-        info = verify_bundle(upload, trusted_keys)
-        digest = sha256_path(upload)
-        target = bundle_dir / f"{digest}.efb"
-        size = upload.stat().st_size
-        shutil.move(upload, target)
-        return info, digest, size, target
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            upload.unlink()
+def _verify_upload(upload: Path, trusted_keys: TrustedKeys) -> tuple[BundleInfo, str, int]:
+    info = verify_bundle(upload, trusted_keys)
+    return info, sha256_path(upload), upload.stat().st_size
 
 
 def _token_hash(token: str) -> str:

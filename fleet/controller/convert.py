@@ -40,6 +40,7 @@ def desired_state_to_pb(
                     version=entry.version,
                     bundle_sha256=entry.bundle_sha256,
                     bundle_size=entry.bundle_size,
+                    rejected_versions=entry.rejected_versions,
                 )
                 for entry in entries
             ],

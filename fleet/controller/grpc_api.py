@@ -134,6 +134,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                     result.version,
                     (result.reason or "install failed") if failed else "",
                     result.active_version,
+                    result.bundle_sha256,
                 )
 
     @streaming
@@ -207,15 +208,20 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         upload_dir = self._controller.settings.data_dir / "uploads"
         path, handle = await asyncio.to_thread(_new_upload, upload_dir)
         try:
-            received = 0
-            async for chunk in request_iterator:
-                received += len(chunk.data)
-                if received > limit:
-                    raise InvalidRequest(f"bundle is larger than the {limit}-byte limit")
-                await asyncio.to_thread(handle.write, chunk.data)
+            try:
+                received = 0
+                async for chunk in request_iterator:
+                    received += len(chunk.data)
+                    if received > limit:
+                        raise InvalidRequest(f"bundle is larger than the {limit}-byte limit")
+                    await asyncio.to_thread(handle.write, chunk.data)
+            finally:
+                await asyncio.to_thread(handle.close)
+            record = await self._controller.add_bundle(actor, path)
         finally:
-            await asyncio.to_thread(handle.close)
-        record = await self._controller.add_bundle(actor, path)
+            # Consumed by add_bundle on success; a refused, failed or cancelled upload leaves
+            # nothing behind.
+            await asyncio.to_thread(path.unlink, True)
         return admin_pb2.UploadBundleResponse(
             bundle_sha256=record.sha256,
             model_name=record.name,

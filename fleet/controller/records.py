@@ -33,6 +33,8 @@ class DesiredEntry(_Record):
     # "rollout:<id>", "rollback:<id>" or "pin".
     source: str = ""
     last_error: str = ""
+    # Versions rolled back from: the device quarantines them.
+    rejected_versions: list[str] = Field(default_factory=list)
 
 
 class BundleRecord(_Record):

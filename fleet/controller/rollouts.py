@@ -211,8 +211,12 @@ class RolloutEngine:
         return rollout
 
     # signals from agents
-    async def install_reported(self, device_id: str, model: str, version: str, error: str) -> None:
+    async def install_reported(
+        self, device_id: str, model: str, version: str, error: str, bundle_sha256: str = ""
+    ) -> None:
         for rollout in self._active(model, version):
+            if bundle_sha256 and bundle_sha256 != rollout.spec.bundle_sha256:
+                continue  # another bundle under the same version number: not this rollout's
             if rollout.installs.get(device_id) == DeviceInstall.PENDING:
                 async with self._lock:
                     if error:
@@ -444,6 +448,7 @@ class RolloutEngine:
                     bundle_sha256=previous.bundle_sha256,
                     bundle_size=previous.bundle_size,
                     source=f"rollback:{rollout.rollout_id}",
+                    rejected_versions=[rollout.version],
                 )
             )
         rollout.state = RolloutState.ROLLED_BACK

@@ -23,6 +23,7 @@ from server.frame_session import (
     StreamOpenedEvent,
     StreamOptions,
 )
+from server.grpc_api.detections_pb import detection_filter_from_pb, detections_to_pb
 from server.grpc_api.status import public_message, status_for
 from server.infer_types import InferRequest, InferResponse, OutputTensor, RequestedOutput
 from server.manifest import ModelManifest, TensorSpec
@@ -160,8 +161,8 @@ def stream_error_to_pb(
 
 # ---------------------------------------------------------------- KServe metadata
 
-_PLATFORM = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
-_BACKEND = {"onnx": "onnxruntime", "torchscript": "pytorch"}
+_PLATFORM = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch", "pipeline": "ensemble"}
+_BACKEND = {"onnx": "onnxruntime", "torchscript": "pytorch", "pipeline": ""}
 
 
 def _metadata_shape(spec: TensorSpec) -> list[int]:
@@ -270,6 +271,8 @@ def model_config_to_pb(info: ModelInfo) -> kserve.ModelConfig:
     config.parameters["edgefleet.plan"].string_value = json.dumps(plan.to_dict(), sort_keys=True)
     config.parameters["edgefleet.runtime"].string_value = info.backend
     config.parameters["edgefleet.precision"].string_value = plan.precision
+    if manifest.pipeline is not None:
+        config.parameters["edgefleet.pipeline"].string_value = manifest.pipeline.model_dump_json()
     return config
 
 
@@ -383,6 +386,7 @@ def stream_options_from_pb(message: fs.StreamRequest) -> StreamOptions:
         top_k=opening.results.top_k,
         raw_tensors=opening.results.raw_tensors,
         stream_id=opening.stream_id,
+        detection=detection_filter_from_pb(opening.results),
     )
 
 
@@ -418,6 +422,7 @@ def stream_event_to_pb(event: StreamEvent) -> fs.StreamResponse:
                     for item in event.labels
                 ],
                 tensors=[_tensor_to_pb(tensor) for tensor in event.tensors],
+                detections=detections_to_pb(event.detections),
                 timings=fs.Timings(
                     queue_us=event.queue_us,
                     preprocess_us=event.preprocess_us,

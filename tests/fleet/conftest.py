@@ -1,4 +1,5 @@
-"""Fleet fixtures: a real controller on loopback with its own CA and SQLite store."""
+"""Fleet fixtures: a real controller on loopback with its own CA and SQLite store, and three
+edge nodes with traffic."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from fleet.controller.app import ControllerApp
 from fleet.controller.settings import ControllerSettings
 from fleet.ctl.client import AdminClient, AdminCredential
 from fleet.keys import generate_keypair
+from tests.fleet.harness import start_node, wait_for
 
 # Real nginx and PostgreSQL servers, for the tests that need them.
 from tests.fleet.services import nginx_factory, postgres_dsn, postgres_server  # noqa: F401
@@ -61,3 +63,18 @@ async def admin(controller: ControllerApp):
     credential = AdminCredential.load(controller.admin_credential_path)
     async with AdminClient.connect(credential, f"127.0.0.1:{controller.port}") as client:
         yield client
+
+
+@pytest.fixture
+async def nodes(tmp_path, controller, admin, signing_keys):
+    started = []
+    for index in range(3):
+        node = await start_node(
+            f"cam-{index}", tmp_path / f"node{index}", controller, admin, (signing_keys[1],)
+        )
+        node.start_traffic()
+        started.append(node)
+    await wait_for(lambda: all(node.online() for node in started), 20, "agents online")
+    yield started
+    for node in started:
+        await node.stop()

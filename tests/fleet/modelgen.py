@@ -12,7 +12,14 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from server.manifest import Batching, ModelManifest, TensorSpec, hash_directory, write_manifest
+from server.manifest import (
+    Batching,
+    ModelManifest,
+    Preprocess,
+    TensorSpec,
+    hash_directory,
+    write_manifest,
+)
 
 FEATURES = 256
 CLASSES = 10
@@ -56,6 +63,55 @@ def build_model_dir(root: Path, name: str, version: str, slow_layers: int = 0) -
         batching=Batching(max_batch_size=8, max_queue_delay_us=500),
         files=hash_directory(version_dir),
         description=f"test classifier with {slow_layers} extra layers",
+    )
+    write_manifest(version_dir, manifest)
+    return version_dir
+
+
+def build_poisoned_model_dir(root: Path, name: str, version: str, image: bool = False) -> Path:
+    """A model that passes the server's warm-up (zeros) and fails on every real input.
+
+    A Gather takes its index from the input's largest value: 0 on zeros (in bounds), 1 or more
+    on real traffic (out of bounds), so onnxruntime raises at run time, not at load time.
+    `image` gives it a camera preprocess section (3x8x8 RGB), for FrameStream.
+    """
+    rng = np.random.default_rng(int(version))
+    width = 3 * 8 * 8 if image else FEATURES
+    head = numpy_helper.from_array(rng.standard_normal((width, CLASSES)).astype(np.float32), "head")
+    table = numpy_helper.from_array(np.zeros(1, np.float32), "table")
+    nodes = [
+        helper.make_node("ReduceMax", ["input"], ["largest"], keepdims=0),
+        helper.make_node("Cast", ["largest"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "index"], ["offset"], axis=0),
+        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "head"], ["scores"]),
+        helper.make_node("Add", ["scores", "offset"], ["logits"]),
+    ]
+    shape: list[int | str] = ["N", 3, 8, 8] if image else ["N", FEATURES]
+    graph = helper.make_graph(
+        nodes,
+        f"{name}_v{version}_poisoned",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", CLASSES])],
+        initializer=[head, table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    version_dir = root / name / version
+    version_dir.mkdir(parents=True)
+    onnx.save(model, version_dir / "model.onnx")
+    manifest = ModelManifest(
+        name=name,
+        version=version,
+        format="onnx",
+        model_file="model.onnx",
+        inputs=[TensorSpec(name="input", dtype="float32", shape=shape)],
+        outputs=[TensorSpec(name="logits", dtype="float32", shape=["N", CLASSES])],
+        batching=Batching(max_batch_size=8, max_queue_delay_us=500),
+        preprocess=Preprocess(input="input", height=8, width=8) if image else None,
+        files=hash_directory(version_dir),
+        description="fails on real inputs, passes warm-up on zeros",
     )
     write_manifest(version_dir, manifest)
     return version_dir

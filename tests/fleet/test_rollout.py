@@ -10,7 +10,7 @@ import pytest
 from fleet.bundle import build_bundle
 from fleet.keys import load_private_key
 from protos.edgefleet.fleet.v1 import admin_pb2
-from tests.fleet.harness import MODEL, rollout_state, start_node, wait_for
+from tests.fleet.harness import MODEL, rollout_state, wait_for
 from tests.fleet.modelgen import build_model_dir
 
 STATE = admin_pb2.RolloutState
@@ -19,21 +19,6 @@ STATE = admin_pb2.RolloutState
 SLOW_LAYERS = 2500
 # Same-speed versions on a shared CPU differ by noise: the pass gates leave room for it.
 LENIENT_GATES = ["p95_latency_ms <= 3*baseline + 10", "error_rate < 0.01", "fps >= 0.3*baseline"]
-
-
-@pytest.fixture
-async def nodes(tmp_path, controller, admin, signing_keys):
-    started = []
-    for index in range(3):
-        node = await start_node(
-            f"cam-{index}", tmp_path / f"node{index}", controller, admin, (signing_keys[1],)
-        )
-        node.start_traffic()
-        started.append(node)
-    await wait_for(lambda: all(node.online() for node in started), 20, "agents online")
-    yield started
-    for node in started:
-        await node.stop()
 
 
 async def upload(admin, tmp_path, signing_keys, version: str, slow_layers: int = 0):

@@ -1,6 +1,8 @@
 // Minimal edgefleet camera client in C++: opens a FrameStream, sends JPEG files as frames and
-// prints one line per result. Usage: edgefleet_camera HOST:PORT MODEL IMAGE.jpg [IMAGE.jpg ...]
-// EDGEFLEET_TOKEN, when set, is sent as `authorization: Bearer <token>`.
+// prints one line per answer (result, drop or per-frame error).
+// Usage: edgefleet_camera [--json] HOST:PORT MODEL IMAGE.jpg [IMAGE.jpg ...]
+// EDGEFLEET_TOKEN, when set, is sent as `authorization: Bearer <token>`. With --json it prints
+// the conformance scenario's JSON lines (client/README.md, "Conformance") instead of text.
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -34,39 +36,85 @@ int64_t NowUnixNs() {
       .count();
 }
 
+void PrintText(const v1::StreamResponse& response, int* answered) {
+  switch (response.kind_case()) {
+    case v1::StreamResponse::kOpened:
+      std::cout << "opened stream=" << response.opened().stream_id()
+                << " model=" << response.opened().model_name()
+                << " version=" << response.opened().model_version() << std::endl;
+      break;
+    case v1::StreamResponse::kResult: {
+      const auto& result = response.result();
+      std::ostringstream labels;
+      for (int i = 0; i < result.labels_size(); ++i) {
+        if (i) labels << ", ";
+        labels << result.labels(i).label() << " (" << std::fixed << std::setprecision(3)
+               << result.labels(i).score() << ")";
+      }
+      std::cout << "frame " << result.sequence() << " " << result.model_name() << "/"
+                << result.model_version() << ": " << labels.str() << std::endl;
+      ++*answered;
+      break;
+    }
+    case v1::StreamResponse::kDropped: {
+      std::ostringstream sequences;
+      for (int i = 0; i < response.dropped().sequences_size(); ++i) {
+        if (i) sequences << ",";
+        sequences << response.dropped().sequences(i);
+      }
+      std::cout << "dropped " << sequences.str() << ": " << response.dropped().reason()
+                << std::endl;
+      break;
+    }
+    case v1::StreamResponse::kError:
+      std::cout << "frame " << response.error().sequence() << " error "
+                << response.error().code() << ": " << response.error().message() << std::endl;
+      break;
+    default:
+      break;
+  }
+}
+
+// The conformance lines, byte for byte what every other client writes. Model names are plain
+// identifiers, so quoting them needs no escaping.
+void PrintJson(const v1::StreamResponse& response) {
+  switch (response.kind_case()) {
+    case v1::StreamResponse::kOpened:
+      std::cout << "{\"opened\":\"" << response.opened().model_name() << "\"}" << std::endl;
+      break;
+    case v1::StreamResponse::kResult: {
+      const auto& result = response.result();
+      std::cout << "{\"sequence\":" << result.sequence() << ",\"class_id\":";
+      if (result.labels_size() > 0) {
+        std::cout << result.labels(0).class_id();
+      } else {
+        std::cout << "null";
+      }
+      std::cout << ",\"code\":0}" << std::endl;
+      break;
+    }
+    case v1::StreamResponse::kDropped:
+      for (const auto sequence : response.dropped().sequences()) {
+        std::cout << "{\"sequence\":" << sequence << ",\"dropped\":true}" << std::endl;
+      }
+      break;
+    case v1::StreamResponse::kError:
+      std::cout << "{\"sequence\":" << response.error().sequence()
+                << ",\"class_id\":null,\"code\":" << response.error().code() << "}" << std::endl;
+      break;
+    default:
+      break;
+  }
+}
+
 void PrintResponses(grpc::ClientReaderWriter<v1::StreamRequest, v1::StreamResponse>* stream,
-                    int* answered) {
+                    bool json, int* answered) {
   v1::StreamResponse response;
   while (stream->Read(&response)) {
-    switch (response.kind_case()) {
-      case v1::StreamResponse::kOpened:
-        std::cout << "opened stream=" << response.opened().stream_id()
-                  << " model=" << response.opened().model_name()
-                  << " version=" << response.opened().model_version() << std::endl;
-        break;
-      case v1::StreamResponse::kResult: {
-        const auto& result = response.result();
-        std::ostringstream labels;
-        for (int i = 0; i < result.labels_size(); ++i) {
-          if (i) labels << ", ";
-          labels << result.labels(i).label() << " (" << std::fixed << std::setprecision(3)
-                 << result.labels(i).score() << ")";
-        }
-        std::cout << "frame " << result.sequence() << " " << result.model_name() << "/"
-                  << result.model_version() << ": " << labels.str() << std::endl;
-        ++*answered;
-        break;
-      }
-      case v1::StreamResponse::kDropped:
-        std::cout << "dropped " << response.dropped().sequences_size()
-                  << " frames: " << response.dropped().reason() << std::endl;
-        break;
-      case v1::StreamResponse::kError:
-        std::cout << "frame " << response.error().sequence() << " error "
-                  << response.error().code() << ": " << response.error().message() << std::endl;
-        break;
-      default:
-        break;
+    if (json) {
+      PrintJson(response);
+    } else {
+      PrintText(response, answered);
     }
   }
 }
@@ -74,14 +122,16 @@ void PrintResponses(grpc::ClientReaderWriter<v1::StreamRequest, v1::StreamRespon
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 4) {
-    std::cerr << "usage: " << argv[0] << " HOST:PORT MODEL IMAGE.jpg [IMAGE.jpg ...]\n";
+  const bool json = argc > 1 && std::string(argv[1]) == "--json";
+  const int first = json ? 2 : 1;
+  if (argc - first < 3) {
+    std::cerr << "usage: " << argv[0] << " [--json] HOST:PORT MODEL IMAGE.jpg [IMAGE.jpg ...]\n";
     return 2;
   }
-  const std::string target = argv[1];
-  const std::string model = argv[2];
+  const std::string target = argv[first];
+  const std::string model = argv[first + 1];
   std::vector<std::string> frames;
-  for (int i = 3; i < argc; ++i) {
+  for (int i = first + 2; i < argc; ++i) {
     std::string data;
     if (!ReadFile(argv[i], &data)) {
       std::cerr << argv[i] << ": cannot read\n";
@@ -100,7 +150,7 @@ int main(int argc, char** argv) {
 
   // Results are read on their own thread so a full send window never deadlocks the writer.
   int answered = 0;
-  std::thread reader(PrintResponses, stream.get(), &answered);
+  std::thread reader(PrintResponses, stream.get(), json, &answered);
 
   v1::StreamRequest open;
   open.mutable_open()->set_model_name(model);
@@ -120,6 +170,10 @@ int main(int argc, char** argv) {
   stream->WritesDone();
   reader.join();
   const grpc::Status status = stream->Finish();
+  if (json) {
+    std::cout << "{\"status\":" << status.error_code() << "}" << std::endl;
+    return status.ok() ? 0 : 1;
+  }
   if (!status.ok()) {
     std::cerr << "stream failed: code " << status.error_code() << ": " << status.error_message()
               << std::endl;

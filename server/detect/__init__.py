@@ -1,0 +1,1 @@
+"""Detection and recognition postprocessors: model outputs to `Detection`s in source pixels."""

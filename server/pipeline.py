@@ -1,0 +1,203 @@
+"""Pipelines: a detector, then per-detection crops batched into further models, in one frame.
+
+A pipeline version (manifest format `pipeline`) names its member models by name and optional
+version; they are resolved from the registry at every frame, so a member's hot swap applies to
+the next frame and the version that served each stage holds a lease while it works.
+
+Stages (server.manifest.PipelineStage):
+- `detect`: the member sees the frame's region of interest through its own preprocess (fixed,
+  letterboxed or frame-sized) and its postprocess (yolo, db_text) yields detections in source
+  pixels.
+- `crop`: every detection is cut from the full-resolution source frame (box, or quadrilateral
+  with perspective correction; tall crops turned upright), crops of zero area are skipped, the
+  rest are sorted by aspect ratio and sent as batches of the member's max batch size, all
+  batches of a frame at once so they share the member's batcher; its postprocess fills each
+  detection (ctc_text: text and score; classification: class, label and score) and detections
+  under the stage's `min_score` are dropped.
+A cascade such as MTCNN adds stage behaviour here (an image pyramid on `detect`, box refinement
+on `crop`) without touching the scheduler: the frame stays one unit of work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from concurrent.futures import Executor
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from server.detect.ctc_text import decode as ctc_decode
+from server.detections import Detection
+from server.errors import ModelLoadError
+from server.frame_analysis import (
+    DecodedFrame,
+    FrameAnalysis,
+    StageTimes,
+    decode_with_roi,
+    find_detections,
+    prepare,
+)
+from server.manifest import PipelineStage
+from server.model_version import ModelVersion
+from server.postprocess import top_k
+from server.preprocess import crops_to_batch
+
+if TYPE_CHECKING:
+    from server.frame_session import FrameIn, StreamOptions
+
+# Crops at least this much taller than wide are turned upright (PaddleOCR's rule).
+TALL_RATIO = 1.5
+
+
+def cut_crop(image: np.ndarray, item: Detection, stage: PipelineStage) -> np.ndarray | None:
+    """The detection's pixels from the source frame, or None when it has no area."""
+    if stage.crop == "quad" and len(item.polygon) == 4:
+        corners = np.asarray(item.polygon, dtype=np.float32)
+        width = int(max(np.linalg.norm(corners[0] - corners[1]),
+                        np.linalg.norm(corners[2] - corners[3])))  # fmt: skip
+        height = int(max(np.linalg.norm(corners[0] - corners[3]),
+                         np.linalg.norm(corners[1] - corners[2])))  # fmt: skip
+        if width < 1 or height < 1:
+            return None
+        target = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
+        matrix = cv2.getPerspectiveTransform(corners, target)
+        crop: np.ndarray = cv2.warpPerspective(
+            image, matrix, (width, height), borderMode=cv2.BORDER_REPLICATE,
+            flags=cv2.INTER_CUBIC,
+        )  # fmt: skip
+    else:
+        height_px, width_px = image.shape[:2]
+        x0, y0 = max(0, math.floor(item.x_min)), max(0, math.floor(item.y_min))
+        x1, y1 = min(width_px, math.ceil(item.x_max)), min(height_px, math.ceil(item.y_max))
+        if x1 <= x0 or y1 <= y0:
+            return None
+        crop = image[y0:y1, x0:x1]
+    if stage.rotate_tall and crop.shape[0] >= TALL_RATIO * crop.shape[1]:
+        crop = np.rot90(crop)
+    return crop
+
+
+def _cut_all(
+    image: np.ndarray, detections: list[Detection], stage: PipelineStage
+) -> list[tuple[int, np.ndarray]]:
+    crops = [(index, cut_crop(image, item, stage)) for index, item in enumerate(detections)]
+    kept = [(index, crop) for index, crop in crops if crop is not None]
+    # Similar aspect ratios share a batch, so padding wastes little (PaddleOCR sorts the same).
+    kept.sort(key=lambda pair: pair[1].shape[1] / pair[1].shape[0])
+    return kept
+
+
+def _member(pipeline: ModelVersion, stage: PipelineStage) -> ModelVersion:
+    if pipeline.members is None:
+        raise ModelLoadError(f"pipeline {pipeline.name} has no member resolver")
+    return pipeline.members(stage.model, stage.version)
+
+
+async def _detect(
+    member: ModelVersion, decoded: DecodedFrame, options: StreamOptions, pool: Executor,
+    times: StageTimes,
+) -> list[Detection]:  # fmt: skip
+    loop = asyncio.get_running_loop()
+    spec = member.manifest.preprocess
+    post = member.manifest.postprocess
+    assert spec is not None and post.output  # checked when the pipeline loaded
+    started = loop.time()
+    tensor, transform = await loop.run_in_executor(pool, prepare, decoded, spec)
+    prepared = loop.time()
+    outcome = await member.infer({spec.input: tensor})
+    inferred = loop.time()
+    found = await loop.run_in_executor(
+        pool, find_detections, member, outcome.outputs[post.output][0], transform,
+        options.detection,
+    )  # fmt: skip
+    done = loop.time()
+    member.record_success(
+        total_s=done - started, queue_s=outcome.queue_s, input_s=prepared - started,
+        infer_s=outcome.infer_s, output_s=done - inferred,
+    )  # fmt: skip
+    times.queue_s += outcome.queue_s
+    times.preprocess_s += prepared - started
+    times.infer_s += outcome.infer_s
+    times.postprocess_s += done - inferred
+    times.batch_rows = max(times.batch_rows, outcome.batch_rows)
+    return found
+
+
+async def _crop_stage(
+    member: ModelVersion, stage: PipelineStage, decoded: DecodedFrame,
+    detections: list[Detection], pool: Executor, times: StageTimes,
+) -> list[Detection]:  # fmt: skip
+    loop = asyncio.get_running_loop()
+    spec = member.manifest.preprocess
+    post = member.manifest.postprocess
+    assert spec is not None and post.output  # checked when the pipeline loaded
+    started = loop.time()
+    crops = await loop.run_in_executor(pool, _cut_all, decoded.image, detections, stage)
+    if not crops:
+        return detections
+    chunk = max(member.plan.max_batch_size, 1)
+    groups = [crops[start : start + chunk] for start in range(0, len(crops), chunk)]
+    tensors = await asyncio.gather(
+        *(
+            loop.run_in_executor(
+                pool, crops_to_batch, [crop for _, crop in group], decoded.color, spec
+            )
+            for group in groups
+        )
+    )
+    prepared = loop.time()
+    outcomes = await asyncio.gather(*(member.infer({spec.input: tensor}) for tensor in tensors))
+    inferred = loop.time()
+    updated = list(detections)
+    for group, outcome in zip(groups, outcomes, strict=True):
+        output = outcome.outputs[post.output]
+        if post.kind == "ctc_text":
+            for (index, _), (text, score) in zip(
+                group, ctc_decode(output, member.labels), strict=True
+            ):
+                updated[index] = replace(updated[index], text=text, score=score)
+        else:
+            best = top_k(output, 1, member.labels, apply_softmax=post.softmax)
+            for (index, _), (choice,) in zip(group, best, strict=True):
+                updated[index] = replace(
+                    updated[index], class_id=choice.class_id, label=choice.label,
+                    score=choice.score,
+                )  # fmt: skip
+        times.queue_s += outcome.queue_s
+        times.infer_s += outcome.infer_s
+        times.batch_rows = max(times.batch_rows, outcome.batch_rows)
+    done = loop.time()
+    member.record_success(
+        total_s=done - started, queue_s=max(item.queue_s for item in outcomes),
+        input_s=prepared - started, infer_s=sum(item.infer_s for item in outcomes),
+        output_s=done - inferred,
+    )  # fmt: skip
+    times.preprocess_s += prepared - started
+    times.postprocess_s += done - inferred
+    return [item for item in updated if item.score >= stage.min_score]
+
+
+async def run_pipeline(
+    pipeline: ModelVersion, frame: FrameIn, options: StreamOptions, pool: Executor
+) -> FrameAnalysis:
+    spec = pipeline.manifest.pipeline
+    assert spec is not None
+    loop = asyncio.get_running_loop()
+    times = StageTimes()
+    started = loop.time()
+    decoded = await loop.run_in_executor(
+        pool, decode_with_roi, frame, options.encoding, options.detection.roi, None
+    )
+    times.preprocess_s += loop.time() - started
+    detections: list[Detection] = []
+    for stage in spec.stages:
+        member = _member(pipeline, stage)
+        with member.lease():
+            if stage.kind == "detect":
+                detections = await _detect(member, decoded, options, pool, times)
+            else:
+                detections = await _crop_stage(member, stage, decoded, detections, pool, times)
+    return FrameAnalysis(pipeline.version, detections=detections, times=times)
