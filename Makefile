@@ -7,7 +7,7 @@ PROTO_SRC := $(shell find protos -name '*.proto' | sort)
 PROTO_STAMP := protos/.generated
 MODELS_STAMP := models/.built
 
-.PHONY: install protos models demo test lint bench stubs fleet-demo clean
+.PHONY: install protos models demo test lint bench stubs fleet-demo clean fuzz
 
 install: $(INSTALLED)
 
@@ -38,6 +38,11 @@ demo: $(MODELS_STAMP)
 
 test: $(MODELS_STAMP)
 	$(PY) -m pytest -q
+
+# Long fuzzing of the real server (tests/server/test_fuzz.py): FUZZ_SECONDS=3600 make fuzz.
+FUZZ_SECONDS ?= 600
+fuzz: $(MODELS_STAMP)
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -s --timeout 0 tests/server/test_fuzz.py -k long
 
 lint: $(PROTO_STAMP)
 	$(VENV)/bin/ruff check .

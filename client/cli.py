@@ -50,6 +50,13 @@ def stream_command(
             help="`jsonl FILE`: write every result as one JSON line.", metavar="jsonl FILE"
         ),
     ] = None,
+    save_video: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write answered frames with boxes, captions and keypoints drawn (.mp4; one "
+            "file per source, numbered when there are several)."
+        ),
+    ] = None,
     tls: Annotated[
         bool | None, typer.Option(help="Turn on TLS (system roots unless --ca).")
     ] = None,
@@ -103,6 +110,7 @@ def stream_command(
         "tls_server_name": server_name,
         "token": token,
         "output_jsonl": output[1] if output else None,
+        "save_video": save_video,
     }
     try:
         settings = ClientSettings(

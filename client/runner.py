@@ -10,11 +10,15 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import numpy as np
+
+from client.frames import CapturedFrame
+from client.overlay import VideoSink
 from client.security import ChannelSecurity, open_channel
 from client.settings import ClientSettings
 from client.sources import FrameSource, SourceError, paced, until_stopped
@@ -137,28 +141,57 @@ def event_record(stream: str, event: StreamEvent) -> dict[str, object] | None:
     return None
 
 
+# Frames kept for --save-video until their result comes back; older ones were dropped.
+_KEPT_FOR_VIDEO = 64
+
+
+async def _remembered(
+    frames: AsyncIterator[CapturedFrame], kept: dict[int, np.ndarray]
+) -> AsyncIterator[CapturedFrame]:
+    async for frame in frames:
+        kept[frame.capture_time_unix_ns] = frame.pixels_bgr
+        if len(kept) > _KEPT_FOR_VIDEO:
+            del kept[next(iter(kept))]
+        yield frame
+
+
+def video_path(path: Path, index: int, sources: int) -> Path:
+    """The one path for one source; `out-0.mp4`, `out-1.mp4`, ... for several."""
+    return path if sources == 1 else path.with_name(f"{path.stem}-{index}{path.suffix}")
+
+
 async def _run_one(
     client: FrameStreamClient,
     run: StreamRun,
     fps: float | None,
     stop: asyncio.Event,
     sink: IO[str] | None,
+    video: VideoSink | None = None,
 ) -> None:
     run.started_at = time.monotonic()
     # No rate given: play at the source's own rate (live sources pace themselves: None).
     rate = fps if fps is not None else run.source.native_fps
     frames = until_stopped(paced(run.source.frames(), rate), stop)
+    kept: dict[int, np.ndarray] = {}
+    if video is not None:
+        frames = _remembered(frames, kept)
     try:
         async for event in client.stream(frames):
             if sink is not None and (record := event_record(run.source.name, event)):
                 # Small buffered writes; the OS absorbs them without stalling the loop.
                 sink.write(json.dumps(record) + "\n")
+            if video is not None and isinstance(event, FrameResult):
+                pixels = kept.pop(event.capture_time_unix_ns, None)
+                if pixels is not None:
+                    await asyncio.to_thread(video.write, pixels, event.detections)
     except (StreamFailed, SourceError) as error:
         run.error = str(error)
         run.stats.last_error = str(error)
         run.stats.state = StreamState.FAILED
     finally:
         run.finished_at = time.monotonic()
+        if video is not None:
+            video.close()
 
 
 async def run_streams(
@@ -203,9 +236,19 @@ async def run_streams(
                 timer = asyncio.create_task(_stop_after(stop, settings.duration_s))
             try:
                 async with asyncio.TaskGroup() as group:
-                    for client, run in zip(clients, runs, strict=True):
+                    for index, (client, run) in enumerate(zip(clients, runs, strict=True)):
+                        video = (
+                            VideoSink(
+                                video_path(settings.save_video, index, len(runs)),
+                                settings.fps or run.source.native_fps or 30.0,
+                            )
+                            if settings.save_video is not None
+                            else None
+                        )
                         if run.error is None:
-                            group.create_task(_run_one(client, run, settings.fps, stop, sink))
+                            group.create_task(
+                                _run_one(client, run, settings.fps, stop, sink, video)
+                            )
             finally:
                 if timer is not None:
                     timer.cancel()

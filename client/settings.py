@@ -36,3 +36,5 @@ class ClientSettings(BaseSettings):
     tls_server_name: str | None = None
     token: SecretStr | None = None
     output_jsonl: Path | None = None
+    # Annotated video of the answered frames (client/overlay.py).
+    save_video: Path | None = None

@@ -4,7 +4,9 @@ Starts an edge server on the default model repository, streams real photographs 
 chelsea, coffee, astronaut, rocket, ...) as a 30 fps camera over a bidirectional FrameStream,
 prints every frame's labels, and ends with frames per second and latency p50/p95.
 `--model ppocr` streams frames with rendered text (and scikit-image's `text`) to the PP-OCR
-pipeline instead and prints what it reads, with the boxes.
+pipeline instead and prints what it reads, with the boxes; `--model faces` streams photos
+and frames with 0 to 5 people's faces to the MTCNN pipeline and prints each face's box, score
+and landmarks.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import typer
 DEMO_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 # Models that find things rather than label the whole frame get frames with text in them.
 TEXT_MODELS = ("ppocr",)
+FACE_MODELS = ("faces",)
 DEMO_LINES = ("EDGE FLEET 2026", "CAMERA 7 NORTH GATE", "Speed limit 30")
 
 
@@ -76,6 +79,19 @@ def text_frames() -> list[Any]:
     return frames
 
 
+def face_frames() -> list[Any]:
+    """BGR frames with faces: the astronaut's photo, 640x480 frames with 1 to 5 people's faces
+    pasted at known places, and coffee (none)."""
+    import cv2
+
+    from edgefleet.face_frames import frame_with_faces, photo
+
+    images = [photo("astronaut")]
+    images += [frame_with_faces(640, 480, count).image for count in (1, 3, 5)]
+    images.append(photo("coffee"))
+    return [cv2.cvtColor(image, cv2.COLOR_RGB2BGR) for image in images]
+
+
 async def _photos_as_camera(count: int, fps: float, model: str = "") -> AsyncIterator[object]:
     import cv2
     from skimage import data
@@ -84,6 +100,8 @@ async def _photos_as_camera(count: int, fps: float, model: str = "") -> AsyncIte
 
     if model in TEXT_MODELS:
         images = text_frames()
+    elif model in FACE_MODELS:
+        images = face_frames()
     else:
         images = [cv2.cvtColor(getattr(data, name)(), cv2.COLOR_RGB2BGR) for name in DEMO_PHOTOS]
         images = [image for image in images if image.ndim == 3]
@@ -127,8 +145,11 @@ async def _run(repository: Path, model: str, count: int, fps: float) -> None:
                         labels = "; ".join(
                             f"{item.caption!r} {item.score:.2f} at "
                             f"({item.x_min:.0f},{item.y_min:.0f})-({item.x_max:.0f},{item.y_max:.0f})"
+                            + (f" {len(item.keypoints)} landmarks" if item.keypoints else "")
                             for item in event.detections
                         )
+                    elif model in FACE_MODELS:
+                        labels = "no face"
                     latency = f"{event.latency_s * 1000:6.1f} ms" if event.latency_s else "   n/a"
                     console.print(
                         f"frame {event.sequence:4d}  v{event.model_version}  {latency}  "

@@ -12,11 +12,19 @@ import json
 import logging
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
-from server.settings import DEFAULT_MAX_MESSAGE_BYTES, ServerSettings
+from edgefleet.errors import (
+    ExitCode,
+    exit_code_for,
+    fail,
+    quiet_third_party_logs,
+    settings_error,
+)
+from server.settings import DEFAULT_MAX_FRAME_PIXELS, DEFAULT_MAX_MESSAGE_BYTES, ServerSettings
 
 if TYPE_CHECKING:
     from fleet.agent.settings import AgentSettings
@@ -30,12 +38,14 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
+    ctx: typer.Context,
     repository: Annotated[Path, typer.Option(help="Model repository: <repo>/<name>/<version>/.")] = Path("models"),
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 for every interface.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="gRPC port (KServe v2 + FrameStream); 0 picks one.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port; -1 disables.")] = 8002,
     model: Annotated[list[str] | None, typer.Option("--model", help="Load only these models (repeatable); default: all.")] = None,
     max_message_bytes: Annotated[int, typer.Option(help="Largest gRPC message accepted.")] = DEFAULT_MAX_MESSAGE_BYTES,
+    max_frame_pixels: Annotated[int, typer.Option(help="Largest camera frame in pixels; bigger JPEG/PNG headers are refused before decoding.")] = DEFAULT_MAX_FRAME_PIXELS,
     versions_kept: Annotated[int, typer.Option(help="Loaded versions kept per model (active + most recent previous).")] = 1,
     stream_max_in_flight: Annotated[int, typer.Option(help="Default in-flight frame window per camera stream.")] = 4,
     shutdown_grace_s: Annotated[float, typer.Option(help="Seconds SIGTERM waits for in-flight work.")] = 10.0,
@@ -64,46 +74,38 @@ def serve(
     bundle_source: Annotated[list[str] | None, typer.Option("--bundle-source", help="HTTP base URL serving <sha256>.efb bundles (a mirror or the origin), tried in order before the controller (repeatable).")] = None,
 ) -> None:  # fmt: skip
     """Serve the models in REPOSITORY over gRPC (KServe v2 / Triton protocol and FrameStream)."""
-    settings = ServerSettings(
-        repository=repository,
-        host=host,
-        port=port,
-        metrics_port=metrics_port,
-        models=tuple(model) if model else None,
-        max_message_bytes=max_message_bytes,
-        stream_max_in_flight=stream_max_in_flight,
-        versions_kept=versions_kept,
-        shutdown_grace_s=shutdown_grace_s,
-        port_file=port_file,
-        log_level=log_level.upper(),
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        tls_client_ca=tls_client_ca,
-        auth_token=auth_token,
-    )
+    settings = _server_settings(ctx)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    quiet_third_party_logs()
+    from server.errors import StartupError
     from server.tls import TlsConfigError
 
     if planner not in ("hardware", "manifest"):
-        raise typer.BadParameter("--planner must be hardware or manifest")
+        fail("--planner must be hardware or manifest", ExitCode.USAGE)
     plan_settings = None
     if planner == "hardware":
         from server.hardware.cli import planner_settings
 
-        plan_settings = planner_settings(
-            policy=policy,
-            latency_budget_ms=latency_budget_ms,
-            memory_budget_mb=memory_budget_mb,
-            autotune=autotune,
-            precision=precision,
-            intra_op_threads=intra_op_threads,
-            max_batch_size=max_batch_size,
-        )
+        try:
+            plan_settings = planner_settings(
+                policy=policy,
+                latency_budget_ms=latency_budget_ms,
+                memory_budget_mb=memory_budget_mb,
+                autotune=autotune,
+                precision=precision,
+                intra_op_threads=intra_op_threads,
+                max_batch_size=max_batch_size,
+            )
+        except typer.BadParameter as exc:
+            fail(str(exc), ExitCode.USAGE)
     agent_settings = None
     if controller:
         from fleet.agent.settings import AgentSettings
+
+        # A fresh device gets its models from the fleet: the repository may start empty.
+        settings.repository.mkdir(parents=True, exist_ok=True)
 
         agent_settings = AgentSettings(
             controller=controller,
@@ -121,8 +123,36 @@ def serve(
     try:
         asyncio.run(run_server(settings, plan_settings, agent_settings))
     except (TlsConfigError, FleetError) as exc:
-        typer.echo(f"edgefleet serve: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail(str(exc), ExitCode.USAGE)
+    except StartupError as exc:
+        fail(str(exc), exit_code_for(exc))
+
+
+# Settings fields whose flag has another name.
+_FLAG_FIELDS = {"model": "models"}
+# Flags of `serve` that are not server settings (planner, fleet agent).
+_SERVER_FLAGS = frozenset(ServerSettings.model_fields) | frozenset(_FLAG_FIELDS)
+
+
+def _server_settings(ctx: typer.Context) -> ServerSettings:
+    """ServerSettings from the flags given on the command line; every other setting comes
+    from its EDGEFLEET_* variable, else the default. A bad value is one line and exit 2."""
+    given: dict[str, Any] = {}
+    for name, value in ctx.params.items():
+        if name not in _SERVER_FLAGS or value is None:
+            continue
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name == "DEFAULT":
+            continue
+        if name == "model":
+            value = tuple(value) or None
+        if name == "log_level":
+            value = str(value).upper()
+        given[_FLAG_FIELDS.get(name, name)] = value
+    try:
+        return ServerSettings(**given)
+    except ValidationError as exc:
+        fail(settings_error(exc, prefix="EDGEFLEET_"), ExitCode.USAGE)
 
 
 async def run_server(

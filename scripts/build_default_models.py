@@ -37,6 +37,7 @@ import torch
 from edgefleet.export.mtcnn import WEIGHT_FILES as MTCNN_WEIGHT_FILES
 from server.manifest import (
     Batching,
+    CascadeStage,
     CtcOptions,
     DbOptions,
     ModelManifest,
@@ -46,6 +47,7 @@ from server.manifest import (
     Preprocess,
     TensorSpec,
     hash_directory,
+    read_manifest,
     write_manifest,
 )
 
@@ -193,7 +195,8 @@ def build_mtcnn(repository: Path, cache: Path) -> None:
                 output_names=outputs,
                 preprocess=preprocess,
                 classifier=False,
-                max_batch=64 if net != "pnet" else 1,
+                # P-Net: levels of the same size from several cameras share a batch.
+                max_batch=64 if net != "pnet" else 8,
                 description=description + " RGB, (pixel - 127.5) / 128, NCHW.",
                 provenance={
                     "source": f"facenet-pytorch {FACENET_VERSION} wheel (PyPI), "
@@ -212,6 +215,50 @@ def build_mtcnn(repository: Path, cache: Path) -> None:
         for outcome in report.targets:
             state = "wrote" if outcome.written else "did not write (failed verification)"
             print(f"{state} {repository / outcome.entry}")
+            if outcome.written:
+                pin_batch(repository / outcome.entry)
+    _write_version(repository, "faces", faces_pipeline)
+
+
+def pin_batch(version_dir: Path) -> None:
+    """Pin the manifest's batch size: a frame's crops (or same-size pyramid levels) are one
+    unit of work, cheap at any batch, and the planner's one-row-per-core cap for big CPU
+    models would split them into many tiny runs."""
+    manifest = read_manifest(version_dir)
+    runtime = manifest.runtime.model_copy(
+        update={"max_batch_size": manifest.batching.max_batch_size}
+    )
+    write_manifest(version_dir, manifest.model_copy(update={"runtime": runtime}))
+
+
+# MTCNN's landmarks as the image shows them (the person's right eye is the image's left one).
+FACE_KEYPOINTS = ["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"]
+
+
+def faces_pipeline(version_dir: Path) -> ModelManifest:
+    """MTCNN with its usual thresholds (0.6, 0.7, 0.7), minimum face 20 px, scale step 0.709."""
+    return ModelManifest(
+        name="faces", version="1", format="pipeline", model_file="", inputs=[], outputs=[],
+        files={},
+        description="Faces and 5 landmarks (MTCNN): mtcnn_pnet proposes over an image pyramid, "
+        "mtcnn_rnet and mtcnn_onet refine batched 24x24 and 48x48 crops.",
+        pipeline=PipelineSpec(stages=[
+            PipelineStage(kind="pyramid", model="mtcnn_pnet", cascade=CascadeStage(
+                threshold=0.6, nms_iou=0.7, level_nms_iou=0.5, min_size=20.0,
+                scale_factor=0.709, max_candidates=512, label="face",
+            )),
+            PipelineStage(kind="refine", model="mtcnn_rnet", cascade=CascadeStage(
+                threshold=0.7, nms_iou=0.7, max_candidates=128,
+            )),
+            PipelineStage(kind="refine", model="mtcnn_onet", cascade=CascadeStage(
+                threshold=0.7, nms_iou=0.7, nms_over="min", keypoint_names=FACE_KEYPOINTS,
+            )),
+        ]),
+        provenance={
+            "source": f"facenet-pytorch {FACENET_VERSION} weights (MIT), MTCNN (Zhang et al. "
+            "2016); cascade in server/mtcnn.py",
+        },
+    )  # fmt: skip
 
 
 def build(repository: Path, cache: Path) -> None:

@@ -24,7 +24,8 @@ mapfile -t requires < <(awk '/^require \(/ {inside = 1; next} inside && /^\)/ {i
 # Debian's version of each module must be the one go.mod names.
 for line in "${requires[@]}"; do
     read -r path version <<<"$line"
-    package=$(dpkg-query -S "$gocode/$path" 2>/dev/null | head -1 | cut -d: -f1) || true
+    # go.mod belongs to exactly one package (a directory can be shared by several).
+    package=$(dpkg-query -S "$gocode/$path/go.mod" 2>/dev/null | head -1 | cut -d: -f1) || true
     if [[ -z $package ]]; then
         echo "go_vendor_debian: no Debian package provides $gocode/$path ($path $version)" >&2
         exit 1

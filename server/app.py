@@ -20,9 +20,11 @@ from protos.edgefleet.v1 import (
 )
 from protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from server.core import BootOrder, InferenceCore
+from server.errors import PortInUse
 from server.grpc_api.auth import auth_interceptors
 from server.grpc_api.frame_stream import FrameStreamServicer
 from server.grpc_api.kserve import KServeServicer
+from server.grpc_api.malformed import MalformedRequestInterceptor
 from server.grpc_api.server_info import DeviceFacts, ServerInfoServicer
 from server.metrics import ServerMetrics
 from server.runtime_plan import Planner
@@ -70,7 +72,11 @@ class EdgeServer:
         self._device_facts = device_facts
         # The settings' auth token and TLS files apply unless the caller passes its own; the token
         # check runs first so an unauthenticated call reaches nothing else.
-        self._interceptors = [*auth_interceptors(settings), *interceptors]
+        self._interceptors = [
+            *auth_interceptors(settings),
+            MalformedRequestInterceptor(),
+            *interceptors,
+        ]
         self._credentials = (
             server_credentials if server_credentials is not None else tls_credentials(settings)
         )
@@ -81,8 +87,10 @@ class EdgeServer:
         self.metrics_port = 0
 
     async def start(self) -> int:
-        """Load the models, then open the gRPC port (and the metrics port). Returns the port."""
-        await self.core.start()
+        """Bind the ports, load the models, then serve. Returns the gRPC port.
+
+        The ports are bound first, so a busy port is reported at once (PortInUse), not after
+        minutes of loading; connections made meanwhile wait until the models are loaded."""
         server = grpc.aio.server(
             interceptors=self._interceptors,
             options=grpc_options(self.settings),
@@ -102,19 +110,27 @@ class EdgeServer:
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
         address = f"{self.settings.host}:{self.settings.port}"
-        if self._credentials is not None:
-            self.port = server.add_secure_port(address, self._credentials)
-        else:
-            self.port = server.add_insecure_port(address)
-        await server.start()
+        try:
+            if self._credentials is not None:
+                self.port = server.add_secure_port(address, self._credentials)
+            else:
+                self.port = server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc says "Failed to bind to address ..."
+            raise PortInUse(
+                f"cannot listen on {address}: the port is in use or the address is not local"
+            ) from exc
+        try:
+            self._start_metrics()
+            await self.core.start()
+            await server.start()
+        except BaseException:
+            await server.stop(None)
+            await self.core.stop()
+            self._stop_metrics()
+            raise
         self._grpc = server
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if self.settings.metrics_port >= 0:
-            self._metrics_http, _thread = start_http_server(
-                self.settings.metrics_port, addr=self.settings.host, registry=self.metrics.registry
-            )
-            self.metrics_port = self._metrics_http.server_port
         if self.settings.port_file is not None:
             self.settings.port_file.write_text(f"{self.port}\n", encoding="utf-8")
         log.info(
@@ -123,6 +139,26 @@ class EdgeServer:
             self.metrics_port if self.settings.metrics_port >= 0 else "off",
         )  # fmt: skip
         return self.port
+
+    def _start_metrics(self) -> None:
+        if self.settings.metrics_port < 0:
+            return
+        try:
+            self._metrics_http, _thread = start_http_server(
+                self.settings.metrics_port, addr=self.settings.host, registry=self.metrics.registry
+            )
+        except OSError as exc:
+            raise PortInUse(
+                f"cannot serve metrics on {self.settings.host}:{self.settings.metrics_port}: "
+                f"{exc.strerror}"
+            ) from exc
+        self.metrics_port = self._metrics_http.server_port
+
+    def _stop_metrics(self) -> None:
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+            self._metrics_http = None
 
     async def wait_for_termination(self) -> None:
         if self._grpc is not None:
@@ -136,8 +172,5 @@ class EdgeServer:
             await self._grpc.stop(grace)
             self._grpc = None
         await self.core.stop()
-        if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
-            self._metrics_http = None
+        self._stop_metrics()
         log.info("edgefleet stopped")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from server.errors import EdgeError, InvalidInput, ModelNotReady, ShuttingDown
+from server.errors import (
+    EdgeError,
+    InvalidInput,
+    ModelNotReady,
+    RepositoryMissing,
+    RequiredModelFailed,
+    ShuttingDown,
+)
 from server.frame_session import (
     FrameIn,
     FrameSession,
@@ -27,7 +35,7 @@ from server.infer_types import InferRequest, InferResponse, OutputTensor, Reques
 from server.manifest import ModelManifest
 from server.metrics import ServerMetrics
 from server.model_version import InferOutcome, ModelVersion
-from server.postprocess import classification_strings
+from server.postprocess import classification_strings, classification_width
 from server.registry import ModelIndexEntry, ModelRegistry
 from server.runtime_plan import ManifestPlanner, Planner, RuntimePlan
 from server.settings import ServerSettings
@@ -37,6 +45,9 @@ log = logging.getLogger(__name__)
 # (model name, versions on disk oldest first) -> the versions to try at boot, best first. The
 # fleet agent passes one that prefers the desired and last known good versions.
 BootOrder = Callable[[str, list[str]], list[str]]
+
+# Classification strings formatted on the event loop; larger requests format in a thread.
+CLASSIFICATION_ON_LOOP = 64
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,8 @@ class ModelInfo:
     backend: str
     versions_on_disk: list[str]
     loaded_versions: list[str]
+    # The largest batch a client may send (the plan's batch is the server's own grouping).
+    max_batch_size: int = 0
 
 
 class InferenceCore:
@@ -91,6 +104,13 @@ class InferenceCore:
         return not self._stopping
 
     async def start(self) -> None:
+        repository = self.settings.repository
+        if not repository.is_dir():
+            raise RepositoryMissing(
+                f"model repository {repository} does not exist or is not a directory"
+            )
+        for name, reason in self.registry.skipped_on_disk():
+            log.warning("repository entry %s skipped: %s", name, reason)
         names = (
             list(self.settings.models)
             if self.settings.models is not None
@@ -103,8 +123,21 @@ class InferenceCore:
                 await self._load_at_boot(name)
             except EdgeError as exc:
                 if self.settings.models is not None:
-                    raise  # a model the operator named must load, or the server must not start
+                    # A model the operator named must load, or the server must not start.
+                    raise RequiredModelFailed(f"model {name}: {exc}") from exc
                 log.error("skipping model %s: %s", name, exc)
+        loaded = self.registry.loaded()
+        if not loaded:
+            log.warning(
+                "no models loaded from %s: the server is up but can answer no inference "
+                "until a model is added and loaded (RepositoryModelLoad or the fleet agent)",
+                repository,
+            )
+        else:
+            log.info(
+                "%d model(s) loaded: %s",
+                len(loaded), ", ".join(f"{model.name}/{model.version}" for model in loaded),
+            )  # fmt: skip
         self._started = True
 
     async def _load_at_boot(self, name: str) -> None:
@@ -168,6 +201,7 @@ class InferenceCore:
             backend=model.backend_description,
             versions_on_disk=self.registry.versions_on_disk(name),
             loaded_versions=self.registry.loaded_versions(name),
+            max_batch_size=model.max_batch_size,
         )
 
     def statistics(self, name: str = "", version: str = "") -> list[ModelStats]:
@@ -210,7 +244,7 @@ class InferenceCore:
                 requested = self._requested_outputs(model, request.outputs)
                 outcome = await model.infer(request.inputs)
                 post_start = loop.time()
-                outputs = [self._output(model, outcome, wanted) for wanted in requested]
+                outputs = [await self._output(model, outcome, wanted) for wanted in requested]
             except Exception as exc:  # every failure counts: a runtime error is a failed inference
                 outcome_label = type(exc).__name__ if isinstance(exc, EdgeError) else "error"
                 model.record_failure(loop.time() - arrival, outcome_label)
@@ -239,20 +273,21 @@ class InferenceCore:
                 raise InvalidInput(f"output {wanted.name!r}: classification count must be >= 0")
         return requested
 
-    @staticmethod
-    def _output(
-        model: ModelVersion, outcome: InferOutcome, wanted: RequestedOutput
+    async def _output(
+        self, model: ModelVersion, outcome: InferOutcome, wanted: RequestedOutput
     ) -> OutputTensor:
         value = outcome.outputs[wanted.name]
-        if wanted.classification:
-            if model.plan.max_batch_size == 0:
-                value = value[None]
-            strings = classification_strings(
-                value, wanted.classification, model.labels,
-                apply_softmax=model.manifest.postprocess.softmax,
-            )  # fmt: skip
-            return OutputTensor(wanted.name, strings if model.plan.max_batch_size else strings[0])
-        return OutputTensor(wanted.name, np.ascontiguousarray(value))
+        if not wanted.classification:
+            return OutputTensor(wanted.name, np.ascontiguousarray(value))
+        if model.max_batch_size == 0:
+            value = value[None]
+        k = min(wanted.classification, classification_width(value))
+        if k * value.shape[0] <= CLASSIFICATION_ON_LOOP:
+            strings = _classify(value, k, model)
+        else:  # thousands of formatted strings: keep the event loop free meanwhile
+            loop = asyncio.get_running_loop()
+            strings = await loop.run_in_executor(self._preprocess_pool, _classify, value, k, model)
+        return OutputTensor(wanted.name, strings if model.max_batch_size else strings[0])
 
     async def stream(
         self, options: StreamOptions, frames: AsyncIterator[FrameIn]
@@ -271,6 +306,7 @@ class InferenceCore:
                 f"{self.settings.stream_max_in_flight_limit}"
             )
         name, version = options.model_name, options.model_version
+        options = dataclasses.replace(options, max_pixels=self.settings.max_frame_pixels)
         session = FrameSession(
             options=options,
             window=requested,
@@ -292,3 +328,9 @@ class InferenceCore:
     @property
     def active_streams(self) -> int:
         return self._streams
+
+
+def _classify(scores: np.ndarray, k: int, model: ModelVersion) -> np.ndarray:
+    return classification_strings(
+        scores, k, model.labels, apply_softmax=model.manifest.postprocess.softmax
+    )

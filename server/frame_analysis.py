@@ -23,7 +23,12 @@ from server.infer_types import OutputTensor
 from server.manifest import DbOptions, Preprocess, YoloOptions
 from server.model_version import ModelVersion
 from server.postprocess import LabelScore, top_k
-from server.preprocess import FrameEncoding, decode_frame, to_model_input_with_transform
+from server.preprocess import (
+    MAX_PIXELS,
+    FrameEncoding,
+    decode_frame,
+    to_model_input_with_transform,
+)
 
 if TYPE_CHECKING:
     from server.frame_session import FrameIn, StreamOptions
@@ -67,13 +72,15 @@ def decode_with_roi(
     encoding: FrameEncoding,
     roi: Region | None,
     target: tuple[int, int] | None,
+    max_pixels: int = MAX_PIXELS,
 ) -> DecodedFrame:
     """Decode a frame (JPEG at reduced scale only when `target` allows) and cut the ROI."""
     if not frame.data:
         raise InvalidInput(f"frame {frame.sequence} is empty")
     image, color = decode_frame(
-        frame.data, encoding, frame.width, frame.height, target=None if roi else target
-    )
+        frame.data, encoding, frame.width, frame.height, target=None if roi else target,
+        max_pixels=max_pixels,
+    )  # fmt: skip
     if roi is None:
         return DecodedFrame(image, color, image)
     height, width = image.shape[:2]
@@ -99,9 +106,10 @@ def _decode_and_prepare(
     roi: Region | None,
     spec: Preprocess,
     target: tuple[int, int] | None,
+    max_pixels: int,
 ) -> tuple[np.ndarray, FrameTransform]:
     """One hop into the pool for a plain model: decode, cut the ROI, preprocess."""
-    return prepare(decode_with_roi(frame, encoding, roi, target), spec)
+    return prepare(decode_with_roi(frame, encoding, roi, target, max_pixels), spec)
 
 
 def find_detections(
@@ -145,7 +153,7 @@ async def analyze_frame(
     started = loop.time()
     tensor, transform = await loop.run_in_executor(
         pool, _decode_and_prepare, frame, options.encoding, options.detection.roi, spec,
-        _decode_target(spec, post.kind),
+        _decode_target(spec, post.kind), options.max_pixels,
     )  # fmt: skip
     preprocessed = loop.time()
     outcome = await model.infer({spec.input: tensor})

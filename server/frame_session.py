@@ -27,7 +27,7 @@ from server.frame_analysis import analyze_frame
 from server.infer_types import OutputTensor
 from server.model_version import ModelVersion
 from server.postprocess import LabelScore
-from server.preprocess import FrameEncoding
+from server.preprocess import MAX_PIXELS, FrameEncoding
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,9 @@ class StreamOptions:
     stream_id: str = ""
     # Score threshold, max detections, classes and region of interest of this stream.
     detection: DetectionFilter = DetectionFilter()
+    # Frames declaring more pixels are refused before decoding; the server's setting, not the
+    # client's (the core sets it when the stream opens).
+    max_pixels: int = MAX_PIXELS
 
 
 @dataclass(frozen=True)

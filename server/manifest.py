@@ -150,6 +150,34 @@ class Postprocess(_Strict):
         return self
 
 
+class CascadeStage(_Strict):
+    """A stage of a cascade detector such as MTCNN (server/cascade.py): the member scores
+    candidate windows (`prob`: [N, 2] or [N, 2, h, w], the second channel the object) and moves
+    their corners (`reg`: [N, 4] or [N, 4, h, w], as fractions of the window's side); the last
+    stage may also place keypoints (`landmarks`: [N, 2K], K x then K y, as fractions)."""
+
+    # Probability a candidate needs to go on.
+    threshold: float = Field(default=0.7, ge=0, le=1)
+    # Overlap above which NMS drops the weaker of two candidates; "min" measures it over the
+    # smaller box (MTCNN's last stage), "union" is IoU.
+    nms_iou: float = Field(default=0.7, gt=0, le=1)
+    nms_over: Literal["union", "min"] = "union"
+    # Candidates this stage hands on (best first), so a busy frame stays bounded in time.
+    max_candidates: int = Field(default=512, ge=1)
+    # pyramid: the smallest object in source pixels, and the size step between levels.
+    min_size: float = Field(default=20.0, ge=12)
+    scale_factor: float = Field(default=0.709, ge=0.1, lt=1)
+    # pyramid: IoU for the NMS within one level, before the NMS over all levels.
+    level_nms_iou: float = Field(default=0.5, gt=0, le=1)
+    # Output names in the member.
+    score_output: str = "prob"
+    offsets_output: str = "reg"
+    keypoints_output: str = "landmarks"
+    # What the detections are, and their keypoints' names in the order the member gives them.
+    label: str = ""
+    keypoint_names: list[str] = Field(default_factory=list)
+
+
 class PipelineStage(_Strict):
     """One stage of a pipeline, run by server/pipeline.py.
 
@@ -159,9 +187,14 @@ class PipelineStage(_Strict):
       quadrilateral perspective-corrected), the crops of one frame go to the model as batches,
       and its postprocess fills the detection: ctc_text sets `text` and `score`,
       classification sets `class_id`, `label` and `score`.
+    pyramid: a fully convolutional proposal network (MTCNN's P-Net) over an image pyramid of the
+      frame; candidate windows come out square (server/cascade.py).
+    refine: the candidates so far, cut square from the frame at the member's input size and
+      batched, are scored and moved (R-Net, then O-Net); the last stage gives the detections
+      and their keypoints.
     """
 
-    kind: Literal["detect", "crop"]
+    kind: Literal["detect", "crop", "pyramid", "refine"]
     model: str
     # Empty: the member's active version, so hot swaps of a member apply to the pipeline.
     version: str = ""
@@ -171,6 +204,8 @@ class PipelineStage(_Strict):
     rotate_tall: bool = True
     # crop: detections whose new score is below this are dropped (PaddleOCR's drop_score).
     min_score: float = Field(default=0.0, ge=0, le=1)
+    # pyramid and refine: thresholds, NMS and the member's outputs.
+    cascade: CascadeStage = CascadeStage()
 
 
 class PipelineSpec(_Strict):
@@ -178,9 +213,16 @@ class PipelineSpec(_Strict):
 
     @model_validator(mode="after")
     def _detect_first(self) -> PipelineSpec:
-        if self.stages[0].kind != "detect":
-            raise ValueError("the first pipeline stage must be `detect`")
-        if any(stage.kind == "detect" for stage in self.stages[1:]):
+        first, rest = self.stages[0].kind, [stage.kind for stage in self.stages[1:]]
+        if first == "pyramid":
+            if any(kind != "refine" for kind in rest):
+                raise ValueError("a `pyramid` stage is followed by `refine` stages only")
+            return self
+        if "refine" in rest or "pyramid" in rest:
+            raise ValueError("`refine` stages follow a `pyramid` stage, which comes first")
+        if first != "detect":
+            raise ValueError("the first pipeline stage must be `detect` or `pyramid`")
+        if "detect" in rest:
             raise ValueError("only the first pipeline stage may be `detect`")
         return self
 
@@ -291,21 +333,24 @@ def hash_directory(version_dir: Path) -> dict[str, str]:
 def read_manifest(version_dir: Path) -> ModelManifest:
     """Parse the manifest of one version directory; does not check file hashes."""
     path = version_dir / MANIFEST_FILENAME
+    # Errors reach clients: they name model/version, never a path on the server.
+    where_file = f"{version_dir.parent.name}/{version_dir.name}/{MANIFEST_FILENAME}"
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InvalidManifest(f"{path}: no manifest") from None
+        raise InvalidManifest(f"{where_file}: no manifest") from None
     except OSError as exc:
-        raise InvalidManifest(f"{path}: unreadable ({exc.strerror})") from None
+        raise InvalidManifest(f"{where_file}: unreadable ({exc.strerror})") from None
     try:
         manifest = ModelManifest.model_validate_json(text)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or "manifest"
-        raise InvalidManifest(f"{path}: {where}: {first['msg']}") from None
+        raise InvalidManifest(f"{where_file}: {where}: {first['msg']}") from None
     if manifest.version != version_dir.name:
         raise InvalidManifest(
-            f"{path}: says version {manifest.version} but lives in directory {version_dir.name}"
+            f"{where_file}: says version {manifest.version} "
+            f"but lives in directory {version_dir.name}"
         )
     return manifest
 

@@ -15,7 +15,7 @@ from server.backends.base import Arrays, Backend, load_backend
 from server.batcher import BatchOutcome, DynamicBatcher
 from server.detect.ctc_text import characters
 from server.dropin import onnx_metadata
-from server.errors import InvalidInput, ModelLoadError
+from server.errors import InvalidInput, ModelLoadError, first_line
 from server.manifest import CtcOptions, ModelManifest, load_labels
 from server.metrics import ServerMetrics
 from server.runtime_plan import RuntimePlan
@@ -62,6 +62,13 @@ class ModelVersion:
         self.stats = ModelStats(self.name, self.version)
         self._metrics = metrics
         self._output_names = [spec.name for spec in manifest.outputs]
+        # What a client may send: the manifest's limit. The plan's batch is how the server groups
+        # work on this device; a larger request is split into plan-sized runs (`infer`).
+        self.max_batch_size = (
+            max(plan.max_batch_size, manifest.batching.max_batch_size)
+            if plan.max_batch_size > 0
+            else 0
+        )
         self._leases = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -121,8 +128,9 @@ class ModelVersion:
         try:
             backend.run(inputs, [spec.name for spec in self.manifest.outputs])
         except Exception as exc:  # a model that cannot run on its own declared shapes is broken
+            reason = first_line(exc, self.version_dir)
             raise ModelLoadError(
-                f"{self.name}/{self.version}: warm-up run failed: {str(exc).splitlines()[0][:300]}"
+                f"{self.name}/{self.version}: warm-up run failed: {reason}"
             ) from exc
 
     def start(self) -> None:
@@ -156,8 +164,8 @@ class ModelVersion:
             raise InvalidInput(f"model {self.name}: missing input {sorted(missing)[0]!r}")
         rows = set()
         for spec in self.manifest.inputs:
-            check_tensor(inputs[spec.name], spec, max_batch_size=self.plan.max_batch_size)
-            rows.add(inputs[spec.name].shape[0] if self.plan.max_batch_size > 0 else 1)
+            check_tensor(inputs[spec.name], spec, max_batch_size=self.max_batch_size)
+            rows.add(inputs[spec.name].shape[0] if self.max_batch_size > 0 else 1)
         if len(rows) > 1:
             raise InvalidInput(f"model {self.name}: inputs disagree on batch size {sorted(rows)}")
 
@@ -168,14 +176,37 @@ class ModelVersion:
                 f"model {self.name} is a pipeline: it takes camera frames over FrameStream"
             )
         self.validate(inputs)
-        outcome: BatchOutcome = await self._batcher.submit(inputs)
-        self._metrics.queue_latency.labels(self.name, self.version).observe(outcome.queue_s)
+        step = self.plan.max_batch_size
+        rows = next(iter(inputs.values())).shape[0] if step > 0 else 0
+        if rows <= step:
+            outcome: BatchOutcome = await self._batcher.submit(inputs)
+            self._metrics.queue_latency.labels(self.name, self.version).observe(outcome.queue_s)
+            return InferOutcome(
+                outputs=outcome.outputs,
+                version=self.version,
+                queue_s=outcome.queue_s,
+                infer_s=outcome.infer_s,
+                batch_rows=outcome.batch_rows,
+            )
+        parts = await asyncio.gather(
+            *(
+                self._batcher.submit(
+                    {name: array[start : start + step] for name, array in inputs.items()}
+                )
+                for start in range(0, rows, step)
+            )
+        )
+        for part in parts:
+            self._metrics.queue_latency.labels(self.name, self.version).observe(part.queue_s)
         return InferOutcome(
-            outputs=outcome.outputs,
+            outputs={
+                name: np.concatenate([part.outputs[name] for part in parts])
+                for name in parts[0].outputs
+            },
             version=self.version,
-            queue_s=outcome.queue_s,
-            infer_s=outcome.infer_s,
-            batch_rows=outcome.batch_rows,
+            queue_s=max(part.queue_s for part in parts),
+            infer_s=sum(part.infer_s for part in parts),
+            batch_rows=max(part.batch_rows for part in parts),
         )
 
     def _on_execution(self, rows: int, infer_s: float) -> None:

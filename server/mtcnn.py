@@ -126,15 +126,19 @@ def pyramid_scales(height: int, width: int, options: CascadeOptions) -> list[flo
     return scales
 
 
-def normalise(images: Sequence[npt.NDArray[np.uint8]]) -> FloatArray:
-    """RGB uint8 HWC images of one size to the networks' NCHW float32 input, in one C++ call."""
+def normalise(images: Sequence[npt.NDArray[np.uint8]], color: str = "rgb") -> FloatArray:
+    """uint8 HWC images of one size (RGB, or BGR turned RGB on the way) to the networks'
+    NCHW float32 input, in one C++ call."""
     blob = cv2.dnn.blobFromImages(
-        list(images), scalefactor=PIXEL_SCALE, mean=(PIXEL_MEAN,) * 3, swapRB=False, crop=False
-    )
+        list(images), scalefactor=PIXEL_SCALE, mean=(PIXEL_MEAN,) * 3, swapRB=color == "bgr",
+        crop=False,
+    )  # fmt: skip
     return np.asarray(blob, dtype=np.float32)
 
 
-def pyramid(image: npt.NDArray[np.uint8], options: CascadeOptions) -> list[PyramidLevel]:
+def pyramid(
+    image: npt.NDArray[np.uint8], options: CascadeOptions, color: str = "rgb"
+) -> list[PyramidLevel]:
     """P-Net's inputs, one per scale. Each level is resized from the one before (area
     interpolation), which costs a fraction of resizing the full frame every time."""
     height, width = image.shape[:2]
@@ -144,7 +148,7 @@ def pyramid(image: npt.NDArray[np.uint8], options: CascadeOptions) -> list[Pyram
         size = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
         interpolation = cv2.INTER_AREA if size[0] < source.shape[1] else cv2.INTER_LINEAR
         source = np.asarray(cv2.resize(source, size, interpolation=interpolation), np.uint8)
-        levels.append(PyramidLevel(scale=scale, input=normalise([source])))
+        levels.append(PyramidLevel(scale=scale, input=normalise([source], color)))
     return levels
 
 
@@ -227,7 +231,9 @@ def proposals(
     return Candidates(square(boxes[keep]), scores[keep])
 
 
-def crops(image: npt.NDArray[np.uint8], candidates: Candidates, size: int) -> FloatArray:
+def crops(
+    image: npt.NDArray[np.uint8], candidates: Candidates, size: int, color: str = "rgb"
+) -> FloatArray:
     """Each candidate's square cut from the frame, zero outside it, resized to size x size:
     one [N, 3, size, size] batch."""
     height, width = image.shape[:2]
@@ -242,7 +248,7 @@ def crops(image: npt.NDArray[np.uint8], candidates: Candidates, size: int) -> Fl
         patches.append(np.asarray(cv2.resize(patch, (size, size), interpolation=interpolation)))
     if not patches:
         return np.zeros((0, 3, size, size), np.float32)
-    return normalise(patches)
+    return normalise(patches, color)
 
 
 def visible(candidates: Candidates, height: int, width: int) -> Candidates:
@@ -253,13 +259,18 @@ def visible(candidates: Candidates, height: int, width: int) -> Candidates:
 
 
 def refine(
-    candidates: Candidates, prob: FloatArray, reg: FloatArray, options: CascadeOptions
+    candidates: Candidates,
+    prob: FloatArray,
+    reg: FloatArray,
+    threshold: float,
+    nms_iou: float,
+    max_out: int,
 ) -> Candidates:
-    """R-Net's verdict on the 24x24 crops: threshold, NMS, regression, square."""
+    """A middle stage's verdict on its crops (R-Net): threshold, NMS, regression, square."""
     scores = prob[:, 1]
-    passed = scores > options.thresholds[1]
+    passed = scores > threshold
     boxes, scores, offsets = candidates.boxes[passed], scores[passed], reg[passed]
-    keep = nms(boxes, scores, options.nms_rnet, "union")[: options.max_onet_candidates]
+    keep = nms(boxes, scores, nms_iou, "union")[:max_out]
     return Candidates(square(regress(boxes[keep], offsets[keep])), scores[keep].astype(np.float32))
 
 
@@ -267,21 +278,27 @@ def finish(
     candidates: Candidates,
     prob: FloatArray,
     reg: FloatArray,
-    landmarks: FloatArray,
-    options: CascadeOptions,
+    landmarks: FloatArray | None,
+    threshold: float,
+    nms_iou: float,
+    nms_mode: Literal["union", "min"],
     height: int,
     width: int,
 ) -> Faces:
-    """O-Net's verdict on the 48x48 crops: threshold, landmarks from the crop's box, box
-    regression, NMS over the smaller box; boxes clipped to the frame."""
+    """The last stage's verdict on its crops (O-Net): threshold, landmarks from the crop's box,
+    box regression, NMS (MTCNN measures overlap over the smaller box, "min"); boxes clipped to
+    the frame. Without a landmarks output the faces have none (shape [N, 0, 2])."""
     scores = prob[:, 1]
-    passed = scores > options.thresholds[2]
+    passed = scores > threshold
     boxes, scores = candidates.boxes[passed], scores[passed].astype(np.float32)
-    sides = (boxes[:, 2:] - boxes[:, :2])[:, None, :]
-    points = np.stack([landmarks[passed, :5], landmarks[passed, 5:]], axis=2)
-    points = (boxes[:, None, :2] + points * sides).astype(np.float32)
+    if landmarks is None:
+        points = np.zeros((boxes.shape[0], 0, 2), np.float32)
+    else:
+        sides = (boxes[:, 2:] - boxes[:, :2])[:, None, :]
+        relative = np.stack([landmarks[passed, :5], landmarks[passed, 5:]], axis=2)
+        points = (boxes[:, None, :2] + relative * sides).astype(np.float32)
     boxes = regress(boxes, reg[passed])
-    keep = nms(boxes, scores, options.nms_onet, "min")
+    keep = nms(boxes, scores, nms_iou, nms_mode)
     boxes = np.clip(boxes[keep], 0, [width, height, width, height]).astype(np.float32)
     return Faces(boxes, scores[keep], points[keep])
 
@@ -314,13 +331,15 @@ def detect_faces(
     options: CascadeOptions | None = None,
     times: StageTimes | None = None,
     max_batch: int = 64,
+    color: str = "rgb",
 ) -> Faces:
-    """The whole cascade on one RGB uint8 HWC frame, calling the networks in this thread."""
+    """The whole cascade on one uint8 HWC frame (RGB, or BGR with color="bgr"), calling the
+    networks in this thread."""
     options = options or CascadeOptions()
     times = times or StageTimes()
     height, width = image.shape[:2]
     started = time.perf_counter()
-    levels = pyramid(image, options)
+    levels = pyramid(image, options, color)
     started = times.add("pyramid", started)
     outputs = [tuple(pnet(level.input)[:2]) for level in levels]
     started = times.add("pnet", started)
@@ -328,18 +347,24 @@ def detect_faces(
     started = times.add("proposals", started)
     if not len(candidates):
         return empty_faces()
-    batch = crops(image, candidates, RNET_SIZE)
+    batch = crops(image, candidates, RNET_SIZE, color)
     started = times.add("rnet_crops", started)
     prob, reg = run_batched(rnet, batch, max_batch)[:2]
     started = times.add("rnet", started)
-    candidates = visible(refine(candidates, prob, reg, options), height, width)
+    candidates = refine(
+        candidates, prob, reg, options.thresholds[1], options.nms_rnet, options.max_onet_candidates
+    )
+    candidates = visible(candidates, height, width)
     started = times.add("refine", started)
     if not len(candidates):
         return empty_faces()
-    batch = crops(image, candidates, ONET_SIZE)
+    batch = crops(image, candidates, ONET_SIZE, color)
     started = times.add("onet_crops", started)
     prob, reg, landmarks = run_batched(onet, batch, max_batch)[:3]
     started = times.add("onet", started)
-    faces = finish(candidates, prob, reg, landmarks, options, height, width)
+    faces = finish(
+        candidates, prob, reg, landmarks, options.thresholds[2], options.nms_onet, "min",
+        height, width,
+    )  # fmt: skip
     times.add("finish", started)
     return faces

@@ -14,8 +14,9 @@ Stages (server.manifest.PipelineStage):
   batches of a frame at once so they share the member's batcher; its postprocess fills each
   detection (ctc_text: text and score; classification: class, label and score) and detections
   under the stage's `min_score` are dropped.
-A cascade such as MTCNN adds stage behaviour here (an image pyramid on `detect`, box refinement
-on `crop`) without touching the scheduler: the frame stays one unit of work.
+- `pyramid` then `refine` stages: a cascade detector (MTCNN's P-, R- and O-Net), run by
+  server/cascade.py.
+Whatever the stages, the frame stays one unit of work for the scheduler.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from server.cascade import run_cascade
 from server.detect.ctc_text import decode as ctc_decode
 from server.detections import Detection
 from server.errors import ModelLoadError
@@ -189,10 +191,16 @@ async def run_pipeline(
     times = StageTimes()
     started = loop.time()
     decoded = await loop.run_in_executor(
-        pool, decode_with_roi, frame, options.encoding, options.detection.roi, None
-    )
+        pool, decode_with_roi, frame, options.encoding, options.detection.roi, None,
+        options.max_pixels,
+    )  # fmt: skip
     times.preprocess_s += loop.time() - started
-    detections: list[Detection] = []
+    if spec.stages[0].kind == "pyramid":
+        detections = await run_cascade(
+            spec.stages, lambda stage: _member(pipeline, stage), decoded, options, pool, times
+        )
+        return FrameAnalysis(pipeline.version, detections=detections, times=times)
+    detections = []
     for stage in spec.stages:
         member = _member(pipeline, stage)
         with member.lease():

@@ -49,13 +49,30 @@ def top_k(
 def classification_strings(
     scores: np.ndarray, k: int, labels: list[str], *, apply_softmax: bool
 ) -> np.ndarray:
-    """Triton's classification extension: a [batch, k] BYTES tensor of b"score:index:label"."""
-    rows = top_k(scores, k, labels, apply_softmax=apply_softmax)
-    result = np.empty((len(rows), k if rows else 0), dtype=object)
-    for row_index, row in enumerate(rows):
-        for col, item in enumerate(row):
-            text = f"{item.score:f}:{item.class_id}"
-            if item.class_id < len(labels):
-                text += f":{item.label}"
-            result[row_index, col] = text.encode()
+    """Triton's classification extension: a [batch, k] BYTES tensor of b"score:index:label".
+    Like Triton, a count beyond the number of classes returns every class, once."""
+    flat = scores.reshape(scores.shape[0], -1).astype(np.float32, copy=False)
+    if apply_softmax:
+        flat = softmax(flat)
+    k = min(k, flat.shape[1]) if flat.shape[0] else 0
+    result = np.empty((flat.shape[0], k), dtype=object)
+    if k == 0:
+        return result
+    candidates = np.argpartition(-flat, k - 1, axis=1)[:, :k]
+    rows = np.arange(flat.shape[0])[:, None]
+    best = candidates[rows, np.argsort(-flat[rows, candidates], axis=1)]
+    best_scores = flat[rows, best].tolist()
+    named = len(labels)
+    for row, (indices, values) in enumerate(zip(best.tolist(), best_scores, strict=True)):
+        result[row] = [
+            (
+                f"{value:f}:{index}:{labels[index]}" if index < named else f"{value:f}:{index}"
+            ).encode()
+            for index, value in zip(indices, values, strict=True)
+        ]
     return result
+
+
+def classification_width(scores: np.ndarray) -> int:
+    """Classes per row of a [batch, ...] score tensor: the most a classification can return."""
+    return int(np.prod(scores.shape[1:], dtype=np.int64)) if scores.ndim > 1 else 1

@@ -6,17 +6,19 @@ GIL, so frames from many streams preprocess in parallel threads off the event lo
 
 from __future__ import annotations
 
+import io
 import math
 from enum import Enum
 
 import cv2
 import numpy as np
+from PIL.JpegImagePlugin import JpegImageFile
 
 from server.detections import FrameTransform
 from server.errors import InvalidInput
 from server.manifest import Preprocess
 
-# Refuse frames beyond 8K before allocating for them.
+# Frames beyond 8K are refused before anything is allocated for them (configurable per server).
 MAX_PIXELS = 7680 * 4320
 
 
@@ -33,36 +35,42 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 _REDUCED_DECODE = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
                    (2, cv2.IMREAD_REDUCED_COLOR_2))  # fmt: skip
-# Start-of-frame markers carry the image size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def declared_size(data: bytes, encoding: FrameEncoding) -> tuple[int, int]:
+    """(height, width) a JPEG or PNG declares in its header, read without decoding a pixel.
+
+    A header that cannot be read raises InvalidInput: a frame whose size is unknown is never
+    handed to the decoder. JPEG markers are walked by Pillow (which, like libjpeg, skips stray
+    bytes between markers); PNG's size is in IHDR, which libpng demands be the first chunk."""
+    if encoding is FrameEncoding.PNG:
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise InvalidInput(
+                f"undecodable PNG frame ({len(data)} bytes): it does not start with an IHDR chunk"
+            )
+        return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+    try:
+        with JpegImageFile(io.BytesIO(data)) as header:
+            width, height = header.size
+    except Exception:  # Pillow raises SyntaxError, OSError, struct.error... on bad headers
+        raise InvalidInput(
+            f"undecodable JPEG frame ({len(data)} bytes): no readable start-of-frame header"
+        ) from None
+    return height, width
 
 
 def jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
     """(height, width) from a JPEG's start-of-frame header, without decoding; None if absent."""
-    index = 2
-    while index + 9 <= len(data):
-        if data[index] != 0xFF:
-            return None
-        marker = data[index + 1]
-        if marker == 0xFF:  # fill byte
-            index += 1
-            continue
-        if marker in _SOF_MARKERS:
-            height = int.from_bytes(data[index + 5 : index + 7], "big")
-            width = int.from_bytes(data[index + 7 : index + 9], "big")
-            return height, width
-        if marker == 0x01 or 0xD0 <= marker <= 0xD9:  # markers without a length
-            index += 2
-            continue
-        index += 2 + int.from_bytes(data[index + 2 : index + 4], "big")
-    return None
+    try:
+        return declared_size(data, FrameEncoding.JPEG)
+    except InvalidInput:
+        return None
 
 
-def _jpeg_decode_flag(data: bytes, target: tuple[int, int] | None) -> int:
+def _jpeg_decode_flag(size: tuple[int, int], target: tuple[int, int] | None) -> int:
     """Let libjpeg scale by 1/2, 1/4 or 1/8 while decoding when the model wants far fewer
     pixels: a 1080p frame headed for 224x224 decodes about 4x faster."""
-    size = jpeg_dimensions(data) if target else None
-    if size is None or target is None:
+    if target is None:
         return cv2.IMREAD_COLOR
     height, width = size
     for factor, flag in _REDUCED_DECODE:
@@ -77,14 +85,19 @@ def decode_frame(
     width: int,
     height: int,
     target: tuple[int, int] | None = None,
+    *,
+    max_pixels: int = MAX_PIXELS,
 ) -> tuple[np.ndarray, str]:
     """Return (HWC uint8 image, its colour order "rgb" or "bgr"). `target` (height, width) is
-    the size the image will be resized to; a JPEG may then decode at a reduced scale."""
+    the size the image will be resized to; a JPEG may then decode at a reduced scale. A frame
+    declaring more than `max_pixels` is refused before it is decoded."""
     if encoding in (FrameEncoding.RAW_RGB, FrameEncoding.RAW_BGR):
         if width <= 0 or height <= 0:
             raise InvalidInput(f"raw frame needs width and height, got {width}x{height}")
-        if width * height > MAX_PIXELS:
-            raise InvalidInput(f"raw frame {width}x{height} exceeds the 8K limit")
+        if width * height > max_pixels:
+            raise InvalidInput(
+                f"raw frame {width}x{height} exceeds the server's limit of {max_pixels} pixels"
+            )
         expected = width * height * 3
         if len(data) != expected:
             raise InvalidInput(
@@ -96,8 +109,17 @@ def decode_frame(
     kind = encoding.name
     if not data.startswith(magic):
         raise InvalidInput(f"frame is not {kind}: {len(data)} bytes without the {kind} signature")
-    flag = _jpeg_decode_flag(data, target) if encoding is FrameEncoding.JPEG else cv2.IMREAD_COLOR
-    decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    size = declared_size(data, encoding)
+    if size[0] * size[1] > max_pixels:
+        raise InvalidInput(
+            f"{kind} frame declares {size[1]}x{size[0]} pixels, over the server's limit of "
+            f"{max_pixels}"
+        )
+    flag = _jpeg_decode_flag(size, target) if encoding is FrameEncoding.JPEG else cv2.IMREAD_COLOR
+    try:
+        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    except cv2.error:
+        decoded = None
     if decoded is None:
         raise InvalidInput(f"undecodable {kind} frame ({len(data)} bytes)")
     return decoded, "bgr"

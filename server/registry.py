@@ -15,9 +15,17 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.cascade import cascade_problem
 from server.dropin import DROPIN_FILENAME, manifest_from_onnx
 from server.errors import EdgeError, ModelLoadError, ModelNotFound, ModelNotReady
-from server.manifest import MANIFEST_FILENAME, ModelManifest, read_manifest, verify_files
+from server.manifest import (
+    MANIFEST_FILENAME,
+    CascadeStage,
+    ModelManifest,
+    PipelineStage,
+    read_manifest,
+    verify_files,
+)
 from server.metrics import ServerMetrics
 from server.model_version import ModelVersion
 from server.runtime_plan import Planner, RuntimePlan
@@ -93,6 +101,34 @@ class ModelRegistry:
             and _MODEL_NAME.match(child.name)
             and self.versions_on_disk(child.name)
         )
+
+    def skipped_on_disk(self) -> list[tuple[str, str]]:
+        """Entries of the repository that hold no servable model, each with the reason."""
+        if not self._repository.is_dir():
+            return []
+        skipped: list[tuple[str, str]] = []
+        for child in sorted(self._repository.iterdir()):
+            if child.name.startswith("."):
+                continue
+            if not child.is_dir():
+                skipped.append((child.name, "a file, not a model directory"))
+            elif not _MODEL_NAME.match(child.name):
+                skipped.append((child.name, "not a valid model name"))
+            elif not self.versions_on_disk(child.name):
+                numbered = [
+                    item for item in child.iterdir() if item.is_dir() and item.name.isdigit()
+                ]
+                skipped.append(
+                    (
+                        child.name,
+                        f"no numbered version directory with a {MANIFEST_FILENAME} or a "
+                        f"{DROPIN_FILENAME}"
+                        if not numbered
+                        else f"version directories {sorted(item.name for item in numbered)} "
+                        f"have no {MANIFEST_FILENAME} or {DROPIN_FILENAME}",
+                    )
+                )
+        return skipped
 
     # ---- lookup ----
 
@@ -235,7 +271,7 @@ class ModelRegistry:
                 except EdgeError as exc:
                     raise ModelLoadError(f"{where}: {member} cannot be loaded: {exc}") from None
             model = self.resolve(stage.model, stage.version)
-            problem = stage_problem(stage.kind, model.manifest)
+            problem = stage_problem(stage.kind, model.manifest, stage)
             if problem:
                 raise ModelLoadError(f"{where}: {member}: {problem}")
 
@@ -297,18 +333,20 @@ def read_version_manifest(version_dir: Path) -> ModelManifest:
     manifest = read_manifest(version_dir)
     if manifest.name != version_dir.parent.name:
         raise ModelLoadError(
-            f"{version_dir}: manifest names model {manifest.name!r}, "
-            f"directory is {version_dir.parent.name!r}"
+            f"{version_dir.parent.name}/{version_dir.name}: manifest names model "
+            f"{manifest.name!r}, directory is {version_dir.parent.name!r}"
         )
     verify_files(version_dir, manifest)
     return manifest
 
 
-def stage_problem(kind: str, member: ModelManifest) -> str:
+def stage_problem(kind: str, member: ModelManifest, stage: PipelineStage | None = None) -> str:
     """Why `member` cannot serve a pipeline stage of `kind`, or ""."""
     post = member.postprocess.kind
     if member.pipeline is not None:
         return "is a pipeline itself"
+    if kind in ("pyramid", "refine"):
+        return cascade_problem(kind, member, stage.cascade if stage else CascadeStage())
     if member.preprocess is None:
         return "has no preprocess section, so it cannot take frames or crops"
     if kind == "detect" and post not in ("yolo", "db_text"):
@@ -344,7 +382,7 @@ def check_pipeline_members(repository: Path, manifest: ModelManifest) -> None:
                 f"{where}: member {stage.model!r} has no version {version} "
                 f"(versions: {', '.join(versions)})"
             )
-        problem = stage_problem(stage.kind, read_version_manifest(directory / version))
+        problem = stage_problem(stage.kind, read_version_manifest(directory / version), stage)
         if problem:
             raise ModelLoadError(f"{where}: member {stage.model!r}: {problem}")
 

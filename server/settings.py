@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A raw 3840x2160 RGB frame is 24.9 MB; leave room for the envelope.
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+# 8K (7680x4320).
+DEFAULT_MAX_FRAME_PIXELS = 7680 * 4320
 
 
 class ServerSettings(BaseSettings):
@@ -37,6 +39,9 @@ class ServerSettings(BaseSettings):
     max_concurrent_rpcs: int = Field(default=1024, ge=1)
     # Seconds SIGTERM waits for in-flight work before cancelling it.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Largest camera frame accepted, in pixels (default 8K); a JPEG or PNG declaring more is
+    # refused from its header, before any decoding.
+    max_frame_pixels: int = Field(default=DEFAULT_MAX_FRAME_PIXELS, ge=1)
     # Threads for preprocessing (decode, resize, normalise) shared by all streams.
     preprocess_threads: int = Field(default=2, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

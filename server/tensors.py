@@ -6,6 +6,8 @@ one table between them, and the one place that decides whether an array fits a T
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from server.errors import InvalidInput
@@ -27,6 +29,21 @@ KSERVE_TO_NUMPY: dict[str, str] = {
 }
 NUMPY_TO_KSERVE = {numpy_name: kserve for kserve, numpy_name in KSERVE_TO_NUMPY.items()}
 
+# Beyond any model served here; numpy itself stops at 64 dimensions.
+MAX_RANK = 16
+
+
+def element_count(shape: list[int], *, tensor: str) -> int:
+    """Elements in `shape`, in Python integers (no wrap-around); refuses shapes no tensor has."""
+    if len(shape) > MAX_RANK:
+        raise InvalidInput(f"input {tensor!r}: rank {len(shape)} exceeds the limit of {MAX_RANK}")
+    if any(dim < 0 for dim in shape):
+        raise InvalidInput(f"input {tensor!r}: shape {shape} has a negative dimension")
+    count = math.prod(shape)
+    if count == 0:
+        raise InvalidInput(f"input {tensor!r}: shape {shape} holds no elements")
+    return count
+
 
 def kserve_datatype(dtype: str) -> str:
     return NUMPY_TO_KSERVE[dtype]
@@ -47,9 +64,7 @@ def array_from_bytes(
 ) -> np.ndarray[tuple[int, ...], np.dtype[np.generic]]:
     """Interpret little-endian row-major bytes; the byte length must match the shape exactly."""
     dtype = numpy_dtype(datatype, tensor=tensor).newbyteorder("<")
-    if any(dim < 0 for dim in shape):
-        raise InvalidInput(f"input {tensor!r}: shape {shape} has a negative dimension")
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = element_count(shape, tensor=tensor) * dtype.itemsize
     if len(raw) != expected:
         raise InvalidInput(
             f"input {tensor!r}: {len(raw)} bytes do not match shape {shape} of {datatype} "

@@ -20,6 +20,7 @@ from fleet.bundle import BundleInfo, sha256_path, verify_bundle
 from fleet.controller.live import LiveFleet, TelemetrySample
 from fleet.controller.metrics import FleetCollector
 from fleet.controller.records import (
+    PIN_SOURCE,
     AuditRecord,
     BundleRecord,
     DesiredEntry,
@@ -28,7 +29,7 @@ from fleet.controller.records import (
     RolloutRecord,
     RolloutSpec,
 )
-from fleet.controller.rollouts import PIN_SOURCE, RolloutEngine, matches
+from fleet.controller.rollouts import RolloutEngine, matches
 from fleet.controller.settings import ControllerSettings
 from fleet.controller.store import Store, StoreRunner
 from fleet.errors import Conflict, InvalidRequest, NotFound
@@ -67,9 +68,12 @@ class FleetController:
             self._store, self.live, self.live.notify, settings.rollout_tick_s
         )
         self._bundle_dir = settings.data_dir / "bundles"
-        self._pending_rows: deque[tuple[str, float, str]] = deque(
+        # (sequence, device, received at, document): rows leave only once the store has them.
+        self._pending_rows: deque[tuple[int, str, float, str]] = deque(
             maxlen=settings.telemetry_buffer_rows
         )
+        self._row_sequence = 0
+        self._flush_lock = asyncio.Lock()
         self.telemetry_rows_dropped = 0
         self._devices: dict[str, DeviceRecord] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -84,6 +88,10 @@ class FleetController:
     @property
     def ca_certificate_pem(self) -> bytes:
         return self._ca.certificate_pem
+
+    @property
+    def telemetry_rows_pending(self) -> int:
+        return len(self._pending_rows)
 
     def device_records(self) -> list[DeviceRecord]:
         return list(self._devices.values())
@@ -176,7 +184,8 @@ class FleetController:
         self.live.record(device_id, sample)
         if len(self._pending_rows) == self._pending_rows.maxlen:
             self.telemetry_rows_dropped += 1
-        self._pending_rows.append((device_id, sample.received_wall, document))
+        self._row_sequence += 1
+        self._pending_rows.append((self._row_sequence, device_id, sample.received_wall, document))
         device = self._devices.get(device_id)
         for model in sample.models:
             if device is not None and device.active_versions.get(model.name) != model.version:
@@ -227,9 +236,16 @@ class FleetController:
     async def _write_pending_telemetry(self) -> None:
         if not self._pending_rows:
             return
-        rows = list(self._pending_rows)
-        self._pending_rows.clear()
-        await self._store.call(self._store.store.add_telemetry, rows)
+        async with self._flush_lock:
+            batch = list(self._pending_rows)
+            if not batch:
+                return
+            rows = [(device_id, at, document) for _, device_id, at, document in batch]
+            # A failed write raises here and leaves every row in the buffer for the next flush.
+            await self._store.call(self._store.store.add_telemetry, rows)
+            written = batch[-1][0]
+            while self._pending_rows and self._pending_rows[0][0] <= written:
+                self._pending_rows.popleft()
 
     # bundles
     async def bundle_file(self, sha256: str) -> tuple[Path, int]:
@@ -325,6 +341,21 @@ class FleetController:
             await self._store.call(self._store.store.delete_desired, device_id, model)
         else:
             bundle = await self._store.call(self._store.store.find_bundle, model, version)
+            # A pin must name something the device can run: a version the controller holds a
+            # bundle for, or the one the device serves right now.
+            running = self._devices[device_id].active_versions.get(model)
+            if bundle is None and running != version:
+                known = running is not None or any(
+                    model in device.active_versions for device in self._devices.values()
+                )
+                if not known and not await self._store.call(
+                    self._store.store.find_bundle_named, model
+                ):
+                    raise NotFound(f"no model {model!r}: no bundle and no device runs it")
+                raise NotFound(
+                    f"no bundle for {model} version {version} and {device_id} does not run it:"
+                    " upload the bundle first"
+                )
             entry = DesiredEntry(
                 device_id=device_id,
                 model=model,
@@ -334,6 +365,7 @@ class FleetController:
                 source=PIN_SOURCE,
             )
             await self._store.call(self._store.store.set_desired, [entry])
+            await self.rollouts.pinned(device_id, model)
         await self.audit(actor, "device.pin", device=device_id, model=model, version=version)
         self.live.notify([device_id])
         return await self.device(device_id)

@@ -6,7 +6,7 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -70,5 +70,15 @@ class FleetCollector(Collector):
             "Telemetry rows dropped because the store fell behind",
         )
         dropped.add_metric([], controller.telemetry_rows_dropped)
+        restarts = CounterMetricFamily(
+            "edgefleet_controller_rollout_driver_failures",
+            "Rollout driver crashes (store errors, bugs); each was logged and retried",
+        )
+        restarts.add_metric([], controller.rollouts.driver_failures)
+        pending = GaugeMetricFamily(
+            "edgefleet_controller_telemetry_rows_pending",
+            "Telemetry rows received and not yet written to the store",
+        )
+        pending.add_metric([], controller.telemetry_rows_pending)
         yield from (online, cpu, memory, temperature, fps, p50, p95, requests, errors, drops)
-        yield dropped
+        yield from (dropped, restarts, pending)

@@ -28,6 +28,7 @@ from psycopg_pool import ConnectionPool
 
 from fleet.controller.pg_migrations import migrate
 from fleet.controller.records import (
+    PIN_SOURCE,
     AuditRecord,
     BundleRecord,
     DesiredEntry,
@@ -184,6 +185,12 @@ class PostgresStore:
         )
         return BundleRecord.model_validate_json(rows[0][0]) if rows else None
 
+    def find_bundle_named(self, name: str) -> BundleRecord | None:
+        rows = self._rows(
+            "SELECT doc FROM bundles WHERE name = %s ORDER BY seq DESC LIMIT 1", (name,)
+        )
+        return BundleRecord.model_validate_json(rows[0][0]) if rows else None
+
     # rollouts
     def save_rollout(
         self,
@@ -198,7 +205,15 @@ class PostgresStore:
                 " created_at = EXCLUDED.created_at, doc = EXCLUDED.doc",
                 (rollout.rollout_id, rollout.created_at, rollout.model_dump_json()),
             )
-            _write_desired(connection, desired)
+            # Pins always win (see SqliteStore.save_rollout); the rows are locked until commit.
+            rows = connection.execute(
+                "SELECT device_id, model FROM desired WHERE (doc::jsonb ->> 'source') = %s"
+                " FOR UPDATE",
+                (PIN_SOURCE,),
+            ).fetchall()
+            pinned = {(str(device), str(model)) for device, model in rows}
+            _write_desired(connection, [e for e in desired if (e.device_id, e.model) not in pinned])
+            undesired = [pair for pair in undesired if tuple(pair) not in pinned]
             if undesired:
                 with connection.cursor() as cursor:
                     cursor.executemany(

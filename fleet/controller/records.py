@@ -23,6 +23,10 @@ class DeviceRecord(_Record):
     last_seen: float = 0.0
 
 
+# The desired-state source of an operator's pin: rollouts never overwrite it.
+PIN_SOURCE = "pin"
+
+
 class DesiredEntry(_Record):
     device_id: str
     model: str

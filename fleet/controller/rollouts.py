@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import math
 import statistics
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 
-from fleet.controller.gates import DeviceWindow, judge, parse_gate
+from fleet.controller.gates import DeviceWindow, cohort_figures, judge, parse_gate
 from fleet.controller.live import LiveFleet
 from fleet.controller.records import (
+    PIN_SOURCE,
     BundleRecord,
     DesiredEntry,
     DeviceInstall,
@@ -35,7 +37,7 @@ from fleet.controller.records import (
 from fleet.controller.store import StoreRunner
 from fleet.errors import Conflict, InvalidRequest, NotFound
 
-PIN_SOURCE = "pin"
+logger = logging.getLogger(__name__)
 
 
 def cohort_rank(model: str, device_id: str) -> str:
@@ -80,25 +82,59 @@ class RolloutEngine:
         self._wake: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._lock = asyncio.Lock()
+        # The last copy of each rollout the store accepted: a failed write restores it.
+        self._committed: dict[str, RolloutRecord] = {}
+        self._failures: dict[str, int] = {}
+        self._restarts: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        # Driver crashes since start (a store error, a bug): each is logged and retried.
+        self.driver_failures = 0
 
     async def start(self) -> None:
         for rollout in await self._store.call(self._store.store.list_rollouts):
             self._rollouts[rollout.rollout_id] = rollout
+            self._committed[rollout.rollout_id] = rollout.model_copy(deep=True)
             if not rollout.state.finished:
                 self._spawn(rollout.rollout_id)
 
     async def stop(self) -> None:
-        tasks = list(self._tasks.values())
+        self._stopping = True
+        tasks = [*self._tasks.values(), *self._restarts]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
 
     def _spawn(self, rollout_id: str) -> None:
-        self._wake[rollout_id] = asyncio.Event()
+        self._wake.setdefault(rollout_id, asyncio.Event())
         task = asyncio.create_task(self._drive(rollout_id), name=f"rollout-{rollout_id}")
         self._tasks[rollout_id] = task
-        task.add_done_callback(lambda _: self._tasks.pop(rollout_id, None))
+        task.add_done_callback(lambda done: self._driver_done(rollout_id, done))
+
+    def _driver_done(self, rollout_id: str, task: asyncio.Task[None]) -> None:
+        """Supervision: a driver that died is logged, counted and restarted with backoff."""
+        self._tasks.pop(rollout_id, None)
+        if task.cancelled() or self._stopping:
+            return
+        error = task.exception()
+        if error is None:
+            self._failures.pop(rollout_id, None)
+            return
+        self.driver_failures += 1
+        failures = self._failures[rollout_id] = self._failures.get(rollout_id, 0) + 1
+        delay = min(self._tick_s * 2**failures, 30.0)
+        logger.error(
+            "rollout %s: driver failed (%d in a row); restarting in %.1fs",
+            rollout_id, failures, delay, exc_info=error,
+        )  # fmt: skip
+        restart = asyncio.create_task(self._restart(rollout_id, delay))
+        self._restarts.add(restart)
+        restart.add_done_callback(self._restarts.discard)
+
+    async def _restart(self, rollout_id: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if not self._stopping and rollout_id not in self._tasks:
+            self._spawn(rollout_id)
 
     # queries
     def get(self, rollout_id: str) -> RolloutRecord:
@@ -174,6 +210,13 @@ class RolloutEngine:
                 created_at=now,
                 updated_at=now,
             )
+            # The pre-rollout baseline: the same devices on the old version over the last bake
+            # length. Waves judge relative gates against it when too few devices are left on
+            # the old version (the last wave, a single 100% step, a small fleet).
+            loop_now = asyncio.get_running_loop().time()
+            before = self._windows(rollout, eligible, loop_now - spec.bake_s, new_version=False)
+            if before:
+                rollout.baseline = cohort_figures(before)
             await self._save(rollout)
             self._rollouts[rollout.rollout_id] = rollout
             self._spawn(rollout.rollout_id)
@@ -205,10 +248,41 @@ class RolloutEngine:
             rollout = self.get(rollout_id)
             if rollout.state == RolloutState.ROLLED_BACK:
                 raise Conflict(f"rollout {rollout.rollout_id} is already rolled back")
+            later = [
+                other
+                for other in self._rollouts.values()
+                if other.model_name == rollout.model_name and other.created_at > rollout.created_at
+            ]
+            if later:
+                latest = max(later, key=lambda other: other.created_at)
+                raise Conflict(
+                    f"rollout {rollout.rollout_id} ({rollout.model_name} {rollout.version}) was "
+                    f"superseded by rollout {latest.rollout_id} (version {latest.version}): only "
+                    "the latest rollout of a model can be rolled back; roll that one back, or pin"
+                )
             await self._roll_back(rollout, "rolled back by the operator")
         if event := self._wake.get(rollout.rollout_id):
             event.set()
         return rollout
+
+    async def pinned(self, device_id: str, model: str) -> None:
+        """A pin takes the device out of every unfinished rollout of the model: no later wave
+        installs on it and no rollback moves it."""
+        async with self._lock:
+            for rollout in list(self._rollouts.values()):
+                if rollout.model_name != model or rollout.state.finished:
+                    continue
+                if device_id not in rollout.eligible:
+                    continue
+                rollout.eligible = [d for d in rollout.eligible if d != device_id]
+                for wave in rollout.waves:
+                    wave.devices = [d for d in wave.devices if d != device_id]
+                rollout.installs.pop(device_id, None)
+                rollout.install_errors.pop(device_id, None)
+                rollout.previous.pop(device_id, None)
+                await self._save(rollout)
+                if event := self._wake.get(rollout.rollout_id):
+                    event.set()
 
     # signals from agents
     async def install_reported(
@@ -389,16 +463,21 @@ class RolloutEngine:
             canary = self._windows(rollout, canary_ids, started, new_version=True)
             baseline = self._windows(rollout, baseline_ids, started, new_version=False)
             gates = [parse_gate(text) for text in rollout.spec.gates]
+            # A cohort smaller than --min-devices needs every one of its devices, not more
+            # devices than exist: a 3-device fleet's 1-device canary can pass.
+            need_canary = min(rollout.spec.min_devices, max(len(canary_ids), 1))
+            need_baseline = min(rollout.spec.min_devices, max(len(baseline_ids), 1))
             verdict, measurements, used_baseline = judge(
                 gates,
                 index,
                 canary,
                 baseline,
                 rollout.baseline,
-                rollout.spec.min_devices,
+                need_canary,
                 time.time(),
+                min_baseline_devices=need_baseline if baseline_ids else None,
             )
-            if len(baseline) >= rollout.spec.min_devices:
+            if baseline_ids and len(baseline) >= need_baseline:
                 rollout.baseline = used_baseline
             await self._store.call(
                 self._store.store.add_measurements, rollout.rollout_id, measurements
@@ -462,6 +541,17 @@ class RolloutEngine:
         desired: Sequence[DesiredEntry] = (),
         undesired: Sequence[tuple[str, str]] = (),
     ) -> None:
+        """Commit the decision made on `rollout`. Until the store accepts it nothing else sees
+        it; if the write fails, the record goes back to the last committed copy and the error
+        propagates (the supervisor retries the driver from there)."""
         rollout.updated_at = time.time()
         snapshot = rollout.model_copy(deep=True)
-        await self._store.call(self._store.store.save_rollout, snapshot, desired, undesired)
+        try:
+            await self._store.call(self._store.store.save_rollout, snapshot, desired, undesired)
+        except BaseException:
+            committed = self._committed.get(rollout.rollout_id)
+            if committed is not None:
+                for name in RolloutRecord.model_fields:
+                    setattr(rollout, name, getattr(committed.model_copy(deep=True), name))
+            raise
+        self._committed[rollout.rollout_id] = snapshot

@@ -20,6 +20,8 @@ class ControllerSettings(BaseSettings):
     # PGPASSWORD and PGPASSFILE work too). Never part of `store`, which is logged.
     store_password_file: Path | None = None
     store_password: SecretStr | None = None
+    # SQLite: how long a write waits for another writer before it fails (and is retried).
+    store_busy_timeout_s: float = Field(default=5.0, gt=0)
     host: str = "127.0.0.1"
     # Agents and fleetctl, mutual TLS. 0 picks a free port (tests).
     port: int = Field(default=7443, ge=0, le=65535)

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fleet.controller.records import (
+    PIN_SOURCE,
     AuditRecord,
     BundleRecord,
     DesiredEntry,
@@ -44,11 +45,13 @@ CREATE TABLE IF NOT EXISTS audit (
 
 
 class SqliteStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout_s: float = 5.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # The controller calls the store from one executor thread; the lock keeps any other
         # caller (tests, tools) from interleaving transactions.
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=busy_timeout_s
+        )
         self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -167,6 +170,12 @@ class SqliteStore:
         )
         return BundleRecord.model_validate_json(str(rows[0][0])) if rows else None
 
+    def find_bundle_named(self, name: str) -> BundleRecord | None:
+        rows = self._query(
+            "SELECT doc FROM bundles WHERE name = ? ORDER BY rowid DESC LIMIT 1", (name,)
+        )
+        return BundleRecord.model_validate_json(str(rows[0][0])) if rows else None
+
     # rollouts
     def save_rollout(
         self,
@@ -179,8 +188,20 @@ class SqliteStore:
                 "INSERT OR REPLACE INTO rollouts (rollout_id, created_at, doc) VALUES (?, ?, ?)",
                 (rollout.rollout_id, rollout.created_at, rollout.model_dump_json()),
             )
-            self._write_desired(db, desired)
-            db.executemany("DELETE FROM desired WHERE device_id = ? AND model = ?", undesired)
+            # Pins always win: a rollout never overwrites or removes a pinned entry, even one
+            # pinned a moment ago, after the rollout read the desired state.
+            pinned = {
+                (str(device), str(model))
+                for device, model in db.execute(
+                    "SELECT device_id, model FROM desired WHERE json_extract(doc, '$.source') = ?",
+                    (PIN_SOURCE,),
+                )
+            }
+            self._write_desired(db, [e for e in desired if (e.device_id, e.model) not in pinned])
+            db.executemany(
+                "DELETE FROM desired WHERE device_id = ? AND model = ?",
+                [pair for pair in undesired if tuple(pair) not in pinned],
+            )
 
     def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
         rows = self._query("SELECT doc FROM rollouts WHERE rollout_id = ?", (rollout_id,))

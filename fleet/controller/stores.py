@@ -23,7 +23,7 @@ def is_postgres(address: str) -> bool:
 def open_store(settings: ControllerSettings) -> Store:
     """Open (and migrate) the configured store. Blocking: call it off the event loop."""
     if not is_postgres(settings.store):
-        return SqliteStore(settings.data_dir / "controller.db")
+        return SqliteStore(settings.data_dir / "controller.db", settings.store_busy_timeout_s)
     from fleet.controller.postgres_store import PostgresStore
 
     password = None

@@ -7,7 +7,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from server.backends.base import Arrays
-from server.errors import ModelLoadError
+from server.errors import ModelLoadError, first_line
 from server.manifest import ModelManifest
 from server.runtime_plan import RuntimePlan
 
@@ -32,7 +32,7 @@ class OnnxBackend:
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelLoadError(
                 f"{manifest.name}/{manifest.version}: onnxruntime cannot load "
-                f"{model_path.name}: {str(exc).splitlines()[0][:300]}"
+                f"{model_path.name}: {first_line(exc, model_path)}"
             ) from exc
         model_inputs = {node.name for node in self._session.get_inputs()}
         model_outputs = {node.name for node in self._session.get_outputs()}

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from server.backends.base import Arrays
-from server.errors import ModelLoadError
+from server.errors import ModelLoadError, first_line
 from server.manifest import ModelManifest
 from server.runtime_plan import RuntimePlan
 
@@ -28,7 +28,7 @@ class TorchScriptBackend:
         except Exception as exc:  # torch raises RuntimeError with C++ traces for corrupt files
             raise ModelLoadError(
                 f"{manifest.name}/{manifest.version}: torch cannot load {model_path.name}: "
-                f"{str(exc).splitlines()[0][:300]}"
+                f"{first_line(exc, model_path)}"
             ) from exc
         self._module = module.eval()
 

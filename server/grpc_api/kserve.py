@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +17,7 @@ from server.core import InferenceCore
 from server.errors import EdgeError, Unsupported
 from server.grpc_api import convert
 from server.grpc_api.status import grpc_errors, status_for
+from server.infer_types import InferRequest
 
 SERVER_NAME = "edgefleet"
 SERVER_VERSION = "0.1.0"
@@ -22,7 +25,12 @@ EXTENSIONS = ["classification", "model_repository", "statistics"]
 # Requests of one ModelStreamInfer stream processed at once, so they can share batches.
 STREAM_WINDOW = 16
 
+# Typed integer or bool values converted on the event loop (numpy walks them one by one, about
+# 0.1 us each); larger requests convert in a thread. Float contents are viewed, not walked.
+TYPED_VALUES_ON_LOOP = 16_384
+
 Context = grpc.aio.ServicerContext[Any, Any]
+log = logging.getLogger(__name__)
 
 
 class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
@@ -73,7 +81,7 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: kserve.ModelInferRequest, context: Context
     ) -> kserve.ModelInferResponse:
-        response = await self._core.infer(convert.infer_request_from_pb(request))
+        response = await self._core.infer(await _request_from_pb(request))
         return convert.infer_response_to_pb(response)
 
     @grpc_errors
@@ -81,16 +89,20 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
         self, request_iterator: AsyncIterator[kserve.ModelInferRequest], context: Context
     ) -> AsyncIterator[kserve.ModelStreamInferResponse]:
         async def answer(request: kserve.ModelInferRequest) -> kserve.ModelStreamInferResponse:
-            # One bad request is answered in error_message; the stream stays open.
+            # Every request gets exactly one answer: a result, or its error in error_message
+            # (unexpected errors too, logged here and answered INTERNAL); the stream stays open.
             try:
-                response = await self._core.infer(convert.infer_request_from_pb(request))
+                response = await self._core.infer(await _request_from_pb(request))
+                message = kserve.ModelStreamInferResponse(
+                    infer_response=convert.infer_response_to_pb(response)
+                )
             except Exception as exc:
                 if status_for(exc) is grpc.StatusCode.INTERNAL:
-                    raise
-                return convert.stream_error_to_pb(request, exc)
-            return kserve.ModelStreamInferResponse(
-                infer_response=convert.infer_response_to_pb(response)
-            )
+                    log.error("unexpected error in ModelStreamInfer", exc_info=exc)
+                message = convert.stream_error_to_pb(request, exc)
+            if convert.wants_final_flag(request):
+                convert.mark_final(message)
+            return message
 
         responses = bounded_map(answer, request_iterator, STREAM_WINDOW)
         async with contextlib.aclosing(responses):
@@ -161,3 +173,11 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
 
 def _unsupported(feature: str) -> EdgeError:
     return Unsupported(f"{feature} is not supported by edgefleet; send tensors in the request")
+
+
+async def _request_from_pb(request: kserve.ModelInferRequest) -> InferRequest:
+    """Convert on the loop when cheap; a request with many typed values converts in a thread
+    (numpy walks them one by one), so other calls keep being answered meanwhile."""
+    if convert.typed_element_count(request) <= TYPED_VALUES_ON_LOOP:
+        return convert.infer_request_from_pb(request)
+    return await asyncio.to_thread(convert.infer_request_from_pb, request)

@@ -79,6 +79,29 @@ async def test_camera_streams_photos_with_a_token_and_reports_a_corrupt_frame(
     assert "opened" not in refused and "frame" not in refused, refused
 
 
+def test_go_vendoring_refuses_a_version_debian_does_not_ship(
+    built_clients: BuiltClients, tmp_path: Path
+) -> None:
+    """go.mod pins versions; vendoring something else from Debian must fail, not build."""
+    built_clients.command("go")  # skips where Debian's Go packages are not installable
+    module = tmp_path / "module"
+    module.mkdir()
+    pinned = "google.golang.org/grpc v1.33.3"
+    go_mod = (ROOT / "client/go/go.mod").read_text()
+    assert pinned in go_mod
+    (module / "go.mod").write_text(go_mod.replace(pinned, "google.golang.org/grpc v1.60.0"))
+    completed = subprocess.run(
+        ["bash", str(ROOT / "scripts/go_vendor_debian.sh"), str(module)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 1, completed.stdout + completed.stderr
+    assert (
+        "go.mod wants google.golang.org/grpc v1.60.0, Debian's golang-google-grpc-dev is 1.33.3"
+        in completed.stderr
+    )
+    assert not (module / "vendor").exists()
+
+
 @pytest.mark.usefixtures("built_clients")
 def test_buf_lint_is_clean() -> None:
     completed = subprocess.run(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from skimage import data
 
+from edgefleet.face_frames import MAX_FACES, frame_with_faces
 from server.mtcnn import (
     CascadeOptions,
     Faces,
@@ -92,6 +93,33 @@ def test_two_pasted_faces_one_at_half_size_are_found_where_they_are(nets):
     for box, want in zip(found, expected, strict=True):
         assert iou(box, want) > 0.7, (box, want)
     assert_landmarks_inside(faces)
+
+
+@pytest.mark.parametrize("size", [(640, 480), (1280, 720)])
+def test_benchmark_frames_hold_as_many_faces_as_they_say(nets, size):
+    """The faces demo and benchmark frames: 0 to 5 heads pasted on a photo, each found once,
+    inside the place it was pasted."""
+    for count in range(MAX_FACES + 1):
+        frame = frame_with_faces(size[0], size[1], count)
+        faces = detect(frame.image, nets)
+        assert len(faces) == count, (count, faces.boxes)
+        for x0, y0, x1, y1 in frame.heads:
+            inside = [
+                box for box in faces.boxes
+                if box[0] >= x0 - 2 and box[1] >= y0 - 2 and box[2] <= x1 + 2 and box[3] <= y1 + 2
+            ]  # fmt: skip
+            assert len(inside) == 1, ((x0, y0, x1, y1), faces.boxes)
+
+
+def test_bgr_frames_give_the_same_faces(nets):
+    pnet, rnet, onet = nets
+    rgb = frame_with_faces(640, 480, 3).image
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    want = detect_faces(rgb, pnet, rnet, onet)
+    got = detect_faces(bgr, pnet, rnet, onet, color="bgr")
+    assert len(want) == 3
+    assert np.allclose(got.boxes, want.boxes, atol=1e-3)
+    assert np.allclose(got.landmarks, want.landmarks, atol=1e-3)
 
 
 def test_min_face_size_leaves_out_smaller_faces(nets):

@@ -38,6 +38,8 @@ async def test_tritonclient_infer_stream_metadata_and_repository(edge_server, re
         "errors": 0,
         "argmaxes": [967],
     }  # fmt: skip  (967 = espresso)
+    # Issue 10 item 13: enable_empty_final_response gets its final flag.
+    assert report["final_flag"] == {"error": None, "final": True, "argmax": 967}
     assert report["ready_after_unload"] is False
     assert report["ready_after_load"] is True
     assert report["shm"] == "StatusCode.UNIMPLEMENTED"

@@ -89,6 +89,25 @@ def main(url: str, model: str, repository: str, stream_count: int) -> None:
         "argmaxes": sorted(argmaxes),
     }
 
+    # Triton's decoupled-final protocol: a client waiting for `triton_final_response` finishes.
+    finals: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: finals.put((result, error)))
+    infer_input = triton.InferInput("input", list(tensor.shape), "FP32")
+    infer_input.set_data_from_numpy(tensor)
+    client.async_stream_infer(
+        model, [infer_input], request_id="final", enable_empty_final_response=True
+    )
+    result, error = finals.get(timeout=60)
+    client.stop_stream()
+    parameters = result.get_response().parameters if error is None else {}
+    report["final_flag"] = {
+        "error": None if error is None else str(error),
+        "final": bool(parameters["triton_final_response"].bool_param)
+        if "triton_final_response" in parameters
+        else False,
+        "argmax": int(np.argmax(result.as_numpy("logits"))) if error is None else -1,
+    }
+
     client.unload_model(model)
     report["ready_after_unload"] = client.is_model_ready(model)
     client.load_model(model)

@@ -1,0 +1,70 @@
+"""How `edgefleet` commands fail: one line on stderr and an exit code from one table.
+
+| code | meaning |
+|------|---------|
+| 0 | success |
+| 1 | the work itself failed (a stream failed, a rollout aborted) |
+| 2 | bad command line, settings or files: fix the invocation |
+| 3 | a port is already in use |
+| 4 | a model named on the command line is missing or failed to load |
+| 130 | interrupted (Ctrl-C) |
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import IntEnum
+from typing import NoReturn
+
+import typer
+from pydantic import ValidationError
+
+from server.errors import PortInUse, RequiredModelFailed, StartupError
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    FAILED = 1
+    USAGE = 2
+    PORT_IN_USE = 3
+    MODEL_FAILED = 4
+    INTERRUPTED = 130
+
+
+def exit_code_for(error: StartupError) -> ExitCode:
+    if isinstance(error, PortInUse):
+        return ExitCode.PORT_IN_USE
+    if isinstance(error, RequiredModelFailed):
+        return ExitCode.MODEL_FAILED
+    return ExitCode.USAGE
+
+
+def fail(message: str, code: ExitCode) -> NoReturn:
+    """Print `edgefleet: MESSAGE` on stderr and exit with `code` (no traceback)."""
+    typer.echo(f"edgefleet: {message}", err=True)
+    raise typer.Exit(int(code))
+
+
+def settings_error(error: ValidationError, *, prefix: str) -> str:
+    """The first problem of a settings object, as a flag and an environment variable."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "settings"
+    flag = "--" + field.replace("_", "-")
+    variable = prefix + field.upper()
+    value = first.get("input")
+    shown = f" {value!r}" if isinstance(value, str | int | float) else ""
+    return f"{flag} / {variable}{shown}: {first['msg']}"
+
+
+class _CalibrationNoise(logging.Filter):
+    """onnxruntime's int8 quantizer logs one INFO line per rescaled weight ("Increased scale
+    ...", ~80 on the first serve) through the root logger; keep them for DEBUG only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO or not str(record.msg).startswith("Increased scale"):
+            return True
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def quiet_third_party_logs() -> None:
+    logging.getLogger().addFilter(_CalibrationNoise())

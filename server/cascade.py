@@ -1,0 +1,209 @@
+"""Cascade pipelines (MTCNN): a `pyramid` stage, then `refine` stages, over one frame.
+
+The pipeline's first stage runs a fully convolutional proposal network (P-Net) over an image
+pyramid of the frame: every level goes to the member's batcher at once (levels of the same size
+from several cameras share a batch). Each `refine` stage cuts the surviving candidates square
+from the frame at the member's input size and sends them as batches of the member's max batch
+size, all at once (R-Net on 24x24, O-Net on 48x48). Thresholds, NMS and the pyramid's
+minimum size and scale step come from the manifest's stages; the numpy between the networks is
+server/mtcnn.py and runs in the preprocess pool, never on the event loop. The frame stays one
+unit of work for the scheduler, whatever its stages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from server import mtcnn
+from server.detections import Detection, Keypoint
+from server.frame_analysis import DecodedFrame, StageTimes
+from server.manifest import CascadeStage, ModelManifest, PipelineStage
+from server.model_version import InferOutcome, ModelVersion
+
+if TYPE_CHECKING:
+    from server.frame_session import StreamOptions
+
+
+def cascade_problem(kind: str, member: ModelManifest, stage: CascadeStage) -> str:
+    """Why `member` cannot serve a `pyramid` or `refine` stage, or ""."""
+    if len(member.inputs) != 1 or len(member.inputs[0].shape) != 4:
+        return f"a {kind} stage needs one image input [N, 3, H, W]"
+    _, channels, height, width = member.inputs[0].shape
+    if channels != 3:
+        return f"a {kind} stage needs 3 colour channels, not {channels}"
+    if kind == "pyramid" and (isinstance(height, int) and height > 0 or isinstance(width, int)
+                              and width > 0):  # fmt: skip
+        return "a pyramid stage needs a fully convolutional model: dynamic height and width"
+    if kind == "refine" and not (isinstance(height, int) and height > 0 and height == width):
+        return "a refine stage needs a fixed square input size"
+    names = {spec.name for spec in member.outputs}
+    missing = [name for name in (stage.score_output, stage.offsets_output) if name not in names]
+    if missing:
+        return f"a {kind} stage reads outputs {', '.join(missing)}, which the model lacks"
+    return ""
+
+
+def _options(first: CascadeStage) -> mtcnn.CascadeOptions:
+    return mtcnn.CascadeOptions(
+        min_face_size=first.min_size,
+        scale_factor=first.scale_factor,
+        thresholds=(first.threshold, 0.0, 0.0),
+        nms_level=first.level_nms_iou,
+        nms_pnet=first.nms_iou,
+        max_rnet_candidates=first.max_candidates,
+    )
+
+
+def _record(
+    member: ModelVersion,
+    times: StageTimes,
+    outcomes: list[InferOutcome],
+    started: float,
+    prepared: float,
+    inferred: float,
+    done: float,
+) -> None:
+    member.record_success(
+        total_s=done - started, queue_s=max(item.queue_s for item in outcomes),
+        input_s=prepared - started, infer_s=sum(item.infer_s for item in outcomes),
+        output_s=done - inferred,
+    )  # fmt: skip
+    times.queue_s += max(item.queue_s for item in outcomes)
+    times.infer_s += inferred - prepared
+    times.preprocess_s += prepared - started
+    times.postprocess_s += done - inferred
+    times.batch_rows = max(times.batch_rows, *(item.batch_rows for item in outcomes))
+
+
+async def _pyramid(
+    member: ModelVersion, stage: CascadeStage, view: np.ndarray, color: str, pool: Executor,
+    times: StageTimes,
+) -> mtcnn.Candidates:  # fmt: skip
+    loop = asyncio.get_running_loop()
+    options = _options(stage)
+    started = loop.time()
+    levels = await loop.run_in_executor(pool, mtcnn.pyramid, view, options, color)
+    if not levels:  # smaller than one window
+        return mtcnn.empty_candidates()
+    prepared = loop.time()
+    name = member.manifest.inputs[0].name
+    outcomes = await asyncio.gather(*(member.infer({name: level.input}) for level in levels))
+    inferred = loop.time()
+    outputs = [(item.outputs[stage.score_output], item.outputs[stage.offsets_output])
+               for item in outcomes]  # fmt: skip
+    height, width = view.shape[:2]
+
+    def propose() -> mtcnn.Candidates:
+        return mtcnn.visible(mtcnn.proposals(levels, outputs, options), height, width)
+
+    candidates = await loop.run_in_executor(pool, propose)
+    _record(member, times, list(outcomes), started, prepared, inferred, loop.time())
+    return candidates
+
+
+async def _refine(
+    member: ModelVersion, stage: CascadeStage, last: bool, view: np.ndarray, color: str,
+    candidates: mtcnn.Candidates, pool: Executor, times: StageTimes,
+) -> mtcnn.Candidates | mtcnn.Faces:  # fmt: skip
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    spec = member.manifest.inputs[0]
+    size = int(spec.shape[2])
+    batch = await loop.run_in_executor(pool, mtcnn.crops, view, candidates, size, color)
+    prepared = loop.time()
+    chunk = max(member.plan.max_batch_size, 1)
+    outcomes = await asyncio.gather(
+        *(
+            member.infer({spec.name: batch[start : start + chunk]})
+            for start in range(0, len(batch), chunk)
+        )
+    )
+    inferred = loop.time()
+
+    def joined(name: str) -> np.ndarray:
+        return np.concatenate([item.outputs[name] for item in outcomes])
+
+    prob, reg = joined(stage.score_output), joined(stage.offsets_output)
+    height, width = view.shape[:2]
+    if last:
+        has_points = stage.keypoints_output in outcomes[0].outputs
+        points = joined(stage.keypoints_output) if has_points else None
+        result: mtcnn.Candidates | mtcnn.Faces = await loop.run_in_executor(
+            pool, mtcnn.finish, candidates, prob, reg, points, stage.threshold, stage.nms_iou,
+            stage.nms_over, height, width,
+        )  # fmt: skip
+    else:
+
+        def refined() -> mtcnn.Candidates:
+            kept = mtcnn.refine(
+                candidates, prob, reg, stage.threshold, stage.nms_iou, stage.max_candidates
+            )
+            return mtcnn.visible(kept, height, width)
+
+        result = await loop.run_in_executor(pool, refined)
+    _record(member, times, list(outcomes), started, prepared, inferred, loop.time())
+    return result
+
+
+def _detections(
+    faces: mtcnn.Faces, first: CascadeStage, last: CascadeStage, offset_x: int, offset_y: int
+) -> list[Detection]:
+    names = last.keypoint_names
+    result = []
+    for box, score, points in zip(faces.boxes, faces.scores, faces.landmarks, strict=True):
+        keypoints = tuple(
+            Keypoint(
+                x=float(x) + offset_x,
+                y=float(y) + offset_y,
+                name=names[index] if index < len(names) else "",
+            )  # fmt: skip
+            for index, (x, y) in enumerate(points)
+        )
+        result.append(
+            Detection(
+                x_min=float(box[0]) + offset_x,
+                y_min=float(box[1]) + offset_y,
+                x_max=float(box[2]) + offset_x,
+                y_max=float(box[3]) + offset_y,
+                score=float(score),
+                label=first.label,
+                keypoints=keypoints,
+            )  # fmt: skip
+        )
+    return result
+
+
+async def run_cascade(
+    stages: list[PipelineStage],
+    member: Callable[[PipelineStage], ModelVersion],
+    decoded: DecodedFrame,
+    options: StreamOptions,
+    pool: Executor,
+    times: StageTimes,
+) -> list[Detection]:
+    """Every stage on the frame's region of interest; detections in source pixels, best first.
+    Members are resolved stage by stage (a hot swap applies from the next stage on); a stage
+    that leaves no candidate ends the frame early."""
+    view, color = decoded.view, decoded.color
+    first = stages[0].cascade
+    with member(stages[0]).lease() as proposer:
+        found: mtcnn.Candidates | mtcnn.Faces = await _pyramid(
+            proposer, first, view, color, pool, times
+        )
+    for index, stage in enumerate(stages[1:], start=1):
+        if not len(found):
+            return []
+        assert isinstance(found, mtcnn.Candidates)
+        last = index == len(stages) - 1
+        with member(stage).lease() as refiner:
+            found = await _refine(refiner, stage.cascade, last, view, color, found, pool, times)
+    if isinstance(found, mtcnn.Candidates):  # a pyramid alone: its square windows
+        found = mtcnn.Faces(found.boxes, found.scores, np.zeros((len(found), 0, 2), np.float32))
+    detections = _detections(found, first, stages[-1].cascade, decoded.offset_x, decoded.offset_y)
+    detections.sort(key=lambda item: item.score, reverse=True)
+    return options.detection.apply(detections)

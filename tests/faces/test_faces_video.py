@@ -1,0 +1,70 @@
+"""`edgefleet stream ... --model faces --save-video out.mp4` writes the frames with the faces'
+boxes and landmarks drawn, where the server found them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from client.overlay import BOX, POINT
+from edgefleet.face_frames import frame_with_faces, photo
+from tests.client.conftest import running_server
+from tests.conftest import ROOT, png_bytes
+from tests.faces.test_faces_pipeline import copy_faces
+
+
+def near(pixels: np.ndarray, x: float, y: float, colour: tuple[int, int, int]) -> bool:
+    """The 3x3 patch at (x, y) is close to `colour` (BGR), allowing for video compression."""
+    patch = pixels[round(y) - 1 : round(y) + 2, round(x) - 1 : round(x) + 2].reshape(-1, 3)
+    return bool(np.abs(patch.mean(axis=0) - np.array(colour)).max() < 70)
+
+
+async def test_saved_video_shows_boxes_and_landmarks(tmp_path: Path, built_models: Path):
+    repo = tmp_path / "repo"
+    copy_faces(built_models, repo)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    faces = frame_with_faces(640, 480, 3).image
+    empty = cv2.resize(photo("coffee"), (640, 480))
+    (folder / "1-faces.png").write_bytes(png_bytes(faces))
+    (folder / "2-coffee.png").write_bytes(png_bytes(empty))
+    video, results = tmp_path / "out.mp4", tmp_path / "results.jsonl"
+    async with running_server(repo) as server:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "edgefleet.cli", "stream", str(folder),
+            "--server", f"127.0.0.1:{server.port}", "--model", "faces", "--fps", "0",
+            "--encoding", "raw", "--save-video", str(video), "--output", "jsonl", str(results),
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, stderr = await asyncio.wait_for(process.communicate(), 240)
+    assert process.returncode == 0, stderr.decode()
+    records = sorted(
+        (json.loads(line) for line in results.read_text().splitlines()),
+        key=lambda record: record["sequence"],
+    )
+    assert [len(record["detections"]) for record in records] == [3, 0]
+    capture = cv2.VideoCapture(str(video))
+    written = []
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            break
+        written.append(image)
+    capture.release()
+    assert len(written) == 2 and written[0].shape == (480, 640, 3)
+    drawn, plain = written
+    for item in records[0]["detections"]:
+        assert len(item["keypoints"]) == 5
+        for x, y in item["keypoints"]:
+            assert near(drawn, x, y, POINT), (x, y)
+        # The box's bottom edge, halfway along, is drawn.
+        x_min, _, x_max, y_max = item["box"]
+        assert near(drawn, (x_min + x_max) / 2, y_max, BOX), item
+    # Nothing found, nothing drawn: the frame is the photo (up to compression).
+    source = cv2.cvtColor(empty, cv2.COLOR_RGB2BGR).astype(np.int16)
+    assert np.abs(plain.astype(np.int16) - source).mean() < 8

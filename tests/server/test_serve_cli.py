@@ -1,0 +1,132 @@
+"""Issue 10, mistakes a new user makes with `edgefleet serve`: one clear line and a distinct exit
+code (edgefleet/errors.py), never a traceback; EDGEFLEET_* variables for every flag not given."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ONNX_MODEL, ROOT
+
+SERVE = (sys.executable, "-m", "edgefleet.cli", "serve")
+
+
+async def run_serve(*args: str, env: dict[str, str] | None = None):
+    process = await asyncio.create_subprocess_exec(
+        *SERVE, *args, cwd=ROOT, env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+def one_line_error(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("edgefleet:")]
+    assert len(lines) == 1, stderr[-2000:]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    return lines[0]
+
+
+async def test_9_missing_repository_exits_2_with_one_line(tmp_path):
+    code, _, stderr = await run_serve("--repository", str(tmp_path / "typo"), "--port", "0")
+    assert code == 2
+    assert "typo does not exist" in one_line_error(stderr)
+
+
+async def test_10_busy_port_exits_3_before_loading_models(repository):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, stderr = await run_serve(
+            "--repository", str(repository), "--port", str(port), "--metrics-port", "-1",
+            "--planner", "manifest", "--log-level", "INFO",
+        )  # fmt: skip
+    assert code == 3
+    assert f"127.0.0.1:{port}" in one_line_error(stderr)
+    assert "loaded" not in stderr  # refused before any model was loaded
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "fragment"),
+    [
+        (("--model", "nope"), 4, "model nope"),
+        (("--log-level", "LOUD"), 2, "--log-level / EDGEFLEET_LOG_LEVEL 'LOUD'"),
+        (("--port", "70000"), 2, "--port / EDGEFLEET_PORT"),
+        (("--planner", "magic"), 2, "--planner must be hardware or manifest"),
+    ],
+)
+async def test_10_mistakes_are_one_line_and_a_distinct_code(repository, args, code, fragment):
+    returncode, _, stderr = await run_serve(
+        "--repository", str(repository), "--port", "0", "--metrics-port", "-1",
+        "--planner", "manifest", *args,
+    )  # fmt: skip
+    assert returncode == code, stderr[-2000:]
+    assert fragment in one_line_error(stderr)
+
+
+async def test_11_environment_sets_every_flag_not_given(repository, tmp_path: Path):
+    port_file = tmp_path / "port"
+    env = {
+        "EDGEFLEET_REPOSITORY": str(repository),
+        "EDGEFLEET_PORT": "0",
+        "EDGEFLEET_METRICS_PORT": "-1",
+        "EDGEFLEET_PORT_FILE": str(port_file),
+        # A flag given wins over its variable: this bad value is never used.
+        "EDGEFLEET_LOG_LEVEL": "LOUD",
+    }
+    process = await asyncio.create_subprocess_exec(
+        *SERVE, "--planner", "manifest", "--log-level", "INFO", cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        for _ in range(1200):
+            if port_file.is_file() and port_file.read_text().strip():
+                break
+            if process.returncode is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert port_file.is_file(), "EDGEFLEET_PORT_FILE was ignored"
+        assert int(port_file.read_text()) not in (0, 8001)  # EDGEFLEET_PORT=0 picked a port
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    assert f"model(s) loaded: {ONNX_MODEL}/1" in stderr.decode()
+
+
+async def test_9_skipped_entries_and_zero_models_are_said_at_startup(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "resnet" / "1").mkdir(parents=True)
+    (repo / "resnet" / "1" / "resnet50.onnx").write_bytes(b"onnx")
+    (repo / "notes.txt").write_text("hello")
+    port_file = tmp_path / "port"
+    process = await asyncio.create_subprocess_exec(
+        *SERVE, "--repository", str(repo), "--port", "0", "--metrics-port", "-1",
+        "--planner", "manifest", "--port-file", str(port_file), cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        for _ in range(600):
+            if port_file.is_file() or process.returncode is not None:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        _, raw = await asyncio.wait_for(process.communicate(), 60)
+    stderr = raw.decode()
+    assert (
+        "repository entry resnet skipped: version directories ['1'] have no manifest.json "
+        "or model.onnx" in stderr
+    )
+    assert "repository entry notes.txt skipped: a file, not a model directory" in stderr
+    assert "no models loaded" in stderr
