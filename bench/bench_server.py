@@ -86,7 +86,7 @@ class Server:
         started = time.perf_counter()
         self.process = subprocess.Popen(
             [str(ROOT / ".venv" / "bin" / "edgefleet"), "serve", "--repository",
-             str(self.repository), "--port", "0", "--metrics-port", "-1",
+             str(self.repository), "--port", "0", "--metrics-port", "-1", "--http-port", "-1",
              "--port-file", str(self.port_file), "--log-level", "WARNING",
              # The manifest's plan by default: the same threads as the baseline, and no
              # one-off int8 guard run (the hardware planner's first load) in time-to-ready.
