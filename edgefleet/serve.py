@@ -176,7 +176,7 @@ async def run_server(
     else:
         from server.hardware.planner import HardwarePlanner
 
-        planner = HardwarePlanner(planner_settings)
+        planner = HardwarePlanner(planner_settings, background=True)
         facts = await asyncio.to_thread(planner.facts)
         log.info(
             "hardware %s: %s, %d usable cores, isa %s, gpus %s, onnxruntime %s",
