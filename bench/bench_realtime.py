@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -212,9 +213,40 @@ def table(rows: list[Row], label: str) -> list[str]:
     return lines
 
 
+_OLD_FIELDS = """
+import json
+from server import manifest as m
+print(json.dumps({name: list(getattr(m, name).model_fields)
+                  for name in ("ModelManifest", "Preprocess", "Postprocess")}))
+"""
+
+
+def repository_of(model: str, root: Path) -> Path:
+    """A repository with only `model`; for an older checkout, without the manifest keys added
+    since (all optional, their defaults change nothing for this model)."""
+    repository = Path(tempfile.mkdtemp()) / "repo"
+    shutil.copytree(ROOT / "models" / model, repository / model)
+    if root != ROOT:
+        fields = json.loads(
+            subprocess.run(
+                [sys.executable, "-c", _OLD_FIELDS], cwd=root, check=True, text=True,
+                capture_output=True, env={**os.environ, "PYTHONPATH": str(root)},
+            ).stdout
+        )  # fmt: skip
+        manifest_path = repository / model / "1" / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest = {k: v for k, v in manifest.items() if k in fields["ModelManifest"]}
+        for section, cls in (("preprocess", "Preprocess"), ("postprocess", "Postprocess")):
+            if isinstance(manifest.get(section), dict):
+                kept = fields[cls]
+                manifest[section] = {k: v for k, v in manifest[section].items() if k in kept}
+        manifest_path.write_text(json.dumps(manifest))
+    return repository
+
+
 def run_rows(root: Path, model: str, counts: tuple[int, ...], seconds: float) -> list[Row]:
     rows = []
-    with Server(root, ROOT / "models") as server:
+    with Server(root, repository_of(model, root)) as server:
         for cameras in counts:
             row = measure(server, model, cameras, seconds)
             print(f"{root.name} {model} {row}", flush=True)
@@ -262,9 +294,9 @@ def main() -> None:
         return
 
     machine = describe()
+    before = run_rows(args.before, MODEL, CAMERAS, args.seconds) if args.before else []
     after = run_rows(ROOT, MODEL, CAMERAS, args.seconds)
     slow = run_rows(ROOT, SLOW_MODEL, (1, 4, 16), args.seconds)
-    before = run_rows(args.before, MODEL, CAMERAS, args.seconds) if args.before else []
     load_end = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     body = [
         "## Real-time under overload (`bench/bench_realtime.py`)",
@@ -275,6 +307,8 @@ def main() -> None:
         "fps with DROP_OLDEST; result age = capture to result on one host's clock. Server: "
         "`edgefleet serve --planner manifest` in its own process. "
         f"{args.seconds:.0f} s measured per row after {WARM_UP_S} s of warm-up.",
+        "",
+        "Ages and CPU per frame depend on the machine's load: compare the tables of one run.",
         "",
         "### Freshness scheduler (this version), EfficientNet-Lite0 ONNX",
         "",
