@@ -68,7 +68,7 @@ def edge_server() -> Iterator[str]:
         port_file = Path(folder) / "port"
         process = subprocess.Popen(
             [sys.executable, "-m", "edgefleet.cli", "serve", "--repository", str(ROOT / "models"),
-             "--model", MODEL, "--port", "0", "--metrics-port", "-1", "--port-file",
+             "--model", MODEL, "--port", "0", "--metrics-port", "-1", "--http-port", "-1", "--port-file",
              str(port_file), "--log-level", "WARNING"],
             cwd=ROOT,
         )  # fmt: skip

@@ -1,7 +1,7 @@
 """Hardware planner benchmarks on this machine, EfficientNet-Lite0, all in one run:
 
-1. fp32 vs int8 (static QDQ, calibrated on scikit-image photos): batch-1 latency, batch-8
-   throughput, and the top-1 agreement the accuracy guard measured;
+1. the accuracy guard per int8 recipe (and two deliberately broken quantisations): every metric
+   on the evaluation views, the verdict, and speed at batch 1 and at the planned batch;
 2. the naive plan (batch 1, onnxruntime's default threads) vs the planner's default plan vs
    the autotuned plan, each run through the real backend (`load_backend`) under saturation.
 
@@ -24,10 +24,11 @@ import numpy as np
 from bench.machine import describe, write_section
 from server.backends.base import Backend, load_backend
 from server.hardware.autotune import synthetic_inputs
-from server.hardware.calibration import calibration_set
+from server.hardware.calibration import GuardInputs, constant_calibration, guard_inputs
+from server.hardware.guard import LABELS, confident_note, format_value
 from server.hardware.planner import HardwarePlanner
 from server.hardware.policy import PlannerSettings
-from server.hardware.precision import convert_with_guard
+from server.hardware.precision import RECIPES, Conversion, convert_with_guard
 from server.hardware.probe import probe_hardware
 from server.manifest import ModelManifest, read_manifest
 from server.runtime_plan import RuntimePlan
@@ -94,24 +95,38 @@ def main() -> None:
         cache = workdir / "cache"
         threads = facts.cpu.compute_cores
 
-        # 1. fp32 vs int8, guard or not: threshold 0 keeps the int8 file so it can be timed.
-        calibration = calibration_set(manifest, None)
-        started = time.perf_counter()
-        conversion = convert_with_guard(
-            model_path=version_dir / manifest.model_file,
-            model_sha256=manifest.files[manifest.model_file],
-            manifest=manifest,
-            precision="int8",
-            calibration=calibration,
-            cache_dir=cache,
-            providers=("CPUExecutionProvider",),
-            min_agreement=0.0,
-            max_error=float("inf"),
-            fingerprint=facts.fingerprint,
+        # 1. The guard per recipe. Each conversion is kept (accepted or not) so it can be timed:
+        # thresholds of 0 admit everything; the verdict column applies the real defaults.
+        inputs = guard_inputs(manifest, None)
+        settings = PlannerSettings(cache_dir=cache)
+        thresholds = settings.thresholds()
+        keep_all = replace(
+            thresholds, min_top1_confident=0.0, min_top5=0.0, max_kl_mean=float("inf")
         )
-        convert_s = time.perf_counter() - started
-        assert conversion.path is not None
-        agreement = conversion.verdict.value
+        candidates = [
+            (name, RECIPES[name].description, inputs) for name in ("qdq", "qdq-fp32-ends", "qoperator")
+        ] + [
+            ("qdq", "broken: calibrated on constant grey frames",
+             GuardInputs(constant_calibration(manifest), inputs.evaluation)),
+            ("int4-per-tensor", RECIPES["int4-per-tensor"].description, inputs),
+        ]  # fmt: skip
+        conversions: list[tuple[str, str, Conversion, float]] = []
+        for index, (recipe, description, chosen_inputs) in enumerate(candidates):
+            started = time.perf_counter()
+            conversion = convert_with_guard(
+                model_path=version_dir / manifest.model_file,
+                model_sha256=manifest.files[manifest.model_file],
+                manifest=manifest,
+                precision="int8",
+                inputs=chosen_inputs,
+                cache_dir=cache / f"recipe-{index}",
+                key=b"bench" * 8,
+                providers=("CPUExecutionProvider",),
+                thresholds=keep_all,
+                fingerprint=facts.fingerprint,
+                recipe=recipe,
+            )
+            conversions.append((recipe, description, conversion, time.perf_counter() - started))
         base = RuntimePlan(
             backend="onnx",
             model_file=manifest.model_file,
@@ -123,20 +138,20 @@ def main() -> None:
             max_queue_delay_us=0,
             max_queue_size=128,
         )
-        int8_plan = replace(base, precision="int8", model_file=str(conversion.path))
-        precision_plans = [
-            (label, replace(plan, max_batch_size=batch))
-            for label, plan in (("fp32", base), ("int8", int8_plan))
-            for batch in (1, 8)
-        ]
-        precision_results = measure(
-            version_dir, manifest, [plan for _, plan in precision_plans], args.seconds
+        planned_batch = max(
+            HardwarePlanner(settings, facts=facts, background=True)
+            .plan(version_dir, manifest)
+            .max_batch_size,
+            1,
         )
-        precision_rows = [
-            (label, result)
-            for (label, _), result in zip(precision_plans, precision_results, strict=True)
+        timed = [base] + [
+            replace(base, precision="int8", model_file=str(conversion.path))
+            for _, _, conversion, _ in conversions
         ]
-        guard_passes = agreement >= PlannerSettings().min_top1_agreement
+        batch_plans = [replace(plan, max_batch_size=batch) for plan in timed
+                       for batch in (1, planned_batch)]  # fmt: skip
+        speeds = measure(version_dir, manifest, batch_plans, args.seconds)
+        speed_rows = [speeds[index : index + 2] for index in range(0, len(speeds), 2)]
 
         # 2. naive vs default plan vs autotuned plan, measured back to back.
         naive = replace(base, intra_op_threads=0)  # 0: onnxruntime picks its default
@@ -168,31 +183,46 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    fp32_by_batch = {int(r["batch"]): r for label, r in precision_rows if label == "fp32"}
+    fp32_speed = speed_rows[0]
+    checks = conversions[0][2].verdict.checks(thresholds)
+    columns = [c.metric for c in checks]
+    gates = "; ".join(
+        f"{LABELS[c.metric]} {c.op} {format_value(c.metric, c.threshold)}"
+        for c in checks
+        if c.gating
+    )
     lines = [
         "## Hardware planner (`bench/bench_planner.py`)",
         "",
         f"Machine: {machine}. Probe: {facts.cpu.model}, {facts.cpu.usable_cores} usable cores, "
         f"ISA {', '.join(facts.cpu.features) or '-'}, fingerprint {facts.fingerprint}.",
-        "Model: EfficientNet-Lite0 ONNX; synthetic 224x224 inputs; each row runs the real "
-        f"backend (`load_backend`) for {args.seconds:g} s under saturation (the batch is always "
-        "full, no queueing); the rows of a table take turns in 6 short rounds in one process, "
-        "so the shared machine's load falls on all of them alike.",
+        "Model: EfficientNet-Lite0 ONNX. Speed rows run the real backend (`load_backend`) on "
+        f"synthetic 224x224 inputs for {args.seconds:g} s each under saturation; the rows of a "
+        "table take turns in 6 short rounds in one process, so the shared machine's load falls "
+        "on all of them alike: compare ratios within a table, not with other runs.",
         "",
-        "### fp32 vs int8 (static QDQ, per-channel weights, MinMax calibration)",
+        "### The accuracy guard per int8 recipe",
         "",
-        f"int8 conversion + guard: {convert_s:.1f} s. Guard: {conversion.verdict.describe()} "
-        f"({conversion.verdict.calibration}); threshold 99% -> "
-        f"**{'accepted' if guard_passes else 'rejected: the planner serves fp32'}**.",
+        f"Calibration: {inputs.calibration.source}; evaluation: {inputs.evaluation.source} "
+        f"({confident_note(conversions[0][2].verdict.metrics, thresholds)}). Default "
+        f"thresholds: {gates}.",
         "",
-        f"| precision | batch | p50 ms | p95 ms | frames/s | vs fp32 ({threads} threads) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| recipe | " + " | ".join(LABELS[m] for m in columns) + " | verdict | convert+guard s "
+        f"| batch 1 ms | vs fp32 | batch {planned_batch} frames/s | vs fp32 |",
+        "|---|" + "---:|" * len(columns) + "---|---:|---:|---:|---:|---:|",
+        f"| fp32 (reference) |{' |' * len(columns)} | | {fp32_speed[0]['p50']:.2f} | 1.00x "
+        f"| {fp32_speed[1]['fps']:.1f} | 1.00x |",
     ]
-    for label, result in precision_rows:
-        ratio = result["fps"] / fp32_by_batch[int(result["batch"])]["fps"]
+    for (recipe, description, conversion, seconds), speed in zip(
+        conversions, speed_rows[1:], strict=True
+    ):
+        verdict = conversion.verdict
+        values = " | ".join(format_value(m, verdict.metrics[m]) for m in columns)
+        accepted = "**accepted**" if verdict.passes(thresholds) else "rejected"
         lines.append(
-            f"| {label} | {int(result['batch'])} | {result['p50']:.2f} | {result['p95']:.2f} | "
-            f"{result['fps']:.1f} | {ratio:.2f}x |"
+            f"| {recipe}: {description} | {values} | {accepted} | {seconds:.0f} | "
+            f"{speed[0]['p50']:.2f} | {fp32_speed[0]['p50'] / speed[0]['p50']:.2f}x | "
+            f"{speed[1]['fps']:.1f} | {speed[1]['fps'] / fp32_speed[1]['fps']:.2f}x |"
         )
     naive_fps = plan_rows[0][2]["fps"]
     lines += [

@@ -125,7 +125,9 @@ async def _run(repository: Path, model: str, count: int, fps: float) -> None:
     console = Console()
     started = time.perf_counter()
     server = EdgeServer(
-        ServerSettings(repository=repository, port=0, metrics_port=-1, models=(model,))
+        ServerSettings(
+            repository=repository, port=0, metrics_port=-1, http_port=-1, models=(model,)
+        )
     )
     port = await server.start()
     console.print(

@@ -98,7 +98,11 @@ async def demo(repository: Path, workdir: Path, bake_s: float, fps: float) -> No
                 _copy_version(source, node_repository / MODEL / "1")
                 server = EdgeServer(
                     ServerSettings(
-                        repository=node_repository, port=0, metrics_port=-1, models=(MODEL,)
+                        repository=node_repository,
+                        port=0,
+                        metrics_port=-1,
+                        http_port=-1,
+                        models=(MODEL,),
                     )
                 )
                 await server.start()

@@ -43,6 +43,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 for every interface.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="gRPC port (KServe v2 + FrameStream); 0 picks one.")] = 8001,
     metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port; -1 disables.")] = 8002,
+    http_port: Annotated[int, typer.Option(help="KServe v2 HTTP/REST port; -1 disables, 0 picks one.")] = 8000,
     model: Annotated[list[str] | None, typer.Option("--model", help="Load only these models (repeatable); default: all.")] = None,
     max_message_bytes: Annotated[int, typer.Option(help="Largest gRPC message accepted.")] = DEFAULT_MAX_MESSAGE_BYTES,
     max_frame_pixels: Annotated[int, typer.Option(help="Largest camera frame in pixels; bigger JPEG/PNG headers are refused before decoding.")] = DEFAULT_MAX_FRAME_PIXELS,
@@ -175,7 +176,7 @@ async def run_server(
     else:
         from server.hardware.planner import HardwarePlanner
 
-        planner = HardwarePlanner(planner_settings)
+        planner = HardwarePlanner(planner_settings, background=True)
         facts = await asyncio.to_thread(planner.facts)
         log.info(
             "hardware %s: %s, %d usable cores, isa %s, gpus %s, onnxruntime %s",

@@ -26,6 +26,7 @@ from server.grpc_api.frame_stream import FrameStreamServicer
 from server.grpc_api.kserve import KServeServicer
 from server.grpc_api.malformed import MalformedRequestInterceptor
 from server.grpc_api.server_info import DeviceFacts, ServerInfoServicer
+from server.http_api.kserve_http import HttpServer
 from server.metrics import ServerMetrics
 from server.runtime_plan import Planner
 from server.settings import ServerSettings
@@ -83,7 +84,9 @@ class EdgeServer:
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._metrics_http: Any = None
+        self._http: HttpServer | None = None
         self.port = 0
+        self.http_port = 0
         self.metrics_port = 0
 
     async def start(self) -> int:
@@ -129,16 +132,34 @@ class EdgeServer:
             self._stop_metrics()
             raise
         self._grpc = server
+        if self.settings.http_port >= 0:
+            await self._start_http()
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.settings.port_file is not None:
             self.settings.port_file.write_text(f"{self.port}\n", encoding="utf-8")
         log.info(
-            "edgefleet serving on %s:%d (metrics on %s)",
+            "edgefleet serving on %s:%d (HTTP on %s, metrics on %s)",
             self.settings.host, self.port,
+            self.http_port if self._http is not None else "off",
             self.metrics_port if self.settings.metrics_port >= 0 else "off",
         )  # fmt: skip
         return self.port
+
+    async def _start_http(self) -> None:
+        http = HttpServer(
+            self.core, self.settings.host, self.settings.http_port, self.settings.max_message_bytes
+        )
+        try:
+            self.http_port = await http.start()
+        except OSError as exc:
+            await http.stop()
+            await self.stop(grace_s=0)
+            raise PortInUse(
+                f"cannot serve HTTP on {self.settings.host}:{self.settings.http_port}: "
+                f"{exc.strerror}"
+            ) from exc
+        self._http = http
 
     def _start_metrics(self) -> None:
         if self.settings.metrics_port < 0:
@@ -168,6 +189,9 @@ class EdgeServer:
         """Drain: report NOT_SERVING, let in-flight RPCs finish within the grace, free models."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         await self._health.enter_graceful_shutdown()
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None

@@ -10,10 +10,7 @@ for editing, optionally with a preprocess and postprocess.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-import onnx
-from onnx import helper
+from typing import TYPE_CHECKING, Any
 
 from server.errors import InvalidManifest
 from server.manifest import (
@@ -25,6 +22,10 @@ from server.manifest import (
     TensorSpec,
     hash_directory,
 )
+
+if TYPE_CHECKING:
+    # Imported where used: a server that loads only manifested models never imports onnx.
+    import onnx
 
 DROPIN_FILENAME = "model.onnx"
 # Batch size for drop-in models whose tensors all start with a dynamic dimension.
@@ -48,6 +49,8 @@ def _dims(value_info: onnx.ValueInfoProto) -> list[Dim]:
 
 
 def _spec(value_info: onnx.ValueInfoProto, where: str) -> TensorSpec:
+    from onnx import helper
+
     tensor_type = value_info.type.tensor_type
     if not value_info.type.HasField("tensor_type"):
         raise InvalidManifest(f"{where}: tensor {value_info.name!r} is not a plain tensor")
@@ -68,6 +71,8 @@ def _spec(value_info: onnx.ValueInfoProto, where: str) -> TensorSpec:
 
 def onnx_metadata(model_path: Path) -> dict[str, str]:
     """The model's metadata_props (PaddleOCR keeps its character list there)."""
+    import onnx
+
     model = onnx.load(str(model_path), load_external_data=False)
     return {prop.key: prop.value for prop in model.metadata_props}
 
@@ -81,6 +86,8 @@ def manifest_from_onnx(
     extra: dict[str, Any] | None = None,
 ) -> ModelManifest:
     """Complete a manifest from `version_dir/model_file`; blocking (reads and hashes files)."""
+    import onnx
+
     where = f"{version_dir.parent.name}/{version_dir.name}"
     path = version_dir / model_file
     try:

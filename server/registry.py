@@ -4,6 +4,10 @@ Hot swap: a new version loads and warms up off the event loop beside the old one
 assignment makes it active. Requests hold a lease on the version they resolved, so the old
 version retires only after its last in-flight request finishes. A failed load leaves the
 active version untouched.
+
+A plan may leave work for later ("fp32 now, int8 pending"): the registry runs the planner's
+upgrade job in a child process while the version serves, then swaps the upgraded plan in the
+same way (or records on the serving version why it stays as it is).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 import logging
 import re
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from server.cascade import cascade_problem
@@ -26,9 +30,10 @@ from server.manifest import (
     read_manifest,
     verify_files,
 )
+from server.memory import release_free_memory
 from server.metrics import ServerMetrics
 from server.model_version import ModelVersion
-from server.runtime_plan import Planner, RuntimePlan
+from server.runtime_plan import Planner, RuntimePlan, UpgradeJob
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,8 @@ class ModelRegistry:
         self._versions_kept = versions_kept
         self._slots: dict[str, _ModelSlot] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        # Background plan upgrades (conversion children), one per loaded version at most.
+        self._upgrades: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     # ---- disk ----
 
@@ -237,6 +244,7 @@ class ModelRegistry:
             )  # fmt: skip
             if reloaded is not None:
                 self._retire(reloaded)
+            self._start_upgrade(fresh)
             while len(slot.loaded) > self._versions_kept:
                 oldest = next(iter(slot.loaded))
                 slot.reasons[oldest] = f"replaced by version {chosen}"
@@ -250,7 +258,88 @@ class ModelRegistry:
                 version_dir, manifest, pipeline_plan(manifest), self._metrics, members=self.resolve
             )
         plan = self._planner.plan(version_dir, manifest)
-        return ModelVersion(version_dir, manifest, plan, self._metrics)
+        return self._new_version(version_dir, manifest, plan)
+
+    def _new_version(
+        self, version_dir: Path, manifest: ModelManifest, plan: RuntimePlan
+    ) -> ModelVersion:
+        model = ModelVersion(version_dir, manifest, plan, self._metrics)
+        release_free_memory()  # what the load parsed and optimized and then freed
+        return model
+
+    # ---- background upgrades ----
+
+    def _start_upgrade(self, model: ModelVersion) -> None:
+        job = self._planner.upgrade_job(model.version_dir, model.manifest, model.plan)
+        key = (model.name, model.version)
+        previous = self._upgrades.pop(key, None)
+        if previous is not None:
+            previous.cancel()
+        if job is None:
+            return
+        task = asyncio.create_task(self._upgrade(model, job), name=f"upgrade-{key[0]}/{key[1]}")
+        self._upgrades[key] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self._upgrades.get(key) is done:
+                del self._upgrades[key]
+            if not done.cancelled() and done.exception() is not None:
+                log.error("model %s/%s upgrade failed", *key, exc_info=done.exception())
+
+        task.add_done_callback(forget)
+
+    async def _upgrade(self, model: ModelVersion, job: UpgradeJob) -> None:
+        """Run the job's child at its own pace; swap the upgraded plan in if it changes what
+        is loaded, else record its outcome on the serving version."""
+        loop = asyncio.get_running_loop()
+        process = await asyncio.create_subprocess_exec(
+            *job.argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        log.info("model %s/%s: %s pending (child pid %d)",
+                 model.name, model.version, model.plan.pending, process.pid)  # fmt: skip
+        try:
+            stdout, stderr = await process.communicate(job.stdin)
+        except asyncio.CancelledError:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            raise
+        returncode = process.returncode if process.returncode is not None else -1
+        try:
+            plan: RuntimePlan = await loop.run_in_executor(
+                self._load_executor, job.finish, returncode, stdout, stderr
+            )
+        except EdgeError as exc:  # the upgrade does not fit (memory): stay as we are
+            reasons = dict(model.plan.reasons)
+            reasons["precision"] = f"fp32 now, {model.plan.pending} not served: {exc}"
+            plan = replace(model.plan, pending="", reasons=reasons)
+        slot = self._slots.get(model.name)
+        if slot is None or slot.loaded.get(model.version) is not model:
+            return  # unloaded or replaced meanwhile
+        if (plan.model_file, plan.precision) == (model.plan.model_file, model.plan.precision):
+            # Rejected or failed: serving continues as it is; the reason is recorded.
+            model.plan = replace(model.plan, pending="", reasons=plan.reasons)
+            self._metrics.model_events.labels(model.name, model.version, "upgrade_rejected").inc()
+            return
+        fresh = await loop.run_in_executor(
+            self._load_executor, self._new_version, model.version_dir, model.manifest, plan
+        )
+        async with slot.lock:
+            fresh.start()
+            if slot.loaded.get(model.version) is not model:
+                self._retire(fresh)
+                return
+            slot.loaded[model.version] = fresh
+            if slot.active is model:
+                slot.active = fresh  # the switch, as in a hot swap: leases keep the old one
+            self._retire(model)
+            self._metrics.model_events.labels(model.name, model.version, "upgrade").inc()
+            why = plan.reasons.get("precision", "")
+            log.info("model %s version %s upgraded to %s (%s)",
+                     model.name, model.version, plan.precision, why)  # fmt: skip
 
     async def _load_members(self, manifest: ModelManifest) -> None:
         """Load every member a pipeline needs that is not loaded yet; name what is missing."""
@@ -297,12 +386,22 @@ class ModelRegistry:
 
     def _retire(self, version: ModelVersion) -> None:
         label = f"retire-{version.name}/{version.version}"
-        task = asyncio.create_task(version.retire(), name=label)
+        task = asyncio.create_task(self._retire_and_release(version), name=label)
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
+    @staticmethod
+    async def _retire_and_release(version: ModelVersion) -> None:
+        await version.retire()
+        await asyncio.to_thread(release_free_memory)
+
     async def close(self) -> None:
-        """Retire everything; in-flight requests finish first."""
+        """Stop upgrades (their children are killed); retire everything; in-flight requests
+        finish first."""
+        upgrades = list(self._upgrades.values())
+        for task in upgrades:
+            task.cancel()
+        await asyncio.gather(*upgrades, return_exceptions=True)
         for slot in self._slots.values():
             for model in slot.loaded.values():
                 self._retire(model)

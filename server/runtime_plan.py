@@ -8,7 +8,7 @@ from probed facts and a policy instead; both return the same `RuntimePlan`.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +41,8 @@ class RuntimePlan:
     reasons: Mapping[str, str] = field(default_factory=dict)
     # Decisions taken from the manifest or the command line, not made by the planner.
     pinned: frozenset[str] = frozenset()
+    # A precision being converted and judged in the background ("int8"); "" when none.
+    pending: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -50,9 +52,25 @@ class RuntimePlan:
         return data
 
 
+@dataclass(frozen=True)
+class UpgradeJob:
+    """Work that may give a loaded version a better plan: run `argv` with `stdin` (a child
+    process), then `finish(returncode, stdout, stderr)` (blocking) gives the plan to serve."""
+
+    argv: list[str]
+    stdin: bytes
+    finish: Callable[[int, bytes, bytes], RuntimePlan]
+
+
 class Planner(Protocol):
     def plan(self, version_dir: Path, manifest: ModelManifest) -> RuntimePlan:
-        """Decide how to run one model version. May be slow (quantize, autotune): runs off-loop."""
+        """Decide how to run one model version. May be slow (autotune): runs off-loop."""
+        ...
+
+    def upgrade_job(
+        self, version_dir: Path, manifest: ModelManifest, plan: RuntimePlan
+    ) -> UpgradeJob | None:
+        """The background work a plan with `pending` set waits for; None when there is none."""
         ...
 
 
@@ -71,6 +89,11 @@ class ManifestPlanner:
 
     def __init__(self, intra_op_threads: int | None = None) -> None:
         self._intra_op_threads = intra_op_threads
+
+    def upgrade_job(
+        self, version_dir: Path, manifest: ModelManifest, plan: RuntimePlan
+    ) -> UpgradeJob | None:
+        return None
 
     def plan(self, version_dir: Path, manifest: ModelManifest) -> RuntimePlan:
         pins = manifest.runtime

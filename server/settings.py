@@ -22,6 +22,8 @@ class ServerSettings(BaseSettings):
     host: str = "127.0.0.1"
     # 0 picks a free port (tests); the bound port is logged and written to `port_file`.
     port: int = Field(default=8001, ge=0, le=65535)
+    # KServe v2 HTTP/REST beside gRPC (Triton's customary 8000); -1 disables it, 0 picks one.
+    http_port: int = Field(default=8000, ge=-1, le=65535)
     # Prometheus endpoint; -1 disables it.
     metrics_port: int = Field(default=8002, ge=-1, le=65535)
     port_file: Path | None = None

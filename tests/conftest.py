@@ -73,6 +73,7 @@ def server_settings(repository: Path, **overrides: object) -> ServerSettings:
         "host": "127.0.0.1",
         "port": 0,
         "metrics_port": -1,
+        "http_port": -1,
         "shutdown_grace_s": 2.0,
     }
     values.update(overrides)

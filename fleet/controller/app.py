@@ -13,18 +13,39 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
+from fleet.controller.authz import ServiceAuthorization
 from fleet.controller.controller import FleetController
 from fleet.controller.grpc_api import AdminServicer, AgentServicer, EnrollmentServicer
 from fleet.controller.settings import ControllerSettings
 from fleet.controller.stores import describe, open_store
 from fleet.keys import TrustedKeys
-from fleet.pki import ADMIN_PREFIX, CertificateAuthority
-from protos.edgefleet.fleet.v1 import admin_pb2_grpc, agent_pb2_grpc
+from fleet.pki import ADMIN_PREFIX, DEVICE_PREFIX, CertificateAuthority
+from protos.edgefleet.fleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
 
 logger = logging.getLogger(__name__)
 ADMIN_CREDENTIAL = "admin-credential.json"
 # Bundles travel in chunks well under this; uploads too.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+def _authorization(controller: FleetController) -> ServiceAuthorization:
+    """The admin API takes admin certificates only; the agent API enrolled devices only."""
+
+    def admin(name: str) -> str | None:
+        return None if name.startswith(ADMIN_PREFIX) else "the admin API needs an admin certificate"
+
+    def device(name: str) -> str | None:
+        device_id = name.removeprefix(DEVICE_PREFIX)
+        if name.startswith(DEVICE_PREFIX) and controller.known(device_id):
+            return None
+        return "not an enrolled device certificate"
+
+    return ServiceAuthorization(
+        {
+            admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name: admin,
+            agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name: device,
+        }
+    )
 
 
 class ControllerApp:
@@ -62,7 +83,7 @@ class ControllerApp:
             ("grpc.keepalive_time_ms", 60_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
-        main = grpc.aio.server(options=options)
+        main = grpc.aio.server(options=options, interceptors=[_authorization(controller)])
         agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(controller), main)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(controller), main)
         mutual = grpc.ssl_server_credentials(

@@ -103,15 +103,22 @@ def judge(
     frozen_baseline: Mapping[str, float],
     min_devices: int,
     now: float,
+    min_baseline_devices: int | None = 0,
 ) -> tuple[Verdict, list[Measurement], dict[str, float]]:
-    """Judge every gate; return the wave's verdict, the measurements, and the baseline used."""
+    """Judge every gate; return the wave's verdict, the measurements, and the baseline used.
+
+    `min_devices` canary devices must report. The live baseline (devices still on the old
+    version) is used when `min_baseline_devices` of them report (0: `min_devices`; None: there
+    is no baseline cohort); otherwise `frozen_baseline`, taken before the rollout or from an
+    earlier wave. Absolute gates need no baseline."""
     canary_figures = cohort_figures(canary)
     baseline_note = ""
-    if len(baseline) >= min_devices:
+    need_baseline = min_devices if min_baseline_devices == 0 else min_baseline_devices
+    if need_baseline is not None and len(baseline) >= need_baseline:
         baseline_figures = cohort_figures(baseline)
     elif frozen_baseline:
         baseline_figures = dict(frozen_baseline)
-        baseline_note = "baseline frozen from an earlier wave (too few devices left on the old one)"
+        baseline_note = "baseline from before the rollout or an earlier wave (no live cohort)"
     else:
         baseline_figures = {}
     measurements: list[Measurement] = []
@@ -127,7 +134,10 @@ def judge(
             )
         elif threshold is None:
             verdict = Verdict.INCONCLUSIVE
-            notes.append(f"{len(baseline)} baseline devices reported, {min_devices} needed")
+            notes.append(
+                f"{len(baseline)} baseline devices reported, {need_baseline or min_devices} needed"
+                " and no baseline from before the rollout"
+            )
         else:
             verdict = Verdict.PASS if gate.holds(value, threshold) else Verdict.FAIL
         measurements.append(

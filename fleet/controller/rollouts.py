@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 
-from fleet.controller.gates import DeviceWindow, judge, parse_gate
+from fleet.controller.gates import DeviceWindow, cohort_figures, judge, parse_gate
 from fleet.controller.live import LiveFleet
 from fleet.controller.records import (
     PIN_SOURCE,
@@ -210,6 +210,13 @@ class RolloutEngine:
                 created_at=now,
                 updated_at=now,
             )
+            # The pre-rollout baseline: the same devices on the old version over the last bake
+            # length. Waves judge relative gates against it when too few devices are left on
+            # the old version (the last wave, a single 100% step, a small fleet).
+            loop_now = asyncio.get_running_loop().time()
+            before = self._windows(rollout, eligible, loop_now - spec.bake_s, new_version=False)
+            if before:
+                rollout.baseline = cohort_figures(before)
             await self._save(rollout)
             self._rollouts[rollout.rollout_id] = rollout
             self._spawn(rollout.rollout_id)
@@ -456,16 +463,21 @@ class RolloutEngine:
             canary = self._windows(rollout, canary_ids, started, new_version=True)
             baseline = self._windows(rollout, baseline_ids, started, new_version=False)
             gates = [parse_gate(text) for text in rollout.spec.gates]
+            # A cohort smaller than --min-devices needs every one of its devices, not more
+            # devices than exist: a 3-device fleet's 1-device canary can pass.
+            need_canary = min(rollout.spec.min_devices, max(len(canary_ids), 1))
+            need_baseline = min(rollout.spec.min_devices, max(len(baseline_ids), 1))
             verdict, measurements, used_baseline = judge(
                 gates,
                 index,
                 canary,
                 baseline,
                 rollout.baseline,
-                rollout.spec.min_devices,
+                need_canary,
                 time.time(),
+                min_baseline_devices=need_baseline if baseline_ids else None,
             )
-            if len(baseline) >= rollout.spec.min_devices:
+            if baseline_ids and len(baseline) >= need_baseline:
                 rollout.baseline = used_baseline
             await self._store.call(
                 self._store.store.add_measurements, rollout.rollout_id, measurements

@@ -11,6 +11,7 @@ import typer
 if TYPE_CHECKING:
     from server.hardware.facts import HardwareFacts
     from server.hardware.policy import PlannerSettings
+    from server.hardware.precision import GuardVerdict
     from server.runtime_plan import RuntimePlan
 
 
@@ -126,24 +127,30 @@ def probe(
     plan: RuntimePlan | None = None
     error: str | None = None
     label: str | None = None
+    verdict: GuardVerdict | None = None
     if model is not None:
         version_dir = resolve_version_dir(model)
+        planner = HardwarePlanner(settings, facts=facts)
         try:
             manifest = read_manifest(version_dir)
             label = f"{manifest.name}/{manifest.version}"
-            plan = HardwarePlanner(settings, facts=facts).plan(version_dir, manifest)
+            plan = planner.plan(version_dir, manifest)
         except EdgeError as exc:
             error = str(exc)
+        verdict = planner.last_verdict
     if output == "json":
         payload = {
             "facts": facts.to_dict(),
             "model": label,
             "plan": plan.to_dict() if plan else None,
+            "guard": _guard_json(verdict, settings) if verdict else None,
             "error": error,
         }
         typer.echo(json.dumps(payload, indent=2, sort_keys=True))
     else:
         _print_tables(facts, label, plan, error)
+        if verdict is not None:
+            _print_guard(verdict, settings)
     if error is not None:
         raise typer.Exit(1)
 
@@ -209,6 +216,70 @@ def _print_tables(
         console.print(plan_table)
     if error is not None:
         console.print(f"[red]plan refused for {label or 'model'}:[/red] {error}")
+
+
+def _guard_json(verdict: GuardVerdict, settings: PlannerSettings) -> dict[str, Any]:
+    thresholds = settings.thresholds()
+    return {
+        "precision": verdict.precision,
+        "recipe": verdict.recipe,
+        "accepted": verdict.passes(thresholds),
+        "checks": [
+            {
+                "metric": c.metric,
+                "value": c.value,
+                "op": c.op,
+                "threshold": c.threshold,
+                "gating": c.gating,
+                "passed": c.passed,
+            }
+            for c in verdict.checks(thresholds)
+        ],  # fmt: skip
+        "metrics": verdict.metrics,
+        "calibration": verdict.calibration,
+        "evaluation": verdict.evaluation,
+        "speed_ms": verdict.speed_ms,
+    }
+
+
+def _print_guard(verdict: GuardVerdict, settings: PlannerSettings) -> None:
+    """The accuracy guard's verdict: one row per metric, its threshold and the result."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from server.hardware.guard import LABELS, confident_note, format_value
+
+    thresholds = settings.thresholds()
+    accepted = verdict.passes(thresholds)
+    table = Table(
+        title=f"Accuracy guard: {verdict.precision} ({verdict.recipe}) vs fp32 -> "
+        f"{'accepted' if accepted else 'rejected'}"
+    )
+    for column in ("metric", "value", "needs", "result"):
+        table.add_column(column)
+    for check in verdict.checks(thresholds):
+        needs = f"{check.op} {format_value(check.metric, check.threshold)}" if check.gating else ""
+        result = ("ok" if check.passed else "FAILS") if check.gating else "reported"
+        table.add_row(
+            LABELS.get(check.metric, check.metric),
+            format_value(check.metric, check.value),
+            needs,
+            result,
+        )
+    if verdict.speed_ms:
+        table.add_row(
+            "batch-1 ms (fp32 / candidate)",
+            f"{verdict.speed_ms.get('fp32', 0):.1f} / {verdict.speed_ms.get('candidate', 0):.1f}",
+            "",
+            "reported",
+        )
+    console = Console()
+    console.print(table)
+    note = confident_note(verdict.metrics, thresholds)
+    console.print(
+        f"judged on {verdict.evaluation}{'; ' + note if note else ''}; "
+        f"calibrated on {verdict.calibration}"
+    )
 
 
 def _gib(value: int | None) -> str:

@@ -48,6 +48,28 @@ class Footprint:
         return instances * (self.weights_at(precision) + self.activations_at(precision, batch))
 
 
+def stored_footprint(model_sha256: str, cache_dir: Path) -> Footprint | None:
+    try:
+        path = cache_dir / f"footprint-{model_sha256[:16]}.json"
+        return Footprint(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def estimate_footprint(model_path: Path, manifest: ModelManifest) -> Footprint:
+    """Without reading the graph (no onnx import, milliseconds): the file size as weights and
+    a multiple of the input as activations. The conversion child measures the real one."""
+    input_bytes = sum(_spec_bytes(spec.fixed_dims(), spec.dtype) for spec in manifest.inputs)
+    return Footprint(
+        weights_bytes=model_path.stat().st_size,
+        activation_bytes_per_sample=input_bytes * TORCHSCRIPT_ACTIVATION_FACTOR,
+        method=(
+            f"estimated: file size, activations {TORCHSCRIPT_ACTIVATION_FACTOR}x the input "
+            "(not measured yet)"
+        ),
+    )
+
+
 def cached_footprint(
     model_path: Path, manifest: ModelManifest, model_sha256: str, cache_dir: Path
 ) -> Footprint:
@@ -119,6 +141,16 @@ def _onnx_footprint(model_path: Path) -> Footprint:
     graph = model.graph
     initializers = {init.name for init in graph.initializer}
     weights = sum(numpy_helper.to_array(init).nbytes for init in graph.initializer)
+    # Exporters (paddle2onnx, say) often store weights as Constant nodes, not initializers.
+    weights += sum(
+        numpy_helper.to_array(attribute.t).nbytes
+        for node in graph.node
+        if node.op_type == "Constant"
+        for attribute in node.attribute
+        if attribute.name == "value"
+    )
+    # Weights stored where neither is read (subgraphs, odd exporters): the file is the floor.
+    weights = max(weights, model_path.stat().st_size // 2)
     inferred = _infer_shapes_at_batch_one(model, model_path)
 
     sizes: dict[str, int] = {}

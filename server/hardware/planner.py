@@ -1,30 +1,40 @@
 """The hardware planner: facts + manifest + policy -> a RuntimePlan that says why.
 
-`draft_plan` decides from facts; this class makes the draft real: it converts to the chosen
-precision and admits the result only through the accuracy guard, autotunes when asked, and
-logs the plan. It implements `server.runtime_plan.Planner`; `plan` blocks (quantization and
-autotune take seconds), so the server calls it off the event loop.
+`draft_plan` decides from facts; this class makes the draft real. A reduced precision is only
+served once the accuracy guard admitted it on this device. With `background=True` (the server)
+a model whose conversion is not cached yet is served at once in fp32 ("fp32 now, int8
+pending"), and `upgrade_job` hands the registry the conversion to run in a child process; the
+registry hot-swaps the accepted plan in. Otherwise (probe, benchmarks, a pinned precision) the
+same child runs before `plan` returns. Autotune runs in `plan`, which the server calls off the
+event loop. The serving process never imports onnx or the quantization tooling.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import subprocess
 import threading
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from server.errors import PlanRefused
+from server.hardware import convert_job, trust
 from server.hardware.autotune import autotune, candidate_batches, candidate_threads
-from server.hardware.calibration import calibration_set
 from server.hardware.decide import GPU_PROVIDERS, draft_plan, fit_memory
 from server.hardware.facts import HardwareFacts
-from server.hardware.footprint import Footprint, cached_footprint
+from server.hardware.footprint import (
+    Footprint,
+    cached_footprint,
+    estimate_footprint,
+    stored_footprint,
+)
 from server.hardware.policy import PlannerSettings
-from server.hardware.precision import cache_dir_for, convert_with_guard
+from server.hardware.precision import Conversion, GuardVerdict, cached_conversion
 from server.hardware.probe import probe_hardware
 from server.manifest import ModelManifest, sha256_file
-from server.runtime_plan import RuntimePlan
+from server.runtime_plan import RuntimePlan, UpgradeJob
 
 logger = logging.getLogger(__name__)
 
@@ -35,18 +45,32 @@ class HardwarePlanner:
         settings: PlannerSettings,
         facts: HardwareFacts | None = None,
         probe: Callable[[], HardwareFacts] = probe_hardware,
+        *,
+        background: bool = False,
     ) -> None:
         """With `facts`, every plan uses them (recorded profiles, tests). Without, the device is
-        probed again for each plan, so free memory counts the models loaded before it."""
+        probed again for each plan, so free memory counts the models loaded before it.
+        `background`: convert in the background (serve fp32 meanwhile) and never import onnx
+        in this process; otherwise convert before `plan` returns."""
         self._settings = settings
         self._fixed = facts is not None
         self._facts = facts
         self._probe = probe
+        self._background = background
         self._lock = threading.Lock()
+        self._cache_dir = trust.owned_dir(settings.cache_dir or trust.default_cache_dir())
+        self._key: bytes | None = None
+        self._drafts: dict[tuple[str, str], RuntimePlan] = {}
+        # The accuracy guard's last verdict (for `edgefleet probe`'s table).
+        self.last_verdict: GuardVerdict | None = None
 
     @property
     def settings(self) -> PlannerSettings:
         return self._settings
+
+    @property
+    def cache_dir(self) -> Path:
+        return self._cache_dir
 
     def facts(self) -> HardwareFacts:
         """The latest facts (probing now if there are none yet); never blocks for long."""
@@ -67,19 +91,27 @@ class HardwarePlanner:
             logger.debug("hardware probe skipped %s", line)
         return facts
 
+    def _device_key(self) -> bytes:
+        with self._lock:
+            if self._key is None:
+                self._key = trust.device_key(self._settings.device_key_file)
+            return self._key
+
+    def _footprint(self, version_dir: Path, manifest: ModelManifest, model_file: str) -> Footprint:
+        path = version_dir / model_file
+        sha = manifest.files.get(model_file) or sha256_file(path)
+        if self._background:
+            # Measuring reads the graph with onnx: the conversion child does it and caches it.
+            return stored_footprint(sha, self._cache_dir) or estimate_footprint(path, manifest)
+        return cached_footprint(path, manifest, sha, self._cache_dir)
+
     def plan(self, version_dir: Path, manifest: ModelManifest) -> RuntimePlan:
         facts = self._current_facts()
         footprints: dict[str, Footprint] = {}
 
         def footprint_of(model_file: str) -> Footprint:
             if model_file not in footprints:
-                path = version_dir / model_file
-                footprints[model_file] = cached_footprint(
-                    path,
-                    manifest,
-                    manifest.files.get(model_file) or sha256_file(path),
-                    cache_dir_for(version_dir, self._settings.cache_dir),
-                )
+                footprints[model_file] = self._footprint(version_dir, manifest, model_file)
             return footprints[model_file]
 
         plan = draft_plan(manifest, facts, self._settings, footprint_of)
@@ -97,71 +129,169 @@ class HardwarePlanner:
         log_plan(manifest, plan)
         return plan
 
-    def _apply_precision(
+    # ---- precision: the guard's verdict, cached or computed in a child process ----
+
+    def _request(
         self, plan: RuntimePlan, version_dir: Path, manifest: ModelManifest
+    ) -> tuple[list[str], convert_job.ConvertRequest]:
+        settings = self._settings
+        source = version_dir / plan.model_file
+        argv, nice = convert_job.command(settings.conversion_nice)
+        return argv, convert_job.ConvertRequest(
+            version_dir=str(version_dir.resolve()),
+            model_file=plan.model_file,
+            model_sha256=manifest.files.get(plan.model_file) or sha256_file(source),
+            precision=plan.precision,
+            recipe=settings.int8_recipe,
+            providers=list(plan.providers),
+            cache_dir=str(self._cache_dir),
+            key_file=str(settings.device_key_file) if settings.device_key_file else None,
+            calibration_dir=str(settings.calibration_dir) if settings.calibration_dir else None,
+            thresholds=asdict(settings.thresholds()),
+            fingerprint=self.facts().fingerprint,
+            nice=nice,
+        )
+
+    def _cached(self, request: convert_job.ConvertRequest) -> Conversion | None:
+        return cached_conversion(
+            model_sha256=request.model_sha256,
+            precision=request.precision,
+            recipe=request.recipe,
+            cache_dir=self._cache_dir,
+            key=self._device_key(),
+            thresholds=self._settings.thresholds(),
+            fingerprint=request.fingerprint,
+        )
+
+    def _apply_precision(
+        self, draft: RuntimePlan, version_dir: Path, manifest: ModelManifest
+    ) -> RuntimePlan:
+        argv, request = self._request(draft, version_dir, manifest)
+        found = self._cached(request)
+        if found is not None:
+            return self._decide(draft, version_dir, manifest, found, None)
+        if self._background and "precision" not in draft.pinned:
+            reasons = dict(draft.reasons)
+            why = reasons.get("precision", draft.precision).removesuffix(
+                "; pending the accuracy guard"
+            )
+            reasons["precision"] = (
+                f"fp32 now, {draft.precision} pending: converting and running the accuracy "
+                f"guard in the background ({why})"
+            )
+            with self._lock:
+                self._drafts[(str(version_dir), request.model_sha256)] = draft
+            return replace(draft, precision="fp32", reasons=reasons, pending=draft.precision)
+        completed = subprocess.run(argv, input=request.to_json(), capture_output=True, check=False)
+        return self._finish(
+            draft,
+            version_dir,
+            manifest,
+            request,
+            completed.returncode,
+            completed.stdout,
+            completed.stderr,
+        )
+
+    def upgrade_job(
+        self, version_dir: Path, manifest: ModelManifest, plan: RuntimePlan
+    ) -> UpgradeJob | None:
+        if not plan.pending:
+            return None
+        draft = replace(plan, precision=plan.pending, pending="")
+        argv, request = self._request(draft, version_dir, manifest)
+        with self._lock:
+            # The draft's own reasons (why this precision), not the "pending" wording.
+            original = self._drafts.pop((str(version_dir), request.model_sha256), None)
+        if original is not None:
+            draft = replace(draft, reasons=original.reasons)
+
+        def finish(returncode: int, stdout: bytes, stderr: bytes) -> RuntimePlan:
+            upgraded = self._finish(
+                draft, version_dir, manifest, request, returncode, stdout, stderr
+            )
+            facts = self._current_facts()
+            footprint = self._footprint(version_dir, manifest, manifest_file(upgraded, manifest))
+            upgraded = fit_memory(upgraded, manifest, facts, self._settings, footprint)
+            log_plan(manifest, upgraded)
+            return upgraded
+
+        return UpgradeJob(argv=argv, stdin=request.to_json(), finish=finish)
+
+    def _finish(
+        self,
+        draft: RuntimePlan,
+        version_dir: Path,
+        manifest: ModelManifest,
+        request: convert_job.ConvertRequest,
+        returncode: int,
+        stdout: bytes,
+        stderr: bytes,
+    ) -> RuntimePlan:
+        found = self._cached(request) if returncode == 0 else None
+        if found is not None:
+            # Read back from the cache, but converted just now unless the child said otherwise.
+            fresh = b'"cached": true' not in stdout
+            found = replace(found, cached=found.cached and not fresh)
+            return self._decide(draft, version_dir, manifest, found, None)
+        if returncode < 0:
+            try:
+                name = signal.Signals(-returncode).name
+            except ValueError:
+                name = str(-returncode)
+            failure = f"{draft.precision} conversion process killed by {name}"
+        else:
+            lines = stderr.decode(errors="replace").strip().splitlines()
+            cause = lines[-1] if lines else f"exit code {returncode}"
+            if returncode == 0:
+                cause = "no verdict signed by this device was stored"
+            # The reason reaches clients: name the model, not where it lives.
+            for where, shown in ((str(version_dir.resolve()), manifest.name),
+                                 (str(self._cache_dir), "<cache>")):  # fmt: skip
+                cause = cause.replace(where, shown)
+            failure = f"{draft.precision} conversion failed ({cause})"
+        logger.warning("%s/%s: %s", manifest.name, manifest.version, failure)
+        return self._decide(draft, version_dir, manifest, None, failure)
+
+    def _decide(
+        self,
+        draft: RuntimePlan,
+        version_dir: Path,
+        manifest: ModelManifest,
+        conversion: Conversion | None,
+        failure: str | None,
     ) -> RuntimePlan:
         settings = self._settings
-        reasons = dict(plan.reasons)
-        pinned = "precision" in plan.pinned
-        why = reasons.get("precision", plan.precision).removesuffix("; pending the accuracy guard")
-        source = version_dir / plan.model_file
-        try:
-            calibration = calibration_set(manifest, settings.calibration_dir)
-            conversion = convert_with_guard(
-                model_path=source,
-                model_sha256=manifest.files.get(plan.model_file) or sha256_file(source),
-                manifest=manifest,
-                precision=plan.precision,
-                calibration=calibration,
-                cache_dir=cache_dir_for(version_dir, settings.cache_dir),
-                providers=plan.providers,
-                min_agreement=settings.min_top1_agreement,
-                max_error=settings.max_relative_error,
-                fingerprint=self.facts().fingerprint,
+        reasons = dict(draft.reasons)
+        pinned = "precision" in draft.pinned
+        precision = draft.precision
+        why = reasons.get("precision", precision).removesuffix("; pending the accuracy guard")
+        why = why.removeprefix(f"{precision}: ")
+        self.last_verdict = conversion.verdict if conversion is not None else None
+        if conversion is None:
+            failing = failure or f"{precision} conversion failed"
+        elif conversion.accepted and conversion.path is not None:
+            verdict = conversion.verdict.describe(settings.thresholds())
+            cached = " (cached)" if conversion.cached else ""
+            reasons["precision"] = f"{precision} accepted{cached}: {why}; accuracy guard: {verdict}"
+            reasons["model_file"] = (
+                f"{precision} copy of {draft.model_file}, converted and signed on this device"
             )
-        except Exception as exc:  # quantizers fail on odd graphs in many ways
-            logger.warning(
-                "%s/%s: %s conversion failed",
-                manifest.name,
-                manifest.version,
-                plan.precision,
-                exc_info=True,
-            )
-            # The traceback is in the log; the reason reaches clients, so it names no paths.
-            failure = f"{plan.precision} conversion failed ({type(exc).__name__})"
-            if pinned:
-                raise PlanRefused(
-                    f"{manifest.name}/{manifest.version}: precision {plan.precision} is pinned "
-                    f"but {failure}"
-                ) from exc
-            reasons["precision"] = f"fp32: {failure}"
-            return replace(plan, precision="fp32", reasons=reasons)
-
-        verdict = conversion.verdict
-        threshold = (
-            f">= {settings.min_top1_agreement:.0%}"
-            if verdict.metric == "top1_agreement"
-            else f"<= {settings.max_relative_error:g}"
-        )
-        if conversion.accepted and conversion.path is not None:
-            reasons["precision"] = (
-                f"{why}; accuracy guard passed: {verdict.describe()} ({verdict.calibration}), "
-                f"needs {threshold}"
-            )
-            reasons["model_file"] = f"{plan.precision} copy cached by sha256 of {plan.model_file}"
             return replace(
-                plan, model_file=relative_if_inside(conversion.path, version_dir), reasons=reasons
+                draft, model_file=relative_if_inside(conversion.path, version_dir), reasons=reasons
             )
-        failing = (
-            f"{plan.precision} failed the accuracy guard: {verdict.describe()}, needs {threshold}"
-        )
+        else:
+            failing = (
+                f"{precision} rejected by the accuracy guard: "
+                f"{conversion.verdict.describe(settings.thresholds())}"
+            )
         if pinned:
             raise PlanRefused(
-                f"{manifest.name}/{manifest.version}: precision {plan.precision} is pinned but "
+                f"{manifest.name}/{manifest.version}: precision {precision} is pinned but "
                 f"{failing}; it is never served"
             )
-        reasons["precision"] = f"fp32: {failing}"
-        return replace(plan, precision="fp32", reasons=reasons)
+        reasons["precision"] = f"fp32 now, {failing}"
+        return replace(draft, precision="fp32", reasons=reasons)
 
     def _autotune_wanted(self, manifest: ModelManifest, plan: RuntimePlan) -> bool:
         # The command line (or environment) first, then the manifest, then the policy.
@@ -200,7 +330,7 @@ class HardwarePlanner:
             threads=threads,
             batches=batches,
             fingerprint=facts.fingerprint,
-            cache_dir=cache_dir_for(version_dir, settings.cache_dir),
+            cache_dir=self._cache_dir,
             time_budget_s=settings.autotune_time_s,
             queue_delay_ms=plan.max_queue_delay_us / 1000,
             latency_budget_ms=settings.latency_budget_ms,

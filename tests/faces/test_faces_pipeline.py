@@ -186,3 +186,32 @@ async def test_manifest_thresholds_apply(faces_server):
     await faces_server.core.load_model("faces", "2")
     (result,) = await stream(faces_server.port, [photo("astronaut")])
     assert result.model_version == "2" and len(result.detections) == 0
+
+
+async def test_a_live_camera_gets_whole_frames_and_the_freshest_one(faces_server):
+    """DROP_OLDEST with one frame in flight, frames sent far faster than the cascade runs: each
+    frame is answered whole (all stages, its faces) or reported dropped, never half-done, and
+    the last frame sent is answered."""
+    image = frame_with_faces(640, 480, 1).image
+    count = 12
+    requests = [
+        fs.StreamRequest(
+            open=fs.StreamOpen(
+                model_name="faces",
+                encoding=fs.FRAME_ENCODING_RAW_RGB,
+                max_in_flight=1,
+                overload_policy=fs.OVERLOAD_POLICY_DROP_OLDEST,
+            )
+        )  # fmt: skip
+    ] + [raw_frame(sequence, image) for sequence in range(count)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{faces_server.port}") as channel:
+        stub = fs_grpc.FrameStreamServiceStub(channel)
+        replies = [reply async for reply in stub.Stream(iter(requests))]
+    answered = [reply.result for reply in replies if reply.WhichOneof("kind") == "result"]
+    dropped = [seq for reply in replies if reply.WhichOneof("kind") == "dropped"
+               for seq in reply.dropped.sequences]  # fmt: skip
+    assert not [reply for reply in replies if reply.WhichOneof("kind") == "error"]
+    sequences = [result.sequence for result in answered]
+    assert sorted(sequences + dropped) == list(range(count))
+    assert dropped and sequences[-1] == count - 1
+    assert all(len(result.detections) == 1 for result in answered)

@@ -101,6 +101,7 @@ async def start_node(
         "repository": repository,
         "port": 0,
         "metrics_port": -1,
+        "http_port": -1,
         "models": (MODEL,),
     }
     server = EdgeServer(ServerSettings.model_validate(server_values | (server_overrides or {})))

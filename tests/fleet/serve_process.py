@@ -70,6 +70,7 @@ class ServeProcess:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "edgefleet.cli", "serve",
             "--repository", str(self.repository), "--port", "0", "--metrics-port", "-1",
+            "--http-port", "-1",
             "--port-file", str(port_file), "--planner", "manifest",
             "--controller", f"127.0.0.1:{self.controller_port}",
             "--enroll-address", f"127.0.0.1:{self.enroll_port}",

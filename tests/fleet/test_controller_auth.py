@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from typing import Any
 
 import grpc
 import pytest
@@ -119,3 +120,50 @@ async def test_removed_device_is_cut_off_and_refused(tmp_path, controller, admin
         assert node.active() == "1"
     finally:
         await node.stop()
+
+
+async def test_every_admin_method_refuses_a_device_before_any_servicer_code_runs(controller, admin):
+    """Authorization is one interceptor per service (issue 11, item 11): every AdminService
+    method the proto declares, including ones added later, refuses a device certificate with
+    PERMISSION_DENIED; the agent API refuses the admin certificate."""
+    token = await admin.stub.CreateEnrollmentToken(admin_pb2.CreateEnrollmentTokenRequest())
+    key, response = await _enroll(controller, token.token, "cam-7")
+    device = AdminCredential(
+        address=f"127.0.0.1:{controller.port}",
+        ca_pem=response.ca_certificate_pem,
+        certificate_pem=response.certificate_pem,
+        key_pem=private_key_pem(key),
+    )
+    service = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
+    refused = {}
+    async with device.channel() as channel:
+        for method in service.methods:
+            path = f"/{service.full_name}/{method.name}"
+            try:
+                if method.client_streaming:
+                    call: Any = channel.stream_unary(path)
+
+                    async def one():
+                        yield b""  # every request message parses from zero bytes
+
+                    await call(one(), timeout=10)
+                elif method.server_streaming:
+                    streaming: Any = channel.unary_stream(path)
+                    async for _ in streaming(b"", timeout=10):
+                        pass
+                else:
+                    unary: Any = channel.unary_unary(path)
+                    await unary(b"", timeout=10)
+                refused[method.name] = "OK"
+            except grpc.aio.AioRpcError as error:
+                refused[method.name] = error.code().name
+    assert len(refused) >= 14
+    assert set(refused.values()) == {"PERMISSION_DENIED"}, refused
+
+    credential = AdminCredential.load(controller.admin_credential_path)
+    async with credential.channel(f"127.0.0.1:{controller.port}") as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as agent_refused:
+            async for _ in stub.Download(agent_pb2.DownloadRequest(bundle_sha256="ab" * 32)):
+                pass
+    assert agent_refused.value.code() == grpc.StatusCode.PERMISSION_DENIED

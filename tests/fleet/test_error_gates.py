@@ -41,7 +41,9 @@ async def test_runtime_failures_are_counted_for_unary_stream_and_framestream(tmp
     repository = tmp_path / "repo"
     build_poisoned_model_dir(repository, "vec", "1")
     build_poisoned_model_dir(repository, "cam", "1", image=True)
-    server = EdgeServer(ServerSettings(repository=repository, port=0, metrics_port=-1))
+    server = EdgeServer(
+        ServerSettings(repository=repository, port=0, metrics_port=-1, http_port=-1)
+    )
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:

@@ -94,3 +94,28 @@ async def test_pinned_and_unmatched_devices_are_not_eligible(tmp_path):
         await engine.create(spec.model_copy(update={"steps": [50, 10, 100]}), bundle, devices, [])
     await engine.stop()
     store.close()
+
+
+def test_rules_for_a_ten_thousand_device_fleet():
+    """Issue 11, item 6, the large fleet: a 1% canary (100 devices) is judged against the 9,900
+    still on the old version; one bad device in 100 does not fail a p95 gate judged on the
+    median device, but its errors count in the pooled error rate; the last wave, with no
+    device left on the old version, is judged against the baseline kept from earlier."""
+    gates = [parse_gate("p95_latency_ms <= 1.2*baseline"), parse_gate("error_rate < 0.01")]
+    baseline = [_window(f"b{i}", 10.0) for i in range(9_900)]
+    canary = [_window(f"c{i}", 10.5) for i in range(99)] + [_window("c99", 80.0)]
+    verdict, measurements, used = judge(gates, 0, canary, baseline, {}, 3, 0.0)
+    assert verdict == Verdict.PASS
+    assert measurements[0].baseline_devices == 9_900 and used["p95_latency_ms"] == 10.0
+    erring = [*canary[:-1], _window("c99", 10.0, errors=200, requests=200)]
+    failed, _, _ = judge(gates, 0, erring, baseline, {}, 3, 0.0)
+    assert failed == Verdict.FAIL  # 200 errors in 10,100 requests: 1.98%
+    final, measurements, _ = judge(
+        gates, 3, [_window(f"c{i}", 10.5) for i in range(10_000)], [], used, 3, 0.0,
+        min_baseline_devices=None,
+    )  # fmt: skip
+    assert final == Verdict.PASS
+    assert "before the rollout or an earlier wave" in measurements[0].note
+    # An absolute gate needs no baseline cohort at all.
+    alone, _, _ = judge([parse_gate("error_rate < 0.01")], 0, canary, [], {}, 3, 0.0, None)
+    assert alone == Verdict.PASS

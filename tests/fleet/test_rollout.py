@@ -102,9 +102,10 @@ async def test_canary_fail_rolls_back_and_why_shows_the_numbers(
     assert latency.canary_devices == 1 and latency.baseline_devices == 2
 
 
-async def test_too_few_reporting_devices_pauses_and_never_promotes(
-    tmp_path, admin, nodes, signing_keys
-):
+async def test_an_idle_fleet_pauses_and_never_promotes(tmp_path, admin, nodes, signing_keys):
+    for node in nodes:  # night: no camera sends a frame
+        assert node.traffic is not None
+        node.traffic.cancel()
     bundle = await upload(admin, tmp_path, signing_keys, "2")
     created = await admin.stub.CreateRollout(
         rollout_request(bundle, min_devices=3, bake_s=1.0, gates=LENIENT_GATES)
@@ -114,12 +115,36 @@ async def test_too_few_reporting_devices_pauses_and_never_promotes(
         lambda: _in_state(admin, rollout_id, STATE.ROLLOUT_STATE_PAUSED), 30, "pause"
     )
     assert rollout.waves[0].verdict == admin_pb2.VERDICT_INCONCLUSIVE
-    assert "1 wave devices reported enough traffic, 3 needed" in rollout.reason
+    assert "0 wave devices reported enough traffic, 1 needed" in rollout.reason
     await asyncio.sleep(2.0)
     rollout = await rollout_state(admin, rollout_id)
     assert rollout.state == STATE.ROLLOUT_STATE_PAUSED
     assert rollout.current_wave == 0
     assert sorted(node.active() for node in nodes) == ["1", "1", "2"]
+
+
+async def test_a_three_device_fleet_passes_with_min_devices_3_and_relative_gates(
+    tmp_path, admin, nodes, signing_keys
+):
+    """Issue 11, item 6: a 1-device canary on a 3-device fleet needs that one device, not 3;
+    the last wave (no device left on the old version) is judged against the baseline the same
+    devices had before the rollout."""
+    await asyncio.sleep(1.5)  # a pre-rollout window of telemetry on version 1
+    bundle = await upload(admin, tmp_path, signing_keys, "2")
+    created = await admin.stub.CreateRollout(
+        rollout_request(bundle, steps=[34, 100], min_devices=3, gates=LENIENT_GATES)
+    )
+    rollout = await wait_for(
+        lambda: finished(admin, created.rollout.rollout_id), 60, "rollout", describe=lambda: LAST
+    )
+    assert rollout.state == STATE.ROLLOUT_STATE_SUCCEEDED, rollout.reason
+    assert [wave.target_devices for wave in rollout.waves] == [2, 1]
+    explained = await admin.stub.ExplainRollout(
+        admin_pb2.ExplainRolloutRequest(rollout_id=rollout.rollout_id)
+    )
+    last = [m for m in explained.measurements if m.wave == 1 and m.metric == "p95_latency_ms"]
+    assert last and last[0].baseline_devices == 0 and last[0].verdict == admin_pb2.VERDICT_PASS
+    assert "before the rollout" in last[0].note
 
 
 async def _in_state(admin, rollout_id: str, state: int) -> admin_pb2.Rollout | None:

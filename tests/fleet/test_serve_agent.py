@@ -19,6 +19,7 @@ async def test_serve_with_controller_enrolls_and_reports(tmp_path, controller, a
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "edgefleet.cli", "serve",
         "--repository", str(tmp_path / "repo"), "--port", "0", "--metrics-port", "-1",
+        "--http-port", "-1",
         "--planner", "manifest",
         "--controller", f"127.0.0.1:{controller.port}",
         "--enroll-address", f"127.0.0.1:{controller.enroll_port}",

@@ -28,8 +28,8 @@ SIDE = 32
 CLASSES = 5
 
 
-def _classifier(outlier: float | None) -> onnx.ModelProto:
-    rng = np.random.default_rng(7)
+def _classifier(outlier: float | None, seed: int = 7) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
     features = 3 * SIDE * SIDE
     weights = (rng.standard_normal((features, CLASSES)) / np.sqrt(features)).astype(np.float32)
     scale = np.ones((1, 3, SIDE, SIDE), dtype=np.float32)
@@ -59,7 +59,7 @@ def _classifier(outlier: float | None) -> onnx.ModelProto:
 
 
 def write_classifier(
-    repository: Path, name: str, *, outlier: float | None, raw: bool = False
+    repository: Path, name: str, *, outlier: float | None, raw: bool = False, seed: int = 7
 ) -> Path:
     """Write `<repository>/<name>/1/` with model.onnx and a manifest; returns the version dir.
 
@@ -67,7 +67,7 @@ def write_classifier(
     guard compares relative error on synthetic inputs instead of top-1 on photographs."""
     version_dir = repository / name / "1"
     version_dir.mkdir(parents=True)
-    onnx.save(_classifier(outlier), str(version_dir / "model.onnx"))
+    onnx.save(_classifier(outlier, seed), str(version_dir / "model.onnx"))
     (version_dir / "labels.txt").write_text(
         "\n".join(f"class {index}" for index in range(CLASSES)) + "\n"
     )

@@ -20,7 +20,7 @@ from tests.server.kserve_helpers import infer_request
 
 
 async def main(repository: Path) -> None:
-    server = EdgeServer(ServerSettings(repository=repository, port=0, metrics_port=0))
+    server = EdgeServer(ServerSettings(repository=repository, port=0, metrics_port=0, http_port=-1))
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = kserve_grpc.GRPCInferenceServiceStub(channel)

@@ -118,3 +118,35 @@ def test_model_check_of_a_pipeline_names_a_missing_member(tmp_path, built_models
     checked = CliRunner().invoke(build_app(), ["model", "check", str(repo / "ppocr" / "1")])
     assert checked.exit_code == 1
     assert f"member model {member!r} is not in" in checked.output
+
+
+async def test_a_bare_onnx_file_serves_over_http_json(tmp_path, built_models, preprocessed):
+    import io
+
+    import aiohttp
+    import numpy as np
+
+    repo = tmp_path / "repo"
+    drop_in(repo)
+    server = EdgeServer(server_settings(repo, http_port=0))
+    await server.start()
+    base = f"http://127.0.0.1:{server.http_port}/v2/models/plain_onnx"
+    tensor = preprocessed("chelsea")
+    body = {
+        "inputs": [{"name": "input", "shape": list(tensor.shape), "datatype": "FP32",
+                    "data": tensor.reshape(-1).tolist()}],
+    }  # fmt: skip
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(base) as reply:
+                metadata = await reply.json()
+            payload = io.BytesIO(json.dumps(body).encode())
+            async with session.post(f"{base}/infer", data=payload) as reply:
+                assert reply.status == 200, await reply.text()
+                answer = await reply.json()
+    finally:
+        await server.stop(grace_s=1.0)
+    assert metadata["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 224, 224]}]
+    (output,) = answer["outputs"]
+    assert output["name"] == "logits" and output["shape"] == [1, 1000]
+    assert int(np.argmax(output["data"])) in CAT_IDS

@@ -23,7 +23,7 @@ async def test_sigterm_answers_every_accepted_frame_then_exits_zero(
     port_file = tmp_path / "port"
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "edgefleet.cli", "serve", "--repository", str(repository),
-        "--port", "0", "--metrics-port", "-1", "--port-file", str(port_file),
+        "--port", "0", "--metrics-port", "-1", "--http-port", "-1", "--port-file", str(port_file),
         "--shutdown-grace-s", "20",
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip

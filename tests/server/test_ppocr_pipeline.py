@@ -188,3 +188,43 @@ async def test_hot_swap_of_a_member_applies_to_the_next_frame(ocr_server, tmp_pa
     assert any(normalised(TEXT) in normalised(item.text) for item in result.detections)
     stats = {(item.name, item.version): item for item in ocr_server.core.statistics()}
     assert stats[("ppocr_rec", "2")].success.count >= 1
+
+
+async def test_model_config_shows_the_graph_and_tensor_calls_are_refused(ocr_server):
+    import json as json_module
+
+    from protos.inference import grpc_service_pb2 as kserve
+    from protos.inference import grpc_service_pb2_grpc as kserve_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{ocr_server.port}") as channel:
+        stub = kserve_grpc.GRPCInferenceServiceStub(channel)
+        config = (await stub.ModelConfig(kserve.ModelConfigRequest(name="ppocr"))).config
+        request = kserve.ModelInferRequest(model_name="ppocr")
+        request.inputs.add(name="frame", datatype="UINT8", shape=[1])
+        request.raw_input_contents.append(b"\0")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ModelInfer(request)
+    assert config.platform == "ensemble"
+    stages = json_module.loads(config.parameters["edgefleet.pipeline"].string_value)["stages"]
+    assert [(stage["kind"], stage["model"]) for stage in stages] == [
+        ("detect", "ppocr_det"), ("crop", "ppocr_rec"),
+    ]  # fmt: skip
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "pipeline" in (caught.value.details() or "")
+
+
+def test_zero_area_crops_are_skipped_not_errors():
+    from server.detections import Detection
+    from server.manifest import PipelineStage
+    from server.pipeline import _cut_all, cut_crop
+
+    image = np.zeros((100, 200, 3), np.uint8)
+    stage = PipelineStage(kind="crop", model="ppocr_rec")
+    flat = Detection(10, 20, 10, 40, 0.9)  # zero width
+    degenerate = Detection(5, 5, 50, 5, 0.9, polygon=((5, 5), (50, 5), (50, 5), (5, 5)))
+    good = Detection(20, 30, 120, 60, 0.9)
+    assert cut_crop(image, flat, stage) is None
+    assert cut_crop(image, degenerate, stage) is None
+    kept = _cut_all(image, [flat, good, degenerate], stage)
+    assert [index for index, _ in kept] == [1]
+    assert kept[0][1].shape == (30, 100, 3)
