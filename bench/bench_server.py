@@ -353,7 +353,7 @@ class PlannedServer:
         started = time.perf_counter()
         self.process = subprocess.Popen(
             [str(ROOT / ".venv" / "bin" / "edgefleet"), "serve", "--repository",
-             str(self.repository), "--port", "0", "--metrics-port", "-1",
+             str(self.repository), "--port", "0", "--metrics-port", "-1", "--http-port", "0",
              "--port-file", str(self.port_file), "--log-level", "WARNING", *self.extra],
             cwd=ROOT, env=env,
         )  # fmt: skip

@@ -29,6 +29,7 @@ def controller(
     port: Annotated[int, typer.Option(help="Agent and admin port (mutual TLS); 0 picks one.")] = 7443,
     enroll_port: Annotated[int, typer.Option(help="Enrollment port (server TLS only).")] = 7444,
     metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port; -1 disables.")] = 9443,
+    dashboard_port: Annotated[int, typer.Option(help="Operator dashboard (HTTPS; sign in with dashboard_token from the admin credential); -1 disables.")] = -1,
     hostname: Annotated[list[str] | None, typer.Option("--hostname", help="Name or IP the server certificate covers (repeatable).")] = None,
     trusted_key: Annotated[list[Path] | None, typer.Option("--trusted-key", help="Public key file or directory of *.pub a bundle must be signed by (repeatable).")] = None,
     publish_dir: Annotated[Path | None, typer.Option("--publish-dir", help="HTTP origin directory: every verified upload is also published there as <sha256>.efb for agents' --bundle-source.")] = None,

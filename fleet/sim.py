@@ -13,8 +13,8 @@ import random
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
+import aiohttp
 import grpc
-import httpx
 
 from fleet.agent.sources import bundle_url
 from fleet.ctl.client import AdminClient
@@ -68,10 +68,10 @@ class SimStats:
 class SimulatedAgent:
     def __init__(
         self, settings: SimSettings, device_id: str, credentials: grpc.ChannelCredentials,
-        stats: SimStats, http: httpx.AsyncClient | None = None,
+        stats: SimStats, http: aiohttp.ClientSession | None = None,
     ) -> None:  # fmt: skip
         self.device_id = device_id
-        self._http = http
+        self.http = http
         self._settings = settings
         self._credentials = credentials
         self._stats = stats
@@ -172,11 +172,11 @@ class SimulatedAgent:
         started = loop.time()
         if model.version not in self._held and model.bundle_sha256:
             bytes_per_s = self._settings.link_mbps * 1e6 / 8
-            if self._http is not None and self._settings.bundle_origin:
+            if self.http is not None and self._settings.bundle_origin:
                 url = bundle_url(self._settings.bundle_origin, model.bundle_sha256)
-                async with self._http.stream("GET", url) as response:
+                async with self.http.get(url) as response:
                     response.raise_for_status()
-                    async for data in response.aiter_bytes(256 * 1024):
+                    async for data in response.content.iter_chunked(256 * 1024):
                         self._stats.bytes_downloaded += len(data)
                         self._stats.bytes_from_origin += len(data)
                         await asyncio.sleep(len(data) / bytes_per_s)
@@ -210,12 +210,9 @@ class SimulatedFleet:
         self.stats = SimStats()
         self.agents: list[SimulatedAgent] = []
         self._tasks: list[asyncio.Task[None]] = []
-        # One HTTP client (connection pool) for every simulated device's origin downloads.
-        self._http = (
-            httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=None))
-            if settings.bundle_origin
-            else None
-        )
+        # One HTTP client (connection pool) for every simulated device's origin downloads,
+        # created in start(): a session belongs to the running event loop.
+        self._http: aiohttp.ClientSession | None = None
 
     async def enroll(self, admin: AdminClient, prefix: str = "sim", concurrency: int = 64) -> None:
         """Enroll `count` devices through the real token + CSR path (one shared key: simulation
@@ -250,6 +247,13 @@ class SimulatedFleet:
             )
 
     def start(self) -> None:
+        if self.settings.bundle_origin:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=None, sock_read=120),
+            )
+            for agent in self.agents:
+                agent.http = self._http
         self._tasks = [asyncio.create_task(agent.run()) for agent in self.agents]
 
     async def stop(self) -> None:
@@ -258,7 +262,8 @@ class SimulatedFleet:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         if self._http is not None:
-            await self._http.aclose()
+            await self._http.close()
+            self._http = None
 
     def versions(self) -> dict[str, int]:
         counts: dict[str, int] = {}

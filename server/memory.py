@@ -9,6 +9,7 @@ library is not glibc.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import logging
@@ -35,3 +36,12 @@ def release_free_memory() -> None:
     """Blocking for a few milliseconds: call it off the event loop after a load or unload."""
     if _TRIM is not None:
         _TRIM(0)
+
+
+async def trim_periodically(interval_s: float) -> None:
+    """Serving frees and reallocates frame and tensor buffers all the time; glibc keeps the
+    freed pages (EfficientNet-Lite0 server: 204 MB RSS after 40 requests, 167 MB after a trim).
+    Runs until cancelled."""
+    while True:
+        await asyncio.sleep(interval_s)
+        await asyncio.to_thread(release_free_memory)

@@ -30,13 +30,14 @@ from server.manifest import (
     read_manifest,
     verify_files,
 )
-from server.memory import release_free_memory
+from server.memory import release_free_memory, trim_periodically
 from server.metrics import ServerMetrics
 from server.model_version import ModelVersion
 from server.runtime_plan import Planner, RuntimePlan, UpgradeJob
 
 log = logging.getLogger(__name__)
 
+TRIM_INTERVAL_S = 10.0
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -79,6 +80,8 @@ class ModelRegistry:
         self._retiring: set[asyncio.Task[None]] = set()
         # Background plan upgrades (conversion children), one per loaded version at most.
         self._upgrades: dict[tuple[str, str], asyncio.Task[None]] = {}
+        # Returns freed heap pages to the OS while models serve (see server/memory.py).
+        self._trimmer: asyncio.Task[None] | None = None
 
     # ---- disk ----
 
@@ -245,6 +248,8 @@ class ModelRegistry:
             if reloaded is not None:
                 self._retire(reloaded)
             self._start_upgrade(fresh)
+            if self._trimmer is None:
+                self._trimmer = asyncio.create_task(trim_periodically(TRIM_INTERVAL_S))
             while len(slot.loaded) > self._versions_kept:
                 oldest = next(iter(slot.loaded))
                 slot.reasons[oldest] = f"replaced by version {chosen}"
@@ -399,6 +404,9 @@ class ModelRegistry:
         """Stop upgrades (their children are killed); retire everything; in-flight requests
         finish first."""
         upgrades = list(self._upgrades.values())
+        if self._trimmer is not None:
+            upgrades.append(self._trimmer)
+            self._trimmer = None
         for task in upgrades:
             task.cancel()
         await asyncio.gather(*upgrades, return_exceptions=True)

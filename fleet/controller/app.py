@@ -7,6 +7,8 @@ import asyncio
 import json
 import logging
 import os
+import secrets
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from fleet.controller.authz import ServiceAuthorization
 from fleet.controller.controller import FleetController
+from fleet.controller.dashboard import ControllerView, Dashboard
 from fleet.controller.grpc_api import AdminServicer, AgentServicer, EnrollmentServicer
 from fleet.controller.settings import ControllerSettings
 from fleet.controller.stores import describe, open_store
@@ -58,6 +61,9 @@ class ControllerApp:
         self.port = 0
         self.enroll_port = 0
         self.metrics_port = 0
+        self.dashboard: Dashboard | None = None
+        self.dashboard_port = 0
+        self._token: str | None = None
 
     @property
     def admin_credential_path(self) -> Path:
@@ -106,6 +112,14 @@ class ControllerApp:
                 settings.metrics_port, addr=settings.host, registry=self.registry
             )
             self.metrics_port = self._metrics_server.server_port
+        if settings.dashboard_port >= 0:
+            token = await asyncio.to_thread(self._dashboard_token)
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(pki_dir / "server.pem", pki_dir / "server.key")
+            self.dashboard = Dashboard(ControllerView(controller), token)
+            self.dashboard_port = await self.dashboard.start(
+                settings.host, settings.dashboard_port, tls
+            )
         await asyncio.to_thread(self._write_admin_credential, ca)
         logger.info(
             "controller on %s:%d (mTLS), enrollment on :%d, data in %s, store %s",
@@ -129,14 +143,29 @@ class ControllerApp:
         credential["address"] = f"{self.settings.hostnames[0]}:{self.port}"
         credential["enroll_address"] = f"{self.settings.hostnames[0]}:{self.enroll_port}"
         credential["metrics_port"] = self.metrics_port
+        if self.dashboard is not None:
+            credential["dashboard_token"] = self._dashboard_token()
+            host = self.settings.hostnames[0]
+            credential["dashboard_url"] = f"https://{host}:{self.dashboard_port}/"
         temporary = path.with_suffix(".tmp")
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             json.dump(credential, handle, indent=2)
         temporary.replace(path)
 
+    def _dashboard_token(self) -> str:
+        """The dashboard's admin token: kept in the admin credential file (0600) across restarts."""
+        if self._token is None:
+            path = self.admin_credential_path
+            stored = json.loads(path.read_text()).get("dashboard_token") if path.exists() else None
+            self._token = stored or secrets.token_urlsafe(32)
+        return self._token
+
     async def stop(self, grace_s: float | None = None) -> None:
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        if self.dashboard is not None:
+            await self.dashboard.stop()
+            self.dashboard = None
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
         self._servers = []
         if self._metrics_server is not None:

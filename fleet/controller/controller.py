@@ -135,13 +135,15 @@ class FleetController:
             raise InvalidRequest(f"device id {device_id!r} must match {_DEVICE_ID.pattern}")
         if device_id in self._devices:
             raise Conflict(f"device {device_id} is already enrolled")
-        labels = await self._store.call(
-            self._store.store.consume_token, _token_hash(token), device_id, time.time()
-        )
+        # The request is checked (and signed) before the one-time token is spent: a bad CSR
+        # must not burn it. The certificate is only handed out once the token is consumed.
         try:
             certificate = self._ca.sign_request(csr_pem, DEVICE_PREFIX + device_id)
         except ValueError as exc:
             raise InvalidRequest(f"bad certificate request: {exc}") from None
+        labels = await self._store.call(
+            self._store.store.consume_token, _token_hash(token), device_id, time.time()
+        )
         device = DeviceRecord(device_id=device_id, labels=labels, enrolled_at=time.time())
         await self._store.call(self._store.store.upsert_device, device)
         self._devices[device_id] = device

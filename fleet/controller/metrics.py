@@ -81,4 +81,11 @@ class FleetCollector(Collector):
         )
         pending.add_metric([], controller.telemetry_rows_pending)
         yield from (online, cpu, memory, temperature, fps, p50, p95, requests, errors, drops)
-        yield from (dropped, restarts, pending)
+        decisions = CounterMetricFamily(
+            "edgefleet_controller_rollout_decisions",
+            "Decisions the controller took on its own: gate verdicts, automatic rollbacks",
+            labels=["decision"],
+        )
+        for decision, count in sorted(controller.rollouts.decisions.items()):
+            decisions.add_metric([decision], count)
+        yield from (dropped, restarts, pending, decisions)

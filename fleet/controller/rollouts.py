@@ -22,6 +22,7 @@ from fleet.controller.gates import DeviceWindow, cohort_figures, judge, parse_ga
 from fleet.controller.live import LiveFleet
 from fleet.controller.records import (
     PIN_SOURCE,
+    AuditRecord,
     BundleRecord,
     DesiredEntry,
     DeviceInstall,
@@ -89,6 +90,8 @@ class RolloutEngine:
         self._stopping = False
         # Driver crashes since start (a store error, a bug): each is logged and retried.
         self.driver_failures = 0
+        # Decisions the controller took on its own since start: "rollout.verdict:PASS", ...
+        self.decisions: dict[str, int] = {}
 
     async def start(self) -> None:
         for rollout in await self._store.call(self._store.store.list_rollouts):
@@ -405,11 +408,11 @@ class RolloutEngine:
                 reasons = "; ".join(f"{d}: {rollout.install_errors.get(d, '')}" for d in failed)
                 wave.verdict = Verdict.FAIL
                 wave.reason = f"{len(failed)}/{total} devices failed to install ({reasons})"
-                await self._roll_back(rollout, wave.reason)
+                await self._roll_back(rollout, wave.reason, automatic=True)
             elif len(timed_out) / total > rollout.spec.max_timeout_rate:
                 wave.verdict = Verdict.FAIL
                 wave.reason = f"{len(timed_out)}/{total} devices did not install in time"
-                await self._roll_back(rollout, wave.reason)
+                await self._roll_back(rollout, wave.reason, automatic=True)
             else:
                 rollout.state = RolloutState.BAKING
                 await self._save(rollout)
@@ -490,11 +493,15 @@ class RolloutEngine:
                 + (f" ({m.note})" if m.note else "")
                 for m in failing
             )
+            await self._decided(
+                rollout, "rollout.verdict", wave=index, verdict=verdict.value, reason=wave.reason
+            )
             if verdict == Verdict.PASS:
                 self._advance(rollout)
                 await self._save(rollout)
             elif verdict == Verdict.FAIL:
-                await self._roll_back(rollout, f"wave {index} failed its gates: {wave.reason}")
+                reason = f"wave {index} failed its gates: {wave.reason}"
+                await self._roll_back(rollout, reason, automatic=True)
             else:
                 rollout.state = RolloutState.PAUSED
                 rollout.reason = f"wave {index} inconclusive: {wave.reason or 'no gate data'}"
@@ -510,7 +517,26 @@ class RolloutEngine:
             rollout.state = RolloutState.INSTALLING
             rollout.reason = ""
 
-    async def _roll_back(self, rollout: RolloutRecord, reason: str) -> None:
+    async def _decided(self, rollout: RolloutRecord, action: str, **detail: object) -> None:
+        """What the controller decided on its own: in its log, its audit log and its metrics."""
+        key = action + (f":{detail['verdict']}" if "verdict" in detail else "")
+        self.decisions[key] = self.decisions.get(key, 0) + 1
+        logger.log(
+            logging.INFO if detail.get("verdict") == Verdict.PASS.value else logging.WARNING,
+            "rollout %s (%s %s): %s %s",
+            rollout.rollout_id, rollout.model_name, rollout.version, action, detail,
+        )  # fmt: skip
+        record = AuditRecord(
+            at=time.time(),
+            actor="controller",
+            action=action,
+            detail={"rollout": rollout.rollout_id, **detail},
+        )
+        await self._store.call(self._store.store.add_audit, record)
+
+    async def _roll_back(
+        self, rollout: RolloutRecord, reason: str, automatic: bool = False
+    ) -> None:
         touched = list(rollout.installs)
         desired: list[DesiredEntry] = []
         undesired: list[tuple[str, str]] = []
@@ -534,6 +560,8 @@ class RolloutEngine:
         rollout.reason = reason
         await self._save(rollout, desired, undesired)
         self._notify(touched)
+        if automatic:
+            await self._decided(rollout, "rollout.rolled-back", reason=reason, devices=len(touched))
 
     async def _save(
         self,

@@ -27,6 +27,8 @@ class ControllerSettings(BaseSettings):
     port: int = Field(default=7443, ge=0, le=65535)
     # Enrollment only: server-authenticated TLS for devices that have no certificate yet.
     enroll_port: int = Field(default=7444, ge=0, le=65535)
+    # The operator dashboard (HTTPS, admin token); -1 disables it, 0 picks a free port.
+    dashboard_port: int = Field(default=-1, ge=-1, le=65535)
     # Prometheus endpoint; -1 disables it.
     metrics_port: int = Field(default=9443, ge=-1, le=65535)
     # Names and addresses the server certificate is valid for.

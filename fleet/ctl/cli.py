@@ -515,7 +515,7 @@ def rollout_rollback(
     credential: Credential = DEFAULT_CREDENTIAL,
     output: Output = "table",
 ) -> None:
-    """Roll a rollout back, finished or not."""
+    """Roll a rollout back, finished or not; only the latest rollout of its model."""
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     request = admin_pb2.RollbackRolloutRequest(rollout_id=rollout_id)
@@ -543,9 +543,13 @@ def why(
     console.print(why_table(list(response.measurements)))
 
 
-# `rollout why` and friends are also reachable under `rollout`.
+# `rollout why` and friends are also reachable under `rollout`, and the steering verbs at the
+# top level (`fleetctl promote`), as the README lists them.
 rollout_app.command("why")(why)
 rollout_app.command("pin")(pin)
+app.command("promote")(rollout_promote)
+app.command("abort")(rollout_abort)
+app.command("rollback")(rollout_rollback)
 
 
 def main() -> None:

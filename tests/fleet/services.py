@@ -302,3 +302,35 @@ def postgres_server() -> Iterator[Postgres]:
 def postgres_dsn(postgres_server: Postgres) -> str:
     """The DSN of a fresh database on the session's PostgreSQL server (password included)."""
     return postgres_server.dsn(postgres_server.create_database())
+
+
+# Chromium
+
+
+def chromium_binary() -> str:
+    """Debian's headless-capable Chromium, installed if missing; skips the test if impossible."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    reason = _apt_install("chromium")
+    found = shutil.which("chromium")
+    if reason or not found:
+        pytest.skip(reason or "chromium was installed but its binary is missing")
+    return found
+
+
+def chromium(url: str, profile: Path, *options: str, budget_ms: int = 10_000) -> str:
+    """Load `url` in headless Chromium, let its scripts run for `budget_ms` of virtual time, and
+    return stdout (the DOM with --dump-dom). Certificate errors are ignored: the test servers
+    use the controller's private CA."""
+    command = [
+        chromium_binary(), "--headless", "--disable-gpu", "--no-first-run",
+        "--ignore-certificate-errors", f"--user-data-dir={profile}",
+        f"--virtual-time-budget={budget_ms}", *options, url,
+    ]  # fmt: skip
+    if os.geteuid() == 0:
+        command.insert(1, "--no-sandbox")  # Chromium's sandbox refuses to run as root
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"chromium failed ({result.returncode}): {result.stderr[-800:]}")
+    return result.stdout

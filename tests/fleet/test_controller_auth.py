@@ -167,3 +167,21 @@ async def test_every_admin_method_refuses_a_device_before_any_servicer_code_runs
             async for _ in stub.Download(agent_pb2.DownloadRequest(bundle_sha256="ab" * 32)):
                 pass
     assert agent_refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_a_bad_certificate_request_does_not_burn_the_enrollment_token(controller, admin):
+    """Issue 11, item 12: the CSR is checked before the one-time token is spent."""
+    token = await admin.stub.CreateEnrollmentToken(admin_pb2.CreateEnrollmentTokenRequest())
+    credential = AdminCredential.load(controller.admin_credential_path)
+    tls = grpc.ssl_channel_credentials(root_certificates=credential.ca_pem)
+    async with grpc.aio.secure_channel(f"127.0.0.1:{controller.enroll_port}", tls) as channel:
+        stub = agent_pb2_grpc.EnrollmentServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await stub.Enroll(
+                agent_pb2.EnrollRequest(
+                    token=token.token, device_id="cam-8", csr_pem=b"-----BEGIN nonsense"
+                )
+            )
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    _, response = await _enroll(controller, token.token, "cam-8")  # the token still works
+    assert response.device_id == "cam-8"

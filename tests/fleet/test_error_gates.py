@@ -5,6 +5,7 @@ stream and FrameStream requests, and a rollout of it rolls back on `error_rate`.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import grpc
 import numpy as np
@@ -81,11 +82,9 @@ async def test_runtime_failures_are_counted_for_unary_stream_and_framestream(tmp
 
 
 async def test_model_failing_on_real_frames_rolls_back_on_error_rate(
-    tmp_path,
-    admin,
-    nodes,
-    signing_keys,  # noqa: F811 - the fixture from test_rollout
+    tmp_path, controller, admin, nodes, signing_keys, caplog
 ):
+    caplog.set_level(logging.INFO, logger="fleet.controller.rollouts")
     source = build_poisoned_model_dir(tmp_path / "build", MODEL, "1")
     bundle = build_bundle(source, MODEL, "2", load_private_key(signing_keys[0]), tmp_path)
     uploaded = await admin.upload_bundle(bundle)
@@ -98,3 +97,17 @@ async def test_model_failing_on_real_frames_rolls_back_on_error_rate(
     assert rollout.waves[0].verdict == admin_pb2.VERDICT_FAIL
     assert rollout.waves[1].target_devices == 0
     await wait_for(lambda: [n.active() for n in nodes] == ["1", "1", "1"], 20, "rollback")
+    # Issue 11, item 13: the verdict and the automatic rollback are in the controller's log,
+    # its audit log and its metrics.
+    rollout_id = rollout.rollout_id
+    audit = await admin.stub.ListAuditEntries(admin_pb2.ListAuditEntriesRequest())
+    decided = [(e.actor, e.action) for e in audit.entries if rollout_id in e.detail_json]
+    assert ("controller", "rollout.verdict") in decided
+    assert ("controller", "rollout.rolled-back") in decided
+    logged = [r.getMessage() for r in caplog.records if rollout_id in r.getMessage()]
+    assert any("rollout.verdict" in m and "FAIL" in m for m in logged), logged
+    assert any("rollout.rolled-back" in m for m in logged), logged
+    registry = controller.registry
+    name = "edgefleet_controller_rollout_decisions_total"
+    assert registry.get_sample_value(name, {"decision": "rollout.verdict:FAIL"}) >= 1
+    assert registry.get_sample_value(name, {"decision": "rollout.rolled-back"}) >= 1

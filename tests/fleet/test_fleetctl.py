@@ -60,3 +60,11 @@ async def test_keys_package_enroll_and_listings_in_json(tmp_path, controller, ad
 async def test_fleetctl_without_a_credential_is_refused(tmp_path, controller):
     code, _, err = await fleetctl("devices", credential=tmp_path / "missing.json")
     assert code == 2 and "no admin credential" in err
+
+
+async def test_steering_verbs_work_at_the_top_level(controller):
+    """`fleetctl promote/abort/rollback` are aliases of `fleetctl rollout ...` (issue 11, 13)."""
+    credential = controller.admin_credential_path
+    for verb in ("promote", "abort", "rollback"):
+        code, _, err = await fleetctl(verb, "no-such-rollout", credential=credential)
+        assert code == 1 and "NOT_FOUND" in err, (verb, code, err)

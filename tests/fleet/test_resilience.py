@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 
+from fleet.agent.local_state import quarantined_copies
 from fleet.bundle import build_bundle
 from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
@@ -152,8 +153,9 @@ async def test_device_offline_during_abort_rolls_back_when_it_returns(
 
         await canary.start_agent()
         await wait_for(lambda: canary.active() == "1", 20, "rollback on reconnect")
-        # Version 2 stays on disk: rolling forward again needs no download.
-        assert (canary.repository / MODEL / "2" / "manifest.json").is_file()
+        # The rolled-back version 2 is quarantined: no restart can boot into it again.
+        await wait_for(lambda: not (canary.repository / MODEL / "2").exists(), 10, "2 quarantined")
+        assert quarantined_copies(canary.agent_settings.state_dir, MODEL)
     finally:
         for node in nodes:
             await node.stop()
