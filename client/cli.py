@@ -47,6 +47,9 @@ def stream_command(
     max_in_flight: Annotated[
         int | None, typer.Option(help="Unanswered frames (default: the server's).")
     ] = None,
+    max_age_ms: Annotated[
+        int | None, typer.Option(help="Server drops frames older than this as stale; 0: never.")
+    ] = None,
     top_k: Annotated[
         int | None, typer.Option(help="Labels per result (default: the model's).")
     ] = None,
@@ -112,6 +115,7 @@ def stream_command(
         "jpeg_quality": quality,
         "drop_oldest": None if policy == "auto" else policy == "drop-oldest",
         "max_in_flight": max_in_flight,
+        "max_age_ms": max_age_ms,
         "top_k": top_k,
         "duration_s": duration,
         "loop": loop,

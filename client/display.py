@@ -30,7 +30,7 @@ def live_table(runs: Sequence[StreamRun]) -> Table:
     table = Table(title="edgefleet stream", expand=False)
     table.add_column("source", no_wrap=True, max_width=28, overflow="ellipsis")
     table.add_column("state", no_wrap=True, min_width=9)
-    for column in ("sent", "done", "drop", "fps", "p50/p95 ms", "age ms"):
+    for column in ("sent", "done", "drop", "stale", "fps", "p50/p95 ms", "age ms"):
         # Numbers never shrink to an ellipsis; the source and last result give way instead.
         table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
     table.add_column("last result", no_wrap=True, overflow="ellipsis")
@@ -47,6 +47,7 @@ def live_table(runs: Sequence[StreamRun]) -> Table:
             str(snap.frames_sent),
             str(snap.frames_answered),
             str(dropped),
+            str(snap.frames_stale),
             f"{snap.fps:.1f}",
             f"{_ms(snap.latency_p50_ms)}/{_ms(snap.latency_p95_ms)}",
             _ms(snap.result_age_ms),

@@ -86,6 +86,7 @@ def stream_config(settings: ClientSettings, source: FrameSource, index: int) -> 
         jpeg_quality=settings.jpeg_quality,
         overload_policy=OverloadPolicy.DROP_OLDEST if drop_oldest else OverloadPolicy.BLOCK,
         max_in_flight=settings.max_in_flight,
+        max_age_ms=settings.max_age_ms,
         top_k=settings.top_k,
         stream_id=f"{index}:{source.name}"[:128],
         source_fps=source.native_fps or 0.0,

@@ -24,6 +24,8 @@ class ClientSettings(BaseSettings):
     # None: BLOCK for files and folders (every frame matters), DROP_OLDEST for live sources.
     drop_oldest: bool | None = None
     max_in_flight: int = Field(default=0, ge=0)
+    # The server drops frames that waited longer than this as stale; 0: no limit.
+    max_age_ms: int = Field(default=0, ge=0, le=2**32 - 1)
     top_k: int = Field(default=0, ge=0)
     duration_s: float | None = Field(default=None, gt=0)
     loop: bool = False

@@ -31,6 +31,8 @@ class StatsSnapshot:
     frames_answered: int
     # Reported by the server in FramesDropped messages (its overload policy at work).
     frames_dropped: int
+    # Of those, dropped because they waited longer than the stream's max_age_ms.
+    frames_stale: int
     # Dropped here, before sending, because the send queue was full (live sources only).
     frames_dropped_client: int
     # Sent on a connection that broke before the server answered them.
@@ -51,6 +53,7 @@ class StatsSnapshot:
             "frames_sent": self.frames_sent,
             "frames_answered": self.frames_answered,
             "frames_dropped": self.frames_dropped,
+            "frames_stale": self.frames_stale,
             "frames_dropped_client": self.frames_dropped_client,
             "frames_lost": self.frames_lost,
             "frames_rejected": self.frames_rejected,
@@ -77,6 +80,7 @@ class StreamStats:
     frames_sent: int = 0
     frames_answered: int = 0
     frames_dropped: int = 0
+    frames_stale: int = 0
     frames_dropped_client: int = 0
     frames_lost: int = 0
     frames_rejected: int = 0
@@ -123,6 +127,7 @@ class StreamStats:
             frames_sent=self.frames_sent,
             frames_answered=self.frames_answered,
             frames_dropped=self.frames_dropped,
+            frames_stale=self.frames_stale,
             frames_dropped_client=self.frames_dropped_client,
             frames_lost=self.frames_lost,
             frames_rejected=self.frames_rejected,

@@ -84,6 +84,8 @@ class StreamConfig:
     overload_policy: OverloadPolicy = OverloadPolicy.DROP_OLDEST
     # 0: the server's default window.
     max_in_flight: int = 0
+    # The server drops frames that waited longer than this as stale; 0: no limit.
+    max_age_ms: int = 0
     # 0: the model's default number of labels.
     top_k: int = 0
     stream_id: str = ""
@@ -97,6 +99,13 @@ class StreamConfig:
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     # A server that accepts the call but sends no `opened` within this is treated as down.
     open_timeout_s: float = 10.0
+
+
+_DROP_KINDS = {
+    pb.DROP_REASON_REPLACED: "replaced",
+    pb.DROP_REASON_STALE: "stale",
+    pb.DROP_REASON_OVERLOADED: "overloaded",
+}
 
 
 @dataclass(frozen=True)
@@ -154,6 +163,8 @@ class FrameResult:
 class FramesDropped:
     sequences: tuple[int, ...]
     reason: str
+    # replaced (a newer frame won), stale (over max_age_ms), overloaded, or unspecified.
+    kind: str = "unspecified"
 
 
 @dataclass(frozen=True)
@@ -339,6 +350,7 @@ class FrameStreamClient:
                 max_in_flight=config.max_in_flight,
                 results=pb.ResultOptions(top_k=config.top_k),
                 stream_id=config.stream_id,
+                max_age_ms=config.max_age_ms,
             )
         )
 
@@ -446,7 +458,10 @@ class FrameStreamClient:
                 for sequence in sequences:
                     self._settle(sequence)
                 self.stats.frames_dropped += len(sequences)
-                yield FramesDropped(sequences, response.dropped.reason)
+                kind = _DROP_KINDS.get(response.dropped.reason_code, "unspecified")
+                if kind == "stale":
+                    self.stats.frames_stale += len(sequences)
+                yield FramesDropped(sequences, response.dropped.reason, kind)
             elif kind == "error":
                 error = response.error
                 self._settle(error.sequence)

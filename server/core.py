@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from server.errors import (
     RequiredModelFailed,
     ShuttingDown,
 )
+from server.frame_scheduler import FrameScheduler
 from server.frame_session import (
     FrameIn,
     FrameSession,
@@ -33,7 +35,7 @@ from server.frame_session import (
 )
 from server.infer_types import InferRequest, InferResponse, OutputTensor, RequestedOutput
 from server.manifest import ModelManifest
-from server.metrics import ServerMetrics
+from server.metrics import ServerMetrics, StreamMetrics
 from server.model_version import InferOutcome, ModelVersion
 from server.postprocess import classification_strings, classification_width
 from server.registry import ModelIndexEntry, ModelRegistry
@@ -92,6 +94,10 @@ class InferenceCore:
         self._started = False
         self._stopping = False
         self._streams = 0
+        self._stream_ids = itertools.count(1)
+        # One frame scheduler per (model, requested version) that streams have opened; bounded by
+        # the models and versions on disk. A scheduler without streams waits, doing nothing.
+        self._schedulers: dict[tuple[str, str], FrameScheduler] = {}
 
     # ---- lifecycle ----
 
@@ -162,6 +168,8 @@ class InferenceCore:
     async def stop(self) -> None:
         """Refuse new work, let in-flight requests finish, free every runtime."""
         self._stopping = True
+        for scheduler in self._schedulers.values():
+            await scheduler.close()
         await self.registry.close()
         self._preprocess_pool.shutdown(wait=True)
         self._load_pool.shutdown(wait=True)
@@ -306,14 +314,24 @@ class InferenceCore:
                 f"{self.settings.stream_max_in_flight_limit}"
             )
         name, version = options.model_name, options.model_version
+
+        def resolve() -> ModelVersion:
+            return self.registry.resolve(name, version)
+
+        scheduler = self._schedulers.get((name, version))
+        if scheduler is None:
+            scheduler = FrameScheduler(resolve, self._preprocess_pool, f"{name}/{version or '*'}")
+            self._schedulers[(name, version)] = scheduler
+        stream_id = options.stream_id or f"stream-{next(self._stream_ids)}"
+        metrics = StreamMetrics(self.metrics, model.name, stream_id)
         options = dataclasses.replace(options, max_pixels=self.settings.max_frame_pixels)
         session = FrameSession(
             options=options,
             window=requested,
-            resolve_model=lambda: self.registry.resolve(name, version),
-            preprocess_pool=self._preprocess_pool,
+            scheduler=scheduler,
+            resolve_model=resolve,
+            metrics=metrics,
         )
-        stream_id = options.stream_id or f"stream-{id(session):x}"
         self._streams += 1
         self.metrics.active_streams.inc()
         try:
@@ -322,6 +340,7 @@ class InferenceCore:
                 async for event in events:
                     yield event
         finally:
+            metrics.close()
             self._streams -= 1
             self.metrics.active_streams.dec()
 

@@ -1,7 +1,7 @@
 """One camera frame through one model: decode, region of interest, preprocess, infer, and the
 postprocess the manifest names (labels, detections in source pixels, or raw tensors).
 
-FrameSession decides *when* a frame runs (window, overload policy, leases, statistics); this
+FrameScheduler decides *when* a frame runs (freshness, fairness, leases, batching); this
 module decides *what* running it means, so a pipeline (server/pipeline.py) is one more kind of
 frame work and the scheduler does not change. CPU-heavy steps (decode, resize, contour finding,
 NMS, crops) run in the shared preprocess pool, never on the event loop.
@@ -100,7 +100,7 @@ def prepare(decoded: DecodedFrame, spec: Preprocess) -> tuple[np.ndarray, FrameT
     return tensor, replace(transform, offset_x=decoded.offset_x, offset_y=decoded.offset_y)
 
 
-def _decode_and_prepare(
+def decode_and_prepare(
     frame: FrameIn,
     encoding: FrameEncoding,
     roi: Region | None,
@@ -131,7 +131,7 @@ def find_detections(
     return chosen.apply(found)
 
 
-def _decode_target(spec: Preprocess, kind: str) -> tuple[int, int] | None:
+def decode_target(spec: Preprocess, kind: str) -> tuple[int, int] | None:
     """A JPEG may decode at reduced scale only when nothing maps back to source pixels and
     the model's size is fixed."""
     if kind in DETECTION_KINDS or spec.resize not in ("stretch", "letterbox"):
@@ -152,8 +152,8 @@ async def analyze_frame(
     loop = asyncio.get_running_loop()
     started = loop.time()
     tensor, transform = await loop.run_in_executor(
-        pool, _decode_and_prepare, frame, options.encoding, options.detection.roi, spec,
-        _decode_target(spec, post.kind), options.max_pixels,
+        pool, decode_and_prepare, frame, options.encoding, options.detection.roi, spec,
+        decode_target(spec, post.kind), options.max_pixels,
     )  # fmt: skip
     preprocessed = loop.time()
     outcome = await model.infer({spec.input: tensor})

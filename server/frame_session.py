@@ -1,14 +1,16 @@
-"""One camera stream: a bounded in-flight window, an overload policy, per-frame results.
+"""One camera stream: its waiting slot, its overload policy, its results.
 
-Frames are decoded and preprocessed in a shared thread pool, then join the model's dynamic
-batcher with every other stream and unary call. At most `window` frames are in flight.
-- drop_oldest (live cameras): when the window is full the newest frame waits in a one-frame
-  mailbox; a newer one replaces it and the replaced frame is reported dropped. Frames already
-  started always finish, so a camera never starves and latency stays bounded.
-- block (recorded video): the server stops reading the stream until the window has room;
-  gRPC flow control pushes back on the sender and no frame is lost.
-A bad frame gets a FrameError and the stream goes on. Cancelling the stream cancels every
-task it started.
+The stream does not run frames itself: the model's FrameScheduler (server/frame_scheduler.py)
+pulls them when the model has room, fairly across streams, and decodes only what it takes.
+- drop_oldest (live cameras): the stream holds at most its newest undecoded frame; a newer one
+  replaces it and the replaced frame is reported dropped (`replaced`). At most `window` frames
+  of the stream run at once.
+- block (recorded video): up to `window` frames wait or run, in order; the server stops reading
+  the stream until there is room, gRPC flow control pushes back on the sender, nothing is lost.
+- `max_age_ms`: a frame older than this (since it reached the server) when the scheduler would
+  take or queue it is reported dropped (`stale`) and never runs.
+A bad frame gets a FrameError and the stream goes on. Closing the stream releases its waiting
+frames and its share of the model at once; frames already running finish and are discarded.
 """
 
 from __future__ import annotations
@@ -16,18 +18,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from server.detections import Detection, DetectionFilter
 from server.errors import EdgeError, Overloaded
-from server.frame_analysis import analyze_frame
+from server.frame_scheduler import DropReason, FrameScheduler, Waiting
 from server.infer_types import OutputTensor
+from server.metrics import StreamMetrics
 from server.model_version import ModelVersion
 from server.postprocess import LabelScore
 from server.preprocess import MAX_PIXELS, FrameEncoding
+
+if TYPE_CHECKING:
+    from server.frame_analysis import FrameAnalysis
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,8 @@ class StreamOptions:
     top_k: int = 0
     raw_tensors: bool = False
     stream_id: str = ""
+    # Frames older than this when they would start are dropped as stale; 0 = no limit.
+    max_age_ms: int = 0
     # Score threshold, max detections, classes and region of interest of this stream.
     detection: DetectionFilter = DetectionFilter()
     # Frames declaring more pixels are refused before decoding; the server's setting, not the
@@ -87,6 +97,9 @@ class FrameResultEvent:
     postprocess_us: int
     total_us: int
     batch_size: int
+    # Capture to result on the server's clock (meaningful when the camera's clock agrees);
+    # 0 when the frame carries no capture time or one in the future.
+    age_us: int = 0
     detections: list[Detection] = field(default_factory=list)
 
 
@@ -95,6 +108,7 @@ class FramesDroppedEvent:
     sequences: tuple[int, ...]
     reason: str
     total_dropped: int
+    reason_code: DropReason = DropReason.REPLACED
 
 
 @dataclass(frozen=True)
@@ -108,139 +122,178 @@ StreamEvent = StreamOpenedEvent | FrameResultEvent | FramesDroppedEvent | FrameE
 ModelResolver = Callable[[], ModelVersion]
 
 
-@dataclass
-class _Waiting:
-    frame: FrameIn
-    arrival: float
-
-
-@dataclass
 class FrameSession:
-    options: StreamOptions
-    window: int
-    resolve_model: ModelResolver
-    preprocess_pool: Executor
-    dropped_total: int = 0
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _mailbox: _Waiting | None = None
-    _failure: BaseException | None = None
-    _closing: bool = False
-
-    def __post_init__(self) -> None:
-        # Results and drop notices; bounded so a client that stops reading stalls its own
-        # stream (and, through gRPC flow control, its sender) instead of growing memory.
-        self._out: asyncio.Queue[StreamEvent | None] = asyncio.Queue(maxsize=self.window * 2 + 4)
-        self._slot_freed = asyncio.Event()
+    def __init__(
+        self,
+        options: StreamOptions,
+        window: int,
+        scheduler: FrameScheduler,
+        resolve_model: ModelResolver,
+        metrics: StreamMetrics,
+    ) -> None:
+        self.options = options
+        self.lossless = options.policy is OverloadPolicy.BLOCK
+        self.dropped_total = 0
+        self._window = window
+        self._scheduler = scheduler
+        self._resolve = resolve_model
+        self._metrics = metrics
+        self._max_age_s = options.max_age_ms / 1000 if options.max_age_ms > 0 else None
+        self._slot: deque[Waiting] = deque()
+        self._running = 0
+        # Results and drop notices. The reader waits while `_out_limit` are unread, so a client
+        # that stops reading stalls its own stream (and its sender, through gRPC flow control);
+        # results of running frames add at most `window` more.
+        self._out: deque[StreamEvent | None] = deque()
+        self._out_limit = window * 2 + 4
+        self._out_ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._closed = False
 
     async def run(self, frames: AsyncIterator[FrameIn]) -> AsyncGenerator[StreamEvent, None]:
+        self._scheduler.add(self)
         reader = asyncio.create_task(self._read(frames), name="frame-reader")
         try:
-            while (event := await self._out.get()) is not None:
+            while True:
+                while not self._out:
+                    self._out_ready.clear()
+                    await self._out_ready.wait()
+                event = self._out.popleft()
+                self._room.set()
+                if event is None:
+                    break
                 yield event
             if self._failure is not None:
                 raise self._failure
         finally:
-            self._closing = True
-            self._mailbox = None
+            self._closed = True
+            self._scheduler.remove(self)
+            self._slot.clear()
             reader.cancel()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(reader, *self._tasks, return_exceptions=True)
+            await asyncio.gather(reader, return_exceptions=True)
 
     async def _read(self, frames: AsyncIterator[FrameIn]) -> None:
         loop = asyncio.get_running_loop()
         try:
             async for frame in frames:
-                arrival = loop.time()
-                if self.options.policy is OverloadPolicy.BLOCK:
-                    while len(self._tasks) >= self.window:
-                        self._slot_freed.clear()
-                        await self._slot_freed.wait()
-                    self._start(_Waiting(frame, arrival))
-                elif len(self._tasks) < self.window:
-                    self._start(_Waiting(frame, arrival))
-                else:
-                    replaced, self._mailbox = self._mailbox, _Waiting(frame, arrival)
-                    if replaced is not None:
-                        await self._report_drop(replaced.frame.sequence, "in-flight window full")
-            while self._tasks or self._mailbox is not None:
-                self._slot_freed.clear()
-                await self._slot_freed.wait()
+                waiting = Waiting(frame, loop.time())
+                while len(self._out) >= self._out_limit or (
+                    self.lossless and len(self._slot) + self._running >= self._window
+                ):
+                    self._room.clear()
+                    await self._room.wait()
+                if self._slot and not self.lossless:
+                    self._drop(self._slot.popleft(), DropReason.REPLACED, None)
+                self._slot.append(waiting)
+                self._scheduler.frame_waiting()
+            while self._slot or self._running:
+                self._room.clear()
+                await self._room.wait()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # surfaced to the transport after pending results
             self._failure = exc
-        await self._out.put(None)
+        self._push(None)
 
-    async def _report_drop(self, sequence: int, reason: str) -> None:
-        self.dropped_total += 1
-        with contextlib.suppress(EdgeError):  # the model may be gone; the count stays
-            self.resolve_model().record_drops(1)
-        await self._out.put(FramesDroppedEvent((sequence,), reason, self.dropped_total))
+    # ---- called by the scheduler ----
 
-    def _start(self, waiting: _Waiting) -> None:
-        task = asyncio.create_task(self._process(waiting))
-        self._tasks.add(task)
-        task.add_done_callback(self._finished)
+    def take(self, now: float | None, model: ModelVersion | None) -> Waiting | None:
+        """The next frame to run (newest for live streams, oldest for BLOCK), or None.
+        Frames over the stream's age limit are reported stale on the way."""
+        while self._slot and self._running < self._window:
+            waiting = self._slot.popleft()
+            if now is not None and self.too_old(waiting, now):
+                self._drop(waiting, DropReason.STALE, model)
+                continue
+            self._running += 1
+            self._room.set()
+            return waiting
+        return None
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if self._closing:
+    def too_old(self, waiting: Waiting, now: float) -> bool:
+        return self._max_age_s is not None and now - waiting.arrival > self._max_age_s
+
+    def deliver_result(
+        self, model: ModelVersion, waiting: Waiting, analysis: FrameAnalysis, started: float
+    ) -> None:
+        """`started`: when the scheduler began this frame's batch (its decode)."""
+        self._finished()
+        done = asyncio.get_running_loop().time()
+        frame, times = waiting.frame, analysis.times
+        total = done - waiting.arrival
+        queue_s = (started - waiting.arrival) + times.queue_s
+        model.record_success(
+            total_s=total, queue_s=queue_s, input_s=times.preprocess_s,
+            infer_s=times.infer_s, output_s=times.postprocess_s,
+        )  # fmt: skip
+        self._metrics.answered(total)
+        if self._closed:
             return
-        if self._mailbox is not None and len(self._tasks) < self.window:
-            waiting, self._mailbox = self._mailbox, None
-            self._start(waiting)
-        self._slot_freed.set()
+        age_ns = time.time_ns() - frame.capture_time_ns if frame.capture_time_ns > 0 else -1
+        self._push(
+            FrameResultEvent(
+                sequence=frame.sequence,
+                capture_time_ns=frame.capture_time_ns,
+                model_name=model.name,
+                model_version=analysis.version,
+                labels=analysis.labels,
+                tensors=analysis.tensors,
+                queue_us=int(queue_s * 1e6),
+                preprocess_us=int(times.preprocess_s * 1e6),
+                inference_us=int(times.infer_s * 1e6),
+                postprocess_us=int(times.postprocess_s * 1e6),
+                total_us=int(total * 1e6),
+                batch_size=times.batch_rows,
+                age_us=age_ns // 1000 if age_ns >= 0 else 0,
+                detections=analysis.detections,
+            )
+        )
 
-    async def _process(self, waiting: _Waiting) -> None:
-        loop = asyncio.get_running_loop()
-        frame = waiting.frame
-        event: StreamEvent
-        model: ModelVersion | None = None
-        try:
-            model = self.resolve_model()
-            with model.lease():
-                started = loop.time()
-                analysis = await analyze_frame(model, frame, self.options, self.preprocess_pool)
-                done = loop.time()
-                times = analysis.times
-                total = done - waiting.arrival
-                queue_s = (started - waiting.arrival) + times.queue_s
-                model.record_success(
-                    total_s=total, queue_s=queue_s, input_s=times.preprocess_s,
-                    infer_s=times.infer_s, output_s=times.postprocess_s,
-                )  # fmt: skip
-                event = FrameResultEvent(
-                    sequence=frame.sequence,
-                    capture_time_ns=frame.capture_time_ns,
-                    model_name=model.name,
-                    model_version=analysis.version,
-                    labels=analysis.labels,
-                    tensors=analysis.tensors,
-                    queue_us=int(queue_s * 1e6),
-                    preprocess_us=int(times.preprocess_s * 1e6),
-                    inference_us=int(times.infer_s * 1e6),
-                    postprocess_us=int(times.postprocess_s * 1e6),
-                    total_us=int(total * 1e6),
-                    batch_size=times.batch_rows,
-                    detections=analysis.detections,
-                )
-        except Overloaded as exc:
-            if model is not None:
-                model.record_failure(loop.time() - waiting.arrival, "overloaded")
-            if self.options.policy is OverloadPolicy.DROP_OLDEST:
-                await self._report_drop(frame.sequence, f"model queue full: {exc}")
-                return
-            event = FrameErrorEvent(frame.sequence, exc)
-        except EdgeError as exc:
-            if model is not None:
-                model.record_failure(loop.time() - waiting.arrival)
-            event = FrameErrorEvent(frame.sequence, exc)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("stream %s: frame %d failed", self.options.stream_id, frame.sequence)
-            if model is not None:  # a runtime error is a failed inference too
-                model.record_failure(loop.time() - waiting.arrival)
-            event = FrameErrorEvent(frame.sequence, EdgeError("internal error"))
-        await self._out.put(event)
+    def deliver_error(self, sequence: int, error: EdgeError) -> None:
+        self._finished()
+        self._metrics.failed()
+        if not self._closed:
+            self._push(FrameErrorEvent(sequence, error))
+
+    def deliver_overloaded(self, waiting: Waiting, error: Overloaded, model: ModelVersion) -> None:
+        if self.lossless:
+            self.deliver_error(waiting.frame.sequence, error)
+            return
+        self._finished()
+        self._drop(waiting, DropReason.OVERLOADED, model, f"model queue full: {error}")
+
+    def deliver_stale(self, waiting: Waiting, model: ModelVersion) -> None:
+        self._finished()
+        self._drop(waiting, DropReason.STALE, model)
+
+    # ---- inside ----
+
+    def _finished(self) -> None:
+        self._running -= 1
+        self._room.set()
+        self._scheduler.frame_waiting()  # this stream may take its next frame now
+
+    def _push(self, event: StreamEvent | None) -> None:
+        self._out.append(event)
+        self._out_ready.set()
+
+    def _drop(
+        self, waiting: Waiting, reason: DropReason, model: ModelVersion | None, text: str = ""
+    ) -> None:
+        self.dropped_total += 1
+        self._metrics.dropped(reason)
+        if model is None:
+            with contextlib.suppress(EdgeError):  # the model may be gone; the count stays
+                model = self._resolve()
+        if model is not None:
+            model.record_drops(1)
+        if self._closed:
+            return
+        if not text:
+            if reason is DropReason.STALE:
+                waited_ms = (asyncio.get_running_loop().time() - waiting.arrival) * 1000
+                text = f"stale: {waited_ms:.0f} ms old, over max_age_ms {self.options.max_age_ms}"
+            else:
+                text = "replaced by a newer frame"
+        self._push(FramesDroppedEvent((waiting.frame.sequence,), text, self.dropped_total, reason))

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from server.frame_scheduler import DropReason
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0, 5.0,
@@ -59,9 +65,82 @@ class ServerMetrics:
             "Open FrameStream camera streams.",
             registry=self.registry,
         )
+        # Camera frames by outcome: answered, replaced, stale, overloaded, error. Per model, and
+        # per stream only while the stream is open (its series go when it closes).
+        self.stream_frames = Counter(
+            "edgefleet_stream_frames",
+            "Camera stream frames by outcome (answered, replaced, stale, overloaded, error).",
+            ("model", "outcome"),
+            registry=self.registry,
+        )
+        self.stream_result_age = Histogram(
+            "edgefleet_stream_result_age_seconds",
+            "Camera frames: from arrival at the server to the result.",
+            ("model",),
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.open_stream_frames = Counter(
+            "edgefleet_open_stream_frames",
+            "Frames of each open camera stream by outcome; removed when the stream closes.",
+            ("model", "stream", "outcome"),
+            registry=self.registry,
+        )
+        self.open_stream_result_age = Gauge(
+            "edgefleet_open_stream_result_age_seconds",
+            "Age of each open camera stream's latest result (arrival to result).",
+            ("model", "stream"),
+            registry=self.registry,
+        )
         self.model_events = Counter(
             "edgefleet_model_events",
             "Model lifecycle events: load, swap, unload, load_failed.",
             ("model", "version", "event"),
             registry=self.registry,
         )
+
+
+STREAM_OUTCOMES = ("answered", "replaced", "stale", "overloaded", "error")
+
+
+class StreamMetrics:
+    """One open stream's metric children, looked up once (never per frame), removed on close."""
+
+    def __init__(self, metrics: ServerMetrics, model: str, stream: str) -> None:
+        self._metrics = metrics
+        self._model = model
+        self._stream = stream
+        self._model_counts = {
+            outcome: metrics.stream_frames.labels(model, outcome) for outcome in STREAM_OUTCOMES
+        }
+        self._stream_counts = {
+            outcome: metrics.open_stream_frames.labels(model, stream, outcome)
+            for outcome in STREAM_OUTCOMES
+        }
+        self._age = metrics.stream_result_age.labels(model)
+        self._stream_age = metrics.open_stream_result_age.labels(model, stream)
+        self._open = True
+
+    def answered(self, age_s: float) -> None:
+        self._model_counts["answered"].inc()
+        self._stream_counts["answered"].inc()
+        self._age.observe(age_s)
+        self._stream_age.set(age_s)
+
+    def dropped(self, reason: DropReason) -> None:
+        self._model_counts[reason.value].inc()
+        self._stream_counts[reason.value].inc()
+
+    def failed(self) -> None:
+        self._model_counts["error"].inc()
+        self._stream_counts["error"].inc()
+
+    def close(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        for outcome in STREAM_OUTCOMES:
+            with contextlib.suppress(KeyError):
+                self._metrics.open_stream_frames.remove(self._model, self._stream, outcome)
+        with contextlib.suppress(KeyError):
+            self._metrics.open_stream_result_age.remove(self._model, self._stream)

@@ -13,6 +13,7 @@ from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.inference import grpc_service_pb2 as kserve
 from server.core import ModelInfo
 from server.errors import InvalidInput
+from server.frame_scheduler import DropReason
 from server.frame_session import (
     FrameErrorEvent,
     FrameIn,
@@ -465,6 +466,12 @@ _POLICY_TO_PB = {
     OverloadPolicy.BLOCK: fs.OVERLOAD_POLICY_BLOCK,
 }
 
+_DROP_REASON_TO_PB = {
+    DropReason.REPLACED: fs.DROP_REASON_REPLACED,
+    DropReason.STALE: fs.DROP_REASON_STALE,
+    DropReason.OVERLOADED: fs.DROP_REASON_OVERLOADED,
+}
+
 
 def stream_options_from_pb(message: fs.StreamRequest) -> StreamOptions:
     if message.WhichOneof("kind") != "open":
@@ -488,6 +495,7 @@ def stream_options_from_pb(message: fs.StreamRequest) -> StreamOptions:
         top_k=opening.results.top_k,
         raw_tensors=opening.results.raw_tensors,
         stream_id=opening.stream_id,
+        max_age_ms=opening.max_age_ms,
         detection=detection_filter_from_pb(opening.results),
     )
 
@@ -533,6 +541,7 @@ def stream_event_to_pb(event: StreamEvent) -> fs.StreamResponse:
                     total_us=event.total_us,
                     batch_size=event.batch_size,
                 ),
+                age_us=event.age_us,
             )
         )
     if isinstance(event, FramesDroppedEvent):
@@ -541,6 +550,7 @@ def stream_event_to_pb(event: StreamEvent) -> fs.StreamResponse:
                 sequences=list(event.sequences),
                 reason=event.reason,
                 total_dropped=event.total_dropped,
+                reason_code=_DROP_REASON_TO_PB[event.reason_code],
             )
         )
     if isinstance(event, FrameErrorEvent):

@@ -86,3 +86,38 @@ async def test_a_slow_consumer_sheds_frames_instead_of_buffering_them(repository
     # Twice the server's window of 2.
     assert max(unsettled_seen) <= 4
     assert final.frames_sent == final.frames_answered + final.frames_dropped
+
+
+async def test_stale_drops_reach_the_client_and_its_live_view(repository: Path) -> None:
+    """max_age_ms=1 behind a one-frame window: every frame that waits for the model goes stale.
+    The client counts those apart, and the live view shows them."""
+    from client.display import live_table
+    from client.runner import StreamRun
+    from tests.client.test_display import render
+
+    async with (
+        running_server(repository) as server,
+        open_channel(f"127.0.0.1:{server.port}", ChannelSecurity()) as channel,
+    ):
+        config = StreamConfig(
+            model_name=ONNX_MODEL, overload_policy=OverloadPolicy.DROP_OLDEST, max_in_flight=1,
+            max_age_ms=1, send_queue_frames=FRAMES, client_window=FRAMES,
+        )  # fmt: skip
+        client = FrameStreamClient(channel, config)
+        source = TestPatternSource(224, 224, count=FRAMES)
+        events = [event async for event in client.stream(source.frames())]
+    stale = [
+        seq
+        for event in events
+        if isinstance(event, FramesDropped) and event.kind == "stale"
+        for seq in event.sequences
+    ]
+    kinds = {event.kind for event in events if isinstance(event, FramesDropped)}
+    answered = {event.sequence for event in events if isinstance(event, FrameResult)}
+    stats = client.stats.snapshot()
+    assert stale, "no frame went stale; the test proves nothing"
+    assert kinds <= {"stale", "replaced"}
+    assert answered.isdisjoint(stale)
+    assert stats.frames_stale == len(stale)
+    live = render(live_table([StreamRun(source, client.stats)]))
+    assert "stale" in live and f" {len(stale)} " in live

@@ -35,13 +35,14 @@ async def camera(
     max_in_flight: int = 0,
     top_k: int = 3,
     stream_id: str = "",
+    max_age_ms: int = 0,
 ) -> AsyncIterator[fs.StreamRequest]:
     encoded = [encode(photo(name), encoding) for name in photos]
     yield fs.StreamRequest(
         open=fs.StreamOpen(
             model_name=model, encoding=encoding, source_fps=fps, overload_policy=policy,
             max_in_flight=max_in_flight, results=fs.ResultOptions(top_k=top_k),
-            stream_id=stream_id,
+            stream_id=stream_id, max_age_ms=max_age_ms,
         )
     )  # fmt: skip
     start = asyncio.get_running_loop().time()

@@ -1,0 +1,378 @@
+"""Freshness scheduling: one pull scheduler per served model, shared by every camera stream.
+
+Each open stream keeps at most its newest undecoded frame in a slot (a `BLOCK` stream keeps up
+to its window, in order, and is never dropped from). The scheduler does not push frames at the
+model as they arrive: it *pulls* when the model can take more, i.e. while fewer than
+`instance_count + 1` batches are in flight (one running per instance, one being decoded and
+queued behind it, so the model never idles and no frame waits behind more than one run).
+
+Each pull takes frames from the streams in least-recently-served order, one per stream per
+round, up to the plan's batch size; a `BLOCK` stream may add more rows only after every other
+stream had its turn. Only then are the chosen frames decoded (in the shared preprocess pool), so
+a frame replaced by a newer one never costs a decode. A frame older than its stream's
+`max_age_ms` when it would be chosen or queued is dropped as `stale` and never runs.
+
+Hot swap: every pull resolves the model anew and holds a lease on that version until its
+results are delivered, so an old version retires only after its last batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from server.errors import EdgeError, Overloaded
+from server.frame_analysis import (
+    DETECTION_KINDS,
+    FrameAnalysis,
+    StageTimes,
+    analyze_frame,
+    decode_and_prepare,
+    decode_target,
+)
+from server.infer_types import OutputTensor
+from server.manifest import Preprocess
+from server.model_version import ModelVersion
+from server.postprocess import LabelScore, top_k
+
+if TYPE_CHECKING:
+    from server.frame_session import FrameIn, FrameSession
+
+log = logging.getLogger(__name__)
+
+ModelResolver = Callable[[], ModelVersion]
+
+
+class DropReason(Enum):
+    # A newer frame of the same stream arrived before this one was chosen.
+    REPLACED = "replaced"
+    # Older than the stream's max_age_ms when it would have started.
+    STALE = "stale"
+    # The model's queue was full (other clients flood it); live streams drop instead of failing.
+    OVERLOADED = "overloaded"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A frame accepted from the network, not decoded yet."""
+
+    frame: FrameIn
+    arrival: float
+
+
+@dataclass
+class Pick:
+    session: FrameSession
+    waiting: Waiting
+    settled: bool = False  # its result, error or drop has been handed to the stream
+
+
+class FrameScheduler:
+    """Pulls the freshest frames of the registered streams into the model, fairly."""
+
+    def __init__(self, resolve_model: ModelResolver, preprocess_pool: Executor, name: str) -> None:
+        self._resolve = resolve_model
+        self._pool = preprocess_pool
+        self._name = name
+        # Insertion order is the serving order: a served stream moves to the back.
+        self._sessions: dict[int, FrameSession] = {}
+        self._wake = asyncio.Event()
+        self._batches: set[asyncio.Task[None]] = set()
+        # Loop times at which running batches are expected to finish (None: still decoding).
+        self._expected_end: dict[asyncio.Task[None], float | None] = {}
+        # Moving averages of one batch's model run and of its decode, for timing the next pull.
+        self._run_s = 0.0
+        self._prepare_s = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._dispatcher: asyncio.Task[None] | None = None
+
+    # ---- streams ----
+
+    def add(self, session: FrameSession) -> None:
+        self._sessions[id(session)] = session
+        if self._dispatcher is None:
+            self._dispatcher = asyncio.create_task(self._dispatch(), name=f"frames-{self._name}")
+
+    def remove(self, session: FrameSession) -> None:
+        """Forget a stream at once: its waiting frames go, its share goes to the others."""
+        self._sessions.pop(id(session), None)
+        self._wake.set()
+
+    def frame_waiting(self) -> None:
+        self._wake.set()
+
+    @property
+    def streams(self) -> int:
+        return len(self._sessions)
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            await asyncio.gather(self._dispatcher, return_exceptions=True)
+            self._dispatcher = None
+        await asyncio.gather(*self._batches, return_exceptions=True)
+
+    # ---- pulling ----
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._sessions:
+                started = self._start_batch()
+                if not started:
+                    break
+
+    def _start_batch(self) -> bool:
+        """Start one batch if the model has room and a frame is waiting; False otherwise."""
+        try:
+            model = self._resolve()
+        except EdgeError as exc:
+            return self._fail_everything(exc)
+        runners = model.plan.instance_count
+        if len(self._batches) >= runners + 1:
+            return False
+        if len(self._batches) == runners and not self._prefetch_due():
+            return False
+        max_rows = max(model.plan.max_batch_size, 1)
+        picks = self._pick(max_rows, model)
+        if not picks:
+            return False
+        lease = contextlib.ExitStack()
+        lease.enter_context(model.lease())  # taken now, so a swap cannot retire it under us
+        task = asyncio.create_task(self._run_batch(model, picks, lease))
+        self._batches.add(task)
+        self._expected_end[task] = None
+        task.add_done_callback(self._batch_done)
+        return True
+
+    def _prefetch_due(self) -> bool:
+        """Every runner is busy. Pull the next batch only when the soonest running batch will
+        end within one decode: frames pulled earlier would wait a whole run and be older than
+        the ones arriving meanwhile. Otherwise wake up then."""
+        ends = [end for end in self._expected_end.values() if end is not None]
+        if not ends:
+            return False  # still decoding: its run has not started, nothing ends soon
+        loop = asyncio.get_running_loop()
+        due = min(ends) - self._prepare_s - 0.001
+        if loop.time() >= due:
+            return True
+        if self._timer is None or self._timer.when() > due:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(due, self._timer_fired)
+        return False
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._wake.set()
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._batches.discard(task)
+        self._expected_end.pop(task, None)
+        self._wake.set()
+
+    def _running(self, prepare_s: float) -> None:
+        """The current batch finished decoding and goes to the model now."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._prepare_s = 0.8 * self._prepare_s + 0.2 * prepare_s if self._prepare_s else prepare_s
+        loop = asyncio.get_running_loop()
+        queued_behind = max([end for end in self._expected_end.values() if end] or [loop.time()])
+        self._expected_end[task] = max(queued_behind, loop.time()) + self._run_s
+        self._wake.set()
+
+    def _ran(self, run_s: float) -> None:
+        self._run_s = 0.8 * self._run_s + 0.2 * run_s if self._run_s else run_s
+
+    def _pick(self, max_rows: int, model: ModelVersion) -> list[Pick]:
+        now = asyncio.get_running_loop().time()
+        picks: list[Pick] = []
+        served: list[FrameSession] = []
+        first_round = True
+        while len(picks) < max_rows:
+            took = False
+            for session in list(self._sessions.values()):
+                if len(picks) >= max_rows:
+                    break
+                if not first_round and not session.lossless:
+                    continue
+                waiting = session.take(now, model)
+                if waiting is None:
+                    continue
+                picks.append(Pick(session, waiting))
+                took = True
+                if first_round:
+                    served.append(session)
+            first_round = False
+            if not took:
+                break
+        for session in served:  # least recently served first next time
+            key = id(session)
+            if key in self._sessions:
+                self._sessions[key] = self._sessions.pop(key)
+        return picks
+
+    def _fail_everything(self, error: EdgeError) -> bool:
+        """The model is gone: every waiting frame gets the error (a stream never hangs)."""
+        for session in list(self._sessions.values()):
+            while (waiting := session.take(None, None)) is not None:
+                session.deliver_error(waiting.frame.sequence, error)
+        return False
+
+    async def _run_batch(
+        self, model: ModelVersion, picks: list[Pick], lease: contextlib.ExitStack
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        with lease:
+            try:
+                await self._decode_and_run(model, picks, loop)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("frames of %s: a batch of %d failed", self._name, len(picks))
+                for pick in picks:
+                    if not pick.settled:
+                        pick.settled = True
+                        pick.session.deliver_error(
+                            pick.waiting.frame.sequence, EdgeError("internal error")
+                        )
+
+    async def _decode_and_run(
+        self, model: ModelVersion, picks: list[Pick], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        post = model.manifest.postprocess
+        if model.manifest.pipeline is not None or post.kind in DETECTION_KINDS:
+            # Several models or per-frame geometry: each chosen frame runs its own analysis;
+            # frames chosen together still share the model's batches in its batcher.
+            await asyncio.gather(*(self._analyze_one(model, pick, loop) for pick in picks))
+            return
+        spec = model.manifest.preprocess
+        assert spec is not None  # checked when each stream opened
+        started = loop.time()
+        decoded: list[np.ndarray | BaseException]
+        if len(picks) == 1:
+            try:
+                decoded = [await _decode_one(loop, self._pool, picks[0], spec)]
+            except Exception as exc:  # reported per frame below, like a batch member's
+                decoded = [exc]
+        else:
+            decoded = list(
+                await asyncio.gather(
+                    *(_decode_one(loop, self._pool, pick, spec) for pick in picks),
+                    return_exceptions=True,
+                )
+            )
+        preprocessed = loop.time()
+        ready: list[Pick] = []
+        tensors: list[np.ndarray] = []
+        for pick, tensor in zip(picks, decoded, strict=True):
+            session = pick.session
+            pick.settled = True
+            if isinstance(tensor, EdgeError):
+                model.record_failure(preprocessed - pick.waiting.arrival)
+                session.deliver_error(pick.waiting.frame.sequence, tensor)
+            elif isinstance(tensor, BaseException):
+                log.error("frames of %s: frame failed to decode", self._name, exc_info=tensor)
+                model.record_failure(preprocessed - pick.waiting.arrival)
+                session.deliver_error(pick.waiting.frame.sequence, EdgeError("internal error"))
+            elif session.too_old(pick.waiting, preprocessed):
+                session.deliver_stale(pick.waiting, model)
+            else:
+                pick.settled = False
+                ready.append(pick)
+                tensors.append(tensor)
+        if not ready:
+            return
+        batch = tensors[0] if len(tensors) == 1 else np.concatenate(tensors)
+        self._running(preprocessed - started)
+        try:
+            outcome = await model.infer({spec.input: batch})
+        except EdgeError as exc:
+            for pick in ready:
+                pick.settled = True
+                self._failed(model, pick, exc, loop)
+            return
+        inferred = loop.time()
+        self._ran(outcome.infer_s)
+        batching = model.plan.max_batch_size > 0
+        for row, pick in enumerate(ready):
+            pick.settled = True
+            options = pick.session.options
+            outputs = (
+                {name: value[row : row + 1] for name, value in outcome.outputs.items()}
+                if batching
+                else outcome.outputs
+            )
+            labels: list[LabelScore] = []
+            if post.kind == "classification" and post.output:
+                k = options.top_k or post.top_k
+                scores = outputs[post.output]
+                labels = top_k(scores, k, model.labels, apply_softmax=post.softmax)[0]
+            analysis = FrameAnalysis(
+                version=outcome.version,
+                labels=labels,
+                tensors=(
+                    [OutputTensor(name, value[0]) for name, value in outputs.items()]
+                    if options.raw_tensors
+                    else []
+                ),
+                times=StageTimes(
+                    queue_s=outcome.queue_s,
+                    preprocess_s=preprocessed - started,
+                    infer_s=outcome.infer_s,
+                    postprocess_s=loop.time() - inferred,
+                    batch_rows=outcome.batch_rows,
+                ),  # fmt: skip
+            )
+            pick.session.deliver_result(model, pick.waiting, analysis, started)
+
+    async def _analyze_one(
+        self, model: ModelVersion, pick: Pick, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        started = loop.time()
+        self._running(0.0)
+        try:
+            analysis = await analyze_frame(
+                model, pick.waiting.frame, pick.session.options, self._pool
+            )
+        except EdgeError as exc:
+            pick.settled = True
+            self._failed(model, pick, exc, loop)
+            return
+        self._ran(analysis.times.infer_s)
+        pick.settled = True
+        pick.session.deliver_result(model, pick.waiting, analysis, started)
+
+    @staticmethod
+    def _failed(
+        model: ModelVersion, pick: Pick, error: EdgeError, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        if isinstance(error, Overloaded):
+            model.record_failure(loop.time() - pick.waiting.arrival, "overloaded")
+            pick.session.deliver_overloaded(pick.waiting, error, model)
+        else:
+            model.record_failure(loop.time() - pick.waiting.arrival)
+            pick.session.deliver_error(pick.waiting.frame.sequence, error)
+
+
+async def _decode_one(
+    loop: asyncio.AbstractEventLoop, pool: Executor, pick: Pick, spec: Preprocess
+) -> np.ndarray:
+    """Decode, cut the stream's region of interest and preprocess, in the pool."""
+    tensor, _transform = await loop.run_in_executor(
+        pool, decode_and_prepare, pick.waiting.frame, pick.session.options.encoding,
+        pick.session.options.detection.roi, spec, decode_target(spec, "classification"),
+        pick.session.options.max_pixels,
+    )  # fmt: skip
+    return tensor
