@@ -23,29 +23,40 @@ def register(app: typer.Typer) -> None:
 
 def stream_command(
     sources: Annotated[list[str], typer.Argument(help="One or more sources.", show_default=False)],
-    model: Annotated[str, typer.Option("--model", "-m", help="Model name on the server.")],
-    server: Annotated[str | None, typer.Option(help="Server HOST:PORT [127.0.0.1:8001].")] = None,
-    model_version: Annotated[str | None, typer.Option(help="Pin a version [active].")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Model name on the server (or EDGEFLEET_CLIENT_MODEL)."),
+    ] = None,
+    server: Annotated[
+        str | None, typer.Option(help="Server HOST:PORT (default 127.0.0.1:8001).")
+    ] = None,
+    model_version: Annotated[
+        str | None, typer.Option(help="Pin a version (default: the active one).")
+    ] = None,
     fps: Annotated[
         float | None,
         typer.Option(help="Frames per second; default: the source's own rate; 0: flat out."),
     ] = None,
     encoding: Annotated[
-        str | None, typer.Option(help="jpeg (saves bandwidth) or raw [jpeg].")
+        str | None, typer.Option(help="jpeg (saves bandwidth) or raw (default jpeg).")
     ] = None,
-    quality: Annotated[int | None, typer.Option(help="JPEG quality 1-100 [85].")] = None,
+    quality: Annotated[int | None, typer.Option(help="JPEG quality 1-100 (default 85).")] = None,
     policy: Annotated[
         str, typer.Option(help="auto, drop-oldest (live) or block (every frame).")
     ] = "auto",
-    max_in_flight: Annotated[int | None, typer.Option(help="Unanswered frames [server's].")] = None,
+    max_in_flight: Annotated[
+        int | None, typer.Option(help="Unanswered frames (default: the server's).")
+    ] = None,
     max_age_ms: Annotated[
         int | None, typer.Option(help="Server drops frames older than this as stale; 0: never.")
     ] = None,
-    top_k: Annotated[int | None, typer.Option(help="Labels per result [model's].")] = None,
+    top_k: Annotated[
+        int | None, typer.Option(help="Labels per result (default: the model's).")
+    ] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after S seconds.")] = None,
     loop: Annotated[bool | None, typer.Option(help="Repeat files and folders.")] = None,
     retries: Annotated[
-        int | None, typer.Option(help="Reconnect attempts in a row; 0: forever [8].")
+        int | None, typer.Option(help="Reconnect attempts in a row; 0: forever (default 8).")
     ] = None,
     output: Annotated[
         tuple[str, Path] | None,
@@ -76,6 +87,7 @@ def stream_command(
     import json
     import logging
     import signal
+    import sys
 
     from pydantic import ValidationError
     from rich.console import Console
@@ -87,7 +99,8 @@ def stream_command(
     from client.sources import FrameSource, SourceError, open_source
 
     console = Console(stderr=True)
-    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    # Warnings too: a skipped unreadable image or a reconnect is said, once, by name.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if output is not None and output[0] != "jsonl":
         raise typer.BadParameter(f"unknown format {output[0]!r}; only jsonl", param_hint="--output")
     if policy not in ("auto", "drop-oldest", "block"):
@@ -121,8 +134,15 @@ def stream_command(
             **{name: value for name, value in flags.items() if value is not None}
         )
     except ValidationError as error:
-        console.print(f"[red]invalid options:[/] {error}")
-        raise typer.Exit(2) from error
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "settings"
+        flag = {"jpeg_quality": "quality", "duration_s": "duration"}.get(field, field)
+        console.print(
+            f"edgefleet stream: --{flag.replace('_', '-')} / EDGEFLEET_CLIENT_{field.upper()}: "
+            f"{first['msg']}",
+            markup=False, highlight=False,
+        )  # fmt: skip
+        raise typer.Exit(2) from None
     opened: list[FrameSource] = []
     for spec in sources:
         try:
@@ -172,7 +192,9 @@ def stream_command(
         raise typer.Exit(2) from error
     except asyncio.CancelledError:
         interrupted, runs = True, started
-    Console().print(summary_table(runs))
+    # Not a terminal: no 80-column cut; the table takes the width it needs.
+    out = Console() if sys.stdout.isatty() else Console(width=400)
+    out.print(summary_table(runs))
     if not console.is_terminal:
         for stream_run in runs:
             console.print(json.dumps(stream_run.summary()), soft_wrap=True, highlight=False)
@@ -182,5 +204,9 @@ def stream_command(
     if interrupted:
         console.print("[yellow]interrupted[/]: streams abandoned before they finished")
         raise typer.Exit(130)
+    # One rule: a source that cannot be opened is a mistake in the command (2), like a missing
+    # file; a stream that failed while running is a failure (1).
+    if any(stream_run.unopened for stream_run in runs):
+        raise typer.Exit(2)
     if failed:
         raise typer.Exit(1)

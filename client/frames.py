@@ -23,6 +23,8 @@ class CapturedFrame:
 
     pixels_bgr: np.ndarray
     capture_time_unix_ns: int
+    # Where the frame came from inside its source (an image folder's file name), for results.
+    origin: str = ""
 
 
 @dataclass(frozen=True)

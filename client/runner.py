@@ -25,6 +25,7 @@ from client.sources import FrameSource, SourceError, paced, until_stopped
 from client.stats import StatsSnapshot, StreamState, StreamStats
 from client.stream import (
     BackoffPolicy,
+    Connected,
     FrameRejected,
     FrameResult,
     FramesDropped,
@@ -46,6 +47,8 @@ class StreamRun:
     started_at: float = 0.0
     finished_at: float | None = None
     error: str | None = None
+    # The source itself could not be opened (not a video, no images): a mistake in the command.
+    unopened: bool = False
 
     def elapsed_s(self) -> float:
         end = self.finished_at if self.finished_at is not None else time.monotonic()
@@ -156,6 +159,23 @@ async def _remembered(
         yield frame
 
 
+# Frames remembered for their index and origin until their result comes back.
+_KEPT_FOR_ORIGIN = 4096
+
+
+async def _numbered(
+    frames: AsyncIterator[CapturedFrame], origins: dict[int, tuple[int, str]]
+) -> AsyncIterator[CapturedFrame]:
+    """Remember each frame's index in its source (and file name) by capture time."""
+    index = 0
+    async for frame in frames:
+        origins[frame.capture_time_unix_ns] = (index, frame.origin)
+        if len(origins) > _KEPT_FOR_ORIGIN:
+            del origins[next(iter(origins))]
+        index += 1
+        yield frame
+
+
 def video_path(path: Path, index: int, sources: int) -> Path:
     """The one path for one source; `out-0.mp4`, `out-1.mp4`, ... for several."""
     return path if sources == 1 else path.with_name(f"{path.stem}-{index}{path.suffix}")
@@ -176,9 +196,21 @@ async def _run_one(
     kept: dict[int, np.ndarray] = {}
     if video is not None:
         frames = _remembered(frames, kept)
+    origins: dict[int, tuple[int, str]] = {}
+    if sink is not None:
+        frames = _numbered(frames, origins)
+    stream_id = ""
     try:
         async for event in client.stream(frames):
+            if isinstance(event, Connected):
+                stream_id = event.stream_id
             if sink is not None and (record := event_record(run.source.name, event)):
+                record["stream_id"] = stream_id
+                if isinstance(event, FrameResult):
+                    index, origin = origins.pop(event.capture_time_unix_ns, (None, ""))
+                    record["frame_index"] = index
+                    if origin:
+                        record["file"] = origin
                 # Small buffered writes; the OS absorbs them without stalling the loop.
                 sink.write(json.dumps(record) + "\n")
             if video is not None and isinstance(event, FrameResult):
@@ -210,6 +242,7 @@ async def run_streams(
     opened = await asyncio.gather(*(source.open() for source in sources), return_exceptions=True)
     for stream_run, outcome in zip(runs, opened, strict=True):
         if isinstance(outcome, SourceError):
+            stream_run.unopened = True
             stream_run.error = str(outcome)
             stream_run.stats.last_error = str(outcome)
             stream_run.stats.state = StreamState.FAILED

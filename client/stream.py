@@ -311,6 +311,15 @@ class FrameStreamClient:
             if code not in RETRYABLE_CODES:
                 self.stats.last_error = reason
                 raise StreamFailed(code, reason)
+            if "handshake" in details.lower():
+                # A TLS handshake that fails once fails every time: a plaintext server, or a
+                # certificate this client does not trust. Retrying only hides the cause.
+                reason = (
+                    "TLS handshake failed (is the server plaintext? then drop --tls; or does "
+                    f"--ca not sign its certificate?): {details}"
+                )
+                self.stats.last_error = reason
+                raise StreamFailed(code, reason)
         else:
             code, reason = grpc.StatusCode.UNAVAILABLE, outcome
         limit = self._config.backoff.max_attempts

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
 
 
 def controller(
+    ctx: typer.Context,
     data: Annotated[Path, typer.Option("--data", help="State directory: SQLite store, CA, bundles.")] = Path("fleet-data"),
     store: Annotated[str, typer.Option("--store", envvar="EDGEFLEET_CONTROLLER_STORE", help="sqlite (in --data, one machine) or postgresql://USER@HOST:PORT/DB (replicas). No password here: see --store-password-file.")] = "sqlite",
     store_password_file: Annotated[Path | None, typer.Option("--store-password-file", envvar="EDGEFLEET_CONTROLLER_STORE_PASSWORD_FILE", help="File holding the PostgreSQL password (or set EDGEFLEET_CONTROLLER_STORE_PASSWORD, or libpq's PGPASSWORD/PGPASSFILE).")] = None,
@@ -40,24 +41,21 @@ def controller(
 
     from fleet.controller.settings import ControllerSettings
 
-    values: dict[str, object] = {
-        "data_dir": data,
-        "store": store,
-        "store_password_file": store_password_file,
-        "host": host,
-        "port": port,
-        "enroll_port": enroll_port,
-        "metrics_port": metrics_port,
-        "dashboard_port": dashboard_port,
-        "trusted_keys": tuple(trusted_key or ()),
-        "publish_dir": publish_dir,
-        "telemetry_interval_s": telemetry_interval_s,
-        "log_level": log_level.upper(),
-    }
-    if hostname:
-        values["hostnames"] = tuple(hostname)
+    # Only the flags given on the command line: every other setting comes from its
+    # EDGEFLEET_CONTROLLER_* variable, else its default (model_validate would skip the env).
+    renamed = {"data": "data_dir", "trusted_key": "trusted_keys", "hostname": "hostnames"}
+    values: dict[str, Any] = {}
+    for name, value in ctx.params.items():
+        source = ctx.get_parameter_source(name)
+        if value is None or source is None or source.name == "DEFAULT":
+            continue
+        if name in ("trusted_key", "hostname"):
+            value = tuple(value)
+        if name == "log_level":
+            value = str(value).upper()
+        values[renamed.get(name, name)] = value
     try:
-        settings = ControllerSettings.model_validate(values)
+        settings = ControllerSettings(**values)
     except ValidationError as error:
         # Only the messages: pydantic's full text repeats the input values.
         problems = "; ".join(

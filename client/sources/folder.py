@@ -46,7 +46,7 @@ class ImageFolderSource:
                     log.warning("%s: skipped, not a readable image", path)
                     continue
                 decoded += 1
-                yield CapturedFrame(pixels, time.time_ns())
+                yield CapturedFrame(pixels, time.time_ns(), origin=path.name)
             if decoded == 0:
                 raise SourceError(self.name, "none of its images could be decoded")
             if not self._loop:

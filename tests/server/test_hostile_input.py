@@ -340,7 +340,8 @@ async def serve_process(repository, tmp_path):
     port_file = tmp_path / "port"
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "edgefleet.cli", "serve", "--repository", str(repository),
-        "--port", "0", "--metrics-port", "-1", "--planner", "manifest",
+        "--port", "0", "--metrics-port", "-1", "--http-port", "-1",
+        "--planner", "manifest",
         "--port-file", str(port_file), "--log-level", "WARNING",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -34,7 +34,10 @@ def one_line_error(stderr: str) -> str:
 
 
 async def test_9_missing_repository_exits_2_with_one_line(tmp_path):
-    code, _, stderr = await run_serve("--repository", str(tmp_path / "typo"), "--port", "0")
+    code, _, stderr = await run_serve(
+        "--repository", str(tmp_path / "typo"), "--port", "0", "--metrics-port", "-1",
+        "--http-port", "-1",
+    )  # fmt: skip
     assert code == 2
     assert "typo does not exist" in one_line_error(stderr)
 
@@ -46,6 +49,7 @@ async def test_10_busy_port_exits_3_before_loading_models(repository):
         port = taken.getsockname()[1]
         code, _, stderr = await run_serve(
             "--repository", str(repository), "--port", str(port), "--metrics-port", "-1",
+        "--http-port", "-1",
             "--planner", "manifest", "--log-level", "INFO",
         )  # fmt: skip
     assert code == 3
@@ -65,6 +69,7 @@ async def test_10_busy_port_exits_3_before_loading_models(repository):
 async def test_10_mistakes_are_one_line_and_a_distinct_code(repository, args, code, fragment):
     returncode, _, stderr = await run_serve(
         "--repository", str(repository), "--port", "0", "--metrics-port", "-1",
+        "--http-port", "-1",
         "--planner", "manifest", *args,
     )  # fmt: skip
     assert returncode == code, stderr[-2000:]
@@ -77,6 +82,7 @@ async def test_11_environment_sets_every_flag_not_given(repository, tmp_path: Pa
         "EDGEFLEET_REPOSITORY": str(repository),
         "EDGEFLEET_PORT": "0",
         "EDGEFLEET_METRICS_PORT": "-1",
+        "EDGEFLEET_HTTP_PORT": "-1",
         "EDGEFLEET_PORT_FILE": str(port_file),
         # A flag given wins over its variable: this bad value is never used.
         "EDGEFLEET_LOG_LEVEL": "LOUD",
@@ -111,6 +117,7 @@ async def test_9_skipped_entries_and_zero_models_are_said_at_startup(tmp_path):
     port_file = tmp_path / "port"
     process = await asyncio.create_subprocess_exec(
         *SERVE, "--repository", str(repo), "--port", "0", "--metrics-port", "-1",
+        "--http-port", "-1",
         "--planner", "manifest", "--port-file", str(port_file), cwd=ROOT,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
