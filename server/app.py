@@ -10,7 +10,6 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
 from protos.edgefleet.v1 import (
     frame_stream_pb2,
@@ -28,6 +27,7 @@ from server.grpc_api.malformed import MalformedRequestInterceptor
 from server.grpc_api.server_info import DeviceFacts, ServerInfoServicer
 from server.http_api.kserve_http import HttpServer
 from server.metrics import ServerMetrics
+from server.prometheus_http import start_metrics_http
 from server.runtime_plan import Planner
 from server.settings import ServerSettings
 from server.tls import server_credentials as tls_credentials
@@ -165,8 +165,8 @@ class EdgeServer:
         if self.settings.metrics_port < 0:
             return
         try:
-            self._metrics_http, _thread = start_http_server(
-                self.settings.metrics_port, addr=self.settings.host, registry=self.metrics.registry
+            self._metrics_http = start_metrics_http(
+                self.settings.metrics_port, self.settings.host, self.metrics.registry
             )
         except OSError as exc:
             raise PortInUse(

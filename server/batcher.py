@@ -21,6 +21,7 @@ import numpy as np
 
 from server.backends.base import Arrays, Backend
 from server.errors import ModelNotReady, Overloaded
+from server.failure_log import FailureLog
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class DynamicBatcher:
     ) -> None:
         self._backend = backend
         self._name = name
+        self._failures = FailureLog(log)
         self._output_names = output_names
         # 0 means the model does not batch: every request runs on its own.
         self._max_rows = max(max_batch_size, 1)
@@ -172,7 +174,7 @@ class DynamicBatcher:
         try:
             outputs, timings = await loop.run_in_executor(self._executor, self._execute, batch)
         except Exception as exc:  # a runtime failure fails this batch, never the collector
-            log.exception("model %s: batch of %d failed", self._name, len(batch))
+            self._failures.failed(f"model {self._name}: a batch failed", exc)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)

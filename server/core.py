@@ -35,7 +35,7 @@ from server.frame_session import (
 )
 from server.infer_types import InferRequest, InferResponse, OutputTensor, RequestedOutput
 from server.manifest import ModelManifest
-from server.metrics import ServerMetrics, StreamMetrics
+from server.metrics import ServerMetrics, StreamMetrics, outcome_of
 from server.model_version import InferOutcome, ModelVersion
 from server.postprocess import classification_strings, classification_width
 from server.registry import ModelIndexEntry, ModelRegistry
@@ -91,6 +91,7 @@ class InferenceCore:
             self._load_pool,
             versions_kept=settings.versions_kept,
         )
+        self.metrics.watch_models(self.registry.loaded)
         self._started = False
         self._stopping = False
         self._streams = 0
@@ -254,8 +255,7 @@ class InferenceCore:
                 post_start = loop.time()
                 outputs = [await self._output(model, outcome, wanted) for wanted in requested]
             except Exception as exc:  # every failure counts: a runtime error is a failed inference
-                outcome_label = type(exc).__name__ if isinstance(exc, EdgeError) else "error"
-                model.record_failure(loop.time() - arrival, outcome_label)
+                model.record_failure(loop.time() - arrival, outcome_of(exc))
                 raise
             done = loop.time()
             model.record_success(

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from server.errors import EdgeError, Overloaded
+from server.failure_log import FailureLog
 from server.frame_analysis import (
     DETECTION_KINDS,
     FrameAnalysis,
@@ -40,6 +41,7 @@ from server.frame_analysis import (
 )
 from server.infer_types import OutputTensor
 from server.manifest import Preprocess
+from server.metrics import outcome_of
 from server.model_version import ModelVersion
 from server.postprocess import LabelScore, top_k
 
@@ -82,6 +84,7 @@ class FrameScheduler:
         self._resolve = resolve_model
         self._pool = preprocess_pool
         self._name = name
+        self._failures = FailureLog(log)
         # Insertion order is the serving order: a served stream moves to the back.
         self._sessions: dict[int, FrameSession] = {}
         self._wake = asyncio.Event()
@@ -239,11 +242,15 @@ class FrameScheduler:
                 await self._decode_and_run(model, picks, loop)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("frames of %s: a batch of %d failed", self._name, len(picks))
+            except Exception as exc:
+                self._failures.failed(f"frames of {self._name}: a batch failed", exc)
+                failed_at = loop.time()
                 for pick in picks:
                     if not pick.settled:
                         pick.settled = True
+                        # A runtime failure is a failed inference: counted (stats, telemetry,
+                        # edgefleet_requests_total{outcome="runtime_error"}) like a unary one.
+                        model.record_failure(failed_at - pick.waiting.arrival, outcome_of(exc))
                         pick.session.deliver_error(
                             pick.waiting.frame.sequence, EdgeError("internal error")
                         )
@@ -280,11 +287,11 @@ class FrameScheduler:
             session = pick.session
             pick.settled = True
             if isinstance(tensor, EdgeError):
-                model.record_failure(preprocessed - pick.waiting.arrival)
+                model.record_failure(preprocessed - pick.waiting.arrival, outcome_of(tensor))
                 session.deliver_error(pick.waiting.frame.sequence, tensor)
             elif isinstance(tensor, BaseException):
-                log.error("frames of %s: frame failed to decode", self._name, exc_info=tensor)
-                model.record_failure(preprocessed - pick.waiting.arrival)
+                self._failures.failed(f"frames of {self._name}: frame failed to decode", tensor)
+                model.record_failure(preprocessed - pick.waiting.arrival, outcome_of(tensor))
                 session.deliver_error(pick.waiting.frame.sequence, EdgeError("internal error"))
             elif session.too_old(pick.waiting, preprocessed):
                 session.deliver_stale(pick.waiting, model)
@@ -362,7 +369,7 @@ class FrameScheduler:
             model.record_failure(loop.time() - pick.waiting.arrival, "overloaded")
             pick.session.deliver_overloaded(pick.waiting, error, model)
         else:
-            model.record_failure(loop.time() - pick.waiting.arrival)
+            model.record_failure(loop.time() - pick.waiting.arrival, outcome_of(error))
             pick.session.deliver_error(pick.waiting.frame.sequence, error)
 
 

@@ -3,12 +3,43 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from server.errors import EdgeError, InvalidInput, Overloaded, ShuttingDown, Unsupported
+from server.prometheus_http import instance_registry
 
 if TYPE_CHECKING:
     from server.frame_scheduler import DropReason
+    from server.model_version import ModelVersion
+
+# The `outcome` label of edgefleet_requests_total: a closed set, never an exception's name.
+OUTCOMES = (
+    "success", "invalid_input", "unsupported", "overloaded", "shutting_down", "error",
+    "runtime_error",
+)  # fmt: skip
+
+
+def outcome_of(error: BaseException) -> str:
+    """The bounded `outcome` label value for a failed request: `error` for any other refusal the
+    server chose, `runtime_error` for a failure it did not (a bug, the runtime raising)."""
+    if isinstance(error, InvalidInput):
+        return "invalid_input"
+    if isinstance(error, Unsupported):
+        return "unsupported"
+    if isinstance(error, Overloaded):
+        return "overloaded"
+    if isinstance(error, ShuttingDown):
+        return "shutting_down"
+    if isinstance(error, EdgeError):
+        return "error"
+    return "runtime_error"
+
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0, 2.0, 5.0,
@@ -18,11 +49,11 @@ _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
 class ServerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry = registry if registry is not None else instance_registry("server")
         labels = ("model", "version")
         self.requests = Counter(
             "edgefleet_requests",
-            "Inference requests and frames, by outcome.",
+            f"Inference requests and frames, by outcome ({', '.join(OUTCOMES)}).",
             (*labels, "outcome"),
             registry=self.registry,
         )
@@ -57,7 +88,7 @@ class ServerMetrics:
         self.frames_dropped = Counter(
             "edgefleet_frames_dropped",
             "Camera frames dropped by the drop_oldest overload policy.",
-            ("model",),
+            labels,
             registry=self.registry,
         )
         self.active_streams = Gauge(
@@ -98,6 +129,38 @@ class ServerMetrics:
             ("model", "version", "event"),
             registry=self.registry,
         )
+
+    def watch_models(self, loaded: Callable[[], Iterable[ModelVersion]]) -> None:
+        """Expose `edgefleet_model_info` for the versions `loaded()` returns at each scrape."""
+        self.registry.register(_ModelInfo(loaded))
+
+
+class _ModelInfo(Collector):
+    def __init__(self, loaded: Callable[[], Iterable[ModelVersion]]) -> None:
+        self._loaded = loaded
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "edgefleet_model_info",
+            "Always 1 per loaded model version; the labels say how it runs.",
+            labels=["model", "version", "backend", "provider", "precision"],
+        )
+        for model in _snapshot(self._loaded):
+            info.add_metric(
+                [model.name, model.version, model.plan.backend, model.provider,
+                 model.plan.precision],
+                1.0,
+            )  # fmt: skip
+        yield info
+
+
+def _snapshot(loaded: Callable[[], Iterable[ModelVersion]]) -> list[ModelVersion]:
+    """`loaded()` from the scrape thread: the event loop may change the registry meanwhile
+    (a dict resized under iteration raises RuntimeError), so retry; a scrape never fails."""
+    for _attempt in range(5):
+        with contextlib.suppress(RuntimeError):
+            return list(loaded())
+    return []
 
 
 STREAM_OUTCOMES = ("answered", "replaced", "stale", "overloaded", "error")

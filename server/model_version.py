@@ -68,7 +68,7 @@ class ModelVersion:
         self._compute_latency = metrics.compute_latency.labels(*model_labels)
         self._successes = metrics.requests.labels(*model_labels, "success")
         self._request_latency = metrics.request_latency.labels(*model_labels)
-        self._frames_dropped = metrics.frames_dropped.labels(self.name)
+        self._frames_dropped = metrics.frames_dropped.labels(*model_labels)
         self._output_names = [spec.name for spec in manifest.outputs]
         # What a client may send: the manifest's limit. The plan's batch is how the server groups
         # work on this device; a larger request is split into plan-sized runs (`infer`).
@@ -104,6 +104,11 @@ class ModelVersion:
         if self._backend is None:
             return f"pipeline ({self.plan.reasons.get('pipeline', '')})"
         return self._backend.description
+
+    @property
+    def provider(self) -> str:
+        """The execution provider actually running the model ("" for a pipeline)."""
+        return "" if self._backend is None else self._backend.provider
 
     @property
     def in_flight(self) -> int:
@@ -238,7 +243,8 @@ class ModelVersion:
         self._successes.inc()
         self._request_latency.observe(total_s)
 
-    def record_failure(self, total_s: float, outcome: str = "error") -> None:
+    def record_failure(self, total_s: float, outcome: str) -> None:
+        """`outcome`: one of `server.metrics.OUTCOMES` (see `outcome_of`)."""
         self.stats.record_failure(total_s)
         self._metrics.requests.labels(self.name, self.version, outcome).inc()
 

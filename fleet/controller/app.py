@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, start_http_server
 
 from fleet.controller.authz import ServiceAuthorization
 from fleet.controller.controller import FleetController
@@ -24,6 +23,7 @@ from fleet.controller.stores import describe, open_store
 from fleet.keys import TrustedKeys
 from fleet.pki import ADMIN_PREFIX, DEVICE_PREFIX, CertificateAuthority
 from protos.edgefleet.fleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
+from server.prometheus_http import instance_registry, start_metrics_http
 
 logger = logging.getLogger(__name__)
 ADMIN_CREDENTIAL = "admin-credential.json"
@@ -54,7 +54,7 @@ def _authorization(controller: FleetController) -> ServiceAuthorization:
 class ControllerApp:
     def __init__(self, settings: ControllerSettings) -> None:
         self.settings = settings
-        self.registry = CollectorRegistry()
+        self.registry = instance_registry("controller")
         self.controller: FleetController | None = None
         self._servers: list[grpc.aio.Server] = []
         self._metrics_server: Any = None
@@ -108,8 +108,8 @@ class ControllerApp:
         for server in self._servers:
             await server.start()
         if settings.metrics_port >= 0:
-            self._metrics_server, _ = start_http_server(
-                settings.metrics_port, addr=settings.host, registry=self.registry
+            self._metrics_server = start_metrics_http(
+                settings.metrics_port, settings.host, self.registry
             )
             self.metrics_port = self._metrics_server.server_port
         if settings.dashboard_port >= 0:

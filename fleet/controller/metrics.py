@@ -33,18 +33,19 @@ class FleetCollector(Collector):
         model_labels = ["device", "model", "version"]
         fps = GaugeMetricFamily("edgefleet_model_fps", "Frames per second", labels=model_labels)
         p50 = GaugeMetricFamily(
-            "edgefleet_model_latency_p50_ms", "Median latency", labels=model_labels
+            "edgefleet_model_latency_p50_seconds", "Median latency", labels=model_labels
         )
         p95 = GaugeMetricFamily(
-            "edgefleet_model_latency_p95_ms", "95th percentile latency", labels=model_labels
+            "edgefleet_model_latency_p95_seconds", "95th percentile latency", labels=model_labels
         )
-        requests = GaugeMetricFamily(
+        # Counts since the model loaded on the device: counters (a reload is a counter reset).
+        requests = CounterMetricFamily(
             "edgefleet_model_requests", "Requests since the model loaded", labels=model_labels
         )
-        errors = GaugeMetricFamily(
+        errors = CounterMetricFamily(
             "edgefleet_model_errors", "Errors since the model loaded", labels=model_labels
         )
-        drops = GaugeMetricFamily(
+        drops = CounterMetricFamily(
             "edgefleet_model_drops", "Dropped frames since the model loaded", labels=model_labels
         )
         for device in controller.device_records():
@@ -60,12 +61,12 @@ class FleetCollector(Collector):
             for model in sample.models:
                 labels = [device_id, model.name, model.version]
                 fps.add_metric(labels, model.fps)
-                p50.add_metric(labels, model.p50_latency_ms)
-                p95.add_metric(labels, model.p95_latency_ms)
+                p50.add_metric(labels, model.p50_latency_ms / 1000)
+                p95.add_metric(labels, model.p95_latency_ms / 1000)
                 requests.add_metric(labels, model.requests)
                 errors.add_metric(labels, model.errors)
                 drops.add_metric(labels, model.drops)
-        dropped = GaugeMetricFamily(
+        dropped = CounterMetricFamily(
             "edgefleet_controller_telemetry_rows_dropped",
             "Telemetry rows dropped because the store fell behind",
         )

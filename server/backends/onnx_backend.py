@@ -50,6 +50,10 @@ class OnnxBackend:
     def description(self) -> str:
         return f"onnxruntime {ort.__version__} ({', '.join(self._providers)})"
 
+    @property
+    def provider(self) -> str:
+        return str(self._providers[0])
+
     def run(self, inputs: Arrays, output_names: list[str]) -> Arrays:
         values = self._session.run(output_names, inputs)
         return dict(zip(output_names, values, strict=True))

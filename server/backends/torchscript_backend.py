@@ -36,6 +36,10 @@ class TorchScriptBackend:
     def description(self) -> str:
         return f"torch {torch.__version__} TorchScript (cpu, {self._threads} threads)"
 
+    @property
+    def provider(self) -> str:
+        return "cpu"
+
     def run(self, inputs: Arrays, output_names: list[str]) -> Arrays:
         # Request bytes arrive as read-only views; torch needs writable memory (copied only then).
         tensors = [

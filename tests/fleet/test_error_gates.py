@@ -34,7 +34,7 @@ def _request(model: str) -> kserve.ModelInferRequest:
 
 def _prometheus_errors(server: EdgeServer, model: str) -> float | None:
     """The exported counter, read from the server's own registry as /metrics would."""
-    labels = {"model": model, "version": "1", "outcome": "error"}
+    labels = {"model": model, "version": "1", "outcome": "runtime_error"}
     return server.metrics.registry.get_sample_value("edgefleet_requests_total", labels)
 
 

@@ -4,8 +4,10 @@ fails here rather than as an empty panel in an operator's Grafana."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -27,11 +29,26 @@ def _panels(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return found
 
 
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
 def _series_names(url: str) -> set[str]:
     """Every series name a scrape of `url` can return: counters as _total, histograms as
     _bucket/_sum/_count, as Prometheus stores them."""
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
+    return _names(_scrape(url))
+
+
+def _names(text: str) -> set[str]:
     names: set[str] = set()
     for family in text_string_to_metric_families(text):
         names.update(sample.name for sample in family.samples)
@@ -91,11 +108,29 @@ async def test_every_dashboard_metric_is_on_a_real_metrics_endpoint(tmp_path, si
             controller = app.controller
             assert controller is not None
             await wait_for(lambda: controller.live.latest("cam-0") is not None, 30, "sample")
-            exposed = _series_names(f"http://127.0.0.1:{app.metrics_port}/metrics")
-            exposed |= _series_names(f"http://127.0.0.1:{node.server.metrics_port}/metrics")
+            controller_url = f"http://127.0.0.1:{app.metrics_port}"
+            controller_text = await asyncio.to_thread(_scrape, controller_url + "/metrics")
+            not_metrics = await asyncio.to_thread(_status, controller_url + "/nope")
+            exposed = _names(controller_text)
+            exposed |= await asyncio.to_thread(
+                _series_names, f"http://127.0.0.1:{node.server.metrics_port}/metrics"
+            )
     finally:
         if node is not None:
             await node.stop()
         await app.stop(0.2)
     missing = {name: title for name, title in wanted.items() if name not in exposed}
     assert not missing, f"dashboard panels query metrics nobody exposes: {missing}"
+    # The controller follows the same conventions as the edge server (issue 10, item 16).
+    assert not_metrics == 404
+    assert not [name for name in exposed if name.endswith("_created")]
+    samples = {
+        sample.name: sample
+        for family in text_string_to_metric_families(controller_text)
+        for sample in family.samples
+    }
+    assert samples["process_resident_memory_bytes"].value > 10e6
+    assert samples["edgefleet_build_info"].labels["component"] == "controller"
+    # Latency in seconds (base units): a CPU classifier answers in well under 10 s, over 10 us.
+    assert 1e-5 < samples["edgefleet_model_latency_p95_seconds"].value < 10
+    assert samples["edgefleet_model_requests_total"].value > 0
