@@ -113,11 +113,22 @@ class Server:
 
 
 async def run_streams(
-    port: int, frames: list[np.ndarray], streams: int, per_stream: int, window: int
+    port: int,
+    frames: list[np.ndarray],
+    streams: int,
+    per_stream: int,
+    window: int,
+    jpeg: bool = False,
 ) -> tuple[float, list[float]]:
-    """Closed loop: each stream keeps `window` raw 224x224 frames outstanding.
+    """Closed loop: each stream keeps `window` raw 224x224 frames (or, with `jpeg`, 640x480
+    JPEG camera frames) outstanding.
     Returns (total answered frames per second, per-frame round-trip latencies in ms)."""
-    payloads = [np.ascontiguousarray(frame).tobytes() for frame in frames]
+    if jpeg:
+        payloads, width, height = jpeg_640x480(), 0, 0
+        encoding = fs.FRAME_ENCODING_JPEG
+    else:
+        payloads = [np.ascontiguousarray(frame).tobytes() for frame in frames]
+        width, height, encoding = 224, 224, fs.FRAME_ENCODING_RAW_RGB
     latencies: list[float] = []
 
     async def one(stub: fs_grpc.FrameStreamServiceStub, stream_index: int) -> int:
@@ -127,7 +138,7 @@ async def run_streams(
         async def requests():
             yield fs.StreamRequest(
                 open=fs.StreamOpen(
-                    model_name=MODEL, encoding=fs.FRAME_ENCODING_RAW_RGB,
+                    model_name=MODEL, encoding=encoding,
                     overload_policy=fs.OVERLOAD_POLICY_BLOCK, max_in_flight=window,
                     results=fs.ResultOptions(top_k=1),
                 )
@@ -138,7 +149,7 @@ async def run_streams(
                 yield fs.StreamRequest(
                     frame=fs.Frame(
                         sequence=sequence, data=payloads[(sequence + stream_index) % len(payloads)],
-                        width=224, height=224,
+                        width=width, height=height,
                     )
                 )  # fmt: skip
 
@@ -159,6 +170,145 @@ async def run_streams(
         elapsed = time.perf_counter() - start
     assert sum(answered) == streams * per_stream
     return sum(answered) / elapsed, latencies
+
+
+def jpeg_640x480() -> list[bytes]:
+    """The photos as 640x480 JPEG camera frames (quality 85), encoded once."""
+    import cv2
+    from skimage import data
+
+    payloads = []
+    for name in PHOTOS:
+        image = cv2.resize(getattr(data, name)(), (640, 480), interpolation=cv2.INTER_AREA)
+        ok, encoded = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
+        assert ok
+        payloads.append(encoded.tobytes())
+    return payloads
+
+
+def in_process_cpu(frames: list[np.ndarray], count: int) -> tuple[float, float]:
+    """(frames per second, CPU ms per frame) of in-process `session.run`, batch 1, on
+    preprocessed frames: this process's user + system time over the timed loop only."""
+    me = psutil.Process()
+    before = me.cpu_times()
+    fps, _ = in_process_baseline(frames, count)
+    after = me.cpu_times()
+    # in_process_baseline also builds the session and warms it (10 runs): counted as frames.
+    spent = (after.user + after.system) - (before.user + before.system)
+    return fps, spent * 1000 / (count + 10)
+
+
+async def kserve_unary(port: int, frames: list[np.ndarray], count: int, window: int) -> float:
+    """ModelInfer, `window` concurrent callers of preprocessed 1x3x224x224 tensors: frames/s."""
+    from protos.inference import grpc_service_pb2 as kserve
+    from protos.inference import grpc_service_pb2_grpc as kserve_grpc
+
+    spec = read_manifest(ROOT / "models" / MODEL / "1").preprocess
+    assert spec is not None
+    payloads = [to_model_input(frame, "rgb", spec).tobytes() for frame in frames]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = kserve_grpc.GRPCInferenceServiceStub(channel)
+
+        async def caller(offset: int) -> None:
+            for index in range(offset, count, window):
+                request = kserve.ModelInferRequest(model_name=MODEL, id=str(index))
+                request.inputs.add(name="input", datatype="FP32", shape=[1, 3, 224, 224])
+                request.raw_input_contents.append(payloads[index % len(payloads)])
+                await stub.ModelInfer(request)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(caller(offset) for offset in range(window)))
+        elapsed = time.perf_counter() - start
+    return count / elapsed
+
+
+def cpu_rows(frames: list[np.ndarray], count: int) -> tuple[list[str], list[str]]:
+    """Server-process CPU ms per frame beside in-process onnxruntime CPU ms per frame, one
+    run. The server runs batch 1 (the baseline's batch) with the manifest plan's threads
+    (= the baseline's); its CPU is read from its own process, the client's is not in it."""
+    measured: dict[str, tuple[float, float]] = {}
+    baseline = [in_process_cpu(frames, count)]
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Server(repository_copy(Path(tmp), "batch1", 1)) as server,
+    ):
+        process = psutil.Process(server.process.pid if server.process else 0)
+
+        def cpu_s() -> float:
+            times = process.cpu_times()
+            return float(times.user + times.system)
+
+        runs = {
+            # run_streams runs the stream twice (a warm-up pass, then the timed pass).
+            "FrameStream raw 224x224 RGB": (
+                lambda: asyncio.run(run_streams(server.port, frames, 1, count, 4))[0],
+                2,
+            ),
+            "FrameStream JPEG 640x480": (
+                lambda: asyncio.run(run_streams(server.port, frames, 1, count, 4, jpeg=True))[0],
+                2,
+            ),
+            "KServe ModelInfer (unary), 4 callers": (
+                lambda: asyncio.run(kserve_unary(server.port, frames, count, 4)),
+                1,
+            ),
+            "KServe ModelStreamInfer, 4 in flight": (
+                lambda: asyncio.run(kserve_stream(server.port, frames, count, 4)),
+                1,
+            ),
+        }
+        asyncio.run(kserve_stream(server.port, frames, 20, 4))  # warm the KServe path
+        for name, (work, passes) in runs.items():
+            before = cpu_s()
+            fps = work()
+            measured[name] = (fps, (cpu_s() - before) * 1000 / (count * passes))
+    baseline.append(in_process_cpu(frames, count))
+    base_fps = max(fps for fps, _ in baseline)
+    base_cpu = min(cpu for _, cpu in baseline)
+    rows = [
+        "| path | frames/s | ratio to in-process | CPU ms/frame | overhead +ms/frame |",
+        "|---|---:|---:|---:|---:|",
+        f"| in-process onnxruntime `session.run`, batch 1 (best of before/after) | "
+        f"{base_fps:.1f} | 1.00 | {base_cpu:.2f} | |",
+    ]
+    for name, (fps, cpu) in measured.items():
+        rows.append(
+            f"| {name} | {fps:.1f} | {fps / base_fps:.2f} | {cpu:.2f} | {cpu - base_cpu:+.2f} |"
+        )
+    summary = [
+        f"{name}: {cpu:.2f} ms/frame ({cpu - base_cpu:+.2f}), {fps / base_fps:.2f}x"
+        for name, (fps, cpu) in measured.items()
+    ]
+    return rows, summary
+
+
+def cpu_section(machine: str, frames: list[np.ndarray], count: int) -> None:
+    rows, summary = cpu_rows(frames, count)
+    print("\n".join(summary))
+    body = "\n".join(
+        [
+            "## Server CPU per frame vs in-process onnxruntime (`bench/bench_server.py`)",
+            "",
+            f"Machine: {machine}.",
+            f"Model: EfficientNet-Lite0 ONNX fp32, {THREADS} intra-op threads in the server "
+            "and in the baseline, batch 1 in both (server repository copy with "
+            "`max_batch_size` 1, manifest planner). CPU is user + system time from "
+            "`psutil` of the server process alone (all its threads) over the run, divided by "
+            f"the frames answered ({count} per path; FrameStream also counts its warm-up "
+            "pass); the client runs in the benchmark process and is not counted. The "
+            "baseline's CPU is this process's time over `session.run` on already "
+            "preprocessed tensors (session build and warm-up included, amortised). "
+            "FrameStream raw still normalises and lays out the frame in the server; "
+            "FrameStream JPEG also decodes a 640x480 JPEG (at reduced scale); KServe "
+            "sends the preprocessed tensor. Overhead = server CPU - baseline CPU per frame.",
+            "",
+            *rows,
+            "",
+            "Reproduce: `.venv/bin/python -m bench.bench_server --cpu-only --frames 300`.",
+        ]
+    )
+    write_section("server-cpu", body)
+    print(body)
 
 
 def pipeline_costs(repeats: int = 40) -> list[str]:
@@ -228,9 +378,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=400, help="frames per measurement")
     parser.add_argument("--int8-only", action="store_true", help="only the int8/startup section")
+    parser.add_argument(
+        "--cpu-only", action="store_true", help="only server CPU per frame vs in-process"
+    )
     args = parser.parse_args()
     machine = describe()
     frames = frames_224()
+    if args.cpu_only:
+        cpu_section(machine, frames, args.frames)
+        return
     if args.int8_only:
         int8_section(machine, frames, args.frames)
         return
@@ -328,6 +484,7 @@ def main() -> None:
     )
     write_section("server", body)
     print(body)
+    cpu_section(machine, frames, args.frames)
     int8_section(machine, frames, args.frames)
 
 
