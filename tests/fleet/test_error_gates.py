@@ -14,6 +14,7 @@ import pytest
 from fleet.bundle import build_bundle
 from fleet.keys import load_private_key
 from protos.edgefleet.fleet.v1 import admin_pb2
+from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from protos.inference import grpc_service_pb2 as kserve
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
@@ -65,7 +66,10 @@ async def test_runtime_failures_are_counted_for_unary_stream_and_framestream(tmp
             assert not [a for a in answers if a.infer_response.outputs]
 
             frames = fs_grpc.FrameStreamServiceStub(channel)
-            seen = await collect(frames.Stream(camera("cam", ["chelsea"], 4)))
+            # BLOCK: every frame runs; a live (DROP_OLDEST) camera may have a frame replaced
+            # by a newer one before it runs, which is a drop, not a failure.
+            blocking = camera("cam", ["chelsea"], 4, policy=fs.OVERLOAD_POLICY_BLOCK)
+            seen = await collect(frames.Stream(blocking))
             assert len(seen["error"]) == 4 and not seen["result"]
 
             statistics = await stub.ModelStatistics(kserve.ModelStatisticsRequest())
