@@ -310,6 +310,12 @@ class FrameScheduler:
                 pick.settled = True
                 self._failed(model, pick, exc, loop)
             return
+        except Exception:  # a runtime's own error is a failed inference too: counted, answered
+            log.exception("frames of %s: a batch of %d failed", self._name, len(ready))
+            for pick in ready:
+                pick.settled = True
+                self._failed(model, pick, EdgeError("internal error"), loop)
+            return
         inferred = loop.time()
         self._ran(outcome.infer_s)
         batching = model.plan.max_batch_size > 0
@@ -356,6 +362,11 @@ class FrameScheduler:
         except EdgeError as exc:
             pick.settled = True
             self._failed(model, pick, exc, loop)
+            return
+        except Exception:  # a runtime's own error is a failed inference too: counted, answered
+            log.exception("frames of %s: a frame failed", self._name)
+            pick.settled = True
+            self._failed(model, pick, EdgeError("internal error"), loop)
             return
         self._ran(analysis.times.infer_s)
         pick.settled = True

@@ -23,6 +23,11 @@ class OnnxBackend:
         # The arena keeps the high-water mark of every batch size ever run (+60 MB for batch 8
         # of EfficientNet-Lite0); on a memory-tight device plain allocation is worth the cost.
         options.enable_cpu_mem_arena = False
+        # Intra-op threads otherwise spin-wait after every run for the next one; a server's
+        # runs arrive with gaps (decode, gRPC, the next frame), so the spinning burned
+        # server CPU that the cameras' decode and the gRPC threads need (docs/benchmarks.md,
+        # "Server CPU per frame").
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         offered = set(ort.get_available_providers())
         providers = [name for name in plan.providers if name in offered] or ["CPUExecutionProvider"]
         try:
