@@ -310,11 +310,11 @@ class FrameScheduler:
                 pick.settled = True
                 self._failed(model, pick, exc, loop)
             return
-        except Exception:  # a runtime's own error is a failed inference too: counted, answered
-            log.exception("frames of %s: a batch of %d failed", self._name, len(ready))
+        except Exception as exc:  # a runtime's own error is a failed inference too: counted
+            self._failures.failed(f"frames of {self._name}: a batch failed", exc)
             for pick in ready:
                 pick.settled = True
-                self._failed(model, pick, EdgeError("internal error"), loop)
+                self._failed(model, pick, EdgeError("internal error"), loop, outcome_of(exc))
             return
         inferred = loop.time()
         self._ran(outcome.infer_s)
@@ -363,10 +363,10 @@ class FrameScheduler:
             pick.settled = True
             self._failed(model, pick, exc, loop)
             return
-        except Exception:  # a runtime's own error is a failed inference too: counted, answered
-            log.exception("frames of %s: a frame failed", self._name)
+        except Exception as exc:  # a runtime's own error is a failed inference too: counted
+            self._failures.failed(f"frames of {self._name}: a frame failed", exc)
             pick.settled = True
-            self._failed(model, pick, EdgeError("internal error"), loop)
+            self._failed(model, pick, EdgeError("internal error"), loop, outcome_of(exc))
             return
         self._ran(analysis.times.infer_s)
         pick.settled = True
@@ -374,13 +374,20 @@ class FrameScheduler:
 
     @staticmethod
     def _failed(
-        model: ModelVersion, pick: Pick, error: EdgeError, loop: asyncio.AbstractEventLoop
+        model: ModelVersion,
+        pick: Pick,
+        error: EdgeError,
+        loop: asyncio.AbstractEventLoop,
+        outcome: str | None = None,
     ) -> None:
+        """Count and answer one failed frame; `outcome` when the cause was not `error` itself
+        (a runtime's own exception, answered as "internal error", counts as runtime_error)."""
         if isinstance(error, Overloaded):
             model.record_failure(loop.time() - pick.waiting.arrival, "overloaded")
             pick.session.deliver_overloaded(pick.waiting, error, model)
         else:
-            model.record_failure(loop.time() - pick.waiting.arrival, outcome_of(error))
+            failed_as = outcome if outcome is not None else outcome_of(error)
+            model.record_failure(loop.time() - pick.waiting.arrival, failed_as)
             pick.session.deliver_error(pick.waiting.frame.sequence, error)
 
 
