@@ -103,6 +103,11 @@ async def test_live_cameras_share_a_slow_model_fairly_with_fresh_results(slow_se
         assert frames - 1 in results
     # Fair shares: equal cameras get answered counts within 20% of each other.
     assert min(answered) >= 0.8 * max(answered), answered
+    # Every drop is counted once on /metrics, under the version that would have run it.
+    counted = slow_server.metrics.registry.get_sample_value(
+        "edgefleet_frames_dropped_total", {"model": SLOW, "version": "1"}
+    )
+    assert counted == sum(len(dropped(seen)) for seen in streams)
 
     every_result = [result for seen in streams for result in seen["result"]]
     assert_fresh(every_result)
