@@ -14,10 +14,12 @@ import re
 import subprocess
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from tests.client.conftest import BuiltClients, running_server
-from tests.conftest import EXPECTED_TOP1, ONNX_MODEL, ROOT, jpeg_bytes, photo
+from tests.conftest import EXPECTED_TOP1, ONNX_MODEL, ROOT, copy_model, jpeg_bytes, photo
 
 NODE_DIR = ROOT / "client/examples/node"
 BUF = NODE_DIR / "node_modules/.bin/buf"
@@ -155,3 +157,31 @@ def test_buf_breaking_against_the_previous_commit() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+@pytest.mark.parametrize("language", ("node", "cpp"))
+async def test_camera_prints_the_detections_and_text_of_a_pipeline(
+    language: str, built_clients: BuiltClients, built_models: Path, tmp_path: Path
+) -> None:
+    """Boxes and read text reach a Node or C++ integrator without any decoding of their own."""
+    repo = tmp_path / "ocr"
+    for name in ("ppocr", "ppocr_det", "ppocr_rec"):
+        copy_model(built_models, name, repo)
+    image = np.full((240, 640, 3), 235, np.uint8)
+    cv2.putText(image, "EDGE FLEET 2026", (40, 140), cv2.FONT_HERSHEY_SIMPLEX, 1.6, (0, 0, 0), 3)
+    frame = tmp_path / "text.jpg"
+    frame.write_bytes(jpeg_bytes(image))
+    async with running_server(repo, auth_token="camera-secret") as server:
+        command = [
+            *built_clients.command(language),
+            f"127.0.0.1:{server.port}",
+            "ppocr",
+            str(frame),
+        ]
+        output = await run_client(command, EDGEFLEET_TOKEN="camera-secret")
+    match = re.search(r"^\s+detection \S+ (0\.\d+) box=(\d+),(\d+),(\d+),(\d+) text=\"([^\"]*)\"",
+                      output, re.M)  # fmt: skip
+    assert match, output
+    assert "EDGE" in match.group(6).upper() and "2026" in match.group(6), output
+    x_min, y_min, x_max, y_max = map(int, match.group(2, 3, 4, 5))
+    assert x_min < 80 and x_max > 400 and y_min < 140 < y_max, output  # the box lies on the text

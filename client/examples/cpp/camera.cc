@@ -36,6 +36,28 @@ int64_t NowUnixNs() {
       .count();
 }
 
+// Detections (boxes in source pixels), one indented line each, children one level deeper.
+void PrintDetections(const google::protobuf::RepeatedPtrField<v1::Detection>& detections,
+                     const std::string& indent) {
+  for (const auto& d : detections) {
+    std::ostringstream line;  // its own stream: std::cout's number format stays untouched
+    line << indent << "detection "
+         << (d.label().empty() ? std::to_string(d.class_id()) : d.label()) << " " << std::fixed
+         << std::setprecision(3) << d.score() << std::setprecision(0) << " box=" << d.x_min()
+         << "," << d.y_min() << "," << d.x_max() << "," << d.y_max();
+    if (!d.text().empty()) line << " text=\"" << d.text() << "\"";
+    if (d.keypoints_size() > 0) {
+      line << " keypoints=";
+      for (int i = 0; i < d.keypoints_size(); ++i) {
+        const auto& k = d.keypoints(i);
+        line << (i ? " " : "") << k.name() << "@" << k.x() << "," << k.y();
+      }
+    }
+    std::cout << line.str() << std::endl;
+    PrintDetections(d.children(), indent + "  ");
+  }
+}
+
 void PrintText(const v1::StreamResponse& response, int* answered) {
   switch (response.kind_case()) {
     case v1::StreamResponse::kOpened:
@@ -53,6 +75,7 @@ void PrintText(const v1::StreamResponse& response, int* answered) {
       }
       std::cout << "frame " << result.sequence() << " " << result.model_name() << "/"
                 << result.model_version() << ": " << labels.str() << std::endl;
+      PrintDetections(result.detections(), "  ");
       ++*answered;
       break;
     }

@@ -25,6 +25,18 @@ function loadService() {
   return grpc.loadPackageDefinition(definition).edgefleet.v1.FrameStreamService;
 }
 
+// Detections (boxes in source pixels), one indented line each, children one level deeper.
+function printDetections(detections, indent) {
+  for (const d of detections) {
+    const box = [d.x_min, d.y_min, d.x_max, d.y_max].map((v) => Math.round(v)).join(',');
+    const text = d.text ? ` text=${JSON.stringify(d.text)}` : '';
+    const points = (d.keypoints || []).map((k) => `${k.name}@${Math.round(k.x)},${Math.round(k.y)}`);
+    const keypoints = points.length ? ` keypoints=${points.join(' ')}` : '';
+    console.log(`${indent}detection ${d.label || d.class_id} ${d.score.toFixed(3)} box=${box}${text}${keypoints}`);
+    printDetections(d.children || [], `${indent}  `);
+  }
+}
+
 // Text: one human-readable line per answer, then `done: N/M frames answered`.
 function textPrinter(sent) {
   let answered = 0;
@@ -39,6 +51,7 @@ function textPrinter(sent) {
           const result = response.result;
           const labels = result.labels.map((l) => `${l.label} (${l.score.toFixed(3)})`).join(', ');
           console.log(`frame ${result.sequence} ${result.model_name}/${result.model_version}: ${labels}`);
+          printDetections(result.detections || [], '  ');
           answered += 1;
           break;
         }
