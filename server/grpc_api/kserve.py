@@ -15,6 +15,7 @@ from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.concurrency import bounded_map
 from server.core import InferenceCore
 from server.errors import EdgeError, Unsupported
+from server.failure_log import FailureLog
 from server.grpc_api import convert
 from server.grpc_api.status import grpc_errors, status_for
 from server.infer_types import InferRequest
@@ -31,6 +32,7 @@ TYPED_VALUES_ON_LOOP = 16_384
 
 Context = grpc.aio.ServicerContext[Any, Any]
 log = logging.getLogger(__name__)
+_failures = FailureLog(log)  # one line per kind and 10 s; tracebacks at DEBUG
 
 
 class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
@@ -98,7 +100,7 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
                 )
             except Exception as exc:
                 if status_for(exc) is grpc.StatusCode.INTERNAL:
-                    log.error("unexpected error in ModelStreamInfer", exc_info=exc)
+                    _failures.failed("unexpected error in ModelStreamInfer", exc)
                 message = convert.stream_error_to_pb(request, exc)
             if convert.wants_final_flag(request):
                 convert.mark_final(message)

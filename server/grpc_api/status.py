@@ -23,8 +23,11 @@ from server.errors import (
     Unauthenticated,
     Unsupported,
 )
+from server.failure_log import FailureLog
 
 log = logging.getLogger(__name__)
+# One line per kind of unexpected error and 10 s, with a count; tracebacks at DEBUG.
+_failures = FailureLog(log)
 
 STATUS: dict[type[EdgeError], grpc.StatusCode] = {
     ModelNotFound: grpc.StatusCode.NOT_FOUND,
@@ -64,7 +67,7 @@ def grpc_errors(method: F) -> F:
     async def fail(error: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         code = status_for(error)
         if code is grpc.StatusCode.INTERNAL:
-            log.error("unexpected error in %s", method.__qualname__, exc_info=error)
+            _failures.failed(f"unexpected error in {method.__qualname__}", error)
         await context.abort(code, public_message(error))
 
     if inspect.isasyncgenfunction(method):
