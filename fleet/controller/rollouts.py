@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -94,7 +95,7 @@ class RolloutEngine:
         self.decisions: dict[str, int] = {}
 
     async def start(self) -> None:
-        for rollout in await self._store.call(self._store.store.list_rollouts):
+        for rollout in await self._store.list_rollouts():
             self._rollouts[rollout.rollout_id] = rollout
             self._committed[rollout.rollout_id] = rollout.model_copy(deep=True)
             if not rollout.state.finished:
@@ -154,7 +155,7 @@ class RolloutEngine:
         return sorted(self._rollouts.values(), key=lambda rollout: rollout.created_at)
 
     async def measurements(self, rollout_id: str) -> list[Measurement]:
-        return await self._store.call(self._store.store.measurements, rollout_id)
+        return await self._store.measurements(rollout_id)
 
     # operator actions
     async def create(
@@ -434,17 +435,16 @@ class RolloutEngine:
             requests = _counter_delta(first.requests, last.requests)
             if requests < rollout.spec.min_requests:
                 continue
-            windows.append(
-                DeviceWindow(
-                    device_id=device_id,
-                    requests=requests,
-                    errors=_counter_delta(first.errors, last.errors),
-                    drops=_counter_delta(first.drops, last.drops),
-                    fps=statistics.fmean(model.fps for _, model in samples),
-                    p50_latency_ms=statistics.fmean(m.p50_latency_ms for _, m in samples),
-                    p95_latency_ms=statistics.fmean(m.p95_latency_ms for _, m in samples),
-                )
+            figures = dataclasses.replace(
+                last,
+                requests=requests,
+                errors=_counter_delta(first.errors, last.errors),
+                drops=_counter_delta(first.drops, last.drops),
+                fps=statistics.fmean(model.fps for _, model in samples),
+                latency_p50_ms=statistics.fmean(m.latency_p50_ms for _, m in samples),
+                latency_p95_ms=statistics.fmean(m.latency_p95_ms for _, m in samples),
             )
+            windows.append(DeviceWindow(device_id, figures))
         return windows
 
     async def _bake_wave(self, rollout: RolloutRecord) -> None:
@@ -482,9 +482,7 @@ class RolloutEngine:
             )
             if baseline_ids and len(baseline) >= need_baseline:
                 rollout.baseline = used_baseline
-            await self._store.call(
-                self._store.store.add_measurements, rollout.rollout_id, measurements
-            )
+            await self._store.add_measurements(rollout.rollout_id, measurements)
             wave = rollout.waves[index]
             wave.verdict = verdict
             failing = [m for m in measurements if m.verdict != Verdict.PASS]
@@ -532,7 +530,7 @@ class RolloutEngine:
             action=action,
             detail={"rollout": rollout.rollout_id, **detail},
         )
-        await self._store.call(self._store.store.add_audit, record)
+        await self._store.add_audit(record)
 
     async def _roll_back(
         self, rollout: RolloutRecord, reason: str, automatic: bool = False
@@ -575,7 +573,7 @@ class RolloutEngine:
         rollout.updated_at = time.time()
         snapshot = rollout.model_copy(deep=True)
         try:
-            await self._store.call(self._store.store.save_rollout, snapshot, desired, undesired)
+            await self._store.save_rollout(snapshot, desired, undesired)
         except BaseException:
             committed = self._committed.get(rollout.rollout_id)
             if committed is not None:
