@@ -32,6 +32,7 @@ from fleet.controller.settings import ControllerSettings
 from fleet.controller.store import Store, StoreRunner
 from fleet.controller.stores import describe, open_store
 from fleet.controller.telemetry import TelemetryService
+from fleet.grpc_status import Peer
 from fleet.keys import TrustedKeys
 from fleet.pki import ADMIN_PREFIX, CertificateAuthority
 from protos.edgefleet.fleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
@@ -115,20 +116,18 @@ class ControllerServices:
 
 
 def _authorization(devices: DeviceRegistry) -> ServiceAuthorization:
-    """The admin API takes admin certificates only; the agent API enrolled devices only."""
+    """The admin API takes admin certificates only; the agent API enrolled devices whose key is
+    not revoked only."""
 
-    def admin(name: str) -> str | None:
-        return None if name.startswith(ADMIN_PREFIX) else "the admin API needs an admin certificate"
-
-    def device(name: str) -> str | None:
-        if devices.device_for_certificate(name) is not None:
+    def admin(caller: Peer) -> str | None:
+        if caller.common_name.startswith(ADMIN_PREFIX):
             return None
-        return "not an enrolled device certificate"
+        return "the admin API needs an admin certificate"
 
     return ServiceAuthorization(
         {
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name: admin,
-            agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name: device,
+            agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name: devices.refusal,
         }
     )
 

@@ -21,8 +21,8 @@ from fleet.controller.devices import DeviceRegistry
 from fleet.controller.live import LiveFleet
 from fleet.controller.rollout_actions import RolloutActions
 from fleet.controller.telemetry import TelemetryService
-from fleet.errors import InvalidRequest, PermissionDenied
-from fleet.grpc_status import peer_common_name, streaming, unary
+from fleet.errors import InvalidRequest
+from fleet.grpc_status import peer, peer_common_name, streaming, unary
 from protos.edgefleet.fleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -76,23 +76,21 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self._generations = itertools.count(1)
 
     def _device(self, context: Context) -> str:
-        device_id = self._devices.device_for_certificate(peer_common_name(context))
-        if device_id is None:
-            raise PermissionDenied("not an enrolled device certificate")
-        return device_id
+        return self._devices.device_for(peer(context))
 
     @unary
     async def Connect(
         self, request_iterator: AsyncIterator[agent_pb2.ConnectRequest], context: Context
     ) -> None:
-        device_id = self._device(context)
+        caller = peer(context)
+        self._devices.device_for(caller)
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("hello"):
             raise InvalidRequest("the first message on Connect must be hello")
         hello = first.hello
         active = {model.name: model.version for model in hello.installed if model.active}
-        await self._devices.hello(
-            device_id, dict(hello.labels), hello.hardware_json, active, hello.agent_version
+        device_id = await self._devices.hello(
+            caller, dict(hello.labels), hello.hardware_json, active, hello.agent_version
         )
         session = self._live.attach(device_id)
         reader = asyncio.create_task(self._read(device_id, request_iterator))
@@ -323,8 +321,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def RemoveDevice(
         self, request: admin_pb2.RemoveDeviceRequest, context: Context
     ) -> admin_pb2.RemoveDeviceResponse:
-        await self._devices.remove(_admin(context), request.device_id)
-        return admin_pb2.RemoveDeviceResponse()
+        revocation = await self._devices.remove(_admin(context), request.device_id)
+        return admin_pb2.RemoveDeviceResponse(
+            revoked_key_sha256=revocation.public_key_sha256 if revocation else ""
+        )
 
     @unary
     async def ListAuditEntries(

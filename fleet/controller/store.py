@@ -18,6 +18,7 @@ from fleet.controller.records import (
     DesiredEntry,
     DeviceRecord,
     Measurement,
+    Revocation,
     RolloutRecord,
 )
 
@@ -37,6 +38,9 @@ class Store(Protocol):
     def list_devices(self) -> list[DeviceRecord]: ...
     # Removes the device and its desired state.
     def delete_device(self, device_id: str) -> None: ...
+    # Removes the device and its desired state and revokes its key, in one transaction.
+    def revoke_device(self, revocation: Revocation) -> None: ...
+    def revocations(self) -> list[Revocation]: ...
 
     def desired_for(self, device_id: str) -> list[DesiredEntry]: ...
     def all_desired(self) -> list[DesiredEntry]: ...
@@ -103,6 +107,12 @@ class StoreRunner:
 
     async def delete_device(self, device_id: str) -> None:
         await self._call(self._store.delete_device, device_id)
+
+    async def revoke_device(self, revocation: Revocation) -> None:
+        await self._call(self._store.revoke_device, revocation)
+
+    async def revocations(self) -> list[Revocation]:
+        return await self._call(self._store.revocations)
 
     async def desired_for(self, device_id: str) -> list[DesiredEntry]:
         return await self._call(self._store.desired_for, device_id)
