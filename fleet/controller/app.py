@@ -26,12 +26,14 @@ from fleet.controller.devices import DeviceRegistry
 from fleet.controller.grpc_api import AdminServicer, AgentServicer, EnrollmentServicer
 from fleet.controller.live import LiveFleet
 from fleet.controller.metrics import FleetCollector
+from fleet.controller.records import RolloutRecord
 from fleet.controller.rollout_actions import RolloutActions
 from fleet.controller.rollouts import RolloutEngine
 from fleet.controller.settings import ControllerSettings
 from fleet.controller.store import Store, StoreRunner
 from fleet.controller.stores import describe, open_store
 from fleet.controller.telemetry import TelemetryService
+from fleet.controller.webhooks import WebhookSender, rollout_event
 from fleet.grpc_status import Peer
 from fleet.keys import TrustedKeys
 from fleet.pki import ADMIN_PREFIX, CertificateAuthority
@@ -57,6 +59,7 @@ class ControllerServices:
     rollouts: RolloutActions
     telemetry: TelemetryService
     bundles: BundleService
+    webhooks: WebhookSender
 
     @classmethod
     def build(
@@ -71,7 +74,21 @@ class ControllerServices:
         live = LiveFleet(settings.samples_per_device)
         audit = AuditLog(runner)
         devices = DeviceRegistry(runner, ca, live, audit, settings.token_ttl_s)
-        engine = RolloutEngine(runner, live, live.notify, settings.rollout_tick_s)
+        webhooks = WebhookSender(
+            settings.webhook_urls,
+            registry,
+            queue_size=settings.webhook_queue_size,
+            attempts=settings.webhook_attempts,
+            backoff_s=settings.webhook_backoff_s,
+            timeout_s=settings.webhook_timeout_s,
+        )
+
+        def decided(rollout: RolloutRecord, action: str, detail: dict[str, object]) -> None:
+            webhooks.publish(rollout_event(rollout, action, detail), rollout.spec.webhook_url)
+
+        engine = RolloutEngine(
+            runner, live, live.notify, settings.rollout_tick_s, on_decision=decided
+        )
         telemetry = TelemetryService(
             runner,
             live,
@@ -101,6 +118,7 @@ class ControllerServices:
             rollouts=RolloutActions(runner, engine, devices, audit),
             telemetry=telemetry,
             bundles=bundles,
+            webhooks=webhooks,
         )
 
     async def start(self) -> None:
@@ -112,6 +130,7 @@ class ControllerServices:
     async def stop(self) -> None:
         await self.engine.stop()
         await self.telemetry.stop()
+        await self.webhooks.stop()
         self.store.close()
 
 
