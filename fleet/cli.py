@@ -33,6 +33,7 @@ def controller(
     hostname: Annotated[list[str] | None, typer.Option("--hostname", help="Name or IP the server certificate covers (repeatable).")] = None,
     trusted_key: Annotated[list[Path] | None, typer.Option("--trusted-key", help="Public key file or directory of *.pub a bundle must be signed by (repeatable).")] = None,
     publish_dir: Annotated[Path | None, typer.Option("--publish-dir", help="HTTP origin directory: every verified upload is also published there as <sha256>.efb for agents' --bundle-source.")] = None,
+    webhook: Annotated[list[str] | None, typer.Option("--webhook", help="URL every rollout event (wave started, verdict, paused, rolled back, succeeded) is POSTed to as JSON (repeatable).")] = None,
     telemetry_interval_s: Annotated[float, typer.Option(help="Seconds between agent telemetry samples.")] = 10.0,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:  # fmt: skip
@@ -43,13 +44,18 @@ def controller(
 
     # Only the flags given on the command line: every other setting comes from its
     # EDGEFLEET_CONTROLLER_* variable, else its default (model_validate would skip the env).
-    renamed = {"data": "data_dir", "trusted_key": "trusted_keys", "hostname": "hostnames"}
+    renamed = {
+        "data": "data_dir",
+        "trusted_key": "trusted_keys",
+        "hostname": "hostnames",
+        "webhook": "webhook_urls",
+    }
     values: dict[str, Any] = {}
     for name, value in ctx.params.items():
         source = ctx.get_parameter_source(name)
         if value is None or source is None or source.name == "DEFAULT":
             continue
-        if name in ("trusted_key", "hostname"):
+        if name in ("trusted_key", "hostname", "webhook"):
             value = tuple(value)
         if name == "log_level":
             value = str(value).upper()

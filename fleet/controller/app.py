@@ -1,5 +1,6 @@
-"""The whole controller in-process: store, CA, core, the mTLS and enrollment gRPC servers and
-the Prometheus endpoint. `edgefleet controller` and the tests build it the same way."""
+"""The whole controller in-process: store, CA, the services (devices, telemetry, bundles,
+desired state, rollouts), the mTLS and enrollment gRPC servers and the Prometheus endpoint.
+`edgefleet controller` and the tests build it the same way."""
 
 from __future__ import annotations
 
@@ -9,19 +10,33 @@ import logging
 import os
 import secrets
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from prometheus_client import CollectorRegistry
 
+from fleet.controller.audit import AuditLog
 from fleet.controller.authz import ServiceAuthorization
-from fleet.controller.controller import FleetController
+from fleet.controller.bundles import BundleService
 from fleet.controller.dashboard import ControllerView, Dashboard
+from fleet.controller.desired import DesiredState
+from fleet.controller.devices import DeviceRegistry
 from fleet.controller.grpc_api import AdminServicer, AgentServicer, EnrollmentServicer
+from fleet.controller.live import LiveFleet
+from fleet.controller.metrics import FleetCollector
+from fleet.controller.records import RolloutRecord
+from fleet.controller.rollout_actions import RolloutActions
+from fleet.controller.rollouts import RolloutEngine
 from fleet.controller.settings import ControllerSettings
+from fleet.controller.store import Store, StoreRunner
 from fleet.controller.stores import describe, open_store
+from fleet.controller.telemetry import TelemetryService
+from fleet.controller.webhooks import WebhookSender, rollout_event
+from fleet.grpc_status import Peer
 from fleet.keys import TrustedKeys
-from fleet.pki import ADMIN_PREFIX, DEVICE_PREFIX, CertificateAuthority
+from fleet.pki import ADMIN_PREFIX, CertificateAuthority
 from protos.edgefleet.fleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
 from server.prometheus_http import instance_registry, start_metrics_http
 
@@ -31,22 +46,107 @@ ADMIN_CREDENTIAL = "admin-credential.json"
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
-def _authorization(controller: FleetController) -> ServiceAuthorization:
-    """The admin API takes admin certificates only; the agent API enrolled devices only."""
+@dataclass
+class ControllerServices:
+    """The controller's services, wired once; each transport is handed only what it uses."""
 
-    def admin(name: str) -> str | None:
-        return None if name.startswith(ADMIN_PREFIX) else "the admin API needs an admin certificate"
+    store: StoreRunner
+    live: LiveFleet
+    audit: AuditLog
+    devices: DeviceRegistry
+    engine: RolloutEngine
+    desired: DesiredState
+    rollouts: RolloutActions
+    telemetry: TelemetryService
+    bundles: BundleService
+    webhooks: WebhookSender
 
-    def device(name: str) -> str | None:
-        device_id = name.removeprefix(DEVICE_PREFIX)
-        if name.startswith(DEVICE_PREFIX) and controller.known(device_id):
+    @classmethod
+    def build(
+        cls,
+        settings: ControllerSettings,
+        store: Store,
+        ca: CertificateAuthority,
+        trusted_keys: TrustedKeys,
+        registry: CollectorRegistry,
+    ) -> ControllerServices:
+        runner = StoreRunner(store)
+        live = LiveFleet(settings.samples_per_device)
+        audit = AuditLog(runner)
+        devices = DeviceRegistry(runner, ca, live, audit, settings.token_ttl_s)
+        webhooks = WebhookSender(
+            settings.webhook_urls,
+            registry,
+            queue_size=settings.webhook_queue_size,
+            attempts=settings.webhook_attempts,
+            backoff_s=settings.webhook_backoff_s,
+            timeout_s=settings.webhook_timeout_s,
+        )
+
+        def decided(rollout: RolloutRecord, action: str, detail: dict[str, object]) -> None:
+            webhooks.publish(rollout_event(rollout, action, detail), rollout.spec.webhook_url)
+
+        engine = RolloutEngine(
+            runner, live, live.notify, settings.rollout_tick_s, on_decision=decided
+        )
+        telemetry = TelemetryService(
+            runner,
+            live,
+            devices,
+            engine,
+            registry,
+            buffer_rows=settings.telemetry_buffer_rows,
+            flush_s=settings.telemetry_flush_s,
+            retention_s=settings.telemetry_retention_s,
+        )
+        bundles = BundleService(
+            runner,
+            trusted_keys,
+            audit,
+            settings.data_dir,
+            settings.max_bundle_bytes,
+            settings.publish_dir,
+        )
+        registry.register(FleetCollector(devices, live, telemetry, engine))
+        return cls(
+            store=runner,
+            live=live,
+            audit=audit,
+            devices=devices,
+            engine=engine,
+            desired=DesiredState(runner, devices, engine, live, audit),
+            rollouts=RolloutActions(runner, engine, devices, audit),
+            telemetry=telemetry,
+            bundles=bundles,
+            webhooks=webhooks,
+        )
+
+    async def start(self) -> None:
+        await self.bundles.start()
+        await self.devices.start()
+        await self.engine.start()
+        self.telemetry.start()
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+        await self.telemetry.stop()
+        await self.webhooks.stop()
+        self.store.close()
+
+
+def _authorization(devices: DeviceRegistry) -> ServiceAuthorization:
+    """The admin API takes admin certificates only; the agent API enrolled devices whose key is
+    not revoked only."""
+
+    def admin(caller: Peer) -> str | None:
+        if caller.common_name.startswith(ADMIN_PREFIX):
             return None
-        return "not an enrolled device certificate"
+        return "the admin API needs an admin certificate"
 
     return ServiceAuthorization(
         {
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name: admin,
-            agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name: device,
+            agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name: devices.refusal,
         }
     )
 
@@ -55,7 +155,7 @@ class ControllerApp:
     def __init__(self, settings: ControllerSettings) -> None:
         self.settings = settings
         self.registry = instance_registry("controller")
-        self.controller: FleetController | None = None
+        self.services: ControllerServices | None = None
         self._servers: list[grpc.aio.Server] = []
         self._metrics_server: Any = None
         self.port = 0
@@ -78,9 +178,9 @@ class ControllerApp:
         )
         trusted = await asyncio.to_thread(TrustedKeys.from_paths, settings.trusted_keys)
         store = await asyncio.to_thread(open_store, settings)
-        controller = FleetController(settings, store, ca, trusted, self.registry)
-        await controller.start()
-        self.controller = controller
+        services = ControllerServices.build(settings, store, ca, trusted, self.registry)
+        await services.start()
+        self.services = services
 
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -89,16 +189,33 @@ class ControllerApp:
             ("grpc.keepalive_time_ms", 60_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
-        main = grpc.aio.server(options=options, interceptors=[_authorization(controller)])
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(controller), main)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(controller), main)
+        main = grpc.aio.server(options=options, interceptors=[_authorization(services.devices)])
+        agent = AgentServicer(
+            services.devices,
+            services.desired,
+            services.telemetry,
+            services.bundles,
+            services.live,
+            telemetry_interval_s=settings.telemetry_interval_s,
+            download_chunk_bytes=settings.download_chunk_bytes,
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(agent, main)
+        admin = AdminServicer(
+            services.devices,
+            services.desired,
+            services.bundles,
+            services.rollouts,
+            services.telemetry,
+            services.audit,
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, main)
         mutual = grpc.ssl_server_credentials(
             [(key_pem, cert_pem)], root_certificates=ca.certificate_pem, require_client_auth=True
         )
         self.port = main.add_secure_port(f"{settings.host}:{settings.port}", mutual)
         enroll = grpc.aio.server(options=options)
         agent_pb2_grpc.add_EnrollmentServiceServicer_to_server(
-            EnrollmentServicer(controller), enroll
+            EnrollmentServicer(services.devices), enroll
         )
         server_only = grpc.ssl_server_credentials([(key_pem, cert_pem)])
         self.enroll_port = enroll.add_secure_port(
@@ -116,7 +233,8 @@ class ControllerApp:
             token = await asyncio.to_thread(self._dashboard_token)
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(pki_dir / "server.pem", pki_dir / "server.key")
-            self.dashboard = Dashboard(ControllerView(controller), token)
+            view = ControllerView(services.devices, services.engine, services.audit, services.live)
+            self.dashboard = Dashboard(view, token)
             self.dashboard_port = await self.dashboard.start(
                 settings.host, settings.dashboard_port, tls
             )
@@ -172,6 +290,6 @@ class ControllerApp:
             await asyncio.to_thread(self._metrics_server.shutdown)
             self._metrics_server.server_close()
             self._metrics_server = None
-        if self.controller is not None:
-            await self.controller.stop()
-            self.controller = None
+        if self.services is not None:
+            await self.services.stop()
+            self.services = None

@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from fleet.grpc_status import peer_common_name
+from fleet.grpc_status import Peer, peer
 
 Context = grpc.aio.ServicerContext[Any, Any]
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
 else:
     Handler = grpc.RpcMethodHandler
-# Common name of the verified client certificate -> None to allow, or why it is refused.
-Rule = Callable[[str], str | None]
+# The verified client certificate -> None to allow, or why it is refused.
+Rule = Callable[[Peer], str | None]
 
 
 class ServiceAuthorization(grpc.aio.ServerInterceptor):
@@ -43,12 +43,12 @@ class ServiceAuthorization(grpc.aio.ServerInterceptor):
         return _guarded(handler, rule if rule is not None else _refuse_unknown)
 
 
-def _refuse_unknown(name: str) -> str | None:
+def _refuse_unknown(caller: Peer) -> str | None:
     return "this service takes no calls on this port"
 
 
 async def _check(rule: Rule, context: Context) -> None:
-    refusal = rule(peer_common_name(context))
+    refusal = rule(peer(context))
     if refusal is not None:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
 

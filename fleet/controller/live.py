@@ -11,17 +11,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class ModelSample:
-    name: str
-    version: str
-    requests: int
-    errors: int
-    drops: int
-    fps: float
-    p50_latency_ms: float
-    p95_latency_ms: float
+from fleet.agent.serving import ModelTelemetry
 
 
 @dataclass(frozen=True)
@@ -36,11 +26,11 @@ class TelemetrySample:
     gpu_utilization_percent: float
     gpu_memory_used_bytes: int
     dropped_samples: int
-    models: tuple[ModelSample, ...]
+    models: tuple[ModelTelemetry, ...]
     # Sent late from the agent's buffer: describes an earlier time, so bake windows skip it.
     replayed: bool = False
 
-    def model(self, name: str) -> ModelSample | None:
+    def model(self, name: str) -> ModelTelemetry | None:
         return next((model for model in self.models if model.name == name), None)
 
 

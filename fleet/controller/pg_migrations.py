@@ -62,6 +62,14 @@ CREATE TABLE leases (
     expires_at TIMESTAMPTZ NOT NULL);
 """,
     ),
+    Migration(
+        3,
+        "revoked device keys",
+        """
+CREATE TABLE revocations (
+    public_key_sha256 TEXT PRIMARY KEY, device_id TEXT NOT NULL, doc TEXT NOT NULL);
+""",
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

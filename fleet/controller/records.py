@@ -21,6 +21,17 @@ class DeviceRecord(_Record):
     # Last installed-model report: name -> active version.
     active_versions: dict[str, str] = Field(default_factory=dict)
     last_seen: float = 0.0
+    # SHA-256 of the device's public key (SubjectPublicKeyInfo): removing the device revokes it.
+    public_key_sha256: str = ""
+
+
+class Revocation(_Record):
+    """A revoked device key: no certificate for it is accepted and it cannot enroll again."""
+
+    public_key_sha256: str
+    device_id: str
+    revoked_at: float
+    actor: str = ""
 
 
 # The desired-state source of an operator's pin: rollouts never overwrite it.
@@ -101,6 +112,8 @@ class RolloutSpec(_Record):
     max_install_failure_rate: float = Field(default=0.2, ge=0, le=1)
     max_timeout_rate: float = Field(default=0.2, ge=0, le=1)
     install_timeout_s: float = Field(default=600.0, gt=0)
+    # Where this rollout's events are POSTed, besides the controller's global webhooks.
+    webhook_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
 
 
 class RolloutRecord(_Record):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -74,11 +75,14 @@ class RolloutEngine:
         live: LiveFleet,
         notify: Callable[[Iterable[str]], None],
         tick_s: float,
+        on_decision: Callable[[RolloutRecord, str, dict[str, object]], None] | None = None,
     ) -> None:
         self._store = store
         self._live = live
         self._notify = notify
         self._tick_s = tick_s
+        # Told of every decision and rollback after it is committed (webhooks).
+        self._on_decision = on_decision
         self._rollouts: dict[str, RolloutRecord] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -94,7 +98,7 @@ class RolloutEngine:
         self.decisions: dict[str, int] = {}
 
     async def start(self) -> None:
-        for rollout in await self._store.call(self._store.store.list_rollouts):
+        for rollout in await self._store.list_rollouts():
             self._rollouts[rollout.rollout_id] = rollout
             self._committed[rollout.rollout_id] = rollout.model_copy(deep=True)
             if not rollout.state.finished:
@@ -154,7 +158,7 @@ class RolloutEngine:
         return sorted(self._rollouts.values(), key=lambda rollout: rollout.created_at)
 
     async def measurements(self, rollout_id: str) -> list[Measurement]:
-        return await self._store.call(self._store.store.measurements, rollout_id)
+        return await self._store.measurements(rollout_id)
 
     # operator actions
     async def create(
@@ -232,8 +236,10 @@ class RolloutEngine:
                 raise Conflict(f"rollout {rollout.rollout_id} already {rollout.state.value}")
             wave = rollout.waves[rollout.current_wave]
             wave.verdict, wave.reason = Verdict.PASS, "promoted by the operator"
-            self._advance(rollout)
+            succeeded = self._advance(rollout)
             await self._save(rollout)
+            if succeeded:
+                await self._decided(rollout, "rollout.succeeded")
         self._wake[rollout.rollout_id].set()
         return rollout
 
@@ -380,6 +386,13 @@ class RolloutEngine:
                     for device_id in wave.devices
                 ]
                 await self._save(rollout, desired)
+                await self._decided(
+                    rollout,
+                    "rollout.wave-started",
+                    wave=index,
+                    percent=wave.percent,
+                    devices=len(wave.devices),
+                )
             self._notify(wave.devices)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + rollout.spec.install_timeout_s
@@ -408,10 +421,16 @@ class RolloutEngine:
                 reasons = "; ".join(f"{d}: {rollout.install_errors.get(d, '')}" for d in failed)
                 wave.verdict = Verdict.FAIL
                 wave.reason = f"{len(failed)}/{total} devices failed to install ({reasons})"
+                await self._decided(
+                    rollout, "rollout.verdict", wave=index, verdict="FAIL", reason=wave.reason
+                )
                 await self._roll_back(rollout, wave.reason, automatic=True)
             elif len(timed_out) / total > rollout.spec.max_timeout_rate:
                 wave.verdict = Verdict.FAIL
                 wave.reason = f"{len(timed_out)}/{total} devices did not install in time"
+                await self._decided(
+                    rollout, "rollout.verdict", wave=index, verdict="FAIL", reason=wave.reason
+                )
                 await self._roll_back(rollout, wave.reason, automatic=True)
             else:
                 rollout.state = RolloutState.BAKING
@@ -434,17 +453,16 @@ class RolloutEngine:
             requests = _counter_delta(first.requests, last.requests)
             if requests < rollout.spec.min_requests:
                 continue
-            windows.append(
-                DeviceWindow(
-                    device_id=device_id,
-                    requests=requests,
-                    errors=_counter_delta(first.errors, last.errors),
-                    drops=_counter_delta(first.drops, last.drops),
-                    fps=statistics.fmean(model.fps for _, model in samples),
-                    p50_latency_ms=statistics.fmean(m.p50_latency_ms for _, m in samples),
-                    p95_latency_ms=statistics.fmean(m.p95_latency_ms for _, m in samples),
-                )
+            figures = dataclasses.replace(
+                last,
+                requests=requests,
+                errors=_counter_delta(first.errors, last.errors),
+                drops=_counter_delta(first.drops, last.drops),
+                fps=statistics.fmean(model.fps for _, model in samples),
+                latency_p50_ms=statistics.fmean(m.latency_p50_ms for _, m in samples),
+                latency_p95_ms=statistics.fmean(m.latency_p95_ms for _, m in samples),
             )
+            windows.append(DeviceWindow(device_id, figures))
         return windows
 
     async def _bake_wave(self, rollout: RolloutRecord) -> None:
@@ -482,9 +500,7 @@ class RolloutEngine:
             )
             if baseline_ids and len(baseline) >= need_baseline:
                 rollout.baseline = used_baseline
-            await self._store.call(
-                self._store.store.add_measurements, rollout.rollout_id, measurements
-            )
+            await self._store.add_measurements(rollout.rollout_id, measurements)
             wave = rollout.waves[index]
             wave.verdict = verdict
             failing = [m for m in measurements if m.verdict != Verdict.PASS]
@@ -497,8 +513,10 @@ class RolloutEngine:
                 rollout, "rollout.verdict", wave=index, verdict=verdict.value, reason=wave.reason
             )
             if verdict == Verdict.PASS:
-                self._advance(rollout)
+                succeeded = self._advance(rollout)
                 await self._save(rollout)
+                if succeeded:
+                    await self._decided(rollout, "rollout.succeeded")
             elif verdict == Verdict.FAIL:
                 reason = f"wave {index} failed its gates: {wave.reason}"
                 await self._roll_back(rollout, reason, automatic=True)
@@ -506,23 +524,32 @@ class RolloutEngine:
                 rollout.state = RolloutState.PAUSED
                 rollout.reason = f"wave {index} inconclusive: {wave.reason or 'no gate data'}"
                 await self._save(rollout)
+                await self._decided(rollout, "rollout.paused", wave=index, reason=rollout.reason)
 
     # transitions (caller holds the lock)
-    def _advance(self, rollout: RolloutRecord) -> None:
+    def _advance(self, rollout: RolloutRecord) -> bool:
+        """Move on to the next wave; True when that was the last one (the rollout succeeded)."""
         if rollout.current_wave + 1 >= len(rollout.waves):
             rollout.state = RolloutState.SUCCEEDED
             rollout.reason = "every wave passed"
-        else:
-            rollout.current_wave += 1
-            rollout.state = RolloutState.INSTALLING
-            rollout.reason = ""
+            return True
+        rollout.current_wave += 1
+        rollout.state = RolloutState.INSTALLING
+        rollout.reason = ""
+        return False
 
     async def _decided(self, rollout: RolloutRecord, action: str, **detail: object) -> None:
-        """What the controller decided on its own: in its log, its audit log and its metrics."""
+        """What the controller decided on its own: in its log, its audit log, its metrics and
+        (once committed) its webhooks."""
         key = action + (f":{detail['verdict']}" if "verdict" in detail else "")
         self.decisions[key] = self.decisions.get(key, 0) + 1
+        verdict = detail.get("verdict")
+        bad = action in ("rollout.paused", "rollout.rolled-back") or verdict not in (
+            None,
+            Verdict.PASS.value,
+        )
         logger.log(
-            logging.INFO if detail.get("verdict") == Verdict.PASS.value else logging.WARNING,
+            logging.WARNING if bad else logging.INFO,
             "rollout %s (%s %s): %s %s",
             rollout.rollout_id, rollout.model_name, rollout.version, action, detail,
         )  # fmt: skip
@@ -532,7 +559,9 @@ class RolloutEngine:
             action=action,
             detail={"rollout": rollout.rollout_id, **detail},
         )
-        await self._store.call(self._store.store.add_audit, record)
+        await self._store.add_audit(record)
+        if self._on_decision is not None:
+            self._on_decision(rollout, action, detail)
 
     async def _roll_back(
         self, rollout: RolloutRecord, reason: str, automatic: bool = False
@@ -561,7 +590,15 @@ class RolloutEngine:
         await self._save(rollout, desired, undesired)
         self._notify(touched)
         if automatic:
-            await self._decided(rollout, "rollout.rolled-back", reason=reason, devices=len(touched))
+            await self._decided(
+                rollout, "rollout.rolled-back", reason=reason, devices=len(touched), automatic=True
+            )
+        elif self._on_decision is not None:
+            # The operator's rollback is audited as the operator's action; receivers hear of it.
+            self._on_decision(
+                rollout, "rollout.rolled-back", {"reason": reason, "devices": len(touched),
+                                                 "automatic": False},
+            )  # fmt: skip
 
     async def _save(
         self,
@@ -575,7 +612,7 @@ class RolloutEngine:
         rollout.updated_at = time.time()
         snapshot = rollout.model_copy(deep=True)
         try:
-            await self._store.call(self._store.store.save_rollout, snapshot, desired, undesired)
+            await self._store.save_rollout(snapshot, desired, undesired)
         except BaseException:
             committed = self._committed.get(rollout.rollout_id)
             if committed is not None:

@@ -305,12 +305,16 @@ def remove(
     device: Annotated[str, typer.Argument(help="Device id.")],
     credential: Credential = DEFAULT_CREDENTIAL,
 ) -> None:
-    """Forget a device: its certificate stops working; it must enroll again."""
+    """Forget a device and revoke its key: its certificate stops working at once, and it cannot
+    enroll again with the same key."""
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     request = admin_pb2.RemoveDeviceRequest(device_id=device)
-    _call(credential, lambda c: c.stub.RemoveDevice(request))
-    typer.echo(f"removed {device}")
+    response = _call(credential, lambda c: c.stub.RemoveDevice(request))
+    if response.revoked_key_sha256:
+        typer.echo(f"removed {device}; revoked key {response.revoked_key_sha256}")
+    else:
+        typer.echo(f"removed {device} (its key was never seen: nothing to revoke)")
 
 
 @app.command("audit")
@@ -353,6 +357,7 @@ def deploy(
     max_install_failures: Annotated[float, typer.Option(help="Share of a wave that may fail to install.")] = 0.2,
     max_timeouts: Annotated[float, typer.Option(help="Share of a wave that may not install in time.")] = 0.2,
     install_timeout: Annotated[str, typer.Option(help="How long a wave may take to install.")] = "10m",
+    webhook: Annotated[str, typer.Option("--webhook", help="URL this rollout's events are POSTed to as JSON (besides the controller's --webhook).")] = "",
     watch: Annotated[bool, typer.Option(help="Follow the rollout until it ends.")] = False,
     output: Output = "table",
 ) -> None:  # fmt: skip
@@ -379,6 +384,7 @@ def deploy(
             max_install_failure_rate=max_install_failures,
             max_timeout_rate=max_timeouts,
             install_timeout_s=parse_duration(install_timeout),
+            webhook_url=webhook,
         )
         created = await client.stub.CreateRollout(request)
         if watch:
