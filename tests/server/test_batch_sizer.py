@@ -12,7 +12,9 @@ from collections.abc import Callable
 from server.batch_sizer import PROBE_EVERY, BatchSizer
 
 
-def serve(sizer: BatchSizer, run_s: Callable[[int], float], batches: int, waiting: int) -> list[int]:
+def serve(
+    sizer: BatchSizer, run_s: Callable[[int], float], batches: int, waiting: int
+) -> list[int]:
     sizes = []
     for _ in range(batches):
         rows = sizer.rows(8, waiting)
