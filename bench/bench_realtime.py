@@ -236,11 +236,18 @@ print(json.dumps({name: list(getattr(m, name).model_fields)
 """
 
 
-def repository_of(model: str, root: Path) -> Path:
+def repository_of(model: str, root: Path, per_core: bool = False) -> Path:
     """A repository with only `model`; for an older checkout, without the manifest keys added
-    since (all optional, their defaults change nothing for this model)."""
+    since (all optional, their defaults change nothing for this model). `per_core`: one
+    model instance per core with one intra-op thread each (manifest runtime pins)."""
     repository = Path(tempfile.mkdtemp()) / "repo"
     shutil.copytree(ROOT / "models" / model, repository / model)
+    if per_core:
+        manifest_path = repository / model / "1" / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["runtime"]["intra_op_threads"] = 1
+        manifest["runtime"]["instance_count"] = len(os.sched_getaffinity(0))
+        manifest_path.write_text(json.dumps(manifest))
     if root != ROOT:
         fields = json.loads(
             subprocess.run(
@@ -259,9 +266,11 @@ def repository_of(model: str, root: Path) -> Path:
     return repository
 
 
-def run_rows(root: Path, model: str, counts: tuple[int, ...], seconds: float) -> list[Row]:
+def run_rows(
+    root: Path, model: str, counts: tuple[int, ...], seconds: float, per_core: bool = False
+) -> list[Row]:
     rows = []
-    with Server(root, repository_of(model, root)) as server:
+    with Server(root, repository_of(model, root, per_core)) as server:
         for cameras in counts:
             row = measure(server, model, cameras, seconds)
             print(f"{root.name} {model} {row}", flush=True)
@@ -299,6 +308,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per row")
     parser.add_argument("--before", type=Path, help="an older checkout to run side by side")
+    parser.add_argument(
+        "--before-label", default="the previous version", help="what the older checkout is"
+    )
     parser.add_argument("--cameras-only", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--model", default=MODEL, help=argparse.SUPPRESS)
@@ -311,6 +323,7 @@ def main() -> None:
     machine = describe()
     before = run_rows(args.before, MODEL, CAMERAS, args.seconds) if args.before else []
     after = run_rows(ROOT, MODEL, CAMERAS, args.seconds)
+    per_core = run_rows(ROOT, MODEL, CAMERAS, args.seconds, per_core=True)
     slow = run_rows(ROOT, SLOW_MODEL, (1, 4, 16), args.seconds)
     load_end = ", ".join(f"{value:.2f}" for value in os.getloadavg())
     body = [
@@ -325,16 +338,24 @@ def main() -> None:
         "",
         "Ages and CPU per frame depend on the machine's load: compare the tables of one run.",
         "",
-        "### Freshness scheduler (this version), EfficientNet-Lite0 ONNX",
+        "### Freshness scheduler (this version), EfficientNet-Lite0 ONNX, one instance, intra-op "
+        "threads = cores (the manifest plan)",
         "",
         *table(after, ""),
         "",
         *verdict(after),
         "",
+        f"### The same, one model instance per core ({len(os.sched_getaffinity(0))}) with one "
+        "intra-op thread each (manifest `runtime` pins; the throughput layout)",
+        "",
+        *table(per_core, ""),
+        "",
+        *verdict(per_core),
+        "",
     ]
     if before:
         body += [
-            "### Per-stream FIFO windows (the previous version), same run, same machine state",
+            f"### {args.before_label}, same run, same machine state",
             "",
             *table(before, ""),
             "",
