@@ -71,7 +71,10 @@ class ControllerServices:
         registry: CollectorRegistry,
     ) -> ControllerServices:
         runner = StoreRunner(store)
-        live = LiveFleet(settings.samples_per_device)
+        live = LiveFleet(
+            settings.samples_per_device,
+            settings.offline_after_intervals * settings.telemetry_interval_s,
+        )
         audit = AuditLog(runner)
         devices = DeviceRegistry(runner, ca, live, audit, settings.token_ttl_s)
         webhooks = WebhookSender(

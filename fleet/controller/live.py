@@ -7,6 +7,8 @@ In memory only, bounded per device; the durable copy of telemetry is in the stor
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -44,11 +46,16 @@ class DeviceSession:
 
 
 class LiveFleet:
-    def __init__(self, samples_per_device: int) -> None:
+    def __init__(self, samples_per_device: int, offline_after_s: float = math.inf) -> None:
         self._samples_per_device = samples_per_device
+        # A connected device that sent nothing for this long is offline (hung, SIGSTOPped, cut
+        # off behind a NAT that keeps the TCP session), whatever its stream looks like.
+        self._offline_after_s = offline_after_s
         self._sessions: dict[str, DeviceSession] = {}
         self._history: dict[str, deque[TelemetrySample]] = {}
         self._last_seen: dict[str, float] = {}
+        # time.monotonic() of the last message from each device.
+        self._heard: dict[str, float] = {}
 
     def attach(self, device_id: str) -> DeviceSession:
         """Register a new stream; an older stream of the same device is told to close."""
@@ -70,10 +77,13 @@ class LiveFleet:
             session.closed.set()
 
     def online(self, device_id: str) -> bool:
-        return device_id in self._sessions
+        if device_id not in self._sessions:
+            return False
+        heard = self._heard.get(device_id)
+        return heard is not None and time.monotonic() - heard <= self._offline_after_s
 
     def online_count(self) -> int:
-        return len(self._sessions)
+        return sum(self.online(device_id) for device_id in self._sessions)
 
     def notify(self, device_ids: Iterable[str]) -> None:
         for device_id in device_ids:
@@ -83,6 +93,7 @@ class LiveFleet:
 
     def touch(self, device_id: str, wall: float) -> None:
         self._last_seen[device_id] = wall
+        self._heard[device_id] = time.monotonic()
 
     def last_seen(self, device_id: str) -> float | None:
         return self._last_seen.get(device_id)
@@ -93,6 +104,7 @@ class LiveFleet:
             history = self._history[device_id] = deque(maxlen=self._samples_per_device)
         history.append(sample)
         self._last_seen[device_id] = sample.received_wall
+        self._heard[device_id] = time.monotonic()
 
     def latest(self, device_id: str) -> TelemetrySample | None:
         history = self._history.get(device_id)
