@@ -9,16 +9,21 @@ import logging
 import os
 import secrets
 import ssl
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography.hazmat.primitives import hashes
 
 from fleet.controller.authz import ServiceAuthorization
+from fleet.controller.changefeed import ChangeFeed
 from fleet.controller.controller import FleetController
 from fleet.controller.dashboard import ControllerView, Dashboard
 from fleet.controller.grpc_api import AdminServicer, AgentServicer, EnrollmentServicer
+from fleet.controller.postgres_store import PostgresStore
 from fleet.controller.settings import ControllerSettings
+from fleet.controller.store import Store
 from fleet.controller.stores import describe, open_store
 from fleet.keys import TrustedKeys
 from fleet.pki import ADMIN_PREFIX, DEVICE_PREFIX, CertificateAuthority
@@ -37,11 +42,19 @@ def _authorization(controller: FleetController) -> ServiceAuthorization:
     def admin(name: str) -> str | None:
         return None if name.startswith(ADMIN_PREFIX) else "the admin API needs an admin certificate"
 
-    def device(name: str) -> str | None:
-        device_id = name.removeprefix(DEVICE_PREFIX)
-        if name.startswith(DEVICE_PREFIX) and controller.known(device_id):
+    async def enrolled_elsewhere(device_id: str) -> str | None:
+        if await controller.lookup_device(device_id):
             return None
         return "not an enrolled device certificate"
+
+    def device(name: str) -> str | None | Awaitable[str | None]:
+        device_id = name.removeprefix(DEVICE_PREFIX)
+        if not name.startswith(DEVICE_PREFIX):
+            return "not an enrolled device certificate"
+        if controller.known(device_id):
+            return None
+        # Perhaps enrolled through another replica a moment ago, before its note arrived.
+        return enrolled_elsewhere(device_id)
 
     return ServiceAuthorization(
         {
@@ -64,6 +77,7 @@ class ControllerApp:
         self.dashboard: Dashboard | None = None
         self.dashboard_port = 0
         self._token: str | None = None
+        self._feed: ChangeFeed | None = None
 
     @property
     def admin_credential_path(self) -> Path:
@@ -72,15 +86,27 @@ class ControllerApp:
     async def start(self) -> int:
         settings = self.settings
         pki_dir = settings.data_dir / "pki"
-        ca = await asyncio.to_thread(CertificateAuthority.load_or_create, pki_dir)
+        ca = await asyncio.to_thread(
+            CertificateAuthority.load_or_create, settings.ca_dir or pki_dir
+        )
+        # Each replica has its own server key and certificate, issued by the shared CA.
+        await asyncio.to_thread(pki_dir.mkdir, parents=True, exist_ok=True)
         key_pem, cert_pem = await asyncio.to_thread(
             ca.server_credentials, pki_dir, settings.hostnames
         )
         trusted = await asyncio.to_thread(TrustedKeys.from_paths, settings.trusted_keys)
         store = await asyncio.to_thread(open_store, settings)
+        await asyncio.to_thread(_claim_ca, store, ca)
         controller = FleetController(settings, store, ca, trusted, self.registry)
-        await controller.start()
         self.controller = controller
+        if isinstance(store, PostgresStore):
+            # PostgreSQL: listen to the other replicas before acting (fleet/controller/changefeed).
+            self._feed = ChangeFeed(
+                store.dsn, store.connect_kwargs, controller.replica,
+                controller.on_change, controller.resync,
+            )  # fmt: skip
+            await self._feed.start()
+        await controller.start()
 
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -172,6 +198,27 @@ class ControllerApp:
             await asyncio.to_thread(self._metrics_server.shutdown)
             self._metrics_server.server_close()
             self._metrics_server = None
+        if self._feed is not None:
+            await self._feed.stop()
+            self._feed = None
         if self.controller is not None:
             await self.controller.stop()
             self.controller = None
+
+
+class WrongCertificateAuthority(RuntimeError):
+    """This replica's CA is not the one the fleet's store records."""
+
+
+def _claim_ca(store: Store, ca: CertificateAuthority) -> None:
+    """Record the fleet CA's fingerprint in the store (the first controller), or check it: a
+    replica started with another CA (a fresh data directory without the shared CA) would issue
+    certificates the other replicas reject, so it refuses to start instead."""
+    fingerprint = ca.certificate.fingerprint(hashes.SHA256()).hex()
+    recorded = store.claim("ca_sha256", fingerprint)
+    if recorded != fingerprint:
+        store.close()
+        raise WrongCertificateAuthority(
+            f"this controller's CA ({fingerprint[:16]}) is not the fleet's ({recorded[:16]}): "
+            "every replica must use the same CA files (--ca-dir)"
+        )

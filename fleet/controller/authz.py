@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
 else:
     Handler = grpc.RpcMethodHandler
-# Common name of the verified client certificate -> None to allow, or why it is refused.
-Rule = Callable[[str], str | None]
+# Common name of the verified client certificate -> None to allow, or why it is refused; a rule
+# may answer later (a replica looking up a device enrolled on another one).
+Rule = Callable[[str], str | None | Awaitable[str | None]]
 
 
 class ServiceAuthorization(grpc.aio.ServerInterceptor):
@@ -49,6 +50,8 @@ def _refuse_unknown(name: str) -> str | None:
 
 async def _check(rule: Rule, context: Context) -> None:
     refusal = rule(peer_common_name(context))
+    if inspect.isawaitable(refusal):
+        refusal = await refusal
     if refusal is not None:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
 

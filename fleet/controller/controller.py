@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import re
 import secrets
 import shutil
+import socket
 import time
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Histogram
 
 from fleet.bundle import BundleInfo, sha256_path, verify_bundle
+from fleet.controller.changefeed import Announcer, Change
 from fleet.controller.live import LiveFleet, TelemetrySample
 from fleet.controller.metrics import FleetCollector
 from fleet.controller.records import (
@@ -32,6 +36,7 @@ from fleet.controller.records import (
 from fleet.controller.rollouts import RolloutEngine, matches
 from fleet.controller.settings import ControllerSettings
 from fleet.controller.store import Store, StoreRunner
+from fleet.controller.stores import is_postgres
 from fleet.errors import Conflict, InvalidRequest, NotFound
 from fleet.keys import TrustedKeys
 from fleet.pki import DEVICE_PREFIX, CertificateAuthority
@@ -63,9 +68,29 @@ class FleetController:
         self._store = StoreRunner(store)
         self._ca = ca
         self._trusted_keys = trusted_keys
-        self.live = LiveFleet(settings.samples_per_device)
+        # One controller per SQLite file: the same name across restarts, so a restarted
+        # controller drives its rollouts at once instead of waiting for its old leases.
+        self.replica = settings.replica_name or (
+            f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+            if is_postgres(settings.store)
+            else "sqlite"
+        )
+        # Replicas on one PostgreSQL tell each other what changed (fleet/controller/changefeed);
+        # one controller on SQLite has nobody to tell.
+        self.announcer: Announcer | None = None
+        if is_postgres(settings.store):
+            self.announcer = Announcer(self._publish, self.replica)
+        # Devices connected to another replica, and which.
+        self._elsewhere: dict[str, str] = {}
+        self.live = LiveFleet(settings.samples_per_device, self._presence)
         self.rollouts = RolloutEngine(
-            self._store, self.live, self.live.notify, settings.rollout_tick_s
+            self._store,
+            self.live,
+            self.wake_devices,
+            settings.rollout_tick_s,
+            replica=self.replica,
+            lease_ttl_s=settings.lease_ttl_s,
+            announce=self._announce,
         )
         self._bundle_dir = settings.data_dir / "bundles"
         # (sequence, device, received at, document): rows leave only once the store has them.
@@ -98,10 +123,91 @@ class FleetController:
 
     async def start(self) -> None:
         self._bundle_dir.mkdir(parents=True, exist_ok=True)
+        if self.announcer is not None:
+            self.announcer.start()
         for device in await self._store.call(self._store.store.list_devices):
             self._devices[device.device_id] = device
         await self.rollouts.start()
         self._tasks.append(asyncio.create_task(self._flush_telemetry(), name="telemetry-flush"))
+
+    # replicas
+    async def _publish(self, note: str) -> None:
+        await self._store.call(self._store.store.publish, note)
+
+    def _announce(self, kind: str, ids: Sequence[str], revision: int = 0) -> None:
+        if self.announcer is not None:
+            self.announcer.post(kind, ids, revision)
+
+    def wake_devices(self, device_ids: Iterable[str]) -> None:
+        """Their desired state changed: their streams resend it, here and on every replica."""
+        ids = list(device_ids)
+        self.live.notify(ids)
+        self._announce("desired", ids)
+
+    def _presence(self, device_id: str, online: bool) -> None:
+        self._announce("online" if online else "offline", [device_id])
+
+    def online(self, device_id: str) -> bool:
+        """Connected here or to another replica."""
+        return self.live.online(device_id) or device_id in self._elsewhere
+
+    async def on_change(self, change: Change) -> None:
+        """A note from another replica (fleet/controller/changefeed.py)."""
+        if change.kind == "desired":
+            self.live.notify(change.ids)
+        elif change.kind == "online":
+            for device_id in change.ids:
+                self._elsewhere[device_id] = change.origin
+        elif change.kind == "offline":
+            for device_id in change.ids:
+                if self._elsewhere.get(device_id) == change.origin:
+                    del self._elsewhere[device_id]
+        elif change.kind == "device":
+            for device_id in change.ids:
+                await self._reload_device(device_id)
+        elif change.kind == "rollout":
+            for rollout_id in change.ids:
+                await self.rollouts.refresh(rollout_id, change.revision)
+
+    async def _refresh_devices(self) -> None:
+        """Replicas: take the store's copy of every device not connected here (another replica
+        wrote its hello and install results); ours is fresher for the ones connected here."""
+        if self.announcer is None:
+            return
+        for device in await self._store.call(self._store.store.list_devices):
+            if not self.live.online(device.device_id):
+                self._devices[device.device_id] = device
+
+    async def lookup_device(self, device_id: str) -> bool:
+        """Known here, or enrolled in the store by another replica (then known here too)."""
+        if device_id not in self._devices:
+            await self._reload_device(device_id)
+        return device_id in self._devices
+
+    async def _reload_device(self, device_id: str) -> None:
+        device = await self._store.call(self._store.store.get_device, device_id)
+        if device is None:
+            if self._devices.pop(device_id, None) is not None:
+                self.live.disconnect(device_id)
+        else:
+            self._devices[device_id] = device
+
+    async def resync(self) -> None:
+        """After missing notes (the feed reconnected): re-read devices and rollouts, resend every
+        connected device its desired state, and tell the others who is connected here."""
+        stored = {d.device_id: d for d in await self._store.call(self._store.store.list_devices)}
+        for device_id in list(self._devices):
+            if device_id not in stored:
+                del self._devices[device_id]
+                self.live.disconnect(device_id)
+        for device_id, device in stored.items():
+            if device_id not in self._devices:
+                self._devices[device_id] = device
+        for rollout in self.rollouts.list_rollouts():
+            await self.rollouts.refresh(rollout.rollout_id)
+        here = self.live.sessions()
+        self.live.notify(here)
+        self._announce("online", here)
 
     async def stop(self) -> None:
         await self.rollouts.stop()
@@ -110,6 +216,8 @@ class FleetController:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self._write_pending_telemetry()
+        if self.announcer is not None:
+            await self.announcer.stop()
         self._store.close()
 
     async def audit(self, actor: str, action: str, **detail: object) -> None:
@@ -147,6 +255,7 @@ class FleetController:
         device = DeviceRecord(device_id=device_id, labels=labels, enrolled_at=time.time())
         await self._store.call(self._store.store.upsert_device, device)
         self._devices[device_id] = device
+        self._announce("device", [device_id])
         await self.audit(f"device:{device_id}", "device.enroll", labels=labels)
         return device_id, certificate, labels
 
@@ -254,7 +363,18 @@ class FleetController:
         bundle = await self._store.call(self._store.store.get_bundle, sha256)
         if bundle is None:
             raise NotFound(f"no bundle {sha256}")
-        return Path(bundle.path), bundle.size
+        # Uploaded to another replica: its path is on that machine. A shared bundle directory
+        # or the HTTP origin (--publish-dir) hold it under its digest.
+        candidates = [Path(bundle.path), self._bundle_dir / f"{sha256}.efb"]
+        if self.settings.publish_dir is not None:
+            candidates.append(self.settings.publish_dir / f"{sha256}.efb")
+        for path in candidates:
+            if await asyncio.to_thread(path.is_file):
+                return path, bundle.size
+        raise NotFound(
+            f"bundle {sha256} was uploaded to another replica and is not on this one: give the"
+            " replicas a shared bundle directory or agents an HTTP bundle source"
+        )
 
     async def add_bundle(self, actor: str, upload: Path) -> BundleRecord:
         """Verify an uploaded bundle against the controller's trusted keys, then keep it under its
@@ -292,6 +412,7 @@ class FleetController:
 
     # operator views
     async def devices(self, selector: dict[str, str]) -> list[DeviceView]:
+        await self._refresh_devices()
         desired = await self._store.call(self._store.store.all_desired)
         by_device: dict[str, list[DesiredEntry]] = {}
         for entry in desired:
@@ -299,7 +420,7 @@ class FleetController:
         return [
             DeviceView(
                 record=device,
-                online=self.live.online(device_id),
+                online=self.online(device_id),
                 last_seen=self.live.last_seen(device_id) or device.last_seen,
                 desired=by_device.get(device_id, []),
                 latest=self.live.latest(device_id),
@@ -320,6 +441,7 @@ class FleetController:
         await self._store.call(self._store.store.delete_device, device_id)
         del self._devices[device_id]
         self.live.disconnect(device_id)
+        self._announce("device", [device_id])
         await self.audit(actor, "device.remove", device=device_id)
 
     async def telemetry_history(
@@ -339,6 +461,7 @@ class FleetController:
             raise NotFound(f"no device {device_id!r}")
         if not model:
             raise InvalidRequest("pin needs a model name")
+        await self._refresh_devices()
         if not version:
             await self._store.call(self._store.store.delete_desired, device_id, model)
         else:
@@ -369,7 +492,7 @@ class FleetController:
             await self._store.call(self._store.store.set_desired, [entry])
             await self.rollouts.pinned(device_id, model)
         await self.audit(actor, "device.pin", device=device_id, model=model, version=version)
-        self.live.notify([device_id])
+        self.wake_devices([device_id])
         return await self.device(device_id)
 
     # rollouts
@@ -377,6 +500,7 @@ class FleetController:
         bundle = await self._store.call(self._store.store.get_bundle, spec.bundle_sha256)
         if bundle is None:
             raise NotFound(f"no bundle {spec.bundle_sha256}: upload it first")
+        await self._refresh_devices()
         desired = await self._store.call(self._store.store.all_desired)
         rollout = await self.rollouts.create(spec, bundle, list(self._devices.values()), desired)
         await self.audit(

@@ -62,6 +62,14 @@ CREATE TABLE leases (
     expires_at TIMESTAMPTZ NOT NULL);
 """,
     ),
+    Migration(
+        3,
+        "controller replicas: rollout revisions (compare-and-set), fleet-wide claimed values",
+        """
+ALTER TABLE rollouts ADD COLUMN revision BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE claims (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+""",
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -1,12 +1,19 @@
-"""The controller's persistence contract. SQLite implements it (`sqlite_store`); a PostgreSQL
-backend can implement the same methods. Methods are blocking: the controller runs them in its
-store executor, one at a time, never on the event loop."""
+"""The controller's persistence contract. SQLite implements it (`sqlite_store`, one machine) and
+PostgreSQL (`postgres_store`, replicas). Methods are blocking: the controller runs them in its
+store executor, one at a time, never on the event loop.
+
+Rollout writes are guarded twice when several replicas share a store (fleet/controller/lease.py
+has the design): a write may name the `revision` it read (compare-and-set: a replica never
+overwrites a change it has not seen, `StaleRevision`), and the driver's writes carry a `Fence`
+(the rollout's lease and fencing token: a leader that lost its lease cannot write, `LeaseLost`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import ParamSpec, Protocol, TypeVar
 
@@ -18,9 +25,27 @@ from fleet.controller.records import (
     Measurement,
     RolloutRecord,
 )
+from fleet.errors import FleetError
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class LeaseLost(FleetError):
+    """This holder no longer holds the lease (it expired and another holder took it)."""
+
+
+class StaleRevision(FleetError):
+    """The rollout changed in the store since this copy was read (another replica wrote it)."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A write made under lease `name`: it commits only while `holder` holds it with `token`."""
+
+    name: str
+    holder: str
+    token: int
 
 
 class Store(Protocol):
@@ -48,11 +73,16 @@ class Store(Protocol):
     def find_bundle_named(self, name: str) -> BundleRecord | None: ...
 
     # A rollout and the desired state it implies change together, in one transaction.
+    # `expected_revision`: the row must still be at that revision (StaleRevision otherwise);
+    # `rollout.revision` is what it becomes. `fence`: LeaseLost unless the lease is still held.
     def save_rollout(
         self,
         rollout: RolloutRecord,
         desired: Sequence[DesiredEntry] = (),
         undesired: Sequence[tuple[str, str]] = (),
+        *,
+        expected_revision: int | None = None,
+        fence: Fence | None = None,
     ) -> None: ...
     def get_rollout(self, rollout_id: str) -> RolloutRecord | None: ...
     def list_rollouts(self) -> list[RolloutRecord]: ...
@@ -65,6 +95,14 @@ class Store(Protocol):
 
     def add_audit(self, record: AuditRecord) -> None: ...
     def audit_entries(self, limit: int) -> list[AuditRecord]: ...
+
+    # Leases (the store's clock decides expiry): the fencing token, or None if another holds it.
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> int | None: ...
+    def release_lease(self, name: str, holder: str) -> None: ...
+    # A fleet-wide value set once (the CA's fingerprint...): the value stored, set if absent.
+    def claim(self, key: str, value: str) -> str: ...
+    # Tell the other replicas (PostgreSQL NOTIFY); a store with one controller drops it.
+    def publish(self, payload: str) -> None: ...
 
 
 class StoreRunner:
