@@ -9,12 +9,14 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
 from fleet.errors import BundleRejected, Conflict, FleetError, InvalidRequest, NotFound
 from fleet.errors import PermissionDenied as FleetPermissionDenied
+from fleet.pki import certificate_key_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,25 @@ def streaming(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncI
             await _abort(error, context, method.__name__)
 
     return wrapper
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The verified client certificate of a call: its common name and the SHA-256 of its
+    public key ("" without a certificate)."""
+
+    common_name: str
+    public_key_sha256: str
+
+
+def peer(context: grpc.aio.ServicerContext[Any, Any]) -> Peer:
+    auth = context.auth_context()
+    names = list(auth.get("x509_common_name", []))
+    certificates = list(auth.get("x509_pem_cert", []))
+    return Peer(
+        common_name=names[0].decode() if names else "",
+        public_key_sha256=certificate_key_sha256(certificates[0]) if certificates else "",
+    )
 
 
 def peer_common_name(context: grpc.aio.ServicerContext[Any, Any]) -> str:

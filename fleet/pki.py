@@ -4,6 +4,7 @@ certificates. The common name says who a peer is: `device:<id>` or `admin:<name>
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEVICE_PREFIX = "device:"
@@ -163,3 +165,20 @@ class CertificateAuthority:
         key = new_private_key()
         certificate = self._leaf(subject_cn, key.public_key(), ExtendedKeyUsageOID.CLIENT_AUTH)
         return private_key_pem(key), certificate_pem(certificate)
+
+
+def public_key_sha256(public_key: CertificatePublicKeyTypes) -> str:
+    """SHA-256 of a public key's SubjectPublicKeyInfo: what a revocation names."""
+    encoded = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def certificate_key_sha256(certificate_pem: bytes) -> str:
+    return public_key_sha256(x509.load_pem_x509_certificate(certificate_pem).public_key())
+
+
+def request_key_sha256(csr_pem: bytes) -> str:
+    """The key fingerprint of a certificate request (ValueError if it is not one)."""
+    return public_key_sha256(x509.load_pem_x509_csr(csr_pem).public_key())

@@ -68,6 +68,10 @@ class ModelInfo:
 
 
 class InferenceCore:
+    # What `load_model` raises when a version cannot serve: the registry wraps every failure of
+    # a load (files, runtime, warm-up) in a `ModelLoadError`; a missing version is ModelNotFound.
+    load_error: type[Exception] = EdgeError
+
     def __init__(
         self,
         settings: ServerSettings,

@@ -2,8 +2,8 @@
 backoff, reports telemetry through a store-and-forward buffer, and converges the edge server on
 the desired state: download (resumable), verify, install, load and warm, switch, report.
 
-It drives the server only through its public core API (`ServingCore`), in the same process and
-event loop.
+It drives the server only through the serving protocol (`fleet.agent.serving.ServingCore`), in
+the same process and event loop.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import grpc
 
@@ -31,6 +30,7 @@ from fleet.agent.local_state import (
     quarantine_version,
     save_state,
 )
+from fleet.agent.serving import ServingCore
 from fleet.agent.settings import AgentSettings
 from fleet.agent.sources import BundleSources
 from fleet.agent.spool import TelemetrySpool
@@ -50,48 +50,6 @@ _TRANSIENT = {
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.ABORTED,
 }
-
-
-class ModelTelemetryView(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def version(self) -> str: ...
-    @property
-    def requests(self) -> int: ...
-    @property
-    def errors(self) -> int: ...
-    @property
-    def drops(self) -> int: ...
-    @property
-    def fps(self) -> float: ...
-    @property
-    def latency_p50_ms(self) -> float: ...
-    @property
-    def latency_p95_ms(self) -> float: ...
-
-
-class IndexEntryView(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def version(self) -> str: ...
-    @property
-    def state(self) -> str: ...
-    @property
-    def reason(self) -> str: ...
-
-
-class ServingCore(Protocol):
-    """The part of `server.core.InferenceCore` the agent uses.
-
-    `load_model` raises when the version cannot serve (bad files, a runtime that refuses the
-    graph, a failed warm-up); the agent treats any exception from it as a failed install."""
-
-    async def load_model(self, name: str, version: str | None = None) -> str: ...
-    def active_version(self, name: str) -> str | None: ...
-    def model_telemetry(self) -> Sequence[ModelTelemetryView]: ...
-    def repository_index(self) -> Sequence[IndexEntryView]: ...
 
 
 class LoadFailed(FleetError):
@@ -423,7 +381,7 @@ class Agent:
             previous = self._core.active_version(name)
             try:
                 await self._core.load_model(name, version)
-            except Exception as error:  # the serving protocol: any failure is a failed load
+            except self._core.load_error as error:
                 raise LoadFailed(str(error) or type(error).__name__) from error
             logger.info(
                 "%s: version %s active (was %s), loaded and warmed in %.2fs",

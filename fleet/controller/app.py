@@ -1,5 +1,6 @@
-"""The whole controller in-process: store, CA, core, the mTLS and enrollment gRPC servers and
-the Prometheus endpoint. `edgefleet controller` and the tests build it the same way."""
+"""The whole controller in-process: store, CA, the services (devices, telemetry, bundles,
+desired state, rollouts), the mTLS and enrollment gRPC servers and the Prometheus endpoint.
+`edgefleet controller` and the tests build it the same way."""
 
 from __future__ import annotations
 
@@ -8,25 +9,37 @@ import json
 import logging
 import os
 import secrets
+import socket
 import ssl
-from collections.abc import Awaitable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives import hashes
+from prometheus_client import CollectorRegistry
 
+from fleet.controller.audit import AuditLog
 from fleet.controller.authz import ServiceAuthorization
+from fleet.controller.bundles import BundleService
 from fleet.controller.changefeed import ChangeFeed
-from fleet.controller.controller import FleetController
 from fleet.controller.dashboard import ControllerView, Dashboard
+from fleet.controller.desired import DesiredState
+from fleet.controller.devices import DeviceRegistry
 from fleet.controller.grpc_api import AdminServicer, AgentServicer, EnrollmentServicer
+from fleet.controller.live import LiveFleet
+from fleet.controller.metrics import FleetCollector
 from fleet.controller.postgres_store import PostgresStore
+from fleet.controller.replication import Replication
+from fleet.controller.rollout_actions import RolloutActions
+from fleet.controller.rollouts import RolloutEngine
 from fleet.controller.settings import ControllerSettings
-from fleet.controller.store import Store
-from fleet.controller.stores import describe, open_store
+from fleet.controller.store import Store, StoreRunner
+from fleet.controller.stores import describe, is_postgres, open_store
+from fleet.controller.telemetry import TelemetryService
+from fleet.grpc_status import Peer
 from fleet.keys import TrustedKeys
-from fleet.pki import ADMIN_PREFIX, DEVICE_PREFIX, CertificateAuthority
+from fleet.pki import ADMIN_PREFIX, CertificateAuthority
 from protos.edgefleet.fleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
 from server.prometheus_http import instance_registry, start_metrics_http
 
@@ -36,30 +49,115 @@ ADMIN_CREDENTIAL = "admin-credential.json"
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
-def _authorization(controller: FleetController) -> ServiceAuthorization:
-    """The admin API takes admin certificates only; the agent API enrolled devices only."""
+@dataclass
+class ControllerServices:
+    """The controller's services, wired once; each transport is handed only what it uses."""
 
-    def admin(name: str) -> str | None:
-        return None if name.startswith(ADMIN_PREFIX) else "the admin API needs an admin certificate"
+    store: StoreRunner
+    live: LiveFleet
+    audit: AuditLog
+    devices: DeviceRegistry
+    engine: RolloutEngine
+    desired: DesiredState
+    rollouts: RolloutActions
+    telemetry: TelemetryService
+    bundles: BundleService
+    replication: Replication
 
-    async def enrolled_elsewhere(device_id: str) -> str | None:
-        if await controller.lookup_device(device_id):
+    @classmethod
+    def build(
+        cls,
+        settings: ControllerSettings,
+        store: Store,
+        ca: CertificateAuthority,
+        trusted_keys: TrustedKeys,
+        registry: CollectorRegistry,
+    ) -> ControllerServices:
+        runner = StoreRunner(store)
+        replicated = is_postgres(settings.store)
+        replication = Replication(runner, _replica_name(settings), replicated)
+        live = LiveFleet(settings.samples_per_device, replication.presence)
+        audit = AuditLog(runner)
+        devices = DeviceRegistry(runner, ca, live, audit, settings.token_ttl_s, replication)
+        engine = RolloutEngine(
+            runner,
+            live,
+            replication.wake_devices,
+            settings.rollout_tick_s,
+            replica=replication.replica,
+            lease_ttl_s=settings.lease_ttl_s,
+            announce=replication.announce,
+        )
+        replication.bind(live, devices, engine)
+        telemetry = TelemetryService(
+            runner,
+            live,
+            devices,
+            engine,
+            registry,
+            buffer_rows=settings.telemetry_buffer_rows,
+            flush_s=settings.telemetry_flush_s,
+            retention_s=settings.telemetry_retention_s,
+        )
+        bundles = BundleService(
+            runner,
+            trusted_keys,
+            audit,
+            settings.data_dir,
+            settings.max_bundle_bytes,
+            settings.publish_dir,
+        )
+        registry.register(FleetCollector(devices, live, telemetry, engine))
+        return cls(
+            store=runner,
+            live=live,
+            audit=audit,
+            devices=devices,
+            engine=engine,
+            desired=DesiredState(runner, devices, engine, live, audit, replication),
+            rollouts=RolloutActions(runner, engine, devices, audit),
+            telemetry=telemetry,
+            bundles=bundles,
+            replication=replication,
+        )
+
+    async def start(self) -> None:
+        self.replication.start()
+        await self.bundles.start()
+        await self.devices.start()
+        await self.engine.start()
+        self.telemetry.start()
+
+    async def stop(self) -> None:
+        await self.engine.stop()
+        await self.telemetry.stop()
+        await self.replication.stop()
+        self.store.close()
+
+
+def _replica_name(settings: ControllerSettings) -> str:
+    """This replica's name in leases and logs. One controller per SQLite file keeps one name
+    across restarts, so a restarted controller drives its rollouts at once."""
+    if settings.replica_name:
+        return settings.replica_name
+    if not is_postgres(settings.store):
+        return "sqlite"
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def _authorization(devices: DeviceRegistry) -> ServiceAuthorization:
+    """The admin API takes admin certificates only; the agent API enrolled devices whose key is
+    not revoked only."""
+
+    def admin(caller: Peer) -> str | None:
+        if caller.common_name.startswith(ADMIN_PREFIX):
             return None
-        return "not an enrolled device certificate"
-
-    def device(name: str) -> str | None | Awaitable[str | None]:
-        device_id = name.removeprefix(DEVICE_PREFIX)
-        if not name.startswith(DEVICE_PREFIX):
-            return "not an enrolled device certificate"
-        if controller.known(device_id):
-            return None
-        # Perhaps enrolled through another replica a moment ago, before its note arrived.
-        return enrolled_elsewhere(device_id)
+        return "the admin API needs an admin certificate"
 
     return ServiceAuthorization(
         {
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name: admin,
-            agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name: device,
+            agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name: devices.admission,
         }
     )
 
@@ -68,7 +166,7 @@ class ControllerApp:
     def __init__(self, settings: ControllerSettings) -> None:
         self.settings = settings
         self.registry = instance_registry("controller")
-        self.controller: FleetController | None = None
+        self.services: ControllerServices | None = None
         self._servers: list[grpc.aio.Server] = []
         self._metrics_server: Any = None
         self.port = 0
@@ -97,16 +195,17 @@ class ControllerApp:
         trusted = await asyncio.to_thread(TrustedKeys.from_paths, settings.trusted_keys)
         store = await asyncio.to_thread(open_store, settings)
         await asyncio.to_thread(_claim_ca, store, ca)
-        controller = FleetController(settings, store, ca, trusted, self.registry)
-        self.controller = controller
+        services = ControllerServices.build(settings, store, ca, trusted, self.registry)
         if isinstance(store, PostgresStore):
-            # PostgreSQL: listen to the other replicas before acting (fleet/controller/changefeed).
+            # Listen to the other replicas before acting (fleet/controller/changefeed.py).
+            replication = services.replication
             self._feed = ChangeFeed(
-                store.dsn, store.connect_kwargs, controller.replica,
-                controller.on_change, controller.resync,
+                store.dsn, store.connect_kwargs, replication.replica,
+                replication.on_change, replication.resync,
             )  # fmt: skip
             await self._feed.start()
-        await controller.start()
+        await services.start()
+        self.services = services
 
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -115,16 +214,33 @@ class ControllerApp:
             ("grpc.keepalive_time_ms", 60_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ]
-        main = grpc.aio.server(options=options, interceptors=[_authorization(controller)])
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(controller), main)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(controller), main)
+        main = grpc.aio.server(options=options, interceptors=[_authorization(services.devices)])
+        agent = AgentServicer(
+            services.devices,
+            services.desired,
+            services.telemetry,
+            services.bundles,
+            services.live,
+            telemetry_interval_s=settings.telemetry_interval_s,
+            download_chunk_bytes=settings.download_chunk_bytes,
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(agent, main)
+        admin = AdminServicer(
+            services.devices,
+            services.desired,
+            services.bundles,
+            services.rollouts,
+            services.telemetry,
+            services.audit,
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, main)
         mutual = grpc.ssl_server_credentials(
             [(key_pem, cert_pem)], root_certificates=ca.certificate_pem, require_client_auth=True
         )
         self.port = main.add_secure_port(f"{settings.host}:{settings.port}", mutual)
         enroll = grpc.aio.server(options=options)
         agent_pb2_grpc.add_EnrollmentServiceServicer_to_server(
-            EnrollmentServicer(controller), enroll
+            EnrollmentServicer(services.devices), enroll
         )
         server_only = grpc.ssl_server_credentials([(key_pem, cert_pem)])
         self.enroll_port = enroll.add_secure_port(
@@ -142,7 +258,8 @@ class ControllerApp:
             token = await asyncio.to_thread(self._dashboard_token)
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(pki_dir / "server.pem", pki_dir / "server.key")
-            self.dashboard = Dashboard(ControllerView(controller), token)
+            view = ControllerView(services.devices, services.engine, services.audit, services.live)
+            self.dashboard = Dashboard(view, token)
             self.dashboard_port = await self.dashboard.start(
                 settings.host, settings.dashboard_port, tls
             )
@@ -201,9 +318,9 @@ class ControllerApp:
         if self._feed is not None:
             await self._feed.stop()
             self._feed = None
-        if self.controller is not None:
-            await self.controller.stop()
-            self.controller = None
+        if self.services is not None:
+            await self.services.stop()
+            self.services = None
 
 
 class WrongCertificateAuthority(RuntimeError):

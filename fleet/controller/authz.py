@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from fleet.grpc_status import peer_common_name
+from fleet.grpc_status import Peer, peer
 
 Context = grpc.aio.ServicerContext[Any, Any]
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
 else:
     Handler = grpc.RpcMethodHandler
-# Common name of the verified client certificate -> None to allow, or why it is refused; a rule
-# may answer later (a replica looking up a device enrolled on another one).
-Rule = Callable[[str], str | None | Awaitable[str | None]]
+# The verified client certificate -> None to allow, or why it is refused; a rule may answer
+# later (a replica looking up a device enrolled through another one).
+Rule = Callable[[Peer], str | None | Awaitable[str | None]]
 
 
 class ServiceAuthorization(grpc.aio.ServerInterceptor):
@@ -44,12 +44,12 @@ class ServiceAuthorization(grpc.aio.ServerInterceptor):
         return _guarded(handler, rule if rule is not None else _refuse_unknown)
 
 
-def _refuse_unknown(name: str) -> str | None:
+def _refuse_unknown(caller: Peer) -> str | None:
     return "this service takes no calls on this port"
 
 
 async def _check(rule: Rule, context: Context) -> None:
-    refusal = rule(peer_common_name(context))
+    refusal = rule(peer(context))
     if inspect.isawaitable(refusal):
         refusal = await refusal
     if refusal is not None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from fleet.controller.controller import DeviceView
-from fleet.controller.live import ModelSample, TelemetrySample
+from fleet.agent.serving import ModelTelemetry
+from fleet.controller.devices import DeviceView
+from fleet.controller.live import TelemetrySample
 from fleet.controller.records import (
     AuditRecord,
     DesiredEntry,
@@ -54,15 +56,15 @@ def telemetry_from_pb(
     """The sample for the live view, and its JSON document for the store."""
     system = message.system
     models = tuple(
-        ModelSample(
+        ModelTelemetry(
             name=model.name,
             version=model.active_version,
             requests=model.requests,
             errors=model.errors,
             drops=model.drops,
             fps=model.fps,
-            p50_latency_ms=model.latency_p50_ms,
-            p95_latency_ms=model.latency_p95_ms,
+            latency_p50_ms=model.latency_p50_ms,
+            latency_p95_ms=model.latency_p95_ms,
         )
         for model in message.models
     )
@@ -90,19 +92,7 @@ def telemetry_from_pb(
         "temperature_c": None if math.isnan(system.temperature_c) else system.temperature_c,
         "gpu_utilization_percent": system.gpu_utilization_percent if system.has_gpu else None,
         "gpu_memory_used_bytes": system.gpu_memory_used_bytes if system.has_gpu else None,
-        "models": [
-            {
-                "name": model.name,
-                "version": model.version,
-                "requests": model.requests,
-                "errors": model.errors,
-                "drops": model.drops,
-                "fps": model.fps,
-                "latency_p50_ms": model.p50_latency_ms,
-                "latency_p95_ms": model.p95_latency_ms,
-            }
-            for model in models
-        ],
+        "models": [dataclasses.asdict(model) for model in models],
     }
     return sample, json.dumps(document)
 
@@ -204,8 +194,8 @@ def device_to_pb(view: DeviceView) -> admin_pb2.Device:
         )
         if latest is not None and (sample := latest.model(name)) is not None:
             model.fps = sample.fps
-            model.latency_p50_ms = sample.p50_latency_ms
-            model.latency_p95_ms = sample.p95_latency_ms
+            model.latency_p50_ms = sample.latency_p50_ms
+            model.latency_p95_ms = sample.latency_p95_ms
             model.requests = sample.requests
             model.errors = sample.errors
             model.drops = sample.drops

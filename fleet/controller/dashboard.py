@@ -31,8 +31,10 @@ from aiohttp import web
 from fleet.controller.records import AuditRecord, Measurement, RolloutRecord
 
 if TYPE_CHECKING:
-    from fleet.controller.controller import DeviceView, FleetController
-    from fleet.controller.live import TelemetrySample
+    from fleet.controller.audit import AuditLog
+    from fleet.controller.devices import DeviceRegistry, DeviceView
+    from fleet.controller.live import LiveFleet, TelemetrySample
+    from fleet.controller.rollouts import RolloutEngine
 
 logger = logging.getLogger(__name__)
 COOKIE = "edgefleet_dashboard"
@@ -51,25 +53,30 @@ class FleetView(Protocol):
 
 
 class ControllerView:
-    """FleetView over the in-process controller."""
+    """FleetView over the in-process controller's services."""
 
-    def __init__(self, controller: FleetController) -> None:
-        self._controller = controller
+    def __init__(
+        self, devices: DeviceRegistry, rollouts: RolloutEngine, audit: AuditLog, live: LiveFleet
+    ) -> None:
+        self._devices = devices
+        self._rollouts = rollouts
+        self._audit = audit
+        self._live = live
 
     async def devices(self) -> list[DeviceView]:
-        return await self._controller.devices({})
+        return await self._devices.views({})
 
     def rollouts(self) -> list[RolloutRecord]:
-        return self._controller.rollouts.list_rollouts()
+        return self._rollouts.list_rollouts()
 
     async def measurements(self, rollout_id: str) -> list[Measurement]:
-        return await self._controller.rollouts.measurements(rollout_id)
+        return await self._rollouts.measurements(rollout_id)
 
     async def audit(self, limit: int) -> list[AuditRecord]:
-        return await self._controller.audit_entries(limit)
+        return await self._audit.entries(limit)
 
     def samples(self, device_id: str, window_s: float) -> list[TelemetrySample]:
-        live = self._controller.live
+        live = self._live
         latest = live.latest(device_id)
         if latest is None:
             return []
@@ -192,7 +199,7 @@ def _devices_table(devices: Sequence[DeviceView]) -> str:
         fps = p95 = errors = ""
         if device.latest is not None:
             fps = " / ".join(_figure(model.fps) for model in device.latest.models)
-            p95 = " / ".join(_figure(model.p95_latency_ms) for model in device.latest.models)
+            p95 = " / ".join(_figure(model.latency_p95_ms) for model in device.latest.models)
             errors = " / ".join(str(model.errors) for model in device.latest.models)
         labels = " ".join(f"{_e(k)}={_e(v)}" for k, v in sorted(record.labels.items()))
         state = "online" if device.online else "offline"

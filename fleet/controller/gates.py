@@ -14,6 +14,7 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from fleet.agent.serving import ModelTelemetry
 from fleet.controller.records import Measurement, Verdict
 from fleet.errors import InvalidRequest
 
@@ -69,29 +70,26 @@ def parse_gate(text: str) -> Gate:
 
 @dataclass(frozen=True)
 class DeviceWindow:
-    """One device's figures over a bake window, for one model version."""
+    """One device's figures over a bake window, for one model version: counters as grown over
+    the window, fps and latencies averaged over it."""
 
     device_id: str
-    requests: int
-    errors: int
-    drops: int
-    fps: float
-    p50_latency_ms: float
-    p95_latency_ms: float
+    figures: ModelTelemetry
 
 
 def cohort_figures(devices: Sequence[DeviceWindow]) -> dict[str, float]:
     """Median per device for latency and fps; pooled rates for errors and drops."""
     if not devices:
         return {}
-    requests = sum(device.requests for device in devices)
+    figures = [device.figures for device in devices]
+    requests = sum(f.requests for f in figures)
+    drops = sum(f.drops for f in figures)
     return {
-        "p50_latency_ms": statistics.median(device.p50_latency_ms for device in devices),
-        "p95_latency_ms": statistics.median(device.p95_latency_ms for device in devices),
-        "fps": statistics.median(device.fps for device in devices),
-        "error_rate": sum(device.errors for device in devices) / max(requests, 1),
-        "drop_rate": sum(device.drops for device in devices)
-        / max(requests + sum(device.drops for device in devices), 1),
+        "p50_latency_ms": statistics.median(f.latency_p50_ms for f in figures),
+        "p95_latency_ms": statistics.median(f.latency_p95_ms for f in figures),
+        "fps": statistics.median(f.fps for f in figures),
+        "error_rate": sum(f.errors for f in figures) / max(requests, 1),
+        "drop_rate": drops / max(requests + drops, 1),
     }
 
 

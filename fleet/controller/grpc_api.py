@@ -1,4 +1,5 @@
-"""Thin gRPC servicers over `FleetController`: identify the peer, translate, delegate."""
+"""Thin gRPC servicers over the controller's services: identify the peer, translate, delegate.
+Each servicer is given only the services it uses."""
 
 from __future__ import annotations
 
@@ -6,20 +7,22 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import os
-import tempfile
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import grpc
 
 from fleet.controller import convert
-from fleet.controller.controller import FleetController
-from fleet.errors import InvalidRequest, PermissionDenied
-from fleet.grpc_status import peer_common_name, streaming, unary
-from fleet.pki import DEVICE_PREFIX
+from fleet.controller.audit import AuditLog
+from fleet.controller.bundles import BundleService
+from fleet.controller.desired import DesiredState
+from fleet.controller.devices import DeviceRegistry
+from fleet.controller.live import LiveFleet
+from fleet.controller.rollout_actions import RolloutActions
+from fleet.controller.telemetry import TelemetryService
+from fleet.errors import InvalidRequest
+from fleet.grpc_status import peer, peer_common_name, streaming, unary
 from protos.edgefleet.fleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -33,61 +36,72 @@ def _admin(context: Context) -> str:
 
 
 class EnrollmentServicer(agent_pb2_grpc.EnrollmentServiceServicer):
-    def __init__(self, controller: FleetController) -> None:
-        self._controller = controller
+    def __init__(self, devices: DeviceRegistry) -> None:
+        self._devices = devices
 
     @unary
     async def Enroll(
         self, request: agent_pb2.EnrollRequest, context: Context
     ) -> agent_pb2.EnrollResponse:
-        device_id, certificate, labels = await self._controller.enroll(
+        device_id, certificate, labels = await self._devices.enroll(
             request.token, request.device_id, request.csr_pem
         )
         return agent_pb2.EnrollResponse(
             device_id=device_id,
             certificate_pem=certificate,
-            ca_certificate_pem=self._controller.ca_certificate_pem,
+            ca_certificate_pem=self._devices.ca_certificate_pem,
             labels=labels,
         )
 
 
 class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
-    def __init__(self, controller: FleetController) -> None:
-        self._controller = controller
+    def __init__(
+        self,
+        devices: DeviceRegistry,
+        desired: DesiredState,
+        telemetry: TelemetryService,
+        bundles: BundleService,
+        live: LiveFleet,
+        *,
+        telemetry_interval_s: float,
+        download_chunk_bytes: int,
+    ) -> None:
+        self._devices = devices
+        self._desired = desired
+        self._telemetry = telemetry
+        self._bundles = bundles
+        self._live = live
+        self._telemetry_interval_s = telemetry_interval_s
+        self._download_chunk_bytes = download_chunk_bytes
         self._generations = itertools.count(1)
 
     def _device(self, context: Context) -> str:
-        name = peer_common_name(context)
-        device_id = name.removeprefix(DEVICE_PREFIX)
-        if not name.startswith(DEVICE_PREFIX) or not self._controller.known(device_id):
-            raise PermissionDenied("not an enrolled device certificate")
-        return device_id
+        return self._devices.device_for(peer(context))
 
     @unary
     async def Connect(
         self, request_iterator: AsyncIterator[agent_pb2.ConnectRequest], context: Context
     ) -> None:
-        device_id = self._device(context)
+        caller = peer(context)
+        self._devices.device_for(caller)
         first = await anext(aiter(request_iterator), None)
         if first is None or not first.HasField("hello"):
             raise InvalidRequest("the first message on Connect must be hello")
         hello = first.hello
         active = {model.name: model.version for model in hello.installed if model.active}
-        await self._controller.hello(
-            device_id, dict(hello.labels), hello.hardware_json, active, hello.agent_version
+        device_id = await self._devices.hello(
+            caller, dict(hello.labels), hello.hardware_json, active, hello.agent_version
         )
-        session = self._controller.live.attach(device_id)
+        session = self._live.attach(device_id)
         reader = asyncio.create_task(self._read(device_id, request_iterator))
         logger.info("device %s connected", device_id)
         try:
             while not reader.done() and not session.closed.is_set():
                 session.desired_changed.clear()
-                entries = await self._controller.desired_state(device_id)
+                entries = await self._desired.for_device(device_id)
                 await context.write(
                     convert.desired_state_to_pb(
-                        next(self._generations),
-                        entries,
-                        self._controller.settings.telemetry_interval_s,
+                        next(self._generations), entries, self._telemetry_interval_s
                     )
                 )
                 waiters = [
@@ -105,14 +119,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            self._controller.live.detach(session)
+            self._live.detach(session)
             logger.info("device %s disconnected", device_id)
 
     async def _read(
         self, device_id: str, request_iterator: AsyncIterator[agent_pb2.ConnectRequest]
     ) -> None:
         loop = asyncio.get_running_loop()
-        controller = self._controller
+        telemetry = self._telemetry
         async for message in request_iterator:
             kind = message.WhichOneof("payload")
             if kind == "telemetry":
@@ -120,14 +134,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 sample, document = convert.telemetry_from_pb(
                     message.telemetry, loop.time(), time.time()
                 )
-                controller.telemetry(device_id, sample, document)
-                controller.heartbeat_seconds.observe(time.perf_counter() - started)
+                telemetry.record(device_id, sample, document)
+                telemetry.handling_seconds.observe(time.perf_counter() - started)
             elif kind == "heartbeat":
-                controller.live.touch(device_id, time.time())
+                self._live.touch(device_id, time.time())
             elif kind == "install_result":
                 result = message.install_result
                 failed = result.outcome != agent_pb2.INSTALL_OUTCOME_INSTALLED
-                await controller.install_result(
+                await self._desired.install_result(
                     device_id,
                     result.model_name,
                     result.version,
@@ -141,13 +155,11 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         self, request: agent_pb2.DownloadRequest, context: Context
     ) -> AsyncIterator[agent_pb2.DownloadResponse]:
         self._device(context)
-        path, size = await self._controller.bundle_file(request.bundle_sha256)
+        path, size = await self._bundles.file(request.bundle_sha256)
         if request.offset > size:
             raise InvalidRequest(f"offset {request.offset} is past the end ({size} bytes)")
-        chunk = min(
-            request.chunk_size or self._controller.settings.download_chunk_bytes,
-            self._controller.settings.download_chunk_bytes,
-        )
+        limit = self._download_chunk_bytes
+        chunk = min(request.chunk_size or limit, limit)
         handle = await asyncio.to_thread(path.open, "rb")
         try:
             offset = request.offset
@@ -169,21 +181,28 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             await asyncio.to_thread(handle.close)
 
 
-def _new_upload(directory: Path) -> tuple[Path, BinaryIO]:
-    directory.mkdir(parents=True, exist_ok=True)
-    descriptor, name = tempfile.mkstemp(dir=directory, suffix=".upload")
-    return Path(name), os.fdopen(descriptor, "wb")
-
-
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, controller: FleetController) -> None:
-        self._controller = controller
+    def __init__(
+        self,
+        devices: DeviceRegistry,
+        desired: DesiredState,
+        bundles: BundleService,
+        rollouts: RolloutActions,
+        telemetry: TelemetryService,
+        audit: AuditLog,
+    ) -> None:
+        self._devices = devices
+        self._desired = desired
+        self._bundles = bundles
+        self._rollouts = rollouts
+        self._telemetry = telemetry
+        self._audit = audit
 
     @unary
     async def CreateEnrollmentToken(
         self, request: admin_pb2.CreateEnrollmentTokenRequest, context: Context
     ) -> admin_pb2.CreateEnrollmentTokenResponse:
-        token, expires_at = await self._controller.create_token(
+        token, expires_at = await self._devices.create_token(
             _admin(context), dict(request.labels), request.ttl_s
         )
         return admin_pb2.CreateEnrollmentTokenResponse(
@@ -195,32 +214,15 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListDevicesRequest, context: Context
     ) -> admin_pb2.ListDevicesResponse:
         _admin(context)
-        views = await self._controller.devices(dict(request.selector))
+        views = await self._devices.views(dict(request.selector))
         return admin_pb2.ListDevicesResponse(devices=[convert.device_to_pb(v) for v in views])
 
     @unary
     async def UploadBundle(
         self, request_iterator: AsyncIterator[admin_pb2.UploadBundleRequest], context: Context
     ) -> admin_pb2.UploadBundleResponse:
-        actor = _admin(context)
-        limit = self._controller.settings.max_bundle_bytes
-        upload_dir = self._controller.settings.data_dir / "uploads"
-        path, handle = await asyncio.to_thread(_new_upload, upload_dir)
-        try:
-            try:
-                received = 0
-                async for chunk in request_iterator:
-                    received += len(chunk.data)
-                    if received > limit:
-                        raise InvalidRequest(f"bundle is larger than the {limit}-byte limit")
-                    await asyncio.to_thread(handle.write, chunk.data)
-            finally:
-                await asyncio.to_thread(handle.close)
-            record = await self._controller.add_bundle(actor, path)
-        finally:
-            # Consumed by add_bundle on success; a refused, failed or cancelled upload leaves
-            # nothing behind.
-            await asyncio.to_thread(path.unlink, True)
+        chunks = (chunk.data async for chunk in request_iterator)
+        record = await self._bundles.receive(_admin(context), chunks)
         return admin_pb2.UploadBundleResponse(
             bundle_sha256=record.sha256,
             model_name=record.name,
@@ -238,7 +240,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             spec = convert.spec_from_pb(request)
         except ValueError as exc:
             raise InvalidRequest(f"bad rollout request: {exc}") from None
-        rollout = await self._controller.create_rollout(actor, spec)
+        rollout = await self._rollouts.create(actor, spec)
         return admin_pb2.CreateRolloutResponse(rollout=convert.rollout_to_pb(rollout))
 
     @unary
@@ -246,7 +248,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.GetRolloutRequest, context: Context
     ) -> admin_pb2.GetRolloutResponse:
         _admin(context)
-        rollout = self._controller.rollouts.get(request.rollout_id)
+        rollout = self._rollouts.get(request.rollout_id)
         return admin_pb2.GetRolloutResponse(rollout=convert.rollout_to_pb(rollout))
 
     @unary
@@ -254,28 +256,28 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListRolloutsRequest, context: Context
     ) -> admin_pb2.ListRolloutsResponse:
         _admin(context)
-        rollouts = self._controller.rollouts.list_rollouts()
+        rollouts = self._rollouts.list_rollouts()
         return admin_pb2.ListRolloutsResponse(rollouts=[convert.rollout_to_pb(r) for r in rollouts])
 
     @unary
     async def PromoteRollout(
         self, request: admin_pb2.PromoteRolloutRequest, context: Context
     ) -> admin_pb2.PromoteRolloutResponse:
-        rollout = await self._controller.promote(_admin(context), request.rollout_id)
+        rollout = await self._rollouts.promote(_admin(context), request.rollout_id)
         return admin_pb2.PromoteRolloutResponse(rollout=convert.rollout_to_pb(rollout))
 
     @unary
     async def AbortRollout(
         self, request: admin_pb2.AbortRolloutRequest, context: Context
     ) -> admin_pb2.AbortRolloutResponse:
-        rollout = await self._controller.abort(_admin(context), request.rollout_id, request.reason)
+        rollout = await self._rollouts.abort(_admin(context), request.rollout_id, request.reason)
         return admin_pb2.AbortRolloutResponse(rollout=convert.rollout_to_pb(rollout))
 
     @unary
     async def RollbackRollout(
         self, request: admin_pb2.RollbackRolloutRequest, context: Context
     ) -> admin_pb2.RollbackRolloutResponse:
-        rollout = await self._controller.rollback(_admin(context), request.rollout_id)
+        rollout = await self._rollouts.rollback(_admin(context), request.rollout_id)
         return admin_pb2.RollbackRolloutResponse(rollout=convert.rollout_to_pb(rollout))
 
     @unary
@@ -283,7 +285,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ExplainRolloutRequest, context: Context
     ) -> admin_pb2.ExplainRolloutResponse:
         _admin(context)
-        rollout, measurements = await self._controller.explain(request.rollout_id)
+        rollout, measurements = await self._rollouts.explain(request.rollout_id)
         return admin_pb2.ExplainRolloutResponse(
             rollout=convert.rollout_to_pb(rollout),
             measurements=[convert.measurement_to_pb(m) for m in measurements],
@@ -293,7 +295,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def PinDevice(
         self, request: admin_pb2.PinDeviceRequest, context: Context
     ) -> admin_pb2.PinDeviceResponse:
-        view = await self._controller.pin(
+        view = await self._desired.pin(
             _admin(context), request.device_id, request.model_name, request.version
         )
         return admin_pb2.PinDeviceResponse(device=convert.device_to_pb(view))
@@ -303,9 +305,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.GetTelemetryRequest, context: Context
     ) -> admin_pb2.GetTelemetryResponse:
         _admin(context)
-        rows = await self._controller.telemetry_history(
-            request.device_id, request.since_s, request.limit
-        )
+        rows = await self._telemetry.history(request.device_id, request.since_s, request.limit)
         return admin_pb2.GetTelemetryResponse(
             samples=[
                 admin_pb2.TelemetrySample(
@@ -321,15 +321,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def RemoveDevice(
         self, request: admin_pb2.RemoveDeviceRequest, context: Context
     ) -> admin_pb2.RemoveDeviceResponse:
-        await self._controller.remove_device(_admin(context), request.device_id)
-        return admin_pb2.RemoveDeviceResponse()
+        revocation = await self._devices.remove(_admin(context), request.device_id)
+        return admin_pb2.RemoveDeviceResponse(
+            revoked_key_sha256=revocation.public_key_sha256 if revocation else ""
+        )
 
     @unary
     async def ListAuditEntries(
         self, request: admin_pb2.ListAuditEntriesRequest, context: Context
     ) -> admin_pb2.ListAuditEntriesResponse:
         _admin(context)
-        entries = await self._controller.audit_entries(request.limit)
+        entries = await self._audit.entries(request.limit)
         return admin_pb2.ListAuditEntriesResponse(
             entries=[convert.audit_to_pb(entry) for entry in entries]
         )

@@ -13,17 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class ModelSample:
-    name: str
-    version: str
-    requests: int
-    errors: int
-    drops: int
-    fps: float
-    p50_latency_ms: float
-    p95_latency_ms: float
+from fleet.agent.serving import ModelTelemetry
 
 
 @dataclass(frozen=True)
@@ -38,11 +28,11 @@ class TelemetrySample:
     gpu_utilization_percent: float
     gpu_memory_used_bytes: int
     dropped_samples: int
-    models: tuple[ModelSample, ...]
+    models: tuple[ModelTelemetry, ...]
     # Sent late from the agent's buffer: describes an earlier time, so bake windows skip it.
     replayed: bool = False
 
-    def model(self, name: str) -> ModelSample | None:
+    def model(self, name: str) -> ModelTelemetry | None:
         return next((model for model in self.models if model.name == name), None)
 
 
@@ -66,15 +56,15 @@ def sample_from_document(document: str, at: float) -> TelemetrySample:
         gpu_memory_used_bytes=int(doc.get("gpu_memory_used_bytes") or 0),
         dropped_samples=int(doc.get("dropped_samples") or 0),
         models=tuple(
-            ModelSample(
+            ModelTelemetry(
                 name=str(model["name"]),
                 version=str(model["version"]),
                 requests=int(model["requests"]),
                 errors=int(model["errors"]),
                 drops=int(model["drops"]),
                 fps=float(model["fps"]),
-                p50_latency_ms=float(model["latency_p50_ms"]),
-                p95_latency_ms=float(model["latency_p95_ms"]),
+                latency_p50_ms=float(model["latency_p50_ms"]),
+                latency_p95_ms=float(model["latency_p95_ms"]),
             )
             for model in doc.get("models", [])
         ),

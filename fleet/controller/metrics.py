@@ -10,16 +10,27 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from fleet.controller.controller import FleetController
+    from fleet.controller.devices import DeviceRegistry
+    from fleet.controller.live import LiveFleet
+    from fleet.controller.rollouts import RolloutEngine
+    from fleet.controller.telemetry import TelemetryService
 
 
 class FleetCollector(Collector):
-    def __init__(self, controller: FleetController) -> None:
-        self._controller = controller
+    def __init__(
+        self,
+        devices: DeviceRegistry,
+        live: LiveFleet,
+        telemetry: TelemetryService,
+        rollouts: RolloutEngine,
+    ) -> None:
+        self._devices = devices
+        self._live = live
+        self._telemetry = telemetry
+        self._rollouts = rollouts
 
     def collect(self) -> Iterator[Metric]:
-        controller = self._controller
-        live = controller.live
+        live = self._live
         online = GaugeMetricFamily(
             "edgefleet_device_online", "1 while the device's agent is connected", labels=["device"]
         )
@@ -48,7 +59,7 @@ class FleetCollector(Collector):
         drops = CounterMetricFamily(
             "edgefleet_model_drops", "Dropped frames since the model loaded", labels=model_labels
         )
-        for device in controller.device_records():
+        for device in self._devices.records():
             device_id = device.device_id
             online.add_metric([device_id], 1.0 if live.online(device_id) else 0.0)
             sample = live.latest(device_id)
@@ -61,8 +72,8 @@ class FleetCollector(Collector):
             for model in sample.models:
                 labels = [device_id, model.name, model.version]
                 fps.add_metric(labels, model.fps)
-                p50.add_metric(labels, model.p50_latency_ms / 1000)
-                p95.add_metric(labels, model.p95_latency_ms / 1000)
+                p50.add_metric(labels, model.latency_p50_ms / 1000)
+                p95.add_metric(labels, model.latency_p95_ms / 1000)
                 requests.add_metric(labels, model.requests)
                 errors.add_metric(labels, model.errors)
                 drops.add_metric(labels, model.drops)
@@ -70,23 +81,23 @@ class FleetCollector(Collector):
             "edgefleet_controller_telemetry_rows_dropped",
             "Telemetry rows dropped because the store fell behind",
         )
-        dropped.add_metric([], controller.telemetry_rows_dropped)
+        dropped.add_metric([], self._telemetry.rows_dropped)
         restarts = CounterMetricFamily(
             "edgefleet_controller_rollout_driver_failures",
             "Rollout driver crashes (store errors, bugs); each was logged and retried",
         )
-        restarts.add_metric([], controller.rollouts.driver_failures)
+        restarts.add_metric([], self._rollouts.driver_failures)
         pending = GaugeMetricFamily(
             "edgefleet_controller_telemetry_rows_pending",
             "Telemetry rows received and not yet written to the store",
         )
-        pending.add_metric([], controller.telemetry_rows_pending)
+        pending.add_metric([], self._telemetry.rows_pending)
         yield from (online, cpu, memory, temperature, fps, p50, p95, requests, errors, drops)
         decisions = CounterMetricFamily(
             "edgefleet_controller_rollout_decisions",
             "Decisions the controller took on its own: gate verdicts, automatic rollbacks",
             labels=["decision"],
         )
-        for decision, count in sorted(controller.rollouts.decisions.items()):
+        for decision, count in sorted(self._rollouts.decisions.items()):
             decisions.add_metric([decision], count)
         yield from (dropped, restarts, pending, decisions)

@@ -35,6 +35,7 @@ from fleet.controller.records import (
     DesiredEntry,
     DeviceRecord,
     Measurement,
+    Revocation,
     RolloutRecord,
 )
 from fleet.controller.store import Fence, StaleRevision
@@ -147,6 +148,24 @@ class PostgresStore:
         with self._pool.connection() as connection:
             connection.execute("DELETE FROM devices WHERE device_id = %s", (device_id,))
             connection.execute("DELETE FROM desired WHERE device_id = %s", (device_id,))
+
+    def revoke_device(self, revocation: Revocation) -> None:
+        with self._pool.connection() as connection:
+            connection.execute(
+                "INSERT INTO revocations (public_key_sha256, device_id, doc) VALUES (%s, %s, %s)"
+                " ON CONFLICT (public_key_sha256) DO UPDATE SET doc = EXCLUDED.doc",
+                (
+                    revocation.public_key_sha256,
+                    revocation.device_id,
+                    revocation.model_dump_json(),
+                ),
+            )
+            connection.execute("DELETE FROM devices WHERE device_id = %s", (revocation.device_id,))
+            connection.execute("DELETE FROM desired WHERE device_id = %s", (revocation.device_id,))
+
+    def revocations(self) -> list[Revocation]:
+        rows = self._rows("SELECT doc FROM revocations ORDER BY public_key_sha256")
+        return [Revocation.model_validate_json(row[0]) for row in rows]
 
     # desired state
     def desired_for(self, device_id: str) -> list[DesiredEntry]:

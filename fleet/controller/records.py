@@ -21,6 +21,17 @@ class DeviceRecord(_Record):
     # Last installed-model report: name -> active version.
     active_versions: dict[str, str] = Field(default_factory=dict)
     last_seen: float = 0.0
+    # SHA-256 of the device's public key (SubjectPublicKeyInfo): removing the device revokes it.
+    public_key_sha256: str = ""
+
+
+class Revocation(_Record):
+    """A revoked device key: no certificate for it is accepted and it cannot enroll again."""
+
+    public_key_sha256: str
+    device_id: str
+    revoked_at: float
+    actor: str = ""
 
 
 # The desired-state source of an operator's pin: rollouts never overwrite it.

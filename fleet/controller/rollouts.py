@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -139,7 +140,7 @@ class RolloutEngine:
         self.decisions: dict[str, int] = {}
 
     async def start(self) -> None:
-        for rollout in await self._store.call(self._store.store.list_rollouts):
+        for rollout in await self._store.list_rollouts():
             self._rollouts[rollout.rollout_id] = rollout
             self._committed[rollout.rollout_id] = rollout.model_copy(deep=True)
             self._wake.setdefault(rollout.rollout_id, asyncio.Event())
@@ -158,9 +159,7 @@ class RolloutEngine:
         # A clean stop hands the leases over now instead of after they expire.
         for rollout_id in list(self._tokens):
             try:
-                await self._store.call(
-                    self._store.store.release_lease, lease_name(rollout_id), self.replica
-                )
+                await self._store.release_lease(lease_name(rollout_id), self.replica)
             except Exception:
                 logger.warning("could not release the lease of rollout %s", rollout_id)
         self._tokens.clear()
@@ -184,20 +183,17 @@ class RolloutEngine:
     async def _lead_round(self) -> None:
         """Take or renew the lease of every unfinished rollout; drive those held, stop driving
         those lost. Also picks up rollouts other replicas created."""
-        for stored in await self._store.call(self._store.store.list_rollouts):
+        for stored in await self._store.list_rollouts():
             self._merge(stored)
         for rollout_id, rollout in list(self._rollouts.items()):
             if rollout.state.finished:
                 if self._tokens.pop(rollout_id, None) is not None:
-                    await self._store.call(
-                        self._store.store.release_lease, lease_name(rollout_id), self.replica
-                    )
+                    await self._store.release_lease(lease_name(rollout_id), self.replica)
                 continue
             await self._lead_one(rollout_id)
 
     async def _lead_one(self, rollout_id: str) -> None:
-        token = await self._store.call(
-            self._store.store.acquire_lease,
+        token = await self._store.acquire_lease(
             lease_name(rollout_id),
             self.replica,
             self._lease_ttl_s,
@@ -211,7 +207,7 @@ class RolloutEngine:
             return
         # Driving from what the store holds now, not from this replica's copy.
         async with self._lock:
-            fresh = await self._store.call(self._store.store.get_rollout, rollout_id)
+            fresh = await self._store.get_rollout(rollout_id)
             if fresh is None:
                 return
             self._install(fresh)
@@ -258,7 +254,7 @@ class RolloutEngine:
         if current is not None and revision and current.revision >= revision:
             return
         async with self._lock:
-            fresh = await self._store.call(self._store.store.get_rollout, rollout_id)
+            fresh = await self._store.get_rollout(rollout_id)
             if fresh is not None:
                 self._merge(fresh)
         if (event := self._wake.get(rollout_id)) is not None:
@@ -323,7 +319,7 @@ class RolloutEngine:
         return sorted(self._rollouts.values(), key=lambda rollout: rollout.created_at)
 
     async def measurements(self, rollout_id: str) -> list[Measurement]:
-        return await self._store.call(self._store.store.measurements, rollout_id)
+        return await self._store.measurements(rollout_id)
 
     # operator actions
     async def create(
@@ -641,9 +637,7 @@ class RolloutEngine:
         for device_id in devices:
             if self._live.online(device_id) or self._live.samples_since(device_id, since):
                 continue
-            rows = await self._store.call(
-                self._store.store.telemetry, device_id, wall_since, 10_000
-            )
+            rows = await self._store.telemetry(device_id, wall_since, 10_000)
             samples = []
             for received_at, document in rows:
                 try:
@@ -679,17 +673,16 @@ class RolloutEngine:
             requests = _counter_delta(first.requests, last.requests)
             if requests < rollout.spec.min_requests:
                 continue
-            windows.append(
-                DeviceWindow(
-                    device_id=device_id,
-                    requests=requests,
-                    errors=_counter_delta(first.errors, last.errors),
-                    drops=_counter_delta(first.drops, last.drops),
-                    fps=statistics.fmean(model.fps for _, model in samples),
-                    p50_latency_ms=statistics.fmean(m.p50_latency_ms for _, m in samples),
-                    p95_latency_ms=statistics.fmean(m.p95_latency_ms for _, m in samples),
-                )
+            figures = dataclasses.replace(
+                last,
+                requests=requests,
+                errors=_counter_delta(first.errors, last.errors),
+                drops=_counter_delta(first.drops, last.drops),
+                fps=statistics.fmean(model.fps for _, model in samples),
+                latency_p50_ms=statistics.fmean(m.latency_p50_ms for _, m in samples),
+                latency_p95_ms=statistics.fmean(m.latency_p95_ms for _, m in samples),
             )
+            windows.append(DeviceWindow(device_id, figures))
         return windows
 
     async def _bake_wave(self, rollout: RolloutRecord) -> None:
@@ -749,9 +742,7 @@ class RolloutEngine:
                 rollout.state = RolloutState.PAUSED
                 rollout.reason = f"wave {index} inconclusive: {wave.reason or 'no gate data'}"
                 await self._save(rollout, driver=True)
-            await self._store.call(
-                self._store.store.add_measurements, rollout.rollout_id, measurements
-            )
+            await self._store.add_measurements(rollout.rollout_id, measurements)
             await self._decided(
                 rollout, "rollout.verdict", wave=index, verdict=verdict.value, reason=wave.reason
             )
@@ -788,7 +779,7 @@ class RolloutEngine:
             action=action,
             detail={"rollout": rollout.rollout_id, **detail},
         )
-        await self._store.call(self._store.store.add_audit, record)
+        await self._store.add_audit(record)
 
     async def _roll_back(
         self, rollout: RolloutRecord, reason: str, automatic: bool = False, decided: bool = True
@@ -845,8 +836,7 @@ class RolloutEngine:
         snapshot = rollout.model_copy(deep=True)
         snapshot.revision = (committed.revision if committed else rollout.revision) + 1
         try:
-            await self._store.call(
-                self._store.store.save_rollout,
+            await self._store.save_rollout(
                 snapshot,
                 desired,
                 undesired,
@@ -854,7 +844,7 @@ class RolloutEngine:
                 fence=fence,
             )
         except (StaleRevision, LeaseLost):
-            fresh = await self._store.call(self._store.store.get_rollout, rollout_id)
+            fresh = await self._store.get_rollout(rollout_id)
             if fresh is not None:
                 self._install(fresh)
             raise

@@ -17,6 +17,7 @@ from fleet.controller.records import (
     DesiredEntry,
     DeviceRecord,
     Measurement,
+    Revocation,
     RolloutRecord,
 )
 from fleet.controller.store import Fence, LeaseLost, StaleRevision
@@ -43,6 +44,8 @@ CREATE TABLE IF NOT EXISTS telemetry (
 CREATE INDEX IF NOT EXISTS telemetry_by_device ON telemetry (device_id, received_at);
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY, at REAL NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS revocations (
+    public_key_sha256 TEXT PRIMARY KEY, device_id TEXT NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (
     name TEXT PRIMARY KEY, holder TEXT NOT NULL, fencing_token INTEGER NOT NULL,
     expires_at REAL NOT NULL);
@@ -133,6 +136,24 @@ class SqliteStore:
         with self._transaction() as db:
             db.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
             db.execute("DELETE FROM desired WHERE device_id = ?", (device_id,))
+
+    def revoke_device(self, revocation: Revocation) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO revocations (public_key_sha256, device_id, doc)"
+                " VALUES (?, ?, ?)",
+                (
+                    revocation.public_key_sha256,
+                    revocation.device_id,
+                    revocation.model_dump_json(),
+                ),
+            )
+            db.execute("DELETE FROM devices WHERE device_id = ?", (revocation.device_id,))
+            db.execute("DELETE FROM desired WHERE device_id = ?", (revocation.device_id,))
+
+    def revocations(self) -> list[Revocation]:
+        rows = self._query("SELECT doc FROM revocations ORDER BY public_key_sha256")
+        return [Revocation.model_validate_json(str(row[0])) for row in rows]
 
     # desired state
     def desired_for(self, device_id: str) -> list[DesiredEntry]:

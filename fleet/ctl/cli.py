@@ -305,12 +305,16 @@ def remove(
     device: Annotated[str, typer.Argument(help="Device id.")],
     credential: Credential = DEFAULT_CREDENTIAL,
 ) -> None:
-    """Forget a device: its certificate stops working; it must enroll again."""
+    """Forget a device and revoke its key: its certificate stops working at once, and it cannot
+    enroll again with the same key."""
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     request = admin_pb2.RemoveDeviceRequest(device_id=device)
-    _call(credential, lambda c: c.stub.RemoveDevice(request))
-    typer.echo(f"removed {device}")
+    response = _call(credential, lambda c: c.stub.RemoveDevice(request))
+    if response.revoked_key_sha256:
+        typer.echo(f"removed {device}; revoked key {response.revoked_key_sha256}")
+    else:
+        typer.echo(f"removed {device} (its key was never seen: nothing to revoke)")
 
 
 @app.command("audit")

@@ -54,7 +54,7 @@ async def test_pins_win_and_superseded_rollouts_cannot_roll_back(
             rollout_request(v2, steps=[50, 100], gates=[], bake_s=60, min_requests=1)
         )
         rollout_id = created.rollout.rollout_id
-        engine = controller.controller.rollouts
+        engine = controller.services.engine
         await wait_for(lambda: engine.get(rollout_id).waves[0].devices, 20, "wave 0")
         (first,) = engine.get(rollout_id).waves[0].devices
         other = next(name for name in by_id if name != first)
@@ -141,7 +141,7 @@ async def test_a_store_outage_neither_kills_the_rollout_nor_loses_telemetry(
         assert done.state == STATE.ROLLOUT_STATE_SUCCEEDED, done.reason
         assert node.active() == "2"
         assert any("driver failed" in r.message for r in caplog.records)
-        assert controller.controller.rollouts.driver_failures >= 1
+        assert controller.services.engine.driver_failures >= 1
         history = await admin.stub.GetTelemetry(
             admin_pb2.GetTelemetryRequest(device_id="cam-0", since_s=120, limit=1000)
         )

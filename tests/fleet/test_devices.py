@@ -100,7 +100,7 @@ async def fleet(tmp_path, signing_keys):
     finally:
         await node.stop()
         await state["admin"].__aexit__(None, None, None)
-        if state["app"].controller is not None:
+        if state["app"].services is not None:
             await state["app"].stop(0.1)
 
 

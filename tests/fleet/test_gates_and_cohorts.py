@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from fleet.agent.serving import ModelTelemetry
 from fleet.controller.gates import DeviceWindow, judge, parse_gate
 from fleet.controller.live import LiveFleet
 from fleet.controller.records import (
@@ -44,7 +45,8 @@ def test_bad_gates_are_refused_with_the_reason(text):
 
 
 def _window(device: str, p95: float, requests: int = 100, errors: int = 0) -> DeviceWindow:
-    return DeviceWindow(device, requests, errors, 0, 15.0, p95 / 2, p95)
+    figures = ModelTelemetry("m", "2", requests, errors, 0, 15.0, p95 / 2, p95)
+    return DeviceWindow(device, figures)
 
 
 def test_verdicts_are_three_way_and_too_few_devices_never_pass():

@@ -105,9 +105,9 @@ async def test_every_dashboard_metric_is_on_a_real_metrics_endpoint(tmp_path, si
             node.start_traffic()
             await wait_for(lambda: node.online() and node.served > 5, 30, "agent and traffic")
             # Telemetry from the agent has reached the controller's per-model gauges.
-            controller = app.controller
-            assert controller is not None
-            await wait_for(lambda: controller.live.latest("cam-0") is not None, 30, "sample")
+            services = app.services
+            assert services is not None
+            await wait_for(lambda: services.live.latest("cam-0") is not None, 30, "sample")
             controller_url = f"http://127.0.0.1:{app.metrics_port}"
             controller_text = await asyncio.to_thread(_scrape, controller_url + "/metrics")
             not_metrics = await asyncio.to_thread(_status, controller_url + "/nope")

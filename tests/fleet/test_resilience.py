@@ -119,7 +119,7 @@ async def test_controller_restart_mid_rollout_resumes_where_it_was(tmp_path, sig
             await admin.__aexit__(None, None, None)
             await second.stop(0.1)
     finally:
-        if first.controller is not None:
+        if first.services is not None:
             await first.stop(0.1)
 
 

@@ -87,5 +87,5 @@ async def test_telemetry_reaches_history_and_prometheus_and_is_buffered_while_aw
         await node.stop()
         await admin.__aexit__(None, None, None)
         for app in (controller, second):
-            if app is not None and app.controller is not None:
+            if app is not None and app.services is not None:
                 await app.stop(0.1)
