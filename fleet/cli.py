@@ -36,6 +36,7 @@ def controller(
     lease_ttl_s: Annotated[float, typer.Option("--lease-ttl-s", help="Replicas: a rollout's driving replica holds its lease this long; another takes over within it after a crash.")] = 10.0,
     replica_name: Annotated[str, typer.Option("--replica-name", help="This replica's name in leases and logs (default host:pid:random).")] = "",
     publish_dir: Annotated[Path | None, typer.Option("--publish-dir", help="HTTP origin directory: every verified upload is also published there as <sha256>.efb for agents' --bundle-source.")] = None,
+    webhook: Annotated[list[str] | None, typer.Option("--webhook", help="URL every rollout event (wave started, verdict, paused, rolled back, succeeded) is POSTed to as JSON (repeatable).")] = None,
     telemetry_interval_s: Annotated[float, typer.Option(help="Seconds between agent telemetry samples.")] = 10.0,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:  # fmt: skip
@@ -46,13 +47,18 @@ def controller(
 
     # Only the flags given on the command line: every other setting comes from its
     # EDGEFLEET_CONTROLLER_* variable, else its default (model_validate would skip the env).
-    renamed = {"data": "data_dir", "trusted_key": "trusted_keys", "hostname": "hostnames"}
+    renamed = {
+        "data": "data_dir",
+        "trusted_key": "trusted_keys",
+        "hostname": "hostnames",
+        "webhook": "webhook_urls",
+    }
     values: dict[str, Any] = {}
     for name, value in ctx.params.items():
         source = ctx.get_parameter_source(name)
         if value is None or source is None or source.name == "DEFAULT":
             continue
-        if name in ("trusted_key", "hostname"):
+        if name in ("trusted_key", "hostname", "webhook"):
             value = tuple(value)
         if name == "log_level":
             value = str(value).upper()

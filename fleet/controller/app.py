@@ -30,6 +30,7 @@ from fleet.controller.grpc_api import AdminServicer, AgentServicer, EnrollmentSe
 from fleet.controller.live import LiveFleet
 from fleet.controller.metrics import FleetCollector
 from fleet.controller.postgres_store import PostgresStore
+from fleet.controller.records import RolloutRecord
 from fleet.controller.replication import Replication
 from fleet.controller.rollout_actions import RolloutActions
 from fleet.controller.rollouts import RolloutEngine
@@ -37,6 +38,7 @@ from fleet.controller.settings import ControllerSettings
 from fleet.controller.store import Store, StoreRunner
 from fleet.controller.stores import describe, is_postgres, open_store
 from fleet.controller.telemetry import TelemetryService
+from fleet.controller.webhooks import WebhookSender, rollout_event
 from fleet.grpc_status import Peer
 from fleet.keys import TrustedKeys
 from fleet.pki import ADMIN_PREFIX, CertificateAuthority
@@ -63,6 +65,7 @@ class ControllerServices:
     telemetry: TelemetryService
     bundles: BundleService
     replication: Replication
+    webhooks: WebhookSender
 
     @classmethod
     def build(
@@ -79,6 +82,18 @@ class ControllerServices:
         live = LiveFleet(settings.samples_per_device, replication.presence)
         audit = AuditLog(runner)
         devices = DeviceRegistry(runner, ca, live, audit, settings.token_ttl_s, replication)
+        webhooks = WebhookSender(
+            settings.webhook_urls,
+            registry,
+            queue_size=settings.webhook_queue_size,
+            attempts=settings.webhook_attempts,
+            backoff_s=settings.webhook_backoff_s,
+            timeout_s=settings.webhook_timeout_s,
+        )
+
+        def decided(rollout: RolloutRecord, action: str, detail: dict[str, object]) -> None:
+            webhooks.publish(rollout_event(rollout, action, detail), rollout.spec.webhook_url)
+
         engine = RolloutEngine(
             runner,
             live,
@@ -87,6 +102,7 @@ class ControllerServices:
             replica=replication.replica,
             lease_ttl_s=settings.lease_ttl_s,
             announce=replication.announce,
+            on_decision=decided,
         )
         replication.bind(live, devices, engine)
         telemetry = TelemetryService(
@@ -119,6 +135,7 @@ class ControllerServices:
             telemetry=telemetry,
             bundles=bundles,
             replication=replication,
+            webhooks=webhooks,
         )
 
     async def start(self) -> None:
@@ -132,6 +149,7 @@ class ControllerServices:
         await self.engine.stop()
         await self.telemetry.stop()
         await self.replication.stop()
+        await self.webhooks.stop()
         self.store.close()
 
 

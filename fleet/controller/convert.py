@@ -149,6 +149,7 @@ def spec_from_pb(request: admin_pb2.CreateRolloutRequest) -> RolloutSpec:
         "steps": list(request.steps) or [100.0],
         "bake_s": request.bake_s,
         "gates": list(request.gates),
+        "webhook_url": request.webhook_url,
     }
     # Zero means "the default" for every optional number.
     for name in (

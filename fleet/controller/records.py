@@ -112,6 +112,8 @@ class RolloutSpec(_Record):
     max_install_failure_rate: float = Field(default=0.2, ge=0, le=1)
     max_timeout_rate: float = Field(default=0.2, ge=0, le=1)
     install_timeout_s: float = Field(default=600.0, gt=0)
+    # Where this rollout's events are POSTed, besides the controller's global webhooks.
+    webhook_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
 
 
 class RolloutRecord(_Record):

@@ -107,6 +107,7 @@ class RolloutEngine:
         replica: str = "local",
         lease_ttl_s: float = 10.0,
         announce: Callable[[str, Sequence[str], int], None] | None = None,
+        on_decision: Callable[[RolloutRecord, str, dict[str, object]], None] | None = None,
     ) -> None:
         self._store = store
         self._live = live
@@ -115,6 +116,8 @@ class RolloutEngine:
         self.replica = replica
         self._lease_ttl_s = lease_ttl_s
         self._announce = announce or (lambda kind, ids, revision: None)
+        # Told of every decision and rollback after it is committed (webhooks).
+        self._on_decision = on_decision
         # Fencing tokens of the rollouts this replica drives (holds the lease of).
         self._tokens: dict[str, int] = {}
         self._leader: asyncio.Task[None] | None = None
@@ -415,8 +418,10 @@ class RolloutEngine:
                 raise Conflict(f"rollout {rollout.rollout_id} already {rollout.state.value}")
             wave = rollout.waves[rollout.current_wave]
             wave.verdict, wave.reason = Verdict.PASS, "promoted by the operator"
-            self._advance(rollout)
+            succeeded = self._advance(rollout)
             await self._save(rollout)
+            if succeeded:
+                await self._decided(rollout, "rollout.succeeded")
 
         return await self._change(rollout_id, change)
 
@@ -589,6 +594,13 @@ class RolloutEngine:
                     for device_id in wave.devices
                 ]
                 await self._save(rollout, desired, driver=True)
+                await self._decided(
+                    rollout,
+                    "rollout.wave-started",
+                    wave=index,
+                    percent=wave.percent,
+                    devices=len(wave.devices),
+                )
             self._notify(wave.devices)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + rollout.spec.install_timeout_s
@@ -617,10 +629,16 @@ class RolloutEngine:
                 reasons = "; ".join(f"{d}: {rollout.install_errors.get(d, '')}" for d in failed)
                 wave.verdict = Verdict.FAIL
                 wave.reason = f"{len(failed)}/{total} devices failed to install ({reasons})"
+                await self._decided(
+                    rollout, "rollout.verdict", wave=index, verdict="FAIL", reason=wave.reason
+                )
                 await self._roll_back(rollout, wave.reason, automatic=True)
             elif len(timed_out) / total > rollout.spec.max_timeout_rate:
                 wave.verdict = Verdict.FAIL
                 wave.reason = f"{len(timed_out)}/{total} devices did not install in time"
+                await self._decided(
+                    rollout, "rollout.verdict", wave=index, verdict="FAIL", reason=wave.reason
+                )
                 await self._roll_back(rollout, wave.reason, automatic=True)
             else:
                 rollout.state = RolloutState.BAKING
@@ -732,8 +750,9 @@ class RolloutEngine:
             # The verdict commits with the fenced write, and only then are its measurements and
             # audit entry written: a leader that lost its lease judges nothing.
             rolled_back = ""
+            succeeded = False
             if verdict == Verdict.PASS:
-                self._advance(rollout)
+                succeeded = self._advance(rollout)
                 await self._save(rollout, driver=True)
             elif verdict == Verdict.FAIL:
                 rolled_back = f"wave {index} failed its gates: {wave.reason}"
@@ -752,24 +771,38 @@ class RolloutEngine:
                     "rollout.rolled-back",
                     reason=rolled_back,
                     devices=len(rollout.installs),
+                    automatic=True,
                 )
+            elif verdict == Verdict.PASS:
+                if succeeded:
+                    await self._decided(rollout, "rollout.succeeded")
+            else:
+                await self._decided(rollout, "rollout.paused", wave=index, reason=rollout.reason)
 
     # transitions (caller holds the lock)
-    def _advance(self, rollout: RolloutRecord) -> None:
+    def _advance(self, rollout: RolloutRecord) -> bool:
+        """Move on to the next wave; True when that was the last one (the rollout succeeded)."""
         if rollout.current_wave + 1 >= len(rollout.waves):
             rollout.state = RolloutState.SUCCEEDED
             rollout.reason = "every wave passed"
-        else:
-            rollout.current_wave += 1
-            rollout.state = RolloutState.INSTALLING
-            rollout.reason = ""
+            return True
+        rollout.current_wave += 1
+        rollout.state = RolloutState.INSTALLING
+        rollout.reason = ""
+        return False
 
     async def _decided(self, rollout: RolloutRecord, action: str, **detail: object) -> None:
-        """What the controller decided on its own: in its log, its audit log and its metrics."""
+        """What the controller decided on its own: in its log, its audit log, its metrics and
+        (once committed) its webhooks."""
         key = action + (f":{detail['verdict']}" if "verdict" in detail else "")
         self.decisions[key] = self.decisions.get(key, 0) + 1
+        verdict = detail.get("verdict")
+        bad = action in ("rollout.paused", "rollout.rolled-back") or verdict not in (
+            None,
+            Verdict.PASS.value,
+        )
         logger.log(
-            logging.INFO if detail.get("verdict") == Verdict.PASS.value else logging.WARNING,
+            logging.WARNING if bad else logging.INFO,
             "rollout %s (%s %s): %s %s",
             rollout.rollout_id, rollout.model_name, rollout.version, action, detail,
         )  # fmt: skip
@@ -780,6 +813,8 @@ class RolloutEngine:
             detail={"rollout": rollout.rollout_id, **detail},
         )
         await self._store.add_audit(record)
+        if self._on_decision is not None:
+            self._on_decision(rollout, action, detail)
 
     async def _roll_back(
         self, rollout: RolloutRecord, reason: str, automatic: bool = False, decided: bool = True
@@ -809,7 +844,15 @@ class RolloutEngine:
         await self._save(rollout, desired, undesired, driver=automatic)
         self._notify(touched)
         if automatic and decided:
-            await self._decided(rollout, "rollout.rolled-back", reason=reason, devices=len(touched))
+            await self._decided(
+                rollout, "rollout.rolled-back", reason=reason, devices=len(touched), automatic=True
+            )
+        elif not automatic and self._on_decision is not None:
+            # The operator's rollback is audited as the operator's action; receivers hear of it.
+            self._on_decision(
+                rollout, "rollout.rolled-back", {"reason": reason, "devices": len(touched),
+                                                 "automatic": False},
+            )  # fmt: skip
 
     async def _save(
         self,

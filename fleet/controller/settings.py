@@ -59,9 +59,25 @@ class ControllerSettings(BaseSettings):
     # the same files copied to each. None: data_dir/pki (one machine). The store records the
     # CA's fingerprint and a replica holding another CA refuses to start.
     ca_dir: Path | None = None
+    # URLs every rollout event is POSTed to as JSON (fleet/controller/webhooks.py).
+    webhook_urls: tuple[str, ...] = ()
+    # Events waiting per receiver; beyond this new ones are dropped (and counted).
+    webhook_queue_size: int = Field(default=1000, ge=1)
+    webhook_attempts: int = Field(default=8, ge=1)
+    # First retry after this long, doubling each time (at most 60 s between attempts).
+    webhook_backoff_s: float = Field(default=1.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
     # Seconds SIGTERM waits for in-flight RPCs.
     shutdown_grace_s: float = Field(default=2.0, ge=0)
     log_level: str = "INFO"
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _webhook_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"webhook {url!r} must be an http:// or https:// URL")
+        return value
 
     @field_validator("store")
     @classmethod

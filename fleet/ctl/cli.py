@@ -357,6 +357,7 @@ def deploy(
     max_install_failures: Annotated[float, typer.Option(help="Share of a wave that may fail to install.")] = 0.2,
     max_timeouts: Annotated[float, typer.Option(help="Share of a wave that may not install in time.")] = 0.2,
     install_timeout: Annotated[str, typer.Option(help="How long a wave may take to install.")] = "10m",
+    webhook: Annotated[str, typer.Option("--webhook", help="URL this rollout's events are POSTed to as JSON (besides the controller's --webhook).")] = "",
     watch: Annotated[bool, typer.Option(help="Follow the rollout until it ends.")] = False,
     output: Output = "table",
 ) -> None:  # fmt: skip
@@ -383,6 +384,7 @@ def deploy(
             max_install_failure_rate=max_install_failures,
             max_timeout_rate=max_timeouts,
             install_timeout_s=parse_duration(install_timeout),
+            webhook_url=webhook,
         )
         created = await client.stub.CreateRollout(request)
         if watch:

@@ -1,0 +1,163 @@
+"""Outgoing webhooks: what the controller decided on its own, POSTed as JSON to operators' URLs.
+
+Events (the `event` field, the same names as the audit log's actions):
+
+- `rollout.wave-started`: a wave's devices were told to install (`wave`, `percent`, `devices`);
+- `rollout.verdict`: a wave was judged (`wave`, `verdict` PASS/FAIL/INCONCLUSIVE, `reason`);
+- `rollout.paused`: an inconclusive wave paused the rollout (`reason`);
+- `rollout.rolled-back`: automatically or by the operator (`reason`, `devices`, `automatic`);
+- `rollout.succeeded`: every wave passed.
+
+Each event goes to every global URL (`--webhook`) and to its rollout's own URL
+(`fleetctl deploy --webhook`). One bounded queue and one sender per URL keep events in order per
+receiver and keep a dead receiver from delaying the others. A delivery is retried with
+exponential backoff until it gets a 2xx answer or runs out of attempts; then it is counted as
+failed and logged. A full queue drops the new event (counted): rollouts never wait for a
+receiver. Delivery is at least once: `id` is unique per event, for receivers that deduplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from fleet.controller.records import RolloutRecord
+
+logger = logging.getLogger(__name__)
+USER_AGENT = "edgefleet-controller"
+
+
+def rollout_event(
+    rollout: RolloutRecord, event: str, detail: Mapping[str, object]
+) -> dict[str, Any]:
+    """The JSON document of one event."""
+    return {
+        "id": uuid.uuid4().hex,
+        "event": event,
+        "at": time.time(),
+        "rollout_id": rollout.rollout_id,
+        "model": rollout.model_name,
+        "version": rollout.version,
+        "state": rollout.state.value,
+        "wave": rollout.current_wave,
+        "waves": len(rollout.waves),
+        "reason": rollout.reason,
+        "detail": dict(detail),
+    }
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        urls: Iterable[str],
+        registry: CollectorRegistry,
+        *,
+        queue_size: int,
+        attempts: int,
+        backoff_s: float,
+        timeout_s: float,
+    ) -> None:
+        self._urls = tuple(urls)
+        self._queue_size = queue_size
+        self._attempts = attempts
+        self._backoff_s = backoff_s
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._events = Counter(
+            "edgefleet_controller_webhook_events",
+            "Webhook events by outcome: delivered (2xx), failed (every attempt failed), "
+            "dropped (the receiver's queue was full)",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("delivered", "failed", "dropped"):
+            self._events.labels(outcome)
+        self._retries = Counter(
+            "edgefleet_controller_webhook_retries",
+            "Webhook deliveries retried after a failed attempt",
+            registry=registry,
+        )
+        self._queued = Gauge(
+            "edgefleet_controller_webhook_queued",
+            "Webhook events waiting to be delivered",
+            registry=registry,
+        )
+        self._queued.set_function(lambda: sum(q.qsize() for q in self._queues.values()))
+
+    def publish(self, event: dict[str, Any], rollout_url: str = "") -> None:
+        """Queue `event` for every global URL and the rollout's own; never waits."""
+        for url in dict.fromkeys((*self._urls, *([rollout_url] if rollout_url else []))):
+            queue = self._queues.get(url)
+            if queue is None:
+                queue = self._queues[url] = asyncio.Queue(self._queue_size)
+                self._workers[url] = asyncio.create_task(
+                    self._deliver_forever(url, queue), name=f"webhook {url}"
+                )
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                self._events.labels("dropped").inc()
+                logger.warning(
+                    "webhook %s: %d events queued; dropped %s", url, queue.qsize(), event["event"]
+                )
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        """Give queued events `grace_s` to go out, then stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(*(queue.join() for queue in self._queues.values())), grace_s
+            )
+        for worker in self._workers.values():
+            worker.cancel()
+        await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        left = sum(queue.qsize() for queue in self._queues.values())
+        if left:
+            logger.warning("stopping with %d webhook events undelivered", left)
+        self._workers.clear()
+        self._queues.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _deliver_forever(self, url: str, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        while True:
+            event = await queue.get()
+            try:
+                await self._deliver(url, event)
+            finally:
+                queue.task_done()
+
+    async def _deliver(self, url: str, event: dict[str, Any]) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, headers={"User-Agent": USER_AGENT}
+            )
+        headers = {"X-Edgefleet-Event": event["event"], "X-Edgefleet-Delivery": event["id"]}
+        problem = ""
+        for attempt in range(self._attempts):
+            if attempt:
+                self._retries.inc()
+                await asyncio.sleep(min(self._backoff_s * 2 ** (attempt - 1), 60.0))
+            try:
+                async with self._session.post(url, json=event, headers=headers) as response:
+                    if 200 <= response.status < 300:
+                        self._events.labels("delivered").inc()
+                        return
+                    problem = f"HTTP {response.status}"
+            except (aiohttp.ClientError, TimeoutError) as error:
+                problem = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        self._events.labels("failed").inc()
+        logger.warning(
+            "webhook %s: %s %s not delivered after %d attempts (%s)",
+            url, event["event"], event["id"], self._attempts, problem,
+        )  # fmt: skip
