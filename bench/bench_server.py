@@ -25,6 +25,7 @@ import numpy as np
 import onnxruntime as ort
 import psutil
 
+from bench.grpc_floor import transport_floor
 from bench.machine import describe, write_section
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
@@ -47,14 +48,20 @@ def frames_224() -> list[np.ndarray]:
     ]
 
 
-def in_process_baseline(frames: list[np.ndarray], count: int) -> tuple[float, float]:
-    """(frames per second, p50 ms) of session.run at batch 1 on preprocessed frames."""
+def in_process_baseline(
+    frames: list[np.ndarray], count: int, server_options: bool = False
+) -> tuple[float, float]:
+    """(frames per second, p50 ms) of session.run at batch 1 on preprocessed frames; with
+    `server_options`, the session options the server's backend uses (spinning off, no arena)."""
     spec = read_manifest(ROOT / "models" / MODEL / "1").preprocess
     assert spec is not None
     tensors = [to_model_input(frame, "rgb", spec) for frame in frames]
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     options.inter_op_num_threads = 1
+    if server_options:
+        options.enable_cpu_mem_arena = False
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(
         str(ROOT / "models" / MODEL / "1" / "model.onnx"), options, ["CPUExecutionProvider"]
     )
@@ -186,12 +193,14 @@ def jpeg_640x480() -> list[bytes]:
     return payloads
 
 
-def in_process_cpu(frames: list[np.ndarray], count: int) -> tuple[float, float]:
+def in_process_cpu(
+    frames: list[np.ndarray], count: int, server_options: bool = False
+) -> tuple[float, float]:
     """(frames per second, CPU ms per frame) of in-process `session.run`, batch 1, on
     preprocessed frames: this process's user + system time over the timed loop only."""
     me = psutil.Process()
     before = me.cpu_times()
-    fps, _ = in_process_baseline(frames, count)
+    fps, _ = in_process_baseline(frames, count, server_options)
     after = me.cpu_times()
     # in_process_baseline also builds the session and warms it (10 runs): counted as frames.
     spent = (after.user + after.system) - (before.user + before.system)
@@ -222,62 +231,95 @@ async def kserve_unary(port: int, frames: list[np.ndarray], count: int, window: 
     return count / elapsed
 
 
+def server_cpu(
+    server: Server, frames: list[np.ndarray], count: int, me: psutil.Process, per_core: bool
+) -> dict[str, tuple[float, float, float, float]]:
+    """(frames/s, server CPU, its event-loop thread's CPU, this client's CPU) ms per frame
+    for each path through one running server."""
+    process = psutil.Process(server.process.pid if server.process else 0)
+
+    def cpu_s() -> tuple[float, float, float]:
+        """(server process, its main thread = event loop and gRPC, this client) seconds."""
+        times = process.cpu_times()
+        loop = next(
+            (t.user_time + t.system_time for t in process.threads() if t.id == process.pid),
+            0.0,
+        )
+        mine = me.cpu_times()
+        return float(times.user + times.system), loop, float(mine.user + mine.system)
+
+    suffix = f", {THREADS} instances x 1 thread" if per_core else ""
+    runs = {
+        # run_streams runs the stream twice (a warm-up pass, then the timed pass).
+        f"FrameStream raw 224x224 RGB{suffix}": (
+            lambda: asyncio.run(run_streams(server.port, frames, 1, count, 4))[0],
+            2,
+        ),
+        f"FrameStream JPEG 640x480{suffix}": (
+            lambda: asyncio.run(run_streams(server.port, frames, 1, count, 4, jpeg=True))[0],
+            2,
+        ),
+        f"KServe ModelStreamInfer, 4 in flight{suffix}": (
+            lambda: asyncio.run(kserve_stream(server.port, frames, count, 4)),
+            1,
+        ),
+    }
+    if not per_core:
+        runs["KServe ModelInfer (unary), 4 callers"] = (
+            lambda: asyncio.run(kserve_unary(server.port, frames, count, 4)),
+            1,
+        )
+    asyncio.run(kserve_stream(server.port, frames, 20, 4))  # warm the KServe path
+    measured = {}
+    for name, (work, passes) in runs.items():
+        before = cpu_s()
+        fps = work()
+        after = cpu_s()
+        per_frame = [(b - a) * 1000 / (count * passes) for a, b in zip(before, after, strict=True)]
+        measured[name] = (fps, per_frame[0], per_frame[1], per_frame[2])
+    return measured
+
+
 def cpu_rows(frames: list[np.ndarray], count: int) -> tuple[list[str], list[str]]:
     """Server-process CPU ms per frame beside in-process onnxruntime CPU ms per frame, one
     run. The server runs batch 1 (the baseline's batch) with the manifest plan's threads
-    (= the baseline's); its CPU is read from its own process, the client's is not in it."""
-    measured: dict[str, tuple[float, float]] = {}
-    baseline = [in_process_cpu(frames, count)]
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        Server(repository_copy(Path(tmp), "batch1", 1)) as server,
-    ):
-        process = psutil.Process(server.process.pid if server.process else 0)
-
-        def cpu_s() -> float:
-            times = process.cpu_times()
-            return float(times.user + times.system)
-
-        runs = {
-            # run_streams runs the stream twice (a warm-up pass, then the timed pass).
-            "FrameStream raw 224x224 RGB": (
-                lambda: asyncio.run(run_streams(server.port, frames, 1, count, 4))[0],
-                2,
-            ),
-            "FrameStream JPEG 640x480": (
-                lambda: asyncio.run(run_streams(server.port, frames, 1, count, 4, jpeg=True))[0],
-                2,
-            ),
-            "KServe ModelInfer (unary), 4 callers": (
-                lambda: asyncio.run(kserve_unary(server.port, frames, count, 4)),
-                1,
-            ),
-            "KServe ModelStreamInfer, 4 in flight": (
-                lambda: asyncio.run(kserve_stream(server.port, frames, count, 4)),
-                1,
-            ),
-        }
-        asyncio.run(kserve_stream(server.port, frames, 20, 4))  # warm the KServe path
-        for name, (work, passes) in runs.items():
-            before = cpu_s()
-            fps = work()
-            measured[name] = (fps, (cpu_s() - before) * 1000 / (count * passes))
-    baseline.append(in_process_cpu(frames, count))
-    base_fps = max(fps for fps, _ in baseline)
-    base_cpu = min(cpu for _, cpu in baseline)
+    (= the baseline's); its CPU is read from its own process, the client's is not in it.
+    Also: the event-loop thread's share (gRPC and Python per frame) and the client's CPU."""
+    measured: dict[str, tuple[float, float, float, float]] = {}
+    defaults = [in_process_cpu(frames, count)]
+    same = [in_process_cpu(frames, count, server_options=True)]
+    me = psutil.Process()
+    for per_core in (False, True):
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            Server(repository_copy(Path(tmp), "batch1", 1, per_core)) as server,
+        ):
+            measured.update(server_cpu(server, frames, count, me, per_core))
+    defaults.append(in_process_cpu(frames, count))
+    same.append(in_process_cpu(frames, count, server_options=True))
+    base_fps = max(fps for fps, _ in defaults + same)
+    base_cpu = min(cpu for _, cpu in same)
+    default_cpu = min(cpu for _, cpu in defaults)
     rows = [
-        "| path | frames/s | ratio to in-process | CPU ms/frame | overhead +ms/frame |",
-        "|---|---:|---:|---:|---:|",
-        f"| in-process onnxruntime `session.run`, batch 1 (best of before/after) | "
-        f"{base_fps:.1f} | 1.00 | {base_cpu:.2f} | |",
+        "| path | frames/s | ratio to in-process | CPU ms/frame | overhead +ms/frame "
+        "| of which event-loop thread | client CPU ms/frame |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| in-process onnxruntime `session.run`, batch 1, the server's session options "
+        f"(best of before/after) | {max(f for f, _ in same):.1f} | "
+        f"{max(f for f, _ in same) / base_fps:.2f} | {base_cpu:.2f} | | | |",
+        f"| in-process onnxruntime, default session options (spinning on, arena on) | "
+        f"{max(f for f, _ in defaults):.1f} | {max(f for f, _ in defaults) / base_fps:.2f} | "
+        f"{default_cpu:.2f} | | | |",
     ]
-    for name, (fps, cpu) in measured.items():
+    for name, (fps, cpu, loop_cpu, client_cpu) in measured.items():
         rows.append(
-            f"| {name} | {fps:.1f} | {fps / base_fps:.2f} | {cpu:.2f} | {cpu - base_cpu:+.2f} |"
+            f"| {name} | {fps:.1f} | {fps / base_fps:.2f} | {cpu:.2f} | {cpu - base_cpu:+.2f} "
+            f"| {loop_cpu:.2f} | {client_cpu:.2f} |"
         )
     summary = [
-        f"{name}: {cpu:.2f} ms/frame ({cpu - base_cpu:+.2f}), {fps / base_fps:.2f}x"
-        for name, (fps, cpu) in measured.items()
+        f"{name}: {cpu:.2f} ms/frame ({cpu - base_cpu:+.2f}, loop {loop_cpu:.2f}, client "
+        f"{client_cpu:.2f}), {fps / base_fps:.2f}x"
+        for name, (fps, cpu, loop_cpu, client_cpu) in measured.items()
     ]
     return rows, summary
 
@@ -285,6 +327,7 @@ def cpu_rows(frames: list[np.ndarray], count: int) -> tuple[list[str], list[str]
 def cpu_section(machine: str, frames: list[np.ndarray], count: int) -> None:
     rows, summary = cpu_rows(frames, count)
     print("\n".join(summary))
+    floor = transport_floor()
     body = "\n".join(
         [
             "## Server CPU per frame vs in-process onnxruntime (`bench/bench_server.py`)",
@@ -295,14 +338,27 @@ def cpu_section(machine: str, frames: list[np.ndarray], count: int) -> None:
             "`max_batch_size` 1, manifest planner). CPU is user + system time from "
             "`psutil` of the server process alone (all its threads) over the run, divided by "
             f"the frames answered ({count} per path; FrameStream also counts its warm-up "
-            "pass); the client runs in the benchmark process and is not counted. The "
-            "baseline's CPU is this process's time over `session.run` on already "
-            "preprocessed tensors (session build and warm-up included, amortised). "
+            "pass); the client runs in the benchmark process and is not counted (its own CPU "
+            "per frame is the last column: it shares the same cores). The baseline is "
+            "this process's time over `session.run` on already preprocessed tensors (session "
+            "build and warm-up included, amortised), with the server's session options "
+            "(onnxruntime's default, spinning on, is the second row). "
             "FrameStream raw still normalises and lays out the frame in the server; "
             "FrameStream JPEG also decodes a 640x480 JPEG (at reduced scale); KServe "
-            "sends the preprocessed tensor. Overhead = server CPU - baseline CPU per frame.",
+            "sends the preprocessed tensor. Overhead = server CPU - baseline CPU per frame; "
+            "the event-loop thread is the server's main thread (gRPC and all Python per "
+            "frame outside the model's runner). Rows marked `instances x 1 thread` run the "
+            "server with one model instance per core, one intra-op thread each (the "
+            "throughput policy's layout on this machine), against the same one-session "
+            "baseline.",
             "",
             *rows,
+            "",
+            "gRPC's own floor, the same machine and run: a Python grpc.aio servicer that "
+            "answers each streamed message with a small result and does nothing else costs "
+            + ", ".join(f"{ms:.2f} ms CPU per {size // 1000} KB message" for size, ms in floor)
+            + " (a FrameStream JPEG frame is ~50 KB, a raw 224x224 RGB frame 150 KB, a KServe "
+            "FP32 1x3x224x224 tensor 602 KB).",
             "",
             "Reproduce: `.venv/bin/python -m bench.bench_server --cpu-only --frames 300`.",
         ]
@@ -364,12 +420,17 @@ def pipeline_costs(repeats: int = 40) -> list[str]:
     return rows
 
 
-def repository_copy(workdir: Path, name: str, max_batch_size: int) -> Path:
+def repository_copy(workdir: Path, name: str, max_batch_size: int, per_core: bool = False) -> Path:
+    """A copy of the model with its batch size set; `per_core`: one instance per core with
+    one intra-op thread each (manifest runtime pins)."""
     repository = workdir / name
     shutil.copytree(ROOT / "models" / MODEL, repository / MODEL)
     manifest_path = repository / MODEL / "1" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["batching"]["max_batch_size"] = max_batch_size
+    if per_core:
+        manifest["runtime"]["intra_op_threads"] = 1
+        manifest["runtime"]["instance_count"] = THREADS
     manifest_path.write_text(json.dumps(manifest))
     return repository
 

@@ -1,11 +1,15 @@
 """Dynamic batching: one collector task per model version, one bounded queue.
 
-Requests from every stream and unary call land in the same queue. The collector waits for a
-free runner, then takes the first request and keeps adding compatible ones (same non-batch
+Requests from every stream and unary call land in the same queue. The collector takes the
+first request, waits for a free runner, then keeps adding compatible ones (same non-batch
 shapes) until `max_batch_size` rows or `max_queue_delay_us` (no wait at all when the first
 request found nobody queued behind it), runs the batch in the model's own
 executor (off the event loop, one run at a time per instance) and splits the outputs back.
 A full queue is an answer (Overloaded), never a hidden wait.
+
+The freshness scheduler does not queue here: it forms its batches of camera frames itself
+and runs them with `run_job` on the same runners (first come, first served with the
+collector), decoding and running in one hop to the model's thread.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -25,7 +30,8 @@ from server.failure_log import FailureLog
 
 log = logging.getLogger(__name__)
 
-Signature = tuple[tuple[str, tuple[int, ...], str], ...]
+Signature = tuple[tuple[str, tuple[int, ...], np.dtype[Any]], ...]
+JobResult = TypeVar("JobResult")
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,9 @@ class _Pending:
     signature: Signature = field(init=False)
 
     def __post_init__(self) -> None:
+        # dtype objects compare and hash by value: no str() per request.
         self.signature = tuple(
-            (name, tuple(array.shape[1:]), str(array.dtype))
-            for name, array in sorted(self.inputs.items())
+            (name, array.shape[1:], array.dtype) for name, array in sorted(self.inputs.items())
         )
 
 
@@ -88,6 +94,16 @@ class DynamicBatcher:
     @property
     def queue_depth(self) -> int:
         return self._queue.qsize() + len(self._carry)
+
+    async def run_job(self, job: Callable[[Backend], JobResult]) -> JobResult:
+        """Run `job` with the runtime on one of the model's runners (its executor thread),
+        between the collector's batches. The job does its own batching."""
+        if self._closed:
+            raise ModelNotReady(f"model {self._name} is unloading")
+        async with self._runners:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, job, self._backend
+            )
 
     def start(self) -> None:
         self._collector = asyncio.create_task(self._collect(), name=f"batcher-{self._name}")
@@ -136,9 +152,13 @@ class DynamicBatcher:
     async def _collect(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            await self._runners.acquire()
+            # Request first, runner second: an idle collector must not hold a runner that a
+            # job (`run_job`) could use.
             first = await self._next(None)
             assert first is not None
+            self._carry.insert(0, first)  # counted in queue_depth while it waits for a runner
+            await self._runners.acquire()
+            first = self._carry.pop(0)
             batch, rows = [first], first.rows
             # Eager when alone: a request reaching an idle model with nobody queued behind it
             # runs at once. Waiting for companions only pays when others are already queued;

@@ -3,14 +3,18 @@
 Each open stream keeps at most its newest undecoded frame in a slot (a `BLOCK` stream keeps up
 to its window, in order, and is never dropped from). The scheduler does not push frames at the
 model as they arrive: it *pulls* when the model can take more, i.e. while fewer than
-`instance_count + 1` batches are in flight (one running per instance, one being decoded and
-queued behind it, so the model never idles and no frame waits behind more than one run).
+`instance_count + 1` batches are in flight (one running per instance, and one more pulled
+just before a running one is expected to end, so the model never idles and no frame waits
+behind more than the tail of one run).
 
 Each pull takes frames from the streams in least-recently-served order, one per stream per
-round, up to the plan's batch size; a `BLOCK` stream may add more rows only after every other
-stream had its turn. Only then are the chosen frames decoded (in the shared preprocess pool), so
-a frame replaced by a newer one never costs a decode. A frame older than its stream's
-`max_age_ms` when it would be chosen or queued is dropped as `stale` and never runs.
+round, up to the batch size the `BatchSizer` found cheapest per frame (at most the plan's:
+a larger batch only ages its results unless it makes frames cheaper); a `BLOCK` stream may add
+more rows only after every other stream had its turn. Only then are the chosen frames decoded,
+on the model's runner together with the run (`server/frame_batch.py`), so a frame replaced by
+a newer one never costs a decode. A frame older than its stream's `max_age_ms` when it would
+be chosen or started is dropped as `stale` and never runs. Pipelines and detectors, whose
+frames need their own geometry, run each chosen frame through `analyze_frame` instead.
 
 Hot swap: every pull resolves the model anew and holds a lease on that version until its
 results are delivered, so an old version retires only after its last batch.
@@ -27,8 +31,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
-import numpy as np
-
+from server.batch_sizer import BatchSizer
 from server.errors import EdgeError, Overloaded
 from server.failure_log import FailureLog
 from server.frame_analysis import (
@@ -36,14 +39,10 @@ from server.frame_analysis import (
     FrameAnalysis,
     StageTimes,
     analyze_frame,
-    decode_and_prepare,
-    decode_target,
 )
-from server.infer_types import OutputTensor
-from server.manifest import Preprocess
+from server.frame_batch import FrameBatchJob, FrameInput
 from server.metrics import outcome_of
 from server.model_version import ModelVersion
-from server.postprocess import LabelScore, top_k
 
 if TYPE_CHECKING:
     from server.frame_session import FrameIn, FrameSession
@@ -95,6 +94,9 @@ class FrameScheduler:
         self._run_s = 0.0
         self._prepare_s = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        # Learned per model version: a hot swap may bring a model that batches differently.
+        self._sizer = BatchSizer()
+        self._sized_version: ModelVersion | None = None
         self._dispatcher: asyncio.Task[None] | None = None
 
     # ---- streams ----
@@ -148,7 +150,14 @@ class FrameScheduler:
         if len(self._batches) == runners and not self._prefetch_due():
             return False
         max_rows = max(model.plan.max_batch_size, 1)
-        picks = self._pick(max_rows, model)
+        if not _plain(model):  # frames run one by one; the model's batcher groups them
+            rows = max_rows
+        else:
+            if model is not self._sized_version:
+                self._sizer, self._sized_version = BatchSizer(), model
+            waiting = sum(1 for session in self._sessions.values() if session.has_frame)
+            rows = self._sizer.rows(max_rows, waiting)
+        picks = self._pick(rows, model)
         if not picks:
             return False
         lease = contextlib.ExitStack()
@@ -258,97 +267,59 @@ class FrameScheduler:
     async def _decode_and_run(
         self, model: ModelVersion, picks: list[Pick], loop: asyncio.AbstractEventLoop
     ) -> None:
-        post = model.manifest.postprocess
-        if model.manifest.pipeline is not None or post.kind in DETECTION_KINDS:
+        if not _plain(model):
             # Several models or per-frame geometry: each chosen frame runs its own analysis;
             # frames chosen together still share the model's batches in its batcher.
             await asyncio.gather(*(self._analyze_one(model, pick, loop) for pick in picks))
             return
-        spec = model.manifest.preprocess
-        assert spec is not None  # checked when each stream opened
         started = loop.time()
-        decoded: list[np.ndarray | BaseException]
-        if len(picks) == 1:
-            try:
-                decoded = [await _decode_one(loop, self._pool, picks[0], spec)]
-            except Exception as exc:  # reported per frame below, like a batch member's
-                decoded = [exc]
-        else:
-            decoded = list(
-                await asyncio.gather(
-                    *(_decode_one(loop, self._pool, pick, spec) for pick in picks),
-                    return_exceptions=True,
-                )
-            )
-        preprocessed = loop.time()
-        ready: list[Pick] = []
-        tensors: list[np.ndarray] = []
-        for pick, tensor in zip(picks, decoded, strict=True):
-            session = pick.session
-            pick.settled = True
-            if isinstance(tensor, EdgeError):
-                model.record_failure(preprocessed - pick.waiting.arrival, outcome_of(tensor))
-                session.deliver_error(pick.waiting.frame.sequence, tensor)
-            elif isinstance(tensor, BaseException):
-                self._failures.failed(f"frames of {self._name}: frame failed to decode", tensor)
-                model.record_failure(preprocessed - pick.waiting.arrival, outcome_of(tensor))
-                session.deliver_error(pick.waiting.frame.sequence, EdgeError("internal error"))
-            elif session.too_old(pick.waiting, preprocessed):
-                session.deliver_stale(pick.waiting, model)
-            else:
-                pick.settled = False
-                ready.append(pick)
-                tensors.append(tensor)
-        if not ready:
-            return
-        batch = tensors[0] if len(tensors) == 1 else np.concatenate(tensors)
-        self._running(preprocessed - started)
+        job = FrameBatchJob(
+            model.manifest, model.labels, model.output_names, model.plan.max_batch_size > 0,
+            [FrameInput(pick.waiting.frame, pick.session.options,
+                        pick.session.stale_after(pick.waiting)) for pick in picks],
+        )  # fmt: skip
+        self._running(0.0)  # decode happens on the runner, inside the job's expected time
         try:
-            outcome = await model.infer({spec.input: batch})
+            run = await model.run_job(job)
         except EdgeError as exc:
-            for pick in ready:
+            for pick in picks:
                 pick.settled = True
                 self._failed(model, pick, exc, loop)
             return
         except Exception as exc:  # a runtime's own error is a failed inference too: counted
             self._failures.failed(f"frames of {self._name}: a batch failed", exc)
-            for pick in ready:
+            for pick in picks:
                 pick.settled = True
                 self._failed(model, pick, EdgeError("internal error"), loop, outcome_of(exc))
             return
-        inferred = loop.time()
-        self._ran(outcome.infer_s)
-        batching = model.plan.max_batch_size > 0
-        for row, pick in enumerate(ready):
+        finished = loop.time()
+        self._ran(run.decode_s + run.infer_s + run.post_s)
+        if run.rows:
+            model.record_execution(run.rows, run.infer_s)
+            if model is self._sized_version:
+                self._sizer.ran(run.rows, run.infer_s)
+        times = StageTimes(
+            queue_s=run.wait_s, preprocess_s=run.decode_s, infer_s=run.infer_s,
+            postprocess_s=run.post_s, batch_rows=run.rows,
+        )  # fmt: skip
+        for pick, output in zip(picks, run.outputs, strict=True):
             pick.settled = True
-            options = pick.session.options
-            outputs = (
-                {name: value[row : row + 1] for name, value in outcome.outputs.items()}
-                if batching
-                else outcome.outputs
-            )
-            labels: list[LabelScore] = []
-            if post.kind == "classification" and post.output:
-                k = options.top_k or post.top_k
-                scores = outputs[post.output]
-                labels = top_k(scores, k, model.labels, apply_softmax=post.softmax)[0]
-            analysis = FrameAnalysis(
-                version=outcome.version,
-                labels=labels,
-                tensors=(
-                    [OutputTensor(name, value[0]) for name, value in outputs.items()]
-                    if options.raw_tensors
-                    else []
-                ),
-                times=StageTimes(
-                    queue_s=outcome.queue_s,
-                    preprocess_s=preprocessed - started,
-                    infer_s=outcome.infer_s,
-                    postprocess_s=loop.time() - inferred,
-                    batch_rows=outcome.batch_rows,
-                ),  # fmt: skip
-            )
-            pick.session.deliver_result(model, pick.waiting, analysis, started)
+            session, waiting = pick.session, pick.waiting
+            if output.stale:
+                session.deliver_stale(waiting, model)
+            elif isinstance(output.failure, EdgeError):
+                model.record_failure(finished - waiting.arrival, outcome_of(output.failure))
+                session.deliver_error(waiting.frame.sequence, output.failure)
+            elif output.failure is not None:
+                self._failures.failed(f"frames of {self._name}: a frame failed", output.failure)
+                model.record_failure(finished - waiting.arrival, outcome_of(output.failure))
+                session.deliver_error(waiting.frame.sequence, EdgeError("internal error"))
+            else:
+                analysis = FrameAnalysis(
+                    version=model.version, labels=output.labels, tensors=output.tensors,
+                    times=times,
+                )  # fmt: skip
+                session.deliver_result(model, waiting, analysis, started)
 
     async def _analyze_one(
         self, model: ModelVersion, pick: Pick, loop: asyncio.AbstractEventLoop
@@ -391,13 +362,7 @@ class FrameScheduler:
             pick.session.deliver_error(pick.waiting.frame.sequence, error)
 
 
-async def _decode_one(
-    loop: asyncio.AbstractEventLoop, pool: Executor, pick: Pick, spec: Preprocess
-) -> np.ndarray:
-    """Decode, cut the stream's region of interest and preprocess, in the pool."""
-    tensor, _transform = await loop.run_in_executor(
-        pool, decode_and_prepare, pick.waiting.frame, pick.session.options.encoding,
-        pick.session.options.detection.roi, spec, decode_target(spec, "classification"),
-        pick.session.options.max_pixels,
-    )  # fmt: skip
-    return tensor
+def _plain(model: ModelVersion) -> bool:
+    """One model, whole-frame input: the scheduler decodes and batches the frames itself."""
+    post = model.manifest.postprocess
+    return model.manifest.pipeline is None and post.kind not in DETECTION_KINDS

@@ -198,6 +198,11 @@ class FrameSession:
 
     # ---- called by the scheduler ----
 
+    @property
+    def has_frame(self) -> bool:
+        """A frame is waiting and the stream may run one more."""
+        return bool(self._slot) and self._running < self._window
+
     def take(self, now: float | None, model: ModelVersion | None) -> Waiting | None:
         """The next frame to run (newest for live streams, oldest for BLOCK), or None.
         Frames over the stream's age limit are reported stale on the way."""
@@ -210,6 +215,10 @@ class FrameSession:
             self._room.set()
             return waiting
         return None
+
+    def stale_after(self, waiting: Waiting) -> float | None:
+        """The loop time after which `waiting` may no longer start; None: no age limit."""
+        return None if self._max_age_s is None else waiting.arrival + self._max_age_s
 
     def too_old(self, waiting: Waiting, now: float) -> bool:
         return self._max_age_s is not None and now - waiting.arrival > self._max_age_s

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -33,6 +34,8 @@ class InferOutcome:
     infer_s: float
     batch_rows: int
 
+
+JobResult = TypeVar("JobResult")
 
 # (name, version or "") -> the loaded member version; the registry's `resolve`.
 MemberResolver = Callable[[str, str], "ModelVersion"]
@@ -96,7 +99,7 @@ class ModelVersion:
             max_queue_delay_us=plan.max_queue_delay_us,
             max_queue_size=plan.max_queue_size,
             instance_count=plan.instance_count,
-            on_execution=self._on_execution,
+            on_execution=self.record_execution,
         )
 
     @property
@@ -222,7 +225,21 @@ class ModelVersion:
             batch_rows=max(part.batch_rows for part in parts),
         )
 
-    def _on_execution(self, rows: int, infer_s: float) -> None:
+    async def run_job(self, job: Callable[[Backend], JobResult]) -> JobResult:
+        """Run `job` with the runtime on one of the model's runners, between batches of
+        the batcher (the freshness scheduler's decode-and-run of camera frames). The job's
+        runs are the caller's to record with `record_execution`."""
+        if self._batcher is None:
+            raise InvalidInput(
+                f"model {self.name} is a pipeline: it takes camera frames over FrameStream"
+            )
+        return await self._batcher.run_job(job)
+
+    @property
+    def output_names(self) -> list[str]:
+        return self._output_names
+
+    def record_execution(self, rows: int, infer_s: float) -> None:
         self.stats.record_execution(rows, infer_s)
         self._batch_size.observe(rows)
         self._compute_latency.observe(infer_s)

@@ -79,7 +79,11 @@ class ControllerServices:
         runner = StoreRunner(store)
         replicated = is_postgres(settings.store)
         replication = Replication(runner, _replica_name(settings), replicated)
-        live = LiveFleet(settings.samples_per_device, replication.presence)
+        live = LiveFleet(
+            settings.samples_per_device,
+            settings.offline_after_intervals * settings.telemetry_interval_s,
+            on_presence=replication.presence,
+        )
         audit = AuditLog(runner)
         devices = DeviceRegistry(runner, ca, live, audit, settings.token_ttl_s, replication)
         webhooks = WebhookSender(

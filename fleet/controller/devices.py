@@ -60,8 +60,11 @@ class DeviceRegistry:
         self._revoked: dict[str, Revocation] = {}
 
     async def start(self) -> None:
+        heard = await self._store.last_telemetry()
         for device in await self._store.list_devices():
-            self._devices[device.device_id] = device
+            # "Last seen" survives a restart: the newest stored telemetry, if later than hello.
+            last = max(device.last_seen, heard.get(device.device_id, 0.0))
+            self._devices[device.device_id] = device.model_copy(update={"last_seen": last})
         for revocation in await self._store.revocations():
             self._revoked[revocation.public_key_sha256] = revocation
 

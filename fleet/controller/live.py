@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -85,14 +86,20 @@ class LiveFleet:
     def __init__(
         self,
         samples_per_device: int,
+        offline_after_s: float = math.inf,
         on_presence: Callable[[str, bool], None] | None = None,
     ) -> None:
         self._samples_per_device = samples_per_device
+        # A connected device that sent nothing for this long is offline (hung, SIGSTOPped, cut
+        # off behind a NAT that keeps the TCP session), whatever its stream looks like.
+        self._offline_after_s = offline_after_s
         # Told (device, online) when a device's first stream opens or its last one closes.
         self._on_presence = on_presence
         self._sessions: dict[str, DeviceSession] = {}
         self._history: dict[str, deque[TelemetrySample]] = {}
         self._last_seen: dict[str, float] = {}
+        # time.monotonic() of the last message from each device.
+        self._heard: dict[str, float] = {}
 
     def attach(self, device_id: str) -> DeviceSession:
         """Register a new stream; an older stream of the same device is told to close."""
@@ -121,10 +128,13 @@ class LiveFleet:
             session.closed.set()
 
     def online(self, device_id: str) -> bool:
-        return device_id in self._sessions
+        if device_id not in self._sessions:
+            return False
+        heard = self._heard.get(device_id)
+        return heard is not None and time.monotonic() - heard <= self._offline_after_s
 
     def online_count(self) -> int:
-        return len(self._sessions)
+        return sum(self.online(device_id) for device_id in self._sessions)
 
     def notify(self, device_ids: Iterable[str]) -> None:
         for device_id in device_ids:
@@ -134,6 +144,7 @@ class LiveFleet:
 
     def touch(self, device_id: str, wall: float) -> None:
         self._last_seen[device_id] = wall
+        self._heard[device_id] = time.monotonic()
 
     def last_seen(self, device_id: str) -> float | None:
         return self._last_seen.get(device_id)
@@ -144,6 +155,7 @@ class LiveFleet:
             history = self._history[device_id] = deque(maxlen=self._samples_per_device)
         history.append(sample)
         self._last_seen[device_id] = sample.received_wall
+        self._heard[device_id] = time.monotonic()
 
     def latest(self, device_id: str) -> TelemetrySample | None:
         history = self._history.get(device_id)

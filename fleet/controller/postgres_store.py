@@ -311,6 +311,10 @@ class PostgresStore:
         )
         return [(float(at), str(doc)) for at, doc in reversed(rows)]
 
+    def last_telemetry(self) -> dict[str, float]:
+        rows = self._rows("SELECT device_id, max(received_at) FROM telemetry GROUP BY device_id")
+        return {str(device): float(at) for device, at in rows}
+
     def prune_telemetry(self, before: float) -> int:
         with self._pool.connection() as connection:
             cursor = connection.execute("DELETE FROM telemetry WHERE received_at < %s", (before,))

@@ -37,6 +37,8 @@ class ControllerSettings(BaseSettings):
     trusted_keys: tuple[Path, ...] = ()
     token_ttl_s: float = Field(default=24 * 3600, gt=0)
     telemetry_interval_s: float = Field(default=10.0, gt=0)
+    # A connected device silent for this many telemetry intervals shows as offline.
+    offline_after_intervals: float = Field(default=3.0, ge=1)
     # Telemetry samples kept in memory per device for gate windows.
     samples_per_device: int = Field(default=360, ge=2)
     telemetry_flush_s: float = Field(default=1.0, gt=0)

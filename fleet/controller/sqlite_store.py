@@ -295,6 +295,10 @@ class SqliteStore:
         )
         return [(float(str(at)), str(doc)) for at, doc in reversed(rows)]
 
+    def last_telemetry(self) -> dict[str, float]:
+        rows = self._query("SELECT device_id, max(received_at) FROM telemetry GROUP BY device_id")
+        return {str(device): float(str(at)) for device, at in rows}
+
     def prune_telemetry(self, before: float) -> int:
         with self._transaction() as db:
             return db.execute("DELETE FROM telemetry WHERE received_at < ?", (before,)).rowcount

@@ -41,7 +41,14 @@ Credential = Annotated[
         help="Admin credential written by the controller (<data>/admin-credential.json).",
     ),
 ]
-Output = Annotated[str, typer.Option("--output", "-o", help="table or json.")]
+Output = Annotated[
+    str,
+    typer.Option(
+        "--output",
+        "-o",
+        help="table (for people) or json (one style for every verb: see fleet/ctl/output.py).",
+    ),
+]
 
 
 def parse_duration(text: str) -> float:
@@ -95,23 +102,43 @@ def _check_output(output: str) -> None:
         raise typer.BadParameter("--output must be table or json")
 
 
+def _plain(value: object) -> dict[str, Any]:
+    from fleet.ctl.output import plain
+
+    result: dict[str, Any] = plain(value)
+    return result
+
+
+def _json(value: object) -> None:
+    from fleet.ctl.output import dumps
+
+    typer.echo(dumps(value))
+
+
 # keys and bundles
 @keys_app.command("generate")
 def keys_generate(
     directory: Annotated[Path, typer.Option("--dir", help="Where to write NAME.key and NAME.pub.")] = Path("keys"),
     name: Annotated[str, typer.Option(help="Key name.")] = "release",
+    output: Output = "table",
 ) -> None:  # fmt: skip
     """Generate an Ed25519 bundle signing key pair."""
     from fleet.keys import generate_keypair, key_id, load_public_key
 
+    _check_output(output)
     try:
         private_path, public_path = generate_keypair(directory, name)
     except FileExistsError as error:
         typer.echo(f"fleetctl: {error}", err=True)
         raise typer.Exit(1) from None
+    identifier = key_id(load_public_key(public_path))
+    if output == "json":
+        _json({"private_key": str(private_path), "public_key": str(public_path),
+               "key_id": identifier})  # fmt: skip
+        return
     typer.echo(f"private key {private_path} (keep it secret)")
     typer.echo(f"public key  {public_path} (give it to the controller and the devices)")
-    typer.echo(f"key id      {key_id(load_public_key(public_path))}")
+    typer.echo(f"key id      {identifier}")
 
 
 @app.command("package")
@@ -121,17 +148,23 @@ def package(
     version: Annotated[str, typer.Option(help="Version number to ship it as.")],
     key: Annotated[Path, typer.Option(help="Ed25519 private key.")] = Path("keys/release.key"),
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("bundles"),
+    output: Output = "table",
 ) -> None:  # fmt: skip
     """Build a signed, content-addressed bundle from MODEL_DIR."""
-    from fleet.bundle import build_bundle
+    from fleet.bundle import build_bundle, sha256_path
     from fleet.keys import load_private_key
 
+    _check_output(output)
     try:
         path = build_bundle(model_dir, name, version, load_private_key(key), out)
     except (ValueError, OSError) as error:
         typer.echo(f"fleetctl: {error}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(str(path))
+    if output == "json":
+        _json({"bundle": str(path), "model_name": name, "version": version,
+               "bundle_sha256": sha256_path(path), "size": path.stat().st_size})  # fmt: skip
+    else:
+        typer.echo(str(path))
 
 
 @bundles_app.command("publish")
@@ -139,20 +172,27 @@ def bundles_publish(
     bundle: Annotated[list[Path], typer.Argument(help="Signed bundles from `fleetctl package`.")],
     to: Annotated[Path, typer.Option("--to", help="The origin directory a web server or CDN serves; agents list its URL with --bundle-source.")],
     trusted_key: Annotated[list[Path], typer.Option("--trusted-key", help="Public key file or directory of *.pub a bundle must be signed by (repeatable).")],
+    output: Output = "table",
 ) -> None:  # fmt: skip
     """Verify BUNDLEs and publish them to an HTTP origin directory as <sha256>.efb."""
     from fleet.errors import BundleRejected
     from fleet.keys import TrustedKeys
     from fleet.publish import verify_and_publish
 
+    _check_output(output)
+    published_all: list[dict[str, str]] = []
     try:
         trusted = TrustedKeys.from_paths(tuple(trusted_key))
         for path in bundle:
             digest, published = verify_and_publish(path, to, trusted)
-            typer.echo(f"{digest}  {published}")
+            published_all.append({"bundle_sha256": digest, "path": str(published)})
+            if output != "json":
+                typer.echo(f"{digest}  {published}")
     except (BundleRejected, ValueError, OSError) as error:
         typer.echo(f"fleetctl: {error}", err=True)
         raise typer.Exit(1) from None
+    if output == "json":
+        _json(published_all)
 
 
 # devices
@@ -172,9 +212,7 @@ def enroll(
     )
     response = _call(credential, lambda c: c.stub.CreateEnrollmentToken(request))
     if output == "json":
-        from fleet.ctl.render import as_json
-
-        typer.echo(as_json(response))
+        _json(response)
     else:
         typer.echo(response.token)
 
@@ -186,14 +224,14 @@ def devices(
     output: Output = "table",
 ) -> None:  # fmt: skip
     """Devices with desired vs actual version per model (version drift)."""
-    from fleet.ctl.render import as_json, devices_table
+    from fleet.ctl.render import devices_table
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     _check_output(output)
     request = admin_pb2.ListDevicesRequest(selector=parse_labels(selector))
     response = _call(credential, lambda c: c.stub.ListDevices(request))
     if output == "json":
-        typer.echo(as_json(list(response.devices)))
+        _json(list(response.devices))
     else:
         _console().print(devices_table(list(response.devices)))
 
@@ -215,13 +253,13 @@ def top(
     """Live table of every device: vitals and per-model fps, latency, errors, drops."""
     from rich.live import Live
 
-    from fleet.ctl.render import as_json, top_table
+    from fleet.ctl.render import top_table
 
     _check_output(output)
     if once or output == "json":
         devices_ = _call(credential, _list_devices)
         if output == "json":
-            typer.echo(as_json(devices_))
+            _json(devices_)
         else:
             _console().print(top_table(devices_))
         return
@@ -256,7 +294,7 @@ def telemetry(
     response = _call(credential, lambda c: c.stub.GetTelemetry(request))
     samples = [json.loads(sample.telemetry_json) for sample in response.samples]
     if output == "json":
-        typer.echo(json.dumps(samples, indent=2))
+        _json(samples)
         return
     table = Table(title=f"{device}: {len(samples)} samples")
     for column in ("received", "cpu %", "model", "version", "fps", "p95 ms", "requests", "errors"):
@@ -288,14 +326,14 @@ def pin(
     output: Output = "table",
 ) -> None:  # fmt: skip
     """Hold one device at a version; pinned devices are left out of rollouts."""
-    from fleet.ctl.render import as_json, devices_table
+    from fleet.ctl.render import devices_table
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     _check_output(output)
     request = admin_pb2.PinDeviceRequest(device_id=device, model_name=model, version=version)
     response = _call(credential, lambda c: c.stub.PinDevice(request))
     if output == "json":
-        typer.echo(as_json(response.device))
+        _json(response.device)
     else:
         _console().print(devices_table([response.device]))
 
@@ -304,14 +342,18 @@ def pin(
 def remove(
     device: Annotated[str, typer.Argument(help="Device id.")],
     credential: Credential = DEFAULT_CREDENTIAL,
+    output: Output = "table",
 ) -> None:
     """Forget a device and revoke its key: its certificate stops working at once, and it cannot
     enroll again with the same key."""
     from protos.edgefleet.fleet.v1 import admin_pb2
 
+    _check_output(output)
     request = admin_pb2.RemoveDeviceRequest(device_id=device)
     response = _call(credential, lambda c: c.stub.RemoveDevice(request))
-    if response.revoked_key_sha256:
+    if output == "json":
+        _json({"device_id": device, **_plain(response)})
+    elif response.revoked_key_sha256:
         typer.echo(f"removed {device}; revoked key {response.revoked_key_sha256}")
     else:
         typer.echo(f"removed {device} (its key was never seen: nothing to revoke)")
@@ -326,14 +368,13 @@ def audit(
     """The audit log of admin actions."""
     from rich.table import Table
 
-    from fleet.ctl.render import as_json
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     _check_output(output)
     request = admin_pb2.ListAuditEntriesRequest(limit=limit)
     response = _call(credential, lambda c: c.stub.ListAuditEntries(request))
     if output == "json":
-        typer.echo(as_json(list(response.entries)))
+        _json(list(response.entries))
         return
     table = Table(title="audit log")
     for column in ("at", "actor", "action", "detail"):
@@ -362,7 +403,7 @@ def deploy(
     output: Output = "table",
 ) -> None:  # fmt: skip
     """Upload BUNDLE and roll it out in waves, gated on live metrics against the old version."""
-    from fleet.ctl.render import as_json, rollout_view
+    from fleet.ctl.render import rollout_view
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     _check_output(output)
@@ -392,19 +433,23 @@ def deploy(
         return created.rollout
 
     rollout = _call(credential, run)
-    if output == "json":
-        typer.echo(as_json(rollout))
+    if not watch and output == "json":
+        _json(rollout)
     elif not watch:
         _console().print(rollout_view(rollout))
-    if watch and rollout.state != admin_pb2.ROLLOUT_STATE_SUCCEEDED:
+    elif rollout.state != admin_pb2.ROLLOUT_STATE_SUCCEEDED:
         raise typer.Exit(3)
 
 
 async def _watch(client: Any, rollout_id: str, output: str, interval: float = 1.0) -> Any:
-    """Redraw the rollout until it succeeds, rolls back or pauses; return its last state."""
+    """Follow the rollout until it succeeds, rolls back or pauses; return its last state.
+
+    On a terminal: a live view. Otherwise (a pipe, a CI log): one progress line each time the
+    rollout changes, then the final view; with `--output json`, one JSON object per line."""
     from rich.live import Live
 
-    from fleet.ctl.render import rollout_view
+    from fleet.ctl.output import dumps
+    from fleet.ctl.render import progress_line, rollout_view
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     ended = (
@@ -415,8 +460,13 @@ async def _watch(client: Any, rollout_id: str, output: str, interval: float = 1.
     request = admin_pb2.GetRolloutRequest(rollout_id=rollout_id)
     if output == "json" or not sys.stdout.isatty():
         # Polling the controller: there is no push channel for operators.
+        last = ""
         while True:
             rollout = (await client.stub.GetRollout(request)).rollout
+            line = dumps(rollout, lines=True) if output == "json" else progress_line(rollout)
+            if line != last:
+                typer.echo(line)
+                last = line
             if rollout.state in ended:
                 if output != "json":
                     _console().print(rollout_view(rollout))
@@ -441,8 +491,8 @@ def rollout_status(
     watch: Annotated[bool, typer.Option(help="Follow it live.")] = False,
     output: Output = "table",
 ) -> None:  # fmt: skip
-    """Per-wave progress of a rollout."""
-    from fleet.ctl.render import as_json, rollout_view
+    """Per-wave progress of a rollout. With --watch, exits 3 unless it succeeds."""
+    from fleet.ctl.render import rollout_view
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     _check_output(output)
@@ -455,34 +505,36 @@ def rollout_status(
         ).rollout
 
     rollout = _call(credential, run)
-    if output == "json":
-        typer.echo(as_json(rollout))
+    if not watch and output == "json":
+        _json(rollout)
     elif not watch:
         _console().print(rollout_view(rollout))
+    elif rollout.state != admin_pb2.ROLLOUT_STATE_SUCCEEDED:
+        raise typer.Exit(3)
 
 
 @rollout_app.command("list")
 def rollout_list(credential: Credential = DEFAULT_CREDENTIAL, output: Output = "table") -> None:
     """Every rollout, oldest first."""
-    from fleet.ctl.render import as_json, rollout_view
+    from fleet.ctl.render import rollout_view
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     _check_output(output)
     response = _call(credential, lambda c: c.stub.ListRollouts(admin_pb2.ListRolloutsRequest()))
     if output == "json":
-        typer.echo(as_json(list(response.rollouts)))
+        _json(list(response.rollouts))
     else:
         for rollout in response.rollouts:
             _console().print(rollout_view(rollout))
 
 
 def _steer(credential: Path, output: str, method: str, request: Any) -> None:
-    from fleet.ctl.render import as_json, rollout_view
+    from fleet.ctl.render import rollout_view
 
     _check_output(output)
     response = _call(credential, lambda c: getattr(c.stub, method)(request))
     if output == "json":
-        typer.echo(as_json(response.rollout))
+        _json(response.rollout)
     else:
         _console().print(rollout_view(response.rollout))
 
@@ -535,14 +587,14 @@ def why(
     output: Output = "table",
 ) -> None:  # fmt: skip
     """Every gate measurement of a rollout: value, baseline, threshold, verdict."""
-    from fleet.ctl.render import as_json, rollout_view, why_table
+    from fleet.ctl.render import rollout_view, why_table
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     _check_output(output)
     request = admin_pb2.ExplainRolloutRequest(rollout_id=rollout_id)
     response = _call(credential, lambda c: c.stub.ExplainRollout(request))
     if output == "json":
-        typer.echo(as_json(response))
+        _json(response)
         return
     console = _console()
     console.print(rollout_view(response.rollout))

@@ -1,14 +1,12 @@
-"""How fleetctl shows things: rich tables for people, JSON for scripts (`--output json`)."""
+"""How fleetctl shows things to people: rich tables, and progress lines for logs. JSON for
+scripts (`--output json`) is `fleet.ctl.output`."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
 from rich.console import Group
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -17,14 +15,6 @@ from rich.text import Text
 from protos.edgefleet.fleet.v1 import admin_pb2
 
 VERDICT_STYLE = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow", "": "dim"}
-
-
-def as_json(messages: Message | list[Message]) -> str:
-    if isinstance(messages, list):
-        data: Any = [MessageToDict(m, preserving_proto_field_name=True) for m in messages]
-    else:
-        data = MessageToDict(messages, preserving_proto_field_name=True)
-    return json.dumps(data, indent=2, sort_keys=True)
 
 
 def _verdict(value: int) -> str:
@@ -179,3 +169,25 @@ def why_table(measurements: list[admin_pb2.GateMeasurement]) -> Table:
             Text(verdict, VERDICT_STYLE.get(verdict, "")), m.note,
         )  # fmt: skip
     return table
+
+
+def progress_line(rollout: admin_pb2.Rollout) -> str:
+    """One line per change of a watched rollout, for logs and pipes (no terminal)."""
+    state = state_name(rollout)
+    parts = [
+        time.strftime("%H:%M:%S"),
+        f"rollout {rollout.rollout_id} {rollout.model_name} -> {rollout.version}: {state}",
+    ]
+    if rollout.waves:
+        wave = rollout.waves[min(rollout.current_wave, len(rollout.waves) - 1)]
+        parts.append(
+            f"wave {wave.index + 1}/{len(rollout.waves)} ({wave.percent:g}%):"
+            f" {wave.installed}/{wave.target_devices} installed, {wave.failed} failed,"
+            f" {wave.timed_out} timed out"
+        )
+        verdicts = [f"{w.index + 1}:{_verdict(w.verdict)}" for w in rollout.waves if w.verdict]
+        if verdicts:
+            parts.append("verdicts " + " ".join(verdicts))
+    if rollout.reason:
+        parts.append(f"reason: {rollout.reason}")
+    return "  ".join(parts)

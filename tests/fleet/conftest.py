@@ -31,6 +31,8 @@ def controller_settings(data_dir: Path, trusted: Path, **overrides: object) -> C
         "metrics_port": -1,
         "trusted_keys": (trusted,),
         "telemetry_interval_s": 0.2,
+        # Offline after 2 s of silence: a loaded test machine can delay a 0.2 s sample.
+        "offline_after_intervals": 10,
         "rollout_tick_s": 0.1,
         "telemetry_flush_s": 0.2,
         "shutdown_grace_s": 0.2,
