@@ -226,6 +226,7 @@ class PostgresStore:
         *,
         expected_revision: int | None = None,
         fence: Fence | None = None,
+        measurements: Sequence[Measurement] = (),
     ) -> None:
         with self._pool.connection() as connection:
             if fence is not None:
@@ -250,6 +251,12 @@ class PostgresStore:
                 if updated.rowcount != 1:
                     raise StaleRevision(
                         f"rollout {rollout.rollout_id} changed since revision {expected_revision}"
+                    )
+            if measurements:
+                with connection.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO measurements (rollout_id, doc) VALUES (%s, %s)",
+                        [(rollout.rollout_id, m.model_dump_json()) for m in measurements],
                     )
             # Pins always win (see SqliteStore.save_rollout); the rows are locked until commit.
             rows = connection.execute(

@@ -747,21 +747,22 @@ class RolloutEngine:
                 + (f" ({m.note})" if m.note else "")
                 for m in failing
             )
-            # The verdict commits with the fenced write, and only then are its measurements and
-            # audit entry written: a leader that lost its lease judges nothing.
+            # The verdict and its measurements commit in the fenced write, and only then is the
+            # decision audited and announced: a leader that lost its lease judges nothing.
             rolled_back = ""
             succeeded = False
             if verdict == Verdict.PASS:
                 succeeded = self._advance(rollout)
-                await self._save(rollout, driver=True)
+                await self._save(rollout, driver=True, measurements=measurements)
             elif verdict == Verdict.FAIL:
                 rolled_back = f"wave {index} failed its gates: {wave.reason}"
-                await self._roll_back(rollout, rolled_back, automatic=True, decided=False)
+                await self._roll_back(
+                    rollout, rolled_back, automatic=True, decided=False, measurements=measurements
+                )
             else:
                 rollout.state = RolloutState.PAUSED
                 rollout.reason = f"wave {index} inconclusive: {wave.reason or 'no gate data'}"
-                await self._save(rollout, driver=True)
-            await self._store.add_measurements(rollout.rollout_id, measurements)
+                await self._save(rollout, driver=True, measurements=measurements)
             await self._decided(
                 rollout, "rollout.verdict", wave=index, verdict=verdict.value, reason=wave.reason
             )
@@ -817,7 +818,12 @@ class RolloutEngine:
             self._on_decision(rollout, action, detail)
 
     async def _roll_back(
-        self, rollout: RolloutRecord, reason: str, automatic: bool = False, decided: bool = True
+        self,
+        rollout: RolloutRecord,
+        reason: str,
+        automatic: bool = False,
+        decided: bool = True,
+        measurements: Sequence[Measurement] = (),
     ) -> None:
         """Roll back: an operator's (any replica) or the driver's own (`automatic`: fenced)."""
         touched = list(rollout.installs)
@@ -841,7 +847,7 @@ class RolloutEngine:
             )
         rollout.state = RolloutState.ROLLED_BACK
         rollout.reason = reason
-        await self._save(rollout, desired, undesired, driver=automatic)
+        await self._save(rollout, desired, undesired, driver=automatic, measurements=measurements)
         self._notify(touched)
         if automatic and decided:
             await self._decided(
@@ -861,6 +867,7 @@ class RolloutEngine:
         undesired: Sequence[tuple[str, str]] = (),
         *,
         driver: bool = False,
+        measurements: Sequence[Measurement] = (),
     ) -> None:
         """Commit the decision made on `rollout`. Until the store accepts it nothing else sees
         it. The write compares and sets the revision this copy was read at, and the driver's
@@ -885,6 +892,7 @@ class RolloutEngine:
                 undesired,
                 expected_revision=committed.revision if committed else None,
                 fence=fence,
+                measurements=measurements,
             )
         except (StaleRevision, LeaseLost):
             fresh = await self._store.get_rollout(rollout_id)

@@ -215,6 +215,7 @@ class SqliteStore:
         *,
         expected_revision: int | None = None,
         fence: Fence | None = None,
+        measurements: Sequence[Measurement] = (),
     ) -> None:
         with self._transaction() as db:
             if (
@@ -244,6 +245,10 @@ class SqliteStore:
                 raise StaleRevision(
                     f"rollout {rollout.rollout_id} changed since revision {expected_revision}"
                 )
+            db.executemany(
+                "INSERT INTO measurements (rollout_id, doc) VALUES (?, ?)",
+                [(rollout.rollout_id, m.model_dump_json()) for m in measurements],
+            )
             # Pins always win: a rollout never overwrites or removes a pinned entry, even one
             # pinned a moment ago, after the rollout read the desired state.
             pinned = {

@@ -82,6 +82,7 @@ class Store(Protocol):
     # A rollout and the desired state it implies change together, in one transaction.
     # `expected_revision`: the row must still be at that revision (StaleRevision otherwise);
     # `rollout.revision` is what it becomes. `fence`: LeaseLost unless the lease is still held.
+    # `measurements`: a wave's gate figures, committed with its verdict.
     def save_rollout(
         self,
         rollout: RolloutRecord,
@@ -90,6 +91,7 @@ class Store(Protocol):
         *,
         expected_revision: int | None = None,
         fence: Fence | None = None,
+        measurements: Sequence[Measurement] = (),
     ) -> None: ...
     def get_rollout(self, rollout_id: str) -> RolloutRecord | None: ...
     def list_rollouts(self) -> list[RolloutRecord]: ...
@@ -187,6 +189,7 @@ class StoreRunner:
         *,
         expected_revision: int | None = None,
         fence: Fence | None = None,
+        measurements: Sequence[Measurement] = (),
     ) -> None:
         await self._call(
             self._store.save_rollout,
@@ -195,6 +198,7 @@ class StoreRunner:
             undesired,
             expected_revision=expected_revision,
             fence=fence,
+            measurements=measurements,
         )
 
     async def get_rollout(self, rollout_id: str) -> RolloutRecord | None:

@@ -146,7 +146,15 @@ async def test_killing_the_driving_replica_mid_wave_hands_the_rollout_over(
             assert [wave.verdict for wave in done.waves] == [admin_pb2.VERDICT_PASS] * 3
             # No wave judged twice: one verdict per wave in the audit log and one measurement
             # per gate and wave.
-            audit = await admin.stub.ListAuditEntries(admin_pb2.ListAuditEntriesRequest(limit=500))
+
+            async def audited():
+                request = admin_pb2.ListAuditEntriesRequest(limit=500)
+                audit = await admin.stub.ListAuditEntries(request)
+                actions = [entry.action for entry in audit.entries]
+                return audit if "rollout.succeeded" in actions else None
+
+            # The decision is audited just after the write that committed it.
+            audit = await wait_for(audited, 10, "the audit entry of the success")
             judged = [
                 json.loads(entry.detail_json)["wave"]
                 for entry in audit.entries
