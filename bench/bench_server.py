@@ -231,6 +231,55 @@ async def kserve_unary(port: int, frames: list[np.ndarray], count: int, window: 
     return count / elapsed
 
 
+def server_cpu(
+    server: Server, frames: list[np.ndarray], count: int, me: psutil.Process, per_core: bool
+) -> dict[str, tuple[float, float, float, float]]:
+    """(frames/s, server CPU, its event-loop thread's CPU, this client's CPU) ms per frame
+    for each path through one running server."""
+    process = psutil.Process(server.process.pid if server.process else 0)
+
+    def cpu_s() -> tuple[float, float, float]:
+        """(server process, its main thread = event loop and gRPC, this client) seconds."""
+        times = process.cpu_times()
+        loop = next(
+            (t.user_time + t.system_time for t in process.threads() if t.id == process.pid),
+            0.0,
+        )
+        mine = me.cpu_times()
+        return float(times.user + times.system), loop, float(mine.user + mine.system)
+
+    suffix = f", {THREADS} instances x 1 thread" if per_core else ""
+    runs = {
+        # run_streams runs the stream twice (a warm-up pass, then the timed pass).
+        f"FrameStream raw 224x224 RGB{suffix}": (
+            lambda: asyncio.run(run_streams(server.port, frames, 1, count, 4))[0],
+            2,
+        ),
+        f"FrameStream JPEG 640x480{suffix}": (
+            lambda: asyncio.run(run_streams(server.port, frames, 1, count, 4, jpeg=True))[0],
+            2,
+        ),
+        f"KServe ModelStreamInfer, 4 in flight{suffix}": (
+            lambda: asyncio.run(kserve_stream(server.port, frames, count, 4)),
+            1,
+        ),
+    }
+    if not per_core:
+        runs["KServe ModelInfer (unary), 4 callers"] = (
+            lambda: asyncio.run(kserve_unary(server.port, frames, count, 4)),
+            1,
+        )
+    asyncio.run(kserve_stream(server.port, frames, 20, 4))  # warm the KServe path
+    measured = {}
+    for name, (work, passes) in runs.items():
+        before = cpu_s()
+        fps = work()
+        after = cpu_s()
+        per_frame = [(b - a) * 1000 / (count * passes) for a, b in zip(before, after, strict=True)]
+        measured[name] = (fps, per_frame[0], per_frame[1], per_frame[2])
+    return measured
+
+
 def cpu_rows(frames: list[np.ndarray], count: int) -> tuple[list[str], list[str]]:
     """Server-process CPU ms per frame beside in-process onnxruntime CPU ms per frame, one
     run. The server runs batch 1 (the baseline's batch) with the manifest plan's threads
@@ -240,50 +289,12 @@ def cpu_rows(frames: list[np.ndarray], count: int) -> tuple[list[str], list[str]
     defaults = [in_process_cpu(frames, count)]
     same = [in_process_cpu(frames, count, server_options=True)]
     me = psutil.Process()
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        Server(repository_copy(Path(tmp), "batch1", 1)) as server,
-    ):
-        process = psutil.Process(server.process.pid if server.process else 0)
-
-        def cpu_s() -> tuple[float, float, float]:
-            """(server process, its main thread = event loop and gRPC, this client) seconds."""
-            times = process.cpu_times()
-            loop = next(
-                (t.user_time + t.system_time for t in process.threads() if t.id == process.pid),
-                0.0,
-            )
-            mine = me.cpu_times()
-            return float(times.user + times.system), loop, float(mine.user + mine.system)
-
-        runs = {
-            # run_streams runs the stream twice (a warm-up pass, then the timed pass).
-            "FrameStream raw 224x224 RGB": (
-                lambda: asyncio.run(run_streams(server.port, frames, 1, count, 4))[0],
-                2,
-            ),
-            "FrameStream JPEG 640x480": (
-                lambda: asyncio.run(run_streams(server.port, frames, 1, count, 4, jpeg=True))[0],
-                2,
-            ),
-            "KServe ModelInfer (unary), 4 callers": (
-                lambda: asyncio.run(kserve_unary(server.port, frames, count, 4)),
-                1,
-            ),
-            "KServe ModelStreamInfer, 4 in flight": (
-                lambda: asyncio.run(kserve_stream(server.port, frames, count, 4)),
-                1,
-            ),
-        }
-        asyncio.run(kserve_stream(server.port, frames, 20, 4))  # warm the KServe path
-        for name, (work, passes) in runs.items():
-            before = cpu_s()
-            fps = work()
-            after = cpu_s()
-            per_frame = [
-                (b - a) * 1000 / (count * passes) for a, b in zip(before, after, strict=True)
-            ]
-            measured[name] = (fps, per_frame[0], per_frame[1], per_frame[2])
+    for per_core in (False, True):
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            Server(repository_copy(Path(tmp), "batch1", 1, per_core)) as server,
+        ):
+            measured.update(server_cpu(server, frames, count, me, per_core))
     defaults.append(in_process_cpu(frames, count))
     same.append(in_process_cpu(frames, count, server_options=True))
     base_fps = max(fps for fps, _ in defaults + same)
@@ -336,7 +347,10 @@ def cpu_section(machine: str, frames: list[np.ndarray], count: int) -> None:
             "FrameStream JPEG also decodes a 640x480 JPEG (at reduced scale); KServe "
             "sends the preprocessed tensor. Overhead = server CPU - baseline CPU per frame; "
             "the event-loop thread is the server's main thread (gRPC and all Python per "
-            "frame outside the model's runner).",
+            "frame outside the model's runner). Rows marked `instances x 1 thread` run the "
+            "server with one model instance per core, one intra-op thread each (the "
+            "throughput policy's layout on this machine), against the same one-session "
+            "baseline.",
             "",
             *rows,
             "",
@@ -406,12 +420,17 @@ def pipeline_costs(repeats: int = 40) -> list[str]:
     return rows
 
 
-def repository_copy(workdir: Path, name: str, max_batch_size: int) -> Path:
+def repository_copy(workdir: Path, name: str, max_batch_size: int, per_core: bool = False) -> Path:
+    """A copy of the model with its batch size set; `per_core`: one instance per core with
+    one intra-op thread each (manifest runtime pins)."""
     repository = workdir / name
     shutil.copytree(ROOT / "models" / MODEL, repository / MODEL)
     manifest_path = repository / MODEL / "1" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["batching"]["max_batch_size"] = max_batch_size
+    if per_core:
+        manifest["runtime"]["intra_op_threads"] = 1
+        manifest["runtime"]["instance_count"] = THREADS
     manifest_path.write_text(json.dumps(manifest))
     return repository
 

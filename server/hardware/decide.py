@@ -28,8 +28,11 @@ THROUGHPUT_DELAY_US = 5000
 # CPU threads a GPU-bound session keeps for the ops the GPU provider does not take.
 GPU_HOST_THREADS = 2
 # From this many cores up, the throughput policy runs two instances on half the cores each:
-# two half-width sessions keep cores busier than one wide one once batches queue up.
-TWO_INSTANCE_CORES = 8
+# two half-width sessions keep cores busier than one wide one once batches queue up. Two
+# cores already gain: EfficientNet-Lite0 on 2 cores, one 2-thread session 111 frames/s vs
+# two 1-thread sessions 2 x 65 in process, and 46 vs 84 frames/s served while other
+# processes share the cores (docs/benchmarks.md, "Real-time under overload").
+TWO_INSTANCE_CORES = 2
 
 
 class Pins:

@@ -135,6 +135,17 @@ def test_throughput_policy_on_the_server_runs_two_instances(
     assert "split over 2 instances" in plan.reasons["intra_op_threads"]
 
 
+def test_throughput_policy_on_two_cores_runs_one_single_threaded_instance_per_core(
+    lite0: tuple[ModelManifest, Footprint],
+) -> None:
+    plan = plan_for(lite0, load_profile("container_2cpu_1gb"), policy="throughput")
+    assert (plan.instance_count, plan.intra_op_threads) == (2, 1)
+    assert "split over 2 instances" in plan.reasons["intra_op_threads"]
+    # The balanced default keeps one session on both cores (lower latency for one camera).
+    balanced = plan_for(lite0, load_profile("container_2cpu_1gb"))
+    assert (balanced.instance_count, balanced.intra_op_threads) == (1, 2)
+
+
 def test_latency_policy_and_budget(lite0: tuple[ModelManifest, Footprint]) -> None:
     laptop = load_profile("laptop_rtx_8gb")
     latency = plan_for(lite0, laptop, policy="latency")
