@@ -691,14 +691,23 @@ class RolloutEngine:
             requests = _counter_delta(first.requests, last.requests)
             if requests < rollout.spec.min_requests:
                 continue
+            # fps is the request rate over the window, from the counters. Latencies are the
+            # median sample's, among samples whose version had served --min-requests by then:
+            # the first samples after a version loads rest on a handful of requests (their p95
+            # is their slowest one), and a mean of them let two slow requests during another
+            # node's model load fail an identical model (the flaky `make fleet-demo`).
+            elapsed = max(samples[-1][0].at - samples[0][0].at, 1e-3)
+            settled = [m for _, m in samples if m.requests >= rollout.spec.min_requests]
+            if not settled:
+                continue
             figures = dataclasses.replace(
                 last,
                 requests=requests,
                 errors=_counter_delta(first.errors, last.errors),
                 drops=_counter_delta(first.drops, last.drops),
-                fps=statistics.fmean(model.fps for _, model in samples),
-                latency_p50_ms=statistics.fmean(m.latency_p50_ms for _, m in samples),
-                latency_p95_ms=statistics.fmean(m.latency_p95_ms for _, m in samples),
+                fps=requests / elapsed,
+                latency_p50_ms=statistics.median(m.latency_p50_ms for m in settled),
+                latency_p95_ms=statistics.median(m.latency_p95_ms for m in settled),
             )
             windows.append(DeviceWindow(device_id, figures))
         return windows
