@@ -300,6 +300,8 @@ class FrameScheduler:
         self._ran(run.decode_s + run.infer_s + run.post_s)
         if run.rows:
             model.record_execution(run.rows, run.infer_s)
+            for _ in range(run.rows):
+                model.record_queue_wait(run.wait_s)
             if model is self._sized_version:
                 self._sizer.ran(run.rows, run.infer_s)
         times = StageTimes(

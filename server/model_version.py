@@ -239,6 +239,10 @@ class ModelVersion:
     def output_names(self) -> list[str]:
         return self._output_names
 
+    def record_queue_wait(self, seconds: float) -> None:
+        """A request's wait for a runner (the batcher's queue, or a frame job's)."""
+        self._queue_latency.observe(seconds)
+
     def record_execution(self, rows: int, infer_s: float) -> None:
         self.stats.record_execution(rows, infer_s)
         self._batch_size.observe(rows)
