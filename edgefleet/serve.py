@@ -64,7 +64,7 @@ def serve(
     precision: Annotated[str | None, typer.Option(help="Pin the precision of every model: fp32, fp16 or int8.")] = None,
     intra_op_threads: Annotated[int | None, typer.Option(help="Pin intra-op threads of every model.")] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Pin the max batch size of every model.")] = None,
-    controller: Annotated[str | None, typer.Option(help="Fleet controller HOST:PORT: run the fleet agent beside the server.")] = None,
+    controller: Annotated[str | None, typer.Option(help="Fleet controller HOST:PORT, or several comma-separated (replicas, tried in turn on failure): run the fleet agent beside the server.")] = None,
     controller_ca: Annotated[Path | None, typer.Option(help="Fleet controller CA certificate (PEM); needed to enroll.")] = None,
     enroll_address: Annotated[str | None, typer.Option(help="Controller enrollment HOST:PORT; default: the controller's port + 1.")] = None,
     enroll_token: Annotated[str | None, typer.Option(envvar="EDGEFLEET_AGENT_ENROLL_TOKEN", help="One-time token from `fleetctl enroll`; needed once.")] = None,

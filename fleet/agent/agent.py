@@ -91,6 +91,9 @@ class Agent:
         # The controller's interval: it calls a device offline after a few of them in silence.
         self._controller_interval = self._interval
         self._sources = BundleSources(settings.bundle_sources)
+        # Controller replicas, tried in turn: every failed or ended connection moves on.
+        self._addresses = settings.controller_addresses()
+        self._attempt = 0
 
     @property
     def device_id(self) -> str:
@@ -99,6 +102,15 @@ class Agent:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    def desired_versions(self) -> dict[str, str]:
+        """The version of each model the controller last asked for."""
+        return {name: model.version for name, model in self._desired.items()}
+
+    @property
+    def controller_address(self) -> str:
+        """The controller replica this agent uses (or tries) now."""
+        return self._addresses[self._attempt % len(self._addresses)]
 
     async def start(self) -> None:
         settings = self._settings
@@ -155,13 +167,15 @@ class Agent:
                 logger.warning("controller stream ended: %s %s", error.code().name, error.details())
             except (OSError, ConnectionError) as error:
                 logger.warning("controller unreachable: %s", error)
+            # The next try goes to the next replica; with one, to the same controller.
+            self._attempt += 1
             if loop.time() - started > 30:
                 delay = self._settings.reconnect_min_s
             await asyncio.sleep(delay * random.uniform(0.8, 1.2))
             delay = min(delay * 2, self._settings.reconnect_max_s)
 
     async def _enroll(self) -> None:
-        identity = await enroll(self._settings)
+        identity = await enroll(self._settings, self._attempt)
         await asyncio.to_thread(save_identity, self._settings.state_dir, identity)
         self._identity = identity
         logger.info("enrolled as device %s", identity.device_id)
@@ -169,8 +183,9 @@ class Agent:
     async def _session(self) -> None:
         assert self._identity is not None
         options = [("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000)]
+        address = self.controller_address
         async with grpc.aio.secure_channel(
-            self._settings.controller, self._identity.credentials(), options=options
+            address, self._identity.credentials(), options=options
         ) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             # None ends the request stream, so gRPC's request consumer finishes cleanly.
@@ -187,7 +202,7 @@ class Agent:
                         heartbeat = asyncio.create_task(self._heartbeat(outbox))
                         self._outbox, self._stub = outbox, stub
                         self._connected.set()
-                        logger.info("connected to controller %s", self._settings.controller)
+                        logger.info("connected to controller %s", address)
                         while self._unsent_results:
                             result = self._unsent_results.popleft()
                             await outbox.put(agent_pb2.ConnectRequest(install_result=result))

@@ -67,7 +67,7 @@ def save_identity(state_dir: Path, identity: DeviceIdentity) -> None:
     temporary.replace(path)
 
 
-async def enroll(settings: AgentSettings) -> DeviceIdentity:
+async def enroll(settings: AgentSettings, attempt: int = 0) -> DeviceIdentity:
     if not settings.enroll_token or settings.controller_ca is None:
         raise InvalidRequest(
             "this device is not enrolled: give it an enrollment token and the controller CA"
@@ -75,7 +75,8 @@ async def enroll(settings: AgentSettings) -> DeviceIdentity:
     ca_pem = settings.controller_ca.read_bytes()
     key = new_private_key()
     credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
-    async with grpc.aio.secure_channel(settings.resolved_enroll_address(), credentials) as channel:
+    address = settings.resolved_enroll_address(attempt)
+    async with grpc.aio.secure_channel(address, credentials) as channel:
         stub = agent_pb2_grpc.EnrollmentServiceStub(channel)
         response = await stub.Enroll(
             agent_pb2.EnrollRequest(

@@ -11,9 +11,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class AgentSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_AGENT_", frozen=True, extra="forbid")
 
-    # The controller's mutual-TLS address, HOST:PORT.
+    # The controller's mutual-TLS address, HOST:PORT; replicas: several, comma-separated
+    # ("a:7443,b:7443"). The agent connects to one and moves to the next when it fails.
     controller: str
-    # Its enrollment address; None: the same host, port + 1.
+    # Its enrollment address (several, comma-separated, one per controller); None: each
+    # controller's host, port + 1.
     enroll_address: str | None = None
     # The controller CA to trust when enrolling; after enrollment the state directory holds it.
     controller_ca: Path | None = None
@@ -41,8 +43,19 @@ class AgentSettings(BaseSettings):
     # removes them before any good version.
     quarantine_kept: int = Field(default=1, ge=0)
 
-    def resolved_enroll_address(self) -> str:
+    def controller_addresses(self) -> list[str]:
+        return [address.strip() for address in self.controller.split(",") if address.strip()]
+
+    def enroll_addresses(self) -> list[str]:
         if self.enroll_address:
-            return self.enroll_address
-        host, _, port = self.controller.rpartition(":")
-        return f"{host}:{int(port) + 1}"
+            return [a.strip() for a in self.enroll_address.split(",") if a.strip()]
+        addresses = []
+        for controller in self.controller_addresses():
+            host, _, port = controller.rpartition(":")
+            addresses.append(f"{host}:{int(port) + 1}")
+        return addresses
+
+    def resolved_enroll_address(self, attempt: int = 0) -> str:
+        """The enrollment address to try on `attempt` (round robin over the list)."""
+        addresses = self.enroll_addresses()
+        return addresses[attempt % len(addresses)]

@@ -9,29 +9,34 @@ import json
 import logging
 import os
 import secrets
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography.hazmat.primitives import hashes
 from prometheus_client import CollectorRegistry
 
 from fleet.controller.audit import AuditLog
 from fleet.controller.authz import ServiceAuthorization
 from fleet.controller.bundles import BundleService
+from fleet.controller.changefeed import ChangeFeed
 from fleet.controller.dashboard import ControllerView, Dashboard
 from fleet.controller.desired import DesiredState
 from fleet.controller.devices import DeviceRegistry
 from fleet.controller.grpc_api import AdminServicer, AgentServicer, EnrollmentServicer
 from fleet.controller.live import LiveFleet
 from fleet.controller.metrics import FleetCollector
+from fleet.controller.postgres_store import PostgresStore
 from fleet.controller.records import RolloutRecord
+from fleet.controller.replication import Replication
 from fleet.controller.rollout_actions import RolloutActions
 from fleet.controller.rollouts import RolloutEngine
 from fleet.controller.settings import ControllerSettings
 from fleet.controller.store import Store, StoreRunner
-from fleet.controller.stores import describe, open_store
+from fleet.controller.stores import describe, is_postgres, open_store
 from fleet.controller.telemetry import TelemetryService
 from fleet.controller.webhooks import WebhookSender, rollout_event
 from fleet.grpc_status import Peer
@@ -59,6 +64,7 @@ class ControllerServices:
     rollouts: RolloutActions
     telemetry: TelemetryService
     bundles: BundleService
+    replication: Replication
     webhooks: WebhookSender
 
     @classmethod
@@ -71,12 +77,15 @@ class ControllerServices:
         registry: CollectorRegistry,
     ) -> ControllerServices:
         runner = StoreRunner(store)
+        replicated = is_postgres(settings.store)
+        replication = Replication(runner, _replica_name(settings), replicated)
         live = LiveFleet(
             settings.samples_per_device,
             settings.offline_after_intervals * settings.telemetry_interval_s,
+            on_presence=replication.presence,
         )
         audit = AuditLog(runner)
-        devices = DeviceRegistry(runner, ca, live, audit, settings.token_ttl_s)
+        devices = DeviceRegistry(runner, ca, live, audit, settings.token_ttl_s, replication)
         webhooks = WebhookSender(
             settings.webhook_urls,
             registry,
@@ -90,8 +99,16 @@ class ControllerServices:
             webhooks.publish(rollout_event(rollout, action, detail), rollout.spec.webhook_url)
 
         engine = RolloutEngine(
-            runner, live, live.notify, settings.rollout_tick_s, on_decision=decided
+            runner,
+            live,
+            replication.wake_devices,
+            settings.rollout_tick_s,
+            replica=replication.replica,
+            lease_ttl_s=settings.lease_ttl_s,
+            announce=replication.announce,
+            on_decision=decided,
         )
+        replication.bind(live, devices, engine)
         telemetry = TelemetryService(
             runner,
             live,
@@ -117,14 +134,16 @@ class ControllerServices:
             audit=audit,
             devices=devices,
             engine=engine,
-            desired=DesiredState(runner, devices, engine, live, audit),
+            desired=DesiredState(runner, devices, engine, live, audit, replication),
             rollouts=RolloutActions(runner, engine, devices, audit),
             telemetry=telemetry,
             bundles=bundles,
+            replication=replication,
             webhooks=webhooks,
         )
 
     async def start(self) -> None:
+        self.replication.start()
         await self.bundles.start()
         await self.devices.start()
         await self.engine.start()
@@ -133,8 +152,19 @@ class ControllerServices:
     async def stop(self) -> None:
         await self.engine.stop()
         await self.telemetry.stop()
+        await self.replication.stop()
         await self.webhooks.stop()
         self.store.close()
+
+
+def _replica_name(settings: ControllerSettings) -> str:
+    """This replica's name in leases and logs. One controller per SQLite file keeps one name
+    across restarts, so a restarted controller drives its rollouts at once."""
+    if settings.replica_name:
+        return settings.replica_name
+    if not is_postgres(settings.store):
+        return "sqlite"
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
 def _authorization(devices: DeviceRegistry) -> ServiceAuthorization:
@@ -149,7 +179,7 @@ def _authorization(devices: DeviceRegistry) -> ServiceAuthorization:
     return ServiceAuthorization(
         {
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name: admin,
-            agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name: devices.refusal,
+            agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name: devices.admission,
         }
     )
 
@@ -167,6 +197,7 @@ class ControllerApp:
         self.dashboard: Dashboard | None = None
         self.dashboard_port = 0
         self._token: str | None = None
+        self._feed: ChangeFeed | None = None
 
     @property
     def admin_credential_path(self) -> Path:
@@ -175,13 +206,26 @@ class ControllerApp:
     async def start(self) -> int:
         settings = self.settings
         pki_dir = settings.data_dir / "pki"
-        ca = await asyncio.to_thread(CertificateAuthority.load_or_create, pki_dir)
+        ca = await asyncio.to_thread(
+            CertificateAuthority.load_or_create, settings.ca_dir or pki_dir
+        )
+        # Each replica has its own server key and certificate, issued by the shared CA.
+        await asyncio.to_thread(pki_dir.mkdir, parents=True, exist_ok=True)
         key_pem, cert_pem = await asyncio.to_thread(
             ca.server_credentials, pki_dir, settings.hostnames
         )
         trusted = await asyncio.to_thread(TrustedKeys.from_paths, settings.trusted_keys)
         store = await asyncio.to_thread(open_store, settings)
+        await asyncio.to_thread(_claim_ca, store, ca)
         services = ControllerServices.build(settings, store, ca, trusted, self.registry)
+        if isinstance(store, PostgresStore):
+            # Listen to the other replicas before acting (fleet/controller/changefeed.py).
+            replication = services.replication
+            self._feed = ChangeFeed(
+                store.dsn, store.connect_kwargs, replication.replica,
+                replication.on_change, replication.resync,
+            )  # fmt: skip
+            await self._feed.start()
         await services.start()
         self.services = services
 
@@ -293,6 +337,27 @@ class ControllerApp:
             await asyncio.to_thread(self._metrics_server.shutdown)
             self._metrics_server.server_close()
             self._metrics_server = None
+        if self._feed is not None:
+            await self._feed.stop()
+            self._feed = None
         if self.services is not None:
             await self.services.stop()
             self.services = None
+
+
+class WrongCertificateAuthority(RuntimeError):
+    """This replica's CA is not the one the fleet's store records."""
+
+
+def _claim_ca(store: Store, ca: CertificateAuthority) -> None:
+    """Record the fleet CA's fingerprint in the store (the first controller), or check it: a
+    replica started with another CA (a fresh data directory without the shared CA) would issue
+    certificates the other replicas reject, so it refuses to start instead."""
+    fingerprint = ca.certificate.fingerprint(hashes.SHA256()).hex()
+    recorded = store.claim("ca_sha256", fingerprint)
+    if recorded != fingerprint:
+        store.close()
+        raise WrongCertificateAuthority(
+            f"this controller's CA ({fingerprint[:16]}) is not the fleet's ({recorded[:16]}): "
+            "every replica must use the same CA files (--ca-dir)"
+        )

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
 else:
     Handler = grpc.RpcMethodHandler
-# The verified client certificate -> None to allow, or why it is refused.
-Rule = Callable[[Peer], str | None]
+# The verified client certificate -> None to allow, or why it is refused; a rule may answer
+# later (a replica looking up a device enrolled through another one).
+Rule = Callable[[Peer], str | None | Awaitable[str | None]]
 
 
 class ServiceAuthorization(grpc.aio.ServerInterceptor):
@@ -49,6 +50,8 @@ def _refuse_unknown(caller: Peer) -> str | None:
 
 async def _check(rule: Rule, context: Context) -> None:
     refusal = rule(peer(context))
+    if inspect.isawaitable(refusal):
+        refusal = await refusal
     if refusal is not None:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
 

@@ -49,7 +49,18 @@ class BundleService:
         bundle = await self._store.get_bundle(sha256)
         if bundle is None:
             raise NotFound(f"no bundle {sha256}")
-        return Path(bundle.path), bundle.size
+        # Uploaded to another replica: its path is on that machine. A shared bundle directory
+        # or the HTTP origin (--publish-dir) hold it under its digest.
+        candidates = [Path(bundle.path), self._bundle_dir / f"{sha256}.efb"]
+        if self._publish_dir is not None:
+            candidates.append(self._publish_dir / f"{sha256}.efb")
+        for path in candidates:
+            if await asyncio.to_thread(path.is_file):
+                return path, bundle.size
+        raise NotFound(
+            f"bundle {sha256} was uploaded to another replica and is not on this one: give the"
+            " replicas a shared bundle directory or agents an HTTP bundle source"
+        )
 
     async def receive(self, actor: str, chunks: AsyncIterator[bytes]) -> BundleRecord:
         """Write an upload to a temporary file (at most `max_bundle_bytes`), then add it. A

@@ -9,6 +9,7 @@ from fleet.controller.audit import AuditLog
 from fleet.controller.devices import DeviceRegistry, DeviceView
 from fleet.controller.live import LiveFleet
 from fleet.controller.records import PIN_SOURCE, DesiredEntry
+from fleet.controller.replication import Replication
 from fleet.controller.rollouts import RolloutEngine
 from fleet.controller.store import StoreRunner
 from fleet.errors import InvalidRequest, NotFound
@@ -24,12 +25,14 @@ class DesiredState:
         rollouts: RolloutEngine,
         live: LiveFleet,
         audit: AuditLog,
+        replication: Replication | None = None,
     ) -> None:
         self._store = store
         self._devices = devices
         self._rollouts = rollouts
         self._live = live
         self._audit = audit
+        self._replication = replication
 
     async def for_device(self, device_id: str) -> list[DesiredEntry]:
         return await self._store.desired_for(device_id)
@@ -55,6 +58,9 @@ class DesiredState:
             )
 
     async def pin(self, actor: str, device_id: str, model: str, version: str) -> DeviceView:
+        self._devices.get(device_id)
+        # Replicas: what the device last said may have reached another replica.
+        await self._devices.refresh()
         device = self._devices.get(device_id)
         if not model:
             raise InvalidRequest("pin needs a model name")
@@ -88,5 +94,8 @@ class DesiredState:
         await self._audit.record(
             actor, "device.pin", device=device_id, model=model, version=version
         )
-        self._live.notify([device_id])
+        if self._replication is not None:
+            self._replication.wake_devices([device_id])
+        else:
+            self._live.notify([device_id])
         return await self._devices.view(device_id)

@@ -13,11 +13,13 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from fleet.controller.audit import AuditLog
 from fleet.controller.live import LiveFleet, TelemetrySample
 from fleet.controller.records import DesiredEntry, DeviceRecord, Revocation
+from fleet.controller.replication import Replication
 from fleet.controller.rollouts import matches
 from fleet.controller.store import StoreRunner
 from fleet.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
@@ -45,12 +47,14 @@ class DeviceRegistry:
         live: LiveFleet,
         audit: AuditLog,
         token_ttl_s: float,
+        replication: Replication | None = None,
     ) -> None:
         self._store = store
         self._ca = ca
         self._live = live
         self._audit = audit
         self._token_ttl_s = token_ttl_s
+        self._replication = replication
         self._devices: dict[str, DeviceRecord] = {}
         # public key SHA-256 -> revocation
         self._revoked: dict[str, Revocation] = {}
@@ -83,6 +87,70 @@ class DeviceRegistry:
 
     def known(self, device_id: str) -> bool:
         return device_id in self._devices
+
+    def admission(self, peer: Peer) -> str | None | Awaitable[str | None]:
+        """The agent API's rule: `refusal`, after looking the device up in the store when this
+        replica does not know it (enrolled through another replica a moment ago)."""
+        device_id = peer.common_name.removeprefix(DEVICE_PREFIX)
+        if (
+            self._replication is None
+            or not self._replication.enabled
+            or not peer.common_name.startswith(DEVICE_PREFIX)
+            or device_id in self._devices
+        ):
+            return self.refusal(peer)
+        return self._admit_after_lookup(peer, device_id)
+
+    async def _admit_after_lookup(self, peer: Peer, device_id: str) -> str | None:
+        await self.reload(device_id)
+        if peer.public_key_sha256 not in self._revoked:
+            # Revoked through another replica since this one started?
+            self._revoked.update(
+                (revocation.public_key_sha256, revocation)
+                for revocation in await self._store.revocations()
+            )
+        return self.refusal(peer)
+
+    # replicas
+    async def reload(self, device_id: str) -> None:
+        """Take the store's copy of one device (enrolled or removed by another replica)."""
+        device = await self._store.get_device(device_id)
+        if device is None:
+            if self._devices.pop(device_id, None) is not None:
+                self._live.disconnect(device_id)
+        else:
+            self._devices[device_id] = device
+
+    async def reload_all(self) -> None:
+        stored = {device.device_id: device for device in await self._store.list_devices()}
+        for device_id in list(self._devices):
+            if device_id not in stored:
+                del self._devices[device_id]
+                self._live.disconnect(device_id)
+        for device_id, device in stored.items():
+            if device_id not in self._devices or not self._live.online(device_id):
+                self._devices[device_id] = device
+        for revocation in await self._store.revocations():
+            self._revoked[revocation.public_key_sha256] = revocation
+
+    async def refresh(self) -> None:
+        """Replicas: the store's copy of every device not connected here (another replica wrote
+        its hello and install results); ours is fresher for those connected here."""
+        if self._replication is None or not self._replication.enabled:
+            return
+        for device in await self._store.list_devices():
+            if not self._live.online(device.device_id):
+                self._devices[device.device_id] = device
+
+    def online(self, device_id: str) -> bool:
+        """Connected here or to another replica."""
+        return self._live.online(device_id) or (
+            self._replication is not None and self._replication.online_elsewhere(device_id)
+        )
+
+    def _announce(self, device_id: str) -> None:
+        if self._replication is not None:
+            self._replication.announce("device", [device_id])
 
     def refusal(self, peer: Peer) -> str | None:
         """Why a client certificate may not use the agent API, or None if it may."""
@@ -141,6 +209,7 @@ class DeviceRegistry:
         )
         await self._store.upsert_device(device)
         self._devices[device_id] = device
+        self._announce(device_id)
         await self._audit.record(f"device:{device_id}", "device.enroll", labels=labels)
         return device_id, certificate, labels
 
@@ -192,13 +261,14 @@ class DeviceRegistry:
 
     # the operator's view
     async def views(self, selector: dict[str, str]) -> list[DeviceView]:
+        await self.refresh()
         by_device: dict[str, list[DesiredEntry]] = {}
         for entry in await self._store.all_desired():
             by_device.setdefault(entry.device_id, []).append(entry)
         return [
             DeviceView(
                 record=device,
-                online=self._live.online(device_id),
+                online=self.online(device_id),
                 last_seen=self._live.last_seen(device_id) or device.last_seen,
                 desired=by_device.get(device_id, []),
                 latest=self._live.latest(device_id),
@@ -235,6 +305,7 @@ class DeviceRegistry:
             await self._store.delete_device(device_id)
         del self._devices[device_id]
         self._live.disconnect(device_id)
+        self._announce(device_id)
         await self._audit.record(
             actor,
             "device.remove",

@@ -10,8 +10,11 @@ old holder's write is refused) or waits for the write to commit (it was made whi
 held). So a leader that was paused (SIGSTOP, a long GC, a partition) and wakes after its lease
 expired cannot write, even before it notices.
 
-Not yet wired into the rollout engine (the controller is being split into services); the tests
-in tests/fleet/test_lease.py drive it from real processes.
+The rollout engine holds one lease per unfinished rollout (`rollout:<id>`, see
+`fleet.controller.rollouts`): the replica holding it drives the rollout, and every write the
+driver makes goes through `PostgresStore.save_rollout(fence=...)`, which runs `check` in the
+write's transaction. tests/fleet/test_lease.py drives these functions from real processes;
+tests/fleet/test_replicas.py kills a leading controller.
 """
 
 from __future__ import annotations
@@ -22,11 +25,9 @@ from typing import Any
 
 import psycopg
 
-from fleet.errors import FleetError
+from fleet.controller.store import LeaseLost
 
-
-class LeaseLost(FleetError):
-    """This holder no longer holds the lease (it expired and another holder took it)."""
+__all__ = ["LeaseLost", "acquire", "check", "fenced", "holder_of", "release"]
 
 
 _ACQUIRE = """
@@ -77,6 +78,13 @@ def holder_of(connection: psycopg.Connection[Any], name: str) -> tuple[str, int]
     return (str(row[0]), int(row[1])) if row else None
 
 
+def check(connection: psycopg.Connection[Any], name: str, holder: str, token: int) -> None:
+    """In the caller's transaction: lock the lease row (shared) and raise LeaseLost unless
+    `holder` still holds lease `name` with `token`. A takeover waits for that transaction."""
+    if connection.execute(_CHECK, (name, holder, token)).fetchone() is None:
+        raise LeaseLost(f"lease {name!r} is no longer held by {holder!r} (token {token})")
+
+
 @contextmanager
 def fenced(
     connection: psycopg.Connection[Any], name: str, holder: str, token: int
@@ -84,6 +92,5 @@ def fenced(
     """A transaction whose writes commit only while `holder` holds lease `name` with `token`;
     raises LeaseLost (writing nothing) otherwise."""
     with connection.transaction():
-        if connection.execute(_CHECK, (name, holder, token)).fetchone() is None:
-            raise LeaseLost(f"lease {name!r} is no longer held by {holder!r} (token {token})")
+        check(connection, name, holder, token)
         yield connection

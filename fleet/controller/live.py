@@ -7,10 +7,11 @@ In memory only, bounded per device; the durable copy of telemetry is in the stor
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from fleet.agent.serving import ModelTelemetry
@@ -36,6 +37,42 @@ class TelemetrySample:
         return next((model for model in self.models if model.name == name), None)
 
 
+def sample_from_document(document: str, at: float) -> TelemetrySample:
+    """A sample back from its stored JSON document (`convert.telemetry_from_pb` writes it), for
+    devices whose telemetry reached another replica. `at` is its time on this loop's clock."""
+    doc = json.loads(document)
+
+    def number(key: str) -> float:
+        value = doc.get(key)
+        return math.nan if value is None else float(value)
+
+    return TelemetrySample(
+        at=at,
+        received_wall=float(doc["received_at"]),
+        cpu_percent=number("cpu_percent"),
+        memory_used_bytes=int(doc.get("memory_used_bytes") or 0),
+        memory_total_bytes=int(doc.get("memory_total_bytes") or 0),
+        temperature_c=number("temperature_c"),
+        gpu_utilization_percent=number("gpu_utilization_percent"),
+        gpu_memory_used_bytes=int(doc.get("gpu_memory_used_bytes") or 0),
+        dropped_samples=int(doc.get("dropped_samples") or 0),
+        models=tuple(
+            ModelTelemetry(
+                name=str(model["name"]),
+                version=str(model["version"]),
+                requests=int(model["requests"]),
+                errors=int(model["errors"]),
+                drops=int(model["drops"]),
+                fps=float(model["fps"]),
+                latency_p50_ms=float(model["latency_p50_ms"]),
+                latency_p95_ms=float(model["latency_p95_ms"]),
+            )
+            for model in doc.get("models", [])
+        ),
+        replayed=bool(doc.get("replayed", False)),
+    )
+
+
 @dataclass
 class DeviceSession:
     """One connected agent stream. `desired_changed` wakes its sender."""
@@ -46,11 +83,18 @@ class DeviceSession:
 
 
 class LiveFleet:
-    def __init__(self, samples_per_device: int, offline_after_s: float = math.inf) -> None:
+    def __init__(
+        self,
+        samples_per_device: int,
+        offline_after_s: float = math.inf,
+        on_presence: Callable[[str, bool], None] | None = None,
+    ) -> None:
         self._samples_per_device = samples_per_device
         # A connected device that sent nothing for this long is offline (hung, SIGSTOPped, cut
         # off behind a NAT that keeps the TCP session), whatever its stream looks like.
         self._offline_after_s = offline_after_s
+        # Told (device, online) when a device's first stream opens or its last one closes.
+        self._on_presence = on_presence
         self._sessions: dict[str, DeviceSession] = {}
         self._history: dict[str, deque[TelemetrySample]] = {}
         self._last_seen: dict[str, float] = {}
@@ -64,11 +108,18 @@ class LiveFleet:
             previous.closed.set()
         session = DeviceSession(device_id)
         self._sessions[device_id] = session
+        if previous is None and self._on_presence is not None:
+            self._on_presence(device_id, True)
         return session
 
     def detach(self, session: DeviceSession) -> None:
         if self._sessions.get(session.device_id) is session:
             del self._sessions[session.device_id]
+            if self._on_presence is not None:
+                self._on_presence(session.device_id, False)
+
+    def sessions(self) -> list[str]:
+        return list(self._sessions)
 
     def disconnect(self, device_id: str) -> None:
         """Tell the device's open stream, if any, to close."""

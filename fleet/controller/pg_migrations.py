@@ -70,6 +70,14 @@ CREATE TABLE revocations (
     public_key_sha256 TEXT PRIMARY KEY, device_id TEXT NOT NULL, doc TEXT NOT NULL);
 """,
     ),
+    Migration(
+        4,
+        "controller replicas: rollout revisions (compare-and-set), fleet-wide claimed values",
+        """
+ALTER TABLE rollouts ADD COLUMN revision BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE claims (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+""",
+    ),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -26,6 +26,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
+from fleet.controller import lease
 from fleet.controller.pg_migrations import migrate
 from fleet.controller.records import (
     PIN_SOURCE,
@@ -37,9 +38,12 @@ from fleet.controller.records import (
     Revocation,
     RolloutRecord,
 )
+from fleet.controller.store import Fence, StaleRevision
 from fleet.errors import PermissionDenied
 
 logger = logging.getLogger(__name__)
+# The NOTIFY channel replicas tell each other about changes on (fleet.controller.changefeed).
+CHANNEL = "edgefleet"
 POOL_SIZE = 4
 GETCONN_TIMEOUT_S = 5.0
 CONNECT_TIMEOUT_S = 10
@@ -60,6 +64,9 @@ class PostgresStore:
         kwargs: dict[str, Any] = {"application_name": "edgefleet-controller"}
         if password is not None:
             kwargs["password"] = password
+        # For the replica's own LISTEN connection (fleet.controller.changefeed).
+        self.dsn = dsn
+        self.connect_kwargs = dict(kwargs)
         # One direct connection first: a wrong address or password fails now, with libpq's
         # reason, and the schema is migrated before any pooled connection is used.
         try:
@@ -216,14 +223,41 @@ class PostgresStore:
         rollout: RolloutRecord,
         desired: Sequence[DesiredEntry] = (),
         undesired: Sequence[tuple[str, str]] = (),
+        *,
+        expected_revision: int | None = None,
+        fence: Fence | None = None,
+        measurements: Sequence[Measurement] = (),
     ) -> None:
         with self._pool.connection() as connection:
-            connection.execute(
-                "INSERT INTO rollouts (rollout_id, created_at, doc) VALUES (%s, %s, %s)"
-                " ON CONFLICT (rollout_id) DO UPDATE SET"
-                " created_at = EXCLUDED.created_at, doc = EXCLUDED.doc",
-                (rollout.rollout_id, rollout.created_at, rollout.model_dump_json()),
-            )
+            if fence is not None:
+                # First, in this transaction: a takeover either committed before (refused
+                # here) or waits for this write to commit (it was made under the lease).
+                lease.check(connection, fence.name, fence.holder, fence.token)
+            document = rollout.model_dump_json()
+            if expected_revision is None:
+                connection.execute(
+                    "INSERT INTO rollouts (rollout_id, created_at, doc, revision)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT (rollout_id) DO UPDATE SET"
+                    " created_at = EXCLUDED.created_at, doc = EXCLUDED.doc,"
+                    " revision = EXCLUDED.revision",
+                    (rollout.rollout_id, rollout.created_at, document, rollout.revision),
+                )
+            else:
+                updated = connection.execute(
+                    "UPDATE rollouts SET doc = %s, revision = %s"
+                    " WHERE rollout_id = %s AND revision = %s",
+                    (document, rollout.revision, rollout.rollout_id, expected_revision),
+                )
+                if updated.rowcount != 1:
+                    raise StaleRevision(
+                        f"rollout {rollout.rollout_id} changed since revision {expected_revision}"
+                    )
+            if measurements:
+                with connection.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO measurements (rollout_id, doc) VALUES (%s, %s)",
+                        [(rollout.rollout_id, m.model_dump_json()) for m in measurements],
+                    )
             # Pins always win (see SqliteStore.save_rollout); the rows are locked until commit.
             rows = connection.execute(
                 "SELECT device_id, model FROM desired WHERE (doc::jsonb ->> 'source') = %s"
@@ -303,6 +337,28 @@ class PostgresStore:
     def audit_entries(self, limit: int) -> list[AuditRecord]:
         rows = self._rows("SELECT doc FROM audit ORDER BY id DESC LIMIT %s", (limit,))
         return [AuditRecord.model_validate_json(row[0]) for row in reversed(rows)]
+
+    # replicas
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> int | None:
+        with self._pool.connection() as connection:
+            return lease.acquire(connection, name, holder, ttl_s)
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._pool.connection() as connection:
+            lease.release(connection, name, holder)
+
+    def claim(self, key: str, value: str) -> str:
+        with self._pool.connection() as connection:
+            connection.execute(
+                "INSERT INTO claims (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+                (key, value),
+            )
+            row = connection.execute("SELECT value FROM claims WHERE key = %s", (key,)).fetchone()
+            return str(row[0]) if row else value
+
+    def publish(self, payload: str) -> None:
+        with self._pool.connection() as connection:
+            connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
 
 def _write_desired(connection: psycopg.Connection[Any], entries: Sequence[DesiredEntry]) -> None:

@@ -135,6 +135,8 @@ class RolloutRecord(_Record):
     reason: str = ""
     created_at: float
     updated_at: float
+    # Bumped by every write; replicas compare-and-set on it (fleet.controller.store).
+    revision: int = 0
 
 
 class Measurement(_Record):

@@ -35,6 +35,7 @@ class RolloutActions:
         if bundle is None:
             raise NotFound(f"no bundle {spec.bundle_sha256}: upload it first")
         desired = await self._store.all_desired()
+        await self._devices.refresh()  # replicas: labels and versions other replicas heard
         rollout = await self._engine.create(spec, bundle, self._devices.records(), desired)
         await self._audit.record(
             actor,

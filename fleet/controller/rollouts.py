@@ -4,6 +4,19 @@ Every transition is written to the store before it takes effect, together with t
 state it implies, so a controller restarted at any point picks the rollout up where it was
 (a wave that was baking bakes again from the start: its telemetry window lived in memory).
 Rollback rewrites desired state, so a device that was offline rolls back when it returns.
+
+Replicas. Every controller on a store runs this engine; each unfinished rollout has a lease
+(`rollout:<id>`, fleet/controller/lease.py) and only the replica holding it drives the rollout
+(installs, bakes, verdicts, automatic rollback). Every replica tries to take or renew the lease
+of every unfinished rollout each third of the lease time, so when the driving replica dies
+another takes over within one lease time and re-reads the rollout from the store. The driver's
+writes carry the lease's fencing token (`Fence`): a leader that was paused past its lease
+cannot write after waking, so no wave is judged twice. Any replica serves operator actions and
+agents' install reports: they read, change and compare-and-set the rollout on its `revision`
+(`StaleRevision` re-reads and retries), and every committed change is announced to the other
+replicas (fleet/controller/changefeed.py), which re-read it and wake its driver.
+Gate windows use this replica's live telemetry for the devices connected to it and the store's
+telemetry (flushed every `telemetry_flush_s`) for devices connected elsewhere.
 """
 
 from __future__ import annotations
@@ -17,10 +30,12 @@ import math
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+
+from pydantic import ValidationError
 
 from fleet.controller.gates import DeviceWindow, cohort_figures, judge, parse_gate
-from fleet.controller.live import LiveFleet
+from fleet.controller.live import LiveFleet, TelemetrySample, sample_from_document
 from fleet.controller.records import (
     PIN_SOURCE,
     AuditRecord,
@@ -36,10 +51,12 @@ from fleet.controller.records import (
     Verdict,
     WaveRecord,
 )
-from fleet.controller.store import StoreRunner
+from fleet.controller.store import Fence, LeaseLost, StaleRevision, StoreRunner
 from fleet.errors import Conflict, InvalidRequest, NotFound
 
 logger = logging.getLogger(__name__)
+# An operator action or install report that keeps meeting newer revisions gives up after this.
+CAS_ATTEMPTS = 8
 
 
 def cohort_rank(model: str, device_id: str) -> str:
@@ -68,6 +85,17 @@ def _counter_delta(before: int, after: int) -> int:
     return after - before if after >= before else after
 
 
+def lease_name(rollout_id: str) -> str:
+    return f"rollout:{rollout_id}"
+
+
+def _replace(target: RolloutRecord, source: RolloutRecord) -> None:
+    """Make `target` (the object drivers hold) a copy of `source`, in place."""
+    fresh = source.model_copy(deep=True)
+    for name in RolloutRecord.model_fields:
+        setattr(target, name, getattr(fresh, name))
+
+
 class RolloutEngine:
     def __init__(
         self,
@@ -75,14 +103,31 @@ class RolloutEngine:
         live: LiveFleet,
         notify: Callable[[Iterable[str]], None],
         tick_s: float,
+        *,
+        replica: str = "local",
+        lease_ttl_s: float = 10.0,
+        announce: Callable[[str, Sequence[str], int], None] | None = None,
         on_decision: Callable[[RolloutRecord, str, dict[str, object]], None] | None = None,
     ) -> None:
         self._store = store
         self._live = live
         self._notify = notify
         self._tick_s = tick_s
+        self.replica = replica
+        self._lease_ttl_s = lease_ttl_s
+        self._announce = announce or (lambda kind, ids, revision: None)
         # Told of every decision and rollback after it is committed (webhooks).
         self._on_decision = on_decision
+        # Fencing tokens of the rollouts this replica drives (holds the lease of).
+        self._tokens: dict[str, int] = {}
+        self._leader: asyncio.Task[None] | None = None
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self._confirming: set[tuple[str, str]] = set()
+        # Leases taken over from another replica (or after this one lost its own), lost, and
+        # failed lease rounds (the store away): metrics.
+        self.takeovers = 0
+        self.leases_lost = 0
+        self.lease_round_failures = 0
         self._rollouts: dict[str, RolloutRecord] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -101,16 +146,125 @@ class RolloutEngine:
         for rollout in await self._store.list_rollouts():
             self._rollouts[rollout.rollout_id] = rollout
             self._committed[rollout.rollout_id] = rollout.model_copy(deep=True)
-            if not rollout.state.finished:
-                self._spawn(rollout.rollout_id)
+            self._wake.setdefault(rollout.rollout_id, asyncio.Event())
+        await self._lead_round()
+        self._leader = asyncio.create_task(self._lead_forever(), name="rollout-leases")
 
     async def stop(self) -> None:
         self._stopping = True
-        tasks = [*self._tasks.values(), *self._restarts]
+        tasks = [*self._tasks.values(), *self._restarts, *self._side_tasks]
+        if self._leader is not None:
+            tasks.append(self._leader)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        # A clean stop hands the leases over now instead of after they expire.
+        for rollout_id in list(self._tokens):
+            try:
+                await self._store.release_lease(lease_name(rollout_id), self.replica)
+            except Exception:
+                logger.warning("could not release the lease of rollout %s", rollout_id)
+        self._tokens.clear()
+
+    # leadership
+    def driving(self, rollout_id: str) -> bool:
+        return rollout_id in self._tokens
+
+    def driven(self) -> list[str]:
+        return sorted(self._tokens)
+
+    async def _lead_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_ttl_s / 3)
+            try:
+                await self._lead_round()
+            except Exception:
+                self.lease_round_failures += 1
+                logger.exception("renewing rollout leases failed; retrying")
+
+    async def _lead_round(self) -> None:
+        """Take or renew the lease of every unfinished rollout; drive those held, stop driving
+        those lost. Also picks up rollouts other replicas created."""
+        for stored in await self._store.list_rollouts():
+            self._merge(stored)
+        for rollout_id, rollout in list(self._rollouts.items()):
+            if rollout.state.finished:
+                if self._tokens.pop(rollout_id, None) is not None:
+                    await self._store.release_lease(lease_name(rollout_id), self.replica)
+                continue
+            await self._lead_one(rollout_id)
+
+    async def _lead_one(self, rollout_id: str) -> None:
+        token = await self._store.acquire_lease(
+            lease_name(rollout_id),
+            self.replica,
+            self._lease_ttl_s,
+        )
+        held = self._tokens.get(rollout_id)
+        if token == held:
+            return
+        if held is not None:
+            self._lost(rollout_id, f"lease renewed with a new token {token}" if token else "")
+        if token is None:
+            return
+        # Driving from what the store holds now, not from this replica's copy.
+        async with self._lock:
+            fresh = await self._store.get_rollout(rollout_id)
+            if fresh is None:
+                return
+            self._install(fresh)
+            self._tokens[rollout_id] = token
+        if token > 1:
+            self.takeovers += 1
+        logger.info(
+            "rollout %s: driving it here (%s, fencing token %d)", rollout_id, self.replica, token
+        )
+        if rollout_id not in self._tasks:
+            self._spawn(rollout_id)
+
+    def _lost(self, rollout_id: str, why: str = "") -> None:
+        """Stop driving: another replica holds the lease now (or will)."""
+        if self._tokens.pop(rollout_id, None) is None:
+            return
+        self.leases_lost += 1
+        logger.warning(
+            "rollout %s: lost its lease%s; another replica drives it",
+            rollout_id, f" ({why})" if why else "",
+        )  # fmt: skip
+        task = self._tasks.pop(rollout_id, None)
+        if task is not None:
+            task.cancel()
+
+    def _install(self, fresh: RolloutRecord) -> None:
+        """Take the store's copy of a rollout (in place: drivers hold the object)."""
+        current = self._rollouts.get(fresh.rollout_id)
+        if current is None:
+            self._rollouts[fresh.rollout_id] = fresh
+        else:
+            _replace(current, fresh)
+        self._committed[fresh.rollout_id] = fresh.model_copy(deep=True)
+        self._wake.setdefault(fresh.rollout_id, asyncio.Event())
+
+    def _merge(self, stored: RolloutRecord) -> None:
+        current = self._rollouts.get(stored.rollout_id)
+        if current is None or stored.revision > current.revision:
+            self._install(stored)
+
+    async def refresh(self, rollout_id: str, revision: int = 0) -> None:
+        """Another replica changed the rollout: re-read it, and wake its driver if it is here."""
+        current = self._rollouts.get(rollout_id)
+        if current is not None and revision and current.revision >= revision:
+            return
+        async with self._lock:
+            fresh = await self._store.get_rollout(rollout_id)
+            if fresh is not None:
+                self._merge(fresh)
+        if (event := self._wake.get(rollout_id)) is not None:
+            event.set()
+        if fresh is not None and not fresh.state.finished and rollout_id not in self._tokens:
+            # A new rollout made elsewhere: try for its lease now, not at the next round.
+            await self._lead_one(rollout_id)
 
     def _spawn(self, rollout_id: str) -> None:
         self._wake.setdefault(rollout_id, asyncio.Event())
@@ -120,12 +274,22 @@ class RolloutEngine:
 
     def _driver_done(self, rollout_id: str, task: asyncio.Task[None]) -> None:
         """Supervision: a driver that died is logged, counted and restarted with backoff."""
-        self._tasks.pop(rollout_id, None)
+        if self._tasks.get(rollout_id) is task:
+            del self._tasks[rollout_id]
         if task.cancelled() or self._stopping:
             return
         error = task.exception()
         if error is None:
             self._failures.pop(rollout_id, None)
+            return
+        if isinstance(error, LeaseLost):
+            self._lost(rollout_id, "a fenced write was refused")
+            return
+        if isinstance(error, StaleRevision):
+            # Another replica changed the rollout (an operator, an install report); the copy
+            # was re-read: carry on from it at once.
+            if rollout_id in self._tokens and rollout_id not in self._tasks:
+                self._spawn(rollout_id)
             return
         self.driver_failures += 1
         failures = self._failures[rollout_id] = self._failures.get(rollout_id, 0) + 1
@@ -140,7 +304,7 @@ class RolloutEngine:
 
     async def _restart(self, rollout_id: str, delay: float) -> None:
         await asyncio.sleep(delay)
-        if not self._stopping and rollout_id not in self._tasks:
+        if not self._stopping and rollout_id not in self._tasks and rollout_id in self._tokens:
             self._spawn(rollout_id)
 
     # queries
@@ -226,12 +390,30 @@ class RolloutEngine:
                 rollout.baseline = cohort_figures(before)
             await self._save(rollout)
             self._rollouts[rollout.rollout_id] = rollout
-            self._spawn(rollout.rollout_id)
+            self._wake.setdefault(rollout.rollout_id, asyncio.Event())
+        # Drive it here unless another replica takes the lease first (it heard of it).
+        await self._lead_one(rollout.rollout_id)
+        return rollout
+
+    async def _change(
+        self, rollout_id: str, change: Callable[[RolloutRecord], Awaitable[object]]
+    ) -> RolloutRecord:
+        """Read-change-write under the lock, again from the store's copy when another replica
+        wrote the rollout in between (`_save` re-read it)."""
+        for _ in range(CAS_ATTEMPTS):
+            try:
+                async with self._lock:
+                    rollout = self.get(rollout_id)
+                    await change(rollout)
+            except StaleRevision:
+                continue
+            if event := self._wake.get(rollout.rollout_id):
+                event.set()
             return rollout
+        raise Conflict(f"rollout {rollout_id} keeps changing; try again")
 
     async def promote(self, rollout_id: str) -> RolloutRecord:
-        async with self._lock:
-            rollout = self.get(rollout_id)
+        async def change(rollout: RolloutRecord) -> None:
             if rollout.state.finished:
                 raise Conflict(f"rollout {rollout.rollout_id} already {rollout.state.value}")
             wave = rollout.waves[rollout.current_wave]
@@ -240,21 +422,19 @@ class RolloutEngine:
             await self._save(rollout)
             if succeeded:
                 await self._decided(rollout, "rollout.succeeded")
-        self._wake[rollout.rollout_id].set()
-        return rollout
+
+        return await self._change(rollout_id, change)
 
     async def abort(self, rollout_id: str, reason: str) -> RolloutRecord:
-        async with self._lock:
-            rollout = self.get(rollout_id)
+        async def change(rollout: RolloutRecord) -> None:
             if rollout.state.finished:
                 raise Conflict(f"rollout {rollout.rollout_id} already {rollout.state.value}")
             await self._roll_back(rollout, reason or "aborted by the operator")
-        self._wake[rollout.rollout_id].set()
-        return rollout
+
+        return await self._change(rollout_id, change)
 
     async def rollback(self, rollout_id: str) -> RolloutRecord:
-        async with self._lock:
-            rollout = self.get(rollout_id)
+        async def change(rollout: RolloutRecord) -> None:
             if rollout.state == RolloutState.ROLLED_BACK:
                 raise Conflict(f"rollout {rollout.rollout_id} is already rolled back")
             later = [
@@ -270,52 +450,73 @@ class RolloutEngine:
                     "the latest rollout of a model can be rolled back; roll that one back, or pin"
                 )
             await self._roll_back(rollout, "rolled back by the operator")
-        if event := self._wake.get(rollout.rollout_id):
-            event.set()
-        return rollout
+
+        return await self._change(rollout_id, change)
 
     async def pinned(self, device_id: str, model: str) -> None:
         """A pin takes the device out of every unfinished rollout of the model: no later wave
         installs on it and no rollback moves it."""
-        async with self._lock:
-            for rollout in list(self._rollouts.values()):
-                if rollout.model_name != model or rollout.state.finished:
-                    continue
-                if device_id not in rollout.eligible:
-                    continue
-                rollout.eligible = [d for d in rollout.eligible if d != device_id]
-                for wave in rollout.waves:
-                    wave.devices = [d for d in wave.devices if d != device_id]
-                rollout.installs.pop(device_id, None)
-                rollout.install_errors.pop(device_id, None)
-                rollout.previous.pop(device_id, None)
-                await self._save(rollout)
-                if event := self._wake.get(rollout.rollout_id):
-                    event.set()
+
+        async def change(rollout: RolloutRecord) -> None:
+            if rollout.state.finished or device_id not in rollout.eligible:
+                return
+            rollout.eligible = [d for d in rollout.eligible if d != device_id]
+            for wave in rollout.waves:
+                wave.devices = [d for d in wave.devices if d != device_id]
+            rollout.installs.pop(device_id, None)
+            rollout.install_errors.pop(device_id, None)
+            rollout.previous.pop(device_id, None)
+            await self._save(rollout)
+
+        for rollout in list(self._rollouts.values()):
+            if rollout.model_name == model and not rollout.state.finished:
+                await self._change(rollout.rollout_id, change)
 
     # signals from agents
     async def install_reported(
         self, device_id: str, model: str, version: str, error: str, bundle_sha256: str = ""
     ) -> None:
+        async def change(rollout: RolloutRecord) -> None:
+            if rollout.installs.get(device_id) != DeviceInstall.PENDING:
+                return
+            if error:
+                rollout.installs[device_id] = DeviceInstall.FAILED
+                rollout.install_errors[device_id] = error
+            else:
+                rollout.installs[device_id] = DeviceInstall.INSTALLED
+            await self._save(rollout)
+
         for rollout in self._active(model, version):
             if bundle_sha256 and bundle_sha256 != rollout.spec.bundle_sha256:
                 continue  # another bundle under the same version number: not this rollout's
             if rollout.installs.get(device_id) == DeviceInstall.PENDING:
-                async with self._lock:
-                    if error:
-                        rollout.installs[device_id] = DeviceInstall.FAILED
-                        rollout.install_errors[device_id] = error
-                    else:
-                        rollout.installs[device_id] = DeviceInstall.INSTALLED
-                    await self._save(rollout)
-                self._wake[rollout.rollout_id].set()
+                await self._change(rollout.rollout_id, change)
 
     def active_version_seen(self, device_id: str, model: str, version: str) -> None:
         """Telemetry showing the new version active counts as installed (the result message may
-        have been lost in a disconnect or a controller restart)."""
+        have been lost in a disconnect or a controller restart). The driver checks live
+        telemetry itself; a replica that does not drive the rollout records the install."""
         for rollout in self._active(model, version):
-            if rollout.installs.get(device_id) == DeviceInstall.PENDING:
+            if rollout.installs.get(device_id) != DeviceInstall.PENDING:
+                continue
+            if rollout.rollout_id in self._tokens:
                 self._wake[rollout.rollout_id].set()
+                continue
+            key = (rollout.rollout_id, device_id)
+            if key in self._confirming:
+                continue
+            self._confirming.add(key)
+            task = asyncio.create_task(self._confirm(key, model, version))
+            self._side_tasks.add(task)
+            task.add_done_callback(self._side_tasks.discard)
+
+    async def _confirm(self, key: tuple[str, str], model: str, version: str) -> None:
+        try:
+            await self.install_reported(key[1], model, version, "")
+        except Exception:
+            logger.exception("recording the install of %s on %s failed", model, key[1])
+        finally:
+            self._confirming.discard(key)
 
     def _active(self, model: str, version: str) -> list[RolloutRecord]:
         return [
@@ -334,6 +535,13 @@ class RolloutEngine:
         event.clear()
 
     async def _drive(self, rollout_id: str) -> None:
+        rollout = self._rollouts[rollout_id]
+        if rollout.state == RolloutState.INSTALLING:
+            # Taking over (or restarting): the wave's devices hear of it again, wherever they
+            # are connected, in case the previous driver died before telling them.
+            wave = rollout.waves[rollout.current_wave]
+            pending = DeviceInstall.PENDING
+            self._notify([d for d in wave.devices if rollout.installs.get(d) == pending])
         while True:
             rollout = self._rollouts[rollout_id]
             if rollout.state.finished:
@@ -385,7 +593,7 @@ class RolloutEngine:
                     )
                     for device_id in wave.devices
                 ]
-                await self._save(rollout, desired)
+                await self._save(rollout, desired, driver=True)
                 await self._decided(
                     rollout,
                     "rollout.wave-started",
@@ -399,7 +607,7 @@ class RolloutEngine:
         while rollout.state == RolloutState.INSTALLING and rollout.current_wave == index:
             if self._sync_installs_from_telemetry(rollout):
                 async with self._lock:
-                    await self._save(rollout)
+                    await self._save(rollout, driver=True)
             pending = [d for d in wave.devices if rollout.installs[d] == DeviceInstall.PENDING]
             if not pending:
                 break
@@ -408,7 +616,7 @@ class RolloutEngine:
                 async with self._lock:
                     for device_id in pending:
                         rollout.installs[device_id] = DeviceInstall.TIMED_OUT
-                    await self._save(rollout)
+                    await self._save(rollout, driver=True)
                 break
             await self._wait(rollout.rollout_id, min(left, self._tick_s))
         async with self._lock:
@@ -434,16 +642,46 @@ class RolloutEngine:
                 await self._roll_back(rollout, wave.reason, automatic=True)
             else:
                 rollout.state = RolloutState.BAKING
-                await self._save(rollout)
+                await self._save(rollout, driver=True)
+
+    async def _remote_samples(
+        self, devices: Iterable[str], since: float
+    ) -> dict[str, list[TelemetrySample]]:
+        """Samples since `since` (loop time) of devices connected to another replica: from the
+        store, where that replica flushes them."""
+        loop_now = asyncio.get_running_loop().time()
+        wall_since = time.time() - (loop_now - since)
+        found: dict[str, list[TelemetrySample]] = {}
+        for device_id in devices:
+            if self._live.online(device_id) or self._live.samples_since(device_id, since):
+                continue
+            rows = await self._store.telemetry(device_id, wall_since, 10_000)
+            samples = []
+            for received_at, document in rows:
+                try:
+                    sample = sample_from_document(document, since + (received_at - wall_since))
+                except (ValueError, KeyError, TypeError, ValidationError):
+                    continue
+                if not sample.replayed:
+                    samples.append(sample)
+            if samples:
+                found[device_id] = samples
+        return found
 
     def _windows(
-        self, rollout: RolloutRecord, devices: Iterable[str], since: float, new_version: bool
+        self,
+        rollout: RolloutRecord,
+        devices: Iterable[str],
+        since: float,
+        new_version: bool,
+        remote: dict[str, list[TelemetrySample]] | None = None,
     ) -> list[DeviceWindow]:
         windows = []
         for device_id in devices:
+            local = self._live.samples_since(device_id, since)
             samples = [
                 (sample, model)
-                for sample in self._live.samples_since(device_id, since)
+                for sample in (local or (remote or {}).get(device_id, []))
                 if (model := sample.model(rollout.model_name)) is not None
                 and (model.version == rollout.version) == new_version
             ]
@@ -484,14 +722,15 @@ class RolloutEngine:
             if left <= 0:
                 break
             await self._wait(rollout.rollout_id, left)
+        remote = await self._remote_samples(rollout.eligible, started)
         async with self._lock:
             if rollout.state != RolloutState.BAKING or rollout.current_wave != index:
                 return
             cohort = set(self._cohort(rollout, index))
             canary_ids = [d for d in cohort if rollout.installs[d] == DeviceInstall.INSTALLED]
             baseline_ids = [d for d in rollout.eligible if d not in cohort]
-            canary = self._windows(rollout, canary_ids, started, new_version=True)
-            baseline = self._windows(rollout, baseline_ids, started, new_version=False)
+            canary = self._windows(rollout, canary_ids, started, True, remote)
+            baseline = self._windows(rollout, baseline_ids, started, False, remote)
             gates = [parse_gate(text) for text in rollout.spec.gates]
             # A cohort smaller than --min-devices needs every one of its devices, not more
             # devices than exist: a 3-device fleet's 1-device canary can pass.
@@ -509,7 +748,6 @@ class RolloutEngine:
             )
             if baseline_ids and len(baseline) >= need_baseline:
                 rollout.baseline = used_baseline
-            await self._store.add_measurements(rollout.rollout_id, measurements)
             wave = rollout.waves[index]
             wave.verdict = verdict
             failing = [m for m in measurements if m.verdict != Verdict.PASS]
@@ -518,21 +756,37 @@ class RolloutEngine:
                 + (f" ({m.note})" if m.note else "")
                 for m in failing
             )
-            await self._decided(
-                rollout, "rollout.verdict", wave=index, verdict=verdict.value, reason=wave.reason
-            )
+            # The verdict and its measurements commit in the fenced write, and only then is the
+            # decision audited and announced: a leader that lost its lease judges nothing.
+            rolled_back = ""
+            succeeded = False
             if verdict == Verdict.PASS:
                 succeeded = self._advance(rollout)
-                await self._save(rollout)
-                if succeeded:
-                    await self._decided(rollout, "rollout.succeeded")
+                await self._save(rollout, driver=True, measurements=measurements)
             elif verdict == Verdict.FAIL:
-                reason = f"wave {index} failed its gates: {wave.reason}"
-                await self._roll_back(rollout, reason, automatic=True)
+                rolled_back = f"wave {index} failed its gates: {wave.reason}"
+                await self._roll_back(
+                    rollout, rolled_back, automatic=True, decided=False, measurements=measurements
+                )
             else:
                 rollout.state = RolloutState.PAUSED
                 rollout.reason = f"wave {index} inconclusive: {wave.reason or 'no gate data'}"
-                await self._save(rollout)
+                await self._save(rollout, driver=True, measurements=measurements)
+            await self._decided(
+                rollout, "rollout.verdict", wave=index, verdict=verdict.value, reason=wave.reason
+            )
+            if rolled_back:
+                await self._decided(
+                    rollout,
+                    "rollout.rolled-back",
+                    reason=rolled_back,
+                    devices=len(rollout.installs),
+                    automatic=True,
+                )
+            elif verdict == Verdict.PASS:
+                if succeeded:
+                    await self._decided(rollout, "rollout.succeeded")
+            else:
                 await self._decided(rollout, "rollout.paused", wave=index, reason=rollout.reason)
 
     # transitions (caller holds the lock)
@@ -573,8 +827,14 @@ class RolloutEngine:
             self._on_decision(rollout, action, detail)
 
     async def _roll_back(
-        self, rollout: RolloutRecord, reason: str, automatic: bool = False
+        self,
+        rollout: RolloutRecord,
+        reason: str,
+        automatic: bool = False,
+        decided: bool = True,
+        measurements: Sequence[Measurement] = (),
     ) -> None:
+        """Roll back: an operator's (any replica) or the driver's own (`automatic`: fenced)."""
         touched = list(rollout.installs)
         desired: list[DesiredEntry] = []
         undesired: list[tuple[str, str]] = []
@@ -596,13 +856,13 @@ class RolloutEngine:
             )
         rollout.state = RolloutState.ROLLED_BACK
         rollout.reason = reason
-        await self._save(rollout, desired, undesired)
+        await self._save(rollout, desired, undesired, driver=automatic, measurements=measurements)
         self._notify(touched)
-        if automatic:
+        if automatic and decided:
             await self._decided(
                 rollout, "rollout.rolled-back", reason=reason, devices=len(touched), automatic=True
             )
-        elif self._on_decision is not None:
+        elif not automatic and self._on_decision is not None:
             # The operator's rollback is audited as the operator's action; receivers hear of it.
             self._on_decision(
                 rollout, "rollout.rolled-back", {"reason": reason, "devices": len(touched),
@@ -614,18 +874,44 @@ class RolloutEngine:
         rollout: RolloutRecord,
         desired: Sequence[DesiredEntry] = (),
         undesired: Sequence[tuple[str, str]] = (),
+        *,
+        driver: bool = False,
+        measurements: Sequence[Measurement] = (),
     ) -> None:
         """Commit the decision made on `rollout`. Until the store accepts it nothing else sees
-        it; if the write fails, the record goes back to the last committed copy and the error
-        propagates (the supervisor retries the driver from there)."""
+        it. The write compares and sets the revision this copy was read at, and the driver's
+        writes carry the lease's fencing token. If the write fails, the record goes back to the
+        store's copy (another replica changed it: StaleRevision) or to the last committed copy,
+        and the error propagates (the supervisor retries the driver from there)."""
+        rollout_id = rollout.rollout_id
+        fence = None
+        if driver:
+            token = self._tokens.get(rollout_id)
+            if token is None:
+                raise LeaseLost(f"rollout {rollout_id} is not driven by {self.replica}")
+            fence = Fence(lease_name(rollout_id), self.replica, token)
+        committed = self._committed.get(rollout_id)
         rollout.updated_at = time.time()
         snapshot = rollout.model_copy(deep=True)
+        snapshot.revision = (committed.revision if committed else rollout.revision) + 1
         try:
-            await self._store.save_rollout(snapshot, desired, undesired)
-        except BaseException:
-            committed = self._committed.get(rollout.rollout_id)
-            if committed is not None:
-                for name in RolloutRecord.model_fields:
-                    setattr(rollout, name, getattr(committed.model_copy(deep=True), name))
+            await self._store.save_rollout(
+                snapshot,
+                desired,
+                undesired,
+                expected_revision=committed.revision if committed else None,
+                fence=fence,
+                measurements=measurements,
+            )
+        except (StaleRevision, LeaseLost):
+            fresh = await self._store.get_rollout(rollout_id)
+            if fresh is not None:
+                self._install(fresh)
             raise
-        self._committed[rollout.rollout_id] = snapshot
+        except BaseException:
+            if committed is not None:
+                _replace(rollout, committed)
+            raise
+        rollout.revision = snapshot.revision
+        self._committed[rollout_id] = snapshot
+        self._announce("rollout", [rollout_id], snapshot.revision)

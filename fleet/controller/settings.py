@@ -52,6 +52,15 @@ class ControllerSettings(BaseSettings):
     max_bundle_bytes: int = Field(default=2 * 1024**3, ge=1024)
     # How often a rollout re-checks installs while it waits (wakes early on every report).
     rollout_tick_s: float = Field(default=1.0, gt=0)
+    # Replicas: a rollout's driver holds its lease this long and renews it every third of it;
+    # when the driving replica dies another takes the rollout over within this time.
+    lease_ttl_s: float = Field(default=10.0, gt=0)
+    # This replica's name in leases and logs; "" makes one from the host name and process id.
+    replica_name: str = ""
+    # The CA (ca.pem, ca.key) every replica of a fleet shares: a directory they all mount, or
+    # the same files copied to each. None: data_dir/pki (one machine). The store records the
+    # CA's fingerprint and a replica holding another CA refuses to start.
+    ca_dir: Path | None = None
     # URLs every rollout event is POSTed to as JSON (fleet/controller/webhooks.py).
     webhook_urls: tuple[str, ...] = ()
     # Events waiting per receiver; beyond this new ones are dropped (and counted).

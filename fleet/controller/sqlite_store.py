@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,7 @@ from fleet.controller.records import (
     Revocation,
     RolloutRecord,
 )
+from fleet.controller.store import Fence, LeaseLost, StaleRevision
 from fleet.errors import PermissionDenied
 
 SCHEMA = """
@@ -44,6 +46,10 @@ CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY, at REAL NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS revocations (
     public_key_sha256 TEXT PRIMARY KEY, device_id TEXT NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY, holder TEXT NOT NULL, fencing_token INTEGER NOT NULL,
+    expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS claims (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -59,6 +65,9 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(rollouts)")}
+        if "revision" not in columns:  # a database from before rollout revisions
+            self._db.execute("ALTER TABLE rollouts ADD COLUMN revision INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         with self._lock:
@@ -203,11 +212,42 @@ class SqliteStore:
         rollout: RolloutRecord,
         desired: Sequence[DesiredEntry] = (),
         undesired: Sequence[tuple[str, str]] = (),
+        *,
+        expected_revision: int | None = None,
+        fence: Fence | None = None,
+        measurements: Sequence[Measurement] = (),
     ) -> None:
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO rollouts (rollout_id, created_at, doc) VALUES (?, ?, ?)",
-                (rollout.rollout_id, rollout.created_at, rollout.model_dump_json()),
+            if (
+                fence is not None
+                and not db.execute(
+                    "SELECT 1 FROM leases WHERE name = ? AND holder = ? AND fencing_token = ?"
+                    " AND expires_at > ?",
+                    (fence.name, fence.holder, fence.token, time.time()),
+                ).fetchone()
+            ):
+                raise LeaseLost(f"lease {fence.name!r} is no longer held by {fence.holder!r}")
+            document = rollout.model_dump_json()
+            if expected_revision is None:
+                db.execute(
+                    "INSERT OR REPLACE INTO rollouts (rollout_id, created_at, doc, revision)"
+                    " VALUES (?, ?, ?, ?)",
+                    (rollout.rollout_id, rollout.created_at, document, rollout.revision),
+                )
+            elif (
+                db.execute(
+                    "UPDATE rollouts SET doc = ?, revision = ?"
+                    " WHERE rollout_id = ? AND revision = ?",
+                    (document, rollout.revision, rollout.rollout_id, expected_revision),
+                ).rowcount
+                != 1
+            ):
+                raise StaleRevision(
+                    f"rollout {rollout.rollout_id} changed since revision {expected_revision}"
+                )
+            db.executemany(
+                "INSERT INTO measurements (rollout_id, doc) VALUES (?, ?)",
+                [(rollout.rollout_id, m.model_dump_json()) for m in measurements],
             )
             # Pins always win: a rollout never overwrites or removes a pinned entry, even one
             # pinned a moment ago, after the rollout read the desired state.
@@ -278,3 +318,40 @@ class SqliteStore:
     def audit_entries(self, limit: int) -> list[AuditRecord]:
         rows = self._query("SELECT doc FROM audit ORDER BY id DESC LIMIT ?", (limit,))
         return [AuditRecord.model_validate_json(str(row[0])) for row in reversed(rows)]
+
+    # leases: one machine, but the same contract as PostgreSQL (the rollout engine uses both)
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> int | None:
+        now = time.time()
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT holder, fencing_token, expires_at FROM leases WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
+                token = 1
+            else:
+                held_by, current, expires_at = str(row[0]), int(row[1]), float(row[2])
+                if held_by != holder and expires_at > now:
+                    return None
+                token = current if held_by == holder and expires_at > now else current + 1
+            db.execute(
+                "INSERT OR REPLACE INTO leases (name, holder, fencing_token, expires_at)"
+                " VALUES (?, ?, ?, ?)",
+                (name, holder, token, now + ttl_s),
+            )
+            return token
+
+    def release_lease(self, name: str, holder: str) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ?",
+                (time.time(), name, holder),
+            )
+
+    def claim(self, key: str, value: str) -> str:
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO claims (key, value) VALUES (?, ?)", (key, value))
+            row = db.execute("SELECT value FROM claims WHERE key = ?", (key,)).fetchone()
+            return str(row[0]) if row else value
+
+    def publish(self, payload: str) -> None:
+        """One controller per SQLite file: nobody else to tell."""

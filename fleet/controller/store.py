@@ -2,13 +2,21 @@
 
 `Store` is blocking; SQLite (`sqlite_store`) and PostgreSQL (`postgres_store`) implement it.
 `StoreRunner` wraps either in typed async methods that run one at a time on the store thread,
-never on the event loop."""
+never on the event loop.
+
+Rollout writes are guarded twice when several replicas share a store (fleet/controller/lease.py
+and fleet/controller/rollouts.py have the design): a write names the `revision` it read
+(compare-and-set: a replica never overwrites a change it has not seen, `StaleRevision`), and the
+driver's writes carry a `Fence` (the rollout's lease and fencing token: a leader that lost its
+lease cannot write, `LeaseLost`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from typing import ParamSpec, Protocol, TypeVar
 
@@ -21,9 +29,27 @@ from fleet.controller.records import (
     Revocation,
     RolloutRecord,
 )
+from fleet.errors import FleetError
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+class LeaseLost(FleetError):
+    """This holder no longer holds the lease (it expired and another holder took it)."""
+
+
+class StaleRevision(FleetError):
+    """The rollout changed in the store since this copy was read (another replica wrote it)."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A write made under lease `name`: it commits only while `holder` holds it with `token`."""
+
+    name: str
+    holder: str
+    token: int
 
 
 class Store(Protocol):
@@ -54,11 +80,18 @@ class Store(Protocol):
     def find_bundle_named(self, name: str) -> BundleRecord | None: ...
 
     # A rollout and the desired state it implies change together, in one transaction.
+    # `expected_revision`: the row must still be at that revision (StaleRevision otherwise);
+    # `rollout.revision` is what it becomes. `fence`: LeaseLost unless the lease is still held.
+    # `measurements`: a wave's gate figures, committed with its verdict.
     def save_rollout(
         self,
         rollout: RolloutRecord,
         desired: Sequence[DesiredEntry] = (),
         undesired: Sequence[tuple[str, str]] = (),
+        *,
+        expected_revision: int | None = None,
+        fence: Fence | None = None,
+        measurements: Sequence[Measurement] = (),
     ) -> None: ...
     def get_rollout(self, rollout_id: str) -> RolloutRecord | None: ...
     def list_rollouts(self) -> list[RolloutRecord]: ...
@@ -73,6 +106,14 @@ class Store(Protocol):
 
     def add_audit(self, record: AuditRecord) -> None: ...
     def audit_entries(self, limit: int) -> list[AuditRecord]: ...
+
+    # Leases (the store's clock decides expiry): the fencing token, or None if another holds it.
+    def acquire_lease(self, name: str, holder: str, ttl_s: float) -> int | None: ...
+    def release_lease(self, name: str, holder: str) -> None: ...
+    # A fleet-wide value set once (the CA's fingerprint...): the value stored, set if absent.
+    def claim(self, key: str, value: str) -> str: ...
+    # Tell the other replicas (PostgreSQL NOTIFY); a store with one controller drops it.
+    def publish(self, payload: str) -> None: ...
 
 
 class StoreRunner:
@@ -145,8 +186,20 @@ class StoreRunner:
         rollout: RolloutRecord,
         desired: Sequence[DesiredEntry] = (),
         undesired: Sequence[tuple[str, str]] = (),
+        *,
+        expected_revision: int | None = None,
+        fence: Fence | None = None,
+        measurements: Sequence[Measurement] = (),
     ) -> None:
-        await self._call(self._store.save_rollout, rollout, desired, undesired)
+        await self._call(
+            self._store.save_rollout,
+            rollout,
+            desired,
+            undesired,
+            expected_revision=expected_revision,
+            fence=fence,
+            measurements=measurements,
+        )
 
     async def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
         return await self._call(self._store.get_rollout, rollout_id)
@@ -177,3 +230,15 @@ class StoreRunner:
 
     async def audit_entries(self, limit: int) -> list[AuditRecord]:
         return await self._call(self._store.audit_entries, limit)
+
+    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> int | None:
+        return await self._call(self._store.acquire_lease, name, holder, ttl_s)
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        await self._call(self._store.release_lease, name, holder)
+
+    async def claim(self, key: str, value: str) -> str:
+        return await self._call(self._store.claim, key, value)
+
+    async def publish(self, payload: str) -> None:
+        await self._call(self._store.publish, payload)

@@ -92,6 +92,7 @@ async def start_node(
     trusted_keys: tuple[Path, ...],
     labels: dict[str, str] | None = None,
     server_overrides: dict[str, object] | None = None,
+    controller_addresses: str | None = None,
     **agent_overrides: object,
 ) -> EdgeNode:
     """An edge server serving tiny/1, and its agent enrolled with a fresh one-time token."""
@@ -110,9 +111,11 @@ async def start_node(
         admin_pb2.CreateEnrollmentTokenRequest(labels=labels or {"site": "lobby"})
     )
     values: dict[str, object] = {
-        "controller": f"127.0.0.1:{controller.port}",
+        # Several replicas: "host:port,host:port", tried in turn.
+        "controller": controller_addresses or f"127.0.0.1:{controller.port}",
         "enroll_address": f"127.0.0.1:{controller.enroll_port}",
-        "controller_ca": controller.settings.data_dir / "pki" / "ca.pem",
+        "controller_ca": (controller.settings.ca_dir or controller.settings.data_dir / "pki")
+        / "ca.pem",
         "enroll_token": token.token,
         "device_id": name,
         "state_dir": root / "agent",

@@ -29,6 +29,9 @@ class ServeProcess:
     device_id: str
     token: str = ""
     extra: list[str] = field(default_factory=list)
+    # Several controller replicas ("a:1,b:2"); empty: 127.0.0.1:controller_port.
+    controllers: str = ""
+    enroll_addresses: str = ""
     process: asyncio.subprocess.Process | None = None
     stderr_path: Path | None = None
     port: int = 0
@@ -72,8 +75,8 @@ class ServeProcess:
             "--repository", str(self.repository), "--port", "0", "--metrics-port", "-1",
             "--http-port", "-1",
             "--port-file", str(port_file), "--planner", "manifest",
-            "--controller", f"127.0.0.1:{self.controller_port}",
-            "--enroll-address", f"127.0.0.1:{self.enroll_port}",
+            "--controller", self.controllers or f"127.0.0.1:{self.controller_port}",
+            "--enroll-address", self.enroll_addresses or f"127.0.0.1:{self.enroll_port}",
             "--controller-ca", str(self.ca), "--enroll-token", self.token,
             "--device-id", self.device_id, "--agent-state", str(self.state_dir),
             "--trusted-key", str(self.trusted_key), "--label", "site=lobby", *self.extra,
