@@ -6,39 +6,46 @@ batch of 1; on a small CPU it often costs 8 times as much (EfficientNet-Lite0 on
 the same 15 ms of CPU per frame at batch 1, 4 and 8), and a batch of 8 camera frames then
 answers 8 cameras with results a whole batch-run old.
 
-So the sizer learns the model's run time per frame at each batch size it tries, on the
-frames it serves: it starts at one frame, now and then tries the next size up (doubling, up
-to the plan's batch size) when enough streams are waiting to fill it, moves up when that
-size is clearly cheaper per frame, and back down when the size below is as cheap. Nothing
-is configured per device: the same rule picks 8 on a GPU and 1 on a busy ARM board.
+So the sizer measures the model's run time per frame at each batch size it tries, on the
+frames it serves: it runs one size (starting at one frame) and every PROBE_EVERY batches tries
+a neighbour, the next size up (doubling, up to the plan's batch size, when enough streams are
+waiting to fill it) or the one below. A probe is judged against the batches of the current
+size just before it, not against an average from another moment: on a shared device the load
+changes from second to second and would otherwise decide. It moves up only when two probes
+agree the larger size is clearly cheaper per frame, and back down when two say the smaller
+one costs about as much. Nothing is configured per device: the same rule picks 8 on a GPU and
+1 on a busy ARM board.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
 
 # A larger batch must cut the time per frame by this much to be worth its extra age.
 MIN_GAIN = 0.15
-# Batches between two tries of a neighbouring size (load and clocks change what is cheaper).
+# Batches of the current size between two probes of a neighbouring size.
 PROBE_EVERY = 48
-# Weight of the newest observation in each size's moving average.
-SMOOTHING = 0.25
-
-
-@dataclass
-class _SizeCost:
-    per_frame_s: float
-    samples: int
+# A probe runs this many batches of the neighbour, judged against the current size's last
+# RECENT batches: single runs on a shared device vary by a third.
+PROBE_BATCHES = 4
+RECENT = 8
+# Probes that must all agree before the size changes.
+PROBES_TO_DECIDE = 2
 
 
 class BatchSizer:
     """Chooses the next batch's row count from measured per-frame run time."""
 
     def __init__(self) -> None:
-        self._costs: dict[int, _SizeCost] = {}
         self._target = 1
         self._max_rows = 1
+        self._recent: deque[float] = deque(maxlen=RECENT)  # current size, s per frame
+        self._ratios: dict[int, list[float]] = {}  # neighbour: its probes' cost ratios
         self._since_probe = 0
+        self._probe: int | None = None
+        self._probe_costs: list[float] = []
+        self._baseline_s = 0.0
+        self._probe_up_next = True
 
     @property
     def target(self) -> int:
@@ -48,46 +55,71 @@ class BatchSizer:
         """Rows for the next batch, given the plan's limit and the streams with a frame
         waiting (a probe of a larger size needs enough of them to be a real batch of it)."""
         self._max_rows = max(1, max_rows)
-        self._target = min(self._target, self._max_rows)
-        if self._since_probe < PROBE_EVERY:
+        if self._target > self._max_rows:
+            self._move(self._max_rows)
+        if self._probe is not None:
+            if self._probe <= self._max_rows and (
+                self._probe < self._target or waiting >= self._probe
+            ):
+                return self._probe
+            self._probe = None  # the streams went away: abandon it
+        if self._since_probe < PROBE_EVERY or len(self._recent) < RECENT:
+            return self._target
+        up, down = self._up(), self._down()
+        can_grow = up > self._target and waiting >= up
+        can_shrink = down < self._target
+        if can_grow and (self._probe_up_next or not can_shrink):
+            self._probe = up
+        elif can_shrink:
+            self._probe = down
+        self._probe_up_next = not self._probe_up_next
+        if self._probe is None:
             return self._target
         self._since_probe = 0
-        up = self._up(self._target)
-        if up > self._target and waiting >= up:
-            return up
-        return self._down(self._target)
+        self._probe_costs = []
+        self._baseline_s = sum(self._recent) / len(self._recent)
+        return self._probe
 
     def ran(self, rows: int, run_s: float) -> None:
         """One batch of `rows` frames took `run_s` in the model."""
         if rows < 1 or run_s <= 0:
             return
         per_frame = run_s / rows
-        cost = self._costs.get(rows)
-        if cost is None:
-            self._costs[rows] = _SizeCost(per_frame, 1)
-        else:
-            cost.per_frame_s += SMOOTHING * (per_frame - cost.per_frame_s)
-            cost.samples += 1
+        if self._probe is not None and rows == self._probe:
+            self._probe_costs.append(per_frame)
+            if len(self._probe_costs) >= PROBE_BATCHES:
+                probed, self._probe = self._probe, None
+                ratio = sum(self._probe_costs) / len(self._probe_costs) / self._baseline_s
+                self._judge(probed, ratio)
+            return
+        if rows == self._target:
+            self._recent.append(per_frame)
+        # Otherwise a partial batch (fewer streams waiting): no evidence either way.
         self._since_probe += 1
-        self._decide()
 
-    def _up(self, size: int) -> int:
-        return min(size * 2, self._max_rows)
+    def _judge(self, rows: int, ratio: float) -> None:
+        ratios = self._ratios.setdefault(rows, [])
+        ratios.append(ratio)
+        if len(ratios) < PROBES_TO_DECIDE:
+            return
+        # Every one of the last probes must agree: one probe caught across a change of load
+        # (a busy spell ending) reads far off, its neighbours do not.
+        last = ratios[-PROBES_TO_DECIDE:]
+        grow = rows > self._target and max(last) <= 1 - MIN_GAIN
+        shrink = rows < self._target and min(last) < 1 / (1 - MIN_GAIN)
+        if grow or shrink:
+            self._move(rows)
 
-    @staticmethod
-    def _down(size: int) -> int:
+    def _move(self, rows: int) -> None:
+        self._target = rows
+        self._recent.clear()  # measured afresh at the new size
+        self._ratios.clear()
+        self._probe = None
+        self._since_probe = 0
+
+    def _up(self) -> int:
+        return min(self._target * 2, self._max_rows)
+
+    def _down(self) -> int:
         # The ladder is 1, 2, 4, ... and the plan's limit: halving lands on a rung.
-        return 1 << max(0, (size - 1).bit_length() - 1)
-
-    def _decide(self) -> None:
-        current = self._costs.get(self._target)
-        if current is None or current.samples < 2:
-            return
-        up = self._costs.get(self._up(self._target))
-        if up is not None and up.per_frame_s <= (1 - MIN_GAIN) * current.per_frame_s:
-            self._target = self._up(self._target)
-            return
-        if self._target > 1:
-            down = self._costs.get(self._down(self._target))
-            if down is not None and current.per_frame_s > (1 - MIN_GAIN) * down.per_frame_s:
-                self._target = self._down(self._target)
+        return 1 << max(0, (self._target - 1).bit_length() - 1)
