@@ -65,6 +65,7 @@ class ControllerServices:
     telemetry: TelemetryService
     bundles: BundleService
     replication: Replication
+    control: StoreRunner
     webhooks: WebhookSender
 
     @classmethod
@@ -77,8 +78,12 @@ class ControllerServices:
         registry: CollectorRegistry,
     ) -> ControllerServices:
         runner = StoreRunner(store)
+        # Leases and change notes: their own store thread, never behind the agents' calls.
+        control = StoreRunner(store, owns_store=False)
         replicated = is_postgres(settings.store)
-        replication = Replication(runner, _replica_name(settings), replicated)
+        replication = Replication(
+            control, _replica_name(settings), replicated, settings.lease_ttl_s
+        )
         live = LiveFleet(
             settings.samples_per_device,
             settings.offline_after_intervals * settings.telemetry_interval_s,
@@ -107,6 +112,7 @@ class ControllerServices:
             lease_ttl_s=settings.lease_ttl_s,
             announce=replication.announce,
             on_decision=decided,
+            leases=control,
         )
         replication.bind(live, devices, engine)
         telemetry = TelemetryService(
@@ -139,6 +145,7 @@ class ControllerServices:
             telemetry=telemetry,
             bundles=bundles,
             replication=replication,
+            control=control,
             webhooks=webhooks,
         )
 
@@ -154,6 +161,7 @@ class ControllerServices:
         await self.telemetry.stop()
         await self.replication.stop()
         await self.webhooks.stop()
+        self.control.close()
         self.store.close()
 
 

@@ -353,6 +353,13 @@ class PostgresStore:
         with self._pool.connection() as connection:
             lease.release(connection, name, holder)
 
+    def lease_holders(self, prefix: str) -> list[str]:
+        rows = self._rows(
+            "SELECT holder FROM leases WHERE starts_with(name, %s) AND expires_at > now()",
+            (prefix,),
+        )
+        return [str(row[0]) for row in rows]
+
     def claim(self, key: str, value: str) -> str:
         with self._pool.connection() as connection:
             connection.execute(

@@ -108,8 +108,12 @@ class RolloutEngine:
         lease_ttl_s: float = 10.0,
         announce: Callable[[str, Sequence[str], int], None] | None = None,
         on_decision: Callable[[RolloutRecord, str, dict[str, object]], None] | None = None,
+        leases: StoreRunner | None = None,
     ) -> None:
         self._store = store
+        # Lease renewals on their own store thread: they must not queue behind a reconnect
+        # storm's thousands of store calls (a late renewal loses the lease).
+        self._leases = leases or store
         self._live = live
         self._notify = notify
         self._tick_s = tick_s
@@ -162,7 +166,7 @@ class RolloutEngine:
         # A clean stop hands the leases over now instead of after they expire.
         for rollout_id in list(self._tokens):
             try:
-                await self._store.release_lease(lease_name(rollout_id), self.replica)
+                await self._leases.release_lease(lease_name(rollout_id), self.replica)
             except Exception:
                 logger.warning("could not release the lease of rollout %s", rollout_id)
         self._tokens.clear()
@@ -191,12 +195,12 @@ class RolloutEngine:
         for rollout_id, rollout in list(self._rollouts.items()):
             if rollout.state.finished:
                 if self._tokens.pop(rollout_id, None) is not None:
-                    await self._store.release_lease(lease_name(rollout_id), self.replica)
+                    await self._leases.release_lease(lease_name(rollout_id), self.replica)
                 continue
             await self._lead_one(rollout_id)
 
     async def _lead_one(self, rollout_id: str) -> None:
-        token = await self._store.acquire_lease(
+        token = await self._leases.acquire_lease(
             lease_name(rollout_id),
             self.replica,
             self._lease_ttl_s,
@@ -547,7 +551,7 @@ class RolloutEngine:
             if rollout.state.finished:
                 # Nothing left to drive: hand the lease back now.
                 if self._tokens.pop(rollout_id, None) is not None:
-                    await self._store.release_lease(lease_name(rollout_id), self.replica)
+                    await self._leases.release_lease(lease_name(rollout_id), self.replica)
                 return
             if rollout.state == RolloutState.PAUSED:
                 await self._wait(rollout_id, 3600)

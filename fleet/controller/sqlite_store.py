@@ -352,6 +352,10 @@ class SqliteStore:
                 (time.time(), name, holder),
             )
 
+    def lease_holders(self, prefix: str) -> list[str]:
+        rows = self._query("SELECT holder, name FROM leases WHERE expires_at > ?", (time.time(),))
+        return [str(holder) for holder, name in rows if str(name).startswith(prefix)]
+
     def claim(self, key: str, value: str) -> str:
         with self._transaction() as db:
             db.execute("INSERT OR IGNORE INTO claims (key, value) VALUES (?, ?)", (key, value))
