@@ -128,7 +128,7 @@ class ControllerServices:
             settings.max_bundle_bytes,
             settings.publish_dir,
         )
-        registry.register(FleetCollector(devices, live, telemetry, engine))
+        registry.register(FleetCollector(devices, live, telemetry, engine, replication))
         return cls(
             store=runner,
             live=live,

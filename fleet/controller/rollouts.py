@@ -545,6 +545,9 @@ class RolloutEngine:
         while True:
             rollout = self._rollouts[rollout_id]
             if rollout.state.finished:
+                # Nothing left to drive: hand the lease back now.
+                if self._tokens.pop(rollout_id, None) is not None:
+                    await self._store.release_lease(lease_name(rollout_id), self.replica)
                 return
             if rollout.state == RolloutState.PAUSED:
                 await self._wait(rollout_id, 3600)
@@ -760,21 +763,31 @@ class RolloutEngine:
             # decision audited and announced: a leader that lost its lease judges nothing.
             rolled_back = ""
             succeeded = False
+            judged: dict[str, object] = {
+                "wave": index,
+                "verdict": verdict.value,
+                "reason": wave.reason,
+            }
+            record = AuditRecord(
+                at=time.time(),
+                actor="controller",
+                action="rollout.verdict",
+                detail={"rollout": rollout.rollout_id, **judged},
+            )
             if verdict == Verdict.PASS:
                 succeeded = self._advance(rollout)
-                await self._save(rollout, driver=True, measurements=measurements)
+                await self._save(rollout, driver=True, measurements=measurements, audit=[record])
             elif verdict == Verdict.FAIL:
                 rolled_back = f"wave {index} failed its gates: {wave.reason}"
                 await self._roll_back(
-                    rollout, rolled_back, automatic=True, decided=False, measurements=measurements
-                )
+                    rollout, rolled_back, automatic=True, decided=False,
+                    measurements=measurements, audit=[record],
+                )  # fmt: skip
             else:
                 rollout.state = RolloutState.PAUSED
                 rollout.reason = f"wave {index} inconclusive: {wave.reason or 'no gate data'}"
-                await self._save(rollout, driver=True, measurements=measurements)
-            await self._decided(
-                rollout, "rollout.verdict", wave=index, verdict=verdict.value, reason=wave.reason
-            )
+                await self._save(rollout, driver=True, measurements=measurements, audit=[record])
+            await self._decided(rollout, "rollout.verdict", audited=True, **judged)
             if rolled_back:
                 await self._decided(
                     rollout,
@@ -801,9 +814,11 @@ class RolloutEngine:
         rollout.reason = ""
         return False
 
-    async def _decided(self, rollout: RolloutRecord, action: str, **detail: object) -> None:
-        """What the controller decided on its own: in its log, its audit log, its metrics and
-        (once committed) its webhooks."""
+    async def _decided(
+        self, rollout: RolloutRecord, action: str, audited: bool = False, **detail: object
+    ) -> None:
+        """What the controller decided on its own: in its log, its audit log (unless `audited`
+        in the write that committed it), its metrics and (once committed) its webhooks."""
         key = action + (f":{detail['verdict']}" if "verdict" in detail else "")
         self.decisions[key] = self.decisions.get(key, 0) + 1
         verdict = detail.get("verdict")
@@ -822,7 +837,8 @@ class RolloutEngine:
             action=action,
             detail={"rollout": rollout.rollout_id, **detail},
         )
-        await self._store.add_audit(record)
+        if not audited:
+            await self._store.add_audit(record)
         if self._on_decision is not None:
             self._on_decision(rollout, action, detail)
 
@@ -833,6 +849,7 @@ class RolloutEngine:
         automatic: bool = False,
         decided: bool = True,
         measurements: Sequence[Measurement] = (),
+        audit: Sequence[AuditRecord] = (),
     ) -> None:
         """Roll back: an operator's (any replica) or the driver's own (`automatic`: fenced)."""
         touched = list(rollout.installs)
@@ -856,7 +873,9 @@ class RolloutEngine:
             )
         rollout.state = RolloutState.ROLLED_BACK
         rollout.reason = reason
-        await self._save(rollout, desired, undesired, driver=automatic, measurements=measurements)
+        await self._save(
+            rollout, desired, undesired, driver=automatic, measurements=measurements, audit=audit
+        )
         self._notify(touched)
         if automatic and decided:
             await self._decided(
@@ -877,6 +896,7 @@ class RolloutEngine:
         *,
         driver: bool = False,
         measurements: Sequence[Measurement] = (),
+        audit: Sequence[AuditRecord] = (),
     ) -> None:
         """Commit the decision made on `rollout`. Until the store accepts it nothing else sees
         it. The write compares and sets the revision this copy was read at, and the driver's
@@ -902,6 +922,7 @@ class RolloutEngine:
                 expected_revision=committed.revision if committed else None,
                 fence=fence,
                 measurements=measurements,
+                audit=audit,
             )
         except (StaleRevision, LeaseLost):
             fresh = await self._store.get_rollout(rollout_id)

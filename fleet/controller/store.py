@@ -82,7 +82,8 @@ class Store(Protocol):
     # A rollout and the desired state it implies change together, in one transaction.
     # `expected_revision`: the row must still be at that revision (StaleRevision otherwise);
     # `rollout.revision` is what it becomes. `fence`: LeaseLost unless the lease is still held.
-    # `measurements`: a wave's gate figures, committed with its verdict.
+    # `measurements` and `audit`: a wave's gate figures and its verdict's audit entry, committed
+    # with the verdict.
     def save_rollout(
         self,
         rollout: RolloutRecord,
@@ -92,6 +93,7 @@ class Store(Protocol):
         expected_revision: int | None = None,
         fence: Fence | None = None,
         measurements: Sequence[Measurement] = (),
+        audit: Sequence[AuditRecord] = (),
     ) -> None: ...
     def get_rollout(self, rollout_id: str) -> RolloutRecord | None: ...
     def list_rollouts(self) -> list[RolloutRecord]: ...
@@ -190,6 +192,7 @@ class StoreRunner:
         expected_revision: int | None = None,
         fence: Fence | None = None,
         measurements: Sequence[Measurement] = (),
+        audit: Sequence[AuditRecord] = (),
     ) -> None:
         await self._call(
             self._store.save_rollout,
@@ -199,6 +202,7 @@ class StoreRunner:
             expected_revision=expected_revision,
             fence=fence,
             measurements=measurements,
+            audit=audit,
         )
 
     async def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
