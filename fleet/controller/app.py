@@ -98,6 +98,7 @@ class ControllerServices:
             attempts=settings.webhook_attempts,
             backoff_s=settings.webhook_backoff_s,
             timeout_s=settings.webhook_timeout_s,
+            secret=_webhook_secret(settings),
         )
 
         def decided(rollout: RolloutRecord, action: str, detail: dict[str, object]) -> None:
@@ -173,6 +174,14 @@ def _replica_name(settings: ControllerSettings) -> str:
     if not is_postgres(settings.store):
         return "sqlite"
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def _webhook_secret(settings: ControllerSettings) -> bytes | None:
+    if settings.webhook_secret_file is not None:
+        return settings.webhook_secret_file.read_bytes().strip()
+    if settings.webhook_secret is not None:
+        return settings.webhook_secret.get_secret_value().encode()
+    return None
 
 
 def _authorization(devices: DeviceRegistry) -> ServiceAuthorization:
