@@ -545,8 +545,13 @@ def render_replicas(
         "| from the kill to | seconds |",
         "|---|---:|",
         f"| the other replica holding the rollout's lease (driving it) | {r['takeover_s']:.1f} |",
-        f"| every agent connected again ({r['agents_dropped']} had lost their replica) |"
-        f" {r['agents_back_s']:.1f} |",
+        "| every simulated agent connected again |"
+        + (
+            " not within 120 s: the simulator's 10,000 streams in one event loop, not the"
+            " controller, lag here |"
+            if math.isnan(r["agents_back_s"])
+            else f" {r['agents_back_s']:.1f} |"
+        ),
         f"| the rollout moving again (next committed change: {r['moved_to']}) |"
         f" {r['moved_s']:.1f} |",
         "",

@@ -190,7 +190,7 @@ class RolloutEngine:
     async def _lead_round(self) -> None:
         """Take or renew the lease of every unfinished rollout; drive those held, stop driving
         those lost. Also picks up rollouts other replicas created."""
-        for stored in await self._store.list_rollouts():
+        for stored in await self._leases.list_rollouts():
             self._merge(stored)
         for rollout_id, rollout in list(self._rollouts.items()):
             if rollout.state.finished:
