@@ -34,6 +34,7 @@ class VersionProfile:
 
 @dataclass(frozen=True)
 class SimSettings:
+    # HOST:PORT, or several comma-separated (replicas): a session that ends moves to the next.
     controller: str
     enroll_address: str
     ca_pem: bytes
@@ -81,6 +82,8 @@ class SimulatedAgent:
         self._outbox: asyncio.Queue[agent_pb2.ConnectRequest] = asyncio.Queue(maxsize=16)
         self._interval = settings.telemetry_interval_s
         self._held: set[str] = {settings.initial_version}
+        self._addresses = [a.strip() for a in settings.controller.split(",") if a.strip()]
+        self._attempt = random.randrange(len(self._addresses))
 
     def _profile(self) -> VersionProfile:
         profiles = self._settings.profiles
@@ -122,10 +125,12 @@ class SimulatedAgent:
             except grpc.aio.AioRpcError as error:
                 self._stats.errors += 1
                 logger.debug("%s: %s", self.device_id, error.code().name)
+            self._attempt += 1  # the next replica, as the real agent does
             await asyncio.sleep(random.uniform(1, 3))
 
     async def _session(self) -> None:
-        async with grpc.aio.secure_channel(self._settings.controller, self._credentials) as channel:
+        address = self._addresses[self._attempt % len(self._addresses)]
+        async with grpc.aio.secure_channel(address, self._credentials) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             hello = agent_pb2.Hello(
                 agent_version="sim",

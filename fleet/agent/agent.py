@@ -88,6 +88,8 @@ class Agent:
         self._reported: dict[str, str] = {}
         self._failed: dict[tuple[str, str, str], str] = {}
         self._interval = settings.telemetry_interval_s or DEFAULT_TELEMETRY_INTERVAL_S
+        # The controller's interval: it calls a device offline after a few of them in silence.
+        self._controller_interval = self._interval
         self._sources = BundleSources(settings.bundle_sources)
         # Controller replicas, tried in turn: every failed or ended connection moves on.
         self._addresses = settings.controller_addresses()
@@ -191,11 +193,13 @@ class Agent:
             outbox.put_nowait(agent_pb2.ConnectRequest(hello=self._hello()))
             call = stub.Connect(self._drain(outbox))
             forwarder: asyncio.Task[None] | None = None
+            heartbeat: asyncio.Task[None] | None = None
             try:
                 async for response in call:
                     if forwarder is None:
                         # Only a stream the controller answered takes samples out of the buffer.
                         forwarder = asyncio.create_task(self._forward_telemetry(outbox))
+                        heartbeat = asyncio.create_task(self._heartbeat(outbox))
                         self._outbox, self._stub = outbox, stub
                         self._connected.set()
                         logger.info("connected to controller %s", address)
@@ -207,14 +211,25 @@ class Agent:
             finally:
                 self._connected.clear()
                 self._outbox = self._stub = None
-                if forwarder is not None:
-                    forwarder.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await forwarder
+                for task in (forwarder, heartbeat):
+                    if task is not None:
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await task
                 while not outbox.empty():
                     outbox.get_nowait()
                 outbox.put_nowait(None)
                 call.cancel()
+
+    async def _heartbeat(self, outbox: asyncio.Queue[agent_pb2.ConnectRequest | None]) -> None:
+        """Between samples taken less often than the controller expects (an agent configured
+        with its own longer interval), say "alive" at the controller's interval."""
+        while True:
+            await asyncio.sleep(self._controller_interval)
+            if self._interval > self._controller_interval and not outbox.full():
+                message = agent_pb2.Heartbeat()
+                message.sent_at.GetCurrentTime()
+                outbox.put_nowait(agent_pb2.ConnectRequest(heartbeat=message))
 
     @staticmethod
     async def _drain(
@@ -246,6 +261,8 @@ class Agent:
 
     def _take_desired(self, state: agent_pb2.DesiredState) -> None:
         interval = state.telemetry_interval_s
+        if interval > 0:
+            self._controller_interval = interval
         follow = self._settings.telemetry_interval_s is None
         if follow and interval > 0 and interval != self._interval:
             self._interval = interval

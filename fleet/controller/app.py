@@ -65,6 +65,7 @@ class ControllerServices:
     telemetry: TelemetryService
     bundles: BundleService
     replication: Replication
+    control: StoreRunner
     webhooks: WebhookSender
 
     @classmethod
@@ -77,8 +78,12 @@ class ControllerServices:
         registry: CollectorRegistry,
     ) -> ControllerServices:
         runner = StoreRunner(store)
+        # Leases and change notes: their own store thread, never behind the agents' calls.
+        control = StoreRunner(store, owns_store=False)
         replicated = is_postgres(settings.store)
-        replication = Replication(runner, _replica_name(settings), replicated)
+        replication = Replication(
+            control, _replica_name(settings), replicated, settings.lease_ttl_s
+        )
         live = LiveFleet(
             settings.samples_per_device,
             settings.offline_after_intervals * settings.telemetry_interval_s,
@@ -93,6 +98,7 @@ class ControllerServices:
             attempts=settings.webhook_attempts,
             backoff_s=settings.webhook_backoff_s,
             timeout_s=settings.webhook_timeout_s,
+            secret=_webhook_secret(settings),
         )
 
         def decided(rollout: RolloutRecord, action: str, detail: dict[str, object]) -> None:
@@ -107,6 +113,7 @@ class ControllerServices:
             lease_ttl_s=settings.lease_ttl_s,
             announce=replication.announce,
             on_decision=decided,
+            leases=control,
         )
         replication.bind(live, devices, engine)
         telemetry = TelemetryService(
@@ -127,7 +134,7 @@ class ControllerServices:
             settings.max_bundle_bytes,
             settings.publish_dir,
         )
-        registry.register(FleetCollector(devices, live, telemetry, engine))
+        registry.register(FleetCollector(devices, live, telemetry, engine, replication))
         return cls(
             store=runner,
             live=live,
@@ -139,6 +146,7 @@ class ControllerServices:
             telemetry=telemetry,
             bundles=bundles,
             replication=replication,
+            control=control,
             webhooks=webhooks,
         )
 
@@ -154,6 +162,7 @@ class ControllerServices:
         await self.telemetry.stop()
         await self.replication.stop()
         await self.webhooks.stop()
+        self.control.close()
         self.store.close()
 
 
@@ -165,6 +174,14 @@ def _replica_name(settings: ControllerSettings) -> str:
     if not is_postgres(settings.store):
         return "sqlite"
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def _webhook_secret(settings: ControllerSettings) -> bytes | None:
+    if settings.webhook_secret_file is not None:
+        return settings.webhook_secret_file.read_bytes().strip()
+    if settings.webhook_secret is not None:
+        return settings.webhook_secret.get_secret_value().encode()
+    return None
 
 
 def _authorization(devices: DeviceRegistry) -> ServiceAuthorization:

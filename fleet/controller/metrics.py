@@ -1,8 +1,15 @@
-"""Prometheus view of the fleet, labelled by device and model version, read at scrape time."""
+"""Prometheus view of the fleet, labelled by device and model version, read at scrape time.
+
+Fleet-wide figures (rollouts by state, devices by state and by version) are the same on every
+replica of a shared fleet: a dashboard takes their `max` across replicas, not their sum.
+Figures of what one replica does (verdicts it judged, rollouts it drives, takeovers) are its
+own: sum them. Labels are bounded: states, verdicts, models and versions, never rollout ids.
+"""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -12,6 +19,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from fleet.controller.devices import DeviceRegistry
     from fleet.controller.live import LiveFleet
+    from fleet.controller.replication import Replication
     from fleet.controller.rollouts import RolloutEngine
     from fleet.controller.telemetry import TelemetryService
 
@@ -23,11 +31,13 @@ class FleetCollector(Collector):
         live: LiveFleet,
         telemetry: TelemetryService,
         rollouts: RolloutEngine,
+        replication: Replication | None = None,
     ) -> None:
         self._devices = devices
         self._live = live
         self._telemetry = telemetry
         self._rollouts = rollouts
+        self._replication = replication
 
     def collect(self) -> Iterator[Metric]:
         live = self._live
@@ -101,3 +111,85 @@ class FleetCollector(Collector):
         for decision, count in sorted(self._rollouts.decisions.items()):
             decisions.add_metric([decision], count)
         yield from (dropped, restarts, pending, decisions)
+        yield from self._fleet()
+        yield from self._replica()
+
+    def _fleet(self) -> Iterator[Metric]:
+        """Rollouts by state and wave, verdicts, devices by state and by version."""
+        states = GaugeMetricFamily(
+            "edgefleet_controller_rollouts", "Rollouts by state", labels=["state"]
+        )
+        by_state = Counter(
+            rollout.state.value.lower() for rollout in self._rollouts.list_rollouts()
+        )
+        for state in ("installing", "baking", "paused", "succeeded", "rolled_back"):
+            states.add_metric([state], by_state.get(state, 0))
+        wave = GaugeMetricFamily(
+            "edgefleet_controller_rollout_wave",
+            "Current wave (from 0) of the model's unfinished rollout",
+            labels=["model"],
+        )
+        waves = GaugeMetricFamily(
+            "edgefleet_controller_rollout_waves",
+            "Waves in the model's unfinished rollout",
+            labels=["model"],
+        )
+        for rollout in self._rollouts.list_rollouts():
+            if not rollout.state.finished:
+                wave.add_metric([rollout.model_name], rollout.current_wave)
+                waves.add_metric([rollout.model_name], len(rollout.waves))
+        verdicts = CounterMetricFamily(
+            "edgefleet_controller_wave_verdicts",
+            "Gate verdicts this controller gave at the end of a wave's bake",
+            labels=["verdict"],
+        )
+        for verdict in ("PASS", "FAIL", "INCONCLUSIVE"):
+            count = self._rollouts.decisions.get(f"rollout.verdict:{verdict}", 0)
+            verdicts.add_metric([verdict.lower()], count)
+        devices = GaugeMetricFamily(
+            "edgefleet_controller_devices",
+            "Enrolled devices by state (online: connected to any replica)",
+            labels=["state"],
+        )
+        versions = GaugeMetricFamily(
+            "edgefleet_controller_devices_by_version",
+            "Devices serving each model version",
+            labels=["model", "version"],
+        )
+        online = 0
+        serving: Counter[tuple[str, str]] = Counter()
+        records = self._devices.records()
+        for device in records:
+            online += self._devices.online(device.device_id)
+            serving.update(device.active_versions.items())
+        devices.add_metric(["online"], online)
+        devices.add_metric(["offline"], len(records) - online)
+        for (model, version), count in sorted(serving.items()):
+            versions.add_metric([model, version], count)
+        yield from (states, wave, waves, verdicts, devices, versions)
+
+    def _replica(self) -> Iterator[Metric]:
+        """What this replica does in a shared fleet: leases, takeovers, change notes."""
+        engine = self._rollouts
+        driven = GaugeMetricFamily(
+            "edgefleet_controller_rollouts_driven",
+            "Rollouts this replica drives (holds the lease of)",
+        )
+        driven.add_metric([], len(engine.driven()))
+        takeovers = CounterMetricFamily(
+            "edgefleet_controller_rollout_takeovers",
+            "Rollout leases this replica took with a new fencing token (a takeover)",
+        )
+        takeovers.add_metric([], engine.takeovers)
+        lost = CounterMetricFamily(
+            "edgefleet_controller_rollout_leases_lost",
+            "Rollout leases this replica lost (expired while it was away, a refused write)",
+        )
+        lost.add_metric([], engine.leases_lost)
+        notes = CounterMetricFamily(
+            "edgefleet_controller_change_notes_dropped",
+            "Change notes to other replicas dropped (the store away, the queue full)",
+        )
+        announcer = self._replication.announcer if self._replication is not None else None
+        notes.add_metric([], announcer.dropped if announcer is not None else 0)
+        yield from (driven, takeovers, lost, notes)

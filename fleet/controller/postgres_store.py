@@ -227,6 +227,7 @@ class PostgresStore:
         expected_revision: int | None = None,
         fence: Fence | None = None,
         measurements: Sequence[Measurement] = (),
+        audit: Sequence[AuditRecord] = (),
     ) -> None:
         with self._pool.connection() as connection:
             if fence is not None:
@@ -258,6 +259,11 @@ class PostgresStore:
                         "INSERT INTO measurements (rollout_id, doc) VALUES (%s, %s)",
                         [(rollout.rollout_id, m.model_dump_json()) for m in measurements],
                     )
+            for record in audit:
+                connection.execute(
+                    "INSERT INTO audit (at, doc) VALUES (%s, %s)",
+                    (record.at, record.model_dump_json()),
+                )
             # Pins always win (see SqliteStore.save_rollout); the rows are locked until commit.
             rows = connection.execute(
                 "SELECT device_id, model FROM desired WHERE (doc::jsonb ->> 'source') = %s"
@@ -346,6 +352,13 @@ class PostgresStore:
     def release_lease(self, name: str, holder: str) -> None:
         with self._pool.connection() as connection:
             lease.release(connection, name, holder)
+
+    def lease_holders(self, prefix: str) -> list[str]:
+        rows = self._rows(
+            "SELECT holder FROM leases WHERE starts_with(name, %s) AND expires_at > now()",
+            (prefix,),
+        )
+        return [str(row[0]) for row in rows]
 
     def claim(self, key: str, value: str) -> str:
         with self._pool.connection() as connection:

@@ -7,12 +7,15 @@
   devices enrolled or removed elsewhere, re-read rollouts and wake their drivers, and track
   which devices are connected to another replica (so every replica shows them online).
 - A replica that missed notes re-reads everything (`resync`).
+- Each replica holds a lease `replica:<name>` while it lives; the devices another replica said
+  were connected to it stop counting as online once its lease expires (it died without a word).
 
 One controller on SQLite has nobody to tell: `enabled` is False and every method is local.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -29,10 +32,14 @@ logger = logging.getLogger(__name__)
 
 
 class Replication:
-    def __init__(self, store: StoreRunner, replica: str, enabled: bool) -> None:
+    def __init__(
+        self, store: StoreRunner, replica: str, enabled: bool, lease_ttl_s: float = 10.0
+    ) -> None:
         self._store = store
         self.replica = replica
         self.enabled = enabled
+        self._lease_ttl_s = lease_ttl_s
+        self._alive: asyncio.Task[None] | None = None
         self.announcer = Announcer(store.publish, replica) if enabled else None
         self.live: LiveFleet | None = None
         self._devices: DeviceRegistry | None = None
@@ -46,10 +53,34 @@ class Replication:
     def start(self) -> None:
         if self.announcer is not None:
             self.announcer.start()
+            self._alive = asyncio.create_task(self._stay_alive(), name="replica-lease")
 
     async def stop(self) -> None:
+        if self._alive is not None:
+            self._alive.cancel()
+            await asyncio.gather(self._alive, return_exceptions=True)
+            self._alive = None
+            try:
+                await self._store.release_lease(f"replica:{self.replica}", self.replica)
+            except Exception:
+                logger.warning("could not release this replica's lease")
         if self.announcer is not None:
             await self.announcer.stop()
+
+    async def _stay_alive(self) -> None:
+        """Renew this replica's lease; forget the devices of replicas whose lease expired."""
+        while True:
+            try:
+                await self._store.acquire_lease(
+                    f"replica:{self.replica}", self.replica, self._lease_ttl_s
+                )
+                alive = set(await self._store.lease_holders("replica:"))
+                for device_id, origin in list(self._elsewhere.items()):
+                    if origin not in alive:
+                        del self._elsewhere[device_id]
+            except Exception:
+                logger.warning("renewing this replica's lease failed; retrying", exc_info=True)
+            await asyncio.sleep(self._lease_ttl_s / 3)
 
     # what this replica tells the others
     def announce(self, kind: str, ids: Sequence[str], revision: int = 0) -> None:

@@ -108,8 +108,12 @@ class RolloutEngine:
         lease_ttl_s: float = 10.0,
         announce: Callable[[str, Sequence[str], int], None] | None = None,
         on_decision: Callable[[RolloutRecord, str, dict[str, object]], None] | None = None,
+        leases: StoreRunner | None = None,
     ) -> None:
         self._store = store
+        # Lease renewals on their own store thread: they must not queue behind a reconnect
+        # storm's thousands of store calls (a late renewal loses the lease).
+        self._leases = leases or store
         self._live = live
         self._notify = notify
         self._tick_s = tick_s
@@ -162,7 +166,7 @@ class RolloutEngine:
         # A clean stop hands the leases over now instead of after they expire.
         for rollout_id in list(self._tokens):
             try:
-                await self._store.release_lease(lease_name(rollout_id), self.replica)
+                await self._leases.release_lease(lease_name(rollout_id), self.replica)
             except Exception:
                 logger.warning("could not release the lease of rollout %s", rollout_id)
         self._tokens.clear()
@@ -186,17 +190,17 @@ class RolloutEngine:
     async def _lead_round(self) -> None:
         """Take or renew the lease of every unfinished rollout; drive those held, stop driving
         those lost. Also picks up rollouts other replicas created."""
-        for stored in await self._store.list_rollouts():
+        for stored in await self._leases.list_rollouts():
             self._merge(stored)
         for rollout_id, rollout in list(self._rollouts.items()):
             if rollout.state.finished:
                 if self._tokens.pop(rollout_id, None) is not None:
-                    await self._store.release_lease(lease_name(rollout_id), self.replica)
+                    await self._leases.release_lease(lease_name(rollout_id), self.replica)
                 continue
             await self._lead_one(rollout_id)
 
     async def _lead_one(self, rollout_id: str) -> None:
-        token = await self._store.acquire_lease(
+        token = await self._leases.acquire_lease(
             lease_name(rollout_id),
             self.replica,
             self._lease_ttl_s,
@@ -545,6 +549,9 @@ class RolloutEngine:
         while True:
             rollout = self._rollouts[rollout_id]
             if rollout.state.finished:
+                # Nothing left to drive: hand the lease back now.
+                if self._tokens.pop(rollout_id, None) is not None:
+                    await self._leases.release_lease(lease_name(rollout_id), self.replica)
                 return
             if rollout.state == RolloutState.PAUSED:
                 await self._wait(rollout_id, 3600)
@@ -760,21 +767,31 @@ class RolloutEngine:
             # decision audited and announced: a leader that lost its lease judges nothing.
             rolled_back = ""
             succeeded = False
+            judged: dict[str, object] = {
+                "wave": index,
+                "verdict": verdict.value,
+                "reason": wave.reason,
+            }
+            record = AuditRecord(
+                at=time.time(),
+                actor="controller",
+                action="rollout.verdict",
+                detail={"rollout": rollout.rollout_id, **judged},
+            )
             if verdict == Verdict.PASS:
                 succeeded = self._advance(rollout)
-                await self._save(rollout, driver=True, measurements=measurements)
+                await self._save(rollout, driver=True, measurements=measurements, audit=[record])
             elif verdict == Verdict.FAIL:
                 rolled_back = f"wave {index} failed its gates: {wave.reason}"
                 await self._roll_back(
-                    rollout, rolled_back, automatic=True, decided=False, measurements=measurements
-                )
+                    rollout, rolled_back, automatic=True, decided=False,
+                    measurements=measurements, audit=[record],
+                )  # fmt: skip
             else:
                 rollout.state = RolloutState.PAUSED
                 rollout.reason = f"wave {index} inconclusive: {wave.reason or 'no gate data'}"
-                await self._save(rollout, driver=True, measurements=measurements)
-            await self._decided(
-                rollout, "rollout.verdict", wave=index, verdict=verdict.value, reason=wave.reason
-            )
+                await self._save(rollout, driver=True, measurements=measurements, audit=[record])
+            await self._decided(rollout, "rollout.verdict", audited=True, **judged)
             if rolled_back:
                 await self._decided(
                     rollout,
@@ -801,9 +818,11 @@ class RolloutEngine:
         rollout.reason = ""
         return False
 
-    async def _decided(self, rollout: RolloutRecord, action: str, **detail: object) -> None:
-        """What the controller decided on its own: in its log, its audit log, its metrics and
-        (once committed) its webhooks."""
+    async def _decided(
+        self, rollout: RolloutRecord, action: str, audited: bool = False, **detail: object
+    ) -> None:
+        """What the controller decided on its own: in its log, its audit log (unless `audited`
+        in the write that committed it), its metrics and (once committed) its webhooks."""
         key = action + (f":{detail['verdict']}" if "verdict" in detail else "")
         self.decisions[key] = self.decisions.get(key, 0) + 1
         verdict = detail.get("verdict")
@@ -822,7 +841,8 @@ class RolloutEngine:
             action=action,
             detail={"rollout": rollout.rollout_id, **detail},
         )
-        await self._store.add_audit(record)
+        if not audited:
+            await self._store.add_audit(record)
         if self._on_decision is not None:
             self._on_decision(rollout, action, detail)
 
@@ -833,6 +853,7 @@ class RolloutEngine:
         automatic: bool = False,
         decided: bool = True,
         measurements: Sequence[Measurement] = (),
+        audit: Sequence[AuditRecord] = (),
     ) -> None:
         """Roll back: an operator's (any replica) or the driver's own (`automatic`: fenced)."""
         touched = list(rollout.installs)
@@ -856,7 +877,9 @@ class RolloutEngine:
             )
         rollout.state = RolloutState.ROLLED_BACK
         rollout.reason = reason
-        await self._save(rollout, desired, undesired, driver=automatic, measurements=measurements)
+        await self._save(
+            rollout, desired, undesired, driver=automatic, measurements=measurements, audit=audit
+        )
         self._notify(touched)
         if automatic and decided:
             await self._decided(
@@ -877,6 +900,7 @@ class RolloutEngine:
         *,
         driver: bool = False,
         measurements: Sequence[Measurement] = (),
+        audit: Sequence[AuditRecord] = (),
     ) -> None:
         """Commit the decision made on `rollout`. Until the store accepts it nothing else sees
         it. The write compares and sets the revision this copy was read at, and the driver's
@@ -902,6 +926,7 @@ class RolloutEngine:
                 expected_revision=committed.revision if committed else None,
                 fence=fence,
                 measurements=measurements,
+                audit=audit,
             )
         except (StaleRevision, LeaseLost):
             fresh = await self._store.get_rollout(rollout_id)

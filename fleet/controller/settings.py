@@ -69,6 +69,10 @@ class ControllerSettings(BaseSettings):
     # First retry after this long, doubling each time (at most 60 s between attempts).
     webhook_backoff_s: float = Field(default=1.0, gt=0)
     webhook_timeout_s: float = Field(default=10.0, gt=0)
+    # Signs every delivery: X-Edgefleet-Signature: sha256=HMAC-SHA256(secret, body), hex. A
+    # file, or EDGEFLEET_CONTROLLER_WEBHOOK_SECRET.
+    webhook_secret_file: Path | None = None
+    webhook_secret: SecretStr | None = None
     # Seconds SIGTERM waits for in-flight RPCs.
     shutdown_grace_s: float = Field(default=2.0, ge=0)
     log_level: str = "INFO"

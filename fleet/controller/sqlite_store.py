@@ -216,6 +216,7 @@ class SqliteStore:
         expected_revision: int | None = None,
         fence: Fence | None = None,
         measurements: Sequence[Measurement] = (),
+        audit: Sequence[AuditRecord] = (),
     ) -> None:
         with self._transaction() as db:
             if (
@@ -248,6 +249,10 @@ class SqliteStore:
             db.executemany(
                 "INSERT INTO measurements (rollout_id, doc) VALUES (?, ?)",
                 [(rollout.rollout_id, m.model_dump_json()) for m in measurements],
+            )
+            db.executemany(
+                "INSERT INTO audit (at, doc) VALUES (?, ?)",
+                [(record.at, record.model_dump_json()) for record in audit],
             )
             # Pins always win: a rollout never overwrites or removes a pinned entry, even one
             # pinned a moment ago, after the rollout read the desired state.
@@ -346,6 +351,10 @@ class SqliteStore:
                 "UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ?",
                 (time.time(), name, holder),
             )
+
+    def lease_holders(self, prefix: str) -> list[str]:
+        rows = self._query("SELECT holder, name FROM leases WHERE expires_at > ?", (time.time(),))
+        return [str(holder) for holder, name in rows if str(name).startswith(prefix)]
 
     def claim(self, key: str, value: str) -> str:
         with self._transaction() as db:

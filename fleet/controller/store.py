@@ -82,7 +82,8 @@ class Store(Protocol):
     # A rollout and the desired state it implies change together, in one transaction.
     # `expected_revision`: the row must still be at that revision (StaleRevision otherwise);
     # `rollout.revision` is what it becomes. `fence`: LeaseLost unless the lease is still held.
-    # `measurements`: a wave's gate figures, committed with its verdict.
+    # `measurements` and `audit`: a wave's gate figures and its verdict's audit entry, committed
+    # with the verdict.
     def save_rollout(
         self,
         rollout: RolloutRecord,
@@ -92,6 +93,7 @@ class Store(Protocol):
         expected_revision: int | None = None,
         fence: Fence | None = None,
         measurements: Sequence[Measurement] = (),
+        audit: Sequence[AuditRecord] = (),
     ) -> None: ...
     def get_rollout(self, rollout_id: str) -> RolloutRecord | None: ...
     def list_rollouts(self) -> list[RolloutRecord]: ...
@@ -110,6 +112,8 @@ class Store(Protocol):
     # Leases (the store's clock decides expiry): the fencing token, or None if another holds it.
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> int | None: ...
     def release_lease(self, name: str, holder: str) -> None: ...
+    # Holders of the unexpired leases whose name starts with `prefix`.
+    def lease_holders(self, prefix: str) -> list[str]: ...
     # A fleet-wide value set once (the CA's fingerprint...): the value stored, set if absent.
     def claim(self, key: str, value: str) -> str: ...
     # Tell the other replicas (PostgreSQL NOTIFY); a store with one controller drops it.
@@ -121,8 +125,10 @@ class StoreRunner:
     dedicated thread, in order, off the event loop. Works over any `Store` (SQLite, PostgreSQL).
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, owns_store: bool = True) -> None:
         self._store = store
+        # A second runner over the same store (leases, change notes) does not close it.
+        self._owns_store = owns_store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-store")
 
     async def _call(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -131,7 +137,8 @@ class StoreRunner:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
-        self._store.close()
+        if self._owns_store:
+            self._store.close()
 
     async def add_token(self, token_hash: str, labels: dict[str, str], expires_at: float) -> None:
         await self._call(self._store.add_token, token_hash, labels, expires_at)
@@ -190,6 +197,7 @@ class StoreRunner:
         expected_revision: int | None = None,
         fence: Fence | None = None,
         measurements: Sequence[Measurement] = (),
+        audit: Sequence[AuditRecord] = (),
     ) -> None:
         await self._call(
             self._store.save_rollout,
@@ -199,6 +207,7 @@ class StoreRunner:
             expected_revision=expected_revision,
             fence=fence,
             measurements=measurements,
+            audit=audit,
         )
 
     async def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
@@ -236,6 +245,9 @@ class StoreRunner:
 
     async def release_lease(self, name: str, holder: str) -> None:
         await self._call(self._store.release_lease, name, holder)
+
+    async def lease_holders(self, prefix: str) -> list[str]:
+        return await self._call(self._store.lease_holders, prefix)
 
     async def claim(self, key: str, value: str) -> str:
         return await self._call(self._store.claim, key, value)

@@ -21,6 +21,7 @@ class ControllerProcess:
     log_path: Path
     address: str = ""
     enroll_address: str = ""
+    metrics_port: int = 0
 
     @property
     def credential(self) -> Path:
@@ -70,7 +71,7 @@ async def start_replica(
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "edgefleet.cli", "controller",
             "--data", str(data), "--store", postgres.dsn(database, with_password=False),
-            "--port", "0", "--enroll-port", "0", "--metrics-port", "-1",
+            "--port", "0", "--enroll-port", "0", "--metrics-port", "0",
             "--ca-dir", str(ca_dir), "--trusted-key", str(trusted_key_dir),
             "--replica-name", name, "--lease-ttl-s", str(lease_ttl_s),
             "--telemetry-interval-s", "0.25", *extra,
@@ -87,4 +88,5 @@ async def start_replica(
     credential = json.loads(replica.credential.read_text())
     replica.address = credential["address"].replace("localhost", "127.0.0.1")
     replica.enroll_address = credential["enroll_address"].replace("localhost", "127.0.0.1")
+    replica.metrics_port = int(credential["metrics_port"])
     return replica

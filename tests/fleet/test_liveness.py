@@ -125,3 +125,39 @@ async def test_a_hung_device_goes_offline_and_last_seen_survives_a_restart(tmp_p
         for controller in (app, second):
             if controller is not None and controller.services is not None:
                 await controller.stop(0.1)
+
+
+async def test_an_agent_sampling_less_often_than_the_controller_expects_stays_online(
+    tmp_path, signing_keys, monkeypatch
+):
+    """An agent with its own telemetry interval (5 s) longer than the controller's offline
+    threshold (1 s) heartbeats at the controller's interval and never shows offline."""
+    monkeypatch.setenv("EDGEFLEET_AGENT_TELEMETRY_INTERVAL_S", "5")
+    settings = controller_settings(
+        tmp_path / "controller", signing_keys[1].parent, offline_after_intervals=5
+    )
+    app = ControllerApp(settings)
+    await app.start()
+    admin = AdminClient.connect(
+        AdminCredential.load(app.admin_credential_path), f"127.0.0.1:{app.port}"
+    )
+    token = await admin.stub.CreateEnrollmentToken(admin_pb2.CreateEnrollmentTokenRequest())
+    build_model_dir(tmp_path / "node" / "repo", MODEL, "1")
+    node = ServeProcess.for_controller(
+        tmp_path / "node", app, signing_keys[1], "cam-s", token.token
+    )
+
+    async def online() -> bool:
+        listed = await admin.stub.ListDevices(admin_pb2.ListDevicesRequest())
+        return any(d.device_id == "cam-s" and d.online for d in listed.devices)
+
+    try:
+        await node.start()
+        await wait_for(online, 60, "cam-s online", describe=node.log)
+        for _ in range(40):  # 4 s: less than one of its samples, four offline thresholds
+            assert await online(), node.log()
+            await asyncio.sleep(0.1)
+    finally:
+        await node.stop()
+        await admin.__aexit__(None, None, None)
+        await app.stop(0.1)

@@ -15,10 +15,12 @@ import asyncio
 import contextlib
 import json
 import time
+import urllib.request
 
 import grpc
 import numpy as np
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
@@ -175,6 +177,18 @@ async def test_killing_the_driving_replica_mid_wave_hands_the_rollout_over(
             assert all(d.models[0].desired_version == "2" for d in listed.devices), listed
             for node in nodes:
                 await wait_for(lambda n=node: _serves(n, "2"), 60, f"{node.device_id} on 2")
+        # The survivor's metrics tell the same story (fleet-wide figures and its own).
+        text = await asyncio.to_thread(_scrape, survivor.metrics_port)
+        assert text[("edgefleet_controller_rollouts", (("state", "succeeded"),))] == 1
+        assert text[("edgefleet_controller_rollouts", (("state", "baking"),))] == 0
+        assert text[("edgefleet_controller_devices", (("state", "online"),))] == 3
+        by_version = (("model", MODEL), ("version", "2"))
+        assert text[("edgefleet_controller_devices_by_version", by_version)] == 3
+        assert text[("edgefleet_controller_rollout_takeovers_total", ())] >= 1
+        # It judged at least the wave it took over; none failed.
+        assert text[("edgefleet_controller_wave_verdicts_total", (("verdict", "pass"),))] >= 1
+        assert text[("edgefleet_controller_wave_verdicts_total", (("verdict", "fail"),))] == 0
+        assert text[("edgefleet_controller_rollouts_driven", ())] == 0  # finished: released
         survivor_log = survivor.log()
         assert "driving it here" in survivor_log and "Traceback" not in survivor_log
     finally:
@@ -184,6 +198,16 @@ async def test_killing_the_driving_replica_mid_wave_hands_the_rollout_over(
             await node.stop()
         for replica in replicas.values():
             await replica.stop()
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 async def _serves(node: ServeProcess, version: str) -> bool:

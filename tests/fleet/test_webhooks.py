@@ -5,6 +5,8 @@ A real controller, a real `edgefleet serve --controller` process, signed bundles
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import socket
@@ -36,6 +38,8 @@ class Receiver:
 
     answers: list[int] = field(default_factory=list)
     always: int = 200
+    # Checks X-Edgefleet-Signature against the raw body; a bad one is answered 401.
+    secret: bytes | None = None
     hold: asyncio.Event | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
     attempts: list[tuple[str, int]] = field(default_factory=list)
@@ -60,7 +64,13 @@ class Receiver:
     async def _hook(self, request: web.Request) -> web.Response:
         if self.hold is not None:
             await self.hold.wait()
-        event = await request.json()
+        body = await request.read()
+        event = json.loads(body)
+        if self.secret is not None:
+            expected = "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(request.headers.get("X-Edgefleet-Signature", ""), expected):
+                self.attempts.append((event["event"], 401))
+                return web.Response(status=401)
         status = self.answers.pop(0) if self.answers else self.always
         self.attempts.append((event["event"], status))
         if 200 <= status < 300:
@@ -79,12 +89,13 @@ def _metric(app: ControllerApp, name: str, labels: dict[str, str] | None = None)
 async def test_decisions_reach_log_audit_metrics_and_webhooks(tmp_path, signing_keys, caplog):
     caplog.set_level(logging.INFO, logger="fleet.controller.rollouts")
     # The global receiver fails twice before it answers: the first event is retried.
-    everything = await Receiver(answers=[500, 503]).start()
+    everything = await Receiver(answers=[500, 503], secret=b"s3cret").start()
     first_only = await Receiver().start()
     broken = await Receiver(always=503).start()
     settings = controller_settings(
         tmp_path / "controller", signing_keys[1].parent,
         webhook_urls=(everything.url,), webhook_backoff_s=0.05, webhook_attempts=4,
+        webhook_secret="s3cret",
     )  # fmt: skip
     app = ControllerApp(settings)
     await app.start()
