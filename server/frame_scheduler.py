@@ -159,8 +159,7 @@ class FrameScheduler:
         else:
             if model is not self._sized_version:
                 self._sizer, self._sized_version = BatchSizer(), model
-            waiting = sum(1 for session in self._sessions.values() if session.has_frame)
-            rows = self._sizer.rows(max_rows, waiting)
+            rows = self._sizer.rows(max_rows, self._streams_waiting)
         picks = self._pick(rows, model)
         if not picks:
             return False
@@ -210,6 +209,9 @@ class FrameScheduler:
 
     def _ran(self, run_s: float) -> None:
         self._run_s = 0.8 * self._run_s + 0.2 * run_s if self._run_s else run_s
+
+    def _streams_waiting(self) -> int:
+        return sum(1 for session in self._sessions.values() if session.has_frame)
 
     def _pick(self, max_rows: int, model: ModelVersion) -> list[Pick]:
         now = asyncio.get_running_loop().time()
@@ -282,7 +284,6 @@ class FrameScheduler:
             [FrameInput(pick.waiting.frame, pick.session.options,
                         pick.session.stale_after(pick.waiting)) for pick in picks],
         )  # fmt: skip
-        self._running(0.0)  # decode happens on the runner, inside the job's expected time
         try:
             run = await model.run_job(job)
         except EdgeError as exc:
@@ -297,7 +298,6 @@ class FrameScheduler:
                 self._failed(model, pick, EdgeError("internal error"), loop, outcome_of(exc))
             return
         finished = loop.time()
-        self._ran(run.decode_s + run.infer_s + run.post_s)
         if run.rows:
             model.record_execution(run.rows, run.infer_s)
             for _ in range(run.rows):
