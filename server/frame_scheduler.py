@@ -286,16 +286,8 @@ class FrameScheduler:
         )  # fmt: skip
         try:
             run = await model.run_job(job)
-        except EdgeError as exc:
-            for pick in picks:
-                pick.settled = True
-                self._failed(model, pick, exc, loop)
-            return
-        except Exception as exc:  # a runtime's own error is a failed inference too: counted
-            self._failures.failed(f"frames of {self._name}: a batch failed", exc)
-            for pick in picks:
-                pick.settled = True
-                self._failed(model, pick, EdgeError("internal error"), loop, outcome_of(exc))
+        except Exception as exc:
+            self._fail_picks(model, picks, exc, loop, "a batch failed")
             return
         finished = loop.time()
         if run.rows:
@@ -336,18 +328,32 @@ class FrameScheduler:
             analysis = await analyze_frame(
                 model, pick.waiting.frame, pick.session.options, self._pool
             )
-        except EdgeError as exc:
-            pick.settled = True
-            self._failed(model, pick, exc, loop)
-            return
-        except Exception as exc:  # a runtime's own error is a failed inference too: counted
-            self._failures.failed(f"frames of {self._name}: a frame failed", exc)
-            pick.settled = True
-            self._failed(model, pick, EdgeError("internal error"), loop, outcome_of(exc))
+        except Exception as exc:
+            self._fail_picks(model, [pick], exc, loop, "a frame failed")
             return
         self._ran(analysis.times.infer_s)
         pick.settled = True
         pick.session.deliver_result(model, pick.waiting, analysis, started)
+
+    def _fail_picks(
+        self,
+        model: ModelVersion,
+        picks: list[Pick],
+        exc: Exception,
+        loop: asyncio.AbstractEventLoop,
+        what: str,
+    ) -> None:
+        """Answer every pick of a run that raised. A runtime's own error is a failed inference
+        too: logged, counted as runtime_error and answered "internal error"."""
+        error: EdgeError
+        if isinstance(exc, EdgeError):
+            error, outcome = exc, None
+        else:
+            self._failures.failed(f"frames of {self._name}: {what}", exc)
+            error, outcome = EdgeError("internal error"), outcome_of(exc)
+        for pick in picks:
+            pick.settled = True
+            self._failed(model, pick, error, loop, outcome)
 
     @staticmethod
     def _failed(
