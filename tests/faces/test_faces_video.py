@@ -18,11 +18,20 @@ from tests.conftest import ROOT, png_bytes
 from tests.faces.test_faces_pipeline import copy_faces
 
 
-def near(pixels: np.ndarray, x: float, y: float, colour: tuple[int, int, int]) -> bool:
-    """Some pixel of the 5x5 patch at (x, y) is close to `colour` (BGR): video compression
-    smears a 3-pixel dot into its surroundings, so a patch mean flaked (seen once in CI)."""
+def distance(pixels: np.ndarray, x: float, y: float, colour: tuple[int, int, int]) -> int:
+    """How far the closest pixel of the 5x5 patch at (x, y) is from `colour` (BGR)."""
     patch = pixels[round(y) - 2 : round(y) + 3, round(x) - 2 : round(x) + 3].reshape(-1, 3)
-    return bool(np.abs(patch.astype(np.int16) - np.array(colour)).max(axis=1).min() < 70)
+    return int(np.abs(patch.astype(np.int16) - np.array(colour)).max(axis=1).min())
+
+
+def near(
+    pixels: np.ndarray, x: float, y: float, colour: tuple[int, int, int], source: np.ndarray
+) -> bool:
+    """The mark is there: some pixel of the patch is close to `colour`, or (video compression
+    smears a 3-pixel dot into a busy background; the absolute check alone flaked twice in CI)
+    the patch moved clearly toward `colour` compared with the same patch of the source frame."""
+    drawn = distance(pixels, x, y, colour)
+    return drawn < 70 or drawn < distance(source, x, y, colour) - 60
 
 
 async def test_saved_video_shows_boxes_and_landmarks(tmp_path: Path, built_models: Path):
@@ -59,13 +68,14 @@ async def test_saved_video_shows_boxes_and_landmarks(tmp_path: Path, built_model
     capture.release()
     assert len(written) == 2 and written[0].shape == (480, 640, 3)
     drawn, plain = written
+    faces_bgr = cv2.cvtColor(faces, cv2.COLOR_RGB2BGR)
     for item in records[0]["detections"]:
         assert len(item["keypoints"]) == 5
         for x, y in item["keypoints"]:
-            assert near(drawn, x, y, POINT), (x, y)
+            assert near(drawn, x, y, POINT, faces_bgr), (x, y)
         # The box's bottom edge, halfway along, is drawn.
         x_min, _, x_max, y_max = item["box"]
-        assert near(drawn, (x_min + x_max) / 2, y_max, BOX), item
+        assert near(drawn, (x_min + x_max) / 2, y_max, BOX, faces_bgr), item
     # Nothing found, nothing drawn: the frame is the photo (up to compression).
     source = cv2.cvtColor(empty, cv2.COLOR_RGB2BGR).astype(np.int16)
     assert np.abs(plain.astype(np.int16) - source).mean() < 8
