@@ -80,31 +80,39 @@ def in_process_baseline(
 class Server:
     """`edgefleet serve` in its own process, on a free port."""
 
-    def __init__(self, repository: Path, planner: str = "manifest") -> None:
+    def __init__(
+        self,
+        repository: Path,
+        planner: str = "manifest",
+        *extra: str,
+        http_port: int = -1,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.repository = repository
-        self.planner = planner
+        # The manifest's plan by default: the same threads as the baseline, and no one-off
+        # int8 guard run (the hardware planner's first load) in time-to-ready.
+        self.arguments = ["--planner", planner, "--http-port", str(http_port), *extra]
+        self.env = env
         self.port_file = repository.parent / f"port-{repository.name}"
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.ready_s = 0.0
+        self._started = 0.0
 
     def __enter__(self) -> Server:
         self.port_file.unlink(missing_ok=True)
-        started = time.perf_counter()
+        self._started = time.perf_counter()
         self.process = subprocess.Popen(
             [str(ROOT / ".venv" / "bin" / "edgefleet"), "serve", "--repository",
-             str(self.repository), "--port", "0", "--metrics-port", "-1", "--http-port", "-1",
-             "--port-file", str(self.port_file), "--log-level", "WARNING",
-             # The manifest's plan by default: the same threads as the baseline, and no
-             # one-off int8 guard run (the hardware planner's first load) in time-to-ready.
-             "--planner", self.planner],
-            cwd=ROOT,
+             str(self.repository), "--port", "0", "--metrics-port", "-1",
+             "--port-file", str(self.port_file), "--log-level", "WARNING", *self.arguments],
+            cwd=ROOT, env=self.env,
         )  # fmt: skip
-        while not self.port_file.exists():
+        while not (self.port_file.exists() and self.port_file.read_text().strip()):
             if self.process.poll() is not None:
                 raise SystemExit("the server exited before serving")
             time.sleep(0.005)
-        self.ready_s = time.perf_counter() - started
+        self.ready_s = time.perf_counter() - self._started
         self.port = int(self.port_file.read_text())
         return self
 
@@ -552,42 +560,28 @@ def main() -> None:
 # ---- int8 and startup (issue 13): the default `edgefleet serve`, hardware planner on ----
 
 
-class PlannedServer:
-    """`edgefleet serve` with the hardware planner (the default) and its own planner cache."""
+class PlannedServer(Server):
+    """`edgefleet serve` with the hardware planner (the default) and its own planner cache;
+    ready means answering one real request."""
 
     def __init__(self, repository: Path, cache: Path, *extra: str) -> None:
-        self.repository, self.cache, self.extra = repository, cache, extra
-        self.port_file = repository.parent / f"port-{repository.name}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.ready_s = 0.0
+        super().__init__(
+            repository, "hardware", *extra, http_port=0,
+            env={**os.environ, "XDG_CACHE_HOME": str(cache)},
+        )  # fmt: skip
 
     def __enter__(self) -> PlannedServer:
         from protos.inference import grpc_service_pb2 as kserve
         from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 
-        self.port_file.unlink(missing_ok=True)
-        env = {**os.environ, "XDG_CACHE_HOME": str(self.cache)}
-        started = time.perf_counter()
-        self.process = subprocess.Popen(
-            [str(ROOT / ".venv" / "bin" / "edgefleet"), "serve", "--repository",
-             str(self.repository), "--port", "0", "--metrics-port", "-1", "--http-port", "0",
-             "--port-file", str(self.port_file), "--log-level", "WARNING", *self.extra],
-            cwd=ROOT, env=env,
-        )  # fmt: skip
-        while not (self.port_file.exists() and self.port_file.read_text().strip()):
-            if self.process.poll() is not None:
-                raise SystemExit("the server exited before serving")
-            time.sleep(0.005)
-        self.port = int(self.port_file.read_text())
-        # Ready means answering: one real request.
+        super().__enter__()
         tensor = np.zeros((1, 3, 224, 224), np.float32)
         request = kserve.ModelInferRequest(model_name=MODEL)
         request.inputs.add(name="input", datatype="FP32", shape=[1, 3, 224, 224])
         request.raw_input_contents.append(tensor.tobytes())
         with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
             kserve_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
-        self.ready_s = time.perf_counter() - started
+        self.ready_s = time.perf_counter() - self._started
         return self
 
     def plan(self) -> dict[str, object]:
@@ -599,16 +593,6 @@ class PlannedServer:
             config = stub.ModelConfig(kserve.ModelConfigRequest(name=MODEL)).config
         plan: dict[str, object] = json.loads(config.parameters["edgefleet.plan"].string_value)
         return plan
-
-    @property
-    def rss_mb(self) -> float:
-        assert self.process is not None
-        return psutil.Process(self.process.pid).memory_info().rss / 2**20
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.process is not None
-        self.process.terminate()
-        self.process.wait(timeout=30)
 
 
 async def kserve_stream(port: int, frames: list[np.ndarray], count: int, window: int) -> float:

@@ -20,6 +20,7 @@ one costs about as much. Nothing is configured per device: the same rule picks 8
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 # A larger batch must cut the time per frame by this much to be worth its extra age.
 MIN_GAIN = 0.15
@@ -51,22 +52,23 @@ class BatchSizer:
     def target(self) -> int:
         return self._target
 
-    def rows(self, max_rows: int, waiting: int) -> int:
-        """Rows for the next batch, given the plan's limit and the streams with a frame
-        waiting (a probe of a larger size needs enough of them to be a real batch of it)."""
+    def rows(self, max_rows: int, waiting: Callable[[], int]) -> int:
+        """Rows for the next batch, given the plan's limit and how to count the streams with
+        a frame waiting (asked only when a probe of a larger size is due: it needs enough of
+        them to be a real batch of it)."""
         self._max_rows = max(1, max_rows)
         if self._target > self._max_rows:
             self._move(self._max_rows)
         if self._probe is not None:
             if self._probe <= self._max_rows and (
-                self._probe < self._target or waiting >= self._probe
+                self._probe < self._target or waiting() >= self._probe
             ):
                 return self._probe
             self._probe = None  # the streams went away: abandon it
         if self._since_probe < PROBE_EVERY or len(self._recent) < RECENT:
             return self._target
         up, down = self._up(), self._down()
-        can_grow = up > self._target and waiting >= up
+        can_grow = up > self._target and waiting() >= up
         can_shrink = down < self._target
         if can_grow and (self._probe_up_next or not can_shrink):
             self._probe = up

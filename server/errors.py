@@ -1,32 +1,55 @@
-"""Domain errors. They carry meaning, not transport: `server.grpc_api.status` maps them to codes."""
+"""Domain errors, each with the one status it answers as: a gRPC status code's name (so the
+core imports no grpc; `server.grpc_api.status` turns it into the code) and the HTTP status the
+KServe REST API uses (`server.http_api.kserve_http`). Unexpected errors answer INTERNAL/500."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+# What a client sees instead of an unexpected error's own message.
+INTERNAL_MESSAGE = "internal error (the server log has the details)"
+
 
 class EdgeError(Exception):
     """Base of every error the core raises on purpose; its message is safe to show a client."""
+
+    grpc_status = "INTERNAL"
+    http_status = 500
 
 
 class ModelNotFound(EdgeError):
     """No such model, or no such version of it."""
 
+    grpc_status = "NOT_FOUND"
+    http_status = 404
+
 
 class ModelNotReady(EdgeError):
     """The model exists but is not loaded (yet, or any more)."""
+
+    grpc_status = "UNAVAILABLE"
+    http_status = 503
 
 
 class InvalidInput(EdgeError):
     """A request or frame the model cannot take: shape, dtype, byte length, encoding."""
 
+    grpc_status = "INVALID_ARGUMENT"
+    http_status = 400
+
 
 class Overloaded(EdgeError):
     """A bounded queue is full; the caller should back off."""
 
+    grpc_status = "RESOURCE_EXHAUSTED"
+    http_status = 429
+
 
 class ModelLoadError(EdgeError):
     """A model could not be loaded: corrupt file, checksum mismatch, bad manifest."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    http_status = 400
 
 
 class InvalidManifest(ModelLoadError):
@@ -36,17 +59,29 @@ class InvalidManifest(ModelLoadError):
 class Unsupported(EdgeError):
     """A feature edgefleet deliberately does not offer (shared memory, ...)."""
 
+    grpc_status = "UNIMPLEMENTED"
+    http_status = 501
+
 
 class Unauthenticated(EdgeError):
     """Missing or wrong credentials."""
+
+    grpc_status = "UNAUTHENTICATED"
+    http_status = 401
 
 
 class ShuttingDown(EdgeError):
     """The server is draining and takes no new work."""
 
+    grpc_status = "UNAVAILABLE"
+    http_status = 503
+
 
 class PlanRefused(EdgeError):
     """The hardware planner cannot fit the model on this device; the message names the numbers."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+    http_status = 507
 
 
 class StartupError(EdgeError):

@@ -159,8 +159,7 @@ class FrameScheduler:
         else:
             if model is not self._sized_version:
                 self._sizer, self._sized_version = BatchSizer(), model
-            waiting = sum(1 for session in self._sessions.values() if session.has_frame)
-            rows = self._sizer.rows(max_rows, waiting)
+            rows = self._sizer.rows(max_rows, self._streams_waiting)
         picks = self._pick(rows, model)
         if not picks:
             return False
@@ -210,6 +209,9 @@ class FrameScheduler:
 
     def _ran(self, run_s: float) -> None:
         self._run_s = 0.8 * self._run_s + 0.2 * run_s if self._run_s else run_s
+
+    def _streams_waiting(self) -> int:
+        return sum(1 for session in self._sessions.values() if session.has_frame)
 
     def _pick(self, max_rows: int, model: ModelVersion) -> list[Pick]:
         now = asyncio.get_running_loop().time()
@@ -282,22 +284,12 @@ class FrameScheduler:
             [FrameInput(pick.waiting.frame, pick.session.options,
                         pick.session.stale_after(pick.waiting)) for pick in picks],
         )  # fmt: skip
-        self._running(0.0)  # decode happens on the runner, inside the job's expected time
         try:
             run = await model.run_job(job)
-        except EdgeError as exc:
-            for pick in picks:
-                pick.settled = True
-                self._failed(model, pick, exc, loop)
-            return
-        except Exception as exc:  # a runtime's own error is a failed inference too: counted
-            self._failures.failed(f"frames of {self._name}: a batch failed", exc)
-            for pick in picks:
-                pick.settled = True
-                self._failed(model, pick, EdgeError("internal error"), loop, outcome_of(exc))
+        except Exception as exc:
+            self._fail_picks(model, picks, exc, loop, "a batch failed")
             return
         finished = loop.time()
-        self._ran(run.decode_s + run.infer_s + run.post_s)
         if run.rows:
             model.record_execution(run.rows, run.infer_s)
             for _ in range(run.rows):
@@ -336,18 +328,32 @@ class FrameScheduler:
             analysis = await analyze_frame(
                 model, pick.waiting.frame, pick.session.options, self._pool
             )
-        except EdgeError as exc:
-            pick.settled = True
-            self._failed(model, pick, exc, loop)
-            return
-        except Exception as exc:  # a runtime's own error is a failed inference too: counted
-            self._failures.failed(f"frames of {self._name}: a frame failed", exc)
-            pick.settled = True
-            self._failed(model, pick, EdgeError("internal error"), loop, outcome_of(exc))
+        except Exception as exc:
+            self._fail_picks(model, [pick], exc, loop, "a frame failed")
             return
         self._ran(analysis.times.infer_s)
         pick.settled = True
         pick.session.deliver_result(model, pick.waiting, analysis, started)
+
+    def _fail_picks(
+        self,
+        model: ModelVersion,
+        picks: list[Pick],
+        exc: Exception,
+        loop: asyncio.AbstractEventLoop,
+        what: str,
+    ) -> None:
+        """Answer every pick of a run that raised. A runtime's own error is a failed inference
+        too: logged, counted as runtime_error and answered "internal error"."""
+        error: EdgeError
+        if isinstance(exc, EdgeError):
+            error, outcome = exc, None
+        else:
+            self._failures.failed(f"frames of {self._name}: {what}", exc)
+            error, outcome = EdgeError("internal error"), outcome_of(exc)
+        for pick in picks:
+            pick.settled = True
+            self._failed(model, pick, error, loop, outcome)
 
     @staticmethod
     def _failed(

@@ -6,6 +6,7 @@ Each test gets its own copy, so tests that add versions or corrupt files touch n
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -80,14 +81,21 @@ def server_settings(repository: Path, **overrides: object) -> ServerSettings:
     return ServerSettings(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-async def edge_server(repository: Path) -> AsyncIterator[EdgeServer]:
-    server = EdgeServer(server_settings(repository))
+@contextlib.asynccontextmanager
+async def running_server(repository: Path, **overrides: object) -> AsyncIterator[EdgeServer]:
+    """The real server on `repository` (settings as `server_settings`), stopped afterwards."""
+    server = EdgeServer(server_settings(repository, **overrides))
     await server.start()
     try:
         yield server
     finally:
         await server.stop(grace_s=1.0)
+
+
+@pytest.fixture
+async def edge_server(repository: Path) -> AsyncIterator[EdgeServer]:
+    async with running_server(repository) as server:
+        yield server
 
 
 @pytest.fixture

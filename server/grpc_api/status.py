@@ -1,4 +1,5 @@
-"""Domain errors to gRPC status codes: the one table, and the one decorator that applies it."""
+"""Domain errors to gRPC status codes (each error declares its code in `server.errors`), and
+the one decorator that applies them."""
 
 from __future__ import annotations
 
@@ -11,43 +12,18 @@ from typing import Any, TypeVar, cast
 
 import grpc
 
-from server.errors import (
-    EdgeError,
-    InvalidInput,
-    ModelLoadError,
-    ModelNotFound,
-    ModelNotReady,
-    Overloaded,
-    PlanRefused,
-    ShuttingDown,
-    Unauthenticated,
-    Unsupported,
-)
+from server.errors import INTERNAL_MESSAGE, EdgeError
 from server.failure_log import FailureLog
 
 log = logging.getLogger(__name__)
 # One line per kind of unexpected error and 10 s, with a count; tracebacks at DEBUG.
 _failures = FailureLog(log)
 
-STATUS: dict[type[EdgeError], grpc.StatusCode] = {
-    ModelNotFound: grpc.StatusCode.NOT_FOUND,
-    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
-    ModelNotReady: grpc.StatusCode.UNAVAILABLE,
-    ShuttingDown: grpc.StatusCode.UNAVAILABLE,
-    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    PlanRefused: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ModelLoadError: grpc.StatusCode.FAILED_PRECONDITION,
-    Unsupported: grpc.StatusCode.UNIMPLEMENTED,
-    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-}
-
-INTERNAL_MESSAGE = "internal error (the server log has the details)"
-
 
 def status_for(error: BaseException) -> grpc.StatusCode:
-    for klass in type(error).__mro__:
-        if klass in STATUS:
-            return STATUS[klass]
+    """The gRPC code a domain error declares (`server.errors`); INTERNAL for anything else."""
+    if isinstance(error, EdgeError):
+        return grpc.StatusCode[error.grpc_status]
     return grpc.StatusCode.INTERNAL
 
 

@@ -21,18 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from server.core import InferenceCore
-from server.errors import (
-    EdgeError,
-    InvalidInput,
-    ModelLoadError,
-    ModelNotFound,
-    ModelNotReady,
-    Overloaded,
-    PlanRefused,
-    ShuttingDown,
-    Unauthenticated,
-    Unsupported,
-)
+from server.errors import INTERNAL_MESSAGE, EdgeError, InvalidInput
 from server.http_api import json_tensors
 
 log = logging.getLogger(__name__)
@@ -40,26 +29,12 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "edgefleet"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["classification", "model_repository", "statistics", "binary_tensor_data"]
-HTTP_STATUS: dict[type[EdgeError], int] = {
-    ModelNotFound: 404,
-    InvalidInput: 400,
-    ModelNotReady: 503,
-    ShuttingDown: 503,
-    Overloaded: 429,
-    PlanRefused: 507,
-    ModelLoadError: 400,
-    Unsupported: 501,
-    Unauthenticated: 401,
-}
-INTERNAL_MESSAGE = "internal error (the server log has the details)"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def status_for(error: BaseException) -> int:
-    for klass in type(error).__mro__:
-        if klass in HTTP_STATUS:
-            return HTTP_STATUS[klass]
-    return 500
+    """The HTTP status a domain error declares (`server.errors`); 500 for anything else."""
+    return error.http_status if isinstance(error, EdgeError) else 500
 
 
 @web.middleware

@@ -14,8 +14,7 @@ import pytest
 from edgefleet.face_frames import frame_with_faces
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
-from server.app import EdgeServer
-from tests.conftest import copy_model, jpeg_bytes, photo, server_settings
+from tests.conftest import copy_model, jpeg_bytes, photo, running_server
 
 FACES = ("faces", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet")
 KEYPOINTS = ["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"]
@@ -31,12 +30,8 @@ def copy_faces(built: Path, repo: Path) -> None:
 async def faces_server(tmp_path: Path, built_models: Path):
     repo = tmp_path / "repo"
     copy_faces(built_models, repo)
-    server = EdgeServer(server_settings(repo))
-    await server.start()
-    try:
+    async with running_server(repo) as server:
         yield server
-    finally:
-        await server.stop(grace_s=1.0)
 
 
 def raw_frame(sequence: int, image: np.ndarray) -> fs.StreamRequest:

@@ -18,7 +18,7 @@ def serve(
 ) -> list[int]:
     sizes = []
     for _ in range(batches):
-        rows = sizer.rows(8, waiting)
+        rows = sizer.rows(8, lambda: waiting)
         sizes.append(rows)
         sizer.ran(rows, run_s(rows))
     return sizes
@@ -45,7 +45,7 @@ def test_it_never_exceeds_the_plan_nor_probes_beyond_the_waiting_streams() -> No
     sizer = BatchSizer()
     sizes = serve(sizer, lambda rows: 0.004, PROBE_EVERY * 20, waiting=2)
     assert max(sizes) == 2 and sizer.target == 2
-    assert sizer.rows(1, waiting=8) == 1  # a plan without batching caps it at once
+    assert sizer.rows(1, lambda: 8) == 1  # a plan without batching caps it at once
 
 
 def test_it_comes_back_down_when_batching_stops_paying() -> None:
@@ -66,7 +66,7 @@ def test_a_noisy_shared_device_does_not_talk_it_into_batching() -> None:
     sizes = []
     for batch in range(PROBE_EVERY * 100):
         load = 1.0 + 0.8 * ((batch // 300) % 2)  # busy and quiet spells
-        rows = sizer.rows(8, waiting=8)
+        rows = sizer.rows(8, lambda: 8)
         sizes.append(sizer.target)
         sizer.ran(rows, 0.009 * rows * load * noise.uniform(0.7, 1.3))
     assert sizes.count(1) >= 0.9 * len(sizes)

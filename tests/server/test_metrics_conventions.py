@@ -68,3 +68,59 @@ async def test_metrics_follow_prometheus_conventions(repository):
     assert model.labels["version"] == "1" and model.labels["backend"] == "onnx"
     assert model.labels["provider"] == "CPUExecutionProvider"
     assert model.labels["precision"] in {"fp32", "fp16", "int8"}
+
+
+async def test_bad_camera_frames_are_counted_and_the_stream_goes_on(repository):
+    # A truncated JPEG and a frame that is not a JPEG at all, between good frames, on one live
+    # stream: each bad one is answered with an error naming it, counted as a failed request
+    # (invalid_input) and as a stream error, and the frames after it are still answered.
+    from protos.edgefleet.v1 import frame_stream_pb2 as fs
+    from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
+    from tests.conftest import jpeg_bytes, photo
+
+    good = jpeg_bytes(photo("chelsea"))
+    frames = [good, good[: len(good) // 3], good, b"\xff\xd8 not a jpeg", good]
+
+    async def requests():
+        yield fs.StreamRequest(
+            open=fs.StreamOpen(
+                model_name=ONNX_MODEL, encoding=fs.FRAME_ENCODING_JPEG,
+                overload_policy=fs.OVERLOAD_POLICY_BLOCK, results=fs.ResultOptions(top_k=1),
+            )
+        )  # fmt: skip
+        for sequence, data in enumerate(frames):
+            yield fs.StreamRequest(frame=fs.Frame(sequence=sequence, data=data))
+
+    server = EdgeServer(server_settings(repository, metrics_port=0))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            answers = {}
+            async for response in fs_grpc.FrameStreamServiceStub(channel).Stream(requests()):
+                kind = response.WhichOneof("kind")
+                if kind == "result":
+                    answers[response.result.sequence] = "result"
+                elif kind == "error":
+                    answers[response.error.sequence] = response.error.message
+        status, text = await asyncio.to_thread(
+            _get, f"http://127.0.0.1:{server.metrics_port}/metrics"
+        )
+    finally:
+        await server.stop(grace_s=1.0)
+    assert status == 200
+    assert [answers[sequence] == "result" for sequence in range(5)] == [
+        True, False, True, False, True,
+    ]  # fmt: skip
+    assert "JPEG" in answers[1] and "JPEG" in answers[3]
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+
+    def counts(family: str) -> dict[str, float]:
+        return {
+            sample.labels["outcome"]: sample.value
+            for sample in families[family].samples
+            if sample.labels["model"] == ONNX_MODEL and sample.name.endswith("_total")
+        }
+
+    assert counts("edgefleet_requests") == {"success": 3.0, "invalid_input": 2.0}
+    stream = counts("edgefleet_stream_frames")
+    assert (stream["answered"], stream["error"]) == (3.0, 2.0)

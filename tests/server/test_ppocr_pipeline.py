@@ -19,7 +19,7 @@ import pytest
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from server.app import EdgeServer
-from tests.conftest import copy_model, photo, png_bytes, server_settings
+from tests.conftest import copy_model, photo, png_bytes, running_server, server_settings
 
 TEXT = "EDGE FLEET 2026"
 PPOCR = ("ppocr", "ppocr_det", "ppocr_rec")
@@ -34,12 +34,8 @@ def copy_ppocr(built: Path, repo: Path) -> None:
 async def ocr_server(tmp_path: Path, built_models: Path):
     repo = tmp_path / "repo"
     copy_ppocr(built_models, repo)
-    server = EdgeServer(server_settings(repo))
-    await server.start()
-    try:
+    async with running_server(repo) as server:
         yield server
-    finally:
-        await server.stop(grace_s=1.0)
 
 
 def draw_text(
