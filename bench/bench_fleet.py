@@ -129,6 +129,23 @@ async def poll_until(condition, timeout_s: float) -> None:
         await asyncio.sleep(0.5)
 
 
+async def enroll_and_connect(
+    fleet: SimulatedFleet, admin: AdminClient, count: int, where: str = ""
+) -> tuple[float, float]:
+    """Enroll `count` simulated agents, start them and wait until all are connected; the
+    seconds each step took."""
+    started = time.monotonic()
+    await fleet.enroll(admin)
+    enroll_s = time.monotonic() - started
+    print(f"  enrolled {count}{where} in {enroll_s:.0f} s", flush=True)
+    fleet.start()
+    started = time.monotonic()
+    await poll_until(lambda: fleet.stats.connected >= count, 300)
+    connect_s = time.monotonic() - started
+    print(f"  {fleet.stats.connected} connected in {connect_s:.0f} s", flush=True)
+    return enroll_s, connect_s
+
+
 async def measure_cpu(controller: Controller, seconds: float) -> tuple[float, float]:
     """(CPU share of one core, wall seconds) of the controller process over `seconds`."""
     start_cpu, start = controller.cpu_seconds(), time.monotonic()
@@ -153,15 +170,7 @@ async def heartbeat_run(
         )
         fleet = SimulatedFleet(settings)
         async with AdminClient.connect(controller.credential) as admin:
-            started = time.monotonic()
-            await fleet.enroll(admin)
-            enroll_s = time.monotonic() - started
-        print(f"  enrolled {count} in {enroll_s:.0f} s", flush=True)
-        fleet.start()
-        started = time.monotonic()
-        await poll_until(lambda: fleet.stats.connected >= count, 300)
-        connect_s = time.monotonic() - started
-        print(f"  {fleet.stats.connected} connected in {connect_s:.0f} s", flush=True)
+            enroll_s, connect_s = await enroll_and_connect(fleet, admin, count)
         await asyncio.sleep(12)  # every agent has sent at least one heartbeat
         before = controller.handling_histogram()
         sent_before = fleet.stats.telemetry_sent
@@ -384,15 +393,9 @@ async def replicated_run(
             )
             fleet = SimulatedFleet(settings)
             async with AdminClient.connect(a.credential) as admin:
-                started = time.monotonic()
-                await fleet.enroll(admin)
-                enroll_s = time.monotonic() - started
-                print(f"  enrolled {count} over PostgreSQL in {enroll_s:.0f} s", flush=True)
-                fleet.start()
-                started = time.monotonic()
-                await poll_until(lambda: fleet.stats.connected >= count, 300)
-                connect_s = time.monotonic() - started
-                print(f"  {fleet.stats.connected} connected in {connect_s:.0f} s", flush=True)
+                enroll_s, connect_s = await enroll_and_connect(
+                    fleet, admin, count, " over PostgreSQL"
+                )
                 await asyncio.sleep(12)
                 before = {name: r.handling_histogram() for name, r in replicas.items()}
                 cpu_before = {name: r.cpu_seconds() for name, r in replicas.items()}

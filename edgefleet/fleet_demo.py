@@ -33,7 +33,7 @@ from fleet.bundle import build_bundle
 from fleet.controller.app import ControllerApp
 from fleet.controller.settings import ControllerSettings
 from fleet.ctl.client import AdminClient, AdminCredential
-from fleet.ctl.render import devices_table, rollout_view, why_table
+from fleet.ctl.render import devices_table, rollout_view, state_name, why_table
 from fleet.keys import generate_keypair, load_private_key
 from protos.edgefleet.fleet.v1 import admin_pb2
 from protos.inference import grpc_service_pb2 as kserve
@@ -226,13 +226,12 @@ async def demo(
             console.print(devices_table(list(devices.devices)))
             actual = {str(server.core.active_version(MODEL)) for server in servers}
             console.print(f"[bold]active versions on the edge servers:[/] {sorted(actual)}")
-            state = admin_pb2.RolloutState.Name(rollout.state).removeprefix("ROLLOUT_STATE_")
             if succeeded and actual == {"2"}:
                 console.print("[bold green]rollout SUCCEEDED[/]: every device serves version 2")
                 return True
             console.print(
-                f"[bold red]rollout {state}[/] ({rollout.reason or 'no reason given'}); "
-                f"the devices serve {sorted(actual)}"
+                f"[bold red]rollout {state_name(rollout)}[/]"
+                f" ({rollout.reason or 'no reason given'}); the devices serve {sorted(actual)}"
             )
             return False
     finally:

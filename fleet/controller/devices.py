@@ -266,22 +266,33 @@ class DeviceRegistry:
         for entry in await self._store.all_desired():
             by_device.setdefault(entry.device_id, []).append(entry)
         return [
-            DeviceView(
-                record=device,
-                online=self.online(device_id),
-                last_seen=self._live.last_seen(device_id) or device.last_seen,
-                desired=by_device.get(device_id, []),
-                latest=self._live.latest(device_id),
-            )
+            self._view(device, by_device.get(device_id, []))
             for device_id, device in sorted(self._devices.items())
             if matches(device.labels, selector)
         ]
 
     async def view(self, device_id: str) -> DeviceView:
-        views = [view for view in await self.views({}) if view.record.device_id == device_id]
-        if not views:
-            raise NotFound(f"no device {device_id!r}")
-        return views[0]
+        """One device's view: reads that device's rows only, not the whole fleet's."""
+        if (
+            self._replication is not None
+            and self._replication.enabled
+            and not self._live.online(device_id)
+        ):
+            stored = await self._store.get_device(device_id)  # as `refresh`, for one device
+            if stored is not None:
+                self._devices[device_id] = stored
+        device = self.get(device_id)
+        return self._view(device, await self._store.desired_for(device_id))
+
+    def _view(self, device: DeviceRecord, desired: list[DesiredEntry]) -> DeviceView:
+        device_id = device.device_id
+        return DeviceView(
+            record=device,
+            online=self.online(device_id),
+            last_seen=self._live.last_seen(device_id) or device.last_seen,
+            desired=desired,
+            latest=self._live.latest(device_id),
+        )
 
     async def remove(self, actor: str, device_id: str) -> Revocation | None:
         """Forget the device and revoke its key; None when its key was never seen."""

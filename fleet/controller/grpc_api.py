@@ -213,7 +213,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListDevices(
         self, request: admin_pb2.ListDevicesRequest, context: Context
     ) -> admin_pb2.ListDevicesResponse:
-        _admin(context)
         views = await self._devices.views(dict(request.selector))
         return admin_pb2.ListDevicesResponse(devices=[convert.device_to_pb(v) for v in views])
 
@@ -247,7 +246,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetRollout(
         self, request: admin_pb2.GetRolloutRequest, context: Context
     ) -> admin_pb2.GetRolloutResponse:
-        _admin(context)
         rollout = self._rollouts.get(request.rollout_id)
         return admin_pb2.GetRolloutResponse(rollout=convert.rollout_to_pb(rollout))
 
@@ -255,7 +253,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListRollouts(
         self, request: admin_pb2.ListRolloutsRequest, context: Context
     ) -> admin_pb2.ListRolloutsResponse:
-        _admin(context)
         rollouts = self._rollouts.list_rollouts()
         return admin_pb2.ListRolloutsResponse(rollouts=[convert.rollout_to_pb(r) for r in rollouts])
 
@@ -284,7 +281,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ExplainRollout(
         self, request: admin_pb2.ExplainRolloutRequest, context: Context
     ) -> admin_pb2.ExplainRolloutResponse:
-        _admin(context)
         rollout, measurements = await self._rollouts.explain(request.rollout_id)
         return admin_pb2.ExplainRolloutResponse(
             rollout=convert.rollout_to_pb(rollout),
@@ -304,7 +300,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetTelemetry(
         self, request: admin_pb2.GetTelemetryRequest, context: Context
     ) -> admin_pb2.GetTelemetryResponse:
-        _admin(context)
         rows = await self._telemetry.history(request.device_id, request.since_s, request.limit)
         return admin_pb2.GetTelemetryResponse(
             samples=[
@@ -330,7 +325,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListAuditEntries(
         self, request: admin_pb2.ListAuditEntriesRequest, context: Context
     ) -> admin_pb2.ListAuditEntriesResponse:
-        _admin(context)
         entries = await self._audit.entries(request.limit)
         return admin_pb2.ListAuditEntriesResponse(
             entries=[convert.audit_to_pb(entry) for entry in entries]

@@ -32,8 +32,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
-from pydantic import ValidationError
-
 from fleet.controller.gates import DeviceWindow, cohort_figures, judge, parse_gate
 from fleet.controller.live import LiveFleet, TelemetrySample, sample_from_document
 from fleet.controller.records import (
@@ -667,7 +665,7 @@ class RolloutEngine:
             for received_at, document in rows:
                 try:
                     sample = sample_from_document(document, since + (received_at - wall_since))
-                except (ValueError, KeyError, TypeError, ValidationError):
+                except (ValueError, KeyError, TypeError):
                     continue
                 if not sample.replayed:
                     samples.append(sample)
