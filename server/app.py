@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common.prometheus_http import start_metrics_http
 from protos.edgefleet.v1 import (
     frame_stream_pb2,
     frame_stream_pb2_grpc,
@@ -27,7 +28,6 @@ from server.grpc_api.malformed import MalformedRequestInterceptor
 from server.grpc_api.server_info import DeviceFacts, ServerInfoServicer
 from server.http_api.kserve_http import HttpServer
 from server.metrics import ServerMetrics
-from server.prometheus_http import start_metrics_http
 from server.runtime_plan import Planner
 from server.settings import ServerSettings
 from server.tls import server_credentials as tls_credentials

@@ -11,8 +11,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from common.prometheus_http import instance_registry
 from server.errors import EdgeError, InvalidInput, Overloaded, ShuttingDown, Unsupported
-from server.prometheus_http import instance_registry
 
 if TYPE_CHECKING:
     from server.frame_scheduler import DropReason

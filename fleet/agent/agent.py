@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 
+from common.version import EDGEFLEET_VERSION
 from fleet.agent.download import fetch_bundle
 from fleet.agent.identity import DeviceIdentity, enroll, load_identity, save_identity
 from fleet.agent.local_state import (
@@ -41,7 +42,6 @@ from fleet.keys import TrustedKeys
 from protos.edgefleet.fleet.v1 import agent_pb2, agent_pb2_grpc
 
 logger = logging.getLogger(__name__)
-AGENT_VERSION = "0.1.0"
 DEFAULT_TELEMETRY_INTERVAL_S = 10.0
 # Failures worth retrying on the next connection rather than reporting as a failed install.
 _TRANSIENT = {
@@ -253,7 +253,7 @@ class Agent:
                 )
             )
         return agent_pb2.Hello(
-            agent_version=AGENT_VERSION,
+            agent_version=EDGEFLEET_VERSION,
             labels=self._settings.labels,
             hardware_json=self._hardware_json,
             installed=installed,

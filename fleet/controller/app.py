@@ -19,6 +19,7 @@ import grpc
 from cryptography.hazmat.primitives import hashes
 from prometheus_client import CollectorRegistry
 
+from common.prometheus_http import instance_registry, start_metrics_http
 from fleet.controller.audit import AuditLog
 from fleet.controller.authz import ServiceAuthorization
 from fleet.controller.bundles import BundleService
@@ -43,7 +44,6 @@ from fleet.grpc_status import Peer
 from fleet.keys import TrustedKeys
 from fleet.pki import ADMIN_PREFIX, CertificateAuthority
 from protos.edgefleet.fleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
-from server.prometheus_http import instance_registry, start_metrics_http
 
 logger = logging.getLogger(__name__)
 ADMIN_CREDENTIAL = "admin-credential.json"

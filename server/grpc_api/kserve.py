@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from common.version import EDGEFLEET_VERSION
 from protos.inference import grpc_service_pb2 as kserve
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.concurrency import bounded_map
@@ -21,7 +22,6 @@ from server.grpc_api.status import grpc_errors, status_for
 from server.infer_types import InferRequest
 
 SERVER_NAME = "edgefleet"
-SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["classification", "model_repository", "statistics"]
 # Requests of one ModelStreamInfer stream processed at once, so they can share batches.
 STREAM_WINDOW = 16
@@ -63,7 +63,7 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
         self, request: kserve.ServerMetadataRequest, context: Context
     ) -> kserve.ServerMetadataResponse:
         return kserve.ServerMetadataResponse(
-            name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS
+            name=SERVER_NAME, version=EDGEFLEET_VERSION, extensions=EXTENSIONS
         )
 
     @grpc_errors

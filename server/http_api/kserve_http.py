@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from common.version import EDGEFLEET_VERSION
 from server.core import InferenceCore
 from server.errors import INTERNAL_MESSAGE, EdgeError, InvalidInput
 from server.http_api import json_tensors
@@ -27,7 +28,6 @@ from server.http_api import json_tensors
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "edgefleet"
-SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["classification", "model_repository", "statistics", "binary_tensor_data"]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -84,7 +84,7 @@ class KServeHttp:
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         return web.json_response(
-            {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
+            {"name": SERVER_NAME, "version": EDGEFLEET_VERSION, "extensions": EXTENSIONS}
         )
 
     async def metadata(self, request: web.Request) -> web.Response:

@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, make_w
 from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 from prometheus_client.metrics_core import Metric
 
-EDGEFLEET_VERSION = "0.1.0"
+from common.version import EDGEFLEET_VERSION
+
 METRICS_PATHS = frozenset({"/", "/metrics"})
 # Series a counter, histogram or summary family carries besides its values: only `_created`
 # (the creation timestamp, which Prometheus does not need and which doubles the series count).
