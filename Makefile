@@ -44,10 +44,12 @@ FUZZ_SECONDS ?= 600
 fuzz: $(MODELS_STAMP)
 	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -s --timeout 0 tests/server/test_fuzz.py -k long
 
+# Style, types, and the architecture: import-linter holds the layers in .importlinter.
 lint: $(PROTO_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy .
+	PYTHONPATH=. $(VENV)/bin/lint-imports
 
 bench: $(MODELS_STAMP)
 	for script in bench/bench_*.py; do $(PY) -m bench.$$(basename $$script .py) || exit 1; done
