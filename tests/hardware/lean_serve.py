@@ -36,9 +36,28 @@ def watch(report: Path, go: Path) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+def claim_int8_dot_product() -> None:
+    """Make the probe report an int8 dot-product instruction (VNNI) this CPU may lack, so the
+    planner queues an int8 conversion in its child: the process under test must stay lean while
+    that conversion runs. Only the CPU's feature list is faked (an instruction set cannot be
+    installed here); the rest of the probe reads this machine."""
+    from server.hardware import probe
+
+    real_probe_cpu = probe._probe_cpu
+
+    def probe_cpu(*args: object, **kwargs: object) -> object:
+        cpu = real_probe_cpu(*args, **kwargs)  # type: ignore[arg-type]
+        if "avx512_vnni" in cpu.features:
+            return cpu
+        return cpu.model_copy(update={"features": (*cpu.features, "avx512_vnni")})
+
+    probe._probe_cpu = probe_cpu  # type: ignore[assignment]
+
+
 def main() -> None:
     report, go = Path(sys.argv[1]), Path(sys.argv[2])
     threading.Thread(target=watch, args=(report, go), daemon=True).start()
+    claim_int8_dot_product()
     sys.argv = ["edgefleet", "serve", *sys.argv[sys.argv.index("--") + 1 :]]
     from edgefleet.cli import main as cli
 
