@@ -3,7 +3,7 @@
 Frames: 640x480 and 1280x720 with 0, 1 and 5 faces (edgefleet/face_frames.py: the astronaut's
 head pasted on the rocket photo), sent raw RGB. The server (`edgefleet serve`, its own process,
 the manifest's plan with the same intra-op threads) runs pyramid -> P-Net -> R-Net -> O-Net;
-the baseline runs the very same cascade code (server/mtcnn.py) with our PyTorch modules called
+the baseline runs the very same cascade code (server/vision/mtcnn.py) with our PyTorch modules called
 eagerly in one process on the same threads. Per-stage times come from the same cascade run
 in-process on the exported ONNX networks. Writes the `<!-- bench:faces -->` section of
 docs/benchmarks.md.
@@ -31,7 +31,7 @@ from bench.machine import describe, write_section
 from edgefleet.face_frames import frame_with_faces
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
-from server.mtcnn import StageTimes, detect_faces
+from server.vision.mtcnn import StageTimes, detect_faces
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = len(os.sched_getaffinity(0))
@@ -234,7 +234,7 @@ def main() -> None:
             "",
             f"Machine: {machine}.",
             f"`faces` served over FrameStream (raw RGB frames, {THREADS} intra-op threads, the "
-            "manifest's plan) vs the baseline: the same cascade (server/mtcnn.py) calling our "
+            "manifest's plan) vs the baseline: the same cascade (server/vision/mtcnn.py) calling our "
             "PyTorch P/R/O-Nets eagerly, in one process, on the same threads. Served frames/s "
             "with 4 frames in flight (stages of different frames overlap) and with 1 (frames "
             "one after another, like the baseline); served p50/p95 with 1 in flight (round "

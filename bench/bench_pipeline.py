@@ -92,7 +92,7 @@ async def run_server(port: int, frames: list[np.ndarray]) -> tuple[list[float], 
 
 
 def nms_figures() -> list[str]:
-    from server.detect.nms import nms_cv2, nms_numpy
+    from server.vision.decoders.nms import nms_cv2, nms_numpy
 
     rows = []
     rng = np.random.default_rng(0)
@@ -123,7 +123,7 @@ async def measure(args: argparse.Namespace) -> str:
     from rapidocr_onnxruntime import RapidOCR
 
     from server.app import EdgeServer
-    from server.runtime_plan import ManifestPlanner
+    from server.models.runtime_plan import ManifestPlanner
     from server.settings import ServerSettings
 
     cores = len(os.sched_getaffinity(0))
@@ -192,7 +192,7 @@ async def measure(args: argparse.Namespace) -> str:
         "|---|---|---|",
         *nms_figures(),
         "",
-        "`server/detect/nms.py` uses OpenCV's.",
+        "`server/vision/decoders/nms.py` uses OpenCV's.",
     ])  # fmt: skip
 
 

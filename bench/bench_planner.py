@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from bench.machine import describe, write_section
-from server.backends.base import Backend, load_backend
 from server.hardware.autotune import synthetic_inputs
 from server.hardware.calibration import GuardInputs, constant_calibration, guard_inputs
 from server.hardware.guard import LABELS, confident_note, format_value
@@ -31,7 +30,8 @@ from server.hardware.policy import PlannerSettings
 from server.hardware.precision import RECIPES, Conversion, convert_with_guard
 from server.hardware.probe import probe_hardware
 from server.manifest import ModelManifest, read_manifest
-from server.runtime_plan import RuntimePlan
+from server.models.backends.base import Backend, load_backend
+from server.models.runtime_plan import RuntimePlan
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "models" / "efficientnet_lite0" / "1"

@@ -30,7 +30,7 @@ from bench.machine import describe, write_section
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from server.manifest import read_manifest
-from server.preprocess import to_model_input
+from server.vision.preprocess import to_model_input
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet_lite0"
@@ -383,7 +383,7 @@ def pipeline_costs(repeats: int = 40) -> list[str]:
     from PIL import Image
     from skimage import data
 
-    from server.preprocess import FrameEncoding, decode_frame
+    from server.vision.preprocess import FrameEncoding, decode_frame
 
     spec = read_manifest(ROOT / "models" / MODEL / "1").preprocess
     assert spec is not None

@@ -73,9 +73,9 @@ def init(
     force: Annotated[bool, typer.Option(help="Overwrite an existing manifest.")] = False,
 ) -> None:
     """Complete a manifest from model.onnx and write it for editing."""
-    from server.dropin import DROPIN_FILENAME, manifest_from_onnx
     from server.errors import EdgeError
     from server.manifest import MANIFEST_FILENAME, Postprocess, Preprocess, write_manifest
+    from server.models.dropin import DROPIN_FILENAME, manifest_from_onnx
 
     if (directory / MANIFEST_FILENAME).exists() and not force:
         raise typer.BadParameter(f"{directory / MANIFEST_FILENAME} exists (use --force)")
@@ -134,9 +134,9 @@ def check(
     import asyncio
 
     from server.errors import EdgeError
-    from server.metrics import ServerMetrics
-    from server.registry import check_pipeline_members, read_version_manifest
-    from server.runtime_plan import ManifestPlanner
+    from server.models.registry import check_pipeline_members, read_version_manifest
+    from server.models.runtime_plan import ManifestPlanner
+    from server.observability.metrics import ServerMetrics
 
     try:
         manifest = read_version_manifest(directory)
@@ -144,7 +144,7 @@ def check(
             check_pipeline_members(directory.parent.parent, manifest)
             detail = f"pipeline of {len(manifest.pipeline.stages)} stages"
         else:
-            from server.model_version import ModelVersion
+            from server.models.version import ModelVersion
 
             plan = ManifestPlanner().plan(directory, manifest)
             version = ModelVersion(directory, manifest, plan, ServerMetrics())

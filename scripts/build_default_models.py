@@ -256,7 +256,7 @@ def faces_pipeline(version_dir: Path) -> ModelManifest:
         ]),
         provenance={
             "source": f"facenet-pytorch {FACENET_VERSION} weights (MIT), MTCNN (Zhang et al. "
-            "2016); cascade in server/mtcnn.py",
+            "2016); cascade in server/vision/mtcnn.py",
         },
     )  # fmt: skip
 

@@ -27,8 +27,8 @@ from server.grpc_api.kserve import KServeServicer
 from server.grpc_api.malformed import MalformedRequestInterceptor
 from server.grpc_api.server_info import DeviceFacts, ServerInfoServicer
 from server.http_api.kserve_http import HttpServer
-from server.metrics import ServerMetrics
-from server.runtime_plan import Planner
+from server.models.runtime_plan import Planner
+from server.observability.metrics import ServerMetrics
 from server.settings import ServerSettings
 from server.tls import server_credentials as tls_credentials
 

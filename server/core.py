@@ -25,23 +25,23 @@ from server.errors import (
     RequiredModelFailed,
     ShuttingDown,
 )
-from server.frame_scheduler import FrameScheduler
-from server.frame_session import (
+from server.frames.scheduler import FrameScheduler
+from server.frames.session import (
     FrameIn,
     FrameSession,
     StreamEvent,
     StreamOpenedEvent,
     StreamOptions,
 )
-from server.infer_types import InferRequest, InferResponse, OutputTensor, RequestedOutput
 from server.manifest import ModelManifest
-from server.metrics import ServerMetrics, StreamMetrics, outcome_of
-from server.model_version import InferOutcome, ModelVersion
-from server.postprocess import classification_strings, classification_width
-from server.registry import ModelIndexEntry, ModelRegistry
-from server.runtime_plan import ManifestPlanner, Planner, RuntimePlan
+from server.models.registry import ModelIndexEntry, ModelRegistry
+from server.models.runtime_plan import ManifestPlanner, Planner, RuntimePlan
+from server.models.stats import ModelStats, ModelTelemetry
+from server.models.types import InferRequest, InferResponse, OutputTensor, RequestedOutput
+from server.models.version import InferOutcome, ModelVersion
+from server.observability.metrics import ServerMetrics, StreamMetrics, outcome_of
 from server.settings import ServerSettings
-from server.stats import ModelStats, ModelTelemetry
+from server.vision.postprocess import classification_strings, classification_width
 
 log = logging.getLogger(__name__)
 # (model name, versions on disk oldest first) -> the versions to try at boot, best first. The

@@ -90,7 +90,7 @@ class Preprocess(_Strict):
 
 
 class YoloOptions(_Strict):
-    """Decoding of YOLO ONNX exports (server/detect/yolo.py)."""
+    """Decoding of YOLO ONNX exports (server/vision/decoders/yolo.py)."""
 
     # v5: [N, boxes, 5 + classes] (cx, cy, w, h, objectness, class scores);
     # v8: [N, 4 + classes, boxes] (v8, v11: cx, cy, w, h, class scores; no objectness);
@@ -107,8 +107,9 @@ class YoloOptions(_Strict):
 
 
 class DbOptions(_Strict):
-    """PP-OCR's differentiable-binarisation text detector (server/detect/db_text.py), with the
-    thresholds PaddleOCR documents (det_db_thresh, det_db_box_thresh, det_db_unclip_ratio)."""
+    """PP-OCR's differentiable-binarisation text detector (server/vision/decoders/db_text.py),
+    with the thresholds PaddleOCR documents (det_db_thresh, det_db_box_thresh,
+    det_db_unclip_ratio)."""
 
     thresh: float = Field(default=0.3, ge=0, le=1)
     box_thresh: float = Field(default=0.5, ge=0, le=1)
@@ -120,7 +121,7 @@ class DbOptions(_Strict):
 
 
 class CtcOptions(_Strict):
-    """Greedy CTC decoding for text recognisers (server/detect/ctc_text.py)."""
+    """Greedy CTC decoding for text recognisers (server/vision/decoders/ctc_text.py)."""
 
     # ONNX metadata key holding the character list, one per line (PaddleOCR exports have it);
     # `labels_file` is the fallback. Index 0 is the CTC blank.
@@ -151,10 +152,11 @@ class Postprocess(_Strict):
 
 
 class CascadeStage(_Strict):
-    """A stage of a cascade detector such as MTCNN (server/cascade.py): the member scores
-    candidate windows (`prob`: [N, 2] or [N, 2, h, w], the second channel the object) and moves
-    their corners (`reg`: [N, 4] or [N, 4, h, w], as fractions of the window's side); the last
-    stage may also place keypoints (`landmarks`: [N, 2K], K x then K y, as fractions)."""
+    """A stage of a cascade detector such as MTCNN (server/frames/work/cascade.py): the member
+    scores candidate windows (`prob`: [N, 2] or [N, 2, h, w], the second channel the object)
+    and moves their corners (`reg`: [N, 4] or [N, 4, h, w], as fractions of the window's side);
+    the last stage may also place keypoints (`landmarks`: [N, 2K], K x then K y, as
+    fractions)."""
 
     # Probability a candidate needs to go on.
     threshold: float = Field(default=0.7, ge=0, le=1)
@@ -179,7 +181,7 @@ class CascadeStage(_Strict):
 
 
 class PipelineStage(_Strict):
-    """One stage of a pipeline, run by server/pipeline.py.
+    """One stage of a pipeline, run by server/frames/work/pipeline.py.
 
     detect: the model sees the whole frame (its own preprocess) and its postprocess (yolo,
       db_text) yields detections in source pixels.
@@ -188,7 +190,7 @@ class PipelineStage(_Strict):
       and its postprocess fills the detection: ctc_text sets `text` and `score`,
       classification sets `class_id`, `label` and `score`.
     pyramid: a fully convolutional proposal network (MTCNN's P-Net) over an image pyramid of the
-      frame; candidate windows come out square (server/cascade.py).
+      frame; candidate windows come out square (server/frames/work/cascade.py).
     refine: the candidates so far, cut square from the frame at the member's input size and
       batched, are scored and moved (R-Net, then O-Net); the last stage gives the detections
       and their keypoints.

@@ -128,7 +128,7 @@ def png_bytes(image_rgb: np.ndarray) -> bytes:
 def preprocessed() -> Callable[[str], np.ndarray]:
     """The default model's input for a named photo, exactly as the server prepares it."""
     from server.manifest import read_manifest
-    from server.preprocess import to_model_input
+    from server.vision.preprocess import to_model_input
 
     spec = read_manifest(BUILT_MODELS / ONNX_MODEL / "1").preprocess
     assert spec is not None

@@ -43,7 +43,7 @@ Target = Literal["onnx", "torchscript"]
 TARGETS: tuple[Target, ...] = ("onnx", "torchscript")
 MODEL_FILES: dict[str, str] = {"onnx": "model.onnx", "torchscript": "model.pt"}
 LABELS_FILE = "labels.txt"
-# The names the server's registry accepts (server/registry.py); a dot-name is never a model.
+# The names the server's registry accepts (server/models/registry.py); a dot-name is never a model.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 

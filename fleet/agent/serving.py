@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from server.stats import ModelTelemetry
+from server.models.stats import ModelTelemetry
 
 __all__ = ["IndexEntryView", "ModelTelemetry", "ServingCore"]
 

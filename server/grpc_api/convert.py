@@ -13,8 +13,8 @@ from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.inference import grpc_service_pb2 as kserve
 from server.core import ModelInfo
 from server.errors import InvalidInput
-from server.frame_scheduler import DropReason
-from server.frame_session import (
+from server.frames.scheduler import DropReason
+from server.frames.session import (
     FrameErrorEvent,
     FrameIn,
     FrameResultEvent,
@@ -26,12 +26,12 @@ from server.frame_session import (
 )
 from server.grpc_api.detections_pb import detection_filter_from_pb, detections_to_pb
 from server.grpc_api.status import public_message, status_for
-from server.infer_types import InferRequest, InferResponse, OutputTensor, RequestedOutput
 from server.manifest import ModelManifest, TensorSpec
-from server.preprocess import FrameEncoding
-from server.registry import ModelIndexEntry
-from server.stats import Duration, ModelStats
-from server.tensors import array_from_bytes, element_count, kserve_datatype, numpy_dtype
+from server.models.registry import ModelIndexEntry
+from server.models.stats import Duration, ModelStats
+from server.models.tensors import array_from_bytes, element_count, kserve_datatype, numpy_dtype
+from server.models.types import InferRequest, InferResponse, OutputTensor, RequestedOutput
+from server.vision.preprocess import FrameEncoding
 
 # ---------------------------------------------------------------- KServe inference
 

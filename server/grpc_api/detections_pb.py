@@ -6,8 +6,8 @@ import math
 from collections.abc import Iterable
 
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
-from server.detections import Detection, DetectionFilter, Region
 from server.errors import InvalidInput
+from server.vision.detections import Detection, DetectionFilter, Region
 
 
 def detection_filter_from_pb(results: fs.ResultOptions) -> DetectionFilter:

@@ -16,10 +16,10 @@ from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.concurrency import bounded_map
 from server.core import InferenceCore
 from server.errors import EdgeError, Unsupported
-from server.failure_log import FailureLog
 from server.grpc_api import convert
 from server.grpc_api.status import grpc_errors, status_for
-from server.infer_types import InferRequest
+from server.models.types import InferRequest
+from server.observability.failure_log import FailureLog
 
 SERVER_NAME = "edgefleet"
 EXTENSIONS = ["classification", "model_repository", "statistics"]

@@ -13,7 +13,7 @@ from typing import Any, TypeVar, cast
 import grpc
 
 from server.errors import INTERNAL_MESSAGE, EdgeError
-from server.failure_log import FailureLog
+from server.observability.failure_log import FailureLog
 
 log = logging.getLogger(__name__)
 # One line per kind of unexpected error and 10 s, with a count; tracebacks at DEBUG.

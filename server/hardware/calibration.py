@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from server.manifest import ModelManifest
-from server.preprocess import to_model_input
+from server.vision.preprocess import to_model_input
 
 Sample = dict[str, np.ndarray]
 # scikit-image's bundled pictures (no download needed); grayscale ones become RGB. Natural

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from server.hardware.facts import HardwareFacts
     from server.hardware.policy import PlannerSettings
     from server.hardware.precision import GuardVerdict
-    from server.runtime_plan import RuntimePlan
+    from server.models.runtime_plan import RuntimePlan
 
 
 def register(app: typer.Typer) -> None:

@@ -16,7 +16,7 @@ from server.hardware.facts import INT8_DOT_FEATURES, HardwareFacts
 from server.hardware.footprint import Footprint
 from server.hardware.policy import PlannerSettings
 from server.manifest import ModelManifest, RuntimePins
-from server.runtime_plan import PROVIDER_PREFERENCE, RuntimePlan
+from server.models.runtime_plan import PROVIDER_PREFERENCE, RuntimePlan
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".torchscript")

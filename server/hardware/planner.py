@@ -34,7 +34,7 @@ from server.hardware.policy import PlannerSettings
 from server.hardware.precision import Conversion, GuardVerdict, cached_conversion
 from server.hardware.probe import probe_hardware
 from server.manifest import ModelManifest, sha256_file
-from server.runtime_plan import RuntimePlan, UpgradeJob
+from server.models.runtime_plan import RuntimePlan, UpgradeJob
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from google.protobuf import json_format
 from server.core import ModelInfo
 from server.errors import InvalidInput
 from server.grpc_api import convert
-from server.infer_types import InferRequest, InferResponse, RequestedOutput
-from server.stats import ModelStats
-from server.tensors import array_from_bytes, numpy_dtype
+from server.models.stats import ModelStats
+from server.models.tensors import array_from_bytes, numpy_dtype
+from server.models.types import InferRequest, InferResponse, RequestedOutput
 
 
 @dataclass(frozen=True)

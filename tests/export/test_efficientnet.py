@@ -13,7 +13,7 @@ import pytest
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.app import EdgeServer
 from server.manifest import read_manifest, verify_files
-from server.preprocess import to_model_input
+from server.vision.preprocess import to_model_input
 from tests.conftest import BUILT_MODELS, EXPECTED_TOP1, ONNX_MODEL, photo, server_settings
 from tests.export.helpers import export_cli
 from tests.server.kserve_helpers import bytes_elements, infer_request

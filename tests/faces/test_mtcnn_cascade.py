@@ -1,4 +1,4 @@
-"""The MTCNN cascade (server/mtcnn.py) with the exported networks on real photos."""
+"""The MTCNN cascade (server/vision/mtcnn.py) with the exported networks on real photos."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from skimage import data
 
 from edgefleet.face_frames import MAX_FACES, frame_with_faces
-from server.mtcnn import (
+from server.vision.mtcnn import (
     CascadeOptions,
     Faces,
     StageTimes,

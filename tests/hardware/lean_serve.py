@@ -27,7 +27,7 @@ def watch(report: Path, go: Path) -> None:
     while not go.exists():
         time.sleep(0.05)
     rss = rss_bytes()
-    from server.memory import release_free_memory
+    from server.models.memory import release_free_memory
 
     release_free_memory()
     report.write_text(

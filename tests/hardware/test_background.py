@@ -27,7 +27,7 @@ from server.hardware.convert_job import MODULE
 from server.hardware.planner import HardwarePlanner
 from server.hardware.policy import PlannerSettings
 from server.manifest import read_manifest
-from server.preprocess import to_model_input
+from server.vision.preprocess import to_model_input
 from tests.conftest import EXPECTED_TOP1, ONNX_MODEL, photo, server_settings
 from tests.hardware.test_profiles import load_profile
 from tests.hardware.tiny_models import write_classifier

@@ -23,7 +23,6 @@ from protos.edgefleet.v1 import server_info_pb2, server_info_pb2_grpc
 from protos.inference import grpc_service_pb2 as kserve
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.app import EdgeServer
-from server.backends.base import load_backend
 from server.errors import PlanRefused
 from server.hardware import guard, trust
 from server.hardware.calibration import GuardInputs, constant_calibration, guard_inputs
@@ -31,7 +30,8 @@ from server.hardware.planner import HardwarePlanner
 from server.hardware.policy import PlannerSettings
 from server.hardware.precision import convert_with_guard
 from server.manifest import RuntimePins, read_manifest, sha256_file
-from server.preprocess import to_model_input
+from server.models.backends.base import load_backend
+from server.vision.preprocess import to_model_input
 from tests.conftest import copy_model, photo, server_settings
 from tests.hardware.test_profiles import load_profile
 from tests.hardware.tiny_models import write_classifier

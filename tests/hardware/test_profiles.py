@@ -20,7 +20,7 @@ from server.hardware.footprint import Footprint, measure_footprint
 from server.hardware.policy import PlannerSettings
 from server.hardware.probe import probe_hardware
 from server.manifest import ModelManifest, RuntimePins, read_manifest
-from server.runtime_plan import RuntimePlan
+from server.models.runtime_plan import RuntimePlan
 from tests.hardware.fake_sources import FIXTURES, recorded_h200, write_root
 
 CPU = ("CPUExecutionProvider",)

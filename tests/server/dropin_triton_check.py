@@ -14,7 +14,7 @@ import tritonclient.grpc as triton
 from skimage import data
 
 from server.manifest import Preprocess
-from server.preprocess import to_model_input
+from server.vision.preprocess import to_model_input
 
 # EfficientNet-Lite0's preprocess, known to the caller, not to the server.
 SPEC = Preprocess(input="input", height=224, width=224, mean=(127.0,) * 3, std=(128.0,) * 3)

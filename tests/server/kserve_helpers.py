@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from protos.inference import grpc_service_pb2 as kserve
-from server.tensors import kserve_datatype
+from server.models.tensors import kserve_datatype
 
 
 def infer_request(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from server.batch_sizer import PROBE_BATCHES, PROBE_EVERY, BatchSizer
+from server.frames.batch_sizer import PROBE_BATCHES, PROBE_EVERY, BatchSizer
 
 
 def serve(

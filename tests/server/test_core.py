@@ -9,7 +9,7 @@ import onnxruntime as ort
 
 from server.core import InferenceCore
 from server.errors import ShuttingDown
-from server.infer_types import InferRequest
+from server.models.types import InferRequest
 from tests.conftest import ONNX_MODEL, server_settings
 
 

@@ -30,7 +30,7 @@ def drop_in(repo: Path, name: str = "plain_onnx") -> Path:
 async def test_a_bare_onnx_file_serves_through_tritonclient(tmp_path, built_models, caplog):
     repo = tmp_path / "repo"
     drop_in(repo)
-    caplog.set_level(logging.INFO, logger="server.registry")
+    caplog.set_level(logging.INFO, logger="server.models.registry")
     server = EdgeServer(server_settings(repo))
     await server.start()
     try:

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from server.failure_log import FailureLog
+from server.observability.failure_log import FailureLog
 
 
 def test_one_line_per_kind_per_interval_with_a_count(caplog: pytest.LogCaptureFixture) -> None:

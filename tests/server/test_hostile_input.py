@@ -22,7 +22,7 @@ from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from protos.inference import grpc_service_pb2 as kserve
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.app import EdgeServer
-from server.runtime_plan import ManifestPlanner
+from server.models.runtime_plan import ManifestPlanner
 from tests.conftest import EXPECTED_TOP1, ONNX_MODEL, copy_model, server_settings
 from tests.server.camera import collect
 from tests.server.hostile import jpeg_bomb, png_bomb
@@ -135,7 +135,7 @@ async def test_2_the_pixel_limit_is_a_setting(repository):
 
 def test_2_header_readers_refuse_what_they_cannot_read():
     from server.errors import InvalidInput
-    from server.preprocess import FrameEncoding, declared_size
+    from server.vision.preprocess import FrameEncoding, declared_size
 
     assert declared_size(jpeg_bomb(46000, 23000), FrameEncoding.JPEG) == (23000, 46000)
     assert declared_size(png_bomb(300, 200), FrameEncoding.PNG) == (200, 300)

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from common.version import EDGEFLEET_VERSION
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.app import EdgeServer
-from server.metrics import OUTCOMES
+from server.observability.metrics import OUTCOMES
 from tests.conftest import ONNX_MODEL, server_settings
 from tests.server.kserve_helpers import infer_request
 

@@ -210,9 +210,9 @@ async def test_model_config_shows_the_graph_and_tensor_calls_are_refused(ocr_ser
 
 
 def test_zero_area_crops_are_skipped_not_errors():
-    from server.detections import Detection
+    from server.frames.work.pipeline import _cut_all, cut_crop
     from server.manifest import PipelineStage
-    from server.pipeline import _cut_all, cut_crop
+    from server.vision.detections import Detection
 
     image = np.zeros((100, 200, 3), np.uint8)
     stage = PipelineStage(kind="crop", model="ppocr_rec")

@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 
 from server.manifest import read_manifest
-from server.preprocess import FrameEncoding, decode_frame, jpeg_dimensions, to_model_input
+from server.vision.preprocess import FrameEncoding, decode_frame, jpeg_dimensions, to_model_input
 from tests.conftest import BUILT_MODELS, ONNX_MODEL, jpeg_bytes, photo
 
 

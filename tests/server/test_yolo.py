@@ -17,9 +17,6 @@ from onnx import TensorProto, helper, numpy_helper
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from server.app import EdgeServer
-from server.detect.nms import nms_cv2, nms_numpy
-from server.detect.yolo import decode
-from server.detections import FrameTransform
 from server.manifest import (
     Batching,
     ModelManifest,
@@ -30,6 +27,9 @@ from server.manifest import (
     hash_directory,
     write_manifest,
 )
+from server.vision.decoders.nms import nms_cv2, nms_numpy
+from server.vision.decoders.yolo import decode
+from server.vision.detections import FrameTransform
 from tests.conftest import server_settings
 
 SIZE = 640

@@ -18,7 +18,7 @@ import tritonclient.grpc as triton
 from skimage import data
 
 from server.manifest import read_manifest
-from server.preprocess import to_model_input
+from server.vision.preprocess import to_model_input
 
 
 def classify(client: triton.InferenceServerClient, model: str, image: np.ndarray, spec) -> str:

@@ -12,16 +12,16 @@ from typing import TypeVar
 
 import numpy as np
 
-from server.backends.base import Arrays, Backend, load_backend
-from server.batcher import BatchOutcome, DynamicBatcher
-from server.detect.ctc_text import characters
-from server.dropin import onnx_metadata
 from server.errors import InvalidInput, ModelLoadError, first_line
 from server.manifest import CtcOptions, ModelManifest, load_labels
-from server.metrics import ServerMetrics
-from server.runtime_plan import RuntimePlan
-from server.stats import ModelStats
-from server.tensors import check_tensor
+from server.models.backends.base import Arrays, Backend, load_backend
+from server.models.batcher import BatchOutcome, DynamicBatcher
+from server.models.dropin import onnx_metadata
+from server.models.runtime_plan import RuntimePlan
+from server.models.stats import ModelStats
+from server.models.tensors import check_tensor
+from server.observability.metrics import ServerMetrics
+from server.vision.decoders.ctc_text import characters
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ class ModelVersion:
         self._request_latency.observe(total_s)
 
     def record_failure(self, total_s: float, outcome: str) -> None:
-        """`outcome`: one of `server.metrics.OUTCOMES` (see `outcome_of`)."""
+        """`outcome`: one of `server.observability.metrics.OUTCOMES` (see `outcome_of`)."""
         self.stats.record_failure(total_s)
         self._metrics.requests.labels(self.name, self.version, outcome).inc()
 

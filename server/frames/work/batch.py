@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from server.backends.base import Arrays, Backend
-from server.frame_analysis import decode_and_prepare, decode_target
-from server.infer_types import OutputTensor
+from server.frames.work.single import decode_and_prepare, decode_target
 from server.manifest import ModelManifest
-from server.postprocess import LabelScore, top_k
+from server.models.backends.base import Arrays, Backend
+from server.models.types import OutputTensor
+from server.vision.postprocess import LabelScore, top_k
 
 if TYPE_CHECKING:
-    from server.frame_session import FrameIn, StreamOptions
+    from server.frames.session import FrameIn, StreamOptions
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """One camera stream: its waiting slot, its overload policy, its results.
 
-The stream does not run frames itself: the model's FrameScheduler (server/frame_scheduler.py)
+The stream does not run frames itself: the model's FrameScheduler (server/frames/scheduler.py)
 pulls them when the model has room, fairly across streams, and decodes only what it takes.
 - drop_oldest (live cameras): the stream holds at most its newest undecoded frame; a newer one
   replaces it and the replaced frame is reported dropped (`replaced`). At most `window` frames
@@ -25,17 +25,17 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from server.detections import Detection, DetectionFilter
 from server.errors import EdgeError, Overloaded
-from server.frame_scheduler import DropReason, FrameScheduler, Waiting
-from server.infer_types import OutputTensor
-from server.metrics import StreamMetrics
-from server.model_version import ModelVersion
-from server.postprocess import LabelScore
-from server.preprocess import MAX_PIXELS, FrameEncoding
+from server.frames.scheduler import DropReason, FrameScheduler, Waiting
+from server.models.types import OutputTensor
+from server.models.version import ModelVersion
+from server.observability.metrics import StreamMetrics
+from server.vision.detections import Detection, DetectionFilter
+from server.vision.postprocess import LabelScore
+from server.vision.preprocess import MAX_PIXELS, FrameEncoding
 
 if TYPE_CHECKING:
-    from server.frame_analysis import FrameAnalysis
+    from server.frames.work.single import FrameAnalysis
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from server.backends.base import Arrays, Backend
 from server.errors import ModelNotReady, Overloaded
-from server.failure_log import FailureLog
+from server.models.backends.base import Arrays, Backend
+from server.observability.failure_log import FailureLog
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ Each pull takes frames from the streams in least-recently-served order, one per 
 round, up to the batch size the `BatchSizer` found cheapest per frame (at most the plan's:
 a larger batch only ages its results unless it makes frames cheaper); a `BLOCK` stream may add
 more rows only after every other stream had its turn. Only then are the chosen frames decoded,
-on the model's runner together with the run (`server/frame_batch.py`), so a frame replaced by
+on the model's runner together with the run (`server/frames/work/batch.py`), so a frame replaced by
 a newer one never costs a decode. A frame older than its stream's `max_age_ms` when it would
 be chosen or started is dropped as `stale` and never runs. Pipelines and detectors, whose
 frames need their own geometry, run each chosen frame through `analyze_frame` instead.
@@ -31,21 +31,16 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from server.batch_sizer import BatchSizer
 from server.errors import EdgeError, Overloaded
-from server.failure_log import FailureLog
-from server.frame_analysis import (
-    DETECTION_KINDS,
-    FrameAnalysis,
-    StageTimes,
-    analyze_frame,
-)
-from server.frame_batch import FrameBatchJob, FrameInput
-from server.metrics import outcome_of
-from server.model_version import ModelVersion
+from server.frames.batch_sizer import BatchSizer
+from server.frames.work.batch import FrameBatchJob, FrameInput
+from server.frames.work.single import DETECTION_KINDS, FrameAnalysis, StageTimes, analyze_frame
+from server.models.version import ModelVersion
+from server.observability.failure_log import FailureLog
+from server.observability.metrics import outcome_of
 
 if TYPE_CHECKING:
-    from server.frame_session import FrameIn, FrameSession
+    from server.frames.session import FrameIn, FrameSession
 
 log = logging.getLogger(__name__)
 

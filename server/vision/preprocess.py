@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 from PIL.JpegImagePlugin import JpegImageFile
 
-from server.detections import FrameTransform
 from server.errors import InvalidInput
 from server.manifest import Preprocess
+from server.vision.detections import FrameTransform
 
 # The server already preprocesses frames of many streams in parallel threads; OpenCV's own
 # per-call thread pool on top split each 224x224 resize across threads that then wait for

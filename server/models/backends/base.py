@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from server.manifest import ModelManifest
-from server.runtime_plan import RuntimePlan
+from server.models.runtime_plan import RuntimePlan
 
 Arrays = dict[str, np.ndarray]
 
@@ -37,12 +37,12 @@ def load_backend(version_dir: Path, manifest: ModelManifest, plan: RuntimePlan) 
     if not model_path.is_absolute():
         model_path = version_dir / model_path
     if plan.backend == "onnx":
-        from server.backends.onnx_backend import OnnxBackend
+        from server.models.backends.onnx import OnnxBackend
 
         return OnnxBackend(model_path, manifest, plan)
     if plan.backend == "torchscript":
         # Only here is torch imported: an ONNX-only server never pays for it.
-        from server.backends.torchscript_backend import TorchScriptBackend
+        from server.models.backends.torchscript import TorchScriptBackend
 
         return TorchScriptBackend(model_path, manifest, plan)
     raise ValueError(f"unknown backend {plan.backend!r}")

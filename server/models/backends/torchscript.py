@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from server.backends.base import Arrays
 from server.errors import ModelLoadError, first_line
 from server.manifest import ModelManifest
-from server.runtime_plan import RuntimePlan
+from server.models.backends.base import Arrays
+from server.models.runtime_plan import RuntimePlan
 
 
 class TorchScriptBackend:

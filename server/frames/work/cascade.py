@@ -6,7 +6,7 @@ from several cameras share a batch). Each `refine` stage cuts the surviving cand
 from the frame at the member's input size and sends them as batches of the member's max batch
 size, all at once (R-Net on 24x24, O-Net on 48x48). Thresholds, NMS and the pyramid's
 minimum size and scale step come from the manifest's stages; the numpy between the networks is
-server/mtcnn.py and runs in the preprocess pool, never on the event loop. The frame stays one
+server/vision/mtcnn.py and runs in the preprocess pool, never on the event loop. The frame stays one
 unit of work for the scheduler, whatever its stages.
 """
 
@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from server import mtcnn
-from server.detections import Detection, Keypoint
-from server.frame_analysis import DecodedFrame, StageTimes
+from server.frames.work.single import DecodedFrame, StageTimes
 from server.manifest import CascadeStage, ModelManifest, PipelineStage
-from server.model_version import InferOutcome, ModelVersion
+from server.models.version import InferOutcome, ModelVersion
+from server.vision import mtcnn
+from server.vision.detections import Detection, Keypoint
 
 if TYPE_CHECKING:
-    from server.frame_session import StreamOptions
+    from server.frames.session import StreamOptions
 
 
 def cascade_problem(kind: str, member: ModelManifest, stage: CascadeStage) -> str:

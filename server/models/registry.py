@@ -19,9 +19,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from server.cascade import cascade_problem
-from server.dropin import DROPIN_FILENAME, manifest_from_onnx
 from server.errors import EdgeError, ModelLoadError, ModelNotFound, ModelNotReady
+from server.frames.work.cascade import cascade_problem
 from server.manifest import (
     MANIFEST_FILENAME,
     CascadeStage,
@@ -30,10 +29,11 @@ from server.manifest import (
     read_manifest,
     verify_files,
 )
-from server.memory import release_free_memory, trim_periodically
-from server.metrics import ServerMetrics
-from server.model_version import ModelVersion
-from server.runtime_plan import Planner, RuntimePlan, UpgradeJob
+from server.models.dropin import DROPIN_FILENAME, manifest_from_onnx
+from server.models.memory import release_free_memory, trim_periodically
+from server.models.runtime_plan import Planner, RuntimePlan, UpgradeJob
+from server.models.version import ModelVersion
+from server.observability.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class ModelRegistry:
         self._retiring: set[asyncio.Task[None]] = set()
         # Background plan upgrades (conversion children), one per loaded version at most.
         self._upgrades: dict[tuple[str, str], asyncio.Task[None]] = {}
-        # Returns freed heap pages to the OS while models serve (see server/memory.py).
+        # Returns freed heap pages to the OS while models serve (see server/models/memory.py).
         self._trimmer: asyncio.Task[None] | None = None
 
     # ---- disk ----

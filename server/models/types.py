@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.backends.base import Arrays
+from server.models.backends.base import Arrays
 
 
 @dataclass(frozen=True)

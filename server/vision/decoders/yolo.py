@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.detect.nms import nms
-from server.detections import Detection, FrameTransform
 from server.errors import InvalidInput
 from server.manifest import YoloOptions
+from server.vision.decoders.nms import nms
+from server.vision.detections import Detection, FrameTransform
 
 
 def rows_of(output: np.ndarray, layout: str, classes: int = 0) -> tuple[np.ndarray, bool]:

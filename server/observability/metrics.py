@@ -15,8 +15,8 @@ from common.prometheus_http import instance_registry
 from server.errors import EdgeError, InvalidInput, Overloaded, ShuttingDown, Unsupported
 
 if TYPE_CHECKING:
-    from server.frame_scheduler import DropReason
-    from server.model_version import ModelVersion
+    from server.frames.scheduler import DropReason
+    from server.models.version import ModelVersion
 
 # The `outcome` label of edgefleet_requests_total: a closed set, never an exception's name.
 OUTCOMES = (

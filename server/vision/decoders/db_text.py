@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pyclipper
 
-from server.detections import Detection, FrameTransform
 from server.errors import InvalidInput
 from server.manifest import DbOptions
+from server.vision.detections import Detection, FrameTransform
 
 _DILATION = np.ones((2, 2), dtype=np.uint8)
 

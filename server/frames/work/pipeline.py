@@ -15,7 +15,7 @@ Stages (server.manifest.PipelineStage):
   detection (ctc_text: text and score; classification: class, label and score) and detections
   under the stage's `min_score` are dropped.
 - `pyramid` then `refine` stages: a cascade detector (MTCNN's P-, R- and O-Net), run by
-  server/cascade.py.
+  server/frames/work/cascade.py.
 Whatever the stages, the frame stays one unit of work for the scheduler.
 """
 
@@ -30,11 +30,9 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from server.cascade import run_cascade
-from server.detect.ctc_text import decode as ctc_decode
-from server.detections import Detection
 from server.errors import ModelLoadError
-from server.frame_analysis import (
+from server.frames.work.cascade import run_cascade
+from server.frames.work.single import (
     DecodedFrame,
     FrameAnalysis,
     StageTimes,
@@ -43,12 +41,14 @@ from server.frame_analysis import (
     prepare,
 )
 from server.manifest import PipelineStage
-from server.model_version import ModelVersion
-from server.postprocess import top_k
-from server.preprocess import crops_to_batch
+from server.models.version import ModelVersion
+from server.vision.decoders.ctc_text import decode as ctc_decode
+from server.vision.detections import Detection
+from server.vision.postprocess import top_k
+from server.vision.preprocess import crops_to_batch
 
 if TYPE_CHECKING:
-    from server.frame_session import FrameIn, StreamOptions
+    from server.frames.session import FrameIn, StreamOptions
 
 # Crops at least this much taller than wide are turned upright (PaddleOCR's rule).
 TALL_RATIO = 1.5

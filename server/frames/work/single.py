@@ -2,9 +2,9 @@
 postprocess the manifest names (labels, detections in source pixels, or raw tensors).
 
 FrameScheduler decides *when* a frame runs (freshness, fairness, leases, batching); this
-module decides *what* running it means, so a pipeline (server/pipeline.py) is one more kind of
-frame work and the scheduler does not change. CPU-heavy steps (decode, resize, contour finding,
-NMS, crops) run in the shared preprocess pool, never on the event loop.
+module decides *what* running it means, so a pipeline (server/frames/work/pipeline.py) is one
+more kind of frame work and the scheduler does not change. CPU-heavy steps (decode, resize,
+contour finding, NMS, crops) run in the shared preprocess pool, never on the event loop.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from server.detect import db_text, yolo
-from server.detections import Detection, DetectionFilter, FrameTransform, Region
 from server.errors import InvalidInput
-from server.infer_types import OutputTensor
 from server.manifest import DbOptions, Preprocess, YoloOptions
-from server.model_version import ModelVersion
-from server.postprocess import LabelScore, top_k
-from server.preprocess import (
+from server.models.types import OutputTensor
+from server.models.version import ModelVersion
+from server.vision.decoders import db_text, yolo
+from server.vision.detections import Detection, DetectionFilter, FrameTransform, Region
+from server.vision.postprocess import LabelScore, top_k
+from server.vision.preprocess import (
     MAX_PIXELS,
     FrameEncoding,
     decode_frame,
@@ -31,7 +31,7 @@ from server.preprocess import (
 )
 
 if TYPE_CHECKING:
-    from server.frame_session import FrameIn, StreamOptions
+    from server.frames.session import FrameIn, StreamOptions
 
 DETECTION_KINDS = ("yolo", "db_text")
 
@@ -143,7 +143,7 @@ async def analyze_frame(
     model: ModelVersion, frame: FrameIn, options: StreamOptions, pool: Executor
 ) -> FrameAnalysis:
     if model.manifest.pipeline is not None:
-        from server.pipeline import run_pipeline
+        from server.frames.work.pipeline import run_pipeline
 
         return await run_pipeline(model, frame, options, pool)
     spec = model.manifest.preprocess

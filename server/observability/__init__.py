@@ -1,0 +1,1 @@
+"""Prometheus metrics and rate-limited failure logging, shared by every layer above."""

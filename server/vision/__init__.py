@@ -1,0 +1,1 @@
+"""Pixels and detections: decode and preprocess frames, decode model outputs. No model runtime."""
