@@ -26,9 +26,9 @@ from server.errors import (
     ShuttingDown,
 )
 from server.frames.scheduler import FrameScheduler
-from server.frames.session import (
-    FrameIn,
-    FrameSession,
+from server.frames.session import FrameSession
+from server.frames.types import (
+    EncodedFrame,
     StreamEvent,
     StreamOpenedEvent,
     StreamOptions,
@@ -95,7 +95,7 @@ class InferenceCore:
             self._load_pool,
             versions_kept=settings.versions_kept,
         )
-        self.metrics.watch_models(self.registry.loaded)
+        self.metrics.watch_models(lambda: [model.info_labels for model in self.registry.loaded()])
         self._started = False
         self._stopping = False
         self._streams = 0
@@ -302,7 +302,7 @@ class InferenceCore:
         return OutputTensor(wanted.name, strings if model.max_batch_size else strings[0])
 
     async def stream(
-        self, options: StreamOptions, frames: AsyncIterator[FrameIn]
+        self, options: StreamOptions, frames: AsyncIterator[EncodedFrame]
     ) -> AsyncGenerator[StreamEvent, None]:
         """Run one camera stream. Errors in the options raise before anything is yielded."""
         self._check_serving()

@@ -130,6 +130,10 @@ class CtcOptions(_Strict):
     append_space: bool = True
 
 
+# Postprocess kinds whose result is detections in source pixels (a frame's own geometry).
+DETECTION_KINDS = ("yolo", "db_text")
+
+
 class Postprocess(_Strict):
     """How the model's output becomes a result."""
 

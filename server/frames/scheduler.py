@@ -28,46 +28,58 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from enum import Enum
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from server.errors import EdgeError, Overloaded
 from server.frames.batch_sizer import BatchSizer
-from server.frames.work.batch import FrameBatchJob, FrameInput
-from server.frames.work.single import DETECTION_KINDS, FrameAnalysis, StageTimes, analyze_frame
+from server.frames.types import BatchFrame, FrameAnalysis, StageTimes, StreamOptions, WaitingFrame
+from server.frames.work.batch import FrameBatchJob
+from server.frames.work.pipeline import run_pipeline
+from server.frames.work.single import analyze_frame
+from server.manifest import DETECTION_KINDS
 from server.models.version import ModelVersion
 from server.observability.failure_log import FailureLog
 from server.observability.metrics import outcome_of
-
-if TYPE_CHECKING:
-    from server.frames.session import FrameIn, FrameSession
 
 log = logging.getLogger(__name__)
 
 ModelResolver = Callable[[], ModelVersion]
 
 
-class DropReason(Enum):
-    # A newer frame of the same stream arrived before this one was chosen.
-    REPLACED = "replaced"
-    # Older than the stream's max_age_ms when it would have started.
-    STALE = "stale"
-    # The model's queue was full (other clients flood it); live streams drop instead of failing.
-    OVERLOADED = "overloaded"
+class ScheduledStream(Protocol):
+    """What the scheduler needs of a stream (a FrameSession, server/frames/session.py): frames
+    to take, and somewhere to deliver what became of each."""
 
+    @property
+    def options(self) -> StreamOptions: ...
 
-@dataclass(frozen=True)
-class Waiting:
-    """A frame accepted from the network, not decoded yet."""
+    @property
+    def lossless(self) -> bool: ...
 
-    frame: FrameIn
-    arrival: float
+    @property
+    def has_frame(self) -> bool: ...
+
+    def take(self, now: float | None, model: ModelVersion | None) -> WaitingFrame | None: ...
+
+    def stale_after(self, waiting: WaitingFrame) -> float | None: ...
+
+    def deliver_result(
+        self, model: ModelVersion, waiting: WaitingFrame, analysis: FrameAnalysis, started: float
+    ) -> None: ...
+
+    def deliver_error(self, sequence: int, error: EdgeError) -> None: ...
+
+    def deliver_overloaded(
+        self, waiting: WaitingFrame, error: Overloaded, model: ModelVersion
+    ) -> None: ...
+
+    def deliver_stale(self, waiting: WaitingFrame, model: ModelVersion) -> None: ...
 
 
 @dataclass
 class Pick:
-    session: FrameSession
-    waiting: Waiting
+    session: ScheduledStream
+    waiting: WaitingFrame
     settled: bool = False  # its result, error or drop has been handed to the stream
 
 
@@ -80,7 +92,7 @@ class FrameScheduler:
         self._name = name
         self._failures = FailureLog(log)
         # Insertion order is the serving order: a served stream moves to the back.
-        self._sessions: dict[int, FrameSession] = {}
+        self._sessions: dict[int, ScheduledStream] = {}
         self._wake = asyncio.Event()
         self._batches: set[asyncio.Task[None]] = set()
         # Loop times at which running batches are expected to finish (None: still decoding).
@@ -96,12 +108,12 @@ class FrameScheduler:
 
     # ---- streams ----
 
-    def add(self, session: FrameSession) -> None:
+    def add(self, session: ScheduledStream) -> None:
         self._sessions[id(session)] = session
         if self._dispatcher is None:
             self._dispatcher = asyncio.create_task(self._dispatch(), name=f"frames-{self._name}")
 
-    def remove(self, session: FrameSession) -> None:
+    def remove(self, session: ScheduledStream) -> None:
         """Forget a stream at once: its waiting frames go, its share goes to the others."""
         self._sessions.pop(id(session), None)
         self._wake.set()
@@ -211,7 +223,7 @@ class FrameScheduler:
     def _pick(self, max_rows: int, model: ModelVersion) -> list[Pick]:
         now = asyncio.get_running_loop().time()
         picks: list[Pick] = []
-        served: list[FrameSession] = []
+        served: list[ScheduledStream] = []
         first_round = True
         while len(picks) < max_rows:
             took = False
@@ -276,7 +288,7 @@ class FrameScheduler:
         started = loop.time()
         job = FrameBatchJob(
             model.manifest, model.labels, model.output_names, model.plan.max_batch_size > 0,
-            [FrameInput(pick.waiting.frame, pick.session.options,
+            [BatchFrame(pick.waiting.frame, pick.session.options,
                         pick.session.stale_after(pick.waiting)) for pick in picks],
         )  # fmt: skip
         try:
@@ -319,10 +331,9 @@ class FrameScheduler:
     ) -> None:
         started = loop.time()
         self._running(0.0)
+        run = run_pipeline if model.manifest.pipeline is not None else analyze_frame
         try:
-            analysis = await analyze_frame(
-                model, pick.waiting.frame, pick.session.options, self._pool
-            )
+            analysis = await run(model, pick.waiting.frame, pick.session.options, self._pool)
         except Exception as exc:
             self._fail_picks(model, [pick], exc, loop, "a frame failed")
             return

@@ -21,21 +21,23 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
-from enum import Enum
-from typing import TYPE_CHECKING
 
 from server.errors import EdgeError, Overloaded
-from server.frames.scheduler import DropReason, FrameScheduler, Waiting
-from server.models.types import OutputTensor
+from server.frames.scheduler import FrameScheduler
+from server.frames.types import (
+    DropReason,
+    EncodedFrame,
+    FrameAnalysis,
+    FrameErrorEvent,
+    FrameResultEvent,
+    FramesDroppedEvent,
+    OverloadPolicy,
+    StreamEvent,
+    StreamOptions,
+    WaitingFrame,
+)
 from server.models.version import ModelVersion
 from server.observability.metrics import StreamMetrics
-from server.vision.detections import Detection, DetectionFilter
-from server.vision.postprocess import LabelScore
-from server.vision.preprocess import MAX_PIXELS, FrameEncoding
-
-if TYPE_CHECKING:
-    from server.frames.work.single import FrameAnalysis
 
 log = logging.getLogger(__name__)
 
@@ -44,86 +46,6 @@ log = logging.getLogger(__name__)
 # latest this long after the first of them: at 16 cameras most frames are replaced, and one
 # `dropped` message per frame was a large share of the event loop's gRPC work.
 REPLACED_REPORT_S = 0.1
-
-
-class OverloadPolicy(Enum):
-    DROP_OLDEST = "drop_oldest"
-    BLOCK = "block"
-
-
-@dataclass(frozen=True)
-class StreamOptions:
-    model_name: str
-    encoding: FrameEncoding
-    model_version: str = ""
-    source_fps: float = 0.0
-    policy: OverloadPolicy = OverloadPolicy.DROP_OLDEST
-    max_in_flight: int = 0
-    top_k: int = 0
-    raw_tensors: bool = False
-    stream_id: str = ""
-    # Frames older than this when they would start are dropped as stale; 0 = no limit.
-    max_age_ms: int = 0
-    # Score threshold, max detections, classes and region of interest of this stream.
-    detection: DetectionFilter = DetectionFilter()
-    # Frames declaring more pixels are refused before decoding; the server's setting, not the
-    # client's (the core sets it when the stream opens).
-    max_pixels: int = MAX_PIXELS
-
-
-@dataclass(frozen=True)
-class FrameIn:
-    sequence: int
-    capture_time_ns: int
-    data: bytes
-    width: int = 0
-    height: int = 0
-
-
-@dataclass(frozen=True)
-class StreamOpenedEvent:
-    stream_id: str
-    model_name: str
-    model_version: str
-    max_in_flight: int
-    policy: OverloadPolicy
-
-
-@dataclass(frozen=True)
-class FrameResultEvent:
-    sequence: int
-    capture_time_ns: int
-    model_name: str
-    model_version: str
-    labels: list[LabelScore]
-    tensors: list[OutputTensor]
-    queue_us: int
-    preprocess_us: int
-    inference_us: int
-    postprocess_us: int
-    total_us: int
-    batch_size: int
-    # Capture to result on the server's clock (meaningful when the camera's clock agrees);
-    # 0 when the frame carries no capture time or one in the future.
-    age_us: int = 0
-    detections: list[Detection] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class FramesDroppedEvent:
-    sequences: tuple[int, ...]
-    reason: str
-    total_dropped: int
-    reason_code: DropReason = DropReason.REPLACED
-
-
-@dataclass(frozen=True)
-class FrameErrorEvent:
-    sequence: int
-    error: EdgeError
-
-
-StreamEvent = StreamOpenedEvent | FrameResultEvent | FramesDroppedEvent | FrameErrorEvent
 
 ModelResolver = Callable[[], ModelVersion]
 
@@ -145,7 +67,7 @@ class FrameSession:
         self._resolve = resolve_model
         self._metrics = metrics
         self._max_age_s = options.max_age_ms / 1000 if options.max_age_ms > 0 else None
-        self._slot: deque[Waiting] = deque()
+        self._slot: deque[WaitingFrame] = deque()
         self._running = 0
         # Results and drop notices. The reader waits while `_out_limit` are unread, so a client
         # that stops reading stalls its own stream (and its sender, through gRPC flow control);
@@ -159,7 +81,7 @@ class FrameSession:
         self._replaced: list[int] = []
         self._replaced_timer: asyncio.TimerHandle | None = None
 
-    async def run(self, frames: AsyncIterator[FrameIn]) -> AsyncGenerator[StreamEvent, None]:
+    async def run(self, frames: AsyncIterator[EncodedFrame]) -> AsyncGenerator[StreamEvent, None]:
         self._scheduler.add(self)
         reader = asyncio.create_task(self._read(frames), name="frame-reader")
         try:
@@ -183,11 +105,11 @@ class FrameSession:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
 
-    async def _read(self, frames: AsyncIterator[FrameIn]) -> None:
+    async def _read(self, frames: AsyncIterator[EncodedFrame]) -> None:
         loop = asyncio.get_running_loop()
         try:
             async for frame in frames:
-                waiting = Waiting(frame, loop.time())
+                waiting = WaitingFrame(frame, loop.time())
                 while len(self._out) >= self._out_limit or (
                     self.lossless and len(self._slot) + self._running >= self._window
                 ):
@@ -213,7 +135,7 @@ class FrameSession:
         """A frame is waiting and the stream may run one more."""
         return bool(self._slot) and self._running < self._window
 
-    def take(self, now: float | None, model: ModelVersion | None) -> Waiting | None:
+    def take(self, now: float | None, model: ModelVersion | None) -> WaitingFrame | None:
         """The next frame to run (newest for live streams, oldest for BLOCK), or None.
         Frames over the stream's age limit are reported stale on the way."""
         while self._slot and self._running < self._window:
@@ -226,15 +148,15 @@ class FrameSession:
             return waiting
         return None
 
-    def stale_after(self, waiting: Waiting) -> float | None:
+    def stale_after(self, waiting: WaitingFrame) -> float | None:
         """The loop time after which `waiting` may no longer start; None: no age limit."""
         return None if self._max_age_s is None else waiting.arrival + self._max_age_s
 
-    def too_old(self, waiting: Waiting, now: float) -> bool:
+    def too_old(self, waiting: WaitingFrame, now: float) -> bool:
         return self._max_age_s is not None and now - waiting.arrival > self._max_age_s
 
     def deliver_result(
-        self, model: ModelVersion, waiting: Waiting, analysis: FrameAnalysis, started: float
+        self, model: ModelVersion, waiting: WaitingFrame, analysis: FrameAnalysis, started: float
     ) -> None:
         """`started`: when the scheduler began this frame's batch (its decode)."""
         self._finished()
@@ -275,14 +197,16 @@ class FrameSession:
         if not self._closed:
             self._push(FrameErrorEvent(sequence, error))
 
-    def deliver_overloaded(self, waiting: Waiting, error: Overloaded, model: ModelVersion) -> None:
+    def deliver_overloaded(
+        self, waiting: WaitingFrame, error: Overloaded, model: ModelVersion
+    ) -> None:
         if self.lossless:
             self.deliver_error(waiting.frame.sequence, error)
             return
         self._finished()
         self._drop(waiting, DropReason.OVERLOADED, model, f"model queue full: {error}")
 
-    def deliver_stale(self, waiting: Waiting, model: ModelVersion) -> None:
+    def deliver_stale(self, waiting: WaitingFrame, model: ModelVersion) -> None:
         self._finished()
         self._drop(waiting, DropReason.STALE, model)
 
@@ -314,10 +238,10 @@ class FrameSession:
             self._out_ready.set()
 
     def _drop(
-        self, waiting: Waiting, reason: DropReason, model: ModelVersion | None, text: str = ""
+        self, waiting: WaitingFrame, reason: DropReason, model: ModelVersion | None, text: str = ""
     ) -> None:
         self.dropped_total += 1
-        self._metrics.dropped(reason)
+        self._metrics.dropped(reason.value)
         if model is None:
             with contextlib.suppress(EdgeError):  # the model may be gone; the count stays
                 model = self._resolve()

@@ -13,10 +13,10 @@ from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.inference import grpc_service_pb2 as kserve
 from server.core import ModelInfo
 from server.errors import InvalidInput
-from server.frames.scheduler import DropReason
-from server.frames.session import (
+from server.frames.types import (
+    DropReason,
+    EncodedFrame,
     FrameErrorEvent,
-    FrameIn,
     FrameResultEvent,
     FramesDroppedEvent,
     OverloadPolicy,
@@ -500,12 +500,12 @@ def stream_options_from_pb(message: fs.StreamRequest) -> StreamOptions:
     )
 
 
-async def frames_from_pb(messages: AsyncIterator[fs.StreamRequest]) -> AsyncIterator[FrameIn]:
+async def frames_from_pb(messages: AsyncIterator[fs.StreamRequest]) -> AsyncIterator[EncodedFrame]:
     async for message in messages:
         if message.WhichOneof("kind") != "frame":
             raise InvalidInput("after `open`, every FrameStream message must be a `frame`")
         frame = message.frame
-        yield FrameIn(
+        yield EncodedFrame(
             sequence=frame.sequence,
             capture_time_ns=frame.capture_time_unix_ns,
             data=frame.data,

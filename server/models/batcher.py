@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from server.errors import ModelNotReady, Overloaded
-from server.models.backends.base import Arrays, Backend
+from server.models.backends.base import Backend
+from server.models.types import Arrays
 from server.observability.failure_log import FailureLog
 
 log = logging.getLogger(__name__)

@@ -20,17 +20,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from server.errors import EdgeError, ModelLoadError, ModelNotFound, ModelNotReady
-from server.frames.work.cascade import cascade_problem
 from server.manifest import (
     MANIFEST_FILENAME,
-    CascadeStage,
     ModelManifest,
-    PipelineStage,
     read_manifest,
     verify_files,
 )
 from server.models.dropin import DROPIN_FILENAME, manifest_from_onnx
 from server.models.memory import release_free_memory, trim_periodically
+from server.models.pipeline_members import stage_problem
 from server.models.runtime_plan import Planner, RuntimePlan, UpgradeJob
 from server.models.version import ModelVersion
 from server.observability.metrics import ServerMetrics
@@ -445,22 +443,6 @@ def read_version_manifest(version_dir: Path) -> ModelManifest:
         )
     verify_files(version_dir, manifest)
     return manifest
-
-
-def stage_problem(kind: str, member: ModelManifest, stage: PipelineStage | None = None) -> str:
-    """Why `member` cannot serve a pipeline stage of `kind`, or ""."""
-    post = member.postprocess.kind
-    if member.pipeline is not None:
-        return "is a pipeline itself"
-    if kind in ("pyramid", "refine"):
-        return cascade_problem(kind, member, stage.cascade if stage else CascadeStage())
-    if member.preprocess is None:
-        return "has no preprocess section, so it cannot take frames or crops"
-    if kind == "detect" and post not in ("yolo", "db_text"):
-        return f"a detect stage needs a yolo or db_text postprocess, not {post}"
-    if kind == "crop" and post not in ("ctc_text", "classification"):
-        return f"a crop stage needs a ctc_text or classification postprocess, not {post}"
-    return ""
 
 
 def check_pipeline_members(repository: Path, manifest: ModelManifest) -> None:

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.models.backends.base import Arrays
+# Named tensors: a model's inputs or outputs, by tensor name.
+Arrays = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)

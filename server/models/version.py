@@ -14,13 +14,14 @@ import numpy as np
 
 from server.errors import InvalidInput, ModelLoadError, first_line
 from server.manifest import CtcOptions, ModelManifest, load_labels
-from server.models.backends.base import Arrays, Backend, load_backend
+from server.models.backends.base import Backend, load_backend
 from server.models.batcher import BatchOutcome, DynamicBatcher
 from server.models.dropin import onnx_metadata
 from server.models.runtime_plan import RuntimePlan
 from server.models.stats import ModelStats
 from server.models.tensors import check_tensor
-from server.observability.metrics import ServerMetrics
+from server.models.types import Arrays
+from server.observability.metrics import ModelInfoLabels, ServerMetrics
 from server.vision.decoders.ctc_text import characters
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,12 @@ class ModelVersion:
     def provider(self) -> str:
         """The execution provider actually running the model ("" for a pipeline)."""
         return "" if self._backend is None else self._backend.provider
+
+    @property
+    def info_labels(self) -> ModelInfoLabels:
+        """How this version runs: the labels of its `edgefleet_model_info` series."""
+        plan = self.plan
+        return ModelInfoLabels(self.name, self.version, plan.backend, self.provider, plan.precision)
 
     @property
     def in_flight(self) -> int:

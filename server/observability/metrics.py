@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -13,10 +13,6 @@ from prometheus_client.registry import Collector
 
 from common.prometheus_http import instance_registry
 from server.errors import EdgeError, InvalidInput, Overloaded, ShuttingDown, Unsupported
-
-if TYPE_CHECKING:
-    from server.frames.scheduler import DropReason
-    from server.models.version import ModelVersion
 
 # The `outcome` label of edgefleet_requests_total: a closed set, never an exception's name.
 OUTCOMES = (
@@ -130,13 +126,23 @@ class ServerMetrics:
             registry=self.registry,
         )
 
-    def watch_models(self, loaded: Callable[[], Iterable[ModelVersion]]) -> None:
-        """Expose `edgefleet_model_info` for the versions `loaded()` returns at each scrape."""
+    def watch_models(self, loaded: Callable[[], Iterable[ModelInfoLabels]]) -> None:
+        """Expose `edgefleet_model_info` for the versions `loaded()` describes at each scrape."""
         self.registry.register(_ModelInfo(loaded))
 
 
+class ModelInfoLabels(NamedTuple):
+    """How one loaded model version runs: the labels of its `edgefleet_model_info` series."""
+
+    model: str
+    version: str
+    backend: str
+    provider: str
+    precision: str
+
+
 class _ModelInfo(Collector):
-    def __init__(self, loaded: Callable[[], Iterable[ModelVersion]]) -> None:
+    def __init__(self, loaded: Callable[[], Iterable[ModelInfoLabels]]) -> None:
         self._loaded = loaded
 
     def collect(self) -> Iterator[Metric]:
@@ -145,16 +151,12 @@ class _ModelInfo(Collector):
             "Always 1 per loaded model version; the labels say how it runs.",
             labels=["model", "version", "backend", "provider", "precision"],
         )
-        for model in _snapshot(self._loaded):
-            info.add_metric(
-                [model.name, model.version, model.plan.backend, model.provider,
-                 model.plan.precision],
-                1.0,
-            )  # fmt: skip
+        for labels in _snapshot(self._loaded):
+            info.add_metric(list(labels), 1.0)
         yield info
 
 
-def _snapshot(loaded: Callable[[], Iterable[ModelVersion]]) -> list[ModelVersion]:
+def _snapshot(loaded: Callable[[], Iterable[ModelInfoLabels]]) -> list[ModelInfoLabels]:
     """`loaded()` from the scrape thread: the event loop may change the registry meanwhile
     (a dict resized under iteration raises RuntimeError), so retry; a scrape never fails."""
     for _attempt in range(5):
@@ -190,9 +192,10 @@ class StreamMetrics:
         self._age.observe(age_s)
         self._stream_age.set(age_s)
 
-    def dropped(self, reason: DropReason) -> None:
-        self._model_counts[reason.value].inc()
-        self._stream_counts[reason.value].inc()
+    def dropped(self, outcome: str) -> None:
+        """`outcome`: why the frame was dropped (replaced, stale, overloaded)."""
+        self._model_counts[outcome].inc()
+        self._stream_counts[outcome].inc()
 
     def failed(self) -> None:
         self._model_counts["error"].inc()

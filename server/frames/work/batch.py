@@ -13,26 +13,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from server.frames.types import BatchFrame
 from server.frames.work.single import decode_and_prepare, decode_target
 from server.manifest import ModelManifest
-from server.models.backends.base import Arrays, Backend
-from server.models.types import OutputTensor
+from server.models.backends.base import Backend
+from server.models.types import Arrays, OutputTensor
 from server.vision.postprocess import LabelScore, top_k
-
-if TYPE_CHECKING:
-    from server.frames.session import FrameIn, StreamOptions
-
-
-@dataclass(frozen=True)
-class FrameInput:
-    frame: FrameIn
-    options: StreamOptions
-    # Monotonic (event-loop clock) time after which the frame is stale; None: no limit.
-    stale_after: float | None
 
 
 @dataclass
@@ -64,7 +53,7 @@ class FrameBatchJob:
         labels: list[str],
         output_names: list[str],
         batching: bool,
-        frames: list[FrameInput],
+        frames: list[BatchFrame],
     ) -> None:
         self._manifest = manifest
         self._labels = labels

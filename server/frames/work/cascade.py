@@ -15,37 +15,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from server.frames.work.single import DecodedFrame, StageTimes
-from server.manifest import CascadeStage, ModelManifest, PipelineStage
+from server.frames.types import DecodedFrame, StageTimes, StreamOptions
+from server.manifest import CascadeStage, PipelineStage
 from server.models.version import InferOutcome, ModelVersion
 from server.vision import mtcnn
 from server.vision.detections import Detection, Keypoint
-
-if TYPE_CHECKING:
-    from server.frames.session import StreamOptions
-
-
-def cascade_problem(kind: str, member: ModelManifest, stage: CascadeStage) -> str:
-    """Why `member` cannot serve a `pyramid` or `refine` stage, or ""."""
-    if len(member.inputs) != 1 or len(member.inputs[0].shape) != 4:
-        return f"a {kind} stage needs one image input [N, 3, H, W]"
-    _, channels, height, width = member.inputs[0].shape
-    if channels != 3:
-        return f"a {kind} stage needs 3 colour channels, not {channels}"
-    if kind == "pyramid" and (isinstance(height, int) and height > 0 or isinstance(width, int)
-                              and width > 0):  # fmt: skip
-        return "a pyramid stage needs a fully convolutional model: dynamic height and width"
-    if kind == "refine" and not (isinstance(height, int) and height > 0 and height == width):
-        return "a refine stage needs a fixed square input size"
-    names = {spec.name for spec in member.outputs}
-    missing = [name for name in (stage.score_output, stage.offsets_output) if name not in names]
-    if missing:
-        return f"a {kind} stage reads outputs {', '.join(missing)}, which the model lacks"
-    return ""
 
 
 def _options(first: CascadeStage) -> mtcnn.CascadeOptions:

@@ -25,30 +25,20 @@ import asyncio
 import math
 from concurrent.futures import Executor
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from server.errors import ModelLoadError
+from server.frames.types import DecodedFrame, EncodedFrame, FrameAnalysis, StageTimes, StreamOptions
 from server.frames.work.cascade import run_cascade
-from server.frames.work.single import (
-    DecodedFrame,
-    FrameAnalysis,
-    StageTimes,
-    decode_with_roi,
-    find_detections,
-    prepare,
-)
+from server.frames.work.single import decode_with_roi, find_detections, prepare
 from server.manifest import PipelineStage
 from server.models.version import ModelVersion
 from server.vision.decoders.ctc_text import decode as ctc_decode
 from server.vision.detections import Detection
 from server.vision.postprocess import top_k
 from server.vision.preprocess import crops_to_batch
-
-if TYPE_CHECKING:
-    from server.frames.session import FrameIn, StreamOptions
 
 # Crops at least this much taller than wide are turned upright (PaddleOCR's rule).
 TALL_RATIO = 1.5
@@ -183,7 +173,7 @@ async def _crop_stage(
 
 
 async def run_pipeline(
-    pipeline: ModelVersion, frame: FrameIn, options: StreamOptions, pool: Executor
+    pipeline: ModelVersion, frame: EncodedFrame, options: StreamOptions, pool: Executor
 ) -> FrameAnalysis:
     spec = pipeline.manifest.pipeline
     assert spec is not None

@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
 import numpy as np
 
 from server.errors import InvalidInput
-from server.manifest import DbOptions, Preprocess, YoloOptions
+from server.frames.types import (
+    DecodedFrame,
+    EncodedFrame,
+    FrameAnalysis,
+    StageTimes,
+    StreamOptions,
+)
+from server.manifest import DETECTION_KINDS, DbOptions, Preprocess, YoloOptions
 from server.models.types import OutputTensor
 from server.models.version import ModelVersion
 from server.vision.decoders import db_text, yolo
@@ -30,45 +36,9 @@ from server.vision.preprocess import (
     to_model_input_with_transform,
 )
 
-if TYPE_CHECKING:
-    from server.frames.session import FrameIn, StreamOptions
-
-DETECTION_KINDS = ("yolo", "db_text")
-
-
-@dataclass
-class StageTimes:
-    """Seconds spent per phase, summed over every stage and member of a frame."""
-
-    queue_s: float = 0.0
-    preprocess_s: float = 0.0
-    infer_s: float = 0.0
-    postprocess_s: float = 0.0
-    batch_rows: int = 0
-
-
-@dataclass(frozen=True)
-class FrameAnalysis:
-    version: str
-    labels: list[LabelScore] = field(default_factory=list)
-    detections: list[Detection] = field(default_factory=list)
-    tensors: list[OutputTensor] = field(default_factory=list)
-    times: StageTimes = field(default_factory=StageTimes)
-
-
-@dataclass(frozen=True)
-class DecodedFrame:
-    """The full source frame and the region of interest the first model sees."""
-
-    image: np.ndarray
-    color: str
-    view: np.ndarray
-    offset_x: int = 0
-    offset_y: int = 0
-
 
 def decode_with_roi(
-    frame: FrameIn,
+    frame: EncodedFrame,
     encoding: FrameEncoding,
     roi: Region | None,
     target: tuple[int, int] | None,
@@ -101,7 +71,7 @@ def prepare(decoded: DecodedFrame, spec: Preprocess) -> tuple[np.ndarray, FrameT
 
 
 def decode_and_prepare(
-    frame: FrameIn,
+    frame: EncodedFrame,
     encoding: FrameEncoding,
     roi: Region | None,
     spec: Preprocess,
@@ -140,12 +110,8 @@ def decode_target(spec: Preprocess, kind: str) -> tuple[int, int] | None:
 
 
 async def analyze_frame(
-    model: ModelVersion, frame: FrameIn, options: StreamOptions, pool: Executor
+    model: ModelVersion, frame: EncodedFrame, options: StreamOptions, pool: Executor
 ) -> FrameAnalysis:
-    if model.manifest.pipeline is not None:
-        from server.frames.work.pipeline import run_pipeline
-
-        return await run_pipeline(model, frame, options, pool)
     spec = model.manifest.preprocess
     assert spec is not None  # checked when the stream opened
     post = model.manifest.postprocess

@@ -5,12 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
-
 from server.manifest import ModelManifest
 from server.models.runtime_plan import RuntimePlan
-
-Arrays = dict[str, np.ndarray]
+from server.models.types import Arrays
 
 
 class Backend(Protocol):

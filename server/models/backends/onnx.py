@@ -8,8 +8,8 @@ import onnxruntime as ort
 
 from server.errors import ModelLoadError, first_line
 from server.manifest import ModelManifest
-from server.models.backends.base import Arrays
 from server.models.runtime_plan import RuntimePlan
+from server.models.types import Arrays
 
 
 class OnnxBackend:
