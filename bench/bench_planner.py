@@ -30,7 +30,8 @@ from server.hardware.policy import PlannerSettings
 from server.hardware.precision import RECIPES, Conversion, convert_with_guard
 from server.hardware.probe import probe_hardware
 from server.manifest import ModelManifest, read_manifest
-from server.models.backends.base import Backend, load_backend
+from server.models.backends.base import Backend
+from server.models.backends.factory import load_backend
 from server.models.runtime_plan import RuntimePlan
 
 ROOT = Path(__file__).resolve().parent.parent

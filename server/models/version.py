@@ -14,7 +14,8 @@ import numpy as np
 
 from server.errors import InvalidInput, ModelLoadError, first_line
 from server.manifest import CtcOptions, ModelManifest, load_labels
-from server.models.backends.base import Backend, load_backend
+from server.models.backends.base import Backend
+from server.models.backends.factory import load_backend
 from server.models.batcher import BatchOutcome, DynamicBatcher
 from server.models.dropin import onnx_metadata
 from server.models.runtime_plan import RuntimePlan

@@ -30,7 +30,7 @@ from server.hardware.planner import HardwarePlanner
 from server.hardware.policy import PlannerSettings
 from server.hardware.precision import convert_with_guard
 from server.manifest import RuntimePins, read_manifest, sha256_file
-from server.models.backends.base import load_backend
+from server.models.backends.factory import load_backend
 from server.vision.preprocess import to_model_input
 from tests.conftest import copy_model, photo, server_settings
 from tests.hardware.test_profiles import load_profile
