@@ -11,10 +11,11 @@ Each pull takes frames from the streams in least-recently-served order, one per 
 round, up to the batch size the `BatchSizer` found cheapest per frame (at most the plan's:
 a larger batch only ages its results unless it makes frames cheaper); a `BLOCK` stream may add
 more rows only after every other stream had its turn. Only then are the chosen frames decoded,
-on the model's runner together with the run (`server/frames/work/batch.py`), so a frame replaced by
-a newer one never costs a decode. A frame older than its stream's `max_age_ms` when it would
-be chosen or started is dropped as `stale` and never runs. Pipelines and detectors, whose
-frames need their own geometry, run each chosen frame through `analyze_frame` instead.
+on the model's runner together with the run (server/frames/work/batch.py), so a frame replaced
+by a newer one never costs a decode. A frame older than its stream's `max_age_ms` when it would
+be chosen or started is dropped as `stale` and never runs. Frames of every other kind of work
+(detectors, pipelines, cascades: server/frames/work/dispatch.py decides) run one by one through
+`run_frame` instead.
 
 Hot swap: every pull resolves the model anew and holds a lease on that version until its
 results are delivered, so an old version retires only after its last batch.
@@ -32,11 +33,9 @@ from typing import Protocol
 
 from server.errors import EdgeError, Overloaded
 from server.frames.batch_sizer import BatchSizer
-from server.frames.types import BatchFrame, FrameAnalysis, StageTimes, StreamOptions, WaitingFrame
+from server.frames.types import BatchFrame, FrameAnalysis, StreamOptions, WaitingFrame
 from server.frames.work.batch import FrameBatchJob
-from server.frames.work.pipeline import run_pipeline
-from server.frames.work.single import analyze_frame
-from server.manifest import DETECTION_KINDS
+from server.frames.work.dispatch import FrameWork, frame_work, run_frame
 from server.models.version import ModelVersion
 from server.observability.failure_log import FailureLog
 from server.observability.metrics import outcome_of
@@ -152,7 +151,7 @@ class FrameScheduler:
         except EdgeError as exc:
             return self._fail_everything(exc)
         runners = model.plan.instance_count
-        plain = _plain(model)
+        plain = frame_work(model.manifest) is FrameWork.BATCH
         if len(self._batches) >= runners + 1:
             return False
         # A plain model decodes on its runner: a batch pulled before a runner is free would
@@ -280,7 +279,7 @@ class FrameScheduler:
     async def _decode_and_run(
         self, model: ModelVersion, picks: list[Pick], loop: asyncio.AbstractEventLoop
     ) -> None:
-        if not _plain(model):
+        if frame_work(model.manifest) is not FrameWork.BATCH:
             # Several models or per-frame geometry: each chosen frame runs its own analysis;
             # frames chosen together still share the model's batches in its batcher.
             await asyncio.gather(*(self._analyze_one(model, pick, loop) for pick in picks))
@@ -297,16 +296,13 @@ class FrameScheduler:
             self._fail_picks(model, picks, exc, loop, "a batch failed")
             return
         finished = loop.time()
-        if run.rows:
-            model.record_execution(run.rows, run.infer_s)
-            for _ in range(run.rows):
-                model.record_queue_wait(run.wait_s)
+        times = run.times
+        if times.batch_rows:
+            model.record_execution(times.batch_rows, times.infer_s)
+            for _ in range(times.batch_rows):
+                model.record_queue_wait(times.queue_s)
             if model is self._sized_version:
-                self._sizer.ran(run.rows, run.infer_s)
-        times = StageTimes(
-            queue_s=run.wait_s, preprocess_s=run.decode_s, infer_s=run.infer_s,
-            postprocess_s=run.post_s, batch_rows=run.rows,
-        )  # fmt: skip
+                self._sizer.ran(times.batch_rows, times.infer_s)
         for pick, output in zip(picks, run.outputs, strict=True):
             pick.settled = True
             session, waiting = pick.session, pick.waiting
@@ -331,9 +327,8 @@ class FrameScheduler:
     ) -> None:
         started = loop.time()
         self._running(0.0)
-        run = run_pipeline if model.manifest.pipeline is not None else analyze_frame
         try:
-            analysis = await run(model, pick.waiting.frame, pick.session.options, self._pool)
+            analysis = await run_frame(model, pick.waiting.frame, pick.session.options, self._pool)
         except Exception as exc:
             self._fail_picks(model, [pick], exc, loop, "a frame failed")
             return
@@ -378,9 +373,3 @@ class FrameScheduler:
             failed_as = outcome if outcome is not None else outcome_of(error)
             model.record_failure(loop.time() - pick.waiting.arrival, failed_as)
             pick.session.deliver_error(pick.waiting.frame.sequence, error)
-
-
-def _plain(model: ModelVersion) -> bool:
-    """One model, whole-frame input: the scheduler decodes and batches the frames itself."""
-    post = model.manifest.postprocess
-    return model.manifest.pipeline is None and post.kind not in DETECTION_KINDS

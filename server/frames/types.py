@@ -114,6 +114,15 @@ class StageTimes:
     postprocess_s: float = 0.0
     batch_rows: int = 0
 
+    def add(self, stage: StageTimes) -> None:
+        """A frame's stages run one after another: their times add up; `batch_rows` is the
+        largest batch any of them ran in."""
+        self.queue_s += stage.queue_s
+        self.preprocess_s += stage.preprocess_s
+        self.infer_s += stage.infer_s
+        self.postprocess_s += stage.postprocess_s
+        self.batch_rows = max(self.batch_rows, stage.batch_rows)
+
 
 @dataclass(frozen=True)
 class FrameAnalysis:

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from server.frames.types import BatchFrame
-from server.frames.work.single import decode_and_prepare, decode_target
+from server.frames.types import BatchFrame, StageTimes
+from server.frames.work.steps import decode_and_prepare, decode_target
 from server.manifest import ModelManifest
 from server.models.backends.base import Backend
 from server.models.types import Arrays, OutputTensor
@@ -37,11 +37,9 @@ class FrameOutput:
 @dataclass
 class FrameBatchRun:
     outputs: list[FrameOutput]
-    rows: int  # frames that ran in the model
-    wait_s: float  # from submission to the runner starting it
-    decode_s: float
-    infer_s: float
-    post_s: float
+    # Shared by every frame of the batch: queue_s from submission to the runner starting the
+    # job, preprocess_s the decodes, batch_rows the frames that ran in the model (0: none did).
+    times: StageTimes
 
 
 class FrameBatchJob:
@@ -66,7 +64,7 @@ class FrameBatchJob:
         started = time.monotonic()
         spec = self._manifest.preprocess
         assert spec is not None  # checked when each stream opened
-        target = decode_target(spec, "classification")
+        target = decode_target(spec, self._manifest.postprocess.kind)
         outputs = [FrameOutput() for _ in self._frames]
         tensors: list[np.ndarray] = []
         rows: list[int] = []
@@ -86,20 +84,17 @@ class FrameBatchJob:
             tensors.append(tensor)
             rows.append(index)
         decoded = time.monotonic()
+        times = StageTimes(queue_s=started - self._submitted, preprocess_s=decoded - started)
         if not tensors:
-            return FrameBatchRun(outputs, 0, started - self._submitted, decoded - started, 0, 0)
+            return FrameBatchRun(outputs, times)
         batch = tensors[0] if len(tensors) == 1 else np.concatenate(tensors)
         results = backend.run({spec.input: batch}, self._output_names)
         inferred = time.monotonic()
         self._postprocess(results, rows, outputs)
-        return FrameBatchRun(
-            outputs,
-            rows=len(rows),
-            wait_s=started - self._submitted,
-            decode_s=decoded - started,
-            infer_s=inferred - decoded,
-            post_s=time.monotonic() - inferred,
-        )
+        times.infer_s = inferred - decoded
+        times.postprocess_s = time.monotonic() - inferred
+        times.batch_rows = len(rows)
+        return FrameBatchRun(outputs, times)
 
     def _postprocess(self, results: Arrays, rows: list[int], outputs: list[FrameOutput]) -> None:
         post = self._manifest.postprocess

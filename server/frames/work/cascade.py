@@ -6,21 +6,22 @@ from several cameras share a batch). Each `refine` stage cuts the surviving cand
 from the frame at the member's input size and sends them as batches of the member's max batch
 size, all at once (R-Net on 24x24, O-Net on 48x48). Thresholds, NMS and the pyramid's
 minimum size and scale step come from the manifest's stages; the numpy between the networks is
-server/vision/mtcnn.py and runs in the preprocess pool, never on the event loop. The frame stays one
-unit of work for the scheduler, whatever its stages.
+server/vision/mtcnn.py and runs in the preprocess pool, never on the event loop. The frame stays
+one unit of work for the scheduler, whatever its stages.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from concurrent.futures import Executor
 
 import numpy as np
 
-from server.frames.types import DecodedFrame, StageTimes, StreamOptions
+from server.frames.types import DecodedFrame, EncodedFrame, FrameAnalysis, StageTimes, StreamOptions
+from server.frames.work.steps import decode_source, stage_member
+from server.frames.work.timing import book_member_stage
 from server.manifest import CascadeStage, PipelineStage
-from server.models.version import InferOutcome, ModelVersion
+from server.models.version import ModelVersion
 from server.vision import mtcnn
 from server.vision.detections import Detection, Keypoint
 
@@ -34,27 +35,6 @@ def _options(first: CascadeStage) -> mtcnn.CascadeOptions:
         nms_pnet=first.nms_iou,
         max_rnet_candidates=first.max_candidates,
     )
-
-
-def _record(
-    member: ModelVersion,
-    times: StageTimes,
-    outcomes: list[InferOutcome],
-    started: float,
-    prepared: float,
-    inferred: float,
-    done: float,
-) -> None:
-    member.record_success(
-        total_s=done - started, queue_s=max(item.queue_s for item in outcomes),
-        input_s=prepared - started, infer_s=sum(item.infer_s for item in outcomes),
-        output_s=done - inferred,
-    )  # fmt: skip
-    times.queue_s += max(item.queue_s for item in outcomes)
-    times.infer_s += inferred - prepared
-    times.preprocess_s += prepared - started
-    times.postprocess_s += done - inferred
-    times.batch_rows = max(times.batch_rows, *(item.batch_rows for item in outcomes))
 
 
 async def _pyramid(
@@ -79,7 +59,7 @@ async def _pyramid(
         return mtcnn.visible(mtcnn.proposals(levels, outputs, options), height, width)
 
     candidates = await loop.run_in_executor(pool, propose)
-    _record(member, times, list(outcomes), started, prepared, inferred, loop.time())
+    book_member_stage(member, times, outcomes, started, prepared, inferred, loop.time())
     return candidates
 
 
@@ -123,7 +103,7 @@ async def _refine(
             return mtcnn.visible(kept, height, width)
 
         result = await loop.run_in_executor(pool, refined)
-    _record(member, times, list(outcomes), started, prepared, inferred, loop.time())
+    book_member_stage(member, times, outcomes, started, prepared, inferred, loop.time())
     return result
 
 
@@ -156,19 +136,30 @@ def _detections(
 
 
 async def run_cascade(
+    pipeline: ModelVersion, frame: EncodedFrame, options: StreamOptions, pool: Executor
+) -> FrameAnalysis:
+    """Every stage on the frame's region of interest; detections in source pixels, best first.
+    Members are resolved stage by stage (a hot swap applies from the next stage on); a stage
+    that leaves no candidate ends the frame early."""
+    spec = pipeline.manifest.pipeline
+    assert spec is not None
+    times = StageTimes()
+    decoded = await decode_source(frame, options, pool, times)
+    detections = await _run_stages(pipeline, spec.stages, decoded, options, pool, times)
+    return FrameAnalysis(pipeline.version, detections=detections, times=times)
+
+
+async def _run_stages(
+    pipeline: ModelVersion,
     stages: list[PipelineStage],
-    member: Callable[[PipelineStage], ModelVersion],
     decoded: DecodedFrame,
     options: StreamOptions,
     pool: Executor,
     times: StageTimes,
 ) -> list[Detection]:
-    """Every stage on the frame's region of interest; detections in source pixels, best first.
-    Members are resolved stage by stage (a hot swap applies from the next stage on); a stage
-    that leaves no candidate ends the frame early."""
     view, color = decoded.view, decoded.color
     first = stages[0].cascade
-    with member(stages[0]).lease() as proposer:
+    with stage_member(pipeline, stages[0]).lease() as proposer:
         found: mtcnn.Candidates | mtcnn.Faces = await _pyramid(
             proposer, first, view, color, pool, times
         )
@@ -177,7 +168,7 @@ async def run_cascade(
             return []
         assert isinstance(found, mtcnn.Candidates)
         last = index == len(stages) - 1
-        with member(stage).lease() as refiner:
+        with stage_member(pipeline, stage).lease() as refiner:
             found = await _refine(refiner, stage.cascade, last, view, color, found, pool, times)
     if isinstance(found, mtcnn.Candidates):  # a pyramid alone: its square windows
         found = mtcnn.Faces(found.boxes, found.scores, np.zeros((len(found), 0, 2), np.float32))

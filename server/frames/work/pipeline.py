@@ -14,9 +14,9 @@ Stages (server.manifest.PipelineStage):
   batches of a frame at once so they share the member's batcher; its postprocess fills each
   detection (ctc_text: text and score; classification: class, label and score) and detections
   under the stage's `min_score` are dropped.
-- `pyramid` then `refine` stages: a cascade detector (MTCNN's P-, R- and O-Net), run by
-  server/frames/work/cascade.py.
-Whatever the stages, the frame stays one unit of work for the scheduler.
+A pipeline whose first stage is `pyramid` is a cascade (MTCNN's P-, R- and O-Net), run by
+server/frames/work/cascade.py instead (server/frames/work/dispatch.py decides). Whatever the
+stages, the frame stays one unit of work for the scheduler.
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ from dataclasses import replace
 import cv2
 import numpy as np
 
-from server.errors import ModelLoadError
 from server.frames.types import DecodedFrame, EncodedFrame, FrameAnalysis, StageTimes, StreamOptions
-from server.frames.work.cascade import run_cascade
-from server.frames.work.single import decode_with_roi, find_detections, prepare
+from server.frames.work.steps import decode_source, find_detections, prepare, stage_member
+from server.frames.work.timing import book_member_stage
 from server.manifest import PipelineStage
 from server.models.version import ModelVersion
 from server.vision.decoders.ctc_text import decode as ctc_decode
@@ -82,12 +81,6 @@ def _cut_all(
     return kept
 
 
-def _member(pipeline: ModelVersion, stage: PipelineStage) -> ModelVersion:
-    if pipeline.members is None:
-        raise ModelLoadError(f"pipeline {pipeline.name} has no member resolver")
-    return pipeline.members(stage.model, stage.version)
-
-
 async def _detect(
     member: ModelVersion, decoded: DecodedFrame, options: StreamOptions, pool: Executor,
     times: StageTimes,
@@ -105,16 +98,7 @@ async def _detect(
         pool, find_detections, member, outcome.outputs[post.output][0], transform,
         options.detection,
     )  # fmt: skip
-    done = loop.time()
-    member.record_success(
-        total_s=done - started, queue_s=outcome.queue_s, input_s=prepared - started,
-        infer_s=outcome.infer_s, output_s=done - inferred,
-    )  # fmt: skip
-    times.queue_s += outcome.queue_s
-    times.preprocess_s += prepared - started
-    times.infer_s += outcome.infer_s
-    times.postprocess_s += done - inferred
-    times.batch_rows = max(times.batch_rows, outcome.batch_rows)
+    book_member_stage(member, times, [outcome], started, prepared, inferred, loop.time())
     return found
 
 
@@ -158,41 +142,21 @@ async def _crop_stage(
                     updated[index], class_id=choice.class_id, label=choice.label,
                     score=choice.score,
                 )  # fmt: skip
-        times.queue_s += outcome.queue_s
-        times.infer_s += outcome.infer_s
-        times.batch_rows = max(times.batch_rows, outcome.batch_rows)
-    done = loop.time()
-    member.record_success(
-        total_s=done - started, queue_s=max(item.queue_s for item in outcomes),
-        input_s=prepared - started, infer_s=sum(item.infer_s for item in outcomes),
-        output_s=done - inferred,
-    )  # fmt: skip
-    times.preprocess_s += prepared - started
-    times.postprocess_s += done - inferred
+    book_member_stage(member, times, outcomes, started, prepared, inferred, loop.time())
     return [item for item in updated if item.score >= stage.min_score]
 
 
 async def run_pipeline(
     pipeline: ModelVersion, frame: EncodedFrame, options: StreamOptions, pool: Executor
 ) -> FrameAnalysis:
+    """Detect, then crop stages, each on the member the registry serves now."""
     spec = pipeline.manifest.pipeline
     assert spec is not None
-    loop = asyncio.get_running_loop()
     times = StageTimes()
-    started = loop.time()
-    decoded = await loop.run_in_executor(
-        pool, decode_with_roi, frame, options.encoding, options.detection.roi, None,
-        options.max_pixels,
-    )  # fmt: skip
-    times.preprocess_s += loop.time() - started
-    if spec.stages[0].kind == "pyramid":
-        detections = await run_cascade(
-            spec.stages, lambda stage: _member(pipeline, stage), decoded, options, pool, times
-        )
-        return FrameAnalysis(pipeline.version, detections=detections, times=times)
-    detections = []
+    decoded = await decode_source(frame, options, pool, times)
+    detections: list[Detection] = []
     for stage in spec.stages:
-        member = _member(pipeline, stage)
+        member = stage_member(pipeline, stage)
         with member.lease():
             if stage.kind == "detect":
                 detections = await _detect(member, decoded, options, pool, times)
