@@ -11,7 +11,7 @@ import grpc
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from server.core import InferenceCore
-from server.grpc_api import convert
+from server.grpc_api import convert_frames
 from server.grpc_api.status import grpc_errors
 
 
@@ -30,8 +30,8 @@ class FrameStreamServicer(fs_grpc.FrameStreamServiceServicer):
             first = await anext(requests)
         except StopAsyncIteration:
             return
-        options = convert.stream_options_from_pb(first)
-        events = self._core.stream(options, convert.frames_from_pb(requests))
+        options = convert_frames.stream_options_from_pb(first)
+        events = self._core.stream(options, convert_frames.frames_from_pb(requests))
         async with contextlib.aclosing(events):
             async for event in events:
-                yield convert.stream_event_to_pb(event)
+                yield convert_frames.stream_event_to_pb(event)

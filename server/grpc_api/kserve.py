@@ -16,7 +16,7 @@ from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.concurrency import bounded_map
 from server.core import InferenceCore
 from server.errors import EdgeError, Unsupported
-from server.grpc_api import convert
+from server.grpc_api import convert_kserve
 from server.grpc_api.status import grpc_errors, status_for
 from server.models.types import InferRequest
 from server.observability.failure_log import FailureLog
@@ -70,21 +70,23 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(
         self, request: kserve.ModelMetadataRequest, context: Context
     ) -> kserve.ModelMetadataResponse:
-        return convert.model_metadata_to_pb(self._core.model_info(request.name, request.version))
+        return convert_kserve.model_metadata_to_pb(
+            self._core.model_info(request.name, request.version)
+        )
 
     @grpc_errors
     async def ModelConfig(
         self, request: kserve.ModelConfigRequest, context: Context
     ) -> kserve.ModelConfigResponse:
         info = self._core.model_info(request.name, request.version)
-        return kserve.ModelConfigResponse(config=convert.model_config_to_pb(info))
+        return kserve.ModelConfigResponse(config=convert_kserve.model_config_to_pb(info))
 
     @grpc_errors
     async def ModelInfer(
         self, request: kserve.ModelInferRequest, context: Context
     ) -> kserve.ModelInferResponse:
         response = await self._core.infer(await _request_from_pb(request))
-        return convert.infer_response_to_pb(response)
+        return convert_kserve.infer_response_to_pb(response)
 
     @grpc_errors
     async def ModelStreamInfer(
@@ -96,14 +98,14 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
             try:
                 response = await self._core.infer(await _request_from_pb(request))
                 message = kserve.ModelStreamInferResponse(
-                    infer_response=convert.infer_response_to_pb(response)
+                    infer_response=convert_kserve.infer_response_to_pb(response)
                 )
             except Exception as exc:
                 if status_for(exc) is grpc.StatusCode.INTERNAL:
                     _failures.failed("unexpected error in ModelStreamInfer", exc)
-                message = convert.stream_error_to_pb(request, exc)
-            if convert.wants_final_flag(request):
-                convert.mark_final(message)
+                message = convert_kserve.stream_error_to_pb(request, exc)
+            if convert_kserve.wants_final_flag(request):
+                convert_kserve.mark_final(message)
             return message
 
         responses = bounded_map(answer, request_iterator, STREAM_WINDOW)
@@ -115,19 +117,19 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
     async def ModelStatistics(
         self, request: kserve.ModelStatisticsRequest, context: Context
     ) -> kserve.ModelStatisticsResponse:
-        return convert.statistics_to_pb(self._core.statistics(request.name, request.version))
+        return convert_kserve.statistics_to_pb(self._core.statistics(request.name, request.version))
 
     @grpc_errors
     async def RepositoryIndex(
         self, request: kserve.RepositoryIndexRequest, context: Context
     ) -> kserve.RepositoryIndexResponse:
-        return convert.index_to_pb(self._core.repository_index(ready_only=request.ready))
+        return convert_kserve.index_to_pb(self._core.repository_index(ready_only=request.ready))
 
     @grpc_errors
     async def RepositoryModelLoad(
         self, request: kserve.RepositoryModelLoadRequest, context: Context
     ) -> kserve.RepositoryModelLoadResponse:
-        version = convert.load_version_from_pb(request.parameters)
+        version = convert_kserve.load_version_from_pb(request.parameters)
         await self._core.load_model(request.model_name, version)
         return kserve.RepositoryModelLoadResponse()
 
@@ -180,6 +182,6 @@ def _unsupported(feature: str) -> EdgeError:
 async def _request_from_pb(request: kserve.ModelInferRequest) -> InferRequest:
     """Convert on the loop when cheap; a request with many typed values converts in a thread
     (numpy walks them one by one), so other calls keep being answered meanwhile."""
-    if convert.typed_element_count(request) <= TYPED_VALUES_ON_LOOP:
-        return convert.infer_request_from_pb(request)
-    return await asyncio.to_thread(convert.infer_request_from_pb, request)
+    if convert_kserve.typed_element_count(request) <= TYPED_VALUES_ON_LOOP:
+        return convert_kserve.infer_request_from_pb(request)
+    return await asyncio.to_thread(convert_kserve.infer_request_from_pb, request)

@@ -13,7 +13,7 @@ from protos.edgefleet.v1 import server_info_pb2 as info_pb
 from protos.edgefleet.v1 import server_info_pb2_grpc as info_grpc
 from server.core import InferenceCore
 from server.errors import Unsupported
-from server.grpc_api import convert
+from server.grpc_api import convert_info
 from server.grpc_api.status import grpc_errors
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -30,7 +30,7 @@ class ServerInfoServicer(info_grpc.ServerInfoServiceServicer):
         self, request: info_pb.GetModelInfoRequest, context: Context
     ) -> info_pb.GetModelInfoResponse:
         info = self._core.model_info(request.name, request.version)
-        manifest_json, plan_json = convert.model_info_to_json(info)
+        manifest_json, plan_json = convert_info.model_info_to_json(info)
         return info_pb.GetModelInfoResponse(
             name=info.name,
             version=info.version,

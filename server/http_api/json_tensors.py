@@ -16,7 +16,7 @@ from google.protobuf import json_format
 
 from server.core import ModelInfo
 from server.errors import InvalidInput
-from server.grpc_api import convert
+from server.grpc_api import convert_kserve as convert
 from server.models.stats import ModelStats
 from server.models.tensors import array_from_bytes, numpy_dtype
 from server.models.types import InferRequest, InferResponse, RequestedOutput

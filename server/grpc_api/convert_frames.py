@@ -1,0 +1,149 @@
+"""FrameStream protobuf <-> domain conversion: the opening options, the camera frames, and the
+events a stream yields (results, drops, per-frame errors)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from protos.edgefleet.v1 import frame_stream_pb2 as fs
+from server.errors import InvalidInput
+from server.frames.types import (
+    DropReason,
+    EncodedFrame,
+    FrameErrorEvent,
+    FrameResultEvent,
+    FramesDroppedEvent,
+    OverloadPolicy,
+    StreamEvent,
+    StreamOpenedEvent,
+    StreamOptions,
+)
+from server.grpc_api.convert_kserve import output_to_pb
+from server.grpc_api.detections_pb import detection_filter_from_pb, detections_to_pb
+from server.grpc_api.status import public_message, status_for
+from server.models.types import OutputTensor
+from server.vision.preprocess import FrameEncoding
+
+_ENCODINGS = {
+    fs.FRAME_ENCODING_RAW_RGB: FrameEncoding.RAW_RGB,
+    fs.FRAME_ENCODING_RAW_BGR: FrameEncoding.RAW_BGR,
+    fs.FRAME_ENCODING_JPEG: FrameEncoding.JPEG,
+    fs.FRAME_ENCODING_PNG: FrameEncoding.PNG,
+}
+_POLICIES = {
+    fs.OVERLOAD_POLICY_UNSPECIFIED: OverloadPolicy.DROP_OLDEST,
+    fs.OVERLOAD_POLICY_DROP_OLDEST: OverloadPolicy.DROP_OLDEST,
+    fs.OVERLOAD_POLICY_BLOCK: OverloadPolicy.BLOCK,
+}
+_POLICY_TO_PB = {
+    OverloadPolicy.DROP_OLDEST: fs.OVERLOAD_POLICY_DROP_OLDEST,
+    OverloadPolicy.BLOCK: fs.OVERLOAD_POLICY_BLOCK,
+}
+
+_DROP_REASON_TO_PB = {
+    DropReason.REPLACED: fs.DROP_REASON_REPLACED,
+    DropReason.STALE: fs.DROP_REASON_STALE,
+    DropReason.OVERLOADED: fs.DROP_REASON_OVERLOADED,
+}
+
+
+def stream_options_from_pb(message: fs.StreamRequest) -> StreamOptions:
+    if message.WhichOneof("kind") != "open":
+        raise InvalidInput("the first message of a FrameStream must be `open`")
+    opening = message.open
+    if not opening.model_name:
+        raise InvalidInput("open.model_name is required")
+    if opening.encoding == fs.FRAME_ENCODING_UNSPECIFIED:
+        raise InvalidInput("open.encoding is required (RAW_RGB, RAW_BGR, JPEG or PNG)")
+    if opening.encoding not in _ENCODINGS:
+        raise InvalidInput(f"open.encoding {opening.encoding} is not a known frame encoding")
+    if opening.overload_policy not in _POLICIES:
+        raise InvalidInput(f"open.overload_policy {opening.overload_policy} is not known")
+    return StreamOptions(
+        model_name=opening.model_name,
+        model_version=opening.model_version,
+        encoding=_ENCODINGS[opening.encoding],
+        source_fps=opening.source_fps,
+        policy=_POLICIES[opening.overload_policy],
+        max_in_flight=opening.max_in_flight,
+        top_k=opening.results.top_k,
+        raw_tensors=opening.results.raw_tensors,
+        stream_id=opening.stream_id,
+        max_age_ms=opening.max_age_ms,
+        detection=detection_filter_from_pb(opening.results),
+    )
+
+
+async def frames_from_pb(messages: AsyncIterator[fs.StreamRequest]) -> AsyncIterator[EncodedFrame]:
+    async for message in messages:
+        if message.WhichOneof("kind") != "frame":
+            raise InvalidInput("after `open`, every FrameStream message must be a `frame`")
+        frame = message.frame
+        yield EncodedFrame(
+            sequence=frame.sequence,
+            capture_time_ns=frame.capture_time_unix_ns,
+            data=frame.data,
+            width=frame.width,
+            height=frame.height,
+        )
+
+
+def _tensor_to_pb(output: OutputTensor) -> fs.Tensor:
+    """A raw output tensor, in the same datatype and byte layout as a KServe response's."""
+    tensor, raw = output_to_pb(output)
+    return fs.Tensor(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape, data=raw)
+
+
+def stream_event_to_pb(event: StreamEvent) -> fs.StreamResponse:
+    if isinstance(event, FrameResultEvent):
+        return fs.StreamResponse(
+            result=fs.FrameResult(
+                sequence=event.sequence,
+                capture_time_unix_ns=event.capture_time_ns,
+                model_name=event.model_name,
+                model_version=event.model_version,
+                labels=[
+                    fs.Label(class_id=item.class_id, label=item.label, score=item.score)
+                    for item in event.labels
+                ],
+                tensors=[_tensor_to_pb(tensor) for tensor in event.tensors],
+                detections=detections_to_pb(event.detections),
+                timings=fs.Timings(
+                    queue_us=event.queue_us,
+                    preprocess_us=event.preprocess_us,
+                    inference_us=event.inference_us,
+                    postprocess_us=event.postprocess_us,
+                    total_us=event.total_us,
+                    batch_size=event.batch_size,
+                ),
+                age_us=event.age_us,
+            )
+        )
+    if isinstance(event, FramesDroppedEvent):
+        return fs.StreamResponse(
+            dropped=fs.FramesDropped(
+                sequences=list(event.sequences),
+                reason=event.reason,
+                total_dropped=event.total_dropped,
+                reason_code=_DROP_REASON_TO_PB[event.reason_code],
+            )
+        )
+    if isinstance(event, FrameErrorEvent):
+        return fs.StreamResponse(
+            error=fs.FrameError(
+                sequence=event.sequence,
+                code=status_for(event.error).value[0],
+                message=public_message(event.error),
+            )
+        )
+    if isinstance(event, StreamOpenedEvent):
+        return fs.StreamResponse(
+            opened=fs.StreamOpened(
+                stream_id=event.stream_id,
+                model_name=event.model_name,
+                model_version=event.model_version,
+                max_in_flight=event.max_in_flight,
+                overload_policy=_POLICY_TO_PB[event.policy],
+            )
+        )
+    raise TypeError(f"unknown stream event {type(event).__name__}")
