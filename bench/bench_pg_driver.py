@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from bench.machine import describe, write_section
-from fleet.controller.pg_migrations import migrate
+from fleet.controller.store.pg_migrations import migrate
 from tests.fleet.services import start_postgres
 
 DOC = json.dumps({"device_id": "cam", "labels": {"site": "lobby"}, "enrolled_at": 1.0,

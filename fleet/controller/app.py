@@ -20,24 +20,24 @@ from cryptography.hazmat.primitives import hashes
 from prometheus_client import CollectorRegistry
 
 from common.prometheus_http import instance_registry, start_metrics_http
+from fleet.controller.api.authz import ServiceAuthorization
+from fleet.controller.api.dashboard import ControllerView, Dashboard
+from fleet.controller.api.grpc import AdminServicer, AgentServicer, EnrollmentServicer
 from fleet.controller.audit import AuditLog
-from fleet.controller.authz import ServiceAuthorization
 from fleet.controller.bundles import BundleService
-from fleet.controller.changefeed import ChangeFeed
-from fleet.controller.dashboard import ControllerView, Dashboard
 from fleet.controller.desired import DesiredState
 from fleet.controller.devices import DeviceRegistry
-from fleet.controller.grpc_api import AdminServicer, AgentServicer, EnrollmentServicer
 from fleet.controller.live import LiveFleet
 from fleet.controller.metrics import FleetCollector
-from fleet.controller.postgres_store import PostgresStore
-from fleet.controller.records import RolloutRecord
-from fleet.controller.replication import Replication
-from fleet.controller.rollout_actions import RolloutActions
-from fleet.controller.rollouts import RolloutEngine
+from fleet.controller.replication.changefeed import ChangeFeed
+from fleet.controller.replication.inbound import Replication
+from fleet.controller.rollouts.engine import RolloutEngine
+from fleet.controller.rollouts.verbs import RolloutActions
 from fleet.controller.settings import ControllerSettings
-from fleet.controller.store import Store, StoreRunner
-from fleet.controller.stores import describe, is_postgres, open_store
+from fleet.controller.store.factory import describe, is_postgres, open_store
+from fleet.controller.store.postgres import PostgresStore
+from fleet.controller.store.protocol import Store, StoreRunner
+from fleet.controller.store.records import RolloutRecord
 from fleet.controller.telemetry import TelemetryService
 from fleet.controller.webhooks import WebhookSender, rollout_event
 from fleet.grpc_status import Peer
@@ -236,7 +236,8 @@ class ControllerApp:
         await asyncio.to_thread(_claim_ca, store, ca)
         services = ControllerServices.build(settings, store, ca, trusted, self.registry)
         if isinstance(store, PostgresStore):
-            # Listen to the other replicas before acting (fleet/controller/changefeed.py).
+            # Listen to the other replicas before acting
+            # (fleet/controller/replication/changefeed.py).
             replication = services.replication
             self._feed = ChangeFeed(
                 store.dsn, store.connect_kwargs, replication.replica,

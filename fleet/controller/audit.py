@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
-from fleet.controller.records import AuditRecord
-from fleet.controller.store import StoreRunner
+from fleet.controller.store.protocol import StoreRunner
+from fleet.controller.store.records import AuditRecord
 
 logger = logging.getLogger(__name__)
 

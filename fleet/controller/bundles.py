@@ -14,8 +14,8 @@ from typing import BinaryIO
 
 from fleet.bundle import BundleInfo, sha256_path, verify_bundle
 from fleet.controller.audit import AuditLog
-from fleet.controller.records import BundleRecord
-from fleet.controller.store import StoreRunner
+from fleet.controller.store.protocol import StoreRunner
+from fleet.controller.store.records import BundleRecord
 from fleet.errors import Conflict, InvalidRequest, NotFound
 from fleet.keys import TrustedKeys
 from fleet.publish import publish_bundle

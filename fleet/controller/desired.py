@@ -8,10 +8,10 @@ import logging
 from fleet.controller.audit import AuditLog
 from fleet.controller.devices import DeviceRegistry, DeviceView
 from fleet.controller.live import LiveFleet
-from fleet.controller.records import PIN_SOURCE, DesiredEntry
-from fleet.controller.replication import Replication
-from fleet.controller.rollouts import RolloutEngine
-from fleet.controller.store import StoreRunner
+from fleet.controller.replication.inbound import Replication
+from fleet.controller.rollouts.engine import RolloutEngine
+from fleet.controller.store.protocol import StoreRunner
+from fleet.controller.store.records import PIN_SOURCE, DesiredEntry
 from fleet.errors import InvalidRequest, NotFound
 
 logger = logging.getLogger(__name__)

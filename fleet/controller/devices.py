@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 from fleet.controller.audit import AuditLog
 from fleet.controller.live import LiveFleet, TelemetrySample
-from fleet.controller.records import DesiredEntry, DeviceRecord, Revocation
-from fleet.controller.replication import Replication
-from fleet.controller.rollouts import matches
-from fleet.controller.store import StoreRunner
+from fleet.controller.replication.inbound import Replication
+from fleet.controller.rollouts.engine import matches
+from fleet.controller.store.protocol import StoreRunner
+from fleet.controller.store.records import DesiredEntry, DeviceRecord, Revocation
 from fleet.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from fleet.grpc_status import Peer
 from fleet.pki import DEVICE_PREFIX, CertificateAuthority, request_key_sha256

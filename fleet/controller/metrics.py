@@ -19,8 +19,8 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from fleet.controller.devices import DeviceRegistry
     from fleet.controller.live import LiveFleet
-    from fleet.controller.replication import Replication
-    from fleet.controller.rollouts import RolloutEngine
+    from fleet.controller.replication.inbound import Replication
+    from fleet.controller.rollouts.engine import RolloutEngine
     from fleet.controller.telemetry import TelemetryService
 
 

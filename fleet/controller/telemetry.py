@@ -12,8 +12,8 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from fleet.controller.devices import DeviceRegistry
 from fleet.controller.live import LiveFleet, TelemetrySample
-from fleet.controller.rollouts import RolloutEngine
-from fleet.controller.store import StoreRunner
+from fleet.controller.rollouts.engine import RolloutEngine
+from fleet.controller.store.protocol import StoreRunner
 
 logger = logging.getLogger(__name__)
 PRUNE_EVERY_S = 60.0

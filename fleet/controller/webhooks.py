@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from fleet.controller.records import RolloutRecord
+from fleet.controller.store.records import RolloutRecord
 
 logger = logging.getLogger(__name__)
 USER_AGENT = "edgefleet-controller"

@@ -11,7 +11,7 @@ import time
 
 import psycopg
 
-from fleet.controller.lease import LeaseLost, acquire, fenced
+from fleet.controller.store.pg_lease import LeaseLost, acquire, fenced
 
 
 def main() -> int:

@@ -7,18 +7,18 @@ import math
 import pytest
 
 from fleet.agent.serving import ModelTelemetry
-from fleet.controller.gates import DeviceWindow, judge, parse_gate
 from fleet.controller.live import LiveFleet
-from fleet.controller.records import (
+from fleet.controller.rollouts.engine import RolloutEngine, cohort_rank
+from fleet.controller.rollouts.gates import DeviceWindow, judge, parse_gate
+from fleet.controller.store.protocol import StoreRunner
+from fleet.controller.store.records import (
     BundleRecord,
     DesiredEntry,
     DeviceRecord,
     RolloutSpec,
     Verdict,
 )
-from fleet.controller.rollouts import RolloutEngine, cohort_rank
-from fleet.controller.sqlite_store import SqliteStore
-from fleet.controller.store import StoreRunner
+from fleet.controller.store.sqlite import SqliteStore
 from fleet.errors import InvalidRequest
 
 

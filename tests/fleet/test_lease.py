@@ -12,8 +12,8 @@ import time
 import psycopg
 import pytest
 
-from fleet.controller.lease import LeaseLost, acquire, fenced, holder_of, release
-from fleet.controller.pg_migrations import migrate
+from fleet.controller.store.pg_lease import LeaseLost, acquire, fenced, holder_of, release
+from fleet.controller.store.pg_migrations import migrate
 
 TTL_S = 1.0
 

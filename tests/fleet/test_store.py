@@ -16,9 +16,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from fleet.controller.pg_migrations import LATEST, MIGRATIONS, SchemaTooNew, migrate
-from fleet.controller.postgres_store import PostgresStore, redacted
-from fleet.controller.records import (
+from fleet.controller.store.pg_migrations import LATEST, MIGRATIONS, SchemaTooNew, migrate
+from fleet.controller.store.postgres import PostgresStore, redacted
+from fleet.controller.store.protocol import Store
+from fleet.controller.store.records import (
     AuditRecord,
     BundleRecord,
     DesiredEntry,
@@ -28,8 +29,7 @@ from fleet.controller.records import (
     RolloutSpec,
     Verdict,
 )
-from fleet.controller.sqlite_store import SqliteStore
-from fleet.controller.store import Store
+from fleet.controller.store.sqlite import SqliteStore
 from fleet.errors import PermissionDenied
 
 

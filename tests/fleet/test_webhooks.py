@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from fleet.controller.app import ControllerApp
-from fleet.controller.records import RolloutRecord, RolloutSpec, RolloutState
+from fleet.controller.store.records import RolloutRecord, RolloutSpec, RolloutState
 from fleet.controller.webhooks import WebhookSender, rollout_event
 from fleet.ctl.client import AdminClient, AdminCredential
 from protos.edgefleet.fleet.v1 import admin_pb2

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from fleet.agent.serving import ModelTelemetry
-from fleet.controller.records import Measurement, Verdict
+from fleet.controller.store.records import Measurement, Verdict
 from fleet.errors import InvalidRequest
 
 METRICS = ("p50_latency_ms", "p95_latency_ms", "fps", "error_rate", "drop_rate")

@@ -10,7 +10,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from fleet.controller.records import (
+from fleet.controller.store.protocol import Fence, LeaseLost, StaleRevision
+from fleet.controller.store.records import (
     PIN_SOURCE,
     AuditRecord,
     BundleRecord,
@@ -20,7 +21,6 @@ from fleet.controller.records import (
     Revocation,
     RolloutRecord,
 )
-from fleet.controller.store import Fence, LeaseLost, StaleRevision
 from fleet.errors import PermissionDenied
 
 SCHEMA = """

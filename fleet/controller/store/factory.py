@@ -9,8 +9,8 @@ PGPASSFILE (~/.pgpass).
 from __future__ import annotations
 
 from fleet.controller.settings import ControllerSettings
-from fleet.controller.sqlite_store import SqliteStore
-from fleet.controller.store import Store
+from fleet.controller.store.protocol import Store
+from fleet.controller.store.sqlite import SqliteStore
 
 SQLITE = "sqlite"
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -24,7 +24,7 @@ def open_store(settings: ControllerSettings) -> Store:
     """Open (and migrate) the configured store. Blocking: call it off the event loop."""
     if not is_postgres(settings.store):
         return SqliteStore(settings.data_dir / "controller.db", settings.store_busy_timeout_s)
-    from fleet.controller.postgres_store import PostgresStore
+    from fleet.controller.store.postgres import PostgresStore
 
     password = None
     if settings.store_password_file is not None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from fleet.controller.audit import AuditLog
 from fleet.controller.devices import DeviceRegistry
-from fleet.controller.records import Measurement, RolloutRecord, RolloutSpec
-from fleet.controller.rollouts import RolloutEngine
-from fleet.controller.store import StoreRunner
+from fleet.controller.rollouts.engine import RolloutEngine
+from fleet.controller.store.protocol import StoreRunner
+from fleet.controller.store.records import Measurement, RolloutRecord, RolloutSpec
 from fleet.errors import NotFound
 
 

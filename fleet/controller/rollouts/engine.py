@@ -6,17 +6,17 @@ state it implies, so a controller restarted at any point picks the rollout up wh
 Rollback rewrites desired state, so a device that was offline rolls back when it returns.
 
 Replicas. Every controller on a store runs this engine; each unfinished rollout has a lease
-(`rollout:<id>`, fleet/controller/lease.py) and only the replica holding it drives the rollout
-(installs, bakes, verdicts, automatic rollback). Every replica tries to take or renew the lease
-of every unfinished rollout each third of the lease time, so when the driving replica dies
+(`rollout:<id>`, fleet/controller/store/pg_lease.py) and only the replica holding it drives the
+rollout (installs, bakes, verdicts, automatic rollback). Every replica tries to take or renew the
+lease of every unfinished rollout each third of the lease time, so when the driving replica dies
 another takes over within one lease time and re-reads the rollout from the store. The driver's
-writes carry the lease's fencing token (`Fence`): a leader that was paused past its lease
-cannot write after waking, so no wave is judged twice. Any replica serves operator actions and
-agents' install reports: they read, change and compare-and-set the rollout on its `revision`
+writes carry the lease's fencing token (`Fence`): a leader that was paused past its lease cannot
+write after waking, so no wave is judged twice. Any replica serves operator actions and agents'
+install reports: they read, change and compare-and-set the rollout on its `revision`
 (`StaleRevision` re-reads and retries), and every committed change is announced to the other
-replicas (fleet/controller/changefeed.py), which re-read it and wake its driver.
-Gate windows use this replica's live telemetry for the devices connected to it and the store's
-telemetry (flushed every `telemetry_flush_s`) for devices connected elsewhere.
+replicas (fleet/controller/replication/changefeed.py), which re-read it and wake its driver. Gate
+windows use this replica's live telemetry for the devices connected to it and the store's telemetry
+(flushed every `telemetry_flush_s`) for devices connected elsewhere.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
-from fleet.controller.gates import DeviceWindow, cohort_figures, judge, parse_gate
 from fleet.controller.live import LiveFleet, TelemetrySample, sample_from_document
-from fleet.controller.records import (
+from fleet.controller.rollouts.gates import DeviceWindow, cohort_figures, judge, parse_gate
+from fleet.controller.store.protocol import Fence, LeaseLost, StaleRevision, StoreRunner
+from fleet.controller.store.records import (
     PIN_SOURCE,
     AuditRecord,
     BundleRecord,
@@ -49,10 +50,10 @@ from fleet.controller.records import (
     Verdict,
     WaveRecord,
 )
-from fleet.controller.store import Fence, LeaseLost, StaleRevision, StoreRunner
 from fleet.errors import Conflict, InvalidRequest, NotFound
 
-logger = logging.getLogger(__name__)
+# One logger for the rollout subsystem: operators (and tests) follow rollouts by its name.
+logger = logging.getLogger(__package__)
 # An operator action or install report that keeps meeting newer revisions gives up after this.
 CAS_ATTEMPTS = 8
 

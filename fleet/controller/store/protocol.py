@@ -4,11 +4,11 @@
 `StoreRunner` wraps either in typed async methods that run one at a time on the store thread,
 never on the event loop.
 
-Rollout writes are guarded twice when several replicas share a store (fleet/controller/lease.py
-and fleet/controller/rollouts.py have the design): a write names the `revision` it read
-(compare-and-set: a replica never overwrites a change it has not seen, `StaleRevision`), and the
-driver's writes carry a `Fence` (the rollout's lease and fencing token: a leader that lost its
-lease cannot write, `LeaseLost`).
+Rollout writes are guarded twice when several replicas share a store
+(fleet/controller/store/pg_lease.py and fleet/controller/rollouts/engine.py have the design): a
+write names the `revision` it read (compare-and-set: a replica never overwrites a change it has not
+seen, `StaleRevision`), and the driver's writes carry a `Fence` (the rollout's lease and fencing
+token: a leader that lost its lease cannot write, `LeaseLost`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import ParamSpec, Protocol, TypeVar
 
-from fleet.controller.records import (
+from fleet.controller.store.records import (
     AuditRecord,
     BundleRecord,
     DesiredEntry,

@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 
-from fleet.controller.store import LeaseLost
+from fleet.controller.store.protocol import LeaseLost
 
 __all__ = ["LeaseLost", "acquire", "check", "fenced", "holder_of", "release"]
 

@@ -1,6 +1,7 @@
 """This replica's part in a fleet shared by several controllers on one PostgreSQL.
 
-- Rollouts: each is driven by the one replica holding its lease (fleet/controller/rollouts.py).
+- Rollouts: each is driven by the one replica holding its lease
+  (fleet/controller/rollouts/engine.py).
 - Changes: what a replica changes it announces (`announce`, through fleet/controller/changefeed);
   what the others announce arrives in `on_change`: wake the agent streams whose desired state
   changed (a pin or a wave made on another replica reaches its device within seconds), re-read
@@ -20,13 +21,13 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from fleet.controller.changefeed import Announcer, Change
 from fleet.controller.live import LiveFleet
-from fleet.controller.store import StoreRunner
+from fleet.controller.replication.changefeed import Announcer, Change
+from fleet.controller.store.protocol import StoreRunner
 
 if TYPE_CHECKING:
     from fleet.controller.devices import DeviceRegistry
-    from fleet.controller.rollouts import RolloutEngine
+    from fleet.controller.rollouts.engine import RolloutEngine
 
 logger = logging.getLogger(__name__)
 

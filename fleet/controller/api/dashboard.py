@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
-from fleet.controller.records import AuditRecord, Measurement, RolloutRecord
+from fleet.controller.store.records import AuditRecord, Measurement, RolloutRecord
 
 if TYPE_CHECKING:
     from fleet.controller.audit import AuditLog
     from fleet.controller.devices import DeviceRegistry, DeviceView
     from fleet.controller.live import LiveFleet, TelemetrySample
-    from fleet.controller.rollouts import RolloutEngine
+    from fleet.controller.rollouts.engine import RolloutEngine
 
 logger = logging.getLogger(__name__)
 COOKIE = "edgefleet_dashboard"

@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from fleet.controller.postgres_store import CHANNEL
+from fleet.controller.store.postgres import CHANNEL
 
 logger = logging.getLogger(__name__)
 MAX_PAYLOAD_BYTES = 7000

@@ -13,13 +13,13 @@ from typing import Any
 
 import grpc
 
-from fleet.controller import convert
+from fleet.controller.api import convert
 from fleet.controller.audit import AuditLog
 from fleet.controller.bundles import BundleService
 from fleet.controller.desired import DesiredState
 from fleet.controller.devices import DeviceRegistry
 from fleet.controller.live import LiveFleet
-from fleet.controller.rollout_actions import RolloutActions
+from fleet.controller.rollouts.verbs import RolloutActions
 from fleet.controller.telemetry import TelemetryService
 from fleet.errors import InvalidRequest
 from fleet.grpc_status import peer, peer_common_name, streaming, unary
@@ -31,7 +31,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 def _admin(context: Context) -> str:
     """The operator's name for the audit log. Authorization happened before the servicer ran
-    (`fleet.controller.authz`, wired in `app.py`)."""
+    (`fleet.controller.api.authz`, wired in `app.py`)."""
     return peer_common_name(context)
 
 

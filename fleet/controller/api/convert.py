@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from fleet.agent.serving import ModelTelemetry
 from fleet.controller.devices import DeviceView
 from fleet.controller.live import TelemetrySample
-from fleet.controller.records import (
+from fleet.controller.store.records import (
     AuditRecord,
     DesiredEntry,
     DeviceInstall,

@@ -26,9 +26,10 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from fleet.controller import lease
-from fleet.controller.pg_migrations import migrate
-from fleet.controller.records import (
+from fleet.controller.store import pg_lease
+from fleet.controller.store.pg_migrations import migrate
+from fleet.controller.store.protocol import Fence, StaleRevision
+from fleet.controller.store.records import (
     PIN_SOURCE,
     AuditRecord,
     BundleRecord,
@@ -38,11 +39,11 @@ from fleet.controller.records import (
     Revocation,
     RolloutRecord,
 )
-from fleet.controller.store import Fence, StaleRevision
 from fleet.errors import PermissionDenied
 
 logger = logging.getLogger(__name__)
-# The NOTIFY channel replicas tell each other about changes on (fleet.controller.changefeed).
+# The NOTIFY channel replicas tell each other about changes on
+# (fleet.controller.replication.changefeed).
 CHANNEL = "edgefleet"
 POOL_SIZE = 4
 GETCONN_TIMEOUT_S = 5.0
@@ -64,7 +65,7 @@ class PostgresStore:
         kwargs: dict[str, Any] = {"application_name": "edgefleet-controller"}
         if password is not None:
             kwargs["password"] = password
-        # For the replica's own LISTEN connection (fleet.controller.changefeed).
+        # For the replica's own LISTEN connection (fleet.controller.replication.changefeed).
         self.dsn = dsn
         self.connect_kwargs = dict(kwargs)
         # One direct connection first: a wrong address or password fails now, with libpq's
@@ -233,7 +234,7 @@ class PostgresStore:
             if fence is not None:
                 # First, in this transaction: a takeover either committed before (refused
                 # here) or waits for this write to commit (it was made under the lease).
-                lease.check(connection, fence.name, fence.holder, fence.token)
+                pg_lease.check(connection, fence.name, fence.holder, fence.token)
             document = rollout.model_dump_json()
             if expected_revision is None:
                 connection.execute(
@@ -347,11 +348,11 @@ class PostgresStore:
     # replicas
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> int | None:
         with self._pool.connection() as connection:
-            return lease.acquire(connection, name, holder, ttl_s)
+            return pg_lease.acquire(connection, name, holder, ttl_s)
 
     def release_lease(self, name: str, holder: str) -> None:
         with self._pool.connection() as connection:
-            lease.release(connection, name, holder)
+            pg_lease.release(connection, name, holder)
 
     def lease_holders(self, prefix: str) -> list[str]:
         rows = self._rows(
