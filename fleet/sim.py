@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
 import grpc
 
+from common.telemetry import ModelTelemetry, TelemetryRecord, telemetry_to_pb
 from fleet.agent.sources import bundle_url
 from fleet.ctl.client import AdminClient
 from fleet.pki import make_csr, new_private_key, private_key_pem
@@ -95,27 +97,26 @@ class SimulatedAgent:
         self._requests += served
         self._errors += sum(random.random() < profile.error_rate for _ in range(served))
         jitter = random.uniform(0.9, 1.1)
-        message = agent_pb2.Telemetry(
-            system=agent_pb2.SystemTelemetry(
-                cpu_percent=random.uniform(20, 60),
-                memory_used_bytes=1 << 30,
-                memory_total_bytes=4 << 30,
-                temperature_c=55.0,
-            ),
-            models=[
-                agent_pb2.ModelTelemetry(
+        record = TelemetryRecord(
+            sampled_at=time.time(),
+            cpu_percent=random.uniform(20, 60),
+            memory_used_bytes=1 << 30,
+            memory_total_bytes=4 << 30,
+            temperature_c=55.0,
+            models=(
+                ModelTelemetry(
                     name=self._settings.model,
-                    active_version=self.version,
+                    version=self.version,
                     requests=self._requests,
                     errors=self._errors,
+                    drops=0,
                     fps=profile.fps * jitter,
                     latency_p50_ms=profile.p50_ms * jitter,
                     latency_p95_ms=profile.p95_ms * jitter,
-                )
-            ],
+                ),
+            ),
         )
-        message.sampled_at.GetCurrentTime()
-        return agent_pb2.ConnectRequest(telemetry=message)
+        return agent_pb2.ConnectRequest(telemetry=telemetry_to_pb(record))
 
     async def run(self) -> None:
         await asyncio.sleep(random.uniform(0, self._settings.connect_spread_s))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 import random
 import shutil
 import time
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import grpc
 
+from common.telemetry import ModelTelemetry, TelemetryRecord, telemetry_to_pb
 from common.version import EDGEFLEET_VERSION
 from fleet.agent.download import fetch_bundle
 from fleet.agent.identity import DeviceIdentity, enroll, load_identity, save_identity
@@ -292,35 +295,23 @@ class Agent:
     # telemetry
     def _telemetry(self, vitals: SystemSample, dropped: int) -> agent_pb2.Telemetry:
         """Runs on the event loop: the core's statistics are not thread-safe."""
-        models = [
-            agent_pb2.ModelTelemetry(
-                name=model.name,
-                active_version=model.version,
-                requests=model.requests,
-                errors=model.errors,
-                drops=model.drops,
-                fps=model.fps,
-                latency_p50_ms=model.latency_p50_ms,
-                latency_p95_ms=model.latency_p95_ms,
-            )
-            for model in self._core.model_telemetry()
-            if self._core.active_version(model.name) == model.version
-        ]
-        message = agent_pb2.Telemetry(
-            system=agent_pb2.SystemTelemetry(
-                cpu_percent=vitals.cpu_percent,
-                memory_used_bytes=vitals.memory_used_bytes,
-                memory_total_bytes=vitals.memory_total_bytes,
-                temperature_c=vitals.temperature_c,
-                has_gpu=vitals.has_gpu,
-                gpu_utilization_percent=vitals.gpu_utilization_percent,
-                gpu_memory_used_bytes=vitals.gpu_memory_used_bytes,
-            ),
-            models=models,
+        record = TelemetryRecord(
+            sampled_at=time.time(),
             dropped_samples=dropped,
+            cpu_percent=vitals.cpu_percent,
+            memory_used_bytes=vitals.memory_used_bytes,
+            memory_total_bytes=vitals.memory_total_bytes,
+            temperature_c=None if math.isnan(vitals.temperature_c) else vitals.temperature_c,
+            gpu_utilization_percent=vitals.gpu_utilization_percent if vitals.has_gpu else None,
+            gpu_memory_used_bytes=vitals.gpu_memory_used_bytes if vitals.has_gpu else None,
+            # The server's figures under the same names (fleet.agent.serving).
+            models=tuple(
+                ModelTelemetry(**dataclasses.asdict(model))
+                for model in self._core.model_telemetry()
+                if self._core.active_version(model.name) == model.version
+            ),
         )
-        message.sampled_at.GetCurrentTime()
-        return message
+        return telemetry_to_pb(record)
 
     async def _sample_forever(self) -> None:
         while True:

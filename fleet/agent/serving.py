@@ -5,8 +5,8 @@ nothing else of the server: `load_model` raises the core's declared `load_error`
 cannot serve (bad files, a runtime that refuses the graph, a failed warm-up), and the agent
 treats exactly that as a failed install; anything else is a bug and is logged as one.
 
-Per-model figures travel as `ModelTelemetry`, the server's own record: the agent sends it, the
-controller keeps it in its live view, stores it and judges gates on it, under the same names.
+Per-model figures come as the server's `ModelTelemetry`; the agent sends them on, under the same
+names, in the fleet's telemetry record (`common.telemetry`).
 """
 
 from __future__ import annotations

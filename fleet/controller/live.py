@@ -7,70 +7,22 @@ In memory only, bounded per device; the durable copy of telemetry is in the stor
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from fleet.agent.serving import ModelTelemetry
+from common.telemetry import TelemetryRecord
 
 
 @dataclass(frozen=True)
 class TelemetrySample:
+    """A device's telemetry record as the live view holds it."""
+
     # loop.time() when the controller received it.
     at: float
-    received_wall: float
-    cpu_percent: float
-    memory_used_bytes: int
-    memory_total_bytes: int
-    temperature_c: float
-    gpu_utilization_percent: float
-    gpu_memory_used_bytes: int
-    dropped_samples: int
-    models: tuple[ModelTelemetry, ...]
-    # Sent late from the agent's buffer: describes an earlier time, so bake windows skip it.
-    replayed: bool = False
-
-    def model(self, name: str) -> ModelTelemetry | None:
-        return next((model for model in self.models if model.name == name), None)
-
-
-def sample_from_document(document: str, at: float) -> TelemetrySample:
-    """A sample back from its stored JSON document (`convert.telemetry_from_pb` writes it), for
-    devices whose telemetry reached another replica. `at` is its time on this loop's clock."""
-    doc = json.loads(document)
-
-    def number(key: str) -> float:
-        value = doc.get(key)
-        return math.nan if value is None else float(value)
-
-    return TelemetrySample(
-        at=at,
-        received_wall=float(doc["received_at"]),
-        cpu_percent=number("cpu_percent"),
-        memory_used_bytes=int(doc.get("memory_used_bytes") or 0),
-        memory_total_bytes=int(doc.get("memory_total_bytes") or 0),
-        temperature_c=number("temperature_c"),
-        gpu_utilization_percent=number("gpu_utilization_percent"),
-        gpu_memory_used_bytes=int(doc.get("gpu_memory_used_bytes") or 0),
-        dropped_samples=int(doc.get("dropped_samples") or 0),
-        models=tuple(
-            ModelTelemetry(
-                name=str(model["name"]),
-                version=str(model["version"]),
-                requests=int(model["requests"]),
-                errors=int(model["errors"]),
-                drops=int(model["drops"]),
-                fps=float(model["fps"]),
-                latency_p50_ms=float(model["latency_p50_ms"]),
-                latency_p95_ms=float(model["latency_p95_ms"]),
-            )
-            for model in doc.get("models", [])
-        ),
-        replayed=bool(doc.get("replayed", False)),
-    )
+    record: TelemetryRecord
 
 
 @dataclass
@@ -154,7 +106,7 @@ class LiveFleet:
         if history is None:
             history = self._history[device_id] = deque(maxlen=self._samples_per_device)
         history.append(sample)
-        self._last_seen[device_id] = sample.received_wall
+        self._last_seen[device_id] = sample.record.received_at
         self._heard[device_id] = time.monotonic()
 
     def latest(self, device_id: str) -> TelemetrySample | None:
@@ -166,4 +118,4 @@ class LiveFleet:
 
     def samples_since(self, device_id: str, since: float) -> list[TelemetrySample]:
         history = self._history.get(device_id, ())
-        return [sample for sample in history if sample.at >= since and not sample.replayed]
+        return [sample for sample in history if sample.at >= since and not sample.record.replayed]

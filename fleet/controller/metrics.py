@@ -8,7 +8,6 @@ own: sum them. Labels are bounded: states, verdicts, models and versions, never 
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -75,11 +74,12 @@ class FleetCollector(Collector):
             sample = live.latest(device_id)
             if sample is None:
                 continue
-            cpu.add_metric([device_id], sample.cpu_percent)
-            memory.add_metric([device_id], sample.memory_used_bytes)
-            if not math.isnan(sample.temperature_c):
-                temperature.add_metric([device_id], sample.temperature_c)
-            for model in sample.models:
+            record = sample.record
+            cpu.add_metric([device_id], record.cpu_percent)
+            memory.add_metric([device_id], record.memory_used_bytes)
+            if record.temperature_c is not None:
+                temperature.add_metric([device_id], record.temperature_c)
+            for model in record.models:
                 labels = [device_id, model.name, model.version]
                 fps.add_metric(labels, model.fps)
                 p50.add_metric(labels, model.latency_p50_ms / 1000)

@@ -65,14 +65,17 @@ class TelemetryService:
             self._task = None
         await self._write_pending()
 
-    def record(self, device_id: str, sample: TelemetrySample, document: str) -> None:
+    def record(self, device_id: str, sample: TelemetrySample) -> None:
         """Record one sample; cheap and synchronous, it runs for every heartbeat of the fleet."""
         self._live.record(device_id, sample)
         if len(self._pending_rows) == self._pending_rows.maxlen:
             self.rows_dropped += 1
         self._row_sequence += 1
-        self._pending_rows.append((self._row_sequence, device_id, sample.received_wall, document))
-        for model in sample.models:
+        record = sample.record
+        self._pending_rows.append(
+            (self._row_sequence, device_id, record.received_at, record.model_dump_json())
+        )
+        for model in record.models:
             self._devices.active_seen(device_id, model.name, model.version)
             self._rollouts.active_version_seen(device_id, model.name, model.version)
 

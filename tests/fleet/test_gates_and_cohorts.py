@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from fleet.agent.serving import ModelTelemetry
+from common.telemetry import ModelTelemetry
 from fleet.controller.live import LiveFleet
 from fleet.controller.rollouts.engine import RolloutEngine, cohort_rank
 from fleet.controller.rollouts.gates import DeviceWindow, judge, parse_gate

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from fleet.agent.serving import ModelTelemetry
 from fleet.controller.devices import DeviceView
-from fleet.controller.live import TelemetrySample
 from fleet.controller.store.records import (
     AuditRecord,
     DesiredEntry,
@@ -48,53 +45,6 @@ def desired_state_to_pb(
             ],
         )
     )
-
-
-def telemetry_from_pb(
-    message: agent_pb2.Telemetry, at: float, received_wall: float
-) -> tuple[TelemetrySample, str]:
-    """The sample for the live view, and its JSON document for the store."""
-    system = message.system
-    models = tuple(
-        ModelTelemetry(
-            name=model.name,
-            version=model.active_version,
-            requests=model.requests,
-            errors=model.errors,
-            drops=model.drops,
-            fps=model.fps,
-            latency_p50_ms=model.latency_p50_ms,
-            latency_p95_ms=model.latency_p95_ms,
-        )
-        for model in message.models
-    )
-    sample = TelemetrySample(
-        at=at,
-        received_wall=received_wall,
-        cpu_percent=system.cpu_percent,
-        memory_used_bytes=system.memory_used_bytes,
-        memory_total_bytes=system.memory_total_bytes,
-        temperature_c=system.temperature_c,
-        gpu_utilization_percent=system.gpu_utilization_percent,
-        gpu_memory_used_bytes=system.gpu_memory_used_bytes,
-        dropped_samples=message.dropped_samples,
-        models=models,
-        replayed=message.replayed,
-    )
-    document = {
-        "sampled_at": message.sampled_at.ToNanoseconds() / 1e9,
-        "received_at": received_wall,
-        "replayed": message.replayed,
-        "dropped_samples": message.dropped_samples,
-        "cpu_percent": system.cpu_percent,
-        "memory_used_bytes": system.memory_used_bytes,
-        "memory_total_bytes": system.memory_total_bytes,
-        "temperature_c": None if math.isnan(system.temperature_c) else system.temperature_c,
-        "gpu_utilization_percent": system.gpu_utilization_percent if system.has_gpu else None,
-        "gpu_memory_used_bytes": system.gpu_memory_used_bytes if system.has_gpu else None,
-        "models": [dataclasses.asdict(model) for model in models],
-    }
-    return sample, json.dumps(document)
 
 
 _VERDICTS = {
@@ -180,6 +130,11 @@ def measurement_to_pb(measurement: Measurement) -> admin_pb2.GateMeasurement:
     )
 
 
+def _no_reading(value: float | None) -> float:
+    """NaN: how the fleet protos say a figure was not measured."""
+    return math.nan if value is None else value
+
+
 def device_to_pb(view: DeviceView) -> admin_pb2.Device:
     record, latest = view.record, view.latest
     desired = {entry.model: entry for entry in view.desired}
@@ -193,7 +148,7 @@ def device_to_pb(view: DeviceView) -> admin_pb2.Device:
             desired_source=desired[name].source if name in desired else "",
             last_install_error=desired[name].last_error if name in desired else "",
         )
-        if latest is not None and (sample := latest.model(name)) is not None:
+        if latest is not None and (sample := latest.record.model(name)) is not None:
             model.fps = sample.fps
             model.latency_p50_ms = sample.latency_p50_ms
             model.latency_p95_ms = sample.latency_p95_ms
@@ -207,10 +162,10 @@ def device_to_pb(view: DeviceView) -> admin_pb2.Device:
         online=view.online,
         last_seen=timestamp(view.last_seen),
         models=models,
-        cpu_percent=latest.cpu_percent if latest else 0.0,
-        memory_used_bytes=latest.memory_used_bytes if latest else 0,
-        temperature_c=latest.temperature_c if latest else math.nan,
-        dropped_samples=latest.dropped_samples if latest else 0,
+        cpu_percent=latest.record.cpu_percent if latest else 0.0,
+        memory_used_bytes=latest.record.memory_used_bytes if latest else 0,
+        temperature_c=_no_reading(latest.record.temperature_c if latest else None),
+        dropped_samples=latest.record.dropped_samples if latest else 0,
         hardware_json=record.hardware_json,
         agent_version=record.agent_version,
     )

@@ -198,9 +198,10 @@ def _devices_table(devices: Sequence[DeviceView]) -> str:
         )
         fps = p95 = errors = ""
         if device.latest is not None:
-            fps = " / ".join(_figure(model.fps) for model in device.latest.models)
-            p95 = " / ".join(_figure(model.latency_p95_ms) for model in device.latest.models)
-            errors = " / ".join(str(model.errors) for model in device.latest.models)
+            figures = device.latest.record.models
+            fps = " / ".join(_figure(model.fps) for model in figures)
+            p95 = " / ".join(_figure(model.latency_p95_ms) for model in figures)
+            errors = " / ".join(str(model.errors) for model in figures)
         labels = " ".join(f"{_e(k)}={_e(v)}" for k, v in sorted(record.labels.items()))
         state = "online" if device.online else "offline"
         rows.append(
@@ -288,9 +289,9 @@ def _charts(devices: Sequence[DeviceView], view: FleetView) -> str:
     for device in devices:
         points = series.setdefault(device.record.device_id, [])
         for sample in view.samples(device.record.device_id, CHART_WINDOW_S):
-            fps = sum(model.fps for model in sample.models)
+            fps = sum(model.fps for model in sample.record.models)
             points.append((sample.at, fps))
-            for model in sample.models:
+            for model in sample.record.models:
                 cohort = cohorts.setdefault(f"{model.name} v{model.version}", {})
                 cohort.setdefault(int(sample.at), []).append(model.fps)
     cohort_charts = [

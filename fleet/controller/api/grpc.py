@@ -13,12 +13,13 @@ from typing import Any
 
 import grpc
 
+from common.telemetry import telemetry_from_pb
 from fleet.controller.api import convert
 from fleet.controller.audit import AuditLog
 from fleet.controller.bundles import BundleService
 from fleet.controller.desired import DesiredState
 from fleet.controller.devices import DeviceRegistry
-from fleet.controller.live import LiveFleet
+from fleet.controller.live import LiveFleet, TelemetrySample
 from fleet.controller.rollouts.verbs import RolloutActions
 from fleet.controller.telemetry import TelemetryService
 from fleet.errors import InvalidRequest
@@ -131,10 +132,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             kind = message.WhichOneof("payload")
             if kind == "telemetry":
                 started = time.perf_counter()
-                sample, document = convert.telemetry_from_pb(
-                    message.telemetry, loop.time(), time.time()
-                )
-                telemetry.record(device_id, sample, document)
+                record = telemetry_from_pb(message.telemetry, time.time())
+                telemetry.record(device_id, TelemetrySample(loop.time(), record))
                 telemetry.handling_seconds.observe(time.perf_counter() - started)
             elif kind == "heartbeat":
                 self._live.touch(device_id, time.time())

@@ -32,7 +32,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
-from fleet.controller.live import LiveFleet, TelemetrySample, sample_from_document
+from common.telemetry import TelemetryRecord
+from fleet.controller.live import LiveFleet, TelemetrySample
 from fleet.controller.rollouts.gates import DeviceWindow, cohort_figures, judge, parse_gate
 from fleet.controller.store.protocol import Fence, LeaseLost, StaleRevision, StoreRunner
 from fleet.controller.store.records import (
@@ -570,7 +571,7 @@ class RolloutEngine:
             if status != DeviceInstall.PENDING:
                 continue
             sample = self._live.latest(device_id)
-            model = sample.model(rollout.model_name) if sample else None
+            model = sample.record.model(rollout.model_name) if sample else None
             if model is not None and model.version == rollout.version:
                 rollout.installs[device_id] = DeviceInstall.INSTALLED
                 changed = True
@@ -665,11 +666,11 @@ class RolloutEngine:
             samples = []
             for received_at, document in rows:
                 try:
-                    sample = sample_from_document(document, since + (received_at - wall_since))
-                except (ValueError, KeyError, TypeError):
+                    record = TelemetryRecord.model_validate_json(document)
+                except ValueError:
                     continue
-                if not sample.replayed:
-                    samples.append(sample)
+                if not record.replayed:
+                    samples.append(TelemetrySample(since + (received_at - wall_since), record))
             if samples:
                 found[device_id] = samples
         return found
@@ -688,7 +689,7 @@ class RolloutEngine:
             samples = [
                 (sample, model)
                 for sample in (local or (remote or {}).get(device_id, []))
-                if (model := sample.model(rollout.model_name)) is not None
+                if (model := sample.record.model(rollout.model_name)) is not None
                 and (model.version == rollout.version) == new_version
             ]
             if len(samples) < 2:

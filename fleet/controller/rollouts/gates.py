@@ -14,7 +14,7 @@ import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from fleet.agent.serving import ModelTelemetry
+from common.telemetry import ModelTelemetry
 from fleet.controller.store.records import Measurement, Verdict
 from fleet.errors import InvalidRequest
 
