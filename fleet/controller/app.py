@@ -30,7 +30,8 @@ from fleet.controller.devices import DeviceRegistry
 from fleet.controller.live import LiveFleet
 from fleet.controller.metrics import FleetCollector
 from fleet.controller.replication.changefeed import ChangeFeed
-from fleet.controller.replication.inbound import Replication
+from fleet.controller.replication.inbound import InboundChanges
+from fleet.controller.replication.replica import Replica
 from fleet.controller.rollouts.engine import RolloutEngine
 from fleet.controller.rollouts.verbs import RolloutActions
 from fleet.controller.settings import ControllerSettings
@@ -64,7 +65,8 @@ class ControllerServices:
     rollouts: RolloutActions
     telemetry: TelemetryService
     bundles: BundleService
-    replication: Replication
+    replica: Replica
+    inbound: InboundChanges
     control: StoreRunner
     webhooks: WebhookSender
 
@@ -81,16 +83,14 @@ class ControllerServices:
         # Leases and change notes: their own store thread, never behind the agents' calls.
         control = StoreRunner(store, owns_store=False)
         replicated = is_postgres(settings.store)
-        replication = Replication(
-            control, _replica_name(settings), replicated, settings.lease_ttl_s
-        )
+        replica = Replica(control, _replica_name(settings), replicated, settings.lease_ttl_s)
         live = LiveFleet(
             settings.samples_per_device,
             settings.offline_after_intervals * settings.telemetry_interval_s,
-            on_presence=replication.presence,
+            announce=replica.announce,
         )
         audit = AuditLog(runner)
-        devices = DeviceRegistry(runner, ca, live, audit, settings.token_ttl_s, replication)
+        devices = DeviceRegistry(runner, ca, live, audit, settings.token_ttl_s, replica)
         webhooks = WebhookSender(
             settings.webhook_urls,
             registry,
@@ -107,15 +107,14 @@ class ControllerServices:
         engine = RolloutEngine(
             runner,
             live,
-            replication.wake_devices,
+            live.wake,
             settings.rollout_tick_s,
-            replica=replication.replica,
+            replica=replica.name,
             lease_ttl_s=settings.lease_ttl_s,
-            announce=replication.announce,
+            announce=replica.announce,
             on_decision=decided,
             leases=control,
         )
-        replication.bind(live, devices, engine)
         telemetry = TelemetryService(
             runner,
             live,
@@ -134,24 +133,26 @@ class ControllerServices:
             settings.max_bundle_bytes,
             settings.publish_dir,
         )
-        registry.register(FleetCollector(devices, live, telemetry, engine, replication))
+        registry.register(FleetCollector(devices, live, telemetry, engine, replica))
         return cls(
             store=runner,
             live=live,
             audit=audit,
             devices=devices,
             engine=engine,
-            desired=DesiredState(runner, devices, engine, live, audit, replication),
+            desired=DesiredState(runner, devices, engine, live, audit),
             rollouts=RolloutActions(runner, engine, devices, audit),
             telemetry=telemetry,
             bundles=bundles,
-            replication=replication,
+            replica=replica,
+            # The other replicas' changes: devices and rollouts re-read, streams woken.
+            inbound=InboundChanges(replica, live, devices, engine),
             control=control,
             webhooks=webhooks,
         )
 
     async def start(self) -> None:
-        self.replication.start()
+        self.replica.start()
         await self.bundles.start()
         await self.devices.start()
         await self.engine.start()
@@ -160,7 +161,7 @@ class ControllerServices:
     async def stop(self) -> None:
         await self.engine.stop()
         await self.telemetry.stop()
-        await self.replication.stop()
+        await self.replica.stop()
         await self.webhooks.stop()
         self.control.close()
         self.store.close()
@@ -238,10 +239,10 @@ class ControllerApp:
         if isinstance(store, PostgresStore):
             # Listen to the other replicas before acting
             # (fleet/controller/replication/changefeed.py).
-            replication = services.replication
+            inbound = services.inbound
             self._feed = ChangeFeed(
-                store.dsn, store.connect_kwargs, replication.replica,
-                replication.on_change, replication.resync,
+                store.dsn, store.connect_kwargs, services.replica.name,
+                inbound.on_change, inbound.resync,
             )  # fmt: skip
             await self._feed.start()
         await services.start()

@@ -8,7 +8,6 @@ import logging
 from fleet.controller.audit import AuditLog
 from fleet.controller.devices import DeviceRegistry, DeviceView
 from fleet.controller.live import LiveFleet
-from fleet.controller.replication.inbound import Replication
 from fleet.controller.rollouts.engine import RolloutEngine
 from fleet.controller.store.protocol import StoreRunner
 from fleet.controller.store.records import PIN_SOURCE, DesiredEntry
@@ -25,14 +24,12 @@ class DesiredState:
         rollouts: RolloutEngine,
         live: LiveFleet,
         audit: AuditLog,
-        replication: Replication | None = None,
     ) -> None:
         self._store = store
         self._devices = devices
         self._rollouts = rollouts
         self._live = live
         self._audit = audit
-        self._replication = replication
 
     async def for_device(self, device_id: str) -> list[DesiredEntry]:
         return await self._store.desired_for(device_id)
@@ -94,8 +91,5 @@ class DesiredState:
         await self._audit.record(
             actor, "device.pin", device=device_id, model=model, version=version
         )
-        if self._replication is not None:
-            self._replication.wake_devices([device_id])
-        else:
-            self._live.notify([device_id])
+        self._live.wake([device_id])
         return await self._devices.view(device_id)

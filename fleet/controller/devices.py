@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from fleet.controller.audit import AuditLog
 from fleet.controller.live import LiveFleet, TelemetrySample
-from fleet.controller.replication.inbound import Replication
+from fleet.controller.replication.replica import Replica
 from fleet.controller.rollouts.engine import matches
 from fleet.controller.store.protocol import StoreRunner
 from fleet.controller.store.records import DesiredEntry, DeviceRecord, Revocation
@@ -47,14 +47,14 @@ class DeviceRegistry:
         live: LiveFleet,
         audit: AuditLog,
         token_ttl_s: float,
-        replication: Replication | None = None,
+        replica: Replica,
     ) -> None:
         self._store = store
         self._ca = ca
         self._live = live
         self._audit = audit
         self._token_ttl_s = token_ttl_s
-        self._replication = replication
+        self._replica = replica
         self._devices: dict[str, DeviceRecord] = {}
         # public key SHA-256 -> revocation
         self._revoked: dict[str, Revocation] = {}
@@ -93,8 +93,7 @@ class DeviceRegistry:
         replica does not know it (enrolled through another replica a moment ago)."""
         device_id = peer.common_name.removeprefix(DEVICE_PREFIX)
         if (
-            self._replication is None
-            or not self._replication.enabled
+            not self._replica.enabled
             or not peer.common_name.startswith(DEVICE_PREFIX)
             or device_id in self._devices
         ):
@@ -136,7 +135,7 @@ class DeviceRegistry:
     async def refresh(self) -> None:
         """Replicas: the store's copy of every device not connected here (another replica wrote
         its hello and install results); ours is fresher for those connected here."""
-        if self._replication is None or not self._replication.enabled:
+        if not self._replica.enabled:
             return
         for device in await self._store.list_devices():
             if not self._live.online(device.device_id):
@@ -144,13 +143,10 @@ class DeviceRegistry:
 
     def online(self, device_id: str) -> bool:
         """Connected here or to another replica."""
-        return self._live.online(device_id) or (
-            self._replication is not None and self._replication.online_elsewhere(device_id)
-        )
+        return self._live.online(device_id) or self._replica.online_elsewhere(device_id)
 
     def _announce(self, device_id: str) -> None:
-        if self._replication is not None:
-            self._replication.announce("device", [device_id])
+        self._replica.announce("device", [device_id])
 
     def refusal(self, peer: Peer) -> str | None:
         """Why a client certificate may not use the agent API, or None if it may."""
@@ -273,11 +269,7 @@ class DeviceRegistry:
 
     async def view(self, device_id: str) -> DeviceView:
         """One device's view: reads that device's rows only, not the whole fleet's."""
-        if (
-            self._replication is not None
-            and self._replication.enabled
-            and not self._live.online(device_id)
-        ):
+        if self._replica.enabled and not self._live.online(device_id):
             stored = await self._store.get_device(device_id)  # as `refresh`, for one device
             if stored is not None:
                 self._devices[device_id] = stored

@@ -10,7 +10,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from common.telemetry import TelemetryRecord
@@ -39,14 +39,15 @@ class LiveFleet:
         self,
         samples_per_device: int,
         offline_after_s: float = math.inf,
-        on_presence: Callable[[str, bool], None] | None = None,
+        announce: Callable[[str, Sequence[str]], None] | None = None,
     ) -> None:
         self._samples_per_device = samples_per_device
         # A connected device that sent nothing for this long is offline (hung, SIGSTOPped, cut
         # off behind a NAT that keeps the TCP session), whatever its stream looks like.
         self._offline_after_s = offline_after_s
-        # Told (device, online) when a device's first stream opens or its last one closes.
-        self._on_presence = on_presence
+        # Tells the other replicas (fleet.controller.replication): "online" when a device's first
+        # stream opens here, "offline" when its last one closes, "desired" from `wake`.
+        self._announce = announce or (lambda kind, device_ids: None)
         self._sessions: dict[str, DeviceSession] = {}
         self._history: dict[str, deque[TelemetrySample]] = {}
         self._last_seen: dict[str, float] = {}
@@ -60,15 +61,14 @@ class LiveFleet:
             previous.closed.set()
         session = DeviceSession(device_id)
         self._sessions[device_id] = session
-        if previous is None and self._on_presence is not None:
-            self._on_presence(device_id, True)
+        if previous is None:
+            self._announce("online", [device_id])
         return session
 
     def detach(self, session: DeviceSession) -> None:
         if self._sessions.get(session.device_id) is session:
             del self._sessions[session.device_id]
-            if self._on_presence is not None:
-                self._on_presence(session.device_id, False)
+            self._announce("offline", [session.device_id])
 
     def sessions(self) -> list[str]:
         return list(self._sessions)
@@ -88,7 +88,14 @@ class LiveFleet:
     def online_count(self) -> int:
         return sum(self.online(device_id) for device_id in self._sessions)
 
+    def wake(self, device_ids: Iterable[str]) -> None:
+        """Their desired state changed: their streams resend it, here and on every replica."""
+        ids = list(device_ids)
+        self.notify(ids)
+        self._announce("desired", ids)
+
     def notify(self, device_ids: Iterable[str]) -> None:
+        """Wake the streams of these devices that are connected here."""
         for device_id in device_ids:
             session = self._sessions.get(device_id)
             if session is not None:

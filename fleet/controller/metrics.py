@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from fleet.controller.devices import DeviceRegistry
     from fleet.controller.live import LiveFleet
-    from fleet.controller.replication.inbound import Replication
+    from fleet.controller.replication.replica import Replica
     from fleet.controller.rollouts.engine import RolloutEngine
     from fleet.controller.telemetry import TelemetryService
 
@@ -30,13 +30,13 @@ class FleetCollector(Collector):
         live: LiveFleet,
         telemetry: TelemetryService,
         rollouts: RolloutEngine,
-        replication: Replication | None = None,
+        replica: Replica | None = None,
     ) -> None:
         self._devices = devices
         self._live = live
         self._telemetry = telemetry
         self._rollouts = rollouts
-        self._replication = replication
+        self._replica = replica
 
     def collect(self) -> Iterator[Metric]:
         live = self._live
@@ -112,7 +112,7 @@ class FleetCollector(Collector):
             decisions.add_metric([decision], count)
         yield from (dropped, restarts, pending, decisions)
         yield from self._fleet()
-        yield from self._replica()
+        yield from self._replica_figures()
 
     def _fleet(self) -> Iterator[Metric]:
         """Rollouts by state and wave, verdicts, devices by state and by version."""
@@ -168,7 +168,7 @@ class FleetCollector(Collector):
             versions.add_metric([model, version], count)
         yield from (states, wave, waves, verdicts, devices, versions)
 
-    def _replica(self) -> Iterator[Metric]:
+    def _replica_figures(self) -> Iterator[Metric]:
         """What this replica does in a shared fleet: leases, takeovers, change notes."""
         engine = self._rollouts
         driven = GaugeMetricFamily(
@@ -190,6 +190,6 @@ class FleetCollector(Collector):
             "edgefleet_controller_change_notes_dropped",
             "Change notes to other replicas dropped (the store away, the queue full)",
         )
-        announcer = self._replication.announcer if self._replication is not None else None
+        announcer = self._replica.announcer if self._replica is not None else None
         notes.add_metric([], announcer.dropped if announcer is not None else 0)
         yield from (driven, takeovers, lost, notes)
