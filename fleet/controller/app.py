@@ -33,7 +33,7 @@ from fleet.controller.replication.changefeed import ChangeFeed
 from fleet.controller.replication.inbound import InboundChanges
 from fleet.controller.replication.replica import Replica
 from fleet.controller.rollouts.engine import RolloutEngine
-from fleet.controller.rollouts.verbs import RolloutActions
+from fleet.controller.rollouts.verbs import RolloutVerbs
 from fleet.controller.settings import ControllerSettings
 from fleet.controller.store.factory import describe, is_postgres, open_store
 from fleet.controller.store.postgres import PostgresStore
@@ -62,7 +62,7 @@ class ControllerServices:
     devices: DeviceRegistry
     engine: RolloutEngine
     desired: DesiredState
-    rollouts: RolloutActions
+    rollouts: RolloutVerbs
     telemetry: TelemetryService
     bundles: BundleService
     replica: Replica
@@ -119,7 +119,7 @@ class ControllerServices:
             runner,
             live,
             devices,
-            engine,
+            engine.signals,
             registry,
             buffer_rows=settings.telemetry_buffer_rows,
             flush_s=settings.telemetry_flush_s,
@@ -140,8 +140,8 @@ class ControllerServices:
             audit=audit,
             devices=devices,
             engine=engine,
-            desired=DesiredState(runner, devices, engine, live, audit),
-            rollouts=RolloutActions(runner, engine, devices, audit),
+            desired=DesiredState(runner, devices, engine.signals, live, audit),
+            rollouts=RolloutVerbs(engine, runner, devices, audit),
             telemetry=telemetry,
             bundles=bundles,
             replica=replica,
@@ -271,6 +271,7 @@ class ControllerApp:
             services.desired,
             services.bundles,
             services.rollouts,
+            services.engine.queries,
             services.telemetry,
             services.audit,
         )
@@ -299,7 +300,9 @@ class ControllerApp:
             token = await asyncio.to_thread(self._dashboard_token)
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(pki_dir / "server.pem", pki_dir / "server.key")
-            view = ControllerView(services.devices, services.engine, services.audit, services.live)
+            view = ControllerView(
+                services.devices, services.engine.queries, services.audit, services.live
+            )
             self.dashboard = Dashboard(view, token)
             self.dashboard_port = await self.dashboard.start(
                 settings.host, settings.dashboard_port, tls

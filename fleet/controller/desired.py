@@ -8,7 +8,7 @@ import logging
 from fleet.controller.audit import AuditLog
 from fleet.controller.devices import DeviceRegistry, DeviceView
 from fleet.controller.live import LiveFleet
-from fleet.controller.rollouts.engine import RolloutEngine
+from fleet.controller.rollouts.signals import RolloutSignals
 from fleet.controller.store.protocol import StoreRunner
 from fleet.controller.store.records import PIN_SOURCE, DesiredEntry
 from fleet.errors import InvalidRequest, NotFound
@@ -21,7 +21,7 @@ class DesiredState:
         self,
         store: StoreRunner,
         devices: DeviceRegistry,
-        rollouts: RolloutEngine,
+        rollouts: RolloutSignals,
         live: LiveFleet,
         audit: AuditLog,
     ) -> None:

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from fleet.controller.audit import AuditLog
 from fleet.controller.live import LiveFleet, TelemetrySample
 from fleet.controller.replication.replica import Replica
-from fleet.controller.rollouts.engine import matches
 from fleet.controller.store.protocol import StoreRunner
 from fleet.controller.store.records import DesiredEntry, DeviceRecord, Revocation
 from fleet.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
@@ -28,6 +27,11 @@ from fleet.pki import DEVICE_PREFIX, CertificateAuthority, request_key_sha256
 
 logger = logging.getLogger(__name__)
 _DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def matches(labels: dict[str, str], selector: dict[str, str]) -> bool:
+    """Whether a device's labels satisfy a selector (every key, the same value)."""
+    return all(labels.get(key) == value for key, value in selector.items())
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ class FleetCollector(Collector):
             "edgefleet_controller_rollout_driver_failures",
             "Rollout driver crashes (store errors, bugs); each was logged and retried",
         )
-        restarts.add_metric([], self._rollouts.driver_failures)
+        restarts.add_metric([], self._rollouts.leadership.driver_failures)
         pending = GaugeMetricFamily(
             "edgefleet_controller_telemetry_rows_pending",
             "Telemetry rows received and not yet written to the store",
@@ -108,7 +108,7 @@ class FleetCollector(Collector):
             "Decisions the controller took on its own: gate verdicts, automatic rollbacks",
             labels=["decision"],
         )
-        for decision, count in sorted(self._rollouts.decisions.items()):
+        for decision, count in sorted(self._rollouts.context.decisions.items()):
             decisions.add_metric([decision], count)
         yield from (dropped, restarts, pending, decisions)
         yield from self._fleet()
@@ -144,7 +144,7 @@ class FleetCollector(Collector):
             labels=["verdict"],
         )
         for verdict in ("PASS", "FAIL", "INCONCLUSIVE"):
-            count = self._rollouts.decisions.get(f"rollout.verdict:{verdict}", 0)
+            count = self._rollouts.context.decisions.get(f"rollout.verdict:{verdict}", 0)
             verdicts.add_metric([verdict.lower()], count)
         devices = GaugeMetricFamily(
             "edgefleet_controller_devices",
@@ -170,22 +170,22 @@ class FleetCollector(Collector):
 
     def _replica_figures(self) -> Iterator[Metric]:
         """What this replica does in a shared fleet: leases, takeovers, change notes."""
-        engine = self._rollouts
+        leadership = self._rollouts.leadership
         driven = GaugeMetricFamily(
             "edgefleet_controller_rollouts_driven",
             "Rollouts this replica drives (holds the lease of)",
         )
-        driven.add_metric([], len(engine.driven()))
+        driven.add_metric([], len(leadership.driven()))
         takeovers = CounterMetricFamily(
             "edgefleet_controller_rollout_takeovers",
             "Rollout leases this replica took with a new fencing token (a takeover)",
         )
-        takeovers.add_metric([], engine.takeovers)
+        takeovers.add_metric([], leadership.takeovers)
         lost = CounterMetricFamily(
             "edgefleet_controller_rollout_leases_lost",
             "Rollout leases this replica lost (expired while it was away, a refused write)",
         )
-        lost.add_metric([], engine.leases_lost)
+        lost.add_metric([], leadership.leases_lost)
         notes = CounterMetricFamily(
             "edgefleet_controller_change_notes_dropped",
             "Change notes to other replicas dropped (the store away, the queue full)",

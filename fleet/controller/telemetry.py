@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from fleet.controller.devices import DeviceRegistry
 from fleet.controller.live import LiveFleet, TelemetrySample
-from fleet.controller.rollouts.engine import RolloutEngine
+from fleet.controller.rollouts.signals import RolloutSignals
 from fleet.controller.store.protocol import StoreRunner
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ class TelemetryService:
         store: StoreRunner,
         live: LiveFleet,
         devices: DeviceRegistry,
-        rollouts: RolloutEngine,
+        rollouts: RolloutSignals,
         registry: CollectorRegistry,
         *,
         buffer_rows: int,

@@ -8,7 +8,8 @@ import pytest
 
 from common.telemetry import ModelTelemetry
 from fleet.controller.live import LiveFleet
-from fleet.controller.rollouts.engine import RolloutEngine, cohort_rank
+from fleet.controller.rollouts.cohorts import cohort_rank
+from fleet.controller.rollouts.engine import RolloutEngine
 from fleet.controller.rollouts.gates import DeviceWindow, judge, parse_gate
 from fleet.controller.store.protocol import StoreRunner
 from fleet.controller.store.records import (

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from fleet.controller.audit import AuditLog
     from fleet.controller.devices import DeviceRegistry, DeviceView
     from fleet.controller.live import LiveFleet, TelemetrySample
-    from fleet.controller.rollouts.engine import RolloutEngine
+    from fleet.controller.rollouts.queries import RolloutQueries
 
 logger = logging.getLogger(__name__)
 COOKIE = "edgefleet_dashboard"
@@ -56,7 +56,7 @@ class ControllerView:
     """FleetView over the in-process controller's services."""
 
     def __init__(
-        self, devices: DeviceRegistry, rollouts: RolloutEngine, audit: AuditLog, live: LiveFleet
+        self, devices: DeviceRegistry, rollouts: RolloutQueries, audit: AuditLog, live: LiveFleet
     ) -> None:
         self._devices = devices
         self._rollouts = rollouts

@@ -20,7 +20,8 @@ from fleet.controller.bundles import BundleService
 from fleet.controller.desired import DesiredState
 from fleet.controller.devices import DeviceRegistry
 from fleet.controller.live import LiveFleet, TelemetrySample
-from fleet.controller.rollouts.verbs import RolloutActions
+from fleet.controller.rollouts.queries import RolloutQueries
+from fleet.controller.rollouts.verbs import RolloutVerbs
 from fleet.controller.telemetry import TelemetryService
 from fleet.errors import InvalidRequest
 from fleet.grpc_status import peer, peer_common_name, streaming, unary
@@ -186,7 +187,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         devices: DeviceRegistry,
         desired: DesiredState,
         bundles: BundleService,
-        rollouts: RolloutActions,
+        rollouts: RolloutVerbs,
+        queries: RolloutQueries,
         telemetry: TelemetryService,
         audit: AuditLog,
     ) -> None:
@@ -194,6 +196,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         self._desired = desired
         self._bundles = bundles
         self._rollouts = rollouts
+        self._queries = queries
         self._telemetry = telemetry
         self._audit = audit
 
@@ -245,14 +248,14 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetRollout(
         self, request: admin_pb2.GetRolloutRequest, context: Context
     ) -> admin_pb2.GetRolloutResponse:
-        rollout = self._rollouts.get(request.rollout_id)
+        rollout = self._queries.get(request.rollout_id)
         return admin_pb2.GetRolloutResponse(rollout=convert.rollout_to_pb(rollout))
 
     @unary
     async def ListRollouts(
         self, request: admin_pb2.ListRolloutsRequest, context: Context
     ) -> admin_pb2.ListRolloutsResponse:
-        rollouts = self._rollouts.list_rollouts()
+        rollouts = self._queries.list_rollouts()
         return admin_pb2.ListRolloutsResponse(rollouts=[convert.rollout_to_pb(r) for r in rollouts])
 
     @unary
@@ -280,7 +283,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ExplainRollout(
         self, request: admin_pb2.ExplainRolloutRequest, context: Context
     ) -> admin_pb2.ExplainRolloutResponse:
-        rollout, measurements = await self._rollouts.explain(request.rollout_id)
+        rollout, measurements = await self._queries.explain(request.rollout_id)
         return admin_pb2.ExplainRolloutResponse(
             rollout=convert.rollout_to_pb(rollout),
             measurements=[convert.measurement_to_pb(m) for m in measurements],

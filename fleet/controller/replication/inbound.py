@@ -39,14 +39,14 @@ class InboundChanges:
                 await self._devices.reload(device_id)
         elif change.kind == "rollout":
             for rollout_id in change.ids:
-                await self._engine.refresh(rollout_id, change.revision)
+                await self._engine.leadership.refresh(rollout_id, change.revision)
 
     async def resync(self) -> None:
         """After missing notes (the feed reconnected): re-read devices and rollouts, resend every
         connected device its desired state, and tell the others who is connected here."""
         await self._devices.reload_all()
         for rollout in self._engine.list_rollouts():
-            await self._engine.refresh(rollout.rollout_id)
+            await self._engine.leadership.refresh(rollout.rollout_id)
         here = self._live.sessions()
         self._live.notify(here)
         self._replica.announce("online", here)

@@ -1,34 +1,32 @@
-"""The operator's rollout verbs (create, promote, abort, rollback, explain), audited, over the
-rollout engine that drives waves on its own."""
+"""The operator's rollout verbs: create, promote, abort, roll back. Each changes the rollout on
+any replica (compare-and-set on its revision, the driver wherever it runs wakes up) and is
+audited as the operator's action; rollbacks are also told to the webhooks."""
 
 from __future__ import annotations
 
 from fleet.controller.audit import AuditLog
 from fleet.controller.devices import DeviceRegistry
 from fleet.controller.rollouts.engine import RolloutEngine
+from fleet.controller.rollouts.transitions import advance, roll_back
 from fleet.controller.store.protocol import StoreRunner
-from fleet.controller.store.records import Measurement, RolloutRecord, RolloutSpec
-from fleet.errors import NotFound
+from fleet.controller.store.records import RolloutRecord, RolloutSpec, RolloutState, Verdict
+from fleet.errors import Conflict, NotFound
 
 
-class RolloutActions:
+class RolloutVerbs:
     def __init__(
         self,
-        store: StoreRunner,
         engine: RolloutEngine,
+        store: StoreRunner,
         devices: DeviceRegistry,
         audit: AuditLog,
     ) -> None:
-        self._store = store
         self._engine = engine
+        self._context = engine.context
+        self._queries = engine.queries
+        self._store = store
         self._devices = devices
         self._audit = audit
-
-    def get(self, rollout_id: str) -> RolloutRecord:
-        return self._engine.get(rollout_id)
-
-    def list_rollouts(self) -> list[RolloutRecord]:
-        return self._engine.list_rollouts()
 
     async def create(self, actor: str, spec: RolloutSpec) -> RolloutRecord:
         bundle = await self._store.get_bundle(spec.bundle_sha256)
@@ -48,20 +46,54 @@ class RolloutActions:
         return rollout
 
     async def promote(self, actor: str, rollout_id: str) -> RolloutRecord:
-        rollout = await self._engine.promote(rollout_id)
+        context = self._context
+
+        async def change(rollout: RolloutRecord) -> None:
+            if rollout.state.finished:
+                raise Conflict(f"rollout {rollout.rollout_id} already {rollout.state.value}")
+            wave = rollout.waves[rollout.current_wave]
+            wave.verdict, wave.reason = Verdict.PASS, "promoted by the operator"
+            succeeded = advance(rollout)
+            await context.save(rollout)
+            if succeeded:
+                await context.decided(rollout, "rollout.succeeded")
+
+        rollout = await context.change(self._queries.get(rollout_id).rollout_id, change)
         await self._audit.record(actor, "rollout.promote", rollout=rollout.rollout_id)
         return rollout
 
     async def abort(self, actor: str, rollout_id: str, reason: str) -> RolloutRecord:
-        rollout = await self._engine.abort(rollout_id, reason)
+        context = self._context
+
+        async def change(rollout: RolloutRecord) -> None:
+            if rollout.state.finished:
+                raise Conflict(f"rollout {rollout.rollout_id} already {rollout.state.value}")
+            await roll_back(context, rollout, reason or "aborted by the operator")
+
+        rollout = await context.change(self._queries.get(rollout_id).rollout_id, change)
         await self._audit.record(actor, "rollout.abort", rollout=rollout.rollout_id, reason=reason)
         return rollout
 
     async def rollback(self, actor: str, rollout_id: str) -> RolloutRecord:
-        rollout = await self._engine.rollback(rollout_id)
+        context = self._context
+
+        async def change(rollout: RolloutRecord) -> None:
+            if rollout.state == RolloutState.ROLLED_BACK:
+                raise Conflict(f"rollout {rollout.rollout_id} is already rolled back")
+            later = [
+                other
+                for other in context.rollouts.values()
+                if other.model_name == rollout.model_name and other.created_at > rollout.created_at
+            ]
+            if later:
+                latest = max(later, key=lambda other: other.created_at)
+                raise Conflict(
+                    f"rollout {rollout.rollout_id} ({rollout.model_name} {rollout.version}) was "
+                    f"superseded by rollout {latest.rollout_id} (version {latest.version}): only "
+                    "the latest rollout of a model can be rolled back; roll that one back, or pin"
+                )
+            await roll_back(context, rollout, "rolled back by the operator")
+
+        rollout = await context.change(self._queries.get(rollout_id).rollout_id, change)
         await self._audit.record(actor, "rollout.rollback", rollout=rollout.rollout_id)
         return rollout
-
-    async def explain(self, rollout_id: str) -> tuple[RolloutRecord, list[Measurement]]:
-        rollout = self._engine.get(rollout_id)
-        return rollout, await self._engine.measurements(rollout.rollout_id)

@@ -1,0 +1,75 @@
+"""The transitions that both the driver and the operator make: on to the next wave, and back to
+the previous versions. The caller holds the context's lock."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fleet.controller.rollouts.context import RolloutContext
+from fleet.controller.store.records import (
+    AuditRecord,
+    DesiredEntry,
+    Measurement,
+    RolloutRecord,
+    RolloutState,
+)
+
+
+def advance(rollout: RolloutRecord) -> bool:
+    """Move on to the next wave; True when that was the last one (the rollout succeeded)."""
+    if rollout.current_wave + 1 >= len(rollout.waves):
+        rollout.state = RolloutState.SUCCEEDED
+        rollout.reason = "every wave passed"
+        return True
+    rollout.current_wave += 1
+    rollout.state = RolloutState.INSTALLING
+    rollout.reason = ""
+    return False
+
+
+async def roll_back(
+    context: RolloutContext,
+    rollout: RolloutRecord,
+    reason: str,
+    automatic: bool = False,
+    decided: bool = True,
+    measurements: Sequence[Measurement] = (),
+    audit: Sequence[AuditRecord] = (),
+) -> None:
+    """Roll back: an operator's (any replica) or the driver's own (`automatic`: fenced). Every
+    device the rollout touched is told its previous version, or to drop the model."""
+    touched = list(rollout.installs)
+    desired: list[DesiredEntry] = []
+    undesired: list[tuple[str, str]] = []
+    for device_id in touched:
+        previous = rollout.previous.get(device_id)
+        if previous is None:
+            undesired.append((device_id, rollout.model_name))
+            continue
+        desired.append(
+            DesiredEntry(
+                device_id=device_id,
+                model=rollout.model_name,
+                version=previous.version,
+                bundle_sha256=previous.bundle_sha256,
+                bundle_size=previous.bundle_size,
+                source=f"rollback:{rollout.rollout_id}",
+                rejected_versions=[rollout.version],
+            )
+        )
+    rollout.state = RolloutState.ROLLED_BACK
+    rollout.reason = reason
+    await context.save(
+        rollout, desired, undesired, driver=automatic, measurements=measurements, audit=audit
+    )
+    context.wake_devices(touched)
+    if automatic and decided:
+        await context.decided(
+            rollout, "rollout.rolled-back", reason=reason, devices=len(touched), automatic=True
+        )
+    elif not automatic and context.on_decision is not None:
+        # The operator's rollback is audited as the operator's action; receivers hear of it.
+        context.on_decision(
+            rollout, "rollout.rolled-back", {"reason": reason, "devices": len(touched),
+                                             "automatic": False},
+        )  # fmt: skip
