@@ -37,8 +37,9 @@ from fleet.controller.rollouts.verbs import RolloutVerbs
 from fleet.controller.settings import ControllerSettings
 from fleet.controller.store.factory import describe, is_postgres, open_store
 from fleet.controller.store.postgres import PostgresStore
-from fleet.controller.store.protocol import Store, StoreRunner
+from fleet.controller.store.protocol import Store
 from fleet.controller.store.records import RolloutRecord
+from fleet.controller.store.runner import StoreRunner
 from fleet.controller.telemetry import TelemetryService
 from fleet.controller.webhooks import WebhookSender, rollout_event
 from fleet.grpc_status import Peer

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
-from fleet.controller.store.protocol import StoreRunner
+from fleet.controller.store.protocol import Store
 from fleet.controller.store.records import AuditRecord
+from fleet.controller.store.runner import StoreRunner
 
 logger = logging.getLogger(__name__)
 
@@ -16,10 +17,10 @@ class AuditLog:
         self._store = store
 
     async def record(self, actor: str, action: str, **detail: object) -> None:
-        await self._store.add_audit(
-            AuditRecord(at=time.time(), actor=actor, action=action, detail=detail)
+        await self._store.run(
+            Store.add_audit, AuditRecord(at=time.time(), actor=actor, action=action, detail=detail)
         )
         logger.info("audit: %s %s %s", actor, action, detail)
 
     async def entries(self, limit: int) -> list[AuditRecord]:
-        return await self._store.audit_entries(limit or 100)
+        return await self._store.run(Store.audit_entries, limit or 100)

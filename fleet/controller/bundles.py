@@ -14,8 +14,9 @@ from typing import BinaryIO
 
 from fleet.bundle import BundleInfo, sha256_path, verify_bundle
 from fleet.controller.audit import AuditLog
-from fleet.controller.store.protocol import StoreRunner
+from fleet.controller.store.protocol import Store
 from fleet.controller.store.records import BundleRecord
+from fleet.controller.store.runner import StoreRunner
 from fleet.errors import Conflict, InvalidRequest, NotFound
 from fleet.keys import TrustedKeys
 from fleet.publish import publish_bundle
@@ -46,7 +47,7 @@ class BundleService:
         await asyncio.to_thread(self._bundle_dir.mkdir, parents=True, exist_ok=True)
 
     async def file(self, sha256: str) -> tuple[Path, int]:
-        bundle = await self._store.get_bundle(sha256)
+        bundle = await self._store.run(Store.get_bundle, sha256)
         if bundle is None:
             raise NotFound(f"no bundle {sha256}")
         # Uploaded to another replica: its path is on that machine. A shared bundle directory
@@ -98,7 +99,7 @@ class BundleService:
         sha256. The upload file is consumed."""
         try:
             info, digest, size = await asyncio.to_thread(_verify_upload, upload, self._trusted_keys)
-            existing = await self._store.find_bundle(info.name, info.version)
+            existing = await self._store.run(Store.find_bundle, info.name, info.version)
             if existing is not None and existing.sha256 != digest:
                 raise Conflict(
                     f"{info.name} version {info.version} already exists as bundle "
@@ -117,7 +118,7 @@ class BundleService:
             path=str(target),
             uploaded_at=time.time(),
         )
-        await self._store.add_bundle(record)
+        await self._store.run(Store.add_bundle, record)
         if self._publish_dir is not None:
             await asyncio.to_thread(publish_bundle, target, self._publish_dir, digest)
         await self._audit.record(

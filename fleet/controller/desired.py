@@ -9,8 +9,9 @@ from fleet.controller.audit import AuditLog
 from fleet.controller.devices import DeviceRegistry, DeviceView
 from fleet.controller.live import LiveFleet
 from fleet.controller.rollouts.signals import RolloutSignals
-from fleet.controller.store.protocol import StoreRunner
+from fleet.controller.store.protocol import Store
 from fleet.controller.store.records import PIN_SOURCE, DesiredEntry
+from fleet.controller.store.runner import StoreRunner
 from fleet.errors import InvalidRequest, NotFound
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class DesiredState:
         self._audit = audit
 
     async def for_device(self, device_id: str) -> list[DesiredEntry]:
-        return await self._store.desired_for(device_id)
+        return await self._store.run(Store.desired_for, device_id)
 
     async def install_result(
         self,
@@ -47,7 +48,8 @@ class DesiredState:
             return
         for entry in await self.for_device(device_id):
             if entry.model == model and entry.version == version and entry.last_error != error:
-                await self._store.set_desired([entry.model_copy(update={"last_error": error})])
+                updated = entry.model_copy(update={"last_error": error})
+                await self._store.run(Store.set_desired, [updated])
         await self._rollouts.install_reported(device_id, model, version, error, bundle_sha256)
         if error:
             logger.warning(
@@ -62,9 +64,9 @@ class DesiredState:
         if not model:
             raise InvalidRequest("pin needs a model name")
         if not version:
-            await self._store.delete_desired(device_id, model)
+            await self._store.run(Store.delete_desired, device_id, model)
         else:
-            bundle = await self._store.find_bundle(model, version)
+            bundle = await self._store.run(Store.find_bundle, model, version)
             # A pin must name something the device can run: a version the controller holds a
             # bundle for, or the one the device serves right now.
             running = device.active_versions.get(model)
@@ -72,7 +74,7 @@ class DesiredState:
                 known = running is not None or any(
                     model in other.active_versions for other in self._devices.records()
                 )
-                if not known and not await self._store.find_bundle_named(model):
+                if not known and not await self._store.run(Store.find_bundle_named, model):
                     raise NotFound(f"no model {model!r}: no bundle and no device runs it")
                 raise NotFound(
                     f"no bundle for {model} version {version} and {device_id} does not run it:"
@@ -86,7 +88,7 @@ class DesiredState:
                 bundle_size=bundle.size if bundle else 0,
                 source=PIN_SOURCE,
             )
-            await self._store.set_desired([entry])
+            await self._store.run(Store.set_desired, [entry])
             await self._rollouts.pinned(device_id, model)
         await self._audit.record(
             actor, "device.pin", device=device_id, model=model, version=version

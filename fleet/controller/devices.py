@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from fleet.controller.audit import AuditLog
 from fleet.controller.live import LiveFleet, TelemetrySample
 from fleet.controller.replication.replica import Replica
-from fleet.controller.store.protocol import StoreRunner
+from fleet.controller.store.protocol import Store
 from fleet.controller.store.records import DesiredEntry, DeviceRecord, Revocation
+from fleet.controller.store.runner import StoreRunner
 from fleet.errors import Conflict, InvalidRequest, NotFound, PermissionDenied
 from fleet.grpc_status import Peer
 from fleet.pki import DEVICE_PREFIX, CertificateAuthority, request_key_sha256
@@ -64,12 +65,12 @@ class DeviceRegistry:
         self._revoked: dict[str, Revocation] = {}
 
     async def start(self) -> None:
-        heard = await self._store.last_telemetry()
-        for device in await self._store.list_devices():
+        heard = await self._store.run(Store.last_telemetry)
+        for device in await self._store.run(Store.list_devices):
             # "Last seen" survives a restart: the newest stored telemetry, if later than hello.
             last = max(device.last_seen, heard.get(device.device_id, 0.0))
             self._devices[device.device_id] = device.model_copy(update={"last_seen": last})
-        for revocation in await self._store.revocations():
+        for revocation in await self._store.run(Store.revocations):
             self._revoked[revocation.public_key_sha256] = revocation
 
     @property
@@ -110,14 +111,14 @@ class DeviceRegistry:
             # Revoked through another replica since this one started?
             self._revoked.update(
                 (revocation.public_key_sha256, revocation)
-                for revocation in await self._store.revocations()
+                for revocation in await self._store.run(Store.revocations)
             )
         return self.refusal(peer)
 
     # replicas
     async def reload(self, device_id: str) -> None:
         """Take the store's copy of one device (enrolled or removed by another replica)."""
-        device = await self._store.get_device(device_id)
+        device = await self._store.run(Store.get_device, device_id)
         if device is None:
             if self._devices.pop(device_id, None) is not None:
                 self._live.disconnect(device_id)
@@ -125,7 +126,7 @@ class DeviceRegistry:
             self._devices[device_id] = device
 
     async def reload_all(self) -> None:
-        stored = {device.device_id: device for device in await self._store.list_devices()}
+        stored = {device.device_id: device for device in await self._store.run(Store.list_devices)}
         for device_id in list(self._devices):
             if device_id not in stored:
                 del self._devices[device_id]
@@ -133,7 +134,7 @@ class DeviceRegistry:
         for device_id, device in stored.items():
             if device_id not in self._devices or not self._live.online(device_id):
                 self._devices[device_id] = device
-        for revocation in await self._store.revocations():
+        for revocation in await self._store.run(Store.revocations):
             self._revoked[revocation.public_key_sha256] = revocation
 
     async def refresh(self) -> None:
@@ -141,7 +142,7 @@ class DeviceRegistry:
         its hello and install results); ours is fresher for those connected here."""
         if not self._replica.enabled:
             return
-        for device in await self._store.list_devices():
+        for device in await self._store.run(Store.list_devices):
             if not self._live.online(device.device_id):
                 self._devices[device.device_id] = device
 
@@ -177,7 +178,7 @@ class DeviceRegistry:
     ) -> tuple[str, float]:
         token = secrets.token_urlsafe(24)
         expires_at = time.time() + (ttl_s or self._token_ttl_s)
-        await self._store.add_token(_token_hash(token), labels, expires_at)
+        await self._store.run(Store.add_token, _token_hash(token), labels, expires_at)
         await self._audit.record(
             actor, "enrollment-token.create", labels=labels, expires_at=expires_at
         )
@@ -200,14 +201,15 @@ class DeviceRegistry:
             raise InvalidRequest(f"bad certificate request: {exc}") from None
         if key_sha256 in self._revoked:
             raise PermissionDenied("this key was revoked: enroll with a new key")
-        labels = await self._store.consume_token(_token_hash(token), device_id, time.time())
+        token_hash, now = _token_hash(token), time.time()
+        labels = await self._store.run(Store.consume_token, token_hash, device_id, now)
         device = DeviceRecord(
             device_id=device_id,
             labels=labels,
             enrolled_at=time.time(),
             public_key_sha256=key_sha256,
         )
-        await self._store.upsert_device(device)
+        await self._store.run(Store.upsert_device, device)
         self._devices[device_id] = device
         self._announce(device_id)
         await self._audit.record(f"device:{device_id}", "device.enroll", labels=labels)
@@ -240,7 +242,7 @@ class DeviceRegistry:
         )
         self._devices[device_id] = updated
         self._live.touch(device_id, updated.last_seen)
-        await self._store.upsert_device(updated)
+        await self._store.run(Store.upsert_device, updated)
         return device_id
 
     def active_seen(self, device_id: str, model: str, version: str) -> None:
@@ -256,14 +258,14 @@ class DeviceRegistry:
             return False
         if active_version:
             device.active_versions[model] = active_version
-        await self._store.upsert_device(device.model_copy(deep=True))
+        await self._store.run(Store.upsert_device, device.model_copy(deep=True))
         return True
 
     # the operator's view
     async def views(self, selector: dict[str, str]) -> list[DeviceView]:
         await self.refresh()
         by_device: dict[str, list[DesiredEntry]] = {}
-        for entry in await self._store.all_desired():
+        for entry in await self._store.run(Store.all_desired):
             by_device.setdefault(entry.device_id, []).append(entry)
         return [
             self._view(device, by_device.get(device_id, []))
@@ -274,11 +276,12 @@ class DeviceRegistry:
     async def view(self, device_id: str) -> DeviceView:
         """One device's view: reads that device's rows only, not the whole fleet's."""
         if self._replica.enabled and not self._live.online(device_id):
-            stored = await self._store.get_device(device_id)  # as `refresh`, for one device
+            # As `refresh` does, for one device.
+            stored = await self._store.run(Store.get_device, device_id)
             if stored is not None:
                 self._devices[device_id] = stored
         device = self.get(device_id)
-        return self._view(device, await self._store.desired_for(device_id))
+        return self._view(device, await self._store.run(Store.desired_for, device_id))
 
     def _view(self, device: DeviceRecord, desired: list[DesiredEntry]) -> DeviceView:
         device_id = device.device_id
@@ -301,7 +304,7 @@ class DeviceRegistry:
                 revoked_at=time.time(),
                 actor=actor,
             )
-            await self._store.revoke_device(revocation)
+            await self._store.run(Store.revoke_device, revocation)
             self._revoked[revocation.public_key_sha256] = revocation
         else:
             logger.warning(
@@ -309,7 +312,7 @@ class DeviceRegistry:
                 "its key is unknown and cannot be revoked",
                 device_id,
             )
-            await self._store.delete_device(device_id)
+            await self._store.run(Store.delete_device, device_id)
         del self._devices[device_id]
         self._live.disconnect(device_id)
         self._announce(device_id)

@@ -13,7 +13,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from fleet.controller.devices import DeviceRegistry
 from fleet.controller.live import LiveFleet, TelemetrySample
 from fleet.controller.rollouts.signals import RolloutSignals
-from fleet.controller.store.protocol import StoreRunner
+from fleet.controller.store.protocol import Store
+from fleet.controller.store.runner import StoreRunner
 
 logger = logging.getLogger(__name__)
 PRUNE_EVERY_S = 60.0
@@ -83,7 +84,7 @@ class TelemetryService:
         self._devices.get(device_id)
         await self._write_pending()
         since = time.time() - since_s if since_s > 0 else 0.0
-        return await self._store.telemetry(device_id, since, limit or 1000)
+        return await self._store.run(Store.telemetry, device_id, since, limit or 1000)
 
     async def _flush_forever(self) -> None:
         last_prune = 0.0
@@ -94,7 +95,7 @@ class TelemetryService:
                 now = time.time()
                 if now - last_prune > PRUNE_EVERY_S:
                     last_prune = now
-                    await self._store.prune_telemetry(now - self._retention_s)
+                    await self._store.run(Store.prune_telemetry, now - self._retention_s)
             except Exception:
                 logger.exception("writing telemetry to the store failed; will retry")
 
@@ -107,7 +108,7 @@ class TelemetryService:
                 return
             rows = [(device_id, at, document) for _, device_id, at, document in batch]
             # A failed write raises here and leaves every row in the buffer for the next flush.
-            await self._store.add_telemetry(rows)
+            await self._store.run(Store.add_telemetry, rows)
             written = batch[-1][0]
             while self._pending_rows and self._pending_rows[0][0] <= written:
                 self._pending_rows.popleft()

@@ -11,7 +11,8 @@ import time
 
 import psycopg
 
-from fleet.controller.store.pg_lease import LeaseLost, acquire, fenced
+from fleet.controller.store.pg_lease import acquire, fenced
+from fleet.controller.store.protocol import LeaseLost
 
 
 def main() -> int:

@@ -11,7 +11,6 @@ from fleet.controller.live import LiveFleet
 from fleet.controller.rollouts.cohorts import cohort_rank
 from fleet.controller.rollouts.engine import RolloutEngine
 from fleet.controller.rollouts.gates import DeviceWindow, judge, parse_gate
-from fleet.controller.store.protocol import StoreRunner
 from fleet.controller.store.records import (
     BundleRecord,
     DesiredEntry,
@@ -19,6 +18,7 @@ from fleet.controller.store.records import (
     RolloutSpec,
     Verdict,
 )
+from fleet.controller.store.runner import StoreRunner
 from fleet.controller.store.sqlite import SqliteStore
 from fleet.errors import InvalidRequest
 

@@ -12,8 +12,9 @@ import time
 import psycopg
 import pytest
 
-from fleet.controller.store.pg_lease import LeaseLost, acquire, fenced, holder_of, release
+from fleet.controller.store.pg_lease import acquire, fenced, holder_of, release
 from fleet.controller.store.pg_migrations import migrate
+from fleet.controller.store.protocol import LeaseLost
 
 TTL_S = 1.0
 

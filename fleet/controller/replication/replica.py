@@ -18,7 +18,8 @@ import logging
 from collections.abc import Iterable, Sequence
 
 from fleet.controller.replication.changefeed import Announcer
-from fleet.controller.store.protocol import StoreRunner
+from fleet.controller.store.protocol import Store
+from fleet.controller.store.runner import StoreRunner
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +34,12 @@ class Replica:
         self._lease_ttl_s = lease_ttl_s
         self._lease = f"replica:{name}"
         self._alive: asyncio.Task[None] | None = None
-        self.announcer = Announcer(store.publish, name) if enabled else None
+        self.announcer = Announcer(self._publish, name) if enabled else None
         # Devices connected to another replica, and which one.
         self._elsewhere: dict[str, str] = {}
+
+    async def _publish(self, payload: str) -> None:
+        await self._store.run(Store.publish, payload)
 
     def start(self) -> None:
         if self.announcer is not None:
@@ -48,7 +52,7 @@ class Replica:
             await asyncio.gather(self._alive, return_exceptions=True)
             self._alive = None
             try:
-                await self._store.release_lease(self._lease, self.name)
+                await self._store.run(Store.release_lease, self._lease, self.name)
             except Exception:
                 logger.warning("could not release this replica's lease")
         if self.announcer is not None:
@@ -58,8 +62,9 @@ class Replica:
         """Renew this replica's lease; forget the devices of replicas whose lease expired."""
         while True:
             try:
-                await self._store.acquire_lease(self._lease, self.name, self._lease_ttl_s)
-                alive = set(await self._store.lease_holders("replica:"))
+                ttl_s = self._lease_ttl_s
+                await self._store.run(Store.acquire_lease, self._lease, self.name, ttl_s)
+                alive = set(await self._store.run(Store.lease_holders, "replica:"))
                 for device_id, origin in list(self._elsewhere.items()):
                     if origin not in alive:
                         del self._elsewhere[device_id]

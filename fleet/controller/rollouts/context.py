@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from fleet.controller.live import LiveFleet
-from fleet.controller.store.protocol import Fence, LeaseLost, StaleRevision, StoreRunner
+from fleet.controller.store.protocol import Fence, LeaseLost, StaleRevision, Store
 from fleet.controller.store.records import (
     AuditRecord,
     DesiredEntry,
@@ -26,6 +26,7 @@ from fleet.controller.store.records import (
     RolloutRecord,
     Verdict,
 )
+from fleet.controller.store.runner import StoreRunner
 from fleet.errors import Conflict
 
 # One logger for the rollout subsystem: operators (and tests) follow rollouts by its name.
@@ -157,7 +158,8 @@ class RolloutContext:
         snapshot = rollout.model_copy(deep=True)
         snapshot.revision = (committed.revision if committed else rollout.revision) + 1
         try:
-            await self.store.save_rollout(
+            await self.store.run(
+                Store.save_rollout,
                 snapshot,
                 desired,
                 undesired,
@@ -167,7 +169,7 @@ class RolloutContext:
                 audit=audit,
             )
         except (StaleRevision, LeaseLost):
-            fresh = await self.store.get_rollout(rollout_id)
+            fresh = await self.store.run(Store.get_rollout, rollout_id)
             if fresh is not None:
                 self.adopt(fresh)
             raise
@@ -203,6 +205,6 @@ class RolloutContext:
             detail={"rollout": rollout.rollout_id, **detail},
         )
         if not audited:
-            await self.store.add_audit(record)
+            await self.store.run(Store.add_audit, record)
         if self.on_decision is not None:
             self.on_decision(rollout, action, detail)

@@ -21,7 +21,7 @@ from fleet.controller.rollouts.leadership import Leadership
 from fleet.controller.rollouts.queries import RolloutQueries
 from fleet.controller.rollouts.signals import RolloutSignals
 from fleet.controller.rollouts.windows import device_windows
-from fleet.controller.store.protocol import StoreRunner
+from fleet.controller.store.protocol import Store
 from fleet.controller.store.records import (
     BundleRecord,
     DesiredEntry,
@@ -29,6 +29,7 @@ from fleet.controller.store.records import (
     RolloutRecord,
     RolloutSpec,
 )
+from fleet.controller.store.runner import StoreRunner
 from fleet.errors import Conflict
 
 
@@ -60,7 +61,7 @@ class RolloutEngine:
         )
 
     async def start(self) -> None:
-        for rollout in await self.context.store.list_rollouts():
+        for rollout in await self.context.store.run(Store.list_rollouts):
             self.context.adopt(rollout)
         await self.leadership.start()
 

@@ -20,7 +20,8 @@ import logging
 
 from fleet.controller.rollouts.context import RolloutContext, lease_name
 from fleet.controller.rollouts.driver import WaveDriver
-from fleet.controller.store.protocol import LeaseLost, StaleRevision, StoreRunner
+from fleet.controller.store.protocol import LeaseLost, StaleRevision, Store
+from fleet.controller.store.runner import StoreRunner
 
 logger = logging.getLogger(__package__)
 
@@ -84,7 +85,7 @@ class Leadership:
         return sorted(self._context.tokens)
 
     async def _release(self, rollout_id: str) -> None:
-        await self._leases.release_lease(lease_name(rollout_id), self._context.replica)
+        await self._leases.run(Store.release_lease, lease_name(rollout_id), self._context.replica)
 
     async def _lead_forever(self) -> None:
         while True:
@@ -99,7 +100,7 @@ class Leadership:
         """Take or renew the lease of every unfinished rollout; drive those held, stop driving
         those lost. Also picks up rollouts other replicas created."""
         context = self._context
-        for stored in await self._leases.list_rollouts():
+        for stored in await self._leases.run(Store.list_rollouts):
             context.merge(stored)
         for rollout_id, rollout in list(context.rollouts.items()):
             if rollout.state.finished:
@@ -111,8 +112,8 @@ class Leadership:
     async def lead(self, rollout_id: str) -> None:
         """Take or renew the rollout's lease; drive it here while it is held."""
         context = self._context
-        token = await self._leases.acquire_lease(
-            lease_name(rollout_id), context.replica, self._lease_ttl_s
+        token = await self._leases.run(
+            Store.acquire_lease, lease_name(rollout_id), context.replica, self._lease_ttl_s
         )
         held = context.tokens.get(rollout_id)
         if token == held:
@@ -123,7 +124,7 @@ class Leadership:
             return
         # Driving from what the store holds now, not from this replica's copy.
         async with context.lock:
-            fresh = await context.store.get_rollout(rollout_id)
+            fresh = await context.store.run(Store.get_rollout, rollout_id)
             if fresh is None:
                 return
             context.adopt(fresh)
@@ -144,7 +145,7 @@ class Leadership:
         if current is not None and revision and current.revision >= revision:
             return
         async with context.lock:
-            fresh = await context.store.get_rollout(rollout_id)
+            fresh = await context.store.run(Store.get_rollout, rollout_id)
             if fresh is not None:
                 context.merge(fresh)
         context.wake(rollout_id)

@@ -4,6 +4,7 @@ replicas' change notes) and, for their gate measurements, the store."""
 from __future__ import annotations
 
 from fleet.controller.rollouts.context import RolloutContext
+from fleet.controller.store.protocol import Store
 from fleet.controller.store.records import Measurement, RolloutRecord
 from fleet.errors import NotFound
 
@@ -28,7 +29,7 @@ class RolloutQueries:
         return sorted(self._context.rollouts.values(), key=lambda rollout: rollout.created_at)
 
     async def measurements(self, rollout_id: str) -> list[Measurement]:
-        return await self._context.store.measurements(rollout_id)
+        return await self._context.store.run(Store.measurements, rollout_id)
 
     async def explain(self, rollout_id: str) -> tuple[RolloutRecord, list[Measurement]]:
         """The rollout and every gate measurement of its waves."""

@@ -8,8 +8,9 @@ from fleet.controller.audit import AuditLog
 from fleet.controller.devices import DeviceRegistry
 from fleet.controller.rollouts.engine import RolloutEngine
 from fleet.controller.rollouts.transitions import advance, roll_back
-from fleet.controller.store.protocol import StoreRunner
+from fleet.controller.store.protocol import Store
 from fleet.controller.store.records import RolloutRecord, RolloutSpec, RolloutState, Verdict
+from fleet.controller.store.runner import StoreRunner
 from fleet.errors import Conflict, NotFound
 
 
@@ -29,10 +30,10 @@ class RolloutVerbs:
         self._audit = audit
 
     async def create(self, actor: str, spec: RolloutSpec) -> RolloutRecord:
-        bundle = await self._store.get_bundle(spec.bundle_sha256)
+        bundle = await self._store.run(Store.get_bundle, spec.bundle_sha256)
         if bundle is None:
             raise NotFound(f"no bundle {spec.bundle_sha256}: upload it first")
-        desired = await self._store.all_desired()
+        desired = await self._store.run(Store.all_desired)
         await self._devices.refresh()  # replicas: labels and versions other replicas heard
         rollout = await self._engine.create(spec, bundle, self._devices.records(), desired)
         await self._audit.record(

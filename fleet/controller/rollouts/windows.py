@@ -13,8 +13,9 @@ from collections.abc import Iterable
 from common.telemetry import TelemetryRecord
 from fleet.controller.live import LiveFleet, TelemetrySample
 from fleet.controller.rollouts.gates import DeviceWindow
-from fleet.controller.store.protocol import StoreRunner
+from fleet.controller.store.protocol import Store
 from fleet.controller.store.records import RolloutRecord
+from fleet.controller.store.runner import StoreRunner
 
 
 def counter_delta(before: int, after: int) -> int:
@@ -33,7 +34,7 @@ async def remote_samples(
     for device_id in devices:
         if live.online(device_id) or live.samples_since(device_id, since):
             continue
-        rows = await store.telemetry(device_id, wall_since, 10_000)
+        rows = await store.run(Store.telemetry, device_id, wall_since, 10_000)
         samples = []
         for received_at, document in rows:
             try:

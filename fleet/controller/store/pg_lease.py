@@ -2,8 +2,10 @@
 exactly one replica may drive a rollout at a time.
 
 A lease is a row of `leases` (schema version 2): its holder, a fencing token, and an expiry in
-the database's clock (`now()`), so replicas' clocks never need to agree. Acquiring takes a free
-or expired lease and increments its token; renewing keeps it. A write made under a lease
+the database's clock (`now()`), so replicas' clocks never need to agree. The rules (who may take
+it, which token, what a fence checks) are fleet/controller/store/rules.py's, shared with SQLite;
+this module is their PostgreSQL rows: the lease row read locked (`FOR UPDATE` to change it,
+`FOR SHARE` to write under it) and written in the same transaction. A write made under a lease
 (`fenced`) first locks the lease row and checks that the holder still holds that token and that
 it has not expired, in the same transaction as the write: a takeover either commits before (the
 old holder's write is refused) or waits for the write to commit (it was made while the lease was
@@ -25,41 +27,49 @@ from typing import Any
 
 import psycopg
 
-from fleet.controller.store.protocol import LeaseLost
+from fleet.controller.store import rules
+from fleet.controller.store.protocol import Fence
 
-__all__ = ["LeaseLost", "acquire", "check", "fenced", "holder_of", "release"]
+__all__ = ["PostgresLeases", "acquire", "check", "fenced", "holder_of", "release"]
+
+_LEASE = "SELECT holder, fencing_token, expires_at > now() FROM leases WHERE name = %s"
 
 
-_ACQUIRE = """
-INSERT INTO leases AS lease (name, holder, fencing_token, expires_at)
-VALUES (%(name)s, %(holder)s, 1, now() + make_interval(secs => %(ttl)s))
-ON CONFLICT (name) DO UPDATE SET
-    holder = EXCLUDED.holder,
-    fencing_token = CASE WHEN lease.holder = EXCLUDED.holder AND lease.expires_at > now()
-                         THEN lease.fencing_token ELSE lease.fencing_token + 1 END,
-    expires_at = EXCLUDED.expires_at
-WHERE lease.holder = EXCLUDED.holder OR lease.expires_at <= now()
-RETURNING fencing_token
-"""
+class PostgresLeases:
+    """`rules.LeaseRows` in PostgreSQL, inside the connection's current transaction."""
 
-_CHECK = """
-SELECT 1 FROM leases
-WHERE name = %s AND holder = %s AND fencing_token = %s AND expires_at > now()
-FOR SHARE
-"""
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self._connection = connection
+
+    def lease(self, name: str, *, exclusive: bool) -> rules.LeaseRow | None:
+        lock = "FOR UPDATE" if exclusive else "FOR SHARE"
+        row = self._connection.execute(f"{_LEASE} {lock}", (name,)).fetchone()
+        return None if row is None else rules.LeaseRow(str(row[0]), int(row[1]), bool(row[2]))
+
+    def put_lease(self, name: str, holder: str, token: int, ttl_s: float, exists: bool) -> bool:
+        if exists:  # read FOR UPDATE in this transaction: ours to change
+            self._connection.execute(
+                "UPDATE leases SET holder = %s, fencing_token = %s,"
+                " expires_at = now() + make_interval(secs => %s) WHERE name = %s",
+                (holder, token, ttl_s, name),
+            )
+            return True
+        inserted = self._connection.execute(
+            "INSERT INTO leases (name, holder, fencing_token, expires_at)"
+            " VALUES (%s, %s, %s, now() + make_interval(secs => %s))"
+            " ON CONFLICT (name) DO NOTHING RETURNING 1",
+            (name, holder, token, ttl_s),
+        ).fetchone()
+        return inserted is not None
 
 
 def acquire(
     connection: psycopg.Connection[Any], name: str, holder: str, ttl_s: float
 ) -> int | None:
     """Take or renew lease `name` for `ttl_s` seconds; its fencing token, or None if another
-    holder has it. A holder that renews after its lease expired gets a new token: whatever it
-    started under the old one must not be finished under the new one."""
+    holder has it (`rules.next_token`)."""
     with connection.transaction():
-        row = connection.execute(
-            _ACQUIRE, {"name": name, "holder": holder, "ttl": ttl_s}
-        ).fetchone()
-    return int(row[0]) if row else None
+        return rules.acquire_lease(PostgresLeases(connection), name, holder, ttl_s)
 
 
 def release(connection: psycopg.Connection[Any], name: str, holder: str) -> None:
@@ -81,8 +91,7 @@ def holder_of(connection: psycopg.Connection[Any], name: str) -> tuple[str, int]
 def check(connection: psycopg.Connection[Any], name: str, holder: str, token: int) -> None:
     """In the caller's transaction: lock the lease row (shared) and raise LeaseLost unless
     `holder` still holds lease `name` with `token`. A takeover waits for that transaction."""
-    if connection.execute(_CHECK, (name, holder, token)).fetchone() is None:
-        raise LeaseLost(f"lease {name!r} is no longer held by {holder!r} (token {token})")
+    rules.require_lease(PostgresLeases(connection), Fence(name, holder, token))
 
 
 @contextmanager

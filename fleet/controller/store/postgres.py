@@ -8,6 +8,10 @@ thread today and moves to `AsyncConnection` without a rewrite. asyncpg was faste
 per-row loops, but the controller batches telemetry (one executemany per flush) and a heartbeat
 costs one round trip either way.
 
+The business rules (tokens, leases and fences, revisions, pins) are rules.py's, shared with
+SQLite; this module supplies their rows in PostgreSQL's dialect (`_Rows`), with row locks where
+SQLite locks the whole database. One pooled connection block is one transaction.
+
 Connections come from a small pool that checks a connection before handing it out, so a store
 call after PostgreSQL restarted gets a fresh connection instead of a dead one.
 
@@ -26,11 +30,11 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from fleet.controller.store import pg_lease
+from fleet.controller.store import pg_lease, rules
+from fleet.controller.store.pg_lease import PostgresLeases
 from fleet.controller.store.pg_migrations import migrate
-from fleet.controller.store.protocol import Fence, StaleRevision
+from fleet.controller.store.protocol import Fence
 from fleet.controller.store.records import (
-    PIN_SOURCE,
     AuditRecord,
     BundleRecord,
     DesiredEntry,
@@ -39,7 +43,6 @@ from fleet.controller.store.records import (
     Revocation,
     RolloutRecord,
 )
-from fleet.errors import PermissionDenied
 
 logger = logging.getLogger(__name__)
 # The NOTIFY channel replicas tell each other about changes on
@@ -95,7 +98,7 @@ class PostgresStore:
     def close(self) -> None:
         self._pool.close()
 
-    def _rows(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+    def _fetch(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
         with self._pool.connection() as connection:
             return connection.execute(sql, params).fetchall()
 
@@ -108,25 +111,8 @@ class PostgresStore:
             )
 
     def consume_token(self, token_hash: str, device_id: str, now: float) -> dict[str, str]:
-        # Row lock: two replicas enrolling with one token cannot both pass the check.
         with self._pool.connection() as connection:
-            row = connection.execute(
-                "SELECT labels, expires_at, used_by FROM tokens WHERE token_hash = %s FOR UPDATE",
-                (token_hash,),
-            ).fetchone()
-            if row is None:
-                raise PermissionDenied("unknown enrollment token")
-            labels, expires_at, used_by = row
-            if used_by is not None:
-                raise PermissionDenied("enrollment token was already used")
-            if expires_at < now:
-                raise PermissionDenied("enrollment token expired")
-            connection.execute(
-                "UPDATE tokens SET used_by = %s, used_at = %s WHERE token_hash = %s",
-                (device_id, now, token_hash),
-            )
-            result: dict[str, str] = json.loads(labels)
-            return result
+            return rules.consume_token(_Rows(connection), token_hash, device_id, now)
 
     # devices
     def upsert_device(self, device: DeviceRecord) -> None:
@@ -138,56 +124,43 @@ class PostgresStore:
             )
 
     def get_device(self, device_id: str) -> DeviceRecord | None:
-        rows = self._rows("SELECT doc FROM devices WHERE device_id = %s", (device_id,))
+        rows = self._fetch("SELECT doc FROM devices WHERE device_id = %s", (device_id,))
         return DeviceRecord.model_validate_json(rows[0][0]) if rows else None
 
     def list_devices(self) -> list[DeviceRecord]:
-        rows = self._rows("SELECT doc FROM devices ORDER BY device_id")
+        rows = self._fetch("SELECT doc FROM devices ORDER BY device_id")
         return [DeviceRecord.model_validate_json(row[0]) for row in rows]
 
     def delete_device(self, device_id: str) -> None:
         with self._pool.connection() as connection:
-            connection.execute("DELETE FROM devices WHERE device_id = %s", (device_id,))
-            connection.execute("DELETE FROM desired WHERE device_id = %s", (device_id,))
+            rules.remove_device(_Rows(connection), device_id)
 
     def revoke_device(self, revocation: Revocation) -> None:
         with self._pool.connection() as connection:
-            connection.execute(
-                "INSERT INTO revocations (public_key_sha256, device_id, doc) VALUES (%s, %s, %s)"
-                " ON CONFLICT (public_key_sha256) DO UPDATE SET doc = EXCLUDED.doc",
-                (
-                    revocation.public_key_sha256,
-                    revocation.device_id,
-                    revocation.model_dump_json(),
-                ),
-            )
-            connection.execute("DELETE FROM devices WHERE device_id = %s", (revocation.device_id,))
-            connection.execute("DELETE FROM desired WHERE device_id = %s", (revocation.device_id,))
+            rules.revoke_device(_Rows(connection), revocation)
 
     def revocations(self) -> list[Revocation]:
-        rows = self._rows("SELECT doc FROM revocations ORDER BY public_key_sha256")
+        rows = self._fetch("SELECT doc FROM revocations ORDER BY public_key_sha256")
         return [Revocation.model_validate_json(row[0]) for row in rows]
 
     # desired state
     def desired_for(self, device_id: str) -> list[DesiredEntry]:
-        rows = self._rows(
+        rows = self._fetch(
             "SELECT doc FROM desired WHERE device_id = %s ORDER BY model", (device_id,)
         )
         return [DesiredEntry.model_validate_json(row[0]) for row in rows]
 
     def all_desired(self) -> list[DesiredEntry]:
-        rows = self._rows("SELECT doc FROM desired ORDER BY device_id, model")
+        rows = self._fetch("SELECT doc FROM desired ORDER BY device_id, model")
         return [DesiredEntry.model_validate_json(row[0]) for row in rows]
 
     def set_desired(self, entries: Sequence[DesiredEntry]) -> None:
         with self._pool.connection() as connection:
-            _write_desired(connection, entries)
+            _Rows(connection).write_desired(entries)
 
     def delete_desired(self, device_id: str, model: str) -> None:
         with self._pool.connection() as connection:
-            connection.execute(
-                "DELETE FROM desired WHERE device_id = %s AND model = %s", (device_id, model)
-            )
+            _Rows(connection).delete_desired([(device_id, model)])
 
     # bundles
     def add_bundle(self, bundle: BundleRecord) -> None:
@@ -202,18 +175,18 @@ class PostgresStore:
             )
 
     def get_bundle(self, sha256: str) -> BundleRecord | None:
-        rows = self._rows("SELECT doc FROM bundles WHERE sha256 = %s", (sha256,))
+        rows = self._fetch("SELECT doc FROM bundles WHERE sha256 = %s", (sha256,))
         return BundleRecord.model_validate_json(rows[0][0]) if rows else None
 
     def find_bundle(self, name: str, version: str) -> BundleRecord | None:
-        rows = self._rows(
+        rows = self._fetch(
             "SELECT doc FROM bundles WHERE name = %s AND version = %s ORDER BY seq DESC LIMIT 1",
             (name, version),
         )
         return BundleRecord.model_validate_json(rows[0][0]) if rows else None
 
     def find_bundle_named(self, name: str) -> BundleRecord | None:
-        rows = self._rows(
+        rows = self._fetch(
             "SELECT doc FROM bundles WHERE name = %s ORDER BY seq DESC LIMIT 1", (name,)
         )
         return BundleRecord.model_validate_json(rows[0][0]) if rows else None
@@ -231,74 +204,31 @@ class PostgresStore:
         audit: Sequence[AuditRecord] = (),
     ) -> None:
         with self._pool.connection() as connection:
-            if fence is not None:
-                # First, in this transaction: a takeover either committed before (refused
-                # here) or waits for this write to commit (it was made under the lease).
-                pg_lease.check(connection, fence.name, fence.holder, fence.token)
-            document = rollout.model_dump_json()
-            if expected_revision is None:
-                connection.execute(
-                    "INSERT INTO rollouts (rollout_id, created_at, doc, revision)"
-                    " VALUES (%s, %s, %s, %s) ON CONFLICT (rollout_id) DO UPDATE SET"
-                    " created_at = EXCLUDED.created_at, doc = EXCLUDED.doc,"
-                    " revision = EXCLUDED.revision",
-                    (rollout.rollout_id, rollout.created_at, document, rollout.revision),
-                )
-            else:
-                updated = connection.execute(
-                    "UPDATE rollouts SET doc = %s, revision = %s"
-                    " WHERE rollout_id = %s AND revision = %s",
-                    (document, rollout.revision, rollout.rollout_id, expected_revision),
-                )
-                if updated.rowcount != 1:
-                    raise StaleRevision(
-                        f"rollout {rollout.rollout_id} changed since revision {expected_revision}"
-                    )
-            if measurements:
-                with connection.cursor() as cursor:
-                    cursor.executemany(
-                        "INSERT INTO measurements (rollout_id, doc) VALUES (%s, %s)",
-                        [(rollout.rollout_id, m.model_dump_json()) for m in measurements],
-                    )
-            for record in audit:
-                connection.execute(
-                    "INSERT INTO audit (at, doc) VALUES (%s, %s)",
-                    (record.at, record.model_dump_json()),
-                )
-            # Pins always win (see SqliteStore.save_rollout); the rows are locked until commit.
-            rows = connection.execute(
-                "SELECT device_id, model FROM desired WHERE (doc::jsonb ->> 'source') = %s"
-                " FOR UPDATE",
-                (PIN_SOURCE,),
-            ).fetchall()
-            pinned = {(str(device), str(model)) for device, model in rows}
-            _write_desired(connection, [e for e in desired if (e.device_id, e.model) not in pinned])
-            undesired = [pair for pair in undesired if tuple(pair) not in pinned]
-            if undesired:
-                with connection.cursor() as cursor:
-                    cursor.executemany(
-                        "DELETE FROM desired WHERE device_id = %s AND model = %s", undesired
-                    )
+            rules.save_rollout(
+                _Rows(connection),
+                rollout,
+                desired,
+                undesired,
+                expected_revision=expected_revision,
+                fence=fence,
+                measurements=measurements,
+                audit=audit,
+            )
 
     def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
-        rows = self._rows("SELECT doc FROM rollouts WHERE rollout_id = %s", (rollout_id,))
+        rows = self._fetch("SELECT doc FROM rollouts WHERE rollout_id = %s", (rollout_id,))
         return RolloutRecord.model_validate_json(rows[0][0]) if rows else None
 
     def list_rollouts(self) -> list[RolloutRecord]:
-        rows = self._rows("SELECT doc FROM rollouts ORDER BY created_at")
+        rows = self._fetch("SELECT doc FROM rollouts ORDER BY created_at")
         return [RolloutRecord.model_validate_json(row[0]) for row in rows]
 
     def add_measurements(self, rollout_id: str, measurements: Sequence[Measurement]) -> None:
-        if not measurements:
-            return
-        with self._pool.connection() as connection, connection.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO measurements (rollout_id, doc) VALUES (%s, %s)",
-                [(rollout_id, measurement.model_dump_json()) for measurement in measurements],
-            )
+        with self._pool.connection() as connection:
+            _Rows(connection).add_measurements(rollout_id, measurements)
 
     def measurements(self, rollout_id: str) -> list[Measurement]:
-        rows = self._rows(
+        rows = self._fetch(
             "SELECT doc FROM measurements WHERE rollout_id = %s ORDER BY id", (rollout_id,)
         )
         return [Measurement.model_validate_json(row[0]) for row in rows]
@@ -318,7 +248,7 @@ class PostgresStore:
                 copy.write_row(row)
 
     def telemetry(self, device_id: str, since: float, limit: int) -> list[tuple[float, str]]:
-        rows = self._rows(
+        rows = self._fetch(
             "SELECT received_at, doc FROM telemetry WHERE device_id = %s AND received_at >= %s"
             " ORDER BY received_at DESC LIMIT %s",
             (device_id, since, limit),
@@ -326,7 +256,7 @@ class PostgresStore:
         return [(float(at), str(doc)) for at, doc in reversed(rows)]
 
     def last_telemetry(self) -> dict[str, float]:
-        rows = self._rows("SELECT device_id, max(received_at) FROM telemetry GROUP BY device_id")
+        rows = self._fetch("SELECT device_id, max(received_at) FROM telemetry GROUP BY device_id")
         return {str(device): float(at) for device, at in rows}
 
     def prune_telemetry(self, before: float) -> int:
@@ -337,12 +267,10 @@ class PostgresStore:
     # audit
     def add_audit(self, record: AuditRecord) -> None:
         with self._pool.connection() as connection:
-            connection.execute(
-                "INSERT INTO audit (at, doc) VALUES (%s, %s)", (record.at, record.model_dump_json())
-            )
+            _Rows(connection).add_audit([record])
 
     def audit_entries(self, limit: int) -> list[AuditRecord]:
-        rows = self._rows("SELECT doc FROM audit ORDER BY id DESC LIMIT %s", (limit,))
+        rows = self._fetch("SELECT doc FROM audit ORDER BY id DESC LIMIT %s", (limit,))
         return [AuditRecord.model_validate_json(row[0]) for row in reversed(rows)]
 
     # replicas
@@ -355,7 +283,7 @@ class PostgresStore:
             pg_lease.release(connection, name, holder)
 
     def lease_holders(self, prefix: str) -> list[str]:
-        rows = self._rows(
+        rows = self._fetch(
             "SELECT holder FROM leases WHERE starts_with(name, %s) AND expires_at > now()",
             (prefix,),
         )
@@ -363,24 +291,109 @@ class PostgresStore:
 
     def claim(self, key: str, value: str) -> str:
         with self._pool.connection() as connection:
-            connection.execute(
-                "INSERT INTO claims (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
-                (key, value),
-            )
-            row = connection.execute("SELECT value FROM claims WHERE key = %s", (key,)).fetchone()
-            return str(row[0]) if row else value
+            return rules.claim(_Rows(connection), key, value)
 
     def publish(self, payload: str) -> None:
         with self._pool.connection() as connection:
             connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
 
 
-def _write_desired(connection: psycopg.Connection[Any], entries: Sequence[DesiredEntry]) -> None:
-    if not entries:
-        return
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            "INSERT INTO desired (device_id, model, doc) VALUES (%s, %s, %s)"
-            " ON CONFLICT (device_id, model) DO UPDATE SET doc = EXCLUDED.doc",
-            [(entry.device_id, entry.model, entry.model_dump_json()) for entry in entries],
+class _Rows(PostgresLeases):
+    """The rows the rules read and write, in PostgreSQL's dialect, inside the connection's
+    current transaction; rows a rule decides on are locked until it commits."""
+
+    # tokens: the row lock keeps two replicas enrolling with one token from both passing
+    def token(self, token_hash: str) -> rules.TokenRow | None:
+        row = self._connection.execute(
+            "SELECT labels, expires_at, used_by FROM tokens WHERE token_hash = %s FOR UPDATE",
+            (token_hash,),
+        ).fetchone()
+        return None if row is None else rules.TokenRow(str(row[0]), float(row[1]), row[2])
+
+    def use_token(self, token_hash: str, device_id: str, now: float) -> None:
+        self._connection.execute(
+            "UPDATE tokens SET used_by = %s, used_at = %s WHERE token_hash = %s",
+            (device_id, now, token_hash),
         )
+
+    # rollouts
+    def put_rollout(self, rollout: RolloutRecord) -> None:
+        self._connection.execute(
+            "INSERT INTO rollouts (rollout_id, created_at, doc, revision)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT (rollout_id) DO UPDATE SET"
+            " created_at = EXCLUDED.created_at, doc = EXCLUDED.doc,"
+            " revision = EXCLUDED.revision",
+            (rollout.rollout_id, rollout.created_at, rollout.model_dump_json(), rollout.revision),
+        )
+
+    def replace_rollout(self, rollout: RolloutRecord, revision: int) -> bool:
+        updated = self._connection.execute(
+            "UPDATE rollouts SET doc = %s, revision = %s WHERE rollout_id = %s AND revision = %s",
+            (rollout.model_dump_json(), rollout.revision, rollout.rollout_id, revision),
+        )
+        return updated.rowcount == 1
+
+    def add_measurements(self, rollout_id: str, measurements: Sequence[Measurement]) -> None:
+        if not measurements:
+            return
+        with self._connection.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO measurements (rollout_id, doc) VALUES (%s, %s)",
+                [(rollout_id, measurement.model_dump_json()) for measurement in measurements],
+            )
+
+    def add_audit(self, records: Sequence[AuditRecord]) -> None:
+        for record in records:
+            self._connection.execute(
+                "INSERT INTO audit (at, doc) VALUES (%s, %s)",
+                (record.at, record.model_dump_json()),
+            )
+
+    # desired state
+    def desired_from(self, source: str) -> set[tuple[str, str]]:
+        rows = self._connection.execute(
+            "SELECT device_id, model FROM desired WHERE (doc::jsonb ->> 'source') = %s FOR UPDATE",
+            (source,),
+        ).fetchall()
+        return {(str(device), str(model)) for device, model in rows}
+
+    def write_desired(self, entries: Sequence[DesiredEntry]) -> None:
+        if not entries:
+            return
+        with self._connection.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO desired (device_id, model, doc) VALUES (%s, %s, %s)"
+                " ON CONFLICT (device_id, model) DO UPDATE SET doc = EXCLUDED.doc",
+                [(entry.device_id, entry.model, entry.model_dump_json()) for entry in entries],
+            )
+
+    def delete_desired(self, pairs: Sequence[tuple[str, str]]) -> None:
+        if not pairs:
+            return
+        with self._connection.cursor() as cursor:
+            cursor.executemany("DELETE FROM desired WHERE device_id = %s AND model = %s", pairs)
+
+    # devices
+    def delete_device(self, device_id: str) -> None:
+        self._connection.execute("DELETE FROM devices WHERE device_id = %s", (device_id,))
+
+    def delete_desired_of(self, device_id: str) -> None:
+        self._connection.execute("DELETE FROM desired WHERE device_id = %s", (device_id,))
+
+    def put_revocation(self, revocation: Revocation) -> None:
+        self._connection.execute(
+            "INSERT INTO revocations (public_key_sha256, device_id, doc) VALUES (%s, %s, %s)"
+            " ON CONFLICT (public_key_sha256) DO UPDATE SET doc = EXCLUDED.doc",
+            (revocation.public_key_sha256, revocation.device_id, revocation.model_dump_json()),
+        )
+
+    # claims
+    def add_claim_if_absent(self, key: str, value: str) -> None:
+        self._connection.execute(
+            "INSERT INTO claims (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+            (key, value),
+        )
+
+    def claim(self, key: str) -> str | None:
+        row = self._connection.execute("SELECT value FROM claims WHERE key = %s", (key,)).fetchone()
+        return None if row is None else str(row[0])

@@ -1,24 +1,21 @@
-"""The controller's persistence contract and the runner its services use.
+"""The controller's persistence contract, typed once here.
 
-`Store` is blocking; SQLite (`sqlite_store`) and PostgreSQL (`postgres_store`) implement it.
-`StoreRunner` wraps either in typed async methods that run one at a time on the store thread,
-never on the event loop.
+`Store` is blocking; SQLite (sqlite.py) and PostgreSQL (postgres.py) implement it, both calling
+the business rules they share (rules.py). The controller's services call it through
+`StoreRunner` (runner.py), on the store thread, never on the event loop.
 
 Rollout writes are guarded twice when several replicas share a store
-(fleet/controller/store/pg_lease.py and fleet/controller/rollouts/engine.py have the design): a
-write names the `revision` it read (compare-and-set: a replica never overwrites a change it has not
-seen, `StaleRevision`), and the driver's writes carry a `Fence` (the rollout's lease and fencing
-token: a leader that lost its lease cannot write, `LeaseLost`).
+(fleet/controller/store/pg_lease.py and fleet/controller/rollouts/ have the design): a write names
+the `revision` it read (compare-and-set: a replica never overwrites a change it has not seen,
+`StaleRevision`), and the driver's writes carry a `Fence` (the rollout's lease and fencing token:
+a leader that lost its lease cannot write, `LeaseLost`).
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
-from typing import ParamSpec, Protocol, TypeVar
+from typing import Protocol
 
 from fleet.controller.store.records import (
     AuditRecord,
@@ -30,9 +27,6 @@ from fleet.controller.store.records import (
     RolloutRecord,
 )
 from fleet.errors import FleetError
-
-P = ParamSpec("P")
-T = TypeVar("T")
 
 
 class LeaseLost(FleetError):
@@ -118,139 +112,3 @@ class Store(Protocol):
     def claim(self, key: str, value: str) -> str: ...
     # Tell the other replicas (PostgreSQL NOTIFY); a store with one controller drops it.
     def publish(self, payload: str) -> None: ...
-
-
-class StoreRunner:
-    """The store as the controller's services use it: typed async methods, each run on one
-    dedicated thread, in order, off the event loop. Works over any `Store` (SQLite, PostgreSQL).
-    """
-
-    def __init__(self, store: Store, owns_store: bool = True) -> None:
-        self._store = store
-        # A second runner over the same store (leases, change notes) does not close it.
-        self._owns_store = owns_store
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleet-store")
-
-    async def _call(self, function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, partial(function, *args, **kwargs))
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
-        if self._owns_store:
-            self._store.close()
-
-    async def add_token(self, token_hash: str, labels: dict[str, str], expires_at: float) -> None:
-        await self._call(self._store.add_token, token_hash, labels, expires_at)
-
-    async def consume_token(self, token_hash: str, device_id: str, now: float) -> dict[str, str]:
-        return await self._call(self._store.consume_token, token_hash, device_id, now)
-
-    async def upsert_device(self, device: DeviceRecord) -> None:
-        await self._call(self._store.upsert_device, device)
-
-    async def get_device(self, device_id: str) -> DeviceRecord | None:
-        return await self._call(self._store.get_device, device_id)
-
-    async def list_devices(self) -> list[DeviceRecord]:
-        return await self._call(self._store.list_devices)
-
-    async def delete_device(self, device_id: str) -> None:
-        await self._call(self._store.delete_device, device_id)
-
-    async def revoke_device(self, revocation: Revocation) -> None:
-        await self._call(self._store.revoke_device, revocation)
-
-    async def revocations(self) -> list[Revocation]:
-        return await self._call(self._store.revocations)
-
-    async def desired_for(self, device_id: str) -> list[DesiredEntry]:
-        return await self._call(self._store.desired_for, device_id)
-
-    async def all_desired(self) -> list[DesiredEntry]:
-        return await self._call(self._store.all_desired)
-
-    async def set_desired(self, entries: Sequence[DesiredEntry]) -> None:
-        await self._call(self._store.set_desired, entries)
-
-    async def delete_desired(self, device_id: str, model: str) -> None:
-        await self._call(self._store.delete_desired, device_id, model)
-
-    async def add_bundle(self, bundle: BundleRecord) -> None:
-        await self._call(self._store.add_bundle, bundle)
-
-    async def get_bundle(self, sha256: str) -> BundleRecord | None:
-        return await self._call(self._store.get_bundle, sha256)
-
-    async def find_bundle(self, name: str, version: str) -> BundleRecord | None:
-        return await self._call(self._store.find_bundle, name, version)
-
-    async def find_bundle_named(self, name: str) -> BundleRecord | None:
-        return await self._call(self._store.find_bundle_named, name)
-
-    async def save_rollout(
-        self,
-        rollout: RolloutRecord,
-        desired: Sequence[DesiredEntry] = (),
-        undesired: Sequence[tuple[str, str]] = (),
-        *,
-        expected_revision: int | None = None,
-        fence: Fence | None = None,
-        measurements: Sequence[Measurement] = (),
-        audit: Sequence[AuditRecord] = (),
-    ) -> None:
-        await self._call(
-            self._store.save_rollout,
-            rollout,
-            desired,
-            undesired,
-            expected_revision=expected_revision,
-            fence=fence,
-            measurements=measurements,
-            audit=audit,
-        )
-
-    async def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
-        return await self._call(self._store.get_rollout, rollout_id)
-
-    async def list_rollouts(self) -> list[RolloutRecord]:
-        return await self._call(self._store.list_rollouts)
-
-    async def add_measurements(self, rollout_id: str, measurements: Sequence[Measurement]) -> None:
-        await self._call(self._store.add_measurements, rollout_id, measurements)
-
-    async def measurements(self, rollout_id: str) -> list[Measurement]:
-        return await self._call(self._store.measurements, rollout_id)
-
-    async def add_telemetry(self, rows: Sequence[tuple[str, float, str]]) -> None:
-        await self._call(self._store.add_telemetry, rows)
-
-    async def telemetry(self, device_id: str, since: float, limit: int) -> list[tuple[float, str]]:
-        return await self._call(self._store.telemetry, device_id, since, limit)
-
-    async def prune_telemetry(self, before: float) -> int:
-        return await self._call(self._store.prune_telemetry, before)
-
-    async def last_telemetry(self) -> dict[str, float]:
-        return await self._call(self._store.last_telemetry)
-
-    async def add_audit(self, record: AuditRecord) -> None:
-        await self._call(self._store.add_audit, record)
-
-    async def audit_entries(self, limit: int) -> list[AuditRecord]:
-        return await self._call(self._store.audit_entries, limit)
-
-    async def acquire_lease(self, name: str, holder: str, ttl_s: float) -> int | None:
-        return await self._call(self._store.acquire_lease, name, holder, ttl_s)
-
-    async def release_lease(self, name: str, holder: str) -> None:
-        await self._call(self._store.release_lease, name, holder)
-
-    async def lease_holders(self, prefix: str) -> list[str]:
-        return await self._call(self._store.lease_holders, prefix)
-
-    async def claim(self, key: str, value: str) -> str:
-        return await self._call(self._store.claim, key, value)
-
-    async def publish(self, payload: str) -> None:
-        await self._call(self._store.publish, payload)

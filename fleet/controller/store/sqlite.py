@@ -1,4 +1,9 @@
-"""SQLite (WAL) implementation of `Store`: one file in the controller's data directory."""
+"""SQLite (WAL) implementation of `Store`: one file in the controller's data directory.
+
+One controller per file, but the same contract as PostgreSQL (leases, fences, revisions): the
+business rules are rules.py's, run inside a `BEGIN IMMEDIATE` transaction (one writer at a time)
+over `_Rows`, this dialect's SQL for the rows they read and write.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from fleet.controller.store.protocol import Fence, LeaseLost, StaleRevision
+from fleet.controller.store import rules
+from fleet.controller.store.protocol import Fence
 from fleet.controller.store.records import (
-    PIN_SOURCE,
     AuditRecord,
     BundleRecord,
     DesiredEntry,
@@ -21,7 +26,6 @@ from fleet.controller.store.records import (
     Revocation,
     RolloutRecord,
 )
-from fleet.errors import PermissionDenied
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -98,23 +102,7 @@ class SqliteStore:
 
     def consume_token(self, token_hash: str, device_id: str, now: float) -> dict[str, str]:
         with self._transaction() as db:
-            row = db.execute(
-                "SELECT labels, expires_at, used_by FROM tokens WHERE token_hash = ?",
-                (token_hash,),
-            ).fetchone()
-            if row is None:
-                raise PermissionDenied("unknown enrollment token")
-            labels, expires_at, used_by = row
-            if used_by is not None:
-                raise PermissionDenied("enrollment token was already used")
-            if expires_at < now:
-                raise PermissionDenied("enrollment token expired")
-            db.execute(
-                "UPDATE tokens SET used_by = ?, used_at = ? WHERE token_hash = ?",
-                (device_id, now, token_hash),
-            )
-            result: dict[str, str] = json.loads(labels)
-            return result
+            return rules.consume_token(_Rows(db), token_hash, device_id, now)
 
     # devices
     def upsert_device(self, device: DeviceRecord) -> None:
@@ -134,22 +122,11 @@ class SqliteStore:
 
     def delete_device(self, device_id: str) -> None:
         with self._transaction() as db:
-            db.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
-            db.execute("DELETE FROM desired WHERE device_id = ?", (device_id,))
+            rules.remove_device(_Rows(db), device_id)
 
     def revoke_device(self, revocation: Revocation) -> None:
         with self._transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO revocations (public_key_sha256, device_id, doc)"
-                " VALUES (?, ?, ?)",
-                (
-                    revocation.public_key_sha256,
-                    revocation.device_id,
-                    revocation.model_dump_json(),
-                ),
-            )
-            db.execute("DELETE FROM devices WHERE device_id = ?", (revocation.device_id,))
-            db.execute("DELETE FROM desired WHERE device_id = ?", (revocation.device_id,))
+            rules.revoke_device(_Rows(db), revocation)
 
     def revocations(self) -> list[Revocation]:
         rows = self._query("SELECT doc FROM revocations ORDER BY public_key_sha256")
@@ -168,18 +145,11 @@ class SqliteStore:
 
     def set_desired(self, entries: Sequence[DesiredEntry]) -> None:
         with self._transaction() as db:
-            self._write_desired(db, entries)
+            _Rows(db).write_desired(entries)
 
     def delete_desired(self, device_id: str, model: str) -> None:
         with self._transaction() as db:
-            db.execute("DELETE FROM desired WHERE device_id = ? AND model = ?", (device_id, model))
-
-    @staticmethod
-    def _write_desired(db: sqlite3.Connection, entries: Sequence[DesiredEntry]) -> None:
-        db.executemany(
-            "INSERT OR REPLACE INTO desired (device_id, model, doc) VALUES (?, ?, ?)",
-            [(entry.device_id, entry.model, entry.model_dump_json()) for entry in entries],
-        )
+            _Rows(db).delete_desired([(device_id, model)])
 
     # bundles
     def add_bundle(self, bundle: BundleRecord) -> None:
@@ -219,54 +189,15 @@ class SqliteStore:
         audit: Sequence[AuditRecord] = (),
     ) -> None:
         with self._transaction() as db:
-            if (
-                fence is not None
-                and not db.execute(
-                    "SELECT 1 FROM leases WHERE name = ? AND holder = ? AND fencing_token = ?"
-                    " AND expires_at > ?",
-                    (fence.name, fence.holder, fence.token, time.time()),
-                ).fetchone()
-            ):
-                raise LeaseLost(f"lease {fence.name!r} is no longer held by {fence.holder!r}")
-            document = rollout.model_dump_json()
-            if expected_revision is None:
-                db.execute(
-                    "INSERT OR REPLACE INTO rollouts (rollout_id, created_at, doc, revision)"
-                    " VALUES (?, ?, ?, ?)",
-                    (rollout.rollout_id, rollout.created_at, document, rollout.revision),
-                )
-            elif (
-                db.execute(
-                    "UPDATE rollouts SET doc = ?, revision = ?"
-                    " WHERE rollout_id = ? AND revision = ?",
-                    (document, rollout.revision, rollout.rollout_id, expected_revision),
-                ).rowcount
-                != 1
-            ):
-                raise StaleRevision(
-                    f"rollout {rollout.rollout_id} changed since revision {expected_revision}"
-                )
-            db.executemany(
-                "INSERT INTO measurements (rollout_id, doc) VALUES (?, ?)",
-                [(rollout.rollout_id, m.model_dump_json()) for m in measurements],
-            )
-            db.executemany(
-                "INSERT INTO audit (at, doc) VALUES (?, ?)",
-                [(record.at, record.model_dump_json()) for record in audit],
-            )
-            # Pins always win: a rollout never overwrites or removes a pinned entry, even one
-            # pinned a moment ago, after the rollout read the desired state.
-            pinned = {
-                (str(device), str(model))
-                for device, model in db.execute(
-                    "SELECT device_id, model FROM desired WHERE json_extract(doc, '$.source') = ?",
-                    (PIN_SOURCE,),
-                )
-            }
-            self._write_desired(db, [e for e in desired if (e.device_id, e.model) not in pinned])
-            db.executemany(
-                "DELETE FROM desired WHERE device_id = ? AND model = ?",
-                [pair for pair in undesired if tuple(pair) not in pinned],
+            rules.save_rollout(
+                _Rows(db),
+                rollout,
+                desired,
+                undesired,
+                expected_revision=expected_revision,
+                fence=fence,
+                measurements=measurements,
+                audit=audit,
             )
 
     def get_rollout(self, rollout_id: str) -> RolloutRecord | None:
@@ -279,10 +210,7 @@ class SqliteStore:
 
     def add_measurements(self, rollout_id: str, measurements: Sequence[Measurement]) -> None:
         with self._transaction() as db:
-            db.executemany(
-                "INSERT INTO measurements (rollout_id, doc) VALUES (?, ?)",
-                [(rollout_id, measurement.model_dump_json()) for measurement in measurements],
-            )
+            _Rows(db).add_measurements(rollout_id, measurements)
 
     def measurements(self, rollout_id: str) -> list[Measurement]:
         rows = self._query(
@@ -316,9 +244,7 @@ class SqliteStore:
     # audit
     def add_audit(self, record: AuditRecord) -> None:
         with self._transaction() as db:
-            db.execute(
-                "INSERT INTO audit (at, doc) VALUES (?, ?)", (record.at, record.model_dump_json())
-            )
+            _Rows(db).add_audit([record])
 
     def audit_entries(self, limit: int) -> list[AuditRecord]:
         rows = self._query("SELECT doc FROM audit ORDER BY id DESC LIMIT ?", (limit,))
@@ -326,24 +252,8 @@ class SqliteStore:
 
     # leases: one machine, but the same contract as PostgreSQL (the rollout engine uses both)
     def acquire_lease(self, name: str, holder: str, ttl_s: float) -> int | None:
-        now = time.time()
         with self._transaction() as db:
-            row = db.execute(
-                "SELECT holder, fencing_token, expires_at FROM leases WHERE name = ?", (name,)
-            ).fetchone()
-            if row is None:
-                token = 1
-            else:
-                held_by, current, expires_at = str(row[0]), int(row[1]), float(row[2])
-                if held_by != holder and expires_at > now:
-                    return None
-                token = current if held_by == holder and expires_at > now else current + 1
-            db.execute(
-                "INSERT OR REPLACE INTO leases (name, holder, fencing_token, expires_at)"
-                " VALUES (?, ?, ?, ?)",
-                (name, holder, token, now + ttl_s),
-            )
-            return token
+            return rules.acquire_lease(_Rows(db), name, holder, ttl_s)
 
     def release_lease(self, name: str, holder: str) -> None:
         with self._transaction() as db:
@@ -358,9 +268,110 @@ class SqliteStore:
 
     def claim(self, key: str, value: str) -> str:
         with self._transaction() as db:
-            db.execute("INSERT OR IGNORE INTO claims (key, value) VALUES (?, ?)", (key, value))
-            row = db.execute("SELECT value FROM claims WHERE key = ?", (key,)).fetchone()
-            return str(row[0]) if row else value
+            return rules.claim(_Rows(db), key, value)
 
     def publish(self, payload: str) -> None:
         """One controller per SQLite file: nobody else to tell."""
+
+
+class _Rows:
+    """The rows the rules read and write, in SQLite's dialect, inside the caller's transaction
+    (BEGIN IMMEDIATE: the database is locked for writing, so no row needs a lock of its own)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    # tokens
+    def token(self, token_hash: str) -> rules.TokenRow | None:
+        row = self._db.execute(
+            "SELECT labels, expires_at, used_by FROM tokens WHERE token_hash = ?", (token_hash,)
+        ).fetchone()
+        return None if row is None else rules.TokenRow(str(row[0]), float(row[1]), row[2])
+
+    def use_token(self, token_hash: str, device_id: str, now: float) -> None:
+        self._db.execute(
+            "UPDATE tokens SET used_by = ?, used_at = ? WHERE token_hash = ?",
+            (device_id, now, token_hash),
+        )
+
+    # leases, in this machine's clock
+    def lease(self, name: str, *, exclusive: bool) -> rules.LeaseRow | None:
+        row = self._db.execute(
+            "SELECT holder, fencing_token, expires_at > ? FROM leases WHERE name = ?",
+            (time.time(), name),
+        ).fetchone()
+        return None if row is None else rules.LeaseRow(str(row[0]), int(row[1]), bool(row[2]))
+
+    def put_lease(self, name: str, holder: str, token: int, ttl_s: float, exists: bool) -> bool:
+        self._db.execute(
+            "INSERT OR REPLACE INTO leases (name, holder, fencing_token, expires_at)"
+            " VALUES (?, ?, ?, ?)",
+            (name, holder, token, time.time() + ttl_s),
+        )
+        return True
+
+    # rollouts
+    def put_rollout(self, rollout: RolloutRecord) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO rollouts (rollout_id, created_at, doc, revision)"
+            " VALUES (?, ?, ?, ?)",
+            (rollout.rollout_id, rollout.created_at, rollout.model_dump_json(), rollout.revision),
+        )
+
+    def replace_rollout(self, rollout: RolloutRecord, revision: int) -> bool:
+        updated = self._db.execute(
+            "UPDATE rollouts SET doc = ?, revision = ? WHERE rollout_id = ? AND revision = ?",
+            (rollout.model_dump_json(), rollout.revision, rollout.rollout_id, revision),
+        )
+        return updated.rowcount == 1
+
+    def add_measurements(self, rollout_id: str, measurements: Sequence[Measurement]) -> None:
+        self._db.executemany(
+            "INSERT INTO measurements (rollout_id, doc) VALUES (?, ?)",
+            [(rollout_id, measurement.model_dump_json()) for measurement in measurements],
+        )
+
+    def add_audit(self, records: Sequence[AuditRecord]) -> None:
+        self._db.executemany(
+            "INSERT INTO audit (at, doc) VALUES (?, ?)",
+            [(record.at, record.model_dump_json()) for record in records],
+        )
+
+    # desired state
+    def desired_from(self, source: str) -> set[tuple[str, str]]:
+        rows = self._db.execute(
+            "SELECT device_id, model FROM desired WHERE json_extract(doc, '$.source') = ?",
+            (source,),
+        )
+        return {(str(device), str(model)) for device, model in rows}
+
+    def write_desired(self, entries: Sequence[DesiredEntry]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO desired (device_id, model, doc) VALUES (?, ?, ?)",
+            [(entry.device_id, entry.model, entry.model_dump_json()) for entry in entries],
+        )
+
+    def delete_desired(self, pairs: Sequence[tuple[str, str]]) -> None:
+        self._db.executemany("DELETE FROM desired WHERE device_id = ? AND model = ?", pairs)
+
+    # devices
+    def delete_device(self, device_id: str) -> None:
+        self._db.execute("DELETE FROM devices WHERE device_id = ?", (device_id,))
+
+    def delete_desired_of(self, device_id: str) -> None:
+        self._db.execute("DELETE FROM desired WHERE device_id = ?", (device_id,))
+
+    def put_revocation(self, revocation: Revocation) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO revocations (public_key_sha256, device_id, doc)"
+            " VALUES (?, ?, ?)",
+            (revocation.public_key_sha256, revocation.device_id, revocation.model_dump_json()),
+        )
+
+    # claims
+    def add_claim_if_absent(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR IGNORE INTO claims (key, value) VALUES (?, ?)", (key, value))
+
+    def claim(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM claims WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
