@@ -2,7 +2,7 @@
 
 A replica that changes shared state publishes a small JSON note on the `edgefleet` channel
 (`PostgresStore.publish`, after its write committed); every other replica's `ChangeFeed` hears it
-within milliseconds and acts on its own copy:
+within milliseconds and acts on its own copy (inbound.py):
 
 - `desired` (device ids): wake those devices' agent streams if they are connected here, so a pin
   or a wave made on another replica reaches the device within seconds;

@@ -135,7 +135,7 @@ class RolloutRecord(_Record):
     reason: str = ""
     created_at: float
     updated_at: float
-    # Bumped by every write; replicas compare-and-set on it (fleet.controller.store).
+    # Bumped by every write; replicas compare-and-set on it (fleet/controller/store/rules.py).
     revision: int = 0
 
 
