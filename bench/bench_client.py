@@ -21,8 +21,6 @@ import asyncio
 import contextlib
 import importlib
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -44,8 +42,10 @@ from client.stream import (
     StreamConfig,
 )
 from protos.edgefleet.v1 import frame_stream_pb2 as pb
+from testkit.edge import start_serve
+from testkit.media import photo
+from testkit.repositories import BUILT_MODELS
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet_lite0"
 SIZES = ((640, 480), (1920, 1080))
 JPEG_QUALITY = 85
@@ -53,11 +53,9 @@ CAMERA_FPS = 30.0
 
 
 def photo_at(width: int, height: int) -> np.ndarray:
-    """A natural photo (JPEG cost depends on content; a test pattern would flatter it)."""
-    from skimage import data
-
+    """A natural photo (JPEG cost depends on content; a test pattern would flatter it), BGR."""
     resized: np.ndarray = cv2.resize(
-        cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), (width, height)
+        cv2.cvtColor(photo("astronaut"), cv2.COLOR_RGB2BGR), (width, height)
     )
     return resized
 
@@ -65,23 +63,15 @@ def photo_at(width: int, height: int) -> np.ndarray:
 @contextlib.contextmanager
 def edge_server() -> Iterator[str]:
     with tempfile.TemporaryDirectory() as folder:
-        port_file = Path(folder) / "port"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "edgefleet.cli", "serve", "--repository", str(ROOT / "models"),
-             "--model", MODEL, "--port", "0", "--metrics-port", "-1", "--http-port", "-1", "--port-file",
-             str(port_file), "--log-level", "WARNING"],
-            cwd=ROOT,
+        process = start_serve(
+            Path(folder), "--repository", str(BUILT_MODELS), "--model", MODEL, "--port", "0",
+            "--metrics-port", "-1", "--http-port", "-1", "--log-level", "WARNING",
+            timeout_s=120, poll_s=0.1,
         )  # fmt: skip
         try:
-            deadline = time.monotonic() + 120
-            while not port_file.exists() or not port_file.read_text().strip():
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("edgefleet serve did not start")
-                time.sleep(0.1)
-            yield f"127.0.0.1:{port_file.read_text().strip()}"
+            yield f"127.0.0.1:{process.port}"
         finally:
-            process.terminate()
-            process.wait(30)
+            process.stop(grace_s=30)
 
 
 def encode_costs(repeats: int) -> list[dict[str, object]]:

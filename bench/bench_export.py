@@ -19,8 +19,8 @@ from bench.machine import describe, write_section
 from edgefleet.export.examples import parse_input_spec
 from edgefleet.export.pipeline import ExportRequest, run_export
 from edgefleet.export.report import ExportReport
+from testkit.repositories import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 CONTROL_FLOW = ROOT / "tests" / "export" / "sample_modules" / "control_flow.py"
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -32,12 +31,12 @@ from edgefleet.face_frames import frame_with_faces
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from server.vision.mtcnn import StageTimes, detect_faces
+from testkit.faces import copy_faces
+from testkit.repositories import BUILT_MODELS, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 THREADS = len(os.sched_getaffinity(0))
 SIZES = ((640, 480), (1280, 720))
 FACE_COUNTS = (0, 1, 5)
-MEMBERS = ("faces", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet")
 NETS = ("pnet", "rnet", "onet")
 STAGES = ("pyramid", "pnet", "proposals", "rnet_crops", "rnet", "refine", "onet_crops", "onet",
           "finish")  # fmt: skip
@@ -195,8 +194,7 @@ def main() -> None:
     rows, stage_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         repository = Path(tmp) / "repo"
-        for name in MEMBERS:
-            shutil.copytree(ROOT / "models" / name, repository / name)
+        copy_faces(BUILT_MODELS, repository)
         with Server(repository) as server:
             for (size, n), image in frames.items():
                 base_fps, base_lat, _, base_found = in_process(eager, image, args.seconds)

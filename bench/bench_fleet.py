@@ -26,7 +26,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,16 +41,16 @@ from bench.machine import describe, write_section
 from fleet.bundle import build_bundle
 from fleet.ctl.client import AdminClient, AdminCredential
 from fleet.keys import generate_keypair, load_private_key
-from fleet.sim import SimSettings, SimulatedFleet, VersionProfile
 from protos.edgefleet.fleet.v1 import admin_pb2
-from tests.fleet.services import Nginx, start_nginx
-
-ROOT = Path(__file__).resolve().parent.parent
-EDGEFLEET = ROOT / ".venv" / "bin" / "edgefleet"
+from testkit.fleet_processes import ControllerProcess, start_controller
+from testkit.fleet_sim import SimSettings, SimulatedFleet, VersionProfile
+from testkit.repositories import ROOT
+from testkit.services import Nginx, start_nginx, start_postgres
 
 
 class Controller:
-    """`edgefleet controller` as its own process, on free ports it picks itself."""
+    """`edgefleet controller` as its own process, on free ports it picks itself, with its CPU,
+    memory and heartbeat handling time measured from outside."""
 
     def __init__(
         self, workdir: Path, keys: Path, telemetry_interval_s: float, extra: tuple[str, ...] = ()
@@ -60,37 +59,25 @@ class Controller:
         self.keys = keys
         self.interval = telemetry_interval_s
         self.extra = extra
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: ControllerProcess | None = None
 
     def __enter__(self) -> Controller:
-        command = [
-            str(EDGEFLEET), "controller", "--data", str(self.data), "--port", "0",
-            "--enroll-port", "0", "--metrics-port", "0", "--trusted-key", str(self.keys),
-            "--telemetry-interval-s", str(self.interval), "--log-level", "WARNING", *self.extra,
-        ]  # fmt: skip
-        credential = self.data / "admin-credential.json"
-        credential.unlink(missing_ok=True)
-        self.process = subprocess.Popen(command, cwd=ROOT)
-        deadline = time.monotonic() + 30
-        while not credential.exists():
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("controller did not start")
-            time.sleep(0.1)
+        self.process = start_controller(
+            self.data, "--port", "0", "--enroll-port", "0", "--metrics-port", "0",
+            "--trusted-key", str(self.keys), "--telemetry-interval-s", str(self.interval),
+            "--log-level", "WARNING", *self.extra, timeout_s=30,
+        )  # fmt: skip
         time.sleep(0.2)
-        data = json.loads(credential.read_text())
-        self.credential = AdminCredential.load(credential)
-        self.enroll_address = data["enroll_address"]
-        self.metrics_port = int(data["metrics_port"])
-        self.ps = psutil.Process(self.process.pid)
+        self.credential = AdminCredential.load(self.process.credential)
+        # Both addresses exactly as the controller wrote them, as the simulated agents dial them.
+        self.enroll_address = json.loads(self.process.credential.read_text())["enroll_address"]
+        self.metrics_port = self.process.metrics_port
+        self.ps = psutil.Process(self.process.process.pid)
         return self
 
     def __exit__(self, *exc: object) -> None:
         assert self.process is not None
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        self.process.stop(grace_s=20)
 
     def cpu_seconds(self) -> float:
         times = self.ps.cpu_times()
@@ -366,8 +353,6 @@ async def replicated_run(
     p99 per replica. Then a rollout, the replica driving it killed (SIGKILL) while its first
     wave bakes: the time until the other replica holds the lease, until every agent is
     connected again, and until the rollout moves (its next committed change)."""
-    from tests.fleet.services import start_postgres
-
     postgres = start_postgres()
     try:
         database = postgres.create_database()
@@ -481,9 +466,7 @@ async def replicated_run(
             print(result, flush=True)
             return result
     finally:
-        with contextlib.suppress(Exception):
-            postgres.stop("immediate")
-        shutil.rmtree(postgres.directory, ignore_errors=True)
+        postgres.remove("immediate")
 
 
 def render_replicas(
@@ -497,7 +480,7 @@ def render_replicas(
         f"Machine: {machine}; load average at the end {load_end}. The 2 cores are shared with"
         " other engineers' builds and tests while this runs: the load average is part of the"
         " result.",
-        f"{r['agents']} simulated agents (`fleet.sim`, one certificate and mutual-TLS stream"
+        f"{r['agents']} simulated agents (`testkit.fleet_sim`, one certificate and mutual-TLS stream"
         " each, telemetry every 10 s) run in the benchmark process on the same cores. SQLite:"
         " one `edgefleet controller`. PostgreSQL: two replicas (`--store postgresql://...`,"
         " one shared CA) on one PostgreSQL 15 server (Debian, started by the benchmark, fsync"
@@ -669,7 +652,7 @@ def render(
         "## Fleet controller (`bench/bench_fleet.py`)",
         "",
         f"Machine: {machine}.",
-        "One `edgefleet controller` process (SQLite WAL store). Simulated agents (`fleet.sim`) run"
+        "One `edgefleet controller` process (SQLite WAL store). Simulated agents (`testkit.fleet_sim`) run"
         " in the benchmark process on the same cores; each has its own client certificate and"
         " mutual-TLS Connect stream.",
         "",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,7 +22,7 @@ import psycopg
 
 from bench.machine import describe, write_section
 from fleet.controller.store.pg_migrations import migrate
-from tests.fleet.services import start_postgres
+from testkit.services import start_postgres
 
 DOC = json.dumps({"device_id": "cam", "labels": {"site": "lobby"}, "enrolled_at": 1.0,
                   "hardware_json": "{}" * 20, "active_versions": {"m": "2"}, "last_seen": 2.0})  # fmt: skip
@@ -170,8 +169,7 @@ async def run(args: argparse.Namespace) -> None:
         if args.write:
             write_section("pg-driver", render(machine, summary, args))
     finally:
-        server.stop("fast")
-        shutil.rmtree(server.directory, ignore_errors=True)
+        server.remove("fast")
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ import cv2
 import numpy as np
 
 from bench.machine import describe, write_section
+from testkit.repositories import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 WORDS = ("EDGE", "FLEET", "camera", "north", "gate", "2026", "speed", "limit", "30", "exit",
          "parking", "level", "B2", "door", "open")  # fmt: skip

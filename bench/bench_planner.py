@@ -33,9 +33,9 @@ from server.manifest import ModelManifest, read_manifest
 from server.models.backends.base import Backend
 from server.models.backends.factory import load_backend
 from server.models.runtime_plan import RuntimePlan
+from testkit.repositories import BUILT_MODELS, copy_model
 
-ROOT = Path(__file__).resolve().parent.parent
-MODEL = ROOT / "models" / "efficientnet_lite0" / "1"
+MODEL = "efficientnet_lite0"
 
 
 def measure(
@@ -90,8 +90,7 @@ def main() -> None:
     facts = probe_hardware()
     workdir = Path(tempfile.mkdtemp(prefix="bench-planner-"))
     try:
-        version_dir = workdir / "efficientnet_lite0" / "1"
-        shutil.copytree(MODEL, version_dir)
+        version_dir = copy_model(BUILT_MODELS, MODEL, workdir)
         manifest = read_manifest(version_dir)
         cache = workdir / "cache"
         threads = facts.cpu.compute_cores

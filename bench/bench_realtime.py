@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,8 +30,11 @@ import numpy as np
 import psutil
 
 from bench.machine import describe, write_section
+from testkit.edge import start_serve
+from testkit.media import jpeg_frames
+from testkit.processes import Spawned
+from testkit.repositories import BUILT_MODELS, ROOT, copy_model
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet_lite0"
 SLOW_MODEL = "efficientnet_lite0_torchscript"
 CAMERAS = (1, 2, 4, 8, 16)
@@ -44,16 +46,7 @@ WARM_UP_S = 1.5
 
 
 def camera_frames() -> list[bytes]:
-    import cv2
-    from skimage import data
-
-    frames = []
-    for name in ("astronaut", "chelsea", "coffee"):
-        image = cv2.resize(getattr(data, name)(), (640, 480), interpolation=cv2.INTER_AREA)
-        ok, encoded = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
-        assert ok
-        frames.append(encoded.tobytes())
-    return frames
+    return jpeg_frames(("astronaut", "chelsea", "coffee"), 640, 480, quality=85)
 
 
 async def run_cameras(port: int, model: str, cameras: int, seconds: float) -> dict[str, object]:
@@ -129,22 +122,18 @@ class Server:
     def __init__(self, root: Path, repository: Path) -> None:
         self.root = root
         self.repository = repository
-        self.port_file = Path(tempfile.mkdtemp()) / "port"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.workdir = Path(tempfile.mkdtemp())
+        self.process: Spawned | None = None
         self.port = 0
 
     def __enter__(self) -> Server:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "edgefleet.cli", "serve", "--repository",
-             str(self.repository), "--port", "0", "--metrics-port", "-1", "--port-file",
-             str(self.port_file), "--log-level", "WARNING", "--planner", "manifest"],
-            cwd=self.root, env={**os.environ, "PYTHONPATH": str(self.root)},
+        self.process = start_serve(
+            self.workdir, "--repository", str(self.repository), "--port", "0",
+            "--metrics-port", "-1", "--log-level", "WARNING", "--planner", "manifest",
+            cwd=self.root, env={**os.environ, "PYTHONPATH": str(self.root)}, timeout_s=600,
+            poll_s=0.02,
         )  # fmt: skip
-        while not (self.port_file.exists() and self.port_file.read_text().strip()):
-            if self.process.poll() is not None:
-                raise SystemExit(f"the server from {self.root} exited before serving")
-            time.sleep(0.02)
-        self.port = int(self.port_file.read_text())
+        self.port = self.process.port
         return self
 
     def cpu_s(self) -> float:
@@ -154,8 +143,7 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         assert self.process is not None
-        self.process.terminate()
-        self.process.wait(timeout=30)
+        self.process.stop(grace_s=30)
 
 
 @dataclass
@@ -241,7 +229,7 @@ def repository_of(model: str, root: Path, per_core: bool = False) -> Path:
     since (all optional, their defaults change nothing for this model). `per_core`: one
     model instance per core with one intra-op thread each (manifest runtime pins)."""
     repository = Path(tempfile.mkdtemp()) / "repo"
-    shutil.copytree(ROOT / "models" / model, repository / model)
+    copy_model(BUILT_MODELS, model, repository)
     if per_core:
         manifest_path = repository / model / "1" / "manifest.json"
         manifest = json.loads(manifest_path.read_text())

@@ -14,8 +14,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -31,21 +29,18 @@ from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from server.manifest import read_manifest
 from server.vision.preprocess import to_model_input
+from testkit.edge import start_serve
+from testkit.media import jpeg_bytes, jpeg_frames, photo, resized_photo
+from testkit.processes import Spawned
+from testkit.repositories import BUILT_MODELS, ROOT, copy_model
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet_lite0"
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 THREADS = len(os.sched_getaffinity(0))
 
 
 def frames_224() -> list[np.ndarray]:
-    import cv2
-    from skimage import data
-
-    return [
-        cv2.resize(getattr(data, name)(), (224, 224), interpolation=cv2.INTER_AREA)
-        for name in PHOTOS
-    ]
+    return [resized_photo(name, 224, 224) for name in PHOTOS]
 
 
 def in_process_baseline(
@@ -93,27 +88,22 @@ class Server:
         # int8 guard run (the hardware planner's first load) in time-to-ready.
         self.arguments = ["--planner", planner, "--http-port", str(http_port), *extra]
         self.env = env
-        self.port_file = repository.parent / f"port-{repository.name}"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.workdir = repository.parent / f"serve-{repository.name}"
+        self.process: Spawned | None = None
         self.port = 0
         self.ready_s = 0.0
         self._started = 0.0
 
     def __enter__(self) -> Server:
-        self.port_file.unlink(missing_ok=True)
         self._started = time.perf_counter()
-        self.process = subprocess.Popen(
-            [str(ROOT / ".venv" / "bin" / "edgefleet"), "serve", "--repository",
-             str(self.repository), "--port", "0", "--metrics-port", "-1",
-             "--port-file", str(self.port_file), "--log-level", "WARNING", *self.arguments],
-            cwd=ROOT, env=self.env,
+        # Polled every 5 ms: time-to-ready is one of the figures.
+        self.process = start_serve(
+            self.workdir, "--repository", str(self.repository), "--port", "0",
+            "--metrics-port", "-1", "--log-level", "WARNING", *self.arguments,
+            env=self.env, timeout_s=1800, poll_s=0.005,
         )  # fmt: skip
-        while not (self.port_file.exists() and self.port_file.read_text().strip()):
-            if self.process.poll() is not None:
-                raise SystemExit("the server exited before serving")
-            time.sleep(0.005)
         self.ready_s = time.perf_counter() - self._started
-        self.port = int(self.port_file.read_text())
+        self.port = self.process.port
         return self
 
     @property
@@ -123,8 +113,7 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         assert self.process is not None
-        self.process.terminate()
-        self.process.wait(timeout=30)
+        self.process.stop(grace_s=30)
 
 
 async def run_streams(
@@ -189,16 +178,7 @@ async def run_streams(
 
 def jpeg_640x480() -> list[bytes]:
     """The photos as 640x480 JPEG camera frames (quality 85), encoded once."""
-    import cv2
-    from skimage import data
-
-    payloads = []
-    for name in PHOTOS:
-        image = cv2.resize(getattr(data, name)(), (640, 480), interpolation=cv2.INTER_AREA)
-        ok, encoded = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
-        assert ok
-        payloads.append(encoded.tobytes())
-    return payloads
+    return jpeg_frames(PHOTOS, 640, 480, quality=85)
 
 
 def in_process_cpu(
@@ -381,7 +361,6 @@ def pipeline_costs(repeats: int = 40) -> list[str]:
 
     import cv2
     from PIL import Image
-    from skimage import data
 
     from server.vision.preprocess import FrameEncoding, decode_frame
 
@@ -400,10 +379,8 @@ def pipeline_costs(repeats: int = 40) -> list[str]:
         return (time.perf_counter() - start) / repeats * 1000
 
     for width, height in ((640, 480), (1920, 1080)):
-        image = cv2.resize(data.astronaut(), (width, height), interpolation=cv2.INTER_CUBIC)
-        ok, encoded = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, 85])
-        assert ok
-        jpeg = encoded.tobytes()
+        image = cv2.resize(photo("astronaut"), (width, height), interpolation=cv2.INTER_CUBIC)
+        jpeg = jpeg_bytes(image, quality=85)
 
         def server_path(jpeg: bytes = jpeg) -> None:
             decoded, color = decode_frame(jpeg, FrameEncoding.JPEG, 0, 0, target=(224, 224))
@@ -432,7 +409,7 @@ def repository_copy(workdir: Path, name: str, max_batch_size: int, per_core: boo
     """A copy of the model with its batch size set; `per_core`: one instance per core with
     one intra-op thread each (manifest runtime pins)."""
     repository = workdir / name
-    shutil.copytree(ROOT / "models" / MODEL, repository / MODEL)
+    copy_model(BUILT_MODELS, MODEL, repository)
     manifest_path = repository / MODEL / "1" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["batching"]["max_batch_size"] = max_batch_size

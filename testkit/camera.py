@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
-from tests.conftest import jpeg_bytes, photo, png_bytes
+from testkit.media import jpeg_bytes, photo, png_bytes
 
 
 def encode(image_rgb: np.ndarray, encoding: fs.FrameEncoding) -> tuple[bytes, int, int]:

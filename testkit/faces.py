@@ -1,4 +1,5 @@
-"""Shared by the face tests: the pretrained MTCNN weights and the built networks.
+"""Shared by the face tests: the pretrained MTCNN weights, the built networks, and the `faces`
+pipeline's models copied into a repository.
 
 `make models` downloads the facenet-pytorch wheel into `.cache/` and exports the three networks
 into `models/`; the tests read both, never the network."""
@@ -13,11 +14,19 @@ import onnxruntime as ort
 import pytest
 
 from edgefleet.export.mtcnn import WEIGHT_FILES
+from testkit.repositories import BUILT_MODELS, ROOT, copy_model
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 WEIGHTS_DIR = ROOT / ".cache" / "facenet-pytorch-2.6.0"
-MODELS = ROOT / "models"
+MODELS = BUILT_MODELS
 NETS = ("pnet", "rnet", "onet")
+# The `faces` pipeline and the three networks it runs.
+FACES = ("faces", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet")
+
+
+def copy_faces(built: Path, repo: Path) -> None:
+    """The `faces` pipeline and its networks, copied from the built repository into `repo`."""
+    for name in FACES:
+        copy_model(built, name, repo)
 
 
 def weights_path(net: str) -> Path:

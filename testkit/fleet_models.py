@@ -1,4 +1,5 @@
-"""Tiny ONNX classifiers built in-process, so fleet tests need no exported model.
+"""Tiny ONNX classifiers built in-process, so fleet tests need no exported model (the `tiny`
+model every fleet test node serves).
 
 `slow_layers` repeats one MatMul+Relu layer (one shared weight, so the file stays small): the
 graph does measurably more work per frame, which the canary-fail test relies on.
@@ -12,14 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from server.manifest import (
-    Batching,
-    ModelManifest,
-    Preprocess,
-    TensorSpec,
-    hash_directory,
-    write_manifest,
-)
+from server.manifest import Batching, Preprocess, TensorSpec
+from testkit.model_writer import write_onnx_version
 
 FEATURES = 256
 CLASSES = 10
@@ -50,22 +45,16 @@ def build_model_dir(root: Path, name: str, version: str, slow_layers: int = 0) -
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    version_dir = root / name / version
-    version_dir.mkdir(parents=True)
-    onnx.save(model, version_dir / "model.onnx")
-    manifest = ModelManifest(
+    return write_onnx_version(
+        root / name / version,
+        model,
         name=name,
         version=version,
-        format="onnx",
-        model_file="model.onnx",
         inputs=[TensorSpec(name="input", dtype="float32", shape=["N", FEATURES])],
         outputs=[TensorSpec(name="logits", dtype="float32", shape=["N", CLASSES])],
         batching=Batching(max_batch_size=8, max_queue_delay_us=500),
-        files=hash_directory(version_dir),
         description=f"test classifier with {slow_layers} extra layers",
     )
-    write_manifest(version_dir, manifest)
-    return version_dir
 
 
 def build_poisoned_model_dir(root: Path, name: str, version: str, image: bool = False) -> Path:
@@ -98,20 +87,14 @@ def build_poisoned_model_dir(root: Path, name: str, version: str, image: bool = 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    version_dir = root / name / version
-    version_dir.mkdir(parents=True)
-    onnx.save(model, version_dir / "model.onnx")
-    manifest = ModelManifest(
+    return write_onnx_version(
+        root / name / version,
+        model,
         name=name,
         version=version,
-        format="onnx",
-        model_file="model.onnx",
         inputs=[TensorSpec(name="input", dtype="float32", shape=shape)],
         outputs=[TensorSpec(name="logits", dtype="float32", shape=["N", CLASSES])],
         batching=Batching(max_batch_size=8, max_queue_delay_us=500),
         preprocess=Preprocess(input="input", height=8, width=8) if image else None,
-        files=hash_directory(version_dir),
         description="fails on real inputs, passes warm-up on zeros",
     )
-    write_manifest(version_dir, manifest)
-    return version_dir

@@ -1,4 +1,5 @@
-"""Probe sources for tests: a fake `/` on disk and an NVML stand-in.
+"""Hardware for tests: the recorded device profiles, probe sources (a fake `/` on disk) and an
+NVML stand-in.
 
 NVML is replaced because no NVIDIA GPU or driver exists on the test machine; the stand-in
 answers the same calls pynvml does (or fails them the way a vanishing GPU does), so the probe's
@@ -12,7 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "hardware"
+from server.hardware.facts import HardwareFacts
+from testkit.repositories import ROOT
+
+FIXTURES = ROOT / "tests" / "fixtures" / "hardware"
+
+
+def load_profile(name: str) -> HardwareFacts:
+    """A recorded device profile (tests/fixtures/hardware/NAME.json): what the probe reported."""
+    return HardwareFacts.from_dict(json.loads((FIXTURES / f"{name}.json").read_text()))
 
 
 def write_root(root: Path, files: dict[str, str | None]) -> Path:

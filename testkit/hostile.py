@@ -13,7 +13,8 @@ import numpy as np
 
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.inference import grpc_service_pb2 as kserve
-from tests.conftest import ONNX_MODEL, jpeg_bytes, photo
+from testkit.media import jpeg_bytes, photo
+from testkit.repositories import ONNX_MODEL
 
 GOOD_SHAPE = [1, 3, 224, 224]
 

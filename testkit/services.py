@@ -1,9 +1,10 @@
-"""Real external services for fleet tests: nginx (a bundle origin and its mirrors) and PostgreSQL
-(the replicated controller's store), from Debian's packages.
+"""Real external services for tests and benchmarks: nginx (a bundle origin and its mirrors),
+PostgreSQL (the replicated controller's store) and headless Chromium, from Debian's packages.
 
-Each is installed with apt-get when missing (CI is a fresh root machine), started by the test
-on a free port in a temporary directory, and stopped afterwards. A test that needs one is
-skipped, with the reason, only when the package cannot be installed here.
+Each is installed with apt-get when missing (CI is a fresh root machine), started on a free port
+in a temporary directory, and stopped afterwards. A test that needs one is skipped, with the
+reason, only when the package cannot be installed here. The pytest fixtures that start them are
+in tests/fleet/conftest.py.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ import glob
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from testkit.processes import Spawned, free_port, listening, spawn
 
 APT_TIMEOUT_S = 900
 _apt_updated = False
@@ -59,18 +60,12 @@ def _apt_install(package: str) -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+def _wait_listening(port: int, process: Spawned, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if process.poll() is not None:
+        if not process.running:
             return False
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        if listening(port):
             return True
         time.sleep(0.05)
     return False
@@ -99,7 +94,7 @@ class Nginx:
 
     port: int
     prefix: Path
-    process: subprocess.Popen[bytes]
+    process: Spawned
     roots: dict[str, Path] = field(default_factory=dict)
 
     def url(self, name: str) -> str:
@@ -111,13 +106,7 @@ class Nginx:
         return path.read_text().splitlines() if path.exists() else []
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.process.stop(grace_s=10)
 
 
 def start_nginx(prefix: Path, roots: dict[str, Path]) -> Nginx:
@@ -158,32 +147,16 @@ http {{
 }}
 """
         )
-        process = subprocess.Popen(
+        # Errors go to error.log (-e); the console log catches what nginx says before that.
+        process = spawn(
             [binary, "-p", str(prefix), "-e", str(prefix / "error.log"), "-c", "nginx.conf"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,  # errors go to error.log (-e)
+            prefix / "console.log",
         )
         if _wait_listening(port, process, 10):
             return Nginx(port, prefix, process, dict(roots))
         process.kill()
-        process.wait()
     errors = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
     raise RuntimeError(f"nginx did not start: {errors[-500:]}")
-
-
-@pytest.fixture
-def nginx_factory(tmp_path: Path) -> Iterator[object]:
-    """`start(roots)` starts an nginx for this test; all are stopped afterwards."""
-    started: list[Nginx] = []
-
-    def start(roots: dict[str, Path]) -> Nginx:
-        server = start_nginx(tmp_path / f"nginx{len(started)}", roots)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 # PostgreSQL
@@ -244,6 +217,12 @@ class Postgres:
     def stop(self, mode: str = "fast") -> None:
         self.pg_ctl("-w", "-m", mode, "stop")
 
+    def remove(self, mode: str = "immediate") -> None:
+        """Stop it if it still runs (a test may have stopped it already) and delete its files."""
+        with contextlib.suppress(subprocess.SubprocessError):
+            self.stop(mode)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
 
 def start_postgres() -> Postgres:
     """initdb and start a cluster in a new temporary directory, as an unprivileged user."""
@@ -284,24 +263,6 @@ def start_postgres() -> Postgres:
             continue
     log = (directory / "server.log").read_text() if (directory / "server.log").exists() else ""
     raise RuntimeError(f"PostgreSQL did not start: {log[-500:]}")
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[Postgres]:
-    """One PostgreSQL server for the session (initdb takes seconds); tests take a database each."""
-    server = start_postgres()
-    try:
-        yield server
-    finally:
-        with contextlib.suppress(subprocess.SubprocessError):
-            server.stop("immediate")
-        shutil.rmtree(server.directory, ignore_errors=True)
-
-
-@pytest.fixture
-def postgres_dsn(postgres_server: Postgres) -> str:
-    """The DSN of a fresh database on the session's PostgreSQL server (password included)."""
-    return postgres_server.dsn(postgres_server.create_database())
 
 
 # Chromium

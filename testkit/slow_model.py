@@ -17,16 +17,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from server.manifest import (
-    Batching,
-    ModelManifest,
-    Postprocess,
-    Preprocess,
-    RuntimePins,
-    TensorSpec,
-    hash_directory,
-    write_manifest,
-)
+from server.manifest import Batching, Postprocess, Preprocess, RuntimePins, TensorSpec
+from testkit.model_writer import write_onnx_version
 
 SIDE = 64
 FEATURES = 256
@@ -92,17 +84,12 @@ def calibrated_layers(target_s: float = 0.020) -> int:
 def write_slow_model(
     repository: Path, name: str, layers: int, *, version: str = "1", max_batch_size: int = 4
 ) -> Path:
-    version_dir = repository / name / version
-    version_dir.mkdir(parents=True)
-    onnx.save(_graph(layers), str(version_dir / "model.onnx"))
-    (version_dir / "labels.txt").write_text(
-        "\n".join(f"class {index}" for index in range(CLASSES)) + "\n"
-    )
-    manifest = ModelManifest(
+    return write_onnx_version(
+        repository / name / version,
+        _graph(layers),
+        labels=CLASSES,
         name=name,
         version=version,
-        format="onnx",
-        model_file="model.onnx",
         inputs=[TensorSpec(name="input", dtype="float32", shape=["N", 3, SIDE, SIDE])],
         outputs=[TensorSpec(name="logits", dtype="float32", shape=["N", CLASSES])],
         preprocess=Preprocess(
@@ -114,8 +101,5 @@ def write_slow_model(
         batching=Batching(max_batch_size=max_batch_size, max_queue_delay_us=500),
         # One thread: the model's time does not depend on how many cores are free right now.
         runtime=RuntimePins(intra_op_threads=1, inter_op_threads=1),
-        files=hash_directory(version_dir),
         description=f"slow test camera model ({layers} layers)",
     )
-    write_manifest(version_dir, manifest)
-    return version_dir

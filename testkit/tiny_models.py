@@ -14,15 +14,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from server.manifest import (
-    Batching,
-    ModelManifest,
-    Postprocess,
-    Preprocess,
-    TensorSpec,
-    hash_directory,
-    write_manifest,
-)
+from server.manifest import Batching, Postprocess, Preprocess, TensorSpec
+from testkit.model_writer import write_onnx_version
 
 SIDE = 32
 CLASSES = 5
@@ -65,17 +58,12 @@ def write_classifier(
 
     `raw` declares the output as a plain tensor (no classification, no preprocess), so the
     guard compares relative error on synthetic inputs instead of top-1 on photographs."""
-    version_dir = repository / name / "1"
-    version_dir.mkdir(parents=True)
-    onnx.save(_classifier(outlier, seed), str(version_dir / "model.onnx"))
-    (version_dir / "labels.txt").write_text(
-        "\n".join(f"class {index}" for index in range(CLASSES)) + "\n"
-    )
-    manifest = ModelManifest(
+    return write_onnx_version(
+        repository / name / "1",
+        _classifier(outlier, seed),
+        labels=CLASSES,
         name=name,
         version="1",
-        format="onnx",
-        model_file="model.onnx",
         inputs=[TensorSpec(name="input", dtype="float32", shape=["N", 3, SIDE, SIDE])],
         outputs=[TensorSpec(name="logits", dtype="float32", shape=["N", CLASSES])],
         preprocess=None
@@ -87,7 +75,4 @@ def write_classifier(
         if raw
         else Postprocess(kind="classification", output="logits", labels_file="labels.txt"),
         batching=Batching(max_batch_size=8),
-        files=hash_directory(version_dir),
     )
-    write_manifest(version_dir, manifest)
-    return version_dir

@@ -2,7 +2,7 @@
 report which modules the serving process holds and its RSS, then stop it with SIGTERM.
 
 Run as its own process by test_lean_process.py (pytest itself has torch and onnx loaded).
-Usage: python -m tests.hardware.lean_serve REPORT GO -- <edgefleet serve arguments>
+Usage: python -m testkit.programs.lean_serve REPORT GO -- <edgefleet serve arguments>
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A lease holder as its own process, for the fencing tests: renews lease NAME every 50 ms and
 writes one fenced row per round; exits 3 as soon as it learns it lost the lease.
 
-    python -m tests.fleet.lease_holder DSN NAME HOLDER TTL_S
+    python -m testkit.programs.lease_holder DSN NAME HOLDER TTL_S
 """
 
 from __future__ import annotations

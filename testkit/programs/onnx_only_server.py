@@ -16,7 +16,7 @@ import numpy as np
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.app import EdgeServer
 from server.settings import ServerSettings
-from tests.server.kserve_helpers import infer_request
+from testkit.kserve import infer_request
 
 
 async def main(repository: Path) -> None:

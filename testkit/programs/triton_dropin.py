@@ -1,6 +1,6 @@
 """tritonclient[grpc] against a drop-in model (only model.onnx on disk); prints one JSON line.
 
-A subprocess for the same reason as triton_checks.py: tritonclient's protobuf package cannot
+A subprocess for the same reason as triton_grpc.py: tritonclient's protobuf package cannot
 share a descriptor pool with edgefleet's.
 """
 

@@ -1,6 +1,6 @@
 """tritonclient.http against edgefleet's KServe v2 HTTP endpoint; prints one JSON line.
 
-A subprocess like triton_checks.py: tritonclient.http brings gevent, which the test process
+A subprocess like triton_grpc.py: tritonclient.http brings gevent, which the test process
 should not import.
 """
 

@@ -10,8 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from tests.client.conftest import running_server
-from tests.conftest import EXPECTED_TOP1, ONNX_MODEL, ROOT, jpeg_bytes, photo
+from testkit.edge import running_server
+from testkit.media import EXPECTED_TOP1, jpeg_bytes, photo
+from testkit.repositories import ONNX_MODEL, ROOT
 
 
 async def edgefleet(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 
-from tests.client.conftest import BuiltClients, running_server
-from tests.conftest import ROOT, jpeg_bytes, photo
+from testkit.camera_examples import BuiltClients
+from testkit.edge import running_server
+from testkit.media import jpeg_bytes, photo
+from testkit.repositories import ROOT
 
 SCENARIO: dict[str, Any] = json.loads((ROOT / "client/conformance/scenario.json").read_text())
 LANGUAGES = ("python", "node", "cpp", "go", "java")

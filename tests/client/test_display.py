@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-from rich.console import Console
-
 from client.display import live_table, summary_table
 from client.runner import StreamRun
 from client.sources.pattern import TestPatternSource
 from client.stats import StreamState, StreamStats
-
-
-def render(table: object) -> str:
-    console = Console(record=True, width=160)
-    console.print(table)
-    return console.export_text()
+from testkit.display import render
 
 
 def test_live_view_shows_reconnecting_and_the_summary_shows_counts() -> None:

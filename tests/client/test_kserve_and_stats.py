@@ -14,7 +14,8 @@ from client.kserve import KServeClient, build_request, parse_response
 from client.stats import StreamStats
 from client.stream import BackoffPolicy
 from protos.inference import grpc_service_pb2 as pb
-from tests.conftest import EXPECTED_TOP1, ONNX_MODEL
+from testkit.media import EXPECTED_TOP1
+from testkit.repositories import ONNX_MODEL
 
 
 def top1(logits: np.ndarray, labels: list[str]) -> str:

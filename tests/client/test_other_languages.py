@@ -18,8 +18,10 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.client.conftest import BuiltClients, running_server
-from tests.conftest import EXPECTED_TOP1, ONNX_MODEL, ROOT, copy_model, jpeg_bytes, photo
+from testkit.camera_examples import BuiltClients
+from testkit.edge import running_server
+from testkit.media import EXPECTED_TOP1, jpeg_bytes, photo
+from testkit.repositories import ONNX_MODEL, ROOT, copy_model
 
 NODE_DIR = ROOT / "client/examples/node"
 BUF = NODE_DIR / "node_modules/.bin/buf"

@@ -16,8 +16,8 @@ from client.stream import (
     OverloadPolicy,
     StreamConfig,
 )
-from tests.client.conftest import running_server
-from tests.conftest import ONNX_MODEL
+from testkit.edge import running_server
+from testkit.repositories import ONNX_MODEL
 
 FRAMES = 120
 
@@ -93,7 +93,7 @@ async def test_stale_drops_reach_the_client_and_its_live_view(repository: Path) 
     The client counts those apart, and the live view shows them."""
     from client.display import live_table
     from client.runner import StreamRun
-    from tests.client.test_display import render
+    from testkit.display import render
 
     async with (
         running_server(repository) as server,

@@ -25,7 +25,8 @@ from client.stream import (
     StreamFailed,
 )
 from server.app import EdgeServer
-from tests.conftest import ONNX_MODEL, server_settings
+from testkit.edge import server_settings
+from testkit.repositories import ONNX_MODEL
 
 FRAMES = 60
 OUTAGE_S = 1.0
@@ -106,7 +107,7 @@ async def test_a_server_that_never_opens_the_stream_is_not_a_silent_stall() -> N
     import grpc
 
     from protos.edgefleet.v1 import frame_stream_pb2_grpc as pb_grpc
-    from tests.client.frames import photo_frames
+    from testkit.media import photo_frames
 
     class SilentServicer(pb_grpc.FrameStreamServiceServicer):  # type: ignore[misc]
         async def Stream(self, request_iterator, context):

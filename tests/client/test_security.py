@@ -21,9 +21,10 @@ from client.stream import (
 )
 from server.app import EdgeServer
 from server.tls import TlsConfigError
-from tests.client.conftest import Certificates, running_server
-from tests.client.frames import photo_frames
-from tests.conftest import EXPECTED_TOP1, ONNX_MODEL, server_settings
+from testkit.certificates import Certificates
+from testkit.edge import running_server, server_settings
+from testkit.media import EXPECTED_TOP1, photo_frames
+from testkit.repositories import ONNX_MODEL
 
 TOKEN = "camera-fleet-secret"
 # One attempt: a refused handshake must come back as an error at once, not a retry loop.
@@ -145,7 +146,7 @@ def test_bad_tls_files_are_named_before_serving(
 async def test_cli_reports_a_bad_token_as_unauthenticated(repository: Path) -> None:
     import sys
 
-    from tests.conftest import ROOT
+    from testkit.repositories import ROOT
 
     async with running_server(repository, auth_token=TOKEN) as server:
         process = await asyncio.create_subprocess_exec(

@@ -17,8 +17,8 @@ import pytest
 from client.frames import CapturedFrame, Encoding, encode_frame
 from client.sources import SourceError, open_source, paced, until_stopped
 from client.sources.pattern import TestPatternSource
-from tests.client.conftest import VIDEO_FRAMES
-from tests.conftest import ROOT, photo, png_bytes
+from testkit.media import VIDEO_FRAMES, photo, png_bytes
+from testkit.repositories import ROOT
 
 
 async def collect(source_spec: str, limit: int = 100) -> list[CapturedFrame]:

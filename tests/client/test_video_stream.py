@@ -12,8 +12,9 @@ import pytest
 from client.security import ChannelSecurity, open_channel
 from client.sources import open_source
 from client.stream import FrameResult, FrameStreamClient, OverloadPolicy, StreamConfig
-from tests.client.conftest import VIDEO_FPS, VIDEO_FRAMES, VIDEO_SCENES, running_server
-from tests.conftest import EXPECTED_TOP1, ONNX_MODEL, ROOT, photo, png_bytes
+from testkit.edge import running_server
+from testkit.media import EXPECTED_TOP1, VIDEO_FPS, VIDEO_FRAMES, VIDEO_SCENES, photo, png_bytes
+from testkit.repositories import ONNX_MODEL, ROOT
 
 
 def expected_scene(sequence: int) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from server.manifest import read_manifest
-from tests.export.helpers import SAMPLES, export_cli
+from testkit.export import SAMPLES, export_cli
 
 
 def test_benchmark_rows_for_every_runtime_at_batch_1_and_planned(tmp_path: Path) -> None:

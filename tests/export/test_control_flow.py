@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from server.manifest import read_manifest, verify_files
-from tests.export.helpers import SAMPLES, export_cli, snapshot
+from testkit.export import SAMPLES, export_cli, snapshot
 from tests.export.sample_modules.control_flow import GatedRecurrentHead, gated_recurrent_head
 
 FACTORY = f"{SAMPLES}.control_flow:gated_recurrent_head"

@@ -9,7 +9,7 @@ import onnxruntime
 import torch
 
 from server.manifest import read_manifest
-from tests.export.helpers import SAMPLES, export_cli, snapshot
+from testkit.export import SAMPLES, export_cli, snapshot
 from tests.export.sample_modules.segmenter import tiny_segmenter
 
 FACTORY = f"{SAMPLES}.segmenter:tiny_segmenter"

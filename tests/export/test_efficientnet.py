@@ -14,9 +14,11 @@ from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.app import EdgeServer
 from server.manifest import read_manifest, verify_files
 from server.vision.preprocess import to_model_input
-from tests.conftest import BUILT_MODELS, EXPECTED_TOP1, ONNX_MODEL, photo, server_settings
-from tests.export.helpers import export_cli
-from tests.server.kserve_helpers import bytes_elements, infer_request
+from testkit.edge import server_settings
+from testkit.export import export_cli
+from testkit.kserve import bytes_elements, infer_request
+from testkit.media import EXPECTED_TOP1, photo
+from testkit.repositories import BUILT_MODELS, ONNX_MODEL
 
 NAME = "lite0"
 ENTRIES = (NAME, f"{NAME}_torchscript")

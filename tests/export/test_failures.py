@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from server.manifest import read_manifest, verify_files
-from tests.export.helpers import SAMPLES, export_cli, snapshot
+from testkit.export import SAMPLES, export_cli, snapshot
 from tests.export.sample_modules.control_flow import TwoLayerHead
 
 CONTROL_FLOW = f"{SAMPLES}.control_flow:gated_recurrent_head"

@@ -7,7 +7,7 @@ from pathlib import Path
 from fleet.bundle import build_bundle, install_bundle
 from fleet.keys import TrustedKeys, generate_keypair, load_private_key
 from server.manifest import read_manifest, verify_files
-from tests.export.helpers import SAMPLES, export_cli
+from testkit.export import SAMPLES, export_cli
 
 
 def test_exported_entry_packages_signs_and_installs(tmp_path: Path) -> None:

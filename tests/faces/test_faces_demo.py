@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from testkit.repositories import ROOT
 
 
 def test_demo_prints_each_frames_faces_with_landmarks(built_models):

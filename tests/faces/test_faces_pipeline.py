@@ -14,16 +14,12 @@ import pytest
 from edgefleet.face_frames import frame_with_faces
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
-from tests.conftest import copy_model, jpeg_bytes, photo, running_server
+from testkit.edge import running_server
+from testkit.faces import copy_faces
+from testkit.media import jpeg_bytes, photo
 
-FACES = ("faces", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet")
 KEYPOINTS = ["left_eye", "right_eye", "nose", "mouth_left", "mouth_right"]
 ASTRONAUT_FACE = (175, 60, 270, 180)
-
-
-def copy_faces(built: Path, repo: Path) -> None:
-    for name in FACES:
-        copy_model(built, name, repo)
 
 
 @pytest.fixture

@@ -13,9 +13,10 @@ import numpy as np
 
 from client.overlay import BOX, POINT
 from edgefleet.face_frames import frame_with_faces, photo
-from tests.client.conftest import running_server
-from tests.conftest import ROOT, png_bytes
-from tests.faces.test_faces_pipeline import copy_faces
+from testkit.edge import running_server
+from testkit.faces import copy_faces
+from testkit.media import png_bytes
+from testkit.repositories import ROOT
 
 
 def distance(pixels: np.ndarray, x: float, y: float, colour: tuple[int, int, int]) -> int:

@@ -17,7 +17,7 @@ from server.vision.mtcnn import (
     pyramid_scales,
     square,
 )
-from tests.faces.helpers import OnnxNet
+from testkit.faces import OnnxNet
 
 # Where the astronaut's face is in skimage.data.astronaut() (512x512): the face from hairline to
 # chin and ear to ear, and the eyes, nose and mouth, read off the photo by eye.

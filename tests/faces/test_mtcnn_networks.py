@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from edgefleet.export.mtcnn import ONet, PNet, RNet
-from tests.faces.helpers import MODELS, onnx_path, weights_path
+from testkit.faces import MODELS, onnx_path, weights_path
 
 TOLERANCE = 1e-4
 

@@ -1,20 +1,19 @@
-"""Fleet fixtures: a real controller on loopback with its own CA and SQLite store, and three
-edge nodes with traffic."""
+"""Fleet fixtures: a real controller on loopback with its own CA and SQLite or PostgreSQL store,
+three edge nodes with traffic, and real nginx and PostgreSQL servers for the tests that need
+them. Helpers live in testkit/; this file holds fixtures only."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from fleet.controller.app import ControllerApp
-from fleet.controller.settings import ControllerSettings
 from fleet.ctl.client import AdminClient, AdminCredential
 from fleet.keys import generate_keypair
-from tests.fleet.harness import start_node, wait_for
-
-# Real nginx and PostgreSQL servers, for the tests that need them.
-from tests.fleet.services import nginx_factory, postgres_dsn, postgres_server  # noqa: F401
+from testkit.fleet import controller_settings, start_nodes
+from testkit.services import Nginx, Postgres, start_nginx, start_postgres
 
 
 @pytest.fixture
@@ -23,25 +22,8 @@ def signing_keys(tmp_path: Path) -> tuple[Path, Path]:
     return generate_keypair(tmp_path / "keys", "release")
 
 
-def controller_settings(data_dir: Path, trusted: Path, **overrides: object) -> ControllerSettings:
-    values: dict[str, object] = {
-        "data_dir": data_dir,
-        "port": 0,
-        "enroll_port": 0,
-        "metrics_port": -1,
-        "trusted_keys": (trusted,),
-        "telemetry_interval_s": 0.2,
-        # Offline after 2 s of silence: a loaded test machine can delay a 0.2 s sample.
-        "offline_after_intervals": 10,
-        "rollout_tick_s": 0.1,
-        "telemetry_flush_s": 0.2,
-        "shutdown_grace_s": 0.2,
-    }
-    values.update(overrides)
-    return ControllerSettings.model_validate(values)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
+# The PostgreSQL variant starts an external service: a system test.
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.system)])
 async def controller(
     request: pytest.FixtureRequest, tmp_path: Path, signing_keys: tuple[Path, Path]
 ):
@@ -69,14 +51,38 @@ async def admin(controller: ControllerApp):
 
 @pytest.fixture
 async def nodes(tmp_path, controller, admin, signing_keys):
-    started = []
-    for index in range(3):
-        node = await start_node(
-            f"cam-{index}", tmp_path / f"node{index}", controller, admin, (signing_keys[1],)
-        )
-        node.start_traffic()
-        started.append(node)
-    await wait_for(lambda: all(node.online() for node in started), 20, "agents online")
+    started = await start_nodes(tmp_path, 3, controller, admin, (signing_keys[1],))
     yield started
     for node in started:
         await node.stop()
+
+
+@pytest.fixture
+def nginx_factory(tmp_path: Path) -> Iterator[Callable[[dict[str, Path]], Nginx]]:
+    """`start(roots)` starts an nginx for this test; all are stopped afterwards."""
+    started: list[Nginx] = []
+
+    def start(roots: dict[str, Path]) -> Nginx:
+        server = start_nginx(tmp_path / f"nginx{len(started)}", roots)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    """One PostgreSQL server for the session (initdb takes seconds); tests take a database each."""
+    server = start_postgres()
+    try:
+        yield server
+    finally:
+        server.remove("immediate")
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: Postgres) -> str:
+    """The DSN of a fresh database on the session's PostgreSQL server (password included)."""
+    return postgres_server.dsn(postgres_server.create_database())

@@ -15,7 +15,7 @@ from fleet.bundle import build_bundle, install_bundle, verify_bundle
 from fleet.errors import BundleRejected
 from fleet.keys import TrustedKeys, generate_keypair, key_id, load_private_key
 from server.manifest import read_manifest, verify_files
-from tests.fleet.modelgen import build_model_dir
+from testkit.fleet_models import build_model_dir
 
 
 @pytest.fixture

@@ -16,11 +16,9 @@ from fleet.agent.sources import BundleSources
 from fleet.bundle import build_bundle, sha256_path, verify_bundle
 from fleet.keys import TrustedKeys, generate_keypair, load_private_key
 from protos.edgefleet.fleet.v1 import admin_pb2
-from tests.fleet.harness import MODEL, rollout_state, start_node, wait_for
-from tests.fleet.modelgen import build_model_dir
-from tests.fleet.services import free_port
-
-STATE = admin_pb2.RolloutState
+from testkit.fleet import MODEL, STATE, rollout_state, start_nodes, wait_for
+from testkit.fleet_models import build_model_dir
+from testkit.processes import free_port
 
 
 @pytest.fixture
@@ -90,7 +88,7 @@ async def test_agents_install_from_the_origin_the_controller_publishes_to(
 ):
     from fleet.controller.app import ControllerApp
     from fleet.ctl.client import AdminClient, AdminCredential
-    from tests.fleet.conftest import controller_settings
+    from testkit.fleet import controller_settings
 
     origin = tmp_path / "origin"
     (tmp_path / "bad").mkdir()
@@ -114,13 +112,10 @@ async def test_agents_install_from_the_origin_the_controller_publishes_to(
             tampered[600] ^= 1  # inside the signed index
             _serve(tmp_path / "bad", sha256, bytes(tampered))
             web = nginx_factory({"mirror": tmp_path / "bad", "origin": origin})
-            for index in range(2):
-                node = await start_node(
-                    f"cam-{index}", tmp_path / f"node{index}", app, admin, (signing_keys[1],),
-                    bundle_sources=(web.url("mirror"), web.url("origin")),
-                )  # fmt: skip
-                nodes.append(node)
-            await wait_for(lambda: all(node.online() for node in nodes), 20, "agents online")
+            nodes = await start_nodes(
+                tmp_path, 2, app, admin, (signing_keys[1],), traffic=False,
+                bundle_sources=(web.url("mirror"), web.url("origin")),
+            )  # fmt: skip
             created = await admin.stub.CreateRollout(
                 admin_pb2.CreateRolloutRequest(
                     bundle_sha256=sha256, selector={"site": "lobby"}, steps=[100], bake_s=0.1,

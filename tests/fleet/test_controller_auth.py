@@ -103,7 +103,7 @@ async def test_agent_with_a_certificate_from_another_ca_is_refused(controller, t
 
 
 async def test_removed_device_is_cut_off_and_refused(tmp_path, controller, admin, signing_keys):
-    from tests.fleet.harness import start_node, wait_for
+    from testkit.fleet import start_node, wait_for
 
     node = await start_node("cam-5", tmp_path / "node", controller, admin, (signing_keys[1],))
     try:

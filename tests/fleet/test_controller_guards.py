@@ -15,9 +15,18 @@ import pytest
 from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
 from protos.edgefleet.fleet.v1 import admin_pb2
-from tests.fleet.conftest import controller_settings
-from tests.fleet.harness import MODEL, rollout_state, start_node, wait_for
-from tests.fleet.test_rollout import STATE, finished, rollout_request, upload
+from testkit.fleet import (
+    MODEL,
+    STATE,
+    controller_settings,
+    finished,
+    rollout_request,
+    rollout_state,
+    start_node,
+    start_nodes,
+    upload,
+    wait_for,
+)
 
 
 async def _state(admin, rollout_id: str, state: int):
@@ -34,12 +43,8 @@ async def _desired(admin, device_id: str) -> tuple[str, str]:
 async def test_pins_win_and_superseded_rollouts_cannot_roll_back(
     tmp_path, controller, admin, signing_keys
 ):
-    nodes = [
-        await start_node(f"cam-{i}", tmp_path / f"n{i}", controller, admin, (signing_keys[1],))
-        for i in range(2)
-    ]
+    nodes = await start_nodes(tmp_path, 2, controller, admin, (signing_keys[1],), traffic=False)
     try:
-        await wait_for(lambda: all(n.online() for n in nodes), 20, "agents online")
         by_id = {node.name: node for node in nodes}
         # pin validates: an unknown model, a version without a bundle that the device lacks.
         for model, version in (("nope", "1"), (MODEL, "7")):

@@ -14,15 +14,15 @@ import aiohttp
 from fleet.bundle import build_bundle
 from fleet.keys import load_private_key
 from protos.edgefleet.fleet.v1 import admin_pb2
-from tests.fleet.harness import MODEL, rollout_state, start_node, wait_for
-from tests.fleet.modelgen import build_model_dir
-from tests.fleet.services import chromium
+from testkit.fleet import MODEL, rollout_state, start_nodes, wait_for
+from testkit.fleet_models import build_model_dir
+from testkit.services import chromium
 
 
 async def test_dashboard_in_chromium_during_a_rollout(tmp_path, signing_keys):
     from fleet.controller.app import ControllerApp
     from fleet.ctl.client import AdminClient, AdminCredential
-    from tests.fleet.conftest import controller_settings
+    from testkit.fleet import controller_settings
 
     app = ControllerApp(
         controller_settings(tmp_path / "controller", signing_keys[1].parent, dashboard_port=0)
@@ -49,13 +49,9 @@ async def test_dashboard_in_chromium_during_a_rollout(tmp_path, signing_keys):
 
         credential = AdminCredential.load(app.admin_credential_path)
         async with AdminClient.connect(credential, f"127.0.0.1:{app.port}") as admin:
-            for index in range(3):
-                node = await start_node(
-                    f"cam-{index}", tmp_path / f"n{index}", app, admin, (signing_keys[1],)
-                )
-                node.start_traffic()
-                nodes.append(node)
-            await wait_for(lambda: all(n.online() for n in nodes), 30, "agents online")
+            nodes = await start_nodes(
+                tmp_path, 3, app, admin, (signing_keys[1],), online_within_s=30
+            )
             source = build_model_dir(tmp_path / "build", MODEL, "1")
             bundle = build_bundle(source, MODEL, "2", load_private_key(signing_keys[0]), tmp_path)
             uploaded = await admin.upload_bundle(bundle)

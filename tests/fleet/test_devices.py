@@ -16,31 +16,13 @@ import grpc
 import pytest
 
 from fleet.agent.local_state import STATE_FILE, quarantined_copies
-from fleet.bundle import build_bundle
 from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
-from fleet.keys import load_private_key
 from protos.edgefleet.fleet.v1 import admin_pb2
 from server.manifest import hash_directory, read_manifest, write_manifest
-from tests.fleet.conftest import controller_settings
-from tests.fleet.harness import MODEL, rollout_state, wait_for
-from tests.fleet.modelgen import build_model_dir
-from tests.fleet.serve_process import ServeProcess
-
-STATE = admin_pb2.RolloutState
-
-
-def _bundle(tmp_path, signing_key, version: str, *, seed: str = "1", broken: bool = False):
-    """A signed bundle of MODEL `version`; `seed` picks the weights, `broken` makes model.onnx
-    random bytes under valid hashes (it installs, then fails to load)."""
-    source = build_model_dir(tmp_path / f"build-{version}-{seed}-{broken}", MODEL, seed)
-    if broken:
-        (source / "model.onnx").write_bytes(os.urandom(4096))
-        manifest = read_manifest(source)
-        write_manifest(source, manifest.model_copy(update={"files": hash_directory(source)}))
-    out = tmp_path / f"out-{version}-{seed}-{broken}"
-    out.mkdir()
-    return build_bundle(source, MODEL, version, load_private_key(signing_key), out)
+from testkit.fleet import MODEL, STATE, controller_settings, rollout_state, signed_bundle, wait_for
+from testkit.fleet_models import build_model_dir
+from testkit.fleet_processes import ServeProcess
 
 
 async def _device(admin: AdminClient, device_id: str) -> admin_pb2.Device | None:
@@ -111,10 +93,10 @@ async def test_rolled_back_version_is_quarantined_and_never_booted(tmp_path, sig
     await node.start()
     await wait_for(lambda: _device(admin, "cam-a"), 60, "device online", describe=node.log)
     await _deploy(
-        admin, node, await admin.upload_bundle(_bundle(tmp_path, signing_keys[0], "2")), "2"
+        admin, node, await admin.upload_bundle(signed_bundle(tmp_path, signing_keys[0], "2")), "2"
     )
 
-    bad = await admin.upload_bundle(_bundle(tmp_path, signing_keys[0], "3", seed="3"))
+    bad = await admin.upload_bundle(signed_bundle(tmp_path, signing_keys[0], "3", seed="3"))
     rollout_id = await _rollout(admin, bad, bake_s=120)
     await wait_for(lambda: _serves(node, "3"), 60, "3 serving", describe=node.log)
     await admin.stub.AbortRollout(
@@ -145,7 +127,7 @@ async def test_rolled_back_version_is_quarantined_and_never_booted(tmp_path, sig
     )
     await wait_for(lambda: _device(admin, "cam-a"), 60, "device back", describe=node.log)
     for version in ("4", "5"):
-        bundle = _bundle(tmp_path, signing_keys[0], version, seed=version)
+        bundle = signed_bundle(tmp_path, signing_keys[0], version, seed=version)
         await _deploy(admin, node, await admin.upload_bundle(bundle), version)
     await wait_for(lambda: node.versions_on_disk() == ["2", "4", "5"], 10, "cleanup",
                    describe=node.versions_on_disk)  # fmt: skip
@@ -159,7 +141,7 @@ async def test_a_version_that_fails_to_load_never_stops_serve(tmp_path, signing_
     node.extra = ["--model", MODEL]  # an operator-named model: before, a bad version was fatal
     await node.start()
     await wait_for(lambda: _device(admin, "cam-a"), 60, "device online", describe=node.log)
-    broken = await admin.upload_bundle(_bundle(tmp_path, signing_keys[0], "9", broken=True))
+    broken = await admin.upload_bundle(signed_bundle(tmp_path, signing_keys[0], "9", broken=True))
     rollout_id = await _rollout(admin, broken, bake_s=0.2)
 
     async def rolled_back():
@@ -199,10 +181,10 @@ async def test_versions_are_immutable_by_bundle_digest(tmp_path, signing_keys, f
     await node.start()
     await wait_for(lambda: _device(admin, "cam-a"), 60, "device online", describe=node.log)
 
-    path = _bundle(tmp_path, signing_keys[0], "2", seed="5")
+    path = signed_bundle(tmp_path, signing_keys[0], "2", seed="5")
     bundle = await admin.upload_bundle(path)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
-        await admin.upload_bundle(_bundle(tmp_path, signing_keys[0], "2", seed="6"))
+        await admin.upload_bundle(signed_bundle(tmp_path, signing_keys[0], "2", seed="6"))
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "immutable" in (refused.value.details() or "")
     again = await admin.upload_bundle(path)

@@ -20,10 +20,9 @@ from protos.inference import grpc_service_pb2 as kserve
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.app import EdgeServer
 from server.settings import ServerSettings
-from tests.fleet.harness import MODEL, wait_for
-from tests.fleet.modelgen import FEATURES, build_poisoned_model_dir
-from tests.fleet.test_rollout import STATE, finished, rollout_request
-from tests.server.camera import camera, collect
+from testkit.camera import camera, collect
+from testkit.fleet import MODEL, STATE, finished, rollout_request, wait_for
+from testkit.fleet_models import FEATURES, build_poisoned_model_dir
 
 
 def _request(model: str) -> kserve.ModelInferRequest:

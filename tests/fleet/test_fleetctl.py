@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,23 +10,9 @@ from typing import Any
 from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
 from protos.edgefleet.fleet.v1 import admin_pb2
-from tests.fleet.conftest import controller_settings
-from tests.fleet.harness import rollout_state, wait_for
-from tests.fleet.modelgen import build_model_dir
-from tests.fleet.serve_process import ServeProcess
-
-FLEETCTL = [sys.executable, "-m", "fleet.ctl.cli"]
-
-
-async def fleetctl(*args: str, credential: Path | None = None) -> tuple[int, str, str]:
-    extra = ["--credential", str(credential)] if credential else []
-    process = await asyncio.create_subprocess_exec(
-        *FLEETCTL, *args, *extra,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+from testkit.fleet import controller_settings, rollout_state, wait_for
+from testkit.fleet_models import build_model_dir
+from testkit.fleet_processes import ServeProcess, fleetctl
 
 
 async def test_keys_package_enroll_and_listings_in_json(tmp_path, controller, admin):

@@ -9,14 +9,14 @@ import json
 import re
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fleet.harness import start_node, wait_for
+from testkit.fleet import start_node, wait_for
+from testkit.repositories import ROOT
 
-DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "edgefleet.json"
+DASHBOARD = ROOT / "deploy" / "grafana" / "edgefleet.json"
 # PromQL functions and keywords are not metrics; every edgefleet metric starts with the prefix.
 METRIC = re.compile(r"\bedgefleet_[a-z0-9_]+\b")
 
@@ -81,7 +81,7 @@ def test_dashboard_is_valid_grafana_json():
 async def test_every_dashboard_metric_is_on_a_real_metrics_endpoint(tmp_path, signing_keys):
     from fleet.controller.app import ControllerApp
     from fleet.ctl.client import AdminClient, AdminCredential
-    from tests.fleet.conftest import controller_settings
+    from testkit.fleet import controller_settings
 
     dashboard = json.loads(DASHBOARD.read_text())
     wanted = {

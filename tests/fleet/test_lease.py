@@ -3,9 +3,7 @@ and a leader paused past its lease (SIGSTOP, then SIGCONT) that cannot write aft
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
 import time
 
@@ -15,6 +13,7 @@ import pytest
 from fleet.controller.store.pg_lease import acquire, fenced, holder_of, release
 from fleet.controller.store.pg_migrations import migrate
 from fleet.controller.store.protocol import LeaseLost
+from testkit.processes import spawn
 
 TTL_S = 1.0
 
@@ -52,19 +51,19 @@ def test_one_holder_at_a_time_and_takeover_after_expiry(database):
     assert rows == [("a", 1)]
 
 
-def test_a_leader_paused_past_its_lease_cannot_write_after_it_resumes(database):
-    leader = subprocess.Popen(
-        [sys.executable, "-m", "tests.fleet.lease_holder", database, "rollouts", "replica-a",
-         str(TTL_S)],
-        stdout=subprocess.PIPE, text=True,
+def test_a_leader_paused_past_its_lease_cannot_write_after_it_resumes(database, tmp_path):
+    leader = spawn(
+        [sys.executable, "-m", "testkit.programs.lease_holder", database, "rollouts",
+         "replica-a", str(TTL_S)],
+        tmp_path / "leader.log",
     )  # fmt: skip
     try:
         with psycopg.connect(database, autocommit=True) as b:
             deadline = time.monotonic() + 30
             while not b.execute("SELECT count(*) FROM fenced_writes").fetchone()[0]:  # type: ignore[index]
-                assert leader.poll() is None and time.monotonic() < deadline
+                assert leader.running and time.monotonic() < deadline, leader.log()
                 time.sleep(0.05)
-            os.kill(leader.pid, signal.SIGSTOP)
+            leader.signal(signal.SIGSTOP)
             stopped_at = time.monotonic()
             token = None
             while token is None:  # B takes over once A's lease expires
@@ -77,7 +76,7 @@ def test_a_leader_paused_past_its_lease_cannot_write_after_it_resumes(database):
             taken_at = row[0]
             with fenced(b, "rollouts", "replica-b", token) as transaction:
                 transaction.execute("INSERT INTO fenced_writes (holder, token) VALUES ('b', 2)")
-            os.kill(leader.pid, signal.SIGCONT)
+            leader.signal(signal.SIGCONT)
             assert leader.wait(30) == 3, "the old leader must stop on waking"
             late = b.execute(
                 "SELECT count(*) FROM fenced_writes WHERE holder = 'replica-a' AND at >= %s",
@@ -86,8 +85,6 @@ def test_a_leader_paused_past_its_lease_cannot_write_after_it_resumes(database):
             assert late == (0,), "the old leader wrote after losing its lease"
             assert holder_of(b, "rollouts") == ("replica-b", 2)
     finally:
-        if leader.poll() is None:
-            os.kill(leader.pid, signal.SIGCONT)
-            leader.kill()
-        output = leader.communicate(timeout=30)[0]
-    assert "lease lost" in output
+        leader.signal(signal.SIGCONT)
+        leader.kill()
+    assert "lease lost" in leader.log()

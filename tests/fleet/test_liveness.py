@@ -16,11 +16,9 @@ import pytest
 from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
 from protos.edgefleet.fleet.v1 import admin_pb2
-from tests.fleet.conftest import controller_settings
-from tests.fleet.harness import MODEL, wait_for
-from tests.fleet.modelgen import build_model_dir
-from tests.fleet.serve_process import ServeProcess
-from tests.fleet.test_fleetctl import fleetctl
+from testkit.fleet import MODEL, controller_settings, wait_for
+from testkit.fleet_models import build_model_dir
+from testkit.fleet_processes import ServeProcess, fleetctl
 
 LIMIT = 3 * 1024 * 1024
 

@@ -12,8 +12,7 @@ import psycopg
 from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
 from protos.edgefleet.fleet.v1 import admin_pb2
-from tests.fleet.conftest import controller_settings
-from tests.fleet.harness import start_node, wait_for
+from testkit.fleet import controller_settings, start_nodes, wait_for
 
 OUTAGE_S = 10.0
 
@@ -41,13 +40,9 @@ async def test_postgresql_down_for_ten_seconds(tmp_path, signing_keys, postgres_
     try:
         credential = AdminCredential.load(app.admin_credential_path)
         async with AdminClient.connect(credential, f"127.0.0.1:{app.port}") as admin:
-            for index in range(2):
-                node = await start_node(
-                    f"cam-{index}", tmp_path / f"n{index}", app, admin, (signing_keys[1],)
-                )
-                node.start_traffic()
-                nodes.append(node)
-            await wait_for(lambda: all(n.online() for n in nodes), 30, "agents online")
+            nodes = await start_nodes(
+                tmp_path, 2, app, admin, (signing_keys[1],), online_within_s=30
+            )
             await wait_for(lambda: _telemetry_rows(dsn) > 0, 30, "telemetry in PostgreSQL")
 
             await asyncio.to_thread(postgres_server.stop, "immediate")

@@ -27,12 +27,19 @@ from fleet.ctl.client import AdminClient, AdminCredential
 from protos.edgefleet.fleet.v1 import admin_pb2
 from protos.inference import grpc_service_pb2 as kserve
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
-from tests.fleet.conftest import controller_settings
-from tests.fleet.harness import MODEL, rollout_state, start_node, wait_for
-from tests.fleet.modelgen import FEATURES, build_model_dir
-from tests.fleet.replicas import start_replica
-from tests.fleet.serve_process import ServeProcess
-from tests.fleet.test_rollout import STATE, finished, rollout_request, upload
+from testkit.fleet import (
+    MODEL,
+    STATE,
+    controller_settings,
+    finished,
+    rollout_request,
+    rollout_state,
+    start_node,
+    upload,
+    wait_for,
+)
+from testkit.fleet_models import FEATURES, build_model_dir
+from testkit.fleet_processes import ServeProcess, start_replica
 
 LEASE_TTL_S = 3.0
 
@@ -130,7 +137,7 @@ async def test_killing_the_driving_replica_mid_wave_hands_the_rollout_over(
 
             await wait_for(in_wave_one, 90, "wave 0 to pass")
             # Mid-wave 1: the driving replica dies without a word.
-            await replicas[leader[0]].kill()
+            replicas[leader[0]].kill()
             killed_at = time.monotonic()
             taken = await wait_for(
                 lambda: (lease := _lease(dsn, rollout_id)) and lease[0] == survivor.name and lease,
@@ -197,7 +204,7 @@ async def test_killing_the_driving_replica_mid_wave_hands_the_rollout_over(
         for node in nodes:
             await node.stop()
         for replica in replicas.values():
-            await replica.stop()
+            await asyncio.to_thread(replica.stop)
 
 
 def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

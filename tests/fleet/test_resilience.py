@@ -13,12 +13,19 @@ from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
 from fleet.keys import generate_keypair, load_private_key
 from protos.edgefleet.fleet.v1 import admin_pb2
-from tests.fleet.conftest import controller_settings
-from tests.fleet.harness import MODEL, rollout_state, start_node, wait_for
-from tests.fleet.modelgen import build_model_dir
-from tests.fleet.test_rollout import LENIENT_GATES, finished, rollout_request
-
-STATE = admin_pb2.RolloutState
+from testkit.fleet import (
+    LENIENT_GATES,
+    MODEL,
+    STATE,
+    controller_settings,
+    finished,
+    rollout_request,
+    rollout_state,
+    start_node,
+    start_nodes,
+    wait_for,
+)
+from testkit.fleet_models import build_model_dir
 
 
 async def _bundle(tmp_path, signing_key, version: str, padding_bytes: int = 0):
@@ -78,13 +85,7 @@ async def test_controller_restart_mid_rollout_resumes_where_it_was(tmp_path, sig
     nodes = []
     admin = AdminClient.connect(credential, f"127.0.0.1:{first.port}")
     try:
-        for index in range(3):
-            node = await start_node(
-                f"cam-{index}", tmp_path / f"n{index}", first, admin, (signing_keys[1],)
-            )
-            node.start_traffic()
-            nodes.append(node)
-        await wait_for(lambda: all(n.online() for n in nodes), 20, "agents online")
+        nodes = await start_nodes(tmp_path, 3, first, admin, (signing_keys[1],))
         uploaded = await admin.upload_bundle(await _bundle(tmp_path, signing_keys[0], "2"))
         created = await admin.stub.CreateRollout(
             rollout_request(uploaded, bake_s=2.0, gates=LENIENT_GATES)
@@ -128,13 +129,7 @@ async def test_device_offline_during_abort_rolls_back_when_it_returns(
 ):
     nodes = []
     try:
-        for index in range(3):
-            node = await start_node(
-                f"cam-{index}", tmp_path / f"n{index}", controller, admin, (signing_keys[1],)
-            )
-            node.start_traffic()
-            nodes.append(node)
-        await wait_for(lambda: all(n.online() for n in nodes), 20, "agents online")
+        nodes = await start_nodes(tmp_path, 3, controller, admin, (signing_keys[1],))
         uploaded = await admin.upload_bundle(await _bundle(tmp_path, signing_keys[0], "2"))
         created = await admin.stub.CreateRollout(
             rollout_request(uploaded, bake_s=30.0, gates=LENIENT_GATES)

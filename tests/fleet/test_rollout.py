@@ -7,52 +7,22 @@ import asyncio
 
 import pytest
 
-from fleet.bundle import build_bundle
-from fleet.keys import load_private_key
 from protos.edgefleet.fleet.v1 import admin_pb2
-from tests.fleet.harness import MODEL, rollout_state, wait_for
-from tests.fleet.modelgen import build_model_dir
+from testkit.fleet import (
+    LAST,
+    LENIENT_GATES,
+    MODEL,
+    STATE,
+    finished,
+    rollout_request,
+    rollout_state,
+    upload,
+    wait_for,
+)
 
-STATE = admin_pb2.RolloutState
 # ~20 ms more work per frame than the 1-layer model: measurably slower even on a busy CPU
 # where the fast model's p95 is itself several milliseconds of scheduling noise.
 SLOW_LAYERS = 2500
-# Same-speed versions on a shared CPU differ by noise: the pass gates leave room for it.
-LENIENT_GATES = ["p95_latency_ms <= 3*baseline + 10", "error_rate < 0.01", "fps >= 0.3*baseline"]
-
-
-async def upload(admin, tmp_path, signing_keys, version: str, slow_layers: int = 0):
-    source = build_model_dir(tmp_path / f"build{version}", MODEL, "1", slow_layers=slow_layers)
-    bundle = build_bundle(source, MODEL, version, load_private_key(signing_keys[0]), tmp_path)
-    return await admin.upload_bundle(bundle)
-
-
-def rollout_request(bundle, **overrides) -> admin_pb2.CreateRolloutRequest:
-    values = {
-        "bundle_sha256": bundle.bundle_sha256,
-        "selector": {"site": "lobby"},
-        "steps": [33, 66, 100],
-        "bake_s": 1.5,
-        "gates": [
-            "p95_latency_ms <= 1.5*baseline + 1",
-            "error_rate < 0.01",
-            "fps >= 0.5*baseline",
-        ],
-        "min_devices": 1,
-        "min_requests": 5,
-        "install_timeout_s": 20,
-    }
-    values.update(overrides)
-    return admin_pb2.CreateRolloutRequest(**values)
-
-
-LAST: dict[str, admin_pb2.Rollout] = {}
-
-
-async def finished(admin, rollout_id: str) -> admin_pb2.Rollout | None:
-    rollout = LAST[rollout_id] = await rollout_state(admin, rollout_id)
-    done = (STATE.ROLLOUT_STATE_SUCCEEDED, STATE.ROLLOUT_STATE_ROLLED_BACK)
-    return rollout if rollout.state in done else None
 
 
 async def test_canary_pass_promotes_through_every_wave(tmp_path, admin, nodes, signing_keys):

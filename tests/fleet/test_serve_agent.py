@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import sys
 
 from protos.edgefleet.fleet.v1 import admin_pb2
-from tests.fleet.harness import wait_for
-from tests.fleet.modelgen import build_model_dir
+from testkit.edge import serve_command
+from testkit.fleet import wait_for
+from testkit.fleet_models import build_model_dir
+from testkit.processes import spawn
 
 
 async def test_serve_with_controller_enrolls_and_reports(tmp_path, controller, admin, signing_keys):
@@ -16,25 +16,25 @@ async def test_serve_with_controller_enrolls_and_reports(tmp_path, controller, a
     token = await admin.stub.CreateEnrollmentToken(
         admin_pb2.CreateEnrollmentTokenRequest(labels={"site": "dock"})
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edgefleet.cli", "serve",
-        "--repository", str(tmp_path / "repo"), "--port", "0", "--metrics-port", "-1",
-        "--http-port", "-1",
-        "--planner", "manifest",
-        "--controller", f"127.0.0.1:{controller.port}",
-        "--enroll-address", f"127.0.0.1:{controller.enroll_port}",
-        "--controller-ca", str(controller.settings.data_dir / "pki" / "ca.pem"),
-        "--enroll-token", token.token, "--device-id", "dock-cam",
-        "--agent-state", str(tmp_path / "agent"), "--trusted-key", str(signing_keys[1]),
-        "--label", "rack=7",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    process = spawn(
+        serve_command(
+            "--repository", str(tmp_path / "repo"), "--port", "0", "--metrics-port", "-1",
+            "--http-port", "-1",
+            "--planner", "manifest",
+            "--controller", f"127.0.0.1:{controller.port}",
+            "--enroll-address", f"127.0.0.1:{controller.enroll_port}",
+            "--controller-ca", str(controller.settings.data_dir / "pki" / "ca.pem"),
+            "--enroll-token", token.token, "--device-id", "dock-cam",
+            "--agent-state", str(tmp_path / "agent"), "--trusted-key", str(signing_keys[1]),
+            "--label", "rack=7",
+        ),
+        tmp_path / "serve.log", stdout_to_log=False,
     )  # fmt: skip
     try:
 
         async def reported():
-            if process.returncode is not None:
-                stderr = await process.stderr.read()  # type: ignore[union-attr]
-                raise AssertionError(f"serve exited early: {stderr.decode()[-600:]}")
+            if not process.running:
+                raise AssertionError(f"serve exited early: {process.log_tail(600)}")
             listed = await admin.stub.ListDevices(admin_pb2.ListDevicesRequest())
             return [
                 device
@@ -47,7 +47,5 @@ async def test_serve_with_controller_enrolls_and_reports(tmp_path, controller, a
         assert dict(device.labels) == {"site": "dock", "rack": "7"}
         assert device.agent_version
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0, stderr.decode()[-2000:]
+        returncode = await asyncio.to_thread(process.stop, 30)
+    assert returncode == 0, process.log_tail(2000)

@@ -8,9 +8,7 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import psycopg
@@ -31,6 +29,8 @@ from fleet.controller.store.records import (
 )
 from fleet.controller.store.sqlite import SqliteStore
 from fleet.errors import PermissionDenied
+from testkit.fleet_processes import start_controller
+from testkit.processes import EDGEFLEET
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -251,31 +251,18 @@ def test_the_store_reconnects_after_postgresql_restarts(postgres_server):
         store.close()
 
 
-EDGEFLEET = [sys.executable, "-m", "edgefleet.cli"]
-
-
 def test_edgefleet_controller_runs_on_postgresql_and_never_logs_the_password(
     tmp_path, postgres_server
 ):
     database = postgres_server.create_database()
     address = postgres_server.dsn(database, with_password=False)
     environment = {**os.environ, "EDGEFLEET_CONTROLLER_STORE_PASSWORD": postgres_server.password}
-    command = [*EDGEFLEET, "controller", "--data", str(tmp_path / "data"), "--store", address,
-               "--port", "0", "--enroll-port", "0", "--metrics-port", "-1",
-               "--log-level", "DEBUG"]  # fmt: skip
-    process = subprocess.Popen(
-        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
-    try:
-        credential = tmp_path / "data" / "admin-credential.json"
-        deadline = time.monotonic() + 60
-        while not credential.exists():
-            assert process.poll() is None, process.stdout.read().decode()  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "controller did not start"
-            time.sleep(0.1)
-    finally:
-        process.terminate()
-        output = process.communicate(timeout=30)[0].decode()
+    controller = start_controller(
+        tmp_path / "data", "--store", address, "--port", "0", "--enroll-port", "0",
+        "--metrics-port", "-1", "--log-level", "DEBUG", env=environment, stdout_to_log=True,
+    )  # fmt: skip
+    controller.stop(30)
+    output = controller.log()
     assert f"store {address}" in output
     assert postgres_server.password not in output
     with _connect(postgres_server.dsn(database)) as connection:
@@ -283,7 +270,8 @@ def test_edgefleet_controller_runs_on_postgresql_and_never_logs_the_password(
         assert row is not None and row[0] == LATEST
     # A password inside the address is refused, and the refusal does not repeat it.
     refused = subprocess.run(
-        [*command[:6], "--store", "postgresql://edgefleet:hunter2-secret@127.0.0.1:1/x"],
+        [*EDGEFLEET, "controller", "--data", str(tmp_path / "data"),
+         "--store", "postgresql://edgefleet:hunter2-secret@127.0.0.1:1/x"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert refused.returncode == 2

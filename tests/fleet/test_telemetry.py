@@ -11,8 +11,7 @@ from fleet.agent.spool import TelemetrySpool
 from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
 from protos.edgefleet.fleet.v1 import admin_pb2
-from tests.fleet.conftest import controller_settings
-from tests.fleet.harness import start_node, wait_for
+from testkit.fleet import controller_settings, start_node, wait_for
 
 
 def test_spool_is_bounded_counts_drops_and_survives_a_restart(tmp_path):

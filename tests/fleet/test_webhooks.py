@@ -22,13 +22,9 @@ from fleet.controller.store.records import RolloutRecord, RolloutSpec, RolloutSt
 from fleet.controller.webhooks import WebhookSender, rollout_event
 from fleet.ctl.client import AdminClient, AdminCredential
 from protos.edgefleet.fleet.v1 import admin_pb2
-from tests.fleet.conftest import controller_settings
-from tests.fleet.harness import MODEL, rollout_state, wait_for
-from tests.fleet.modelgen import build_model_dir
-from tests.fleet.serve_process import ServeProcess
-from tests.fleet.test_devices import _bundle
-
-STATE = admin_pb2.RolloutState
+from testkit.fleet import MODEL, STATE, controller_settings, rollout_state, signed_bundle, wait_for
+from testkit.fleet_models import build_model_dir
+from testkit.fleet_processes import ServeProcess
 
 
 @dataclass
@@ -119,7 +115,7 @@ async def test_decisions_reach_log_audit_metrics_and_webhooks(tmp_path, signing_
         await wait_for(online, 60, "cam-w online", describe=node.log)
 
         # 1. No traffic: the wave cannot be judged, the rollout pauses; the operator promotes.
-        v2 = await admin.upload_bundle(_bundle(tmp_path, signing_keys[0], "2", seed="2"))
+        v2 = await admin.upload_bundle(signed_bundle(tmp_path, signing_keys[0], "2", seed="2"))
         created = await admin.stub.CreateRollout(
             admin_pb2.CreateRolloutRequest(
                 bundle_sha256=v2.bundle_sha256, steps=[100], bake_s=0.3, min_devices=1,
@@ -137,7 +133,7 @@ async def test_decisions_reach_log_audit_metrics_and_webhooks(tmp_path, signing_
         await admin.stub.PromoteRollout(admin_pb2.PromoteRolloutRequest(rollout_id=first))
 
         # 2. A version that installs but cannot load: the controller rolls back on its own.
-        v3 = await admin.upload_bundle(_bundle(tmp_path, signing_keys[0], "3", broken=True))
+        v3 = await admin.upload_bundle(signed_bundle(tmp_path, signing_keys[0], "3", broken=True))
         created = await admin.stub.CreateRollout(
             admin_pb2.CreateRolloutRequest(
                 bundle_sha256=v3.bundle_sha256, steps=[100], bake_s=0.3, min_devices=1,
@@ -251,7 +247,7 @@ async def test_a_slow_receiver_never_holds_up_the_controller_and_its_queue_is_bo
 async def test_a_webhook_must_be_an_http_url(tmp_path, controller, admin, signing_keys, url):
     import grpc
 
-    v2 = await admin.upload_bundle(_bundle(tmp_path, signing_keys[0], "2", seed="2"))
+    v2 = await admin.upload_bundle(signed_bundle(tmp_path, signing_keys[0], "2", seed="2"))
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await admin.stub.CreateRollout(
             admin_pb2.CreateRolloutRequest(

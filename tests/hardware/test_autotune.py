@@ -9,8 +9,8 @@ from server.hardware.autotune import Measurement, autotune, pick_best
 from server.hardware.planner import HardwarePlanner
 from server.hardware.policy import PlannerSettings
 from server.manifest import RuntimePins, read_manifest
-from tests.conftest import copy_model
-from tests.hardware.test_profiles import load_profile
+from testkit.hardware import load_profile
+from testkit.repositories import copy_model
 
 # fp32 pinned: these tests are about autotune, not quantization.
 FP32 = RuntimePins(precision="fp32")

@@ -28,11 +28,13 @@ from server.hardware.planner import HardwarePlanner
 from server.hardware.policy import PlannerSettings
 from server.manifest import read_manifest
 from server.vision.preprocess import to_model_input
-from tests.conftest import EXPECTED_TOP1, ONNX_MODEL, photo, server_settings
-from tests.hardware.test_profiles import load_profile
-from tests.hardware.tiny_models import write_classifier
-from tests.server.camera import camera
-from tests.server.kserve_helpers import infer_request, output_array
+from testkit.camera import camera
+from testkit.edge import server_settings
+from testkit.hardware import load_profile
+from testkit.kserve import infer_request, output_array
+from testkit.media import EXPECTED_TOP1, photo
+from testkit.repositories import ONNX_MODEL
+from testkit.tiny_models import write_classifier
 
 
 def background_planner(tmp_path: Path) -> HardwarePlanner:

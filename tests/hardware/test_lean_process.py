@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
-from tests.conftest import ONNX_MODEL, ROOT
-from tests.server.kserve_helpers import infer_request, output_array
+from testkit.kserve import infer_request, output_array
+from testkit.processes import spawn
+from testkit.repositories import ONNX_MODEL
 
 # Never loaded while serving an ONNX model: conversion tooling lives in the child only.
 ABSENT = ("onnx", "onnxruntime.quantization", "torch", "skimage", "sympy", "rich", "scipy")
@@ -27,30 +26,24 @@ ABSENT = ("onnx", "onnxruntime.quantization", "torch", "skimage", "sympy", "rich
 def test_serving_process_holds_no_conversion_tooling(repository: Path, tmp_path: Path) -> None:
     report, go, port_file = tmp_path / "report.json", tmp_path / "go", tmp_path / "port"
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "tests.hardware.lean_serve", str(report), str(go), "--",
+    process = spawn(
+        [sys.executable, "-m", "testkit.programs.lean_serve", str(report), str(go), "--",
          "--repository", str(repository), "--port", "0", "--metrics-port", "-1",
          "--port-file", str(port_file)],
-        cwd=ROOT, env=env, stderr=subprocess.PIPE,
+        tmp_path / "serve.log", env=env, stdout_to_log=False,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        while not (port_file.exists() and port_file.read_text().strip()):
-            assert process.poll() is None, process.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
-            assert time.monotonic() < deadline, "the server never started"
-            time.sleep(0.1)
-        with grpc.insecure_channel(f"127.0.0.1:{port_file.read_text().strip()}") as channel:
+        port = process.wait_for_port_file(port_file, 120, poll_s=0.1)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = kserve_grpc.GRPCInferenceServiceStub(channel)
             frame = np.zeros((1, 3, 224, 224), np.float32)
             response = stub.ModelInfer(infer_request(ONNX_MODEL, frame))
             assert output_array(response).shape == (1, 1000)
         go.touch()
-        _, stderr = process.communicate(timeout=60)
+        process.wait(60)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    log = stderr.decode()
+        process.kill()
+    log = process.log()
     assert "int8 pending" in log, log[-2000:]
     modules = set(json.loads(report.read_text())["modules"])
     rss = json.loads(report.read_text())["rss_bytes"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from server.hardware.facts import HardwareFacts
 from server.hardware.probe import probe_hardware
-from tests.hardware.fake_sources import (
+from testkit.hardware import (
     FIXTURES,
     ORIN_CPUINFO,
     PI4_CPUINFO,
@@ -19,6 +19,7 @@ from tests.hardware.fake_sources import (
     recorded_h200,
     write_root,
 )
+from testkit.repositories import ROOT
 
 GIB = 1 << 30
 
@@ -53,9 +54,8 @@ def test_probing_never_imports_torch() -> None:
         "facts = probe_hardware(); assert facts.torch_installed; "
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
-    root = Path(__file__).resolve().parents[2]
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
 

@@ -8,7 +8,6 @@ do themselves. The H200 profile was captured live and goes through the real prob
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -21,14 +20,10 @@ from server.hardware.policy import PlannerSettings
 from server.hardware.probe import probe_hardware
 from server.manifest import ModelManifest, RuntimePins, read_manifest
 from server.models.runtime_plan import RuntimePlan
-from tests.hardware.fake_sources import FIXTURES, recorded_h200, write_root
+from testkit.hardware import load_profile, recorded_h200, write_root
 
 CPU = ("CPUExecutionProvider",)
 GPU = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-
-
-def load_profile(name: str) -> HardwareFacts:
-    return HardwareFacts.from_dict(json.loads((FIXTURES / f"{name}.json").read_text()))
 
 
 @pytest.fixture(scope="module")

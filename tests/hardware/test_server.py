@@ -13,8 +13,9 @@ from server.app import EdgeServer
 from server.hardware.planner import HardwarePlanner
 from server.hardware.policy import PlannerSettings
 from server.manifest import RuntimePins
-from tests.conftest import ONNX_MODEL, server_settings
-from tests.hardware.test_profiles import load_profile
+from testkit.edge import server_settings
+from testkit.hardware import load_profile
+from testkit.repositories import ONNX_MODEL
 
 
 async def test_a_plan_that_cannot_fit_is_refused_with_its_numbers(repository: Path) -> None:

@@ -16,9 +16,11 @@ from protos.inference import grpc_service_pb2 as kserve
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.app import EdgeServer
 from server.manifest import hash_directory
-from tests.conftest import EXPECTED_TOP1, ONNX_MODEL, copy_model, jpeg_bytes, photo, server_settings
-from tests.server.camera import collect
-from tests.server.kserve_helpers import infer_request
+from testkit.camera import collect
+from testkit.edge import server_settings
+from testkit.kserve import infer_request
+from testkit.media import EXPECTED_TOP1, jpeg_bytes, photo
+from testkit.repositories import ONNX_MODEL, copy_model
 
 GOOD = np.zeros((1, 3, 224, 224), dtype=np.float32)
 
@@ -150,7 +152,7 @@ async def test_bad_frame_gets_an_error_and_the_stream_goes_on(channel, case):
 
 
 def _png_of_coffee() -> bytes:
-    from tests.conftest import png_bytes
+    from testkit.media import png_bytes
 
     return png_bytes(photo("coffee"))
 

@@ -10,7 +10,8 @@ import onnxruntime as ort
 from server.core import InferenceCore
 from server.errors import ShuttingDown
 from server.models.types import InferRequest
-from tests.conftest import ONNX_MODEL, server_settings
+from testkit.edge import server_settings
+from testkit.repositories import ONNX_MODEL
 
 
 async def test_concurrent_requests_share_batches_and_get_their_own_rows(repository, preprocessed):

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from edgefleet.cli import build_app
 from server.app import EdgeServer
 from server.manifest import read_manifest
-from tests.conftest import BUILT_MODELS, ONNX_MODEL, ROOT, server_settings
+from testkit.edge import server_settings
+from testkit.repositories import BUILT_MODELS, ONNX_MODEL, ROOT
 
 # ImageNet ids a correct classifier gives chelsea: tabby, tiger cat, Egyptian cat.
 CAT_IDS = {281, 282, 285}
@@ -35,7 +36,7 @@ async def test_a_bare_onnx_file_serves_through_tritonclient(tmp_path, built_mode
     await server.start()
     try:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, str(Path(__file__).with_name("dropin_triton_check.py")),
+            sys.executable, "-m", "testkit.programs.triton_dropin",
             f"127.0.0.1:{server.port}", "plain_onnx",
             cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},

@@ -11,13 +11,14 @@ import numpy as np
 
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.app import EdgeServer
-from tests.conftest import ONNX_MODEL, ROOT, TORCHSCRIPT_MODEL, copy_model, server_settings
-from tests.server.kserve_helpers import infer_request, output_array
+from testkit.edge import server_settings
+from testkit.kserve import infer_request, output_array
+from testkit.repositories import ONNX_MODEL, ROOT, TORCHSCRIPT_MODEL, copy_model
 
 
 async def test_onnx_only_server_process_never_imports_torch(repository: Path):
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.server.onnx_only_server", str(repository),
+        sys.executable, "-m", "testkit.programs.onnx_only_server", str(repository),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)

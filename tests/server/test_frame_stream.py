@@ -10,8 +10,9 @@ import pytest
 
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
-from tests.conftest import EXPECTED_TOP1, ONNX_MODEL
-from tests.server.camera import camera, collect
+from testkit.camera import camera, collect
+from testkit.media import EXPECTED_TOP1
+from testkit.repositories import ONNX_MODEL
 
 PHOTOS = ["chelsea", "coffee"]
 

@@ -24,9 +24,10 @@ from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.errors import INTERNAL_MESSAGE
-from tests.conftest import EXPECTED_TOP1, ONNX_MODEL
-from tests.server.hostile import hostile_frames, hostile_requests
-from tests.server.kserve_helpers import bytes_elements, infer_request
+from testkit.hostile import hostile_frames, hostile_requests
+from testkit.kserve import bytes_elements, infer_request
+from testkit.media import EXPECTED_TOP1
+from testkit.repositories import ONNX_MODEL
 
 SEED = 20261130
 UNARY = 1000

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 import grpc
 
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
-from tests.conftest import ONNX_MODEL, ROOT
-from tests.server.camera import camera
+from testkit.camera import camera
+from testkit.edge import start_serve
+from testkit.repositories import ONNX_MODEL
 
 FRAMES = 12
 
@@ -20,20 +20,12 @@ FRAMES = 12
 async def test_sigterm_answers_every_accepted_frame_then_exits_zero(
     repository: Path, tmp_path: Path
 ):
-    port_file = tmp_path / "port"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edgefleet.cli", "serve", "--repository", str(repository),
-        "--port", "0", "--metrics-port", "-1", "--http-port", "-1", "--port-file", str(port_file),
-        "--shutdown-grace-s", "20",
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    process = await asyncio.to_thread(
+        start_serve, tmp_path, "--repository", str(repository), "--port", "0",
+        "--metrics-port", "-1", "--http-port", "-1", "--shutdown-grace-s", "20",
     )  # fmt: skip
     try:
-        for _ in range(600):
-            if port_file.exists() and port_file.read_text().strip():
-                break
-            await asyncio.sleep(0.05)
-        port = int(port_file.read_text())
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{process.port}") as channel:
             stub = fs_grpc.FrameStreamServiceStub(channel)
             call = stub.Stream(
                 camera(ONNX_MODEL, ["chelsea"], FRAMES, fps=40, policy=fs.OVERLOAD_POLICY_BLOCK)
@@ -43,12 +35,11 @@ async def test_sigterm_answers_every_accepted_frame_then_exits_zero(
                 if response.WhichOneof("kind") == "result":
                     answered.append(response.result.sequence)
                     if len(answered) == 2:
-                        process.send_signal(signal.SIGTERM)  # mid-stream
+                        process.signal(signal.SIGTERM)  # mid-stream
             assert sorted(answered) == list(range(FRAMES))
-        output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
-        assert process.returncode == 0, output.decode()[-2000:]
-        assert b"draining" in output and b"edgefleet stopped" in output
+        returncode = await asyncio.to_thread(process.wait, 60)
+        output = process.log()
+        assert returncode == 0, output[-2000:]
+        assert "draining" in output and "edgefleet stopped" in output
     finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+        process.kill()

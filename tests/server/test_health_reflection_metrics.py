@@ -13,8 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.app import EdgeServer
-from tests.conftest import ONNX_MODEL, server_settings
-from tests.server.kserve_helpers import infer_request
+from testkit.edge import server_settings
+from testkit.kserve import infer_request
+from testkit.repositories import ONNX_MODEL
 
 
 async def test_health_reports_serving_per_service(channel):

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
-import sys
 import time
 from pathlib import Path
 
@@ -23,10 +21,12 @@ from protos.inference import grpc_service_pb2 as kserve
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.app import EdgeServer
 from server.models.runtime_plan import ManifestPlanner
-from tests.conftest import EXPECTED_TOP1, ONNX_MODEL, copy_model, server_settings
-from tests.server.camera import collect
-from tests.server.hostile import jpeg_bomb, png_bomb
-from tests.server.kserve_helpers import bytes_elements, infer_request, output_array
+from testkit.camera import collect
+from testkit.edge import server_settings, start_serve
+from testkit.hostile import jpeg_bomb, png_bomb
+from testkit.kserve import bytes_elements, infer_request, output_array
+from testkit.media import EXPECTED_TOP1
+from testkit.repositories import ONNX_MODEL, copy_model
 
 ZEROS = np.zeros((1, 3, 224, 224), dtype=np.float32)
 
@@ -101,7 +101,7 @@ async def test_2_image_bombs_are_refused_from_their_header(channel, case):
 
 
 def _coffee(encoding: fs.FrameEncoding) -> fs.Frame:
-    from tests.conftest import jpeg_bytes, photo, png_bytes
+    from testkit.media import jpeg_bytes, photo, png_bytes
 
     image = photo("coffee")
     data = png_bytes(image) if encoding == fs.FRAME_ENCODING_PNG else jpeg_bytes(image)
@@ -112,7 +112,7 @@ async def test_2_the_pixel_limit_is_a_setting(repository):
     server = EdgeServer(server_settings(repository, max_frame_pixels=640 * 480))
     await server.start()
     try:
-        from tests.conftest import jpeg_bytes, photo
+        from testkit.media import jpeg_bytes, photo
 
         big = jpeg_bytes(photo("coffee"))  # 600x400: under the limit
         huge = jpeg_bytes(np.zeros((481, 640, 3), np.uint8))
@@ -337,27 +337,15 @@ async def test_12_client_batch_limit_is_the_manifests_not_the_planners(repositor
 async def serve_process(repository, tmp_path):
     """`edgefleet serve` in its own process, as on a device: the test's own client work then
     never shares the server's event loop or GIL."""
-    port_file = tmp_path / "port"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "edgefleet.cli", "serve", "--repository", str(repository),
-        "--port", "0", "--metrics-port", "-1", "--http-port", "-1",
-        "--planner", "manifest",
-        "--port-file", str(port_file), "--log-level", "WARNING",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    process = await asyncio.to_thread(
+        start_serve, tmp_path, "--repository", str(repository), "--port", "0",
+        "--metrics-port", "-1", "--http-port", "-1", "--planner", "manifest",
+        "--log-level", "WARNING", stdout_to_log=False,
     )  # fmt: skip
     try:
-        for _ in range(600):
-            if port_file.is_file() and port_file.read_text().strip():
-                break
-            if process.returncode is not None:
-                _, stderr = await process.communicate()
-                raise AssertionError(stderr.decode()[-2000:])
-            await asyncio.sleep(0.1)
-        yield int(port_file.read_text())
+        yield process.port
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(process.communicate(), 30)
+        await asyncio.to_thread(process.stop, 30)
 
 
 async def test_server_live_answers_quickly_while_hostile_requests_are_in_flight(

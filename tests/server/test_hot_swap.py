@@ -14,8 +14,9 @@ from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from server.app import EdgeServer
 from server.manifest import hash_directory
-from tests.conftest import ONNX_MODEL, copy_model, server_settings
-from tests.server.camera import camera, collect
+from testkit.camera import camera, collect
+from testkit.edge import server_settings
+from testkit.repositories import ONNX_MODEL, copy_model
 
 SWAPS = 20
 
@@ -93,7 +94,7 @@ async def test_kept_versions_serve_requests_that_name_them(repository, built_mod
     """versions_kept=2: the previous version stays loaded for requests that name it."""
     from protos.inference import grpc_service_pb2 as kserve
     from protos.inference import grpc_service_pb2_grpc as kserve_grpc
-    from tests.server.kserve_helpers import infer_request
+    from testkit.kserve import infer_request
 
     add_shouting_version(repository, built_models)
     server = EdgeServer(server_settings(repository, versions_kept=2, models=(ONNX_MODEL,)))

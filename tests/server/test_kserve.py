@@ -11,8 +11,9 @@ import pytest
 
 from protos.inference import grpc_service_pb2 as kserve
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
-from tests.conftest import EXPECTED_TOP1, ONNX_MODEL
-from tests.server.kserve_helpers import bytes_elements, infer_request, output_array
+from testkit.kserve import bytes_elements, infer_request, output_array
+from testkit.media import EXPECTED_TOP1
+from testkit.repositories import ONNX_MODEL
 
 
 @pytest.fixture

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from server.app import EdgeServer
-from tests.conftest import EXPECTED_TOP1, ONNX_MODEL, ROOT, server_settings
+from testkit.edge import server_settings
+from testkit.media import EXPECTED_TOP1
+from testkit.repositories import ONNX_MODEL, ROOT
 
 CAT_IDS = {281, 282, 285}
 
@@ -37,7 +39,7 @@ async def http_server(repository: Path) -> AsyncIterator[EdgeServer]:
 
 async def test_tritonclient_http_health_metadata_and_infer_with_class_count(http_server):
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).with_name("http_triton_check.py")),
+        sys.executable, "-m", "testkit.programs.triton_http",
         f"127.0.0.1:{http_server.http_port}", ONNX_MODEL,
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},

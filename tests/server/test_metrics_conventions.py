@@ -17,8 +17,9 @@ from common.version import EDGEFLEET_VERSION
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.app import EdgeServer
 from server.observability.metrics import OUTCOMES
-from tests.conftest import ONNX_MODEL, server_settings
-from tests.server.kserve_helpers import infer_request
+from testkit.edge import server_settings
+from testkit.kserve import infer_request
+from testkit.repositories import ONNX_MODEL
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -76,7 +77,7 @@ async def test_bad_camera_frames_are_counted_and_the_stream_goes_on(repository):
     # (invalid_input) and as a stream error, and the frames after it are still answered.
     from protos.edgefleet.v1 import frame_stream_pb2 as fs
     from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
-    from tests.conftest import jpeg_bytes, photo
+    from testkit.media import jpeg_bytes, photo
 
     good = jpeg_bytes(photo("chelsea"))
     frames = [good, good[: len(good) // 3], good, b"\xff\xd8 not a jpeg", good]

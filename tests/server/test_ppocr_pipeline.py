@@ -19,7 +19,9 @@ import pytest
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from server.app import EdgeServer
-from tests.conftest import copy_model, photo, png_bytes, running_server, server_settings
+from testkit.edge import running_server, server_settings
+from testkit.media import photo, png_bytes
+from testkit.repositories import copy_model
 
 TEXT = "EDGE FLEET 2026"
 PPOCR = ("ppocr", "ppocr_det", "ppocr_rec")

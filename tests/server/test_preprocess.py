@@ -8,7 +8,8 @@ import onnxruntime as ort
 
 from server.manifest import read_manifest
 from server.vision.preprocess import FrameEncoding, decode_frame, jpeg_dimensions, to_model_input
-from tests.conftest import BUILT_MODELS, ONNX_MODEL, jpeg_bytes, photo
+from testkit.media import jpeg_bytes, photo
+from testkit.repositories import BUILT_MODELS, ONNX_MODEL
 
 
 def test_jpeg_dimensions_are_read_from_the_header():

@@ -19,9 +19,9 @@ import pytest
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from server.app import EdgeServer
-from tests.conftest import server_settings
-from tests.server.camera import camera, collect
-from tests.server.slow_model import calibrated_layers, write_slow_model
+from testkit.camera import camera, collect
+from testkit.edge import server_settings
+from testkit.slow_model import calibrated_layers, write_slow_model
 
 SLOW = "slow_camera"
 PHOTOS = ["chelsea", "coffee", "astronaut"]

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ONNX_MODEL, ROOT
-
-SERVE = (sys.executable, "-m", "edgefleet.cli", "serve")
+from testkit.edge import serve_command
+from testkit.processes import spawn
+from testkit.repositories import ONNX_MODEL, ROOT
 
 
 async def run_serve(*args: str, env: dict[str, str] | None = None):
     process = await asyncio.create_subprocess_exec(
-        *SERVE, *args, cwd=ROOT, env={**os.environ, **(env or {})},
+        *serve_command(*args), cwd=ROOT, env={**os.environ, **(env or {})},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     stdout, stderr = await asyncio.wait_for(process.communicate(), 120)
@@ -87,26 +85,23 @@ async def test_11_environment_sets_every_flag_not_given(repository, tmp_path: Pa
         # A flag given wins over its variable: this bad value is never used.
         "EDGEFLEET_LOG_LEVEL": "LOUD",
     }
-    process = await asyncio.create_subprocess_exec(
-        *SERVE, "--planner", "manifest", "--log-level", "INFO", cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    process = spawn(
+        serve_command("--planner", "manifest", "--log-level", "INFO"), tmp_path / "serve.log",
+        env={**os.environ, **env}, stdout_to_log=False,
     )  # fmt: skip
+
+    def written() -> bool:
+        return port_file.is_file() and port_file.read_text().strip() != ""
+
     try:
-        for _ in range(1200):
-            if port_file.is_file() and port_file.read_text().strip():
-                break
-            if process.returncode is not None:
-                break
-            await asyncio.sleep(0.1)
+        await asyncio.to_thread(process.wait_until, written, 120, "the port file", 0.1)
         assert port_file.is_file(), "EDGEFLEET_PORT_FILE was ignored"
         assert int(port_file.read_text()) not in (0, 8001)  # EDGEFLEET_PORT=0 picked a port
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        _, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, stderr.decode()[-2000:]
-    assert f"model(s) loaded: {ONNX_MODEL}/1" in stderr.decode()
+        returncode = await asyncio.to_thread(process.stop, 60)
+    stderr = process.log()
+    assert returncode == 0, stderr[-2000:]
+    assert f"model(s) loaded: {ONNX_MODEL}/1" in stderr
 
 
 async def test_9_skipped_entries_and_zero_models_are_said_at_startup(tmp_path):
@@ -115,22 +110,22 @@ async def test_9_skipped_entries_and_zero_models_are_said_at_startup(tmp_path):
     (repo / "resnet" / "1" / "resnet50.onnx").write_bytes(b"onnx")
     (repo / "notes.txt").write_text("hello")
     port_file = tmp_path / "port"
-    process = await asyncio.create_subprocess_exec(
-        *SERVE, "--repository", str(repo), "--port", "0", "--metrics-port", "-1",
-        "--http-port", "-1",
-        "--planner", "manifest", "--port-file", str(port_file), cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    process = spawn(
+        serve_command(
+            "--repository", str(repo), "--port", "0", "--metrics-port", "-1", "--http-port", "-1",
+            "--planner", "manifest", "--port-file", str(port_file),
+        ),
+        tmp_path / "serve.log", stdout_to_log=False,
     )  # fmt: skip
+
+    def started_or_exited() -> bool:
+        return port_file.is_file() or not process.running
+
     try:
-        for _ in range(600):
-            if port_file.is_file() or process.returncode is not None:
-                break
-            await asyncio.sleep(0.1)
+        await asyncio.to_thread(process.wait_until, started_or_exited, 60, "the port file", 0.1)
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        _, raw = await asyncio.wait_for(process.communicate(), 60)
-    stderr = raw.decode()
+        await asyncio.to_thread(process.stop, 60)
+    stderr = process.log()
     assert (
         "repository entry resnet skipped: version directories ['1'] have no manifest.json "
         "or model.onnx" in stderr

@@ -9,7 +9,7 @@ import pytest
 
 from protos.edgefleet.v1 import server_info_pb2 as info_pb
 from protos.edgefleet.v1 import server_info_pb2_grpc as info_grpc
-from tests.conftest import ONNX_MODEL
+from testkit.repositories import ONNX_MODEL
 
 
 async def test_model_info_carries_manifest_and_plan_with_reasons(channel):

@@ -7,14 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from tests.conftest import EXPECTED_TOP1, ONNX_MODEL, ROOT
+from testkit.media import EXPECTED_TOP1
+from testkit.repositories import ONNX_MODEL, ROOT
 
 STREAM_REQUESTS = 200
 
 
 async def test_tritonclient_infer_stream_metadata_and_repository(edge_server, repository: Path):
     process = await asyncio.create_subprocess_exec(
-        sys.executable, str(Path(__file__).with_name("triton_checks.py")),
+        sys.executable, "-m", "testkit.programs.triton_grpc",
         f"127.0.0.1:{edge_server.port}", ONNX_MODEL, str(repository), str(STREAM_REQUESTS),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},

@@ -30,7 +30,7 @@ from server.manifest import (
 from server.vision.decoders.nms import nms_cv2, nms_numpy
 from server.vision.decoders.yolo import decode
 from server.vision.detections import FrameTransform
-from tests.conftest import server_settings
+from testkit.edge import server_settings
 
 SIZE = 640
 LABELS = ["person", "car", "dog"]
