@@ -7,7 +7,7 @@ PROTO_SRC := $(shell find protos -name '*.proto' | sort)
 PROTO_STAMP := protos/.generated
 MODELS_STAMP := models/.built
 
-.PHONY: install protos models demo test lint bench stubs fleet-demo clean fuzz
+.PHONY: install protos models demo test test-fast lint bench stubs fleet-demo clean fuzz
 
 install: $(INSTALLED)
 
@@ -38,6 +38,11 @@ demo: $(MODELS_STAMP)
 
 test: $(MODELS_STAMP)
 	$(PY) -m pytest -q
+
+# The unit tests only: no child processes, external services or multi-second runs (marker
+# `system`, pyproject.toml). `make test` runs everything.
+test-fast: $(MODELS_STAMP)
+	$(PY) -m pytest -q -m "not system"
 
 # Long fuzzing of the real server (tests/server/test_fuzz.py): FUZZ_SECONDS=3600 make fuzz.
 FUZZ_SECONDS ?= 600

@@ -10,9 +10,14 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from testkit.edge import running_server
 from testkit.media import EXPECTED_TOP1, jpeg_bytes, photo
 from testkit.repositories import ONNX_MODEL, ROOT
+
+# Runs the edgefleet CLI as child processes: system tests.
+pytestmark = pytest.mark.system
 
 
 async def edgefleet(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:

@@ -21,6 +21,9 @@ from testkit.edge import running_server
 from testkit.media import jpeg_bytes, photo
 from testkit.repositories import ROOT
 
+# Builds and runs the camera examples (compilers, Node): a system test.
+pytestmark = pytest.mark.system
+
 SCENARIO: dict[str, Any] = json.loads((ROOT / "client/conformance/scenario.json").read_text())
 LANGUAGES = ("python", "node", "cpp", "go", "java")
 

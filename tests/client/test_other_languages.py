@@ -23,6 +23,9 @@ from testkit.edge import running_server
 from testkit.media import EXPECTED_TOP1, jpeg_bytes, photo
 from testkit.repositories import ONNX_MODEL, ROOT, copy_model
 
+# Builds and runs the camera examples (compilers, Node, buf): system tests.
+pytestmark = pytest.mark.system
+
 NODE_DIR = ROOT / "client/examples/node"
 BUF = NODE_DIR / "node_modules/.bin/buf"
 RESULT_LINE = re.compile(r"^frame (\d+) efficientnet_lite0/1: ([^(]+) \((0\.\d+)\)")

@@ -32,6 +32,8 @@ FRAMES = 60
 OUTAGE_S = 1.0
 
 
+# A server restarted mid-stream: seconds.
+@pytest.mark.system
 @pytest.mark.parametrize("policy", [OverloadPolicy.BLOCK, OverloadPolicy.DROP_OLDEST])
 async def test_server_restart_mid_stream_reconnects_and_resumes(
     repository: Path, policy: OverloadPolicy

@@ -143,6 +143,8 @@ def test_bad_tls_files_are_named_before_serving(
         )
 
 
+# The edgefleet CLI as a child process.
+@pytest.mark.system
 async def test_cli_reports_a_bad_token_as_unauthenticated(repository: Path) -> None:
     import sys
 

@@ -103,6 +103,8 @@ def test_jpeg_is_smaller_and_raw_is_exact() -> None:
     assert decoded is not None and decoded.shape == pixels.shape
 
 
+# The edgefleet CLI as a child process.
+@pytest.mark.system
 def test_cli_names_a_source_it_cannot_open(tmp_path: Path) -> None:
     missing = tmp_path / "camera-7.mp4"
     completed = subprocess.run(

@@ -55,6 +55,8 @@ async def test_video_file_streams_every_frame_with_the_right_labels(
     assert stats.latency_p50_ms <= stats.latency_p99_ms
 
 
+# The edgefleet CLI as a child process.
+@pytest.mark.system
 async def test_cli_streams_a_video_and_a_photo_each_on_its_own_stream(
     repository: Path, test_video: Path, tmp_path: Path
 ) -> None:

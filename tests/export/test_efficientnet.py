@@ -20,6 +20,9 @@ from testkit.kserve import bytes_elements, infer_request
 from testkit.media import EXPECTED_TOP1, photo
 from testkit.repositories import BUILT_MODELS, ONNX_MODEL
 
+# Exports EfficientNet-Lite0 with torch (seconds per target): system tests.
+pytestmark = pytest.mark.system
+
 NAME = "lite0"
 ENTRIES = (NAME, f"{NAME}_torchscript")
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
+# Runs the edgefleet CLI as a child process: a system test.
+pytestmark = pytest.mark.system
+
 PROBE = """
 import sys, typer
+
 from edgefleet.export.cli import register
 register(typer.Typer())
 heavy = [name for name in ("torch", "onnx", "onnxruntime", "numpy") if name in sys.modules]

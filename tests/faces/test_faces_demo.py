@@ -7,7 +7,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from testkit.repositories import ROOT
+
+# Runs the faces demo as a child process: a system test.
+pytestmark = pytest.mark.system
 
 
 def test_demo_prints_each_frames_faces_with_landmarks(built_models):

@@ -115,6 +115,8 @@ async def test_five_faces_are_found_where_they_were_pasted(faces_server, size):
     assert scores == sorted(scores, reverse=True)
 
 
+# Several pyramid runs at full size: seconds.
+@pytest.mark.system
 async def test_region_of_interest_and_max_detections(faces_server):
     frame = frame_with_faces(1280, 720, 5)
     # The right part holds the last two heads whole; the third ends at x=700.

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from client.overlay import BOX, POINT
 from edgefleet.face_frames import frame_with_faces, photo
@@ -17,6 +18,9 @@ from testkit.edge import running_server
 from testkit.faces import copy_faces
 from testkit.media import png_bytes
 from testkit.repositories import ROOT
+
+# Runs the edgefleet CLI as a child process: a system test.
+pytestmark = pytest.mark.system
 
 
 def distance(pixels: np.ndarray, x: float, y: float, colour: tuple[int, int, int]) -> int:

@@ -20,6 +20,9 @@ from testkit.fleet import MODEL, STATE, rollout_state, start_nodes, wait_for
 from testkit.fleet_models import build_model_dir
 from testkit.processes import free_port
 
+# Real nginx servers as bundle origins and mirrors: system tests.
+pytestmark = pytest.mark.system
+
 
 @pytest.fixture
 def signed(tmp_path: Path, signing_keys: tuple[Path, Path]) -> tuple[Path, str]:

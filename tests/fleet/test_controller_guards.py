@@ -118,6 +118,8 @@ async def sqlite_controller(tmp_path, signing_keys):
     await app.stop(0.2)
 
 
+# A rollout through a store outage: seconds.
+@pytest.mark.system
 async def test_a_store_outage_neither_kills_the_rollout_nor_loses_telemetry(
     tmp_path, sqlite_controller, signing_keys, caplog
 ):

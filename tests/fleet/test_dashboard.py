@@ -10,6 +10,7 @@ import ssl
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from fleet.bundle import build_bundle
 from fleet.keys import load_private_key
@@ -17,6 +18,9 @@ from protos.edgefleet.fleet.v1 import admin_pb2
 from testkit.fleet import MODEL, rollout_state, start_nodes, wait_for
 from testkit.fleet_models import build_model_dir
 from testkit.services import chromium
+
+# Headless Chromium against a real controller: a system test.
+pytestmark = pytest.mark.system
 
 
 async def test_dashboard_in_chromium_during_a_rollout(tmp_path, signing_keys):

@@ -24,6 +24,9 @@ from testkit.fleet import MODEL, STATE, controller_settings, rollout_state, sign
 from testkit.fleet_models import build_model_dir
 from testkit.fleet_processes import ServeProcess
 
+# edgefleet serve --controller as child processes: system tests.
+pytestmark = pytest.mark.system
+
 
 async def _device(admin: AdminClient, device_id: str) -> admin_pb2.Device | None:
     listed = await admin.stub.ListDevices(admin_pb2.ListDevicesRequest())

@@ -8,6 +8,11 @@ import asyncio
 import sys
 from pathlib import Path
 
+import pytest
+
+# The fleet demo as a child process (a controller and three edge servers): system tests.
+pytestmark = pytest.mark.system
+
 
 async def _demo(built_models: Path, *args: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(

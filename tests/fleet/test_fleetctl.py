@@ -7,12 +7,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
 from protos.edgefleet.fleet.v1 import admin_pb2
 from testkit.fleet import controller_settings, rollout_state, wait_for
 from testkit.fleet_models import build_model_dir
 from testkit.fleet_processes import ServeProcess, fleetctl
+
+# fleetctl and edgefleet serve as child processes: system tests.
+pytestmark = pytest.mark.system
 
 
 async def test_keys_package_enroll_and_listings_in_json(tmp_path, controller, admin):

@@ -15,6 +15,9 @@ from fleet.controller.store.pg_migrations import migrate
 from fleet.controller.store.protocol import LeaseLost
 from testkit.processes import spawn
 
+# A real PostgreSQL and a lease holder process: system tests.
+pytestmark = pytest.mark.system
+
 TTL_S = 1.0
 
 

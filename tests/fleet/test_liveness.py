@@ -20,6 +20,9 @@ from testkit.fleet import MODEL, controller_settings, wait_for
 from testkit.fleet_models import build_model_dir
 from testkit.fleet_processes import ServeProcess, fleetctl
 
+# edgefleet serve --controller as child processes: system tests.
+pytestmark = pytest.mark.system
+
 LIMIT = 3 * 1024 * 1024
 
 

@@ -8,11 +8,15 @@ import asyncio
 import time
 
 import psycopg
+import pytest
 
 from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
 from protos.edgefleet.fleet.v1 import admin_pb2
 from testkit.fleet import controller_settings, start_nodes, wait_for
+
+# A real PostgreSQL stopped and restarted: a system test.
+pytestmark = pytest.mark.system
 
 OUTAGE_S = 10.0
 

@@ -20,6 +20,7 @@ import urllib.request
 import grpc
 import numpy as np
 import psycopg
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.controller.app import ControllerApp
@@ -40,6 +41,9 @@ from testkit.fleet import (
 )
 from testkit.fleet_models import FEATURES, build_model_dir
 from testkit.fleet_processes import ServeProcess, start_replica
+
+# Controller replicas and edge servers as child processes on a real PostgreSQL: system tests.
+pytestmark = pytest.mark.system
 
 LEASE_TTL_S = 3.0
 

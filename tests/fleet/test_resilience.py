@@ -7,6 +7,8 @@ import asyncio
 import logging
 import os
 
+import pytest
+
 from fleet.agent.local_state import quarantined_copies
 from fleet.bundle import build_bundle
 from fleet.controller.app import ControllerApp
@@ -40,6 +42,8 @@ async def _bundle(tmp_path, signing_key, version: str, padding_bytes: int = 0):
     return build_bundle(source, MODEL, version, load_private_key(signing_key), tmp_path)
 
 
+# A download interrupted and resumed: seconds.
+@pytest.mark.system
 async def test_agent_killed_mid_download_resumes_and_installs(
     tmp_path, controller, admin, signing_keys, caplog
 ):
@@ -77,6 +81,8 @@ async def test_agent_killed_mid_download_resumes_and_installs(
         await node.stop()
 
 
+# A controller restarted mid-rollout: seconds.
+@pytest.mark.system
 async def test_controller_restart_mid_rollout_resumes_where_it_was(tmp_path, signing_keys):
     settings = controller_settings(tmp_path / "controller", signing_keys[1].parent)
     first = ControllerApp(settings)

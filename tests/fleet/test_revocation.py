@@ -18,6 +18,9 @@ from testkit.fleet import MODEL, controller_settings, wait_for
 from testkit.fleet_models import build_model_dir
 from testkit.fleet_processes import ServeProcess, fleetctl
 
+# edgefleet serve --controller as a child process: a system test.
+pytestmark = pytest.mark.system
+
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest) -> dict[str, object]:

@@ -20,6 +20,9 @@ from testkit.fleet import (
     wait_for,
 )
 
+# Whole rollouts, wave by wave with real bakes: seconds per test, system tests.
+pytestmark = pytest.mark.system
+
 # ~20 ms more work per frame than the 1-layer model: measurably slower even on a busy CPU
 # where the fast model's p95 is itself several milliseconds of scheduling noise.
 SLOW_LAYERS = 2500

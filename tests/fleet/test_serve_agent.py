@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from protos.edgefleet.fleet.v1 import admin_pb2
 from testkit.edge import serve_command
 from testkit.fleet import wait_for
 from testkit.fleet_models import build_model_dir
 from testkit.processes import spawn
+
+# edgefleet serve --controller as a child process: a system test.
+pytestmark = pytest.mark.system
 
 
 async def test_serve_with_controller_enrolls_and_reports(tmp_path, controller, admin, signing_keys):

@@ -33,7 +33,8 @@ from testkit.fleet_processes import start_controller
 from testkit.processes import EDGEFLEET
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# The PostgreSQL variant starts an external service: a system test.
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.system)])
 def store(request, tmp_path: Path):
     if request.param == "sqlite":
         opened: Store = SqliteStore(tmp_path / "controller.db")
@@ -178,6 +179,8 @@ def _connect(dsn: str) -> psycopg.Connection:
     return psycopg.connect(dsn, autocommit=True)
 
 
+# A real PostgreSQL.
+@pytest.mark.system
 def test_migrations_build_the_latest_schema_from_an_empty_database(postgres_dsn):
     store = PostgresStore(postgres_dsn)
     store.close()
@@ -190,6 +193,8 @@ def test_migrations_build_the_latest_schema_from_an_empty_database(postgres_dsn)
         assert migrate(connection) == []
 
 
+# A real PostgreSQL.
+@pytest.mark.system
 def test_migrations_upgrade_a_database_of_the_previous_version_keeping_its_data(postgres_dsn):
     with _connect(postgres_dsn) as connection:
         assert migrate(connection, target=LATEST - 1) == list(range(1, LATEST))
@@ -213,6 +218,8 @@ def test_migrations_upgrade_a_database_of_the_previous_version_keeping_its_data(
         assert row is not None and row[0] == LATEST
 
 
+# A real PostgreSQL.
+@pytest.mark.system
 def test_a_database_from_a_newer_controller_is_refused(postgres_dsn):
     with _connect(postgres_dsn) as connection:
         migrate(connection)
@@ -223,6 +230,8 @@ def test_a_database_from_a_newer_controller_is_refused(postgres_dsn):
         PostgresStore(postgres_dsn).close()
 
 
+# A real PostgreSQL.
+@pytest.mark.system
 def test_a_wrong_password_is_refused_without_showing_it(postgres_server):
     database = postgres_server.create_database()
     dsn = postgres_server.dsn(database, with_password=False)
@@ -234,6 +243,8 @@ def test_a_wrong_password_is_refused_without_showing_it(postgres_server):
     )
 
 
+# A real PostgreSQL.
+@pytest.mark.system
 def test_the_store_reconnects_after_postgresql_restarts(postgres_server):
     database = postgres_server.create_database()
     store = PostgresStore(postgres_server.dsn(database))
@@ -251,6 +262,8 @@ def test_the_store_reconnects_after_postgresql_restarts(postgres_server):
         store.close()
 
 
+# A real PostgreSQL.
+@pytest.mark.system
 def test_edgefleet_controller_runs_on_postgresql_and_never_logs_the_password(
     tmp_path, postgres_server
 ):

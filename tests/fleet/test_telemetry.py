@@ -7,6 +7,8 @@ import asyncio
 import json
 import urllib.request
 
+import pytest
+
 from fleet.agent.spool import TelemetrySpool
 from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
@@ -30,6 +32,8 @@ def test_spool_is_bounded_counts_drops_and_survives_a_restart(tmp_path):
     reopened.close()
 
 
+# An agent away and back: seconds.
+@pytest.mark.system
 async def test_telemetry_reaches_history_and_prometheus_and_is_buffered_while_away(
     tmp_path, signing_keys
 ):

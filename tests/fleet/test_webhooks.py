@@ -82,6 +82,8 @@ def _metric(app: ControllerApp, name: str, labels: dict[str, str] | None = None)
     return app.registry.get_sample_value(name, labels or {}) or 0.0
 
 
+# edgefleet serve --controller as a child process.
+@pytest.mark.system
 async def test_decisions_reach_log_audit_metrics_and_webhooks(tmp_path, signing_keys, caplog):
     caplog.set_level(logging.INFO, logger="fleet.controller.rollouts")
     # The global receiver fails twice before it answers: the first event is retried.

@@ -103,6 +103,8 @@ async def test_serves_fp32_during_conversion_and_survives_a_killed_child(
     assert not conversion_children()
 
 
+# An int8 conversion in a child process under a live camera: seconds.
+@pytest.mark.system
 @pytest.mark.timeout(300)
 async def test_int8_swaps_in_under_a_live_camera_without_losing_a_frame(tmp_path: Path) -> None:
     repository = tmp_path / "repo"

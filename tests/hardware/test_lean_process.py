@@ -13,11 +13,15 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from testkit.kserve import infer_request, output_array
 from testkit.processes import spawn
 from testkit.repositories import ONNX_MODEL
+
+# edgefleet serve as a child process: a system test.
+pytestmark = pytest.mark.system
 
 # Never loaded while serving an ONNX model: conversion tooling lives in the child only.
 ABSENT = ("onnx", "onnxruntime.quantization", "torch", "skimage", "sympy", "rich", "scipy")

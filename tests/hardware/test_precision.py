@@ -39,8 +39,9 @@ from testkit.media import photo
 from testkit.repositories import copy_model
 from testkit.tiny_models import write_classifier
 
-# Each conversion child quantizes and judges a real model: minutes on a loaded 2-core machine.
-pytestmark = pytest.mark.timeout(600)
+# Each conversion child quantizes and judges a real model: minutes on a loaded 2-core machine,
+# so these are system tests.
+pytestmark = [pytest.mark.timeout(600), pytest.mark.system]
 
 
 @dataclass(frozen=True)

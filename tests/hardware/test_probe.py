@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from server.hardware.facts import HardwareFacts
 from server.hardware.probe import probe_hardware
 from testkit.hardware import (
@@ -47,6 +49,8 @@ def test_this_machine_gives_a_complete_serialisable_fact_set() -> None:
     assert probe_hardware(torch_fallback=False).fingerprint == facts.fingerprint
 
 
+# A fresh Python process.
+@pytest.mark.system
 def test_probing_never_imports_torch() -> None:
     # An ONNX-only edge server probes at start; torch must stay unloaded (seconds, 100s of MB).
     code = (

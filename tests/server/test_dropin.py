@@ -28,6 +28,8 @@ def drop_in(repo: Path, name: str = "plain_onnx") -> Path:
     return version_dir
 
 
+# Triton's client as a child process.
+@pytest.mark.system
 async def test_a_bare_onnx_file_serves_through_tritonclient(tmp_path, built_models, caplog):
     repo = tmp_path / "repo"
     drop_in(repo)

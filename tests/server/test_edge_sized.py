@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.app import EdgeServer
@@ -16,6 +17,8 @@ from testkit.kserve import infer_request, output_array
 from testkit.repositories import ONNX_MODEL, ROOT, TORCHSCRIPT_MODEL, copy_model
 
 
+# A server in its own process.
+@pytest.mark.system
 async def test_onnx_only_server_process_never_imports_torch(repository: Path):
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "testkit.programs.onnx_only_server", str(repository),

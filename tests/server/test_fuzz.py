@@ -29,6 +29,9 @@ from testkit.kserve import bytes_elements, infer_request
 from testkit.media import EXPECTED_TOP1
 from testkit.repositories import ONNX_MODEL
 
+# Thousands of hostile requests through the real server: system tests.
+pytestmark = pytest.mark.system
+
 SEED = 20261130
 UNARY = 1000
 STREAMED = 1000

@@ -7,12 +7,16 @@ import signal
 from pathlib import Path
 
 import grpc
+import pytest
 
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from testkit.camera import camera
 from testkit.edge import start_serve
 from testkit.repositories import ONNX_MODEL
+
+# edgefleet serve as a child process: a system test.
+pytestmark = pytest.mark.system
 
 FRAMES = 12
 

@@ -348,6 +348,8 @@ async def serve_process(repository, tmp_path):
         await asyncio.to_thread(process.stop, 30)
 
 
+# edgefleet serve as a child process.
+@pytest.mark.system
 async def test_server_live_answers_quickly_while_hostile_requests_are_in_flight(
     serve_process, preprocessed
 ):

@@ -34,6 +34,8 @@ def add_shouting_version(repository: Path, built_models: Path) -> None:
     manifest_path.write_text(json.dumps(manifest, indent=2))
 
 
+# Twenty swaps under 30 fps streams: seconds.
+@pytest.mark.system
 @pytest.mark.timeout(240)
 async def test_twenty_swaps_under_two_30fps_streams_lose_nothing(repository, built_models):
     add_shouting_version(repository, built_models)

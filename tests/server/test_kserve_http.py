@@ -37,6 +37,8 @@ async def http_server(repository: Path) -> AsyncIterator[EdgeServer]:
         await server.stop(grace_s=1.0)
 
 
+# Triton's HTTP client as a child process.
+@pytest.mark.system
 async def test_tritonclient_http_health_metadata_and_infer_with_class_count(http_server):
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "testkit.programs.triton_http",

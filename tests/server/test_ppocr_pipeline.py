@@ -23,6 +23,9 @@ from testkit.edge import running_server, server_settings
 from testkit.media import photo, png_bytes
 from testkit.repositories import copy_model
 
+# The OCR pipeline against RapidOCR's own run: seconds per test, system tests.
+pytestmark = pytest.mark.system
+
 TEXT = "EDGE FLEET 2026"
 PPOCR = ("ppocr", "ppocr_det", "ppocr_rec")
 

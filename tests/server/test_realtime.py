@@ -23,6 +23,9 @@ from testkit.camera import camera, collect
 from testkit.edge import server_settings
 from testkit.slow_model import calibrated_layers, write_slow_model
 
+# A calibrated slow model under live cameras for seconds at a time: system tests.
+pytestmark = pytest.mark.system
+
 SLOW = "slow_camera"
 PHOTOS = ["chelsea", "coffee", "astronaut"]
 FPS = 30.0

@@ -14,6 +14,9 @@ from testkit.edge import serve_command
 from testkit.processes import spawn
 from testkit.repositories import ONNX_MODEL, ROOT
 
+# edgefleet serve as child processes: system tests.
+pytestmark = pytest.mark.system
+
 
 async def run_serve(*args: str, env: dict[str, str] | None = None):
     process = await asyncio.create_subprocess_exec(

@@ -7,8 +7,13 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 from testkit.media import EXPECTED_TOP1
 from testkit.repositories import ONNX_MODEL, ROOT
+
+# Triton's client as a child process: a system test.
+pytestmark = pytest.mark.system
 
 STREAM_REQUESTS = 200
 
