@@ -22,7 +22,7 @@ from edgefleet.export.report import ExportReport
 from testkit.repositories import ROOT
 
 DOC = ROOT / "docs" / "benchmarks.md"
-CONTROL_FLOW = ROOT / "tests" / "export" / "sample_modules" / "control_flow.py"
+CONTROL_FLOW = ROOT / "testkit" / "export_samples" / "control_flow.py"
 
 CASES = [
     ("EfficientNet-Lite0", "edgefleet.export.zoo:efficientnet_lite0", "N,3,224,224"),

@@ -1,4 +1,5 @@
-"""Shared by the export tests: run the real `edgefleet` CLI in-process, snapshot a repository."""
+"""Shared by the export tests: run the real `edgefleet` CLI in-process, snapshot a repository,
+and the sample model factories (testkit/export_samples/) they export."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typer.testing import CliRunner
 
 from edgefleet.cli import build_app
 
-SAMPLES = "tests.export.sample_modules"
+# Model factories the export tests and bench/bench_export.py hand to `edgefleet export`.
+SAMPLES = "testkit.export_samples"
 
 
 @dataclass

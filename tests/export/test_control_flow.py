@@ -12,7 +12,7 @@ import torch
 
 from server.manifest import read_manifest, verify_files
 from testkit.export import SAMPLES, export_cli, snapshot
-from tests.export.sample_modules.control_flow import GatedRecurrentHead, gated_recurrent_head
+from testkit.export_samples.control_flow import GatedRecurrentHead, gated_recurrent_head
 
 FACTORY = f"{SAMPLES}.control_flow:gated_recurrent_head"
 

@@ -10,7 +10,7 @@ import torch
 
 from server.manifest import read_manifest
 from testkit.export import SAMPLES, export_cli, snapshot
-from tests.export.sample_modules.segmenter import tiny_segmenter
+from testkit.export_samples.segmenter import tiny_segmenter
 
 FACTORY = f"{SAMPLES}.segmenter:tiny_segmenter"
 

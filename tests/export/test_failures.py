@@ -9,7 +9,8 @@ import torch
 
 from server.manifest import read_manifest, verify_files
 from testkit.export import SAMPLES, export_cli, snapshot
-from tests.export.sample_modules.control_flow import TwoLayerHead
+from testkit.export_samples.control_flow import TwoLayerHead
+from testkit.repositories import ROOT
 
 CONTROL_FLOW = f"{SAMPLES}.control_flow:gated_recurrent_head"
 
@@ -63,7 +64,7 @@ def test_mismatched_weights_name_the_first_keys(repository: Path, tmp_path: Path
 
 
 def test_matching_weights_are_loaded(repository: Path, tmp_path: Path) -> None:
-    from tests.export.sample_modules.control_flow import GatedRecurrentHead
+    from testkit.export_samples.control_flow import GatedRecurrentHead
 
     trained = GatedRecurrentHead()
     with torch.no_grad():
@@ -188,7 +189,7 @@ def test_names_the_server_cannot_serve_are_refused(
 
 def test_factory_from_a_python_file(tmp_path: Path) -> None:
     """A researcher's file need not be an installed package."""
-    source = Path(__file__).parent / "sample_modules" / "control_flow.py"
+    source = ROOT / "testkit" / "export_samples" / "control_flow.py"
     result = export_cli(
         f"{source}:gated_recurrent_head", "--example-input", "N,L,4", "--to", "torchscript",
         "--repository", tmp_path,
