@@ -4,6 +4,7 @@ Prometheus. The CLI, the tests and the fleet agent all build it through this one
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +30,9 @@ from server.grpc_api.server_info import DeviceFacts, ServerInfoServicer
 from server.http_api.kserve_http import HttpServer
 from server.models.runtime_plan import Planner
 from server.observability.metrics import ServerMetrics
+from server.security import token_check
 from server.settings import ServerSettings
+from server.tls import TlsConfigError, http_ssl_context
 from server.tls import server_credentials as tls_credentials
 
 log = logging.getLogger(__name__)
@@ -94,6 +97,8 @@ class EdgeServer:
 
         The ports are bound first, so a busy port is reported at once (PortInUse), not after
         minutes of loading; connections made meanwhile wait until the models are loaded."""
+        # TLS mistakes are settings mistakes: refused before anything binds or loads.
+        http_tls = self._http_tls() if self.settings.http_port >= 0 else None
         server = grpc.aio.server(
             interceptors=self._interceptors,
             options=grpc_options(self.settings),
@@ -133,7 +138,7 @@ class EdgeServer:
             raise
         self._grpc = server
         if self.settings.http_port >= 0:
-            await self._start_http()
+            await self._start_http(http_tls)
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.settings.port_file is not None:
@@ -146,10 +151,27 @@ class EdgeServer:
         )  # fmt: skip
         return self.port
 
-    async def _start_http(self) -> None:
+    def _http_tls(self) -> ssl.SSLContext | None:
+        """The HTTP port's TLS: the settings' files, as for gRPC. HTTP in plaintext beside a TLS
+        gRPC port would hand out, unencrypted, what gRPC protects: only on explicit request."""
+        if self.settings.http_plaintext:
+            if self._credentials is not None:
+                log.warning("HTTP serves plaintext beside TLS gRPC (http_plaintext is set)")
+            return None
+        context = http_ssl_context(self.settings)
+        if context is None and self._credentials is not None:
+            raise TlsConfigError(
+                "gRPC is served over TLS but the HTTP port has no TLS files: set tls_cert and "
+                "tls_key, disable HTTP (http_port -1), or set http_plaintext to serve HTTP "
+                "unencrypted on purpose"
+            )
+        return context
+
+    async def _start_http(self, tls: ssl.SSLContext | None) -> None:
         http = HttpServer(
-            self.core, self.settings.host, self.settings.http_port, self.settings.max_message_bytes
-        )
+            self.core, self.settings, ssl_context=tls,
+            token=token_check(self.settings),
+        )  # fmt: skip
         try:
             self.http_port = await http.start()
         except OSError as exc:

@@ -52,5 +52,9 @@ class ServerSettings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
-    # When set, every call except health checks must carry `authorization: Bearer <token>`.
+    # When set, every call except health checks must carry `authorization: Bearer <token>`, on
+    # the gRPC and the HTTP port alike.
     auth_token: SecretStr | None = None
+    # The HTTP port uses the TLS files above when they are set; with TLS on, HTTP in plaintext
+    # is refused unless this says so (a TLS-terminating proxy on the same host, say).
+    http_plaintext: bool = False

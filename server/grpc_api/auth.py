@@ -1,22 +1,22 @@
 """Auth token check for every RPC: a missing or wrong token is answered UNAUTHENTICATED.
 
-Clients send `authorization: Bearer <token>` metadata (client/security.py). Health checks stay
-open so a load balancer or an orchestrator can probe the server without the secret.
+Clients send `authorization: Bearer <token>` metadata (client/security.py). The rule itself
+(`server.security`) is the one the HTTP port applies; health checks stay open on both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
+from server.security import AUTH_HEADER, TokenCheck, token_check
 from server.settings import ServerSettings
 
-AUTH_METADATA_KEY = "authorization"
+AUTH_METADATA_KEY = AUTH_HEADER
 EXEMPT_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 # How long a refused streaming call may take to send its first message (see _take_first).
 FIRST_MESSAGE_WAIT_S = 1.0
@@ -28,10 +28,10 @@ else:  # the runtime class is not generic; the stubs are
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, token: str, exempt_prefixes: Sequence[str] = EXEMPT_METHOD_PREFIXES) -> None:
-        if not token:
-            raise ValueError("an empty auth token would accept anyone")
-        self._expected = f"Bearer {token}".encode()
+    def __init__(
+        self, check: TokenCheck, exempt_prefixes: Sequence[str] = EXEMPT_METHOD_PREFIXES
+    ) -> None:
+        self._check = check
         self._exempt = tuple(exempt_prefixes)
 
     async def intercept_service(
@@ -46,14 +46,10 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         presented = None
         for key, value in handler_call_details.invocation_metadata or ():
             if key == AUTH_METADATA_KEY:
-                presented = value.encode() if isinstance(value, str) else value
-        if presented is not None and hmac.compare_digest(presented, self._expected):
+                presented = value
+        reason = self._check.refusal(presented)
+        if reason is None:
             return handler
-        reason = (
-            f"missing auth token: send metadata '{AUTH_METADATA_KEY}: Bearer <token>'"
-            if presented is None
-            else "invalid auth token"
-        )
         return _refusing(handler, reason)
 
 
@@ -101,6 +97,5 @@ async def _take_first(requests: AsyncIterator[Any]) -> None:
 
 def auth_interceptors(settings: ServerSettings) -> list[grpc.aio.ServerInterceptor]:
     """The interceptors `grpc.aio.server(interceptors=...)` needs for these settings."""
-    if settings.auth_token is None:
-        return []
-    return [TokenAuthInterceptor(settings.auth_token.get_secret_value())]
+    check = token_check(settings)
+    return [] if check is None else [TokenAuthInterceptor(check)]

@@ -15,21 +15,25 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import ssl
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from common.version import EDGEFLEET_VERSION
 from server.core import InferenceCore
 from server.errors import INTERNAL_MESSAGE, EdgeError, InvalidInput
 from server.http_api import json_tensors
+from server.http_api.guard import token_guard
+from server.http_api.responses import error_response, json_response
+from server.security import TokenCheck
+from server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "edgefleet"
 EXTENSIONS = ["classification", "model_repository", "statistics", "binary_tensor_data"]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def status_for(error: BaseException) -> int:
@@ -48,15 +52,17 @@ async def edge_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         if status == 500:
             log.error("unexpected error in %s %s", request.method, request.path, exc_info=exc)
         message = str(exc) if status != 500 else INTERNAL_MESSAGE
-        return web.json_response({"error": message}, status=status)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return error_response(message, status, headers)
 
 
 class KServeHttp:
     def __init__(self, core: InferenceCore) -> None:
         self._core = core
 
-    def app(self, max_body_bytes: int) -> web.Application:
-        app = web.Application(middlewares=[edge_errors], client_max_size=max_body_bytes)
+    def app(self, max_body_bytes: int, token: TokenCheck | None = None) -> web.Application:
+        middlewares = [edge_errors] if token is None else [edge_errors, token_guard(token)]
+        app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
         model = "/v2/models/{name}"
         versioned = "/v2/models/{name}/versions/{version}"
         app.add_routes([
@@ -83,13 +89,13 @@ class KServeHttp:
         return web.Response(status=200 if self._core.ready else 503)
 
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return web.json_response(
+        return json_response(
             {"name": SERVER_NAME, "version": EDGEFLEET_VERSION, "extensions": EXTENSIONS}
         )
 
     async def metadata(self, request: web.Request) -> web.Response:
         info = self._core.model_info(request.match_info["name"], _version(request))
-        return web.json_response(json_tensors.model_metadata(info))
+        return json_response(json_tensors.model_metadata(info))
 
     async def model_ready(self, request: web.Request) -> web.Response:
         ready = self._core.model_ready(request.match_info["name"], _version(request))
@@ -97,11 +103,11 @@ class KServeHttp:
 
     async def config(self, request: web.Request) -> web.Response:
         info = self._core.model_info(request.match_info["name"], _version(request))
-        return web.json_response(json_tensors.model_config(info))
+        return json_response(json_tensors.model_config(info))
 
     async def stats(self, request: web.Request) -> web.Response:
         stats = self._core.statistics(request.match_info.get("name", ""), _version(request))
-        return web.json_response(json_tensors.statistics(stats))
+        return json_response(json_tensors.statistics(stats))
 
     async def infer(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -122,7 +128,7 @@ class KServeHttp:
     async def index(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
         entries = self._core.repository_index(ready_only=bool(body.get("ready", False)))
-        return web.json_response([
+        return json_response([
             {"name": entry.name, "version": entry.version, "state": entry.state,
              "reason": entry.reason}
             for entry in entries
@@ -135,11 +141,11 @@ class KServeHttp:
         await self._core.load_model(
             request.match_info["name"], None if version is None else str(version)
         )
-        return web.json_response({})
+        return json_response({})
 
     async def unload(self, request: web.Request) -> web.Response:
         await self._core.unload_model(request.match_info["name"])
-        return web.json_response({})
+        return json_response({})
 
 
 def _version(request: web.Request) -> str:
@@ -162,17 +168,29 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 class HttpServer:
     """The HTTP listener; started after the core, stopped before it."""
 
-    def __init__(self, core: InferenceCore, host: str, port: int, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        core: InferenceCore,
+        settings: ServerSettings,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        token: TokenCheck | None = None,
+    ) -> None:
         self._runner = web.AppRunner(
-            KServeHttp(core).app(max_body_bytes), access_log=None, handle_signals=False
+            KServeHttp(core).app(settings.max_message_bytes, token),
+            access_log=None,
+            handle_signals=False,
         )
-        self._host = host
-        self._port = port
+        self._host = settings.host
+        self._port = settings.http_port
+        self._ssl_context = ssl_context
         self.port = 0
 
     async def start(self) -> int:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port, reuse_port=False)
+        site = web.TCPSite(
+            self._runner, self._host, self._port, reuse_port=False, ssl_context=self._ssl_context
+        )
         await site.start()
         address = self._runner.addresses[0]
         self.port = int(address[1])
