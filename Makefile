@@ -7,7 +7,7 @@ PROTO_SRC := $(shell find protos -name '*.proto' | sort)
 PROTO_STAMP := protos/.generated
 MODELS_STAMP := models/.built
 
-.PHONY: install protos models demo test test-fast lint bench stubs fleet-demo clean fuzz
+.PHONY: install protos models demo test test-fast lint bench stubs fleet-demo clean fuzz perf-analyzer
 
 install: $(INSTALLED)
 
@@ -36,7 +36,7 @@ $(MODELS_STAMP): $(PROTO_STAMP) scripts/build_default_models.py edgefleet/export
 demo: $(MODELS_STAMP)
 	$(VENV)/bin/edgefleet demo --repository models
 
-test: $(MODELS_STAMP)
+test: $(MODELS_STAMP) perf-analyzer
 	$(PY) -m pytest -q
 
 # The unit tests only: no child processes, external services or multi-second runs (marker
@@ -44,10 +44,18 @@ test: $(MODELS_STAMP)
 test-fast: $(MODELS_STAMP)
 	$(PY) -m pytest -q -m "not system"
 
-# Long fuzzing of the real server (tests/server/test_fuzz.py): FUZZ_SECONDS=3600 make fuzz.
+# Triton's perf_analyzer (from the tritonclient 2.41.0 wheel) for the HTTP/gRPC parity test.
+perf-analyzer: build/perf_analyzer/bin/perf_analyzer
+
+build/perf_analyzer/bin/perf_analyzer: scripts/install_perf_analyzer.sh | $(INSTALLED)
+	bash scripts/install_perf_analyzer.sh $(PY)
+
+# Long fuzzing of the real server over gRPC (tests/server/test_fuzz.py) and HTTP
+# (tests/server/test_http_fuzz.py), FUZZ_SECONDS each: FUZZ_SECONDS=3600 make fuzz.
 FUZZ_SECONDS ?= 600
 fuzz: $(MODELS_STAMP)
-	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -s --timeout 0 tests/server/test_fuzz.py -k long
+	FUZZ_SECONDS=$(FUZZ_SECONDS) $(PY) -m pytest -q -s --timeout 0 \
+		tests/server/test_fuzz.py tests/server/test_http_fuzz.py -k long
 
 # Style, types, and the architecture: import-linter holds the layers in .importlinter.
 lint: $(PROTO_STAMP)

@@ -45,6 +45,20 @@ class Overloaded(EdgeError):
     http_status = 429
 
 
+class RequestTooLarge(EdgeError):
+    """A request body over its endpoint's size limit (gRPC refuses big messages itself)."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+    http_status = 413
+
+
+class RequestTimeout(EdgeError):
+    """A client too slow to send its request body."""
+
+    grpc_status = "DEADLINE_EXCEEDED"
+    http_status = 408
+
+
 class ModelLoadError(EdgeError):
     """A model could not be loaded: corrupt file, checksum mismatch, bad manifest."""
 

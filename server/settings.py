@@ -12,6 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 # 8K (7680x4320).
 DEFAULT_MAX_FRAME_PIXELS = 7680 * 4320
+# Request bodies the HTTP port holds at once: three of the largest bodies.
+DEFAULT_HTTP_BODY_BUDGET_BYTES = 3 * DEFAULT_MAX_MESSAGE_BYTES
 
 
 class ServerSettings(BaseSettings):
@@ -58,3 +60,14 @@ class ServerSettings(BaseSettings):
     # The HTTP port uses the TLS files above when they are set; with TLS on, HTTP in plaintext
     # is refused unless this says so (a TLS-terminating proxy on the same host, say).
     http_plaintext: bool = False
+    # Seconds a client has to send a request's headers (and an idle keep-alive connection
+    # lives); slow-header connections are closed after it.
+    http_header_timeout_s: float = Field(default=10.0, gt=0)
+    # Seconds a client has to send a whole request body (408 and closed after it).
+    http_body_timeout_s: float = Field(default=30.0, gt=0)
+    # Bytes of request bodies the HTTP port receives and parses at once, over all connections;
+    # past it new bodies get 429 at once. Never below max_message_bytes (one body always fits).
+    http_body_budget_bytes: int = Field(default=DEFAULT_HTTP_BODY_BUDGET_BYTES, ge=1024)
+    # Processes that parse large JSON request bodies, so the event loop (which serves gRPC and
+    # the camera streams too) never does; 0 parses on the loop (tests of the parser only).
+    http_parse_processes: int = Field(default=1, ge=0, le=16)

@@ -20,8 +20,10 @@ class FailureLog:
         logger: logging.Logger,
         interval_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        level: int = logging.ERROR,
     ) -> None:
         self._log = logger
+        self._level = level
         self._interval_s = interval_s
         self._clock = clock
         # kind -> (failures not yet reported, time of the last line for the kind)
@@ -35,9 +37,10 @@ class FailureLog:
         pending += 1
         if now - last >= self._interval_s:
             if last == float("-inf"):
-                self._log.error("%s: %s", kind, error)
+                self._log.log(self._level, "%s: %s", kind, error)
             else:
-                self._log.error(
+                self._log.log(
+                    self._level,
                     "%s: %s; %d such failures in the last %.0f s",
                     kind, error, pending, now - last,
                 )  # fmt: skip
