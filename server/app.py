@@ -3,6 +3,7 @@ Prometheus. The CLI, the tests and the fleet agent all build it through this one
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Sequence
@@ -88,6 +89,8 @@ class EdgeServer:
         self._health = health.aio.HealthServicer()
         self._metrics_http: Any = None
         self._http: HttpServer | None = None
+        self._health_ready = False
+        self._health_updates: set[asyncio.Task[None]] = set()
         self.port = 0
         self.http_port = 0
         self.metrics_port = 0
@@ -127,20 +130,27 @@ class EdgeServer:
             raise PortInUse(
                 f"cannot listen on {address}: the port is in use or the address is not local"
             ) from exc
+        http = self._bind_http(http_tls) if self.settings.http_port >= 0 else None
         try:
             self._start_metrics()
             await self.core.start()
             await server.start()
+            if http is not None:
+                await http.start()
         except BaseException:
             await server.stop(None)
+            if http is not None:
+                await http.stop()
             await self.core.stop()
             self._stop_metrics()
             raise
         self._grpc = server
-        if self.settings.http_port >= 0:
-            await self._start_http(http_tls)
-        for name in ("", *SERVICE_NAMES):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._http = http
+        # grpc.health follows readiness from now on (NOT_SERVING while a wanted model is
+        # missing, and from the first moment of a shutdown).
+        self.core.on_readiness_change = self._readiness_changed
+        self._health_ready = self.core.ready
+        await self._set_health(self._health_ready)
         if self.settings.port_file is not None:
             self.settings.port_file.write_text(f"{self.port}\n", encoding="utf-8")
         log.info(
@@ -150,6 +160,19 @@ class EdgeServer:
             self.metrics_port if self.settings.metrics_port >= 0 else "off",
         )  # fmt: skip
         return self.port
+
+    async def _set_health(self, ready: bool) -> None:
+        status = health_pb2.HealthCheckResponse
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, status.SERVING if ready else status.NOT_SERVING)
+
+    def _readiness_changed(self, ready: bool) -> None:
+        if ready == self._health_ready:
+            return
+        self._health_ready = ready
+        task = asyncio.get_running_loop().create_task(self._set_health(ready))
+        self._health_updates.add(task)
+        task.add_done_callback(self._health_updates.discard)
 
     def _http_tls(self) -> ssl.SSLContext | None:
         """The HTTP port's TLS: the settings' files, as for gRPC. HTTP in plaintext beside a TLS
@@ -167,21 +190,18 @@ class EdgeServer:
             )
         return context
 
-    async def _start_http(self, tls: ssl.SSLContext | None) -> None:
+    def _bind_http(self, tls: ssl.SSLContext | None) -> HttpServer:
         http = HttpServer(
-            self.core, self.settings, ssl_context=tls,
-            token=token_check(self.settings),
-        )  # fmt: skip
+            self.core, self.settings, ssl_context=tls, token=token_check(self.settings)
+        )
         try:
-            self.http_port = await http.start()
+            self.http_port = http.bind()
         except OSError as exc:
-            await http.stop()
-            await self.stop(grace_s=0)
             raise PortInUse(
                 f"cannot serve HTTP on {self.settings.host}:{self.settings.http_port}: "
                 f"{exc.strerror}"
             ) from exc
-        self._http = http
+        return http
 
     def _start_metrics(self) -> None:
         if self.settings.metrics_port < 0:
@@ -208,15 +228,24 @@ class EdgeServer:
             await self._grpc.wait_for_termination()
 
     async def stop(self, grace_s: float | None = None) -> None:
-        """Drain: report NOT_SERVING, let in-flight RPCs finish within the grace, free models."""
+        """Drain: say not ready (HTTP 503, grpc.health NOT_SERVING) at once, keep serving for
+        `drain_delay_s` while load balancers notice, then refuse new work and let in-flight
+        requests finish within the grace; close the listeners; free the models."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        self.core.begin_drain()
         await self._health.enter_graceful_shutdown()
+        if self.settings.drain_delay_s > 0 and (self._grpc is not None or self._http):
+            await asyncio.sleep(self.settings.drain_delay_s)
+        if self._http is not None:
+            self._http.refuse_new()
+        await asyncio.gather(
+            self._grpc.stop(grace) if self._grpc is not None else asyncio.sleep(0),
+            self._http.wait_idle(grace) if self._http is not None else asyncio.sleep(0),
+        )
+        self._grpc = None
         if self._http is not None:
             await self._http.stop()
             self._http = None
-        if self._grpc is not None:
-            await self._grpc.stop(grace)
-            self._grpc = None
         await self.core.stop()
         self._stop_metrics()
         log.info("edgefleet stopped")

@@ -97,7 +97,14 @@ class InferenceCore:
         )
         self.metrics.watch_models(lambda: [model.info_labels for model in self.registry.loaded()])
         self._started = False
+        self._draining = False
         self._stopping = False
+        # Models the server is meant to serve (readiness "models"): the operator's --model
+        # list, what loaded at boot, and what a load request asked for since; an unload of the
+        # whole model removes it.
+        self._wanted: set[str] = set(settings.models or ())
+        # Called whenever readiness may have changed (the gRPC health service follows it).
+        self.on_readiness_change: Callable[[bool], None] | None = None
         self._streams = 0
         self._stream_ids = itertools.count(1)
         # One frame scheduler per (model, requested version) that streams have opened; bounded by
@@ -108,7 +115,28 @@ class InferenceCore:
 
     @property
     def ready(self) -> bool:
-        return self._started and not self._stopping
+        """Started, not draining, and (readiness "models", Triton's strict readiness) every
+        wanted model has a version that serves: not while one loads for the first time, after
+        its load failed, or after it was unloaded unasked. A hot swap keeps the old version
+        serving, so it keeps the server ready."""
+        if not self._started or self._draining or self._stopping:
+            return False
+        if self.settings.readiness == "server":
+            return True
+        return all(self.registry.active(name) is not None for name in self._wanted)
+
+    def unready_models(self) -> list[str]:
+        """Wanted models with no serving version (why readiness "models" says not ready)."""
+        return sorted(name for name in self._wanted if self.registry.active(name) is None)
+
+    def _readiness_may_have_changed(self) -> None:
+        if self.on_readiness_change is not None:
+            self.on_readiness_change(self.ready)
+
+    def begin_drain(self) -> None:
+        """Shutdown has begun: not ready from now on (probes see it while work still runs)."""
+        self._draining = True
+        self._readiness_may_have_changed()
 
     @property
     def live(self) -> bool:
@@ -132,6 +160,7 @@ class InferenceCore:
                 continue  # already loaded as a member of a pipeline loaded before it
             try:
                 await self._load_at_boot(name)
+                self._wanted.add(name)
             except EdgeError as exc:
                 if self.settings.models is not None:
                     # A model the operator named must load, or the server must not start.
@@ -149,7 +178,10 @@ class InferenceCore:
                 "%d model(s) loaded: %s",
                 len(loaded), ", ".join(f"{model.name}/{model.version}" for model in loaded),
             )  # fmt: skip
+        # Pipeline members loaded with their pipeline are wanted too.
+        self._wanted.update(model.name for model in loaded)
         self._started = True
+        self._readiness_may_have_changed()
 
     async def _load_at_boot(self, name: str) -> None:
         """Load the first version of `boot_order` (newest first by default) that loads: one bad
@@ -173,6 +205,7 @@ class InferenceCore:
     async def stop(self) -> None:
         """Refuse new work, let in-flight requests finish, free every runtime."""
         self._stopping = True
+        self._readiness_may_have_changed()
         for scheduler in self._schedulers.values():
             await scheduler.close()
         await self.registry.close()
@@ -182,11 +215,29 @@ class InferenceCore:
     # ---- models ----
 
     async def load_model(self, name: str, version: str | None = None) -> str:
-        loaded = await self.registry.load(name, version)
+        if name in self.registry.names_on_disk():
+            # Wanted from the request on: a first load makes the server unready until it is
+            # done, a failed one until the model loads or is unloaded.
+            self._wanted.add(name)
+        self._readiness_may_have_changed()
+        try:
+            loaded = await self.registry.load(name, version)
+        finally:
+            self._readiness_may_have_changed()
         return loaded.version
 
     async def unload_model(self, name: str, version: str | None = None) -> None:
-        await self.registry.unload(name, version)
+        if version is None and name in self._wanted and not self.registry.loaded_versions(name):
+            # A wanted model whose load failed: unloading it means "stop wanting it".
+            self._wanted.discard(name)
+            self._readiness_may_have_changed()
+            return
+        try:
+            await self.registry.unload(name, version)
+        finally:
+            if version is None:
+                self._wanted.discard(name)
+            self._readiness_may_have_changed()
 
     def repository_index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
         return self.registry.index(ready_only)

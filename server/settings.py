@@ -43,6 +43,12 @@ class ServerSettings(BaseSettings):
     max_concurrent_rpcs: int = Field(default=1024, ge=1)
     # Seconds SIGTERM waits for in-flight work before cancelling it.
     shutdown_grace_s: float = Field(default=10.0, ge=0)
+    # Seconds between SIGTERM and refusing new work, while readiness already says no (HTTP
+    # 503, grpc.health NOT_SERVING): time for load balancers to stop sending requests.
+    drain_delay_s: float = Field(default=0.0, ge=0)
+    # "models" (Triton's strict readiness): ready only while every model the server is meant
+    # to serve has a serving version. "server": ready once started, whatever the models do.
+    readiness: Literal["models", "server"] = "models"
     # Largest camera frame accepted, in pixels (default 8K); a JPEG or PNG declaring more is
     # refused from its header, before any decoding.
     max_frame_pixels: int = Field(default=DEFAULT_MAX_FRAME_PIXELS, ge=1)

@@ -15,11 +15,12 @@ settings answer a JSON "not supported" error, as their gRPC counterparts do.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from common.version import EDGEFLEET_VERSION
 from server.core import InferenceCore
@@ -27,6 +28,7 @@ from server.errors import InvalidInput, Unsupported
 from server.grpc_api import convert_kserve as convert
 from server.http_api import infer_body, triton_json
 from server.http_api.body import BodyBudget, BodyLimit, read_body
+from server.http_api.drain import DrainGate
 from server.http_api.guard import token_guard
 from server.http_api.infer_body import OutputEntry, ParsedInfer
 from server.http_api.parse_pool import ON_LOOP_JSON_BYTES, ON_LOOP_JSON_VALUES, ParsePool
@@ -57,15 +59,20 @@ UNSUPPORTED_PATHS = {
 
 
 class KServeHttp:
-    def __init__(self, core: InferenceCore, settings: ServerSettings, pool: ParsePool) -> None:
+    def __init__(
+        self, core: InferenceCore, settings: ServerSettings, pool: ParsePool, gate: DrainGate
+    ) -> None:
         self._core = core
         self._pool = pool
+        self._gate = gate
         self._infer_limit = BodyLimit(settings.max_message_bytes, settings.http_body_timeout_s)
         self._control_limit = BodyLimit(CONTROL_BODY_BYTES, settings.http_body_timeout_s)
         self._budget = BodyBudget(max(settings.http_body_budget_bytes, settings.max_message_bytes))
 
     def app(self, token: TokenCheck | None = None) -> web.Application:
-        middlewares = [json_errors] if token is None else [json_errors, token_guard(token)]
+        middlewares: list[Middleware] = [json_errors, self._gate.middleware]
+        if token is not None:
+            middlewares.append(token_guard(token))
         # Bodies are read by `server.http_api.body` with their own limits, never by aiohttp.
         app = web.Application(middlewares=middlewares, client_max_size=CONTROL_BODY_BYTES)
         model = "/v2/models/{name}"
@@ -221,7 +228,9 @@ def _version(request: web.Request) -> str:
 
 
 class HttpServer:
-    """The HTTP listener; started after the core, stopped before it."""
+    """The HTTP listener: bound before the models load (a busy port is reported at once),
+    serving once they are loaded (connections made meanwhile wait), draining before the core
+    stops."""
 
     def __init__(
         self,
@@ -232,8 +241,9 @@ class HttpServer:
         token: TokenCheck | None = None,
     ) -> None:
         self._pool = ParsePool(settings.http_parse_processes)
+        self._gate = DrainGate()
         self._runner = web.AppRunner(
-            KServeHttp(core, settings, self._pool).app(token),
+            KServeHttp(core, settings, self._pool, self._gate).app(token),
             access_log=None,
             handle_signals=False,
             # aiohttp runs its keep-alive timer from the moment a connection opens until a
@@ -243,23 +253,49 @@ class HttpServer:
             # (so the client reads the answer), then the connection is closed.
             lingering_time=LINGER_S,
             auto_decompress=False,
+            # Requests still running when the listener closes (after the drain) are cancelled.
+            shutdown_timeout=1.0,
         )
         self._host = settings.host
         self._port = settings.http_port
         self._ssl_context = ssl_context
+        self._socket: socket.socket | None = None
         self.port = 0
 
-    async def start(self) -> int:
+    def bind(self) -> int:
+        """Take the port (OSError if it is busy); nothing is served until `start`."""
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            self._host, self._port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, protocol)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self._socket = sock
+        self.port = int(sock.getsockname()[1])
+        return self.port
+
+    async def start(self) -> None:
+        assert self._socket is not None, "bind() first"
         self._pool.start()
         await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, self._host, self._port, reuse_port=False, ssl_context=self._ssl_context
-        )
-        await site.start()
-        address = self._runner.addresses[0]
-        self.port = int(address[1])
-        return self.port
+        await web.SockSite(self._runner, self._socket, ssl_context=self._ssl_context).start()
+
+    def refuse_new(self) -> None:
+        """From now on, requests other than health checks get 503."""
+        self._gate.refusing = True
+
+    async def wait_idle(self, timeout_s: float) -> None:
+        await self._gate.wait_idle(timeout_s)
 
     async def stop(self) -> None:
         await self._runner.cleanup()
+        if self._socket is not None:
+            self._socket.close()  # bound but never served (a start that failed)
+            self._socket = None
         await self._pool.close()

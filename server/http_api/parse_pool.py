@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -29,11 +30,20 @@ ON_LOOP_JSON_BYTES = 64 * 1024
 # JSON values of an answer written on the event loop; above, in the parse process.
 ON_LOOP_JSON_VALUES = 16 * 1024
 
+# Niceness of the parse process (0 is the server's; 19 the lowest priority).
+PARSE_NICENESS = 10
+
 T = TypeVar("T")
 
 
 def _ready() -> bool:
     return True
+
+
+def _yield_to_serving() -> None:
+    """Parsing is background work: on a machine with few cores, the serving process (event
+    loop, models) gets the CPU first."""
+    os.nice(PARSE_NICENESS)
 
 
 def _log_failed_start(warm: asyncio.Future[bool]) -> None:
@@ -53,7 +63,9 @@ class ParsePool:
         if self._processes == 0 or self._pool is not None:
             return
         self._pool = ProcessPoolExecutor(
-            self._processes, mp_context=multiprocessing.get_context("spawn")
+            self._processes,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_yield_to_serving,
         )
         self._warm = asyncio.get_running_loop().run_in_executor(self._pool, _ready)
         self._warm.add_done_callback(_log_failed_start)

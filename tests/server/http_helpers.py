@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +59,9 @@ async def call(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> Reply:
-    async with session.request(method, url, data=body, headers=headers) as response:
+    # aiohttp warns that large raw bytes may block its loop; a stream it sends in chunks.
+    data = io.BytesIO(body) if body is not None and len(body) > 2**20 else body
+    async with session.request(method, url, data=data, headers=headers) as response:
         return Reply(
             response.status, response.headers.get("Content-Type", ""), await response.read()
         )
