@@ -51,6 +51,7 @@ def serve(
     stream_max_in_flight: Annotated[int, typer.Option(help="Default in-flight frame window per camera stream.")] = 4,
     shutdown_grace_s: Annotated[float, typer.Option(help="Seconds SIGTERM waits for in-flight work.")] = 10.0,
     drain_delay_s: Annotated[float, typer.Option(help="Seconds after SIGTERM that the server reports not ready but still takes work (load balancers notice).")] = 0.0,
+    classification_scores: Annotated[str, typer.Option(help="Classification result scores: model (softmax probabilities when the manifest asks) or raw (the output value, as Triton gives).")] = "model",
     readiness: Annotated[str, typer.Option(help="models: ready only while every model it should serve is loaded (Triton's strict readiness); server: ready once started.")] = "models",
     port_file: Annotated[Path | None, typer.Option(help="Write the bound gRPC port here once serving.")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",

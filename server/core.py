@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from server.errors import (
+    DeadlineExceeded,
     EdgeError,
     InvalidInput,
     ModelNotReady,
@@ -298,7 +299,10 @@ class InferenceCore:
         if self._stopping:
             raise ShuttingDown("server is shutting down")
 
-    async def infer(self, request: InferRequest) -> InferResponse:
+    async def infer(
+        self, request: InferRequest, *, timeout_s: float | None = None
+    ) -> InferResponse:
+        """Run one request; `timeout_s` bounds its queueing and computing (DeadlineExceeded)."""
         self._check_serving()
         loop = asyncio.get_running_loop()
         arrival = loop.time()
@@ -306,7 +310,14 @@ class InferenceCore:
         with model.lease():
             try:
                 requested = self._requested_outputs(model, request.outputs)
-                outcome = await model.infer(request.inputs)
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        outcome = await model.infer(request.inputs)
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        f"request timeout of {(timeout_s or 0) * 1e6:.0f} us expired before "
+                        f"model {model.name} answered"
+                    ) from None
                 post_start = loop.time()
                 outputs = [await self._output(model, outcome, wanted) for wanted in requested]
             except Exception as exc:  # every failure counts: a runtime error is a failed inference
@@ -345,11 +356,14 @@ class InferenceCore:
         if model.max_batch_size == 0:
             value = value[None]
         k = min(wanted.classification, classification_width(value))
+        raw = self.settings.classification_scores == "raw"
         if k * value.shape[0] <= CLASSIFICATION_ON_LOOP:
-            strings = _classify(value, k, model)
+            strings = _classify(value, k, model, raw)
         else:  # thousands of formatted strings: keep the event loop free meanwhile
             loop = asyncio.get_running_loop()
-            strings = await loop.run_in_executor(self._preprocess_pool, _classify, value, k, model)
+            strings = await loop.run_in_executor(
+                self._preprocess_pool, _classify, value, k, model, raw
+            )
         return OutputTensor(wanted.name, strings if model.max_batch_size else strings[0])
 
     async def stream(
@@ -404,7 +418,8 @@ class InferenceCore:
         return self._streams
 
 
-def _classify(scores: np.ndarray, k: int, model: ModelVersion) -> np.ndarray:
-    return classification_strings(
-        scores, k, model.labels, apply_softmax=model.manifest.postprocess.softmax
-    )
+def _classify(scores: np.ndarray, k: int, model: ModelVersion, raw: bool) -> np.ndarray:
+    """Top-k strings; scores are the manifest's (softmax probabilities when it asks for them)
+    or, with classification_scores "raw", the output values themselves, as Triton gives."""
+    softmax = model.manifest.postprocess.softmax and not raw
+    return classification_strings(scores, k, model.labels, apply_softmax=softmax)

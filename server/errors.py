@@ -59,6 +59,14 @@ class RequestTimeout(EdgeError):
     http_status = 408
 
 
+class DeadlineExceeded(EdgeError):
+    """The request's own deadline (KServe's `timeout` parameter) passed before its answer."""
+
+    grpc_status = "DEADLINE_EXCEEDED"
+    # Triton answers an expired request timeout as unavailable (503).
+    http_status = 503
+
+
 class ModelLoadError(EdgeError):
     """A model could not be loaded: corrupt file, checksum mismatch, bad manifest."""
 

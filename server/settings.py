@@ -49,6 +49,10 @@ class ServerSettings(BaseSettings):
     # "models" (Triton's strict readiness): ready only while every model the server is meant
     # to serve has a serving version. "server": ready once started, whatever the models do.
     readiness: Literal["models", "server"] = "models"
+    # Scores in classification results ("score:index:label"): "model" as the manifest says
+    # (softmax probabilities when its postprocess asks for softmax), "raw" the output value
+    # itself, as Triton's classification extension gives it.
+    classification_scores: Literal["model", "raw"] = "model"
     # Largest camera frame accepted, in pixels (default 8K); a JPEG or PNG declaring more is
     # refused from its header, before any decoding.
     max_frame_pixels: int = Field(default=DEFAULT_MAX_FRAME_PIXELS, ge=1)

@@ -18,6 +18,7 @@ from server.core import InferenceCore
 from server.errors import EdgeError, Unsupported
 from server.grpc_api import convert_kserve
 from server.grpc_api.status import grpc_errors, status_for
+from server.kserve_parameters import refuse_shared_memory
 from server.models.types import InferRequest
 from server.observability.failure_log import FailureLog
 
@@ -182,6 +183,11 @@ def _unsupported(feature: str) -> EdgeError:
 async def _request_from_pb(request: kserve.ModelInferRequest) -> InferRequest:
     """Convert on the loop when cheap; a request with many typed values converts in a thread
     (numpy walks them one by one), so other calls keep being answered meanwhile."""
+    # Not "0 values in fp32_contents": say what is missing.
+    for tensor in request.inputs:
+        refuse_shared_memory(tensor.name, tensor.parameters)
+    for wanted in request.outputs:
+        refuse_shared_memory(wanted.name, wanted.parameters)
     if convert_kserve.typed_element_count(request) <= TYPED_VALUES_ON_LOOP:
         return convert_kserve.infer_request_from_pb(request)
     return await asyncio.to_thread(convert_kserve.infer_request_from_pb, request)

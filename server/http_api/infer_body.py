@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from server.errors import InvalidInput, Unsupported
+from server.errors import InvalidInput
+from server.kserve_parameters import refuse_shared_memory
 from server.models.tensors import array_from_bytes, element_count, numpy_dtype
 
 # More inputs or outputs than any model has (the gRPC converter's bound too).
@@ -141,8 +142,7 @@ def parse_infer(header: bytes, blobs: bytes) -> ParsedInfer:
         if not isinstance(datatype, str):
             raise InvalidInput(f"input {name!r}: datatype must be a string")
         parameters = parameters_of(item, f"input {name!r}")
-        if "shared_memory_region" in parameters:
-            raise_shared_memory(name)
+        refuse_shared_memory(name, parameters)
         size = parameters.get("binary_data_size")
         if size is not None:
             if not is_int(size) or size < 0 or offset + size > len(blobs):
@@ -174,13 +174,6 @@ def parse_infer(header: bytes, blobs: bytes) -> ParsedInfer:
     )
 
 
-def raise_shared_memory(tensor: str) -> None:
-    raise Unsupported(
-        f"tensor {tensor!r}: shared memory is not supported by edgefleet; send the data in "
-        "the request (JSON or binary_data_size)"
-    )
-
-
 def _wanted_outputs(outputs: Any, all_binary: bool) -> tuple[WantedOutput, ...]:
     if outputs is None:
         return ()
@@ -194,8 +187,7 @@ def _wanted_outputs(outputs: Any, all_binary: bool) -> tuple[WantedOutput, ...]:
             raise InvalidInput("every requested output needs a name")
         name = item["name"]
         parameters = parameters_of(item, f"output {name!r}")
-        if "shared_memory_region" in parameters:
-            raise_shared_memory(name)
+        refuse_shared_memory(name, parameters)
         classification = parameters.get("classification", 0)
         if not is_int(classification) or classification < 0:
             raise InvalidInput(f"output {name!r}: classification must be an integer >= 0")

@@ -34,11 +34,11 @@ from server.http_api.infer_body import OutputEntry, ParsedInfer
 from server.http_api.parse_pool import ON_LOOP_JSON_BYTES, ON_LOOP_JSON_VALUES, ParsePool
 from server.http_api.responses import json_response
 from server.http_api.status import json_errors
+from server.kserve_parameters import load_version, request_options
+from server.models.tensors import kserve_datatype
 from server.models.types import InferRequest, InferResponse, RequestedOutput
-from server.kserve_parameters import load_version
 from server.security import TokenCheck
 from server.settings import ServerSettings
-from server.models.tensors import kserve_datatype
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,7 @@ class KServeHttp:
             parsed = await self._pool.run(
                 len(header) <= ON_LOOP_JSON_BYTES, infer_body.parse_infer, header, blobs
             )
+            options = request_options(parsed.parameters)
             response = await self._core.infer(
                 InferRequest(
                     model_name=request.match_info["name"],
@@ -141,7 +142,8 @@ class KServeHttp:
                     outputs=tuple(
                         RequestedOutput(o.name, o.classification) for o in parsed.outputs
                     ),
-                )
+                ),
+                timeout_s=options.timeout_s,
             )
             payload, json_length = await self._encode(response, parsed)
         if json_length is None:

@@ -6,6 +6,9 @@ every gRPC call and camera stream (a 32 MiB body held the loop for 3-15 s). A pr
 own GIL. It is spawned, not forked, so it inherits none of this process's threads, sockets or
 models, and it imports only numpy and the parser (`server.http_api.infer_body`).
 
+Like any spawned process it imports the program's main module: a script that embeds EdgeServer
+needs Python's usual `if __name__ == "__main__":` guard (the CLI and pytest have it).
+
 Small bodies are parsed on the loop: below ON_LOOP_JSON_BYTES the parse takes well under a
 millisecond, less than the round trip to the process.
 """

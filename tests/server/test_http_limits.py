@@ -2,16 +2,19 @@
 is bounded in size, in time and in bytes held at once.
 
 The attacker runs in its own process (tests/server/http_attacks.py), so only the server's work
-runs on the event loop that ServerLive is probed on. The bound, ServerLive under 100 ms at the
-99th percentile, is the issue's; the call itself takes about 1 ms, so the bound leaves two
-orders of magnitude for a loaded 2-core machine, while the stall it guards against was 3-25 s.
-RSS bounds leave several times the expected growth for allocator high-water marks; before the
-fix one 32 MiB body grew the server by about 1 GB.
+runs on the event loop that ServerLive is probed on. The bound is the issue's, ServerLive under
+100 ms at the 99th percentile, on top of the p99 the same probe measures just before the attack
+on the same machine: on the shared 2-core machine (load averages of 4-7 from other builds) the
+scheduler alone delays a 1 ms call by tens of milliseconds, which no server change can remove.
+The stall guarded against was 1-15 s; the maximum is also held under one second. RSS bounds
+leave several times the expected growth for allocator high-water marks; before the fix one
+32 MiB body grew the server by about 1 GB and 20 slow bodies held 650 MB.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import sys
@@ -34,11 +37,14 @@ from tests.server.http_attacks import write_big_json
 from tests.server.http_helpers import call
 
 LIVE_P99_LIMIT_S = 0.100
+LIVE_MAX_LIMIT_S = 1.0
 BODY_TIMEOUT_S = 2.0
 HEADER_TIMEOUT_S = 2.0
 # aiohttp drains unread body bytes for LINGER_S (2 s) after an early answer, then closes; the
 # rest is margin for a loaded machine.
 CLOSE_LIMIT_S = BODY_TIMEOUT_S + 2.0 + 8.0
+# ServerLive is probed this long before each attack, to learn the machine's own delays.
+BASELINE_S = 1.5
 
 
 def rss(process: psutil.Process) -> int:
@@ -61,6 +67,7 @@ class LiveProbe:
     def __init__(self, port: int) -> None:
         self._port = port
         self.latencies: list[float] = []
+        self.baseline: list[float] = []
         self.rss_start = rss(psutil.Process())
         self.rss_peak = self.rss_start
         self._stop = asyncio.Event()
@@ -82,6 +89,9 @@ class LiveProbe:
 
     async def __aenter__(self) -> LiveProbe:
         self._task = asyncio.create_task(self._run())
+        await asyncio.sleep(BASELINE_S)  # the machine's own delays, before the attack
+        self.baseline = list(self.latencies)
+        self.latencies.clear()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -92,6 +102,15 @@ class LiveProbe:
     @property
     def p99_s(self) -> float:
         return float(np.percentile(self.latencies, 99))
+
+    def assert_never_stalled(self) -> None:
+        baseline = float(np.percentile(self.baseline, 99))
+        limit = LIVE_P99_LIMIT_S + baseline
+        assert self.p99_s < limit, (
+            f"ServerLive p99 {self.p99_s * 1000:.0f} ms under attack, "
+            f"{baseline * 1000:.0f} ms before it"
+        )
+        assert max(self.latencies) < LIVE_MAX_LIMIT_S, f"a {max(self.latencies):.1f} s stall"
 
     @property
     def growth_mib(self) -> float:
@@ -132,7 +151,7 @@ async def test_32_mib_json_bodies_never_stall_grpc(repository: Path, tmp_path: P
         assert result["status"] == 200, result
         assert '"model_name":"efficientnet_lite0"' in result["answer"], result
     assert len(probe.latencies) > 20
-    assert probe.p99_s < LIVE_P99_LIMIT_S, f"ServerLive p99 {probe.p99_s * 1000:.0f} ms"
+    probe.assert_never_stalled()
     assert probe.growth_mib < 600, f"RSS grew {probe.growth_mib:.0f} MiB"
 
 
@@ -145,10 +164,11 @@ async def test_slow_bodies_hold_bounded_memory_and_are_closed(http_server: EdgeS
     closed = [c["closed_after_s"] for c in connections]
     assert all(t is not None and t < CLOSE_LIMIT_S for t in closed), connections
     statuses = {str(c["status"]) for c in connections}
-    # The budget (three 32 MiB bodies) took three; the rest were refused at once.
+    # The budget (three 32 MiB bodies) took three, answered 408 at the body timeout; the rest
+    # were answered 429 at once (a client still sending may see the reset instead: None).
     assert statuses <= {"HTTP/1.1 408 Request Timeout", "HTTP/1.1 429 Too Many Requests", "None"}
-    assert "HTTP/1.1 429 Too Many Requests" in statuses, connections
-    assert probe.p99_s < LIVE_P99_LIMIT_S, f"ServerLive p99 {probe.p99_s * 1000:.0f} ms"
+    assert "HTTP/1.1 408 Request Timeout" in statuses, connections
+    probe.assert_never_stalled()
     # Three bodies of 31 MiB and slack, where 20 used to hold 650 MB.
     assert probe.growth_mib < 250, f"RSS grew {probe.growth_mib:.0f} MiB"
 
@@ -161,7 +181,30 @@ async def test_slow_header_connections_are_closed(http_server: EdgeServer):
     closed = [c["closed_after_s"] for c in result["connections"]]
     assert all(t is not None and t < HEADER_TIMEOUT_S + 8.0 for t in closed), closed
     assert min(closed) >= HEADER_TIMEOUT_S - 0.5, closed  # the timeout, not an error
-    assert probe.p99_s < LIVE_P99_LIMIT_S
+    probe.assert_never_stalled()
+
+
+async def chunked_status(port: int, size: int) -> bytes:
+    """The status line answering a chunked body of `size` bytes (no Content-Length). Read while
+    still writing: past the limit the server answers and closes without reading the rest."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"POST /v2/models/{ONNX_MODEL}/infer HTTP/1.1\r\nHost: x\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n".encode()
+    )
+
+    async def send() -> None:
+        chunk = b"%x\r\n" % 2**16 + b" " * 2**16 + b"\r\n"
+        with contextlib.suppress(ConnectionError):
+            for _ in range(size // 2**16):
+                writer.write(chunk)
+                await writer.drain()
+
+    sending = asyncio.create_task(send())
+    status = await asyncio.wait_for(reader.readline(), 30)
+    await sending
+    writer.close()
+    return status.strip()
 
 
 async def test_sizes_are_refused_before_they_are_held(repository: Path):
@@ -174,12 +217,10 @@ async def test_sizes_are_refused_before_they_are_held(repository: Path):
         reply = await call(session, "POST", infer, b" " * (2**20 + 1))
         assert reply.status == 413 and "exceeds the limit" in reply.error
 
-        async def chunked():
-            for _ in range(3):
-                yield b" " * 2**19
-
-        async with session.post(infer, data=chunked()) as response:  # no Content-Length
-            assert response.status == 413
+        assert (
+            await chunked_status(server.http_port, 3 * 2**19)
+            == b"HTTP/1.1 413 Request Entity Too Large"
+        )
         bomb = gzip.compress(b" " * (64 * 2**20))  # 64 MiB of spaces in 64 KiB
         reply = await call(session, "POST", infer, bomb, {"Content-Encoding": "gzip"})
         assert reply.status == 413 and "inflated" in reply.error
@@ -198,3 +239,28 @@ async def test_sizes_are_refused_before_they_are_held(repository: Path):
         reply = await call(session, "POST", infer, gzip.compress(body.encode()),
                            {"Content-Encoding": "gzip"})  # fmt: skip
         assert reply.status == 200, reply.body[:300]
+
+
+async def test_body_budget_answers_429_while_it_is_spent(repository: Path):
+    async with running_server(
+        repository, http_port=0, max_message_bytes=2**20, http_body_budget_bytes=2**20
+    ) as server:
+        # A body in flight holds the whole budget: headers and half of its megabyte.
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.http_port)
+        writer.write(
+            f"POST /v2/models/{ONNX_MODEL}/infer HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Length: {2**20}\r\n\r\n".encode()
+            + b" " * 2**19
+        )
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{server.http_port}/v2/models/{ONNX_MODEL}/infer"
+            reply = await call(session, "POST", url, b"{}")
+            assert reply.status == 429 and "request bodies already" in reply.error
+            writer.write(b" " * 2**19)  # the first body completes: not JSON, but read
+            await writer.drain()
+            assert (await asyncio.wait_for(reader.readline(), 30)).startswith(b"HTTP/1.1 400")
+            writer.close()
+            reply = await call(session, "POST", url, b"{}")  # the budget is back
+            assert reply.status == 400 and "no inputs" in reply.error
