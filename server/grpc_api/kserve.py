@@ -18,7 +18,7 @@ from server.core import InferenceCore
 from server.errors import EdgeError, Unsupported
 from server.grpc_api import convert_kserve
 from server.grpc_api.status import grpc_errors, status_for
-from server.kserve_parameters import refuse_shared_memory
+from server.kserve_parameters import refuse_shared_memory, request_options
 from server.models.types import InferRequest
 from server.observability.failure_log import FailureLog
 
@@ -86,7 +86,10 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: kserve.ModelInferRequest, context: Context
     ) -> kserve.ModelInferResponse:
-        response = await self._core.infer(await _request_from_pb(request))
+        options = request_options(_parameters(request))
+        response = await self._core.infer(
+            await _request_from_pb(request), timeout_s=options.timeout_s
+        )
         return convert_kserve.infer_response_to_pb(response)
 
     @grpc_errors
@@ -97,7 +100,10 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
             # Every request gets exactly one answer: a result, or its error in error_message
             # (unexpected errors too, logged here and answered INTERNAL); the stream stays open.
             try:
-                response = await self._core.infer(await _request_from_pb(request))
+                options = request_options(_parameters(request))
+                response = await self._core.infer(
+                    await _request_from_pb(request), timeout_s=options.timeout_s
+                )
                 message = kserve.ModelStreamInferResponse(
                     infer_response=convert_kserve.infer_response_to_pb(response)
                 )
@@ -178,6 +184,15 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
 
 def _unsupported(feature: str) -> EdgeError:
     return Unsupported(f"{feature} is not supported by edgefleet; send tensors in the request")
+
+
+def _parameters(request: kserve.ModelInferRequest) -> dict[str, Any]:
+    """The request's parameters as plain values, for the rules both transports share."""
+    values = {}
+    for key, value in request.parameters.items():
+        choice = value.WhichOneof("parameter_choice")
+        values[key] = getattr(value, choice) if choice is not None else None
+    return values
 
 
 async def _request_from_pb(request: kserve.ModelInferRequest) -> InferRequest:

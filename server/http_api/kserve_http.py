@@ -14,7 +14,6 @@ settings answer a JSON "not supported" error, as their gRPC counterparts do.
 
 from __future__ import annotations
 
-import logging
 import socket
 import ssl
 from typing import Any
@@ -39,8 +38,6 @@ from server.models.tensors import kserve_datatype
 from server.models.types import InferRequest, InferResponse, RequestedOutput
 from server.security import TokenCheck
 from server.settings import ServerSettings
-
-log = logging.getLogger(__name__)
 
 SERVER_NAME = "edgefleet"
 EXTENSIONS = ["classification", "model_repository", "statistics", "binary_tensor_data"]

@@ -1,7 +1,7 @@
 """Issue 22 item 7, the parity choices made explicit (docs/http.md): classification scores as
 the manifest says or raw as Triton gives them, the `timeout` parameter honoured, `priority`
-accepted and ignored, sequence parameters and shared memory refused as not supported (on gRPC
-too, instead of "0 values in fp32_contents")."""
+accepted and ignored, sequence parameters and shared memory refused as not supported; the same
+rules on gRPC (where shared memory used to get "0 values in fp32_contents")."""
 
 from __future__ import annotations
 
@@ -98,3 +98,28 @@ async def test_shared_memory_is_refused_as_not_supported_on_both_transports(repo
                 await kserve_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
         assert failure.value.code() == grpc.StatusCode.UNIMPLEMENTED
         assert "shared memory is not supported" in (failure.value.details() or "")
+
+
+async def test_grpc_applies_the_same_request_parameter_rules(repository: Path):
+    async with (
+        running_server(repository) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = kserve_grpc.GRPCInferenceServiceStub(channel)
+        image = np.zeros((1, 3, 224, 224), np.float32)
+        sequence = infer_request(ONNX_MODEL, image)
+        sequence.parameters["sequence_id"].int64_param = 5
+        expired = infer_request(ONNX_MODEL, image)
+        expired.parameters["timeout"].int64_param = 1
+        for request, code, fragment in [
+            (sequence, grpc.StatusCode.UNIMPLEMENTED, "sequence batching"),
+            (expired, grpc.StatusCode.DEADLINE_EXCEEDED, "request timeout of 1 us"),
+        ]:
+            with pytest.raises(grpc.aio.AioRpcError) as failure:
+                await stub.ModelInfer(request)
+            assert failure.value.code() == code
+            assert fragment in (failure.value.details() or "")
+        patient = infer_request(ONNX_MODEL, image)
+        patient.parameters["timeout"].int64_param = 30_000_000
+        patient.parameters["priority"].uint64_param = 2
+        assert len((await stub.ModelInfer(patient)).outputs) == 1
