@@ -59,7 +59,7 @@ def serve(
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM, unencrypted).")] = None,
     tls_client_ca: Annotated[Path | None, typer.Option(help="Demand client certificates signed by this CA (mutual TLS).")] = None,
     auth_token: Annotated[str | None, typer.Option(envvar="EDGEFLEET_AUTH_TOKEN", help="Require `authorization: Bearer TOKEN` on every call but health checks (gRPC and HTTP).")] = None,
-    http_plaintext: Annotated[bool | None, typer.Option("--http-plaintext", help="Serve HTTP without TLS even though gRPC uses TLS (a TLS-terminating proxy in front).")] = None,
+    http_plaintext: Annotated[bool | None, typer.Option("--http-plaintext/--no-http-plaintext", help="Serve HTTP without TLS even though gRPC uses TLS (a TLS-terminating proxy in front).")] = None,
     http_header_timeout_s: Annotated[float, typer.Option(help="Seconds an HTTP client has to send a request's headers (and an idle connection lives).")] = 10.0,
     http_body_timeout_s: Annotated[float, typer.Option(help="Seconds an HTTP client has to send a whole request body.")] = 30.0,
     planner: Annotated[str, typer.Option(help="hardware: plan each model from probed facts; manifest: run the manifest as written.")] = "hardware",
