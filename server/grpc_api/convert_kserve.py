@@ -15,6 +15,7 @@ from protos.inference import grpc_service_pb2 as kserve
 from server.core import ModelInfo
 from server.errors import InvalidInput
 from server.grpc_api.status import public_message
+from server.kserve_parameters import load_version
 from server.manifest import ModelManifest, TensorSpec
 from server.models.registry import ModelIndexEntry
 from server.models.stats import Duration, ModelStats
@@ -418,19 +419,18 @@ def index_to_pb(entries: Iterable[ModelIndexEntry]) -> kserve.RepositoryIndexRes
     )
 
 
+def parameter_values(parameters: Any) -> dict[str, Any]:
+    """A protobuf parameter map (InferParameter or ModelRepositoryParameter oneofs) as plain
+    values, for the rules both transports share (`server.kserve_parameters`)."""
+    values = {}
+    for key, value in parameters.items():
+        choice = value.WhichOneof("parameter_choice")
+        values[key] = getattr(value, choice) if choice is not None else None
+    return values
+
+
 def load_version_from_pb(
     parameters: Any,
 ) -> str | None:
-    """RepositoryModelLoad's optional "version" parameter (string or int64)."""
-    unknown = sorted(key for key in parameters if key != "version")
-    if unknown:
-        raise InvalidInput(f"load parameter {unknown[0]!r} is not supported (only 'version')")
-    if "version" not in parameters:
-        return None
-    value = parameters["version"]
-    choice = value.WhichOneof("parameter_choice")
-    if choice == "string_param":
-        return str(value.string_param)
-    if choice == "int64_param":
-        return str(value.int64_param)
-    raise InvalidInput("load parameter 'version' must be a string or an int64")
+    """RepositoryModelLoad's optional "version" parameter, by the HTTP port's rule too."""
+    return load_version(parameter_values(parameters))

@@ -86,7 +86,7 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: kserve.ModelInferRequest, context: Context
     ) -> kserve.ModelInferResponse:
-        options = request_options(_parameters(request))
+        options = request_options(convert_kserve.parameter_values(request.parameters))
         response = await self._core.infer(
             await _request_from_pb(request), timeout_s=options.timeout_s
         )
@@ -100,7 +100,7 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
             # Every request gets exactly one answer: a result, or its error in error_message
             # (unexpected errors too, logged here and answered INTERNAL); the stream stays open.
             try:
-                options = request_options(_parameters(request))
+                options = request_options(convert_kserve.parameter_values(request.parameters))
                 response = await self._core.infer(
                     await _request_from_pb(request), timeout_s=options.timeout_s
                 )
@@ -184,15 +184,6 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
 
 def _unsupported(feature: str) -> EdgeError:
     return Unsupported(f"{feature} is not supported by edgefleet; send tensors in the request")
-
-
-def _parameters(request: kserve.ModelInferRequest) -> dict[str, Any]:
-    """The request's parameters as plain values, for the rules both transports share."""
-    values = {}
-    for key, value in request.parameters.items():
-        choice = value.WhichOneof("parameter_choice")
-        values[key] = getattr(value, choice) if choice is not None else None
-    return values
 
 
 async def _request_from_pb(request: kserve.ModelInferRequest) -> InferRequest:
