@@ -6,7 +6,7 @@ status of each item-4 input.
     python -m bench.bench_http_attacks [--root DIR] [--wait-s 40]
 
 --root serves another checkout's code (e.g. the commit before issue 22) for a before/after
-table. The attacker runs in its own process (tests/server/http_attacks.py); ServerLive is
+table. The attacker runs in its own process (testkit/programs/http_attacks.py); ServerLive is
 probed from this one every 10 ms. On the shared 2-core machine the figures move by tens of
 percent from run to run.
 """
@@ -31,8 +31,8 @@ import psutil
 
 from protos.inference import grpc_service_pb2 as kserve
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
-from tests.server.hostile_http import ITEM_4
-from tests.server.http_attacks import write_big_json
+from testkit.hostile_http import ITEM_4
+from testkit.programs.http_attacks import write_big_json
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "efficientnet_lite0"
@@ -70,7 +70,7 @@ async def attack(probe_stub, process, *argv: str) -> dict[str, Any]:
     stop = asyncio.Event()
     probing = asyncio.create_task(probe.run(stop))
     attacker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.server.http_attacks", *argv, cwd=ROOT,
+        sys.executable, "-m", "testkit.programs.http_attacks", *argv, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )  # fmt: skip
     output, _ = await attacker.communicate()

@@ -15,9 +15,16 @@ import numpy as np
 import pytest
 
 from server.app import EdgeServer
+from testkit.certificates import Certificates, issue_certificates
 from testkit.edge import running_server
 from testkit.media import photo
 from testkit.repositories import BUILT_MODELS, ONNX_MODEL, built_models_missing, copy_model
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A private CA, a server cert for 127.0.0.1/localhost, a client cert, and a rogue one."""
+    return issue_certificates(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from testkit.camera_examples import BuiltClients, build_camera_examples
-from testkit.certificates import Certificates, issue_certificates
 from testkit.media import write_scenes_video
 
 
@@ -16,12 +15,6 @@ from testkit.media import write_scenes_video
 def test_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MJPG .avi written with OpenCV (the client's video library) from skimage photos."""
     return write_scenes_video(tmp_path_factory.mktemp("video") / "scenes.avi")
-
-
-@pytest.fixture(scope="session")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    """A private CA, a server cert for 127.0.0.1/localhost, a client cert, and a rogue one."""
-    return issue_certificates(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="session")

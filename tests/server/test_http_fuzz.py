@@ -1,6 +1,6 @@
 """Seeded fuzzing of the KServe v2 HTTP port through a real server (issue 22 item 4).
 
-`make test` runs the inputs of item 4 and a fixed corpus (tests/server/hostile_http.py);
+`make test` runs the inputs of item 4 and a fixed corpus (testkit/hostile_http.py);
 `make fuzz` runs the corpus with fresh seeds until FUZZ_SECONDS have passed. Checked: no 500
 ever, every refusal is a 4xx (or 501 for a feature not offered) with exactly a JSON
 `{"error": ...}` body under `Content-Type: application/json`, every 200 is strict JSON (no bare
@@ -23,9 +23,14 @@ import psutil
 import pytest
 
 from server.app import EdgeServer
-from tests.conftest import EXPECTED_TOP1, ONNX_MODEL, running_server
-from tests.server.hostile_http import ITEM_4, HttpCase, hostile_http_requests
-from tests.server.http_helpers import Reply, binary_infer, call
+from testkit.edge import running_server
+from testkit.hostile_http import ITEM_4, HttpCase, hostile_http_requests
+from testkit.http import Reply, binary_infer, call
+from testkit.media import EXPECTED_TOP1
+from testkit.repositories import ONNX_MODEL
+
+# Starts child processes (the server, an attacker) or runs for seconds: a system test.
+pytestmark = pytest.mark.system
 
 SEED = 20261207
 REQUESTS = 600

@@ -1,7 +1,7 @@
 """Issue 22 items 2 and 3: HTTP bodies never stall the event loop, and every body and header
 is bounded in size, in time and in bytes held at once.
 
-The attacker runs in its own process (tests/server/http_attacks.py), so only the server's work
+The attacker runs in its own process (testkit/programs/http_attacks.py), so only the server's work
 runs on the event loop that ServerLive is probed on. The bound is the issue's, ServerLive under
 100 ms at the 99th percentile, on top of the p99 the same probe measures just before the attack
 on the same machine: on the shared 2-core machine (load averages of 4-7 from other builds) the
@@ -32,9 +32,13 @@ import pytest
 from protos.inference import grpc_service_pb2 as kserve
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.app import EdgeServer
-from tests.conftest import ONNX_MODEL, ROOT, running_server
-from tests.server.http_attacks import write_big_json
-from tests.server.http_helpers import call
+from testkit.edge import running_server
+from testkit.http import call
+from testkit.programs.http_attacks import write_big_json
+from testkit.repositories import ONNX_MODEL, ROOT
+
+# Starts child processes (the server, an attacker) or runs for seconds: a system test.
+pytestmark = pytest.mark.system
 
 LIVE_P99_LIMIT_S = 0.100
 LIVE_MAX_LIMIT_S = 1.0
@@ -119,7 +123,7 @@ class LiveProbe:
 
 async def attacker(*argv: str) -> dict[str, Any]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.server.http_attacks", *argv, cwd=ROOT,
+        sys.executable, "-m", "testkit.programs.http_attacks", *argv, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
-from tests.conftest import ONNX_MODEL, running_server
-from tests.server.http_helpers import Reply, binary_infer, call
-from tests.server.kserve_helpers import infer_request
+from testkit.edge import running_server
+from testkit.http import Reply, binary_infer, call
+from testkit.kserve import infer_request
+from testkit.repositories import ONNX_MODEL
 
 
 async def infer(port: int, tensor: np.ndarray, **extra: Any) -> Reply:

@@ -16,14 +16,13 @@ import pytest
 
 from server.app import EdgeServer
 from server.tls import TlsConfigError, load_server_credentials
-from tests.client import conftest as client_fixtures
-from tests.conftest import ONNX_MODEL, running_server, server_settings
-from tests.server.http_helpers import binary_infer, call
+from testkit.certificates import Certificates
+from testkit.edge import running_server, server_settings
+from testkit.http import binary_infer, call
+from testkit.repositories import ONNX_MODEL
 
 TOKEN = "http-door-secret"
 # The session fixture that writes a private CA, server, client and rogue certificates.
-certificates = client_fixtures.certificates
-Certificates = client_fixtures.Certificates
 
 
 def protected_calls(base: str) -> list[tuple[str, str, bytes | None, dict[str, str]]]:

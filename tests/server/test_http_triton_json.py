@@ -18,8 +18,12 @@ import aiohttp
 import pytest
 
 from server.app import EdgeServer
-from tests.conftest import ONNX_MODEL, ROOT, running_server
-from tests.server.http_helpers import call
+from testkit.edge import running_server
+from testkit.http import call
+from testkit.repositories import ONNX_MODEL, ROOT
+
+# Starts child processes (the server, an attacker) or runs for seconds: a system test.
+pytestmark = pytest.mark.system
 
 PERF_ANALYZER = ROOT / "build" / "perf_analyzer"
 

@@ -15,20 +15,18 @@ from pathlib import Path
 import aiohttp
 import grpc
 import numpy as np
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.inference import grpc_service_pb2 as kserve
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.app import EdgeServer
-from tests.conftest import (
-    BUILT_MODELS,
-    ONNX_MODEL,
-    ROOT,
-    copy_model,
-    running_server,
-    server_settings,
-)
-from tests.server.http_helpers import binary_infer, call
+from testkit.edge import running_server, server_settings
+from testkit.http import binary_infer, call
+from testkit.repositories import BUILT_MODELS, ONNX_MODEL, ROOT, copy_model
+
+# Starts child processes (the server, an attacker) or runs for seconds: a system test.
+pytestmark = pytest.mark.system
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

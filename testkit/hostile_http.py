@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.conftest import ONNX_MODEL
+from testkit.repositories import ONNX_MODEL
 
 GOOD_SHAPE = [1, 3, 224, 224]
 DATATYPES = [

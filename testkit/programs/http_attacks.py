@@ -1,9 +1,9 @@
 """The attacks of issue 22 on the HTTP port, run as a separate process (so the attacker's own
 work never runs on the server's event loop): prints one JSON line with what it saw.
 
-    python -m tests.server.http_attacks big-json URL MIB|BODY_FILE
-    python -m tests.server.http_attacks slow-bodies HOST PORT CONNECTIONS DECLARED SENT WAIT_S
-    python -m tests.server.http_attacks slow-headers HOST PORT CONNECTIONS WAIT_S
+    python -m testkit.programs.http_attacks big-json URL MIB|BODY_FILE
+    python -m testkit.programs.http_attacks slow-bodies HOST PORT CONNECTIONS DECLARED SENT WAIT_S
+    python -m testkit.programs.http_attacks slow-headers HOST PORT CONNECTIONS WAIT_S
 
 big-json posts one JSON infer body of about MIB MiB (8 photos' worth of float values as text),
 or the body in BODY_FILE (written beforehand with `write_big_json`, so that encoding it is not
