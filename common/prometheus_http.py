@@ -1,11 +1,13 @@
 """Prometheus conventions shared by the edge server and the fleet controller: an instance registry
 without `_created` series, with `process_*` metrics and a build-info series, served on an HTTP
-endpoint that answers only /metrics (and /) and 404 elsewhere. No process-wide state is changed
+endpoint that answers only /metrics (and /) and 404 elsewhere, behind the same token and TLS as
+the process's other ports when it has them. No process-wide state is changed
 (prometheus_client's `disable_created_metrics()` is global, so it is not used)."""
 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -54,8 +56,23 @@ def instance_registry(component: str) -> InstanceRegistry:
     return registry
 
 
-def _only_metrics_paths(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+# Given the request's `Authorization` header (None when absent): None to let it through, else
+# the reason to refuse it with 401.
+Authorize = Callable[[str | None], str | None]
+
+
+def _guarded(
+    app: Callable[..., Iterable[bytes]], authorize: Authorize | None
+) -> Callable[..., Iterable[bytes]]:
     def guarded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if authorize is not None:
+            refusal = authorize(environ.get("HTTP_AUTHORIZATION"))
+            if refusal is not None:
+                start_response(
+                    "401 Unauthorized",
+                    [("Content-Type", "text/plain; charset=utf-8"), ("WWW-Authenticate", "Bearer")],
+                )
+                return [refusal.encode() + b"\n"]
         if environ.get("PATH_INFO", "/") not in METRICS_PATHS:
             start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
             return [b"not found: metrics are on /metrics\n"]
@@ -64,9 +81,21 @@ def _only_metrics_paths(app: Callable[..., Iterable[bytes]]) -> Callable[..., It
     return guarded
 
 
-def start_metrics_http(port: int, addr: str, registry: CollectorRegistry) -> WSGIServer:
+def start_metrics_http(
+    port: int,
+    addr: str,
+    registry: CollectorRegistry,
+    *,
+    authorize: Authorize | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> WSGIServer:
     """Serve `registry` on addr:port (0: any free port) from a daemon thread; `shutdown()` and
-    `server_close()` the returned server to stop it. Raises OSError when the port is taken."""
+    `server_close()` the returned server to stop it. Raises OSError when the port is taken.
+
+    `authorize` checks every request's Authorization header (the process's auth token);
+    `ssl_context` serves HTTPS (with client certificates when the context demands them). The
+    TLS handshake runs on the request's own thread, so a client that never finishes it cannot
+    hold up the accept loop."""
 
     class Server(ThreadingWSGIServer):
         """Per call, so the address family (IPv4 or IPv6) follows `addr`."""
@@ -76,7 +105,11 @@ def start_metrics_http(port: int, addr: str, registry: CollectorRegistry) -> WSG
     )[0]
     Server.address_family = family
     addr = str(sockaddr[0])
-    app = _only_metrics_paths(make_wsgi_app(registry))
+    app = _guarded(make_wsgi_app(registry), authorize)
     httpd = make_server(addr, port, app, Server, handler_class=_SilentHandler)
+    if ssl_context is not None:
+        httpd.socket = ssl_context.wrap_socket(
+            httpd.socket, server_side=True, do_handshake_on_connect=False
+        )
     threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
     return httpd

@@ -100,8 +100,10 @@ class EdgeServer:
 
         The ports are bound first, so a busy port is reported at once (PortInUse), not after
         minutes of loading; connections made meanwhile wait until the models are loaded."""
-        # TLS mistakes are settings mistakes: refused before anything binds or loads.
-        http_tls = self._http_tls() if self.settings.http_port >= 0 else None
+        # TLS mistakes are settings mistakes: refused before anything binds or loads. The HTTP
+        # and metrics ports share one TLS context.
+        serves_web = self.settings.http_port >= 0 or self.settings.metrics_port >= 0
+        http_tls = self._http_tls() if serves_web else None
         server = grpc.aio.server(
             interceptors=self._interceptors,
             options=grpc_options(self.settings),
@@ -132,7 +134,7 @@ class EdgeServer:
             ) from exc
         http = self._bind_http(http_tls) if self.settings.http_port >= 0 else None
         try:
-            self._start_metrics()
+            self._start_metrics(http_tls)
             await self.core.start()
             await server.start()
             if http is not None:
@@ -175,8 +177,9 @@ class EdgeServer:
         task.add_done_callback(self._health_updates.discard)
 
     def _http_tls(self) -> ssl.SSLContext | None:
-        """The HTTP port's TLS: the settings' files, as for gRPC. HTTP in plaintext beside a TLS
-        gRPC port would hand out, unencrypted, what gRPC protects: only on explicit request."""
+        """The HTTP and metrics ports' TLS: the settings' files, as for gRPC. HTTP in plaintext
+        beside a TLS gRPC port would hand out, unencrypted, what gRPC protects: only on
+        explicit request."""
         if self.settings.http_plaintext:
             if self._credentials is not None:
                 log.warning("HTTP serves plaintext beside TLS gRPC (http_plaintext is set)")
@@ -203,12 +206,18 @@ class EdgeServer:
             ) from exc
         return http
 
-    def _start_metrics(self) -> None:
+    def _start_metrics(self, tls: ssl.SSLContext | None) -> None:
         if self.settings.metrics_port < 0:
             return
         try:
+            # The metrics port is a door like the others: the same token and TLS as HTTP.
+            token = token_check(self.settings)
             self._metrics_http = start_metrics_http(
-                self.settings.metrics_port, self.settings.host, self.metrics.registry
+                self.settings.metrics_port,
+                self.settings.host,
+                self.metrics.registry,
+                authorize=token.refusal if token is not None else None,
+                ssl_context=tls,
             )
         except OSError as exc:
             raise PortInUse(

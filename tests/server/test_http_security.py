@@ -81,6 +81,7 @@ async def mtls_server(repository: Path, certificates: Certificates) -> AsyncIter
     async with running_server(
         repository,
         http_port=0,
+        metrics_port=0,
         tls_cert=certificates.server_cert,
         tls_key=certificates.server_key,
         tls_client_ca=certificates.ca,
@@ -142,3 +143,36 @@ async def test_plaintext_http_beside_tls_grpc_only_on_request(
             assert (await call(session, "GET", url)).status == 200
     finally:
         await plaintext.stop(grace_s=0.5)
+
+
+async def test_metrics_port_shares_the_token(repository: Path) -> None:
+    """The Prometheus port is a door like the others: no token, no metrics."""
+    async with (
+        running_server(repository, metrics_port=0, auth_token=TOKEN) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+        for wrong in ({}, {"Authorization": "Bearer nope"}, {"Authorization": TOKEN}):
+            reply = await call(session, "GET", url, None, wrong)
+            assert reply.status == 401, (wrong, reply.status)
+            assert b"edgefleet_" not in reply.body
+        reply = await call(session, "GET", url, None, {"Authorization": f"Bearer {TOKEN}"})
+        assert reply.status == 200
+        assert b"edgefleet_build_info" in reply.body
+
+
+async def test_metrics_port_shares_mutual_tls(
+    mtls_server: EdgeServer, certificates: Certificates
+) -> None:
+    port = mtls_server.metrics_port
+    assert port > 0
+    await refused_handshake(f"http://127.0.0.1:{port}/metrics", None)
+    rogue = client_tls(
+        certificates, cert=certificates.rogue_client_cert, key=certificates.rogue_client_key
+    )
+    await refused_handshake(f"https://127.0.0.1:{port}/metrics", rogue)
+    camera = client_tls(certificates, cert=certificates.client_cert, key=certificates.client_key)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=camera)) as session:
+        reply = await call(session, "GET", f"https://127.0.0.1:{port}/metrics")
+        assert reply.status == 200
+        assert b"edgefleet_build_info" in reply.body
