@@ -89,6 +89,9 @@ class ControllerServices:
             settings.samples_per_device,
             settings.offline_after_intervals * settings.telemetry_interval_s,
             announce=replica.announce,
+            # Another replica's telemetry reaches the store within a flush, and us within a
+            # poll (replication/inbound.py): a device connected there is not offline before.
+            remote_delay_s=2 * settings.telemetry_flush_s + 1.0,
         )
         audit = AuditLog(runner)
         devices = DeviceRegistry(runner, ca, live, audit, settings.token_ttl_s, replica)
@@ -146,8 +149,11 @@ class ControllerServices:
             telemetry=telemetry,
             bundles=bundles,
             replica=replica,
-            # The other replicas' changes: devices and rollouts re-read, streams woken.
-            inbound=InboundChanges(replica, live, devices, engine),
+            # The other replicas' changes: devices and rollouts re-read, streams woken, their
+            # devices' telemetry followed from the store.
+            inbound=InboundChanges(
+                replica, live, devices, engine, runner, poll_s=settings.telemetry_flush_s
+            ),
             control=control,
             webhooks=webhooks,
         )
@@ -158,10 +164,13 @@ class ControllerServices:
         await self.devices.start()
         await self.engine.start()
         self.telemetry.start()
+        # Replicas: a roll call and the others' telemetry, so this one shows the whole fleet.
+        self.inbound.start()
 
     async def stop(self) -> None:
         await self.engine.stop()
         await self.telemetry.stop()
+        await self.inbound.stop()
         await self.replica.stop()
         await self.webhooks.stop()
         self.control.close()

@@ -147,8 +147,14 @@ class DeviceRegistry:
                 self._devices[device.device_id] = device
 
     def online(self, device_id: str) -> bool:
-        """Connected here or to another replica."""
-        return self._live.online(device_id) or self._replica.online_elsewhere(device_id)
+        """Connected here, or to another replica (as it announced) and heard lately (its
+        telemetry in the store): the rule of `LiveFleet.online` on every replica."""
+        if self._live.online(device_id):
+            return True
+        if not self._replica.online_elsewhere(device_id):
+            return False
+        device = self._devices.get(device_id)
+        return self._live.heard_lately(device_id, device.last_seen if device else 0.0)
 
     def _announce(self, device_id: str) -> None:
         self._replica.announce("device", [device_id])

@@ -2,6 +2,12 @@
 
 In memory only, bounded per device; the durable copy of telemetry is in the store. Times are
 `loop.time()` so bake windows never jump with the wall clock.
+
+Replicas: the samples of devices connected to another replica are followed from the store
+(`record_remote`, fleet/controller/replication/inbound.py) and kept apart from this replica's
+own, so every replica shows the same latest figures and charts while the bake windows of the
+devices connected here stay this replica's own measurements (windows.py reads the others' from
+the store).
 """
 
 from __future__ import annotations
@@ -40,8 +46,11 @@ class LiveFleet:
         samples_per_device: int,
         offline_after_s: float = math.inf,
         announce: Callable[[str, Sequence[str]], None] | None = None,
+        remote_delay_s: float = 0.0,
     ) -> None:
         self._samples_per_device = samples_per_device
+        # How late the store shows another replica's telemetry (its flush, then our poll).
+        self._remote_delay_s = remote_delay_s
         # A connected device that sent nothing for this long is offline (hung, SIGSTOPped, cut
         # off behind a NAT that keeps the TCP session), whatever its stream looks like.
         self._offline_after_s = offline_after_s
@@ -50,6 +59,8 @@ class LiveFleet:
         self._announce = announce or (lambda kind, device_ids: None)
         self._sessions: dict[str, DeviceSession] = {}
         self._history: dict[str, deque[TelemetrySample]] = {}
+        # Devices connected to another replica: their samples as the store has them.
+        self._remote: dict[str, deque[TelemetrySample]] = {}
         self._last_seen: dict[str, float] = {}
         # time.monotonic() of the last message from each device.
         self._heard: dict[str, float] = {}
@@ -78,6 +89,16 @@ class LiveFleet:
         session = self._sessions.get(device_id)
         if session is not None:
             session.closed.set()
+
+    def connected(self, device_id: str) -> bool:
+        """A stream of the device is open here (heard lately or not)."""
+        return device_id in self._sessions
+
+    def heard_lately(self, device_id: str, stored_last_seen: float = 0.0) -> bool:
+        """A device connected to another replica: heard (wall clock, as that replica stored
+        it) within the offline window plus the store's delay. The same rule as `online`."""
+        last = max(self._last_seen.get(device_id, 0.0), stored_last_seen)
+        return time.time() - last <= self._offline_after_s + self._remote_delay_s
 
     def online(self, device_id: str) -> bool:
         if device_id not in self._sessions:
@@ -116,9 +137,29 @@ class LiveFleet:
         self._last_seen[device_id] = sample.record.received_at
         self._heard[device_id] = time.monotonic()
 
+    def record_remote(self, device_id: str, sample: TelemetrySample) -> None:
+        """A sample another replica received (read from the store)."""
+        history = self._remote.get(device_id)
+        if history is None:
+            history = self._remote[device_id] = deque(maxlen=self._samples_per_device)
+        history.append(sample)
+        received = sample.record.received_at
+        self._last_seen[device_id] = max(self._last_seen.get(device_id, 0.0), received)
+
     def latest(self, device_id: str) -> TelemetrySample | None:
-        history = self._history.get(device_id)
-        return history[-1] if history else None
+        """The newest sample, received here or (read from the store) by another replica."""
+        here, there = self._history.get(device_id), self._remote.get(device_id)
+        newest = [history[-1] for history in (here, there) if history]
+        return max(newest, key=lambda sample: sample.record.received_at, default=None)
+
+    def recent(self, device_id: str, since: float) -> list[TelemetrySample]:
+        """Samples since `since` from wherever the device was connected (charts)."""
+        samples = self.samples_since(device_id, since) + [
+            sample
+            for sample in self._remote.get(device_id, ())
+            if sample.at >= since and not sample.record.replayed
+        ]
+        return sorted(samples, key=lambda sample: sample.record.received_at)
 
     def devices_with_telemetry(self) -> list[str]:
         return list(self._history)

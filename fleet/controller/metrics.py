@@ -1,7 +1,10 @@
 """Prometheus view of the fleet, labelled by device and model version, read at scrape time.
 
-Fleet-wide figures (rollouts by state, devices by state and by version) are the same on every
-replica of a shared fleet: a dashboard takes their `max` across replicas, not their sum.
+Fleet-wide figures (rollouts by state, devices by state and by version, and every per-device
+figure: online, cpu, memory, fps, latency, counters) are the same on every replica of a shared
+fleet: presence comes from the replicas' notes and roll call, the latest telemetry of a device
+connected elsewhere from the store (fleet/controller/replication/inbound.py), a telemetry flush
+and a poll late. A dashboard takes their `max` across replicas (or scrapes one), not their sum.
 Figures of what one replica does (verdicts it judged, rollouts it drives, takeovers) are its
 own: sum them. Labels are bounded: states, verdicts, models and versions, never rollout ids.
 """
@@ -70,7 +73,8 @@ class FleetCollector(Collector):
         )
         for device in self._devices.records():
             device_id = device.device_id
-            online.add_metric([device_id], 1.0 if live.online(device_id) else 0.0)
+            # Connected to any replica: the same figure on every replica (devices.py).
+            online.add_metric([device_id], 1.0 if self._devices.online(device_id) else 0.0)
             sample = live.latest(device_id)
             if sample is None:
                 continue

@@ -80,7 +80,8 @@ class ControllerView:
         latest = live.latest(device_id)
         if latest is None:
             return []
-        return live.samples_since(device_id, latest.at - window_s)
+        # Connected here or to another replica (its samples followed from the store).
+        return live.recent(device_id, latest.at - window_s)
 
 
 class Dashboard:

@@ -259,6 +259,14 @@ class PostgresStore:
         rows = self._fetch("SELECT device_id, max(received_at) FROM telemetry GROUP BY device_id")
         return {str(device): float(at) for device, at in rows}
 
+    def recent_telemetry(self, since: float) -> list[tuple[str, float, str]]:
+        rows = self._fetch(
+            "SELECT device_id, received_at, doc FROM telemetry WHERE received_at >= %s"
+            " ORDER BY received_at",
+            (since,),
+        )
+        return [(str(device), float(at), str(doc)) for device, at, doc in rows]
+
     def prune_telemetry(self, before: float) -> int:
         with self._pool.connection() as connection:
             cursor = connection.execute("DELETE FROM telemetry WHERE received_at < %s", (before,))

@@ -237,6 +237,14 @@ class SqliteStore:
         rows = self._query("SELECT device_id, max(received_at) FROM telemetry GROUP BY device_id")
         return {str(device): float(str(at)) for device, at in rows}
 
+    def recent_telemetry(self, since: float) -> list[tuple[str, float, str]]:
+        rows = self._query(
+            "SELECT device_id, received_at, doc FROM telemetry WHERE received_at >= ?"
+            " ORDER BY received_at",
+            (since,),
+        )
+        return [(str(device), float(str(at)), str(doc)) for device, at, doc in rows]
+
     def prune_telemetry(self, before: float) -> int:
         with self._transaction() as db:
             return db.execute("DELETE FROM telemetry WHERE received_at < ?", (before,)).rowcount
