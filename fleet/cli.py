@@ -37,6 +37,7 @@ def controller(
     replica_name: Annotated[str, typer.Option("--replica-name", help="This replica's name in leases and logs (default host:pid:random).")] = "",
     publish_dir: Annotated[Path | None, typer.Option("--publish-dir", help="HTTP origin directory: every verified upload is also published there as <sha256>.efb for agents' --bundle-source.")] = None,
     webhook: Annotated[list[str] | None, typer.Option("--webhook", help="URL every rollout event (wave started, verdict, paused, rolled back, succeeded) is POSTed to as JSON (repeatable).")] = None,
+    webhook_allow: Annotated[list[str] | None, typer.Option("--webhook-allow", help="Host pattern a rollout's own webhook (fleetctl deploy --webhook) may name, against host and host:port: hooks.example.com, *.example.com, 10.0.0.7:8080 (repeatable). Without it only the --webhook hosts.")] = None,
     telemetry_interval_s: Annotated[float, typer.Option(help="Seconds between agent telemetry samples.")] = 10.0,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:  # fmt: skip
@@ -58,7 +59,7 @@ def controller(
         source = ctx.get_parameter_source(name)
         if value is None or source is None or source.name == "DEFAULT":
             continue
-        if name in ("trusted_key", "hostname", "webhook"):
+        if name in ("trusted_key", "hostname", "webhook", "webhook_allow"):
             value = tuple(value)
         if name == "log_level":
             value = str(value).upper()

@@ -70,6 +70,15 @@ class CertificateAuthority:
     def certificate_pem(self) -> bytes:
         return certificate_pem(self.certificate)
 
+    def derived_secret(self, purpose: str) -> bytes:
+        """A 32-byte secret for `purpose`, the same on every replica sharing this CA (HKDF over
+        the CA's private key): nothing to distribute, and not stored anywhere."""
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        private = self.key.private_numbers().private_value.to_bytes(66, "big")
+        kdf = HKDF(hashes.SHA256(), 32, salt=b"edgefleet", info=purpose.encode())
+        return kdf.derive(private)
+
     @classmethod
     def load_or_create(cls, directory: Path) -> CertificateAuthority:
         key_path, cert_path = directory / "ca.key", directory / "ca.pem"

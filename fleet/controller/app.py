@@ -23,6 +23,7 @@ from common.prometheus_http import instance_registry, start_metrics_http
 from fleet.controller.api.authz import ServiceAuthorization
 from fleet.controller.api.dashboard import ControllerView, Dashboard
 from fleet.controller.api.grpc import AdminServicer, AgentServicer, EnrollmentServicer
+from fleet.controller.api.sessions import DashboardSessions
 from fleet.controller.audit import AuditLog
 from fleet.controller.bundles import BundleService
 from fleet.controller.desired import DesiredState
@@ -103,6 +104,8 @@ class ControllerServices:
             backoff_s=settings.webhook_backoff_s,
             timeout_s=settings.webhook_timeout_s,
             secret=_webhook_secret(settings),
+            allow=settings.webhook_allow,
+            idle_s=settings.webhook_idle_s,
         )
 
         def decided(rollout: RolloutRecord, action: str, detail: dict[str, object]) -> None:
@@ -145,7 +148,9 @@ class ControllerServices:
             devices=devices,
             engine=engine,
             desired=DesiredState(runner, devices, engine.signals, live, audit),
-            rollouts=RolloutVerbs(engine, runner, devices, audit),
+            rollouts=RolloutVerbs(
+                engine, runner, devices, audit, webhook_refusal=webhooks.targets.refusal
+            ),
             telemetry=telemetry,
             bundles=bundles,
             replica=replica,
@@ -313,7 +318,9 @@ class ControllerApp:
             view = ControllerView(
                 services.devices, services.engine.queries, services.audit, services.live
             )
-            self.dashboard = Dashboard(view, token)
+            # Sessions signed under a key every replica derives from the shared CA.
+            sessions = DashboardSessions(ca.derived_secret("dashboard-session"))
+            self.dashboard = Dashboard(view, token, sessions)
             self.dashboard_port = await self.dashboard.start(
                 settings.host, settings.dashboard_port, tls
             )

@@ -63,6 +63,12 @@ class ControllerSettings(BaseSettings):
     ca_dir: Path | None = None
     # URLs every rollout event is POSTed to as JSON (fleet/controller/webhooks.py).
     webhook_urls: tuple[str, ...] = ()
+    # Hosts a rollout's own webhook URL (fleetctl deploy --webhook) may name: fnmatch patterns
+    # against host and host:port ("hooks.example.com", "*.example.com", "10.0.0.7:8080").
+    # Empty: only the hosts of `webhook_urls`.
+    webhook_allow: tuple[str, ...] = ()
+    # A receiver's queue and sender go away after this long without events.
+    webhook_idle_s: float = Field(default=600.0, gt=0)
     # Events waiting per receiver; beyond this new ones are dropped (and counted).
     webhook_queue_size: int = Field(default=1000, ge=1)
     webhook_attempts: int = Field(default=8, ge=1)

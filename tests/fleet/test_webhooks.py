@@ -93,6 +93,7 @@ async def test_decisions_reach_log_audit_metrics_and_webhooks(tmp_path, signing_
     settings = controller_settings(
         tmp_path / "controller", signing_keys[1].parent,
         webhook_urls=(everything.url,), webhook_backoff_s=0.05, webhook_attempts=4,
+        webhook_allow=("127.0.0.1:*",),
         webhook_secret="s3cret",
     )  # fmt: skip
     app = ControllerApp(settings)

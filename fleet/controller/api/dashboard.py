@@ -10,7 +10,9 @@ The page refreshes its main section every few seconds (`/fragment`, polling: no 
 library, nothing vendored). Admin authentication: the dashboard token in the controller's admin
 credential file (0600, beside fleetctl's certificate). A browser signs in once at
 `/login#token=...` (the fragment never reaches a server log; the page posts it) and gets an
-HttpOnly, Secure, SameSite=Strict session cookie; scripts may send `Authorization: Bearer`.
+HttpOnly, Secure, SameSite=Strict session cookie: a short-lived signed session valid on every
+replica (sessions.py), never the token itself; `POST /logout` signs out. Every POST from a
+session carries its CSRF token. Scripts may send `Authorization: Bearer <token>` instead.
 Off unless `--dashboard-port` is given.
 """
 
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
+from fleet.controller.api.sessions import DashboardSessions, Session
 from fleet.controller.store.records import AuditRecord, Measurement, RolloutRecord
 
 if TYPE_CHECKING:
@@ -38,6 +41,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 COOKIE = "edgefleet_dashboard"
+# The request's browser session (None for a Bearer request).
+SESSION = web.RequestKey("session", object)
 REFRESH_S = 2.0
 CHART_WINDOW_S = 300.0
 
@@ -85,18 +90,35 @@ class ControllerView:
 
 
 class Dashboard:
-    def __init__(self, view: FleetView, token: str) -> None:
+    def __init__(self, view: FleetView, token: str, sessions: DashboardSessions) -> None:
         self._view = view
         self._token = token
+        self._sessions = sessions
         self._runner: web.AppRunner | None = None
         self.port = 0
 
-    def _authorized(self, request: web.Request) -> bool:
-        offered = request.cookies.get(COOKIE, "")
+    def _bearer(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
-        if header.startswith("Bearer "):
-            offered = header.removeprefix("Bearer ")
+        offered = header.removeprefix("Bearer ") if header.startswith("Bearer ") else ""
         return bool(offered) and hmac.compare_digest(offered.encode(), self._token.encode())
+
+    def _session(self, request: web.Request) -> Session | None:
+        return self._sessions.verify(request.cookies.get(COOKIE, ""))
+
+    def _csrf_ok(self, request: web.Request, session: Session, form_value: str = "") -> bool:
+        """A POST from a browser session: its CSRF token, and (when the browser says) from
+        this very origin."""
+        origin = request.headers.get("Origin")
+        if origin is not None and origin != f"https://{request.host}":
+            return False
+        offered = request.headers.get("X-CSRF-Token", "") or form_value
+        return self._sessions.csrf_ok(session, offered)
+
+    def _set_session(self, response: web.StreamResponse, cookie: str) -> None:
+        response.set_cookie(
+            COOKIE, cookie, httponly=True, secure=True, samesite="Strict", path="/",
+            max_age=int(self._sessions.ttl_s),
+        )  # fmt: skip
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext) -> int:
         app = web.Application(middlewares=[self._guard])
@@ -104,6 +126,7 @@ class Dashboard:
         app.router.add_get("/fragment", self._fragment)
         app.router.add_get("/login", self._login_page)
         app.router.add_post("/login", self._login)
+        app.router.add_post("/logout", self._logout)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         listener = socket.create_server((host, port))
@@ -120,11 +143,26 @@ class Dashboard:
     async def _guard(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if request.path != "/login" and not self._authorized(request):
+        session = self._session(request)
+        if request.path != "/login" and session is None and not self._bearer(request):
             if request.path == "/":
                 raise web.HTTPFound("/login")
             raise web.HTTPUnauthorized(text="sign in at /login")
+        browser_post = request.method == "POST" and request.path != "/login"
+        if browser_post and session is not None and not self._bearer(request):
+            form = await request.post()
+            if not self._csrf_ok(request, session, str(form.get("csrf", ""))):
+                logger.warning("dashboard: refused a POST without its CSRF token")
+                raise web.HTTPForbidden(text="missing or wrong CSRF token")
+        request[SESSION] = session
         response = await handler(request)
+        if (
+            session is not None
+            and request.path != "/logout"
+            and self._sessions.renewal_due(session)
+        ):
+            # The page is open: the session slides on, one short lifetime at a time.
+            self._set_session(response, self._sessions.issue()[0])
         response.headers["Cache-Control"] = "no-store"
         response.headers["Content-Security-Policy"] = (
             "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline';"
@@ -143,14 +181,30 @@ class Dashboard:
             logger.warning("dashboard: refused a sign-in from %s", request.remote)
             raise web.HTTPUnauthorized(text="wrong dashboard token")
         response = web.Response(text="signed in")
-        response.set_cookie(
-            COOKIE, self._token, httponly=True, secure=True, samesite="Strict", path="/"
+        self._set_session(response, self._sessions.issue()[0])
+        return response
+
+    async def _logout(self, request: web.Request) -> web.Response:
+        response = web.Response(
+            text='<!doctype html><p>Signed out. <a href="/login">Sign in</a></p>',
+            content_type="text/html",
         )
+        response.del_cookie(COOKIE, path="/", secure=True, httponly=True, samesite="Strict")
         return response
 
     async def _page(self, request: web.Request) -> web.Response:
         body = await self.render()
-        return web.Response(text=PAGE_HEAD + body + PAGE_TAIL, content_type="text/html")
+        session = request.get(SESSION)
+        csrf = self._sessions.csrf_token(session) if isinstance(session, Session) else ""
+        signed_in = (
+            f'<meta name="csrf-token" content="{_e(csrf)}">'
+            '<form id="logout" method="post" action="/logout">'
+            f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
+            "<button>Sign out</button></form>"
+        )
+        return web.Response(
+            text=PAGE_HEAD + signed_in + MAIN_OPEN + body + PAGE_TAIL, content_type="text/html"
+        )
 
     async def _fragment(self, request: web.Request) -> web.Response:
         return web.Response(text=await self.render(), content_type="text/html")
@@ -334,8 +388,9 @@ figure{margin:0}figcaption{font-size:12px}.stamp{color:#57606a}svg{background:#f
 
 PAGE_HEAD = (
     "<!doctype html><html lang=en><head><meta charset=utf-8><title>edgefleet fleet</title>"
-    f'<style>{STYLE}</style></head><body><h1>edgefleet fleet</h1><main id="main">'
+    f"<style>{STYLE}</style></head><body><h1>edgefleet fleet</h1>"
 )
+MAIN_OPEN = '<main id="main">'
 PAGE_TAIL = (
     "</main><script>"
     "setInterval(async()=>{try{const r=await fetch('/fragment',{credentials:'same-origin'});"

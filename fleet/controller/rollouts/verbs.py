@@ -4,6 +4,8 @@ audited as the operator's action; rollbacks are also told to the webhooks."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fleet.controller.audit import AuditLog
 from fleet.controller.devices import DeviceRegistry
 from fleet.controller.rollouts.engine import RolloutEngine
@@ -11,7 +13,7 @@ from fleet.controller.rollouts.transitions import advance, roll_back
 from fleet.controller.store.protocol import Store
 from fleet.controller.store.records import RolloutRecord, RolloutSpec, RolloutState, Verdict
 from fleet.controller.store.runner import StoreRunner
-from fleet.errors import Conflict, NotFound
+from fleet.errors import Conflict, InvalidRequest, NotFound
 
 
 class RolloutVerbs:
@@ -21,8 +23,11 @@ class RolloutVerbs:
         store: StoreRunner,
         devices: DeviceRegistry,
         audit: AuditLog,
+        webhook_refusal: Callable[[str], str | None] = lambda url: None,
     ) -> None:
         self._engine = engine
+        # Why a rollout's own webhook URL is not an allowed target (webhooks.WebhookTargets).
+        self._webhook_refusal = webhook_refusal
         self._context = engine.context
         self._queries = engine.queries
         self._store = store
@@ -30,6 +35,8 @@ class RolloutVerbs:
         self._audit = audit
 
     async def create(self, actor: str, spec: RolloutSpec) -> RolloutRecord:
+        if spec.webhook_url and (refusal := self._webhook_refusal(spec.webhook_url)):
+            raise InvalidRequest(refusal)
         bundle = await self._store.run(Store.get_bundle, spec.bundle_sha256)
         if bundle is None:
             raise NotFound(f"no bundle {spec.bundle_sha256}: upload it first")
