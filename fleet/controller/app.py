@@ -316,7 +316,12 @@ class ControllerApp:
             tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.load_cert_chain(pki_dir / "server.pem", pki_dir / "server.key")
             view = ControllerView(
-                services.devices, services.engine.queries, services.audit, services.live
+                services.devices,
+                services.engine.queries,
+                services.audit,
+                services.live,
+                services.rollouts,
+                services.control,
             )
             # Sessions signed under a key every replica derives from the shared CA.
             sessions = DashboardSessions(ca.derived_secret("dashboard-session"))

@@ -13,7 +13,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 from fleet.controller.audit import AuditLog
@@ -83,6 +83,10 @@ class DeviceRegistry:
 
     def records(self) -> list[DeviceRecord]:
         return list(self._devices.values())
+
+    def records_by_id(self) -> dict[str, DeviceRecord]:
+        """Every device by id (read only: the registry's own mapping)."""
+        return self._devices
 
     def get(self, device_id: str) -> DeviceRecord:
         device = self._devices.get(device_id)
@@ -278,6 +282,16 @@ class DeviceRegistry:
             for device_id, device in sorted(self._devices.items())
             if matches(device.labels, selector)
         ]
+
+    async def views_of(self, device_ids: Sequence[str]) -> list[DeviceView]:
+        """The views of these devices (a page of the dashboard's list): their rows only."""
+        views = []
+        for device_id in device_ids:
+            device = self._devices.get(device_id)
+            if device is not None:
+                desired = await self._store.run(Store.desired_for, device_id)
+                views.append(self._view(device, desired))
+        return views
 
     async def view(self, device_id: str) -> DeviceView:
         """One device's view: reads that device's rows only, not the whole fleet's."""

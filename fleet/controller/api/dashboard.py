@@ -1,9 +1,15 @@
 """The fleet dashboard: server-rendered HTML over HTTPS (the controller's own certificate), for
-operators who want to watch a rollout rather than poll `fleetctl`.
+operators who run a rollout from it (the HTML itself is dashboard_pages.py):
 
-- devices: labels, online, desired vs active version, live fps / p95 latency / errors;
-- rollouts: state, wave progress, every gate measurement against its threshold, verdicts;
-- telemetry: an fps chart per device and per cohort (devices on the same version);
+- devices: searched and filtered (label, state, version) and paginated on the server, so the
+  list stays usable at 10,000 devices; online, desired vs active version, fps / p95 / errors,
+  the last install problem;
+- rollouts: state and progress, each wave's devices with their deployment state (waiting,
+  installing, active, failed with its reason, timed out, rolled back), the bake countdown, the
+  replica driving it and its takeovers, every gate measurement against its threshold, and the
+  promote / pause / abort buttons (audited as the signed-in operator's actions);
+- telemetry: fps, p95 latency and error-rate charts with labelled axes, per version cohort and
+  per device on the current page;
 - the audit log.
 
 The page refreshes its main section every few seconds (`/fragment`, polling: no JavaScript
@@ -19,63 +25,121 @@ Off unless `--dashboard-port` is given.
 from __future__ import annotations
 
 import hmac
-import html
 import logging
-import math
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
+from fleet.controller.api import dashboard_pages as pages
+from fleet.controller.api.dashboard_pages import DevicePage, DeviceQuery, RolloutFacts
 from fleet.controller.api.sessions import DashboardSessions, Session
-from fleet.controller.store.records import AuditRecord, Measurement, RolloutRecord
+from fleet.controller.store.protocol import Store
+from fleet.controller.store.records import AuditRecord, DeviceRecord, RolloutRecord
+from fleet.errors import Conflict, FleetError, InvalidRequest, NotFound
 
 if TYPE_CHECKING:
     from fleet.controller.audit import AuditLog
-    from fleet.controller.devices import DeviceRegistry, DeviceView
+    from fleet.controller.devices import DeviceRegistry
     from fleet.controller.live import LiveFleet, TelemetrySample
     from fleet.controller.rollouts.queries import RolloutQueries
+    from fleet.controller.rollouts.verbs import RolloutVerbs
+    from fleet.controller.store.runner import StoreRunner
 
 logger = logging.getLogger(__name__)
 COOKIE = "edgefleet_dashboard"
 # The request's browser session (None for a Bearer request).
 SESSION = web.RequestKey("session", object)
 REFRESH_S = 2.0
-CHART_WINDOW_S = 300.0
+# Rollouts shown: every unfinished one and the latest few.
+RECENT_ROLLOUTS = 3
+# Version cohorts' charts average at most this many devices each.
+COHORT_CHART_DEVICES = 200
+VERBS = ("promote", "pause", "abort")
+HTTP_ERRORS: dict[type[FleetError], type[web.HTTPException]] = {
+    NotFound: web.HTTPNotFound,
+    Conflict: web.HTTPConflict,
+    InvalidRequest: web.HTTPBadRequest,
+}
 
 
 class FleetView(Protocol):
-    """What the dashboard reads from the controller."""
+    """What the dashboard reads from the controller, and the verbs it may use."""
 
-    async def devices(self) -> list[DeviceView]: ...
+    async def device_page(self, query: DeviceQuery) -> DevicePage: ...
+    def record(self, device_id: str) -> DeviceRecord | None: ...
     def rollouts(self) -> list[RolloutRecord]: ...
-    async def measurements(self, rollout_id: str) -> list[Measurement]: ...
+    async def facts(self, rollout: RolloutRecord) -> RolloutFacts: ...
     async def audit(self, limit: int) -> list[AuditRecord]: ...
     def samples(self, device_id: str, window_s: float) -> list[TelemetrySample]: ...
+    async def act(self, verb: str, rollout_id: str, actor: str) -> RolloutRecord: ...
 
 
 class ControllerView:
     """FleetView over the in-process controller's services."""
 
     def __init__(
-        self, devices: DeviceRegistry, rollouts: RolloutQueries, audit: AuditLog, live: LiveFleet
+        self,
+        devices: DeviceRegistry,
+        rollouts: RolloutQueries,
+        audit: AuditLog,
+        live: LiveFleet,
+        verbs: RolloutVerbs,
+        store: StoreRunner,
     ) -> None:
         self._devices = devices
         self._rollouts = rollouts
         self._audit = audit
         self._live = live
+        self._verbs = verbs
+        self._store = store
 
-    async def devices(self) -> list[DeviceView]:
-        return await self._devices.views({})
+    async def device_page(self, query: DeviceQuery) -> DevicePage:
+        devices = self._devices
+        records = devices.records()
+        updating: set[str] = set()
+        failed: set[str] = set()
+        if query.state in ("updating", "failed"):
+            for entry in await self._store.run(Store.all_desired):
+                record = devices.records_by_id().get(entry.device_id)
+                if record is not None and record.active_versions.get(entry.model) != entry.version:
+                    updating.add(entry.device_id)
+                if entry.last_error:
+                    failed.add(entry.device_id)
+        matched = pages.select_devices(
+            records, query, devices.online, updating.__contains__, failed.__contains__
+        )
+        first = (query.page - 1) * pages.PAGE_SIZE
+        shown = [record.device_id for record in matched[first : first + pages.PAGE_SIZE]]
+        return DevicePage(
+            views=await devices.views_of(shown),
+            query=query,
+            matching=len(matched),
+            fleet=len(records),
+            online=sum(devices.online(record.device_id) for record in records),
+        )
+
+    def record(self, device_id: str) -> DeviceRecord | None:
+        return self._devices.records_by_id().get(device_id)
 
     def rollouts(self) -> list[RolloutRecord]:
         return self._rollouts.list_rollouts()
 
-    async def measurements(self, rollout_id: str) -> list[Measurement]:
-        return await self._rollouts.measurements(rollout_id)
+    async def facts(self, rollout: RolloutRecord) -> RolloutFacts:
+        rollout_id = rollout.rollout_id
+        driver = ""
+        if not rollout.state.finished:
+            holders = await self._store.run(Store.lease_holders, f"rollout:{rollout_id}")
+            driver = holders[0] if holders else ""
+        takeovers = [
+            entry
+            for entry in await self._audit.entries(500)
+            if entry.action == "rollout.takeover" and entry.detail.get("rollout") == rollout_id
+        ]
+        return RolloutFacts(await self._rollouts.measurements(rollout_id), driver, takeovers)
 
     async def audit(self, limit: int) -> list[AuditRecord]:
         return await self._audit.entries(limit)
@@ -87,6 +151,15 @@ class ControllerView:
             return []
         # Connected here or to another replica (its samples followed from the store).
         return live.recent(device_id, latest.at - window_s)
+
+    async def act(self, verb: str, rollout_id: str, actor: str) -> RolloutRecord:
+        if verb == "promote":
+            return await self._verbs.promote(actor, rollout_id)
+        if verb == "pause":
+            return await self._verbs.pause(actor, rollout_id)
+        if verb == "abort":
+            return await self._verbs.abort(actor, rollout_id, "aborted from the dashboard")
+        raise InvalidRequest(f"no verb {verb!r}")
 
 
 class Dashboard:
@@ -127,6 +200,7 @@ class Dashboard:
         app.router.add_get("/login", self._login_page)
         app.router.add_post("/login", self._login)
         app.router.add_post("/logout", self._logout)
+        app.router.add_post("/rollouts/{rollout_id}/{verb}", self._act)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         listener = socket.create_server((host, port))
@@ -193,197 +267,92 @@ class Dashboard:
         return response
 
     async def _page(self, request: web.Request) -> web.Response:
-        body = await self.render()
         session = request.get(SESSION)
         csrf = self._sessions.csrf_token(session) if isinstance(session, Session) else ""
+        query = DeviceQuery.parse(request.query)
+        body = await self.render(query, csrf)
         signed_in = (
-            f'<meta name="csrf-token" content="{_e(csrf)}">'
+            f'<meta name="csrf-token" content="{pages.e(csrf)}">'
             '<form id="logout" method="post" action="/logout">'
-            f'<input type="hidden" name="csrf" value="{_e(csrf)}">'
+            f'<input type="hidden" name="csrf" value="{pages.e(csrf)}">'
             "<button>Sign out</button></form>"
         )
         return web.Response(
-            text=PAGE_HEAD + signed_in + MAIN_OPEN + body + PAGE_TAIL, content_type="text/html"
+            text=PAGE_HEAD + signed_in + pages.filter_form(query) + MAIN_OPEN + body + PAGE_TAIL,
+            content_type="text/html",
         )
 
     async def _fragment(self, request: web.Request) -> web.Response:
-        return web.Response(text=await self.render(), content_type="text/html")
+        session = request.get(SESSION)
+        csrf = self._sessions.csrf_token(session) if isinstance(session, Session) else ""
+        body = await self.render(DeviceQuery.parse(request.query), csrf)
+        return web.Response(text=body, content_type="text/html")
 
-    async def render(self) -> str:
+    async def _act(self, request: web.Request) -> web.StreamResponse:
+        """promote / pause / abort, from a signed-in session (CSRF checked by the guard) or
+        a Bearer script; audited as `dashboard:<session>`."""
+        verb, rollout_id = request.match_info["verb"], request.match_info["rollout_id"]
+        if verb not in VERBS:
+            raise web.HTTPNotFound(text=f"no verb {verb}")
+        session = request.get(SESSION)
+        actor = (
+            f"dashboard:{session.session_id[:8]}"
+            if isinstance(session, Session)
+            else "dashboard:token"
+        )
+        try:
+            rollout = await self._view.act(verb, rollout_id, actor)
+        except FleetError as error:
+            http = HTTP_ERRORS.get(type(error), web.HTTPConflict)
+            raise http(text=str(error)) from None
+        logger.info("dashboard: %s %s rollout %s", actor, verb, rollout_id)
+        if request.headers.get("Accept", "").startswith("application/json"):
+            return web.json_response({"rollout": rollout.rollout_id, "state": rollout.state})
+        raise web.HTTPSeeOther("/")
+
+    async def render(self, query: DeviceQuery | None = None, csrf: str = "") -> str:
         view = self._view
-        devices = await view.devices()
-        rollouts = view.rollouts()
-        measured = {r.rollout_id: await view.measurements(r.rollout_id) for r in rollouts[-3:]}
+        query = query or DeviceQuery()
+        page = await view.device_page(query)
+        everything = view.rollouts()
+        recent = {r.rollout_id for r in everything[-RECENT_ROLLOUTS:]}
+        shown = [r for r in reversed(everything) if r.rollout_id in recent or not r.state.finished]
+        facts = {rollout.rollout_id: await view.facts(rollout) for rollout in shown}
         audit = await view.audit(30)
-        online = sum(device.online for device in devices)
+        cohorts: dict[str, list[str]] = {}
+        for rollout in shown[:1]:
+            # The newest rollout's devices, by the version they serve: old and new cohorts.
+            for device_id in rollout.eligible:
+                record = view.record(device_id)
+                version = record.active_versions.get(rollout.model_name) if record else None
+                if version is not None:
+                    members = cohorts.setdefault(f"{rollout.model_name} v{version}", [])
+                    if len(members) < COHORT_CHART_DEVICES:
+                        members.append(device_id)
+        page_ids = [device.record.device_id for device in page.views]
         return "\n".join(
             [
                 f'<p class="stamp">updated {time.strftime("%H:%M:%S", time.gmtime())} UTC ·'
-                f" {len(devices)} devices, {online} online · {len(rollouts)} rollouts</p>",
-                _devices_table(devices),
-                _rollouts_section(rollouts, measured),
-                _charts(devices, view),
-                _audit_table(audit),
+                f" {page.fleet} devices, {page.online} online · {len(everything)} rollouts</p>",
+                pages.rollouts_section(shown, facts, view.record, csrf),
+                pages.devices_table(page),
+                pages.charts_section(page_ids, cohorts, view.samples),
+                pages.audit_table(audit),
             ]
         )
-
-
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _figure(value: float, digits: int = 1) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def _devices_table(devices: Sequence[DeviceView]) -> str:
-    rows = []
-    for device in devices:
-        record = device.record
-        desired = {entry.model: entry for entry in device.desired}
-        models = sorted(set(record.active_versions) | set(desired))
-        versions = ", ".join(
-            f"{_e(m)} v{_e(record.active_versions.get(m, '?'))}"
-            + (
-                f" → v{_e(desired[m].version)}"
-                if m in desired and desired[m].version != record.active_versions.get(m)
-                else ""
-            )
-            for m in models
-        )
-        fps = p95 = errors = ""
-        if device.latest is not None:
-            figures = device.latest.record.models
-            fps = " / ".join(_figure(model.fps) for model in figures)
-            p95 = " / ".join(_figure(model.latency_p95_ms) for model in figures)
-            errors = " / ".join(str(model.errors) for model in figures)
-        labels = " ".join(f"{_e(k)}={_e(v)}" for k, v in sorted(record.labels.items()))
-        state = "online" if device.online else "offline"
-        rows.append(
-            f'<tr data-device="{_e(record.device_id)}" class="{state}">'
-            f"<td>{_e(record.device_id)}</td><td>{labels}</td><td>{state}</td>"
-            f"<td>{versions}</td><td>{fps}</td><td>{p95}</td><td>{errors}</td></tr>"
-        )
-    return (
-        '<section id="devices"><h2>Devices</h2><table><thead><tr><th>device</th><th>labels</th>'
-        "<th>state</th><th>version (active → desired)</th><th>fps</th><th>p95 ms</th>"
-        f"<th>errors</th></tr></thead><tbody>{''.join(rows)}</tbody></table></section>"
-    )
-
-
-def _rollouts_section(
-    rollouts: Sequence[RolloutRecord], measured: dict[str, list[Measurement]]
-) -> str:
-    parts = ['<section id="rollouts"><h2>Rollouts</h2>']
-    if not rollouts:
-        parts.append("<p>No rollouts yet.</p>")
-    for rollout in reversed(rollouts[-3:]):
-        installed = sum(state == "INSTALLED" for state in rollout.installs.values())
-        waves = []
-        for wave in rollout.waves:
-            verdict = wave.verdict.value if wave.verdict else (
-                "running" if wave.index == rollout.current_wave else "waiting"
-            )  # fmt: skip
-            waves.append(
-                f'<li data-wave="{wave.index}" class="wave {_e(verdict)}">wave {wave.index + 1}:'
-                f" {wave.percent:g}% · {len(wave.devices)} devices · <b>{_e(verdict)}</b>"
-                f"{' · ' + _e(wave.reason) if wave.reason else ''}</li>"
-            )
-        why = "".join(
-            f'<tr class="{_e(m.verdict.value)}"><td>{m.wave + 1}</td><td>{_e(m.gate)}</td>'
-            f"<td>{_figure(m.canary_value, 2)}</td><td>{_figure(m.baseline_value, 2)}</td>"
-            f"<td>{_figure(m.threshold, 2)}</td><td>{m.canary_devices}/{m.baseline_devices}</td>"
-            f"<td><b>{_e(m.verdict.value)}</b></td><td>{_e(m.note)}</td></tr>"
-            for m in measured.get(rollout.rollout_id, [])
-        )
-        parts.append(
-            f'<article class="rollout" data-rollout="{_e(rollout.rollout_id)}">'
-            f"<h3>{_e(rollout.model_name)} v{_e(rollout.version)} · {_e(rollout.rollout_id)} ·"
-            f' <span class="state">{_e(rollout.state.value)}</span></h3>'
-            f"<p>wave {min(rollout.current_wave + 1, len(rollout.waves))} of"
-            f" {len(rollout.waves)} · {installed}/{len(rollout.eligible)} devices installed"
-            f"{' · ' + _e(rollout.reason) if rollout.reason else ''}</p>"
-            f'<ol class="waves">{"".join(waves)}</ol>'
-            '<table class="why"><thead><tr><th>wave</th><th>gate</th><th>canary</th>'
-            "<th>baseline</th><th>threshold</th><th>devices</th><th>verdict</th><th>note</th>"
-            f"</tr></thead><tbody>{why}</tbody></table></article>"
-        )
-    parts.append("</section>")
-    return "".join(parts)
-
-
-def _polyline(points: Sequence[tuple[float, float]], t0: float, span: float, top: float) -> str:
-    width, height = 300.0, 60.0
-    coords = " ".join(
-        f"{(t - t0) / span * width:.1f},{height - value / top * height:.1f}" for t, value in points
-    )
-    return f'<polyline fill="none" stroke="#1f6feb" stroke-width="1.5" points="{coords}"/>'
-
-
-def _chart(title: str, points: Sequence[tuple[float, float]], t0: float, now: float) -> str:
-    top = max((value for _, value in points), default=1.0) * 1.2 or 1.0
-    span = max(now - t0, 1.0)
-    last = _figure(points[-1][1]) if points else "–"
-    return (
-        f'<figure class="chart"><figcaption>{_e(title)}: {last} fps</figcaption>'
-        '<svg viewBox="0 0 300 60" width="300" height="60" role="img">'
-        f"{_polyline(points, t0, span, top) if points else ''}</svg></figure>"
-    )
-
-
-def _charts(devices: Sequence[DeviceView], view: FleetView) -> str:
-    series: dict[str, list[tuple[float, float]]] = {}
-    cohorts: dict[str, dict[int, list[float]]] = {}
-    now = max((s.at for d in devices for s in view.samples(d.record.device_id, 1)), default=0)
-    # The x axis spans the samples held, up to the window: a young fleet's chart is not a sliver.
-    oldest = min(
-        (s.at for d in devices for s in view.samples(d.record.device_id, CHART_WINDOW_S)),
-        default=now,
-    )
-    t0 = max(now - CHART_WINDOW_S, oldest)
-    for device in devices:
-        points = series.setdefault(device.record.device_id, [])
-        for sample in view.samples(device.record.device_id, CHART_WINDOW_S):
-            fps = sum(model.fps for model in sample.record.models)
-            points.append((sample.at, fps))
-            for model in sample.record.models:
-                cohort = cohorts.setdefault(f"{model.name} v{model.version}", {})
-                cohort.setdefault(int(sample.at), []).append(model.fps)
-    cohort_charts = [
-        _chart(f"cohort {name} (mean per device)",
-               [(float(t), sum(v) / len(v)) for t, v in sorted(buckets.items())], t0, now)
-        for name, buckets in sorted(cohorts.items())
-    ]  # fmt: skip
-    device_charts = [
-        _chart(device_id, points, t0, now) for device_id, points in sorted(series.items())
-    ]
-    return (
-        '<section id="telemetry"><h2>Telemetry (last 5 minutes)</h2>'
-        f'<div class="charts">{"".join(cohort_charts)}</div>'
-        f'<div class="charts">{"".join(device_charts)}</div></section>'
-    )
-
-
-def _audit_table(entries: Sequence[AuditRecord]) -> str:
-    rows = "".join(
-        f"<tr><td>{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(entry.at))}</td>"
-        f"<td>{_e(entry.actor)}</td><td>{_e(entry.action)}</td>"
-        f"<td>{_e(' '.join(f'{k}={v}' for k, v in entry.detail.items()))}</td></tr>"
-        for entry in reversed(entries)
-    )
-    return (
-        '<section id="audit"><h2>Audit log</h2><table><thead><tr><th>when (UTC)</th>'
-        f"<th>actor</th><th>action</th><th>detail</th></tr></thead><tbody>{rows}</tbody>"
-        "</table></section>"
-    )
 
 
 STYLE = """
 body{font:14px system-ui,sans-serif;margin:1.5em;color:#1f2328}
 table{border-collapse:collapse;margin:.5em 0}td,th{border-bottom:1px solid #d0d7de;
 padding:3px 8px;text-align:left}tr.offline{color:#8c959f}.PASS b{color:#1a7f37}
-.FAIL b{color:#cf222e}.INCONCLUSIVE b{color:#9a6700}.charts{display:flex;flex-wrap:wrap;gap:1em}
-figure{margin:0}figcaption{font-size:12px}.stamp{color:#57606a}svg{background:#f6f8fa}
+.FAIL b{color:#cf222e}.INCONCLUSIVE b{color:#9a6700}.charts{display:flex;flex-wrap:wrap;gap:1em;
+margin:.5em 0}figure{margin:0}figcaption{font-size:12px}.stamp{color:#57606a}
+svg{background:#f6f8fa}svg text{font-size:9px;fill:#57606a}#logout{float:right}
+.buttons form{display:inline;margin-right:.5em}.buttons button{font-size:14px;padding:4px 14px}
+.deploy{font-weight:600}.deploy.active{color:#1a7f37}.deploy.failed,.deploy.timed-out{color:#cf222e}
+.deploy.installing,.deploy.rolling-back{color:#9a6700}.wave-devices{columns:3;font-size:12px}
+.bake .left{font-size:16px}.problem{color:#cf222e}.pager{margin:.5em 0}
 """
 
 PAGE_HEAD = (
@@ -391,12 +360,18 @@ PAGE_HEAD = (
     f"<style>{STYLE}</style></head><body><h1>edgefleet fleet</h1>"
 )
 MAIN_OPEN = '<main id="main">'
+# Refresh the main section (keeping the list's filters and page); tick the bake countdown.
 PAGE_TAIL = (
     "</main><script>"
-    "setInterval(async()=>{try{const r=await fetch('/fragment',{credentials:'same-origin'});"
+    "setInterval(async()=>{try{const r=await fetch('/fragment'+location.search,"
+    "{credentials:'same-origin'});"
     "if(r.ok){document.getElementById('main').innerHTML=await r.text()}"
     "else if(r.status===401){location.replace('/login')}}catch(e){}},"
-    f"{int(REFRESH_S * 1000)});</script></body></html>"
+    f"{int(REFRESH_S * 1000)});"
+    "setInterval(()=>{for(const b of document.querySelectorAll('.bake')){"
+    "const left=Math.max(0,b.dataset.ends-Date.now()/1000);"
+    "b.querySelector('.left').textContent=left.toFixed(0)+' s'}},1000);"
+    "</script></body></html>"
 )
 
 LOGIN_PAGE = (

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from fleet.controller.rollouts.context import RolloutContext, lease_name
 from fleet.controller.rollouts.driver import WaveDriver
 from fleet.controller.store.protocol import LeaseLost, StaleRevision, Store
+from fleet.controller.store.records import AuditRecord
 from fleet.controller.store.runner import StoreRunner
 
 logger = logging.getLogger(__package__)
@@ -131,6 +133,17 @@ class Leadership:
             context.tokens[rollout_id] = token
         if token > 1:
             self.takeovers += 1
+            # In the audit log too: the dashboard shows who took over a rollout, and when.
+            takeover = AuditRecord(
+                at=time.time(),
+                actor=f"controller:{context.replica}",
+                action="rollout.takeover",
+                detail={"rollout": rollout_id, "fencing_token": token},
+            )
+            try:
+                await context.store.run(Store.add_audit, takeover)
+            except Exception:
+                logger.warning("could not audit the takeover of rollout %s", rollout_id)
         logger.info(
             "rollout %s: driving it here (%s, fencing token %d)",
             rollout_id, context.replica, token,

@@ -1,6 +1,6 @@
-"""The operator's rollout verbs: create, promote, abort, roll back. Each changes the rollout on
-any replica (compare-and-set on its revision, the driver wherever it runs wakes up) and is
-audited as the operator's action; rollbacks are also told to the webhooks."""
+"""The operator's rollout verbs: create, promote, pause, abort, roll back. Each changes the
+rollout on any replica (compare-and-set on its revision, the driver wherever it runs wakes up)
+and is audited as the operator's action; rollbacks are also told to the webhooks."""
 
 from __future__ import annotations
 
@@ -68,6 +68,24 @@ class RolloutVerbs:
 
         rollout = await context.change(self._queries.get(rollout_id).rollout_id, change)
         await self._audit.record(actor, "rollout.promote", rollout=rollout.rollout_id)
+        return rollout
+
+    async def pause(self, actor: str, rollout_id: str) -> RolloutRecord:
+        """Hold the rollout where it is: no verdict, no next wave, until the operator promotes
+        (the current wave passes) or aborts it. A bake in progress is dropped."""
+        context = self._context
+
+        async def change(rollout: RolloutRecord) -> None:
+            if rollout.state.finished:
+                raise Conflict(f"rollout {rollout.rollout_id} already {rollout.state.value}")
+            if rollout.state == RolloutState.PAUSED:
+                return
+            rollout.state = RolloutState.PAUSED
+            rollout.reason = f"wave {rollout.current_wave} paused by the operator"
+            await context.save(rollout)
+
+        rollout = await context.change(self._queries.get(rollout_id).rollout_id, change)
+        await self._audit.record(actor, "rollout.pause", rollout=rollout.rollout_id)
         return rollout
 
     async def abort(self, actor: str, rollout_id: str, reason: str) -> RolloutRecord:
