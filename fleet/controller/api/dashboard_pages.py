@@ -225,6 +225,21 @@ def deployment_state(
     return "installing", f"v{active} active" if active else ""
 
 
+def planned_waves(rollout: RolloutRecord) -> list[list[str]]:
+    """Each wave's devices: those it was given once started, else those its percentage will
+    take (the cohort order is fixed when the rollout starts)."""
+    taken: set[str] = set()
+    planned = []
+    for wave in rollout.waves:
+        devices = list(wave.devices)
+        if not devices:
+            count = max(1, math.ceil(len(rollout.eligible) * wave.percent / 100))
+            devices = [d for d in rollout.eligible[:count] if d not in taken]
+        taken.update(devices)
+        planned.append(devices)
+    return planned
+
+
 def _wave_status(rollout: RolloutRecord, index: int) -> str:
     """A wave's verdict, else what it is doing now; a finished rollout runs no wave (a rolled
     back rollout's unjudged waves never ran to a verdict)."""
@@ -304,11 +319,11 @@ def rollouts_section(
     for rollout in rollouts:
         fact = facts.get(rollout.rollout_id, RolloutFacts((), "", ()))
         waves = []
-        for wave in rollout.waves:
+        for wave, devices_of_wave in zip(rollout.waves, planned_waves(rollout), strict=True):
             status = _wave_status(rollout, wave.index)
             states = [
                 (device_id, *deployment_state(rollout, device_id, record(device_id), wave.index))
-                for device_id in wave.devices
+                for device_id in devices_of_wave
             ]
             counts = Counter(state for _, state, _ in states)
             summary = " · ".join(f"{n} {state}" for state, n in sorted(counts.items()))
@@ -321,7 +336,7 @@ def rollouts_section(
             more = len(states) - WAVE_DEVICES_SHOWN
             waves.append(
                 f'<li data-wave="{wave.index}" class="wave {e(status)}">wave {wave.index + 1}:'
-                f" {wave.percent:g}% · {len(wave.devices)} devices · <b>{e(status)}</b>"
+                f" {wave.percent:g}% · {len(devices_of_wave)} devices · <b>{e(status)}</b>"
                 f"{' · ' + e(wave.reason) if wave.reason else ''}"
                 f'<div class="summary">{e(summary)}</div>'
                 f'<ul class="wave-devices">{devices}'
