@@ -286,10 +286,8 @@ async def test_an_operator_runs_a_rollout_from_the_dashboard(tmp_path, signing_k
 
             # Sign out: the session ends.
             await browser.evaluate("document.querySelector('#logout button').click()")
-            await wait_for(
-                lambda: browser.evaluate("!!document.body && document.body.innerText.includes('Signed out')"),
-                10, "signed out",
-            )  # fmt: skip
+            signed_out = "!!document.body && document.body.innerText.includes('Signed out')"
+            await wait_for(lambda: browser.evaluate(signed_out), 10, "signed out")
             status = await browser.evaluate("fetch('/fragment').then(r => r.status)")
             assert status == 401
     finally:
