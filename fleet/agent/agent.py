@@ -380,6 +380,7 @@ class Agent:
                 await self._quarantine(name, version, f"replaced by bundle {sha[:12]}")
                 on_disk = False
             if not on_disk:
+                self._progress(name, version, agent_pb2.INSTALL_PHASE_DOWNLOADING)
                 await self._install(model)
                 local.installed[version] = sha
                 local.quarantined.pop(version, None)
@@ -387,6 +388,7 @@ class Agent:
             loop = asyncio.get_running_loop()
             started = loop.time()
             previous = self._core.active_version(name)
+            self._progress(name, version, agent_pb2.INSTALL_PHASE_INSTALLING)
             try:
                 await self._core.load_model(name, version)
             except self._core.load_error as error:
@@ -484,6 +486,7 @@ class Agent:
             path = await fetch_bundle(
                 stub, model.bundle_sha256, directory, self._settings.download_chunk_bytes
             )
+        self._progress(model.name, model.version, agent_pb2.INSTALL_PHASE_VERIFYING)
         try:
             await asyncio.to_thread(
                 install_bundle,
@@ -495,6 +498,18 @@ class Agent:
         finally:
             # The version directory is the local copy from now on; a bad bundle is not kept.
             await asyncio.to_thread(path.unlink, True)
+
+    def _progress(self, name: str, version: str, phase: int) -> None:
+        """Tell the controller where an install stands (best effort: never waits, and a full
+        outbox or no connection drops it; the result is what counts)."""
+        outbox = self._outbox
+        if outbox is not None and not outbox.full():
+            progress = agent_pb2.InstallProgress(
+                model_name=name,
+                version=version,
+                phase=phase,  # type: ignore[arg-type]
+            )
+            outbox.put_nowait(agent_pb2.ConnectRequest(install_progress=progress))
 
     async def _result(self, name: str, version: str, outcome: int, reason: str) -> None:
         if outcome == agent_pb2.INSTALL_OUTCOME_INSTALLED:

@@ -55,7 +55,8 @@ class LiveFleet:
         # off behind a NAT that keeps the TCP session), whatever its stream looks like.
         self._offline_after_s = offline_after_s
         # Tells the other replicas (fleet.controller.replication): "online" when a device's first
-        # stream opens here, "offline" when its last one closes, "desired" from `wake`.
+        # stream opens here, "offline" when its last one closes, "desired" from `wake`, "phase"
+        # from `install_progress`.
         self._announce = announce or (lambda kind, device_ids: None)
         self._sessions: dict[str, DeviceSession] = {}
         self._history: dict[str, deque[TelemetrySample]] = {}
@@ -64,6 +65,9 @@ class LiveFleet:
         self._last_seen: dict[str, float] = {}
         # time.monotonic() of the last message from each device.
         self._heard: dict[str, float] = {}
+        # (device, model) -> (version, phase): where an install stands, as its agent said
+        # (downloading, verifying, installing, smoke test), here or on another replica.
+        self._phases: dict[tuple[str, str], tuple[str, str]] = {}
 
     def attach(self, device_id: str) -> DeviceSession:
         """Register a new stream; an older stream of the same device is told to close."""
@@ -136,6 +140,19 @@ class LiveFleet:
         history.append(sample)
         self._last_seen[device_id] = sample.record.received_at
         self._heard[device_id] = time.monotonic()
+
+    def install_progress(
+        self, device_id: str, model: str, version: str, phase: str, announce: bool = True
+    ) -> None:
+        """An agent's install moved on (told here, or by another replica: `announce` False)."""
+        self._phases[(device_id, model)] = (version, phase)
+        if announce:
+            self._announce("phase", ["\t".join((device_id, model, version, phase))])
+
+    def install_phase(self, device_id: str, model: str, version: str) -> str:
+        """The last phase the device reported for installing `version` of `model`, or ""."""
+        known = self._phases.get((device_id, model))
+        return known[1] if known is not None and known[0] == version else ""
 
     def record_remote(self, device_id: str, sample: TelemetrySample) -> None:
         """A sample another replica received (read from the store)."""

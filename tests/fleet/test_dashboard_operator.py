@@ -152,6 +152,17 @@ async def test_an_operator_runs_a_rollout_from_the_dashboard(tmp_path, signing_k
     await app.start()
     nodes = []
     browser = None
+    # The install phases agents report, as the controller hears them.
+    assert app.services is not None
+    live = app.services.live
+    phases: list[tuple[str, str, str]] = []
+    heard = live.install_progress
+
+    def spy(device_id: str, model: str, version: str, phase: str, announce: bool = True) -> None:
+        phases.append((device_id, version, phase))
+        heard(device_id, model, version, phase, announce)
+
+    live.install_progress = spy  # type: ignore[method-assign]
     try:
         token = json.loads(app.admin_credential_path.read_text())["dashboard_token"]
         url = f"https://127.0.0.1:{app.dashboard_port}"
@@ -184,6 +195,12 @@ async def test_an_operator_runs_a_rollout_from_the_dashboard(tmp_path, signing_k
                 )
 
             await wait_for(lambda: baking(0), 60, "wave 1 baking")
+            # Each canary told the controller where its install stood, in order.
+            for device_id in {device for device, _, _ in phases}:
+                mine = [phase for device, version, phase in phases if device == device_id]
+                assert mine == ["downloading", "verifying", "installing"], (device_id, phases)
+                assert live.install_phase(device_id, MODEL, "2") == "installing"
+            assert len({device for device, _, _ in phases}) == 2
             await asyncio.sleep(1.5)  # a few samples for the charts
 
             browser = await Browser(tmp_path / "chromium").start()

@@ -77,6 +77,9 @@ class FakeView:
     def samples(self, device_id: str, window_s: float) -> list[TelemetrySample]:
         return []
 
+    def install_phase(self, device_id: str, model: str, version: str) -> str:
+        return ""
+
     async def act(self, verb: str, rollout_id: str, actor: str) -> RolloutRecord:
         raise NotImplementedError
 
@@ -167,7 +170,29 @@ def test_each_device_has_its_deployment_state():
     assert state("c", 0) == ("failed", "smoke test failed: output NaN")
     assert state("d", 0) == ("timed out", "no answer in 600 s")
     assert state("e", 1) == ("waiting", "")
+    # While pending, the phase the agent last reported.
+    for phase in ("downloading", "verifying", "installing", "smoke test"):
+        assert pages.deployment_state(rollout, "b", record["b"], 0, phase) == (phase, "v1 active")
     assert pages.planned_waves(rollout) == [eligible[:4], ["e"]]
     html = pages.rollouts_section([rollout], {}, record.get, "csrf")
     assert "1 active · 1 failed · 1 installing · 1 timed out" in html
     assert 'data-verb="pause"' in html and 'name="csrf" value="csrf"' in html
+
+
+async def test_install_phases_travel_to_the_other_replicas():
+    """A replica hears another's `phase` note and shows the same phase."""
+    from fleet.controller.live import LiveFleet
+    from fleet.controller.replication.changefeed import Change, decode, encode
+    from fleet.controller.replication.inbound import InboundChanges
+
+    told: list[tuple[str, list[str]]] = []
+    here = LiveFleet(10, announce=lambda kind, ids: told.append((kind, list(ids))))
+    here.install_progress("cam-1", "tiny", "2", "smoke test")
+    [(kind, ids)] = told
+    note = decode(encode("a", kind, ids)[0])
+    assert isinstance(note, Change)
+    there = LiveFleet(10)
+    inbound = InboundChanges(None, there, None, None)  # type: ignore[arg-type]
+    await inbound.on_change(note)
+    assert there.install_phase("cam-1", "tiny", "2") == "smoke test"
+    assert there.install_phase("cam-1", "tiny", "3") == ""  # another version's install

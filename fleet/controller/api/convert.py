@@ -135,6 +135,17 @@ def _no_reading(value: float | None) -> float:
     return math.nan if value is None else value
 
 
+def install_phase_from_pb(phase: int) -> str:
+    """INSTALL_PHASE_SMOKE_TEST -> "smoke test"; "" when unspecified or unknown."""
+    if phase == agent_pb2.INSTALL_PHASE_UNSPECIFIED:
+        return ""
+    try:
+        name = agent_pb2.InstallPhase.Name(phase)
+    except ValueError:
+        return ""
+    return name.removeprefix("INSTALL_PHASE_").lower().replace("_", " ")
+
+
 def device_to_pb(view: DeviceView) -> admin_pb2.Device:
     record, latest = view.record, view.latest
     desired = {entry.model: entry for entry in view.desired}

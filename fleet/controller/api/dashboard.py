@@ -75,6 +75,7 @@ class FleetView(Protocol):
     async def facts(self, rollout: RolloutRecord) -> RolloutFacts: ...
     async def audit(self, limit: int) -> list[AuditRecord]: ...
     def samples(self, device_id: str, window_s: float) -> list[TelemetrySample]: ...
+    def install_phase(self, device_id: str, model: str, version: str) -> str: ...
     async def act(self, verb: str, rollout_id: str, actor: str) -> RolloutRecord: ...
 
 
@@ -151,6 +152,9 @@ class ControllerView:
             return []
         # Connected here or to another replica (its samples followed from the store).
         return live.recent(device_id, latest.at - window_s)
+
+    def install_phase(self, device_id: str, model: str, version: str) -> str:
+        return self._live.install_phase(device_id, model, version)
 
     async def act(self, verb: str, rollout_id: str, actor: str) -> RolloutRecord:
         if verb == "promote":
@@ -334,7 +338,7 @@ class Dashboard:
             [
                 f'<p class="stamp">updated {time.strftime("%H:%M:%S", time.gmtime())} UTC ·'
                 f" {page.fleet} devices, {page.online} online · {len(everything)} rollouts</p>",
-                pages.rollouts_section(shown, facts, view.record, csrf),
+                pages.rollouts_section(shown, facts, view.record, csrf, phase=view.install_phase),
                 pages.devices_table(page),
                 pages.charts_section(page_ids, cohorts, view.samples),
                 pages.audit_table(audit),
@@ -351,7 +355,8 @@ margin:.5em 0}figure{margin:0}figcaption{font-size:12px}.stamp{color:#57606a}
 svg{background:#f6f8fa}svg text{font-size:9px;fill:#57606a}#logout{float:right}
 .buttons form{display:inline;margin-right:.5em}.buttons button{font-size:14px;padding:4px 14px}
 .deploy{font-weight:600}.deploy.active{color:#1a7f37}.deploy.failed,.deploy.timed-out{color:#cf222e}
-.deploy.installing,.deploy.rolling-back{color:#9a6700}.wave-devices{columns:3;font-size:12px}
+.deploy.installing,.deploy.rolling-back,.deploy.downloading,.deploy.verifying,
+.deploy.smoke-test{color:#9a6700}.wave-devices{columns:3;font-size:12px}
 .bake .left{font-size:16px}.problem{color:#cf222e}.pager{margin:.5em 0}
 """
 

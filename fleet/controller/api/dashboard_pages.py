@@ -201,10 +201,16 @@ def devices_table(page: DevicePage) -> str:
 
 
 def deployment_state(
-    rollout: RolloutRecord, device_id: str, record: DeviceRecord | None, wave: int
+    rollout: RolloutRecord,
+    device_id: str,
+    record: DeviceRecord | None,
+    wave: int,
+    phase: str = "",
 ) -> tuple[str, str]:
-    """One device's part in a rollout, as (state, reason): waiting, installing, active,
-    failed, timed out, not reached, rolled back, held back."""
+    """One device's part in a rollout, as (state, reason): waiting, then downloading,
+    verifying, installing, smoke test (the agent's `phase` while the install is pending), then
+    active, failed (with its reason) or timed out; not reached, rolling back or rolled back once
+    the rollout was rolled back; held back (a device of a running wave it does not install)."""
     install = rollout.installs.get(device_id)
     active = record.active_versions.get(rollout.model_name) if record else None
     if rollout.state == RolloutState.ROLLED_BACK:
@@ -222,7 +228,7 @@ def deployment_state(
         return "timed out", rollout.install_errors.get(device_id, "")
     if install == DeviceInstall.INSTALLED:
         return ("active" if active in (None, rollout.version) else "installed"), ""
-    return "installing", f"v{active} active" if active else ""
+    return phase or "installing", f"v{active} active" if active else ""
 
 
 def planned_waves(rollout: RolloutRecord) -> list[list[str]]:
@@ -311,7 +317,9 @@ def rollouts_section(
     record: Callable[[str], DeviceRecord | None],
     csrf: str,
     now: float | None = None,
+    phase: Callable[[str, str, str], str] = lambda device, model, version: "",
 ) -> str:
+    """`phase(device, model, version)`: the install phase the device last reported."""
     now = time.time() if now is None else now
     parts = ['<section id="rollouts"><h2>Rollouts</h2>']
     if not rollouts:
@@ -322,9 +330,15 @@ def rollouts_section(
         for wave, devices_of_wave in zip(rollout.waves, planned_waves(rollout), strict=True):
             status = _wave_status(rollout, wave.index)
             states = [
-                (device_id, *deployment_state(rollout, device_id, record(device_id), wave.index))
+                (
+                    device_id,
+                    *deployment_state(
+                        rollout, device_id, record(device_id), wave.index,
+                        phase(device_id, rollout.model_name, rollout.version),
+                    ),
+                )
                 for device_id in devices_of_wave
-            ]
+            ]  # fmt: skip
             counts = Counter(state for _, state, _ in states)
             summary = " · ".join(f"{n} {state}" for state, n in sorted(counts.items()))
             devices = "".join(

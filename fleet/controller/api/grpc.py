@@ -138,6 +138,14 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 telemetry.handling_seconds.observe(time.perf_counter() - started)
             elif kind == "heartbeat":
                 self._live.touch(device_id, time.time())
+            elif kind == "install_progress":
+                progress = message.install_progress
+                self._live.install_progress(
+                    device_id,
+                    progress.model_name,
+                    progress.version,
+                    convert.install_phase_from_pb(progress.phase),
+                )
             elif kind == "install_result":
                 result = message.install_result
                 failed = result.outcome != agent_pb2.INSTALL_OUTCOME_INSTALLED

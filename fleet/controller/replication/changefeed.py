@@ -8,7 +8,9 @@ within milliseconds and acts on its own copy (inbound.py):
   or a wave made on another replica reaches the device within seconds;
 - `device` (device ids): re-read those device records (enrolled or removed elsewhere);
 - `rollout` (one id and its revision): re-read the rollout, and wake its driver if it runs here;
-- `online` / `offline` (device ids): which devices are connected to some replica.
+- `online` / `offline` (device ids): which devices are connected to some replica;
+- `phase` (device, model, version and install phase, tab-separated): an install's progress;
+- `who` (no ids): a roll call; the others answer with `online` for their devices.
 
 A note is a hint, never the state: the store is. A replica that missed notes (its listening
 connection dropped with PostgreSQL) re-reads everything when it reconnects (`resync`), so

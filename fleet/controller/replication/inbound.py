@@ -6,6 +6,8 @@
 - `rollout` (one id and its revision): re-read the rollout and wake its driver;
 - `online` / `offline` (device ids): which devices are connected to another replica (and their
   records re-read: the hello they sent there);
+- `phase` (device, model, version, phase): where an install stands, as its agent told the
+  replica it is connected to (the dashboard shows it);
 - `who` (a roll call, sent by a replica that starts or missed notes): announce the devices
   connected here, so the caller shows them online at once.
 
@@ -83,6 +85,10 @@ class InboundChanges:
             await self._reload(change.ids)
         elif change.kind == "offline":
             self._replica.disconnected_elsewhere(change.origin, change.ids)
+        elif change.kind == "phase":
+            for note in change.ids:
+                device_id, model, version, phase = (note.split("\t") + ["", "", ""])[:4]
+                self._live.install_progress(device_id, model, version, phase, announce=False)
         elif change.kind == "who":
             here = self._live.sessions()
             if here:
