@@ -140,6 +140,11 @@ def test_sessions_expire_and_cannot_be_forged():
     assert not sessions.csrf_ok(session, "")
     now[0] += 31
     assert sessions.renewal_due(session)
+    renewed_cookie, renewed = sessions.issue(renewing=session)
+    # Renewed: a later expiry, the same id and so the same CSRF token for the open page.
+    assert renewed.session_id == session.session_id and renewed.expires_at > session.expires_at
+    assert sessions.csrf_ok(renewed, sessions.csrf_token(session))
+    assert sessions.verify(renewed_cookie) == renewed
     now[0] += 30
     assert sessions.verify(cookie) is None  # expired
 

@@ -240,7 +240,7 @@ class Dashboard:
             and self._sessions.renewal_due(session)
         ):
             # The page is open: the session slides on, one short lifetime at a time.
-            self._set_session(response, self._sessions.issue()[0])
+            self._set_session(response, self._sessions.issue(renewing=session)[0])
         response.headers["Cache-Control"] = "no-store"
         response.headers["Content-Security-Policy"] = (
             "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline';"

@@ -46,9 +46,11 @@ class DashboardSessions:
         digest = hmac.new(self._key, f"{purpose}\n{message}".encode(), hashlib.sha256)
         return _b64(digest.digest())
 
-    def issue(self) -> tuple[str, Session]:
-        """A new session and its cookie value."""
-        session = Session(secrets.token_urlsafe(16), float(int(self._clock() + self.ttl_s)))
+    def issue(self, renewing: Session | None = None) -> tuple[str, Session]:
+        """A new session and its cookie value; `renewing` keeps that session's id (and so its
+        CSRF token: the open page's forms stay valid) with a new expiry."""
+        session_id = renewing.session_id if renewing else secrets.token_urlsafe(16)
+        session = Session(session_id, float(int(self._clock() + self.ttl_s)))
         payload = f"{int(session.expires_at)}.{session.session_id}"
         return f"{payload}.{self._sign('session', payload)}", session
 
