@@ -82,10 +82,10 @@ class WebhookTargets:
             return f"webhook {url!r} is not a URL"
         if parts.scheme not in ("http", "https") or not parts.hostname:
             return f"webhook {url!r} must be an http:// or https:// URL"
+        if url in self._urls:
+            return None  # the controller operator's own
         if parts.username is not None or parts.password is not None:
             return "a webhook URL must not carry credentials (sign deliveries with a secret)"
-        if url in self._urls:
-            return None
         host = parts.hostname.lower()
         port = port or (443 if parts.scheme == "https" else 80)
         names = (host, f"{host}:{port}")
