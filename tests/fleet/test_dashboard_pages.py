@@ -196,3 +196,17 @@ async def test_install_phases_travel_to_the_other_replicas():
     await inbound.on_change(note)
     assert there.install_phase("cam-1", "tiny", "2") == "smoke test"
     assert there.install_phase("cam-1", "tiny", "3") == ""  # another version's install
+
+
+def test_the_driving_replica_and_its_takeovers_are_shown():
+    installs = {f"cam-{i:05d}": DeviceInstall.PENDING for i in range(100)}
+    rollout = _rollout(RolloutState.BAKING, installs)
+    takeover = AuditRecord(
+        at=0.0, actor="controller:b", action="rollout.takeover",
+        detail={"rollout": "r1", "fencing_token": 2},
+    )  # fmt: skip
+    facts = {"r1": RolloutFacts((), "b", (takeover,))}
+    html = pages.rollouts_section([rollout], facts, lambda d: None, "csrf", now=time.time())
+    assert "driven by replica <b>b</b>" in html
+    assert "00:00:00 UTC: taken over by b (fencing token 2)" in html
+    assert 'class="bake"' in html and "left of 60 s" in html

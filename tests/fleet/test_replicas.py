@@ -175,6 +175,14 @@ async def test_killing_the_driving_replica_mid_wave_hands_the_rollout_over(
                 and json.loads(entry.detail_json)["rollout"] == rollout_id
             ]
             assert sorted(judged) == [0, 1, 2], judged
+            # The takeover is in the audit log (the dashboard shows it), by the survivor.
+            takeovers = [
+                (entry.actor, json.loads(entry.detail_json)["fencing_token"])
+                for entry in audit.entries
+                if entry.action == "rollout.takeover"
+                and json.loads(entry.detail_json)["rollout"] == rollout_id
+            ]
+            assert (f"controller:{survivor.name}", taken[1]) in takeovers, takeovers
             explained = await admin.stub.ExplainRollout(
                 admin_pb2.ExplainRolloutRequest(rollout_id=rollout_id)
             )
