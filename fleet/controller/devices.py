@@ -151,14 +151,18 @@ class DeviceRegistry:
                 self._devices[device.device_id] = device
 
     def online(self, device_id: str) -> bool:
-        """Connected here, or to another replica (as it announced) and heard lately (its
-        telemetry in the store): the rule of `LiveFleet.online` on every replica."""
-        if self._live.online(device_id):
+        """Connected here, or to another replica and heard lately (its telemetry in the
+        store): the rule of `LiveFleet.online` on every replica. Connected elsewhere: as that
+        replica announced, or (a lost note) as the store shows, telemetry received from the
+        device since it last left a replica."""
+        live = self._live
+        if live.online(device_id):
             return True
-        if not self._replica.online_elsewhere(device_id):
-            return False
-        device = self._devices.get(device_id)
-        return self._live.heard_lately(device_id, device.last_seen if device else 0.0)
+        if self._replica.online_elsewhere(device_id):
+            device = self._devices.get(device_id)
+            return live.heard_lately(device_id, device.last_seen if device else 0.0)
+        heard = live.remote_heard(device_id)
+        return heard > self._replica.left_at(device_id) and live.fresh(heard)
 
     def _announce(self, device_id: str) -> None:
         self._replica.announce("device", [device_id])

@@ -101,8 +101,18 @@ class LiveFleet:
     def heard_lately(self, device_id: str, stored_last_seen: float = 0.0) -> bool:
         """A device connected to another replica: heard (wall clock, as that replica stored
         it) within the offline window plus the store's delay. The same rule as `online`."""
-        last = max(self._last_seen.get(device_id, 0.0), stored_last_seen)
-        return time.time() - last <= self._offline_after_s + self._remote_delay_s
+        return self.fresh(max(self._last_seen.get(device_id, 0.0), stored_last_seen))
+
+    def fresh(self, heard_at: float) -> bool:
+        """Whether a device heard at `heard_at` (wall clock, by another replica) still counts as
+        online: within the offline window plus the store's delay."""
+        return time.time() - heard_at <= self._offline_after_s + self._remote_delay_s
+
+    def remote_heard(self, device_id: str) -> float:
+        """When (wall clock) another replica last received telemetry from the device, as the
+        store shows it; 0 if never."""
+        history = self._remote.get(device_id)
+        return history[-1].record.received_at if history else 0.0
 
     def online(self, device_id: str) -> bool:
         if device_id not in self._sessions:

@@ -184,3 +184,30 @@ async def test_a_restarted_replica_shows_the_fleet_as_the_replica_devices_use(
             await node.stop()
         await b.stop(0.2)
         await a.stop(0.2)
+
+
+def test_presence_survives_a_lost_note():
+    """A replica that missed the 'online' note still shows a device online while the store
+    shows its telemetry arriving; an 'offline' note wins over older telemetry."""
+    from common.telemetry import TelemetryRecord
+    from fleet.controller.devices import DeviceRegistry
+    from fleet.controller.live import LiveFleet, TelemetrySample
+    from fleet.controller.replication.replica import Replica
+
+    live = LiveFleet(10, offline_after_s=3.0, remote_delay_s=1.0)
+    replica = Replica(None, "b", enabled=True)  # type: ignore[arg-type]
+    devices = DeviceRegistry(None, None, live, None, 0, replica)  # type: ignore[arg-type]
+    assert not devices.online("cam-0")
+    sample = TelemetrySample(0.0, TelemetryRecord(received_at=time.time()))
+    live.record_remote("cam-0", sample)
+    assert devices.online("cam-0")  # no note, but the store shows it streaming
+    replica.disconnected_elsewhere("a", ["cam-0"])
+    assert not devices.online("cam-0")  # it left a after its last sample
+    time.sleep(0.01)
+    live.record_remote("cam-0", TelemetrySample(0.0, TelemetryRecord(received_at=time.time())))
+    assert devices.online("cam-0")  # back, somewhere
+    stale = LiveFleet(10, offline_after_s=3.0, remote_delay_s=1.0)
+    stale.record_remote(
+        "cam-1", TelemetrySample(0.0, TelemetryRecord(received_at=time.time() - 10))
+    )
+    assert not DeviceRegistry(None, None, stale, None, 0, replica).online("cam-1")  # type: ignore[arg-type]

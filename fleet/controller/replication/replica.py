@@ -7,6 +7,8 @@
   replica shows them online (`online_elsewhere`; the inbound handler keeps it, see inbound.py).
 - Each replica holds a lease `replica:<name>` while it lives; the devices another replica said
   were connected to it stop counting as online once its lease expires (it died without a word).
+- Notes are hints: a device whose telemetry keeps reaching the store since it last left a
+  replica is connected somewhere even if the note saying so was lost (devices.py, `online`).
 
 One controller on SQLite has nobody to tell: `enabled` is False and announcing does nothing.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Sequence
 
 from fleet.controller.replication.changefeed import Announcer
@@ -37,6 +40,8 @@ class Replica:
         self.announcer = Announcer(self._publish, name) if enabled else None
         # Devices connected to another replica, and which one.
         self._elsewhere: dict[str, str] = {}
+        # When (wall clock) another replica last said a device left it.
+        self._left: dict[str, float] = {}
 
     async def _publish(self, payload: str) -> None:
         await self._store.run(Store.publish, payload)
@@ -85,6 +90,12 @@ class Replica:
             self._elsewhere[device_id] = origin
 
     def disconnected_elsewhere(self, origin: str, device_ids: Iterable[str]) -> None:
+        now = time.time()
         for device_id in device_ids:
+            self._left[device_id] = now
             if self._elsewhere.get(device_id) == origin:
                 del self._elsewhere[device_id]
+
+    def left_at(self, device_id: str) -> float:
+        """When another replica last said the device left it (0: never heard)."""
+        return self._left.get(device_id, 0.0)
