@@ -108,6 +108,11 @@ class LiveFleet:
         online: within the offline window plus the store's delay."""
         return time.time() - heard_at <= self._offline_after_s + self._remote_delay_s
 
+    def local_heard(self, device_id: str) -> float:
+        """When (wall clock) this replica last received telemetry from the device; 0 if never."""
+        history = self._history.get(device_id)
+        return history[-1].record.received_at if history else 0.0
+
     def remote_heard(self, device_id: str) -> float:
         """When (wall clock) another replica last received telemetry from the device, as the
         store shows it; 0 if never."""

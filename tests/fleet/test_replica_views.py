@@ -198,6 +198,7 @@ def test_presence_survives_a_lost_note():
     replica = Replica(None, "b", enabled=True)  # type: ignore[arg-type]
     devices = DeviceRegistry(None, None, live, None, 0, replica)  # type: ignore[arg-type]
     assert not devices.online("cam-0")
+    time.sleep(0.01)  # telemetry received after this replica started
     sample = TelemetrySample(0.0, TelemetryRecord(received_at=time.time()))
     live.record_remote("cam-0", sample)
     assert devices.online("cam-0")  # no note, but the store shows it streaming

@@ -139,7 +139,9 @@ class InboundChanges:
         newest = since
         for device_id, received_at, document in rows:
             newest = max(newest, received_at)
-            if self._live.connected(device_id) or received_at <= self._taken.get(device_id, 0):
+            # Rows this replica wrote itself (the device was connected here) are no news.
+            seen = max(self._taken.get(device_id, 0.0), self._live.local_heard(device_id))
+            if self._live.connected(device_id) or received_at <= seen:
                 continue
             self._taken[device_id] = received_at
             try:

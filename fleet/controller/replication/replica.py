@@ -42,6 +42,9 @@ class Replica:
         self._elsewhere: dict[str, str] = {}
         # When (wall clock) another replica last said a device left it.
         self._left: dict[str, float] = {}
+        # Telemetry stored before this replica started proves nothing about presence now
+        # (a previous run of this replica may have written it): the roll call answers for it.
+        self._started = time.time()
 
     async def _publish(self, payload: str) -> None:
         await self._store.run(Store.publish, payload)
@@ -97,5 +100,5 @@ class Replica:
                 del self._elsewhere[device_id]
 
     def left_at(self, device_id: str) -> float:
-        """When another replica last said the device left it (0: never heard)."""
-        return self._left.get(device_id, 0.0)
+        """When another replica last said the device left it (else when this one started)."""
+        return self._left.get(device_id, self._started)
