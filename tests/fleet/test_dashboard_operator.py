@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from PIL import Image, ImageStat
 
 from fleet.bundle import build_bundle
@@ -25,10 +26,12 @@ from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
 from fleet.keys import load_private_key
 from protos.edgefleet.fleet.v1 import admin_pb2
-from tests.fleet.conftest import controller_settings
-from tests.fleet.harness import MODEL, rollout_state, start_node, wait_for
-from tests.fleet.modelgen import build_model_dir
-from tests.fleet.services import chromium_binary
+from testkit.fleet import MODEL, controller_settings, rollout_state, start_node, wait_for
+from testkit.fleet_models import build_model_dir
+from testkit.services import chromium_binary
+
+# Starts controllers, edge servers or services (PostgreSQL, Chromium): a system test.
+pytestmark = pytest.mark.system
 
 STATE = admin_pb2.RolloutState
 # What an operator needs on the page during a rollout, by CSS selector.

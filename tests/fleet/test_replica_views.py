@@ -16,13 +16,16 @@ import time
 import urllib.request
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
 from protos.edgefleet.fleet.v1 import admin_pb2
-from tests.fleet.conftest import controller_settings
-from tests.fleet.harness import start_node, wait_for
+from testkit.fleet import controller_settings, start_node, wait_for
+
+# Starts controllers, edge servers or services (PostgreSQL, Chromium): a system test.
+pytestmark = pytest.mark.system
 
 # Fleet-wide figures: equal on every replica (fleet/controller/metrics.py).
 SHARED_METRICS = (

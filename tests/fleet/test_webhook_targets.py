@@ -20,10 +20,12 @@ from fleet.controller.store.records import RolloutRecord, RolloutSpec, RolloutSt
 from fleet.controller.webhooks import WebhookSender, WebhookTargets, rollout_event
 from fleet.ctl.client import AdminClient, AdminCredential
 from protos.edgefleet.fleet.v1 import admin_pb2
-from tests.fleet.conftest import controller_settings
-from tests.fleet.harness import MODEL, wait_for
-from tests.fleet.test_devices import _bundle
-from tests.fleet.test_webhooks import Receiver
+from testkit.fleet import MODEL, controller_settings, wait_for
+from testkit.fleet import signed_bundle as _bundle
+from testkit.webhooks import Receiver
+
+# Starts controllers, edge servers or services (PostgreSQL, Chromium): a system test.
+pytestmark = pytest.mark.system
 
 ROLLOUT = RolloutRecord(
     rollout_id="r1", model_name=MODEL, version="2", bundle_size=1, created_at=0.0,
