@@ -5,6 +5,7 @@ Everything is updated on the event loop thread, so no locks are needed.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -81,12 +82,14 @@ class ModelStats:
         self.frames_dropped += count
 
     def window(self, now: float | None = None) -> tuple[float, float, float]:
-        """(requests per second, p50 ms, p95 ms) over the last TELEMETRY_WINDOW_S seconds."""
+        """(successful requests per second, p50 ms, p95 ms) over the last TELEMETRY_WINDOW_S
+        seconds. Failed requests are neither fps nor latency: without a success the latencies
+        are NaN ("no data"), never a 0 that a `p95_latency_ms <= ...` gate would pass."""
         now = time.monotonic() if now is None else now
         cutoff = now - TELEMETRY_WINDOW_S
         latencies = [latency for stamp, latency in self._recent if stamp >= cutoff]
         if not latencies:
-            return 0.0, 0.0, 0.0
+            return 0.0, math.nan, math.nan
         oldest = min(stamp for stamp, _ in self._recent if stamp >= cutoff)
         span = max(now - oldest, 1.0)
         p50, p95 = np.percentile(np.asarray(latencies) * 1000.0, [50, 95])

@@ -18,7 +18,7 @@ import time
 from fleet.controller.rollouts import windows
 from fleet.controller.rollouts.cohorts import cohort, wave_devices
 from fleet.controller.rollouts.context import RolloutContext
-from fleet.controller.rollouts.gates import judge, parse_gate
+from fleet.controller.rollouts.gates import DeviceWindow, Gate, certain_failures, judge, parse_gate
 from fleet.controller.rollouts.transitions import advance, roll_back
 from fleet.controller.store.records import (
     AuditRecord,
@@ -28,6 +28,9 @@ from fleet.controller.store.records import (
     RolloutState,
     Verdict,
 )
+
+# How often a baking wave looks for a failure that is already certain (early abort).
+EARLY_CHECK_S = 0.5
 
 
 class WaveDriver:
@@ -144,30 +147,50 @@ class WaveDriver:
                 rollout.state = RolloutState.BAKING
                 await context.save(rollout, driver=True)
 
+    async def _measure(
+        self, rollout: RolloutRecord, index: int, started: float, canary_only: bool = False
+    ) -> tuple[list[str], list[str], list[DeviceWindow], list[DeviceWindow]]:
+        """(canary ids, baseline ids, canary windows, baseline windows) of the wave since
+        `started`; `canary_only` leaves the baseline out (the early-abort check)."""
+        context = self._context
+        wave_cohort = set(cohort(rollout, index))
+        canary_ids = [d for d in wave_cohort if rollout.installs[d] == DeviceInstall.INSTALLED]
+        baseline_ids = [] if canary_only else [d for d in rollout.eligible if d not in wave_cohort]
+        remote = await windows.remote_samples(
+            context.store, context.live, [*canary_ids, *baseline_ids], started
+        )
+        live = context.live
+        canary = windows.device_windows(live, rollout, canary_ids, started, True, remote)
+        baseline = windows.device_windows(live, rollout, baseline_ids, started, False, remote)
+        return canary_ids, baseline_ids, canary, baseline
+
     async def _bake_wave(self, rollout: RolloutRecord) -> None:
         context = self._context
         index = rollout.current_wave
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + rollout.spec.bake_s
+        gates = [parse_gate(text) for text in rollout.spec.gates]
+        early: list[tuple[Gate, str]] = []
         while rollout.state == RolloutState.BAKING and rollout.current_wave == index:
             left = deadline - loop.time()
             if left <= 0:
                 break
-            await context.wait(rollout.rollout_id, left)
-        remote = await windows.remote_samples(
-            context.store, context.live, rollout.eligible, started
-        )
+            await context.wait(rollout.rollout_id, min(left, max(self._tick_s, EARLY_CHECK_S)))
+            if rollout.state != RolloutState.BAKING or rollout.current_wave != index:
+                break
+            # Early abort: a gate whose failure is already certain ends the wave now.
+            canary_ids, _, canary, _ = await self._measure(rollout, index, started, True)
+            need = min(rollout.spec.min_devices, max(len(canary_ids), 1))
+            early = certain_failures(
+                gates, canary, need, loop.time() - started, rollout.spec.bake_s
+            )
+            if early:
+                break
+        canary_ids, baseline_ids, canary, baseline = await self._measure(rollout, index, started)
         async with context.lock:
             if rollout.state != RolloutState.BAKING or rollout.current_wave != index:
                 return
-            wave_cohort = set(cohort(rollout, index))
-            canary_ids = [d for d in wave_cohort if rollout.installs[d] == DeviceInstall.INSTALLED]
-            baseline_ids = [d for d in rollout.eligible if d not in wave_cohort]
-            live = context.live
-            canary = windows.device_windows(live, rollout, canary_ids, started, True, remote)
-            baseline = windows.device_windows(live, rollout, baseline_ids, started, False, remote)
-            gates = [parse_gate(text) for text in rollout.spec.gates]
             # A cohort smaller than --min-devices needs every one of its devices, not more
             # devices than exist: a 3-device fleet's 1-device canary can pass.
             need_canary = min(rollout.spec.min_devices, max(len(canary_ids), 1))
@@ -182,6 +205,21 @@ class WaveDriver:
                 time.time(),
                 min_baseline_devices=need_baseline if baseline_ids else None,
             )
+            if early:
+                # Judged at once: the certain failures fail whatever the rest would say.
+                certain = {gate.text: note for gate, note in early}
+                measurements = [
+                    m.model_copy(
+                        update={
+                            "verdict": Verdict.FAIL,
+                            "note": "; ".join(n for n in (m.note, certain[m.gate]) if n),
+                        }
+                    )
+                    if m.gate in certain
+                    else m
+                    for m in measurements
+                ]
+                verdict = Verdict.FAIL
             if baseline_ids and len(baseline) >= need_baseline:
                 rollout.baseline = used_baseline
             wave = rollout.waves[index]

@@ -77,6 +77,13 @@ class DeviceWindow:
     figures: ModelTelemetry
 
 
+def _median_latency(values: Sequence[float]) -> float:
+    """Median over devices, a device without a successful request (NaN) counting as the
+    slowest: NaN (no data) when the median device served nothing."""
+    median = statistics.median(math.inf if math.isnan(value) else value for value in values)
+    return math.nan if math.isinf(median) else median
+
+
 def cohort_figures(devices: Sequence[DeviceWindow]) -> dict[str, float]:
     """Median per device for latency and fps; pooled rates for errors and drops."""
     if not devices:
@@ -85,12 +92,62 @@ def cohort_figures(devices: Sequence[DeviceWindow]) -> dict[str, float]:
     requests = sum(f.requests for f in figures)
     drops = sum(f.drops for f in figures)
     return {
-        "p50_latency_ms": statistics.median(f.latency_p50_ms for f in figures),
-        "p95_latency_ms": statistics.median(f.latency_p95_ms for f in figures),
+        "p50_latency_ms": _median_latency([f.latency_p50_ms for f in figures]),
+        "p95_latency_ms": _median_latency([f.latency_p95_ms for f in figures]),
         "fps": statistics.median(f.fps for f in figures),
         "error_rate": sum(f.errors for f in figures) / max(requests, 1),
         "drop_rate": drops / max(requests + drops, 1),
     }
+
+
+def _no_data_note(canary: Sequence[DeviceWindow]) -> str:
+    requests = sum(device.figures.requests for device in canary)
+    errors = sum(device.figures.errors for device in canary)
+    return f"no data: {requests - errors} of the wave's {requests} requests succeeded"
+
+
+def certain_failures(
+    gates: Sequence[Gate],
+    canary: Sequence[DeviceWindow],
+    min_devices: int,
+    elapsed_s: float,
+    bake_s: float,
+) -> list[tuple[Gate, str]]:
+    """The gates whose failure is already certain part way through a bake (Argo's
+    `failureLimit`, Flagger's threshold): the wave ends at once instead of serving a broken
+    version for the rest of the bake.
+
+    Certain means: `min_devices` wave devices report, each with --min-requests, and either none
+    of their requests succeeded (latency has no data and fps is 0, whatever the gate), or an
+    absolute error or drop rate ceiling is exceeded even if every request still to come in the
+    bake (at the rate seen so far) succeeds."""
+    if len(canary) < min_devices or not canary or elapsed_s <= 0:
+        return []
+    requests = sum(device.figures.requests for device in canary)
+    errors = sum(device.figures.errors for device in canary)
+    drops = sum(device.figures.drops for device in canary)
+    early = f"early abort after {elapsed_s:.1f} s of the {bake_s:g} s bake"
+    if requests and errors >= requests:
+        note = f"{early}: {_no_data_note(canary)}"
+        return [(gate, note) for gate in gates]
+    still_to_come = requests / elapsed_s * max(bake_s - elapsed_s, 0.0)
+    best_case = {
+        "error_rate": errors / max(requests + still_to_come, 1),
+        "drop_rate": drops / max(requests + drops + still_to_come, 1),
+    }
+    certain = []
+    for gate in gates:
+        if gate.factor is not None or gate.op not in ("<", "<=") or gate.metric not in best_case:
+            continue
+        if not gate.holds(best_case[gate.metric], gate.offset):
+            certain.append(
+                (
+                    gate,
+                    f"{early}: {gate.metric} stays at least {best_case[gate.metric]:.4g} "
+                    "even if every request still to come succeeds",
+                )
+            )
+    return certain
 
 
 def judge(
@@ -130,6 +187,10 @@ def judge(
             notes.append(
                 f"{len(canary)} wave devices reported enough traffic, {min_devices} needed"
             )
+        elif math.isnan(value):
+            # Latency from no successful request: "no data" never passes (Flagger fails it).
+            verdict = Verdict.FAIL
+            notes.append(_no_data_note(canary))
         elif threshold is None:
             verdict = Verdict.INCONCLUSIVE
             notes.append(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import statistics
 import time
 from collections.abc import Iterable
@@ -21,6 +22,12 @@ from fleet.controller.store.runner import StoreRunner
 def counter_delta(before: int, after: int) -> int:
     """Growth of a cumulative counter; a smaller value means it restarted (model reloaded)."""
     return after - before if after >= before else after
+
+
+def _median_of_measured(values: Iterable[float]) -> float:
+    """The median of the figures that were measured; NaN (no data) when none was."""
+    measured = [value for value in values if not math.isnan(value)]
+    return statistics.median(measured) if measured else math.nan
 
 
 async def remote_samples(
@@ -73,23 +80,26 @@ def device_windows(
         requests = counter_delta(first.requests, last.requests)
         if requests < rollout.spec.min_requests:
             continue
-        # fps is the request rate over the window, from the counters. Latencies are the
-        # median sample's, among samples whose version had served --min-requests by then:
-        # the first samples after a version loads rest on a handful of requests (their p95
-        # is their slowest one), and a mean of them let two slow requests during another
-        # node's model load fail an identical model (the flaky `make fleet-demo`).
+        # fps is the rate of successful requests over the window, from the counters: a failed
+        # request is no frame served. Latencies are the median sample's, among samples whose
+        # version had served --min-requests by then: the first samples after a version loads
+        # rest on a handful of requests (their p95 is their slowest one), and a mean of them
+        # let two slow requests during another node's model load fail an identical model (the
+        # flaky `make fleet-demo`). Samples without a success have no latency (NaN): without
+        # any, the device's latency is NaN, "no data", which no gate passes (gates.py).
         elapsed = max(samples[-1][0].at - samples[0][0].at, 1e-3)
         settled = [m for _, m in samples if m.requests >= rollout.spec.min_requests]
         if not settled:
             continue
+        errors = counter_delta(first.errors, last.errors)
         figures = dataclasses.replace(
             last,
             requests=requests,
-            errors=counter_delta(first.errors, last.errors),
+            errors=errors,
             drops=counter_delta(first.drops, last.drops),
-            fps=requests / elapsed,
-            latency_p50_ms=statistics.median(m.latency_p50_ms for m in settled),
-            latency_p95_ms=statistics.median(m.latency_p95_ms for m in settled),
+            fps=max(requests - errors, 0) / elapsed,
+            latency_p50_ms=_median_of_measured(m.latency_p50_ms for m in settled),
+            latency_p95_ms=_median_of_measured(m.latency_p95_ms for m in settled),
         )
         windows.append(DeviceWindow(device_id, figures))
     return windows
