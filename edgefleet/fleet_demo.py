@@ -164,8 +164,9 @@ async def demo(
             )
             console.print(f"[bold]bundle[/] {bundle.name} (signed, Ed25519)")
             uploaded = await admin.upload_bundle(bundle)
-            # One bake length of traffic first: the controller's pre-rollout baseline (the same
-            # devices on version 1) is what the last wave, with no device left on 1, is judged by.
+            # One bake length of traffic first, so every device has served version 1 for a
+            # window before the rollout (the last wave is judged against a control cohort kept
+            # on version 1 meanwhile, not against this history).
             await asyncio.sleep(bake_s)
             created = await admin.stub.CreateRollout(
                 admin_pb2.CreateRolloutRequest(
@@ -175,12 +176,12 @@ async def demo(
                     bake_s=bake_s,
                     # Three servers share this machine's cores: while one loads and warms the
                     # new version the others' requests wait, and a few-second bake sees that in
-                    # its tail. The median gates tightly; p95 only catches a real slowdown.
+                    # its tail. The median gates tightly; p95 only catches a real slowdown. No
+                    # fps gate: fps is the cameras' frame rate served, not the model's cost.
                     gates=[
                         "p50_latency_ms <= 1.5*baseline + 20",
                         "p95_latency_ms <= 2*baseline + 50",
                         "error_rate < 0.01",
-                        "fps >= 0.5*baseline",
                     ],
                     min_devices=1,
                     # Every device serves at least 20 requests per bake (the default): a p95 of

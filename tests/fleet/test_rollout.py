@@ -99,9 +99,10 @@ async def test_an_idle_fleet_pauses_and_never_promotes(tmp_path, admin, nodes, s
 async def test_a_three_device_fleet_passes_with_min_devices_3_and_relative_gates(
     tmp_path, admin, nodes, signing_keys
 ):
-    """Issue 11, item 6: a 1-device canary on a 3-device fleet needs that one device, not 3;
-    the last wave (no device left on the old version) is judged against the baseline the same
-    devices had before the rollout."""
+    """Issue 11, item 6: a 1-device canary on a 3-device fleet needs that one device, not 3.
+    Issue 24, item 3: the last wave is not judged against history (the baseline the devices
+    had before the rollout, which machine load may have moved since) but against a control
+    cohort kept on the old version until that wave is judged, and then installed."""
     await asyncio.sleep(1.5)  # a pre-rollout window of telemetry on version 1
     bundle = await upload(admin, tmp_path, signing_keys, "2")
     created = await admin.stub.CreateRollout(
@@ -116,8 +117,9 @@ async def test_a_three_device_fleet_passes_with_min_devices_3_and_relative_gates
         admin_pb2.ExplainRolloutRequest(rollout_id=rollout.rollout_id)
     )
     last = [m for m in explained.measurements if m.wave == 1 and m.metric == "p95_latency_ms"]
-    assert last and last[0].baseline_devices == 0 and last[0].verdict == admin_pb2.VERDICT_PASS
-    assert "before the rollout" in last[0].note
+    assert last and last[0].baseline_devices == 1 and last[0].verdict == admin_pb2.VERDICT_PASS
+    assert "control device(s) kept on the old version" in last[0].note, last[0].note
+    assert [node.active() for node in nodes] == ["2", "2", "2"]
 
 
 async def _in_state(admin, rollout_id: str, state: int) -> admin_pb2.Rollout | None:

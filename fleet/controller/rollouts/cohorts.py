@@ -103,6 +103,28 @@ def cohort(rollout: RolloutRecord, through_wave: int) -> list[str]:
     return [device_id for wave in rollout.waves[: through_wave + 1] for device_id in wave.devices]
 
 
+# The share of the fleet held back as the last wave's control cohort (at least one device).
+CONTROL_PERCENT = 5.0
+
+
+def control_cohort(rollout: RolloutRecord, index: int, devices: Sequence[str]) -> list[str]:
+    """The devices of wave `index` held back on the old version until it is judged: only for
+    the last wave (the one that leaves no device on the old version) and only when a gate is
+    relative to the baseline. Judging the last wave against history (the previous wave's
+    window) let machine load that moved in between roll back an identical model; a control
+    cohort judged at the same time sees the same load. Taken from the end of the cohort order
+    and never the whole fleet: at least one device moves before the control is judged
+    against it."""
+    if index != len(rollout.waves) - 1 or len(rollout.eligible) < 2:
+        return []
+    if not any(parse_gate(gate).factor is not None for gate in rollout.spec.gates):
+        return []
+    size = max(1, math.ceil(len(rollout.eligible) * CONTROL_PERCENT / 100))
+    moved_before = len(rollout.eligible) - len(devices)
+    size = min(size, len(devices) - (0 if moved_before else 1))
+    return list(devices[len(devices) - size :]) if size > 0 else []
+
+
 def wave_devices(rollout: RolloutRecord, index: int) -> list[str]:
     """The devices wave `index` adds: the prefix of its percentage, less the earlier waves'."""
     wave = rollout.waves[index]

@@ -16,13 +16,12 @@ import asyncio
 import time
 
 from fleet.controller.rollouts import windows
-from fleet.controller.rollouts.cohorts import cohort, wave_devices
+from fleet.controller.rollouts.cohorts import cohort, control_cohort, wave_devices
 from fleet.controller.rollouts.context import RolloutContext
 from fleet.controller.rollouts.gates import DeviceWindow, Gate, certain_failures, judge, parse_gate
-from fleet.controller.rollouts.transitions import advance, roll_back
+from fleet.controller.rollouts.transitions import advance, desired_entry, roll_back
 from fleet.controller.store.records import (
     AuditRecord,
-    DesiredEntry,
     DeviceInstall,
     RolloutRecord,
     RolloutState,
@@ -31,6 +30,12 @@ from fleet.controller.store.records import (
 
 # How often a baking wave looks for a failure that is already certain (early abort).
 EARLY_CHECK_S = 0.5
+
+
+def _installing(rollout: RolloutRecord, devices: list[str]) -> list[str]:
+    """The devices of a wave told to install now: all but a control cohort not released yet."""
+    held = set() if rollout.control_released else set(rollout.control)
+    return [device_id for device_id in devices if device_id not in held]
 
 
 class WaveDriver:
@@ -83,18 +88,12 @@ class WaveDriver:
                 if rollout.state != RolloutState.INSTALLING or rollout.current_wave != index:
                     return
                 wave.devices = wave_devices(rollout, index)
-                for device_id in wave.devices:
+                rollout.control = control_cohort(rollout, index, wave.devices)
+                for device_id in _installing(rollout, wave.devices):
                     rollout.installs[device_id] = DeviceInstall.PENDING
                 desired = [
-                    DesiredEntry(
-                        device_id=device_id,
-                        model=rollout.model_name,
-                        version=rollout.version,
-                        bundle_sha256=rollout.spec.bundle_sha256,
-                        bundle_size=rollout.bundle_size,
-                        source=f"rollout:{rollout.rollout_id}",
-                    )
-                    for device_id in wave.devices
+                    desired_entry(rollout, device_id)
+                    for device_id in _installing(rollout, wave.devices)
                 ]
                 await context.save(rollout, desired, driver=True)
                 await context.decided(
@@ -103,15 +102,16 @@ class WaveDriver:
                     wave=index,
                     percent=wave.percent,
                     devices=len(wave.devices),
+                    control=len(rollout.control),
                 )
-            context.wake_devices(wave.devices)
+            context.wake_devices(_installing(rollout, wave.devices))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + rollout.spec.install_timeout_s
         while rollout.state == RolloutState.INSTALLING and rollout.current_wave == index:
             if self._sync_installs_from_telemetry(rollout):
                 async with context.lock:
                     await context.save(rollout, driver=True)
-            pending = [d for d in wave.devices if rollout.installs[d] == DeviceInstall.PENDING]
+            pending = [d for d in wave.devices if rollout.installs.get(d) == DeviceInstall.PENDING]
             if not pending:
                 break
             left = deadline - loop.time()
@@ -126,8 +126,10 @@ class WaveDriver:
             if rollout.state != RolloutState.INSTALLING or rollout.current_wave != index:
                 return
             total = max(len(wave.devices), 1)
-            failed = [d for d in wave.devices if rollout.installs[d] == DeviceInstall.FAILED]
-            timed_out = [d for d in wave.devices if rollout.installs[d] == DeviceInstall.TIMED_OUT]
+            failed = [d for d in wave.devices if rollout.installs.get(d) == DeviceInstall.FAILED]
+            timed_out = [
+                d for d in wave.devices if rollout.installs.get(d) == DeviceInstall.TIMED_OUT
+            ]
             if len(failed) / total > rollout.spec.max_install_failure_rate:
                 reasons = "; ".join(f"{d}: {rollout.install_errors.get(d, '')}" for d in failed)
                 wave.verdict = Verdict.FAIL
@@ -143,6 +145,11 @@ class WaveDriver:
                     rollout, "rollout.verdict", wave=index, verdict="FAIL", reason=wave.reason
                 )
                 await roll_back(context, rollout, wave.reason, automatic=True)
+            elif rollout.control_released:
+                # The control cohort of the last wave, installed after the wave passed.
+                advance(rollout)
+                await context.save(rollout, driver=True)
+                await context.decided(rollout, "rollout.succeeded")
             else:
                 rollout.state = RolloutState.BAKING
                 await context.save(rollout, driver=True)
@@ -154,8 +161,13 @@ class WaveDriver:
         `started`; `canary_only` leaves the baseline out (the early-abort check)."""
         context = self._context
         wave_cohort = set(cohort(rollout, index))
-        canary_ids = [d for d in wave_cohort if rollout.installs[d] == DeviceInstall.INSTALLED]
-        baseline_ids = [] if canary_only else [d for d in rollout.eligible if d not in wave_cohort]
+        control = [] if rollout.control_released else rollout.control
+        canary_ids = [d for d in wave_cohort if rollout.installs.get(d) == DeviceInstall.INSTALLED]
+        baseline_ids = (
+            []
+            if canary_only
+            else [d for d in rollout.eligible if d not in wave_cohort or d in control]
+        )
         remote = await windows.remote_samples(
             context.store, context.live, [*canary_ids, *baseline_ids], started
         )
@@ -204,6 +216,12 @@ class WaveDriver:
                 need_canary,
                 time.time(),
                 min_baseline_devices=need_baseline if baseline_ids else None,
+                live_baseline_note=(
+                    f"baseline: {len(rollout.control)} control device(s) kept on the old "
+                    "version until this last wave is judged"
+                    if rollout.control
+                    else ""
+                ),
             )
             if early:
                 # Judged at once: the certain failures fail whatever the rest would say.
@@ -246,8 +264,12 @@ class WaveDriver:
                 detail={"rollout": rollout.rollout_id, **judged},
             )
             if verdict == Verdict.PASS:
-                succeeded = advance(rollout)
-                await context.save(rollout, driver=True, measurements=measurements, audit=[record])
+                # The last wave's control cohort, if any, moves only now that the wave passed.
+                succeeded, desired = advance(rollout)
+                await context.save(
+                    rollout, desired, driver=True, measurements=measurements, audit=[record]
+                )
+                context.wake_devices([entry.device_id for entry in desired])
             elif verdict == Verdict.FAIL:
                 rolled_back = f"wave {index} failed its gates: {wave.reason}"
                 await roll_back(

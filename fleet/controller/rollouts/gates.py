@@ -159,21 +159,28 @@ def judge(
     min_devices: int,
     now: float,
     min_baseline_devices: int | None = 0,
+    live_baseline_note: str = "",
 ) -> tuple[Verdict, list[Measurement], dict[str, float]]:
     """Judge every gate; return the wave's verdict, the measurements, and the baseline used.
 
     `min_devices` canary devices must report. The live baseline (devices still on the old
     version) is used when `min_baseline_devices` of them report (0: `min_devices`; None: there
     is no baseline cohort); otherwise `frozen_baseline`, taken before the rollout or from an
-    earlier wave. Absolute gates need no baseline."""
+    earlier wave: then the measurement says there was no concurrent baseline.
+    `live_baseline_note` says what the live baseline is (the last wave's control cohort).
+    Absolute gates need no baseline."""
     canary_figures = cohort_figures(canary)
     baseline_note = ""
     need_baseline = min_devices if min_baseline_devices == 0 else min_baseline_devices
     if need_baseline is not None and len(baseline) >= need_baseline:
         baseline_figures = cohort_figures(baseline)
+        baseline_note = live_baseline_note
     elif frozen_baseline:
         baseline_figures = dict(frozen_baseline)
-        baseline_note = "baseline from before the rollout or an earlier wave (no live cohort)"
+        baseline_note = (
+            "no concurrent baseline: judged against the baseline from before the rollout or an "
+            "earlier wave (no live cohort), which machine load may have moved since"
+        )
     else:
         baseline_figures = {}
     measurements: list[Measurement] = []

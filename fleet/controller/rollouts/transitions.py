@@ -9,22 +9,43 @@ from fleet.controller.rollouts.context import RolloutContext
 from fleet.controller.store.records import (
     AuditRecord,
     DesiredEntry,
+    DeviceInstall,
     Measurement,
     RolloutRecord,
     RolloutState,
 )
 
 
-def advance(rollout: RolloutRecord) -> bool:
-    """Move on to the next wave; True when that was the last one (the rollout succeeded)."""
+def desired_entry(rollout: RolloutRecord, device_id: str) -> DesiredEntry:
+    """What a device of the rollout is told to run: the new version."""
+    return DesiredEntry(
+        device_id=device_id,
+        model=rollout.model_name,
+        version=rollout.version,
+        bundle_sha256=rollout.spec.bundle_sha256,
+        bundle_size=rollout.bundle_size,
+        source=f"rollout:{rollout.rollout_id}",
+    )
+
+
+def advance(rollout: RolloutRecord) -> tuple[bool, list[DesiredEntry]]:
+    """Move on: to the next wave, to the last wave's control cohort once that wave passed, or
+    to the end. (True when the rollout succeeded, the desired state the step implies.)"""
     if rollout.current_wave + 1 >= len(rollout.waves):
+        if rollout.control and not rollout.control_released:
+            rollout.control_released = True
+            rollout.state = RolloutState.INSTALLING
+            rollout.reason = ""
+            for device_id in rollout.control:
+                rollout.installs[device_id] = DeviceInstall.PENDING
+            return False, [desired_entry(rollout, device_id) for device_id in rollout.control]
         rollout.state = RolloutState.SUCCEEDED
         rollout.reason = "every wave passed"
-        return True
+        return True, []
     rollout.current_wave += 1
     rollout.state = RolloutState.INSTALLING
     rollout.reason = ""
-    return False
+    return False, []
 
 
 async def roll_back(

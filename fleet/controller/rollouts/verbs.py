@@ -61,8 +61,9 @@ class RolloutVerbs:
                 raise Conflict(f"rollout {rollout.rollout_id} already {rollout.state.value}")
             wave = rollout.waves[rollout.current_wave]
             wave.verdict, wave.reason = Verdict.PASS, "promoted by the operator"
-            succeeded = advance(rollout)
-            await context.save(rollout)
+            succeeded, desired = advance(rollout)
+            await context.save(rollout, desired)
+            context.wake_devices([entry.device_id for entry in desired])
             if succeeded:
                 await context.decided(rollout, "rollout.succeeded")
 

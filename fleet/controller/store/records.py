@@ -132,6 +132,11 @@ class RolloutRecord(_Record):
     install_errors: dict[str, str] = Field(default_factory=dict)
     # Baseline cohort figures of the last evaluation that had one; used once every device moved.
     baseline: dict[str, float] = Field(default_factory=dict)
+    # The control cohort: devices of the last wave kept on the old version until that wave is
+    # judged, so relative gates always have a concurrent baseline (cohorts.control_cohort).
+    control: list[str] = Field(default_factory=list)
+    # True once the last wave passed and its control devices were told to install.
+    control_released: bool = False
     reason: str = ""
     created_at: float
     updated_at: float
