@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from enum import StrEnum
@@ -123,6 +124,18 @@ def _size(size: str | None, shape: list[int | str]) -> tuple[int, int]:
     return int(dims[0]), int(dims[1])
 
 
+def _older_version(directory: Path) -> Path | None:
+    """The newest numbered version directory beside `directory` and older than it."""
+    if not directory.name.isdigit():
+        return None
+    older = [
+        sibling
+        for sibling in directory.parent.iterdir()
+        if sibling.is_dir() and sibling.name.isdigit() and int(sibling.name) < int(directory.name)
+    ]
+    return max(older, key=lambda sibling: int(sibling.name)) if older else None
+
+
 @model_app.command("check")
 def check(
     directory: Annotated[
@@ -130,16 +143,35 @@ def check(
     ],
     output: Annotated[str, typer.Option(help="text or json.")] = "text",
 ) -> None:
-    """Validate a version directory: manifest, file hashes, and a real load and warm-up run."""
+    """Validate a version directory: manifest, file hashes, a real load and warm-up run, a
+    smoke test on a real photo (image models), and, when an older version is beside it, the
+    check a hot swap makes: the same inputs and outputs, and camera frames if the older version
+    takes them."""
     import asyncio
 
-    from server.errors import EdgeError
+    from server.errors import EdgeError, IncompatibleVersion
+    from server.models.compat import signature_problems, takes_frames
     from server.models.registry import check_pipeline_members, read_version_manifest
     from server.models.runtime_plan import ManifestPlanner
     from server.observability.metrics import ServerMetrics
 
     try:
         manifest = read_version_manifest(directory)
+        older = _older_version(directory)
+        previous = None
+        if older is not None:
+            with contextlib.suppress(EdgeError):  # an unreadable older version: nothing to match
+                previous = read_version_manifest(older)
+        if previous is not None:
+            # Offline nobody knows whether streams are open: assume the older version's
+            # cameras are, as a hot swap on a device streaming to it would.
+            streams = 1 if takes_frames(previous) else 0
+            problems = signature_problems(previous, manifest, camera_streams=streams)
+            if problems:
+                raise IncompatibleVersion(
+                    f"version {manifest.version} cannot replace version {previous.version}: "
+                    + "; ".join(problems)
+                )
         if manifest.pipeline is not None:
             check_pipeline_members(directory.parent.parent, manifest)
             detail = f"pipeline of {len(manifest.pipeline.stages)} stages"
@@ -148,8 +180,11 @@ def check(
 
             plan = ManifestPlanner().plan(directory, manifest)
             version = ModelVersion(directory, manifest, plan, ServerMetrics())
+            try:
+                version.smoke_test()
+            finally:
+                asyncio.run(version.retire())
             detail = version.backend_description
-            asyncio.run(version.retire())
     except EdgeError as exc:
         if output == "json":
             typer.echo(json.dumps({"ok": False, "error": str(exc)}))

@@ -95,6 +95,7 @@ class InferenceCore:
             self.metrics,
             self._load_pool,
             versions_kept=settings.versions_kept,
+            camera_streams=lambda name: self._camera_streams.get(name, 0),
         )
         self.metrics.watch_models(lambda: [model.info_labels for model in self.registry.loaded()])
         self._started = False
@@ -107,6 +108,8 @@ class InferenceCore:
         # Called whenever readiness may have changed (the gRPC health service follows it).
         self.on_readiness_change: Callable[[bool], None] | None = None
         self._streams = 0
+        # Open camera streams per model name: a hot swap must keep taking their frames.
+        self._camera_streams: dict[str, int] = {}
         self._stream_ids = itertools.count(1)
         # One frame scheduler per (model, requested version) that streams have opened; bounded by
         # the models and versions on disk. A scheduler without streams waits, doing nothing.
@@ -402,6 +405,7 @@ class InferenceCore:
             metrics=metrics,
         )
         self._streams += 1
+        self._camera_streams[name] = self._camera_streams.get(name, 0) + 1
         self.metrics.active_streams.inc()
         try:
             yield StreamOpenedEvent(stream_id, model.name, model.version, requested, options.policy)
@@ -411,6 +415,7 @@ class InferenceCore:
         finally:
             metrics.close()
             self._streams -= 1
+            self._camera_streams[name] -= 1
             self.metrics.active_streams.dec()
 
     @property

@@ -78,6 +78,12 @@ class InvalidManifest(ModelLoadError):
     """The manifest is missing, unreadable or inconsistent with the files beside it."""
 
 
+class IncompatibleVersion(ModelLoadError):
+    """A new version that would break what the serving version's clients rely on: another
+    input or output signature, no camera frames while camera streams are open, or a smoke test
+    on real input that fails. The serving version stays active."""
+
+
 class Unsupported(EdgeError):
     """A feature edgefleet deliberately does not offer (shared memory, ...)."""
 

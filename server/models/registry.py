@@ -15,17 +15,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from server.errors import EdgeError, ModelLoadError, ModelNotFound, ModelNotReady
+from server.errors import (
+    EdgeError,
+    IncompatibleVersion,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+)
 from server.manifest import (
     MANIFEST_FILENAME,
     ModelManifest,
     read_manifest,
     verify_files,
 )
+from server.models.compat import signature_problems
 from server.models.dropin import DROPIN_FILENAME, manifest_from_onnx
 from server.models.memory import release_free_memory, trim_periodically
 from server.models.pipeline_members import stage_problem
@@ -68,8 +76,11 @@ class ModelRegistry:
         load_executor: Executor,
         *,
         versions_kept: int = 1,
+        camera_streams: Callable[[str], int] = lambda name: 0,
     ) -> None:
         self._repository = repository
+        # How many camera streams are open on a model: a new version must take their frames.
+        self._camera_streams = camera_streams
         self._planner = planner
         self._metrics = metrics
         self._load_executor = load_executor
@@ -218,6 +229,16 @@ class ModelRegistry:
                 fresh = await loop.run_in_executor(
                     self._load_executor, self._build, version_dir, manifest
                 )
+                serving = slot.active if slot.active and slot.active.version != chosen else None
+                if serving is not None:
+                    # Before it serves anyone: the clients of the serving version must still be
+                    # served, and on real input (the warm-up's zeros pass too much).
+                    try:
+                        self._check_replaces(serving, manifest)
+                        await loop.run_in_executor(self._load_executor, fresh.smoke_test)
+                    except EdgeError:
+                        await fresh.retire()
+                        raise
             except EdgeError as exc:
                 slot.reasons[chosen] = str(exc)
                 self._metrics.model_events.labels(name, chosen, "load_failed").inc()
@@ -253,6 +274,16 @@ class ModelRegistry:
                 slot.reasons[oldest] = f"replaced by version {chosen}"
                 self._retire(slot.loaded.pop(oldest))
             return fresh
+
+    def _check_replaces(self, serving: ModelVersion, manifest: ModelManifest) -> None:
+        """IncompatibleVersion unless `manifest` may replace the serving version (compat.py)."""
+        streams = self._camera_streams(serving.name)
+        problems = signature_problems(serving.manifest, manifest, camera_streams=streams)
+        if problems:
+            raise IncompatibleVersion(
+                f"model {serving.name!r} version {manifest.version} cannot replace version "
+                f"{serving.version} (which keeps serving): {'; '.join(problems)}"
+            )
 
     def _build(self, version_dir: Path, manifest: ModelManifest) -> ModelVersion:
         """Blocking: plan, load the runtime and warm it up (a pipeline has no runtime)."""

@@ -12,11 +12,12 @@ from typing import TypeVar
 
 import numpy as np
 
-from server.errors import InvalidInput, ModelLoadError, first_line
+from server.errors import IncompatibleVersion, InvalidInput, ModelLoadError, first_line
 from server.manifest import CtcOptions, ModelManifest, load_labels
 from server.models.backends.base import Backend
 from server.models.backends.factory import load_backend
 from server.models.batcher import BatchOutcome, DynamicBatcher
+from server.models.compat import photo_tensor
 from server.models.dropin import onnx_metadata
 from server.models.runtime_plan import RuntimePlan
 from server.models.stats import ModelStats
@@ -127,6 +128,35 @@ class ModelVersion:
 
     def _warm_up(self, backend: Backend) -> None:
         """Run once on zeros so the first real request does not pay for lazy initialisation."""
+        try:
+            backend.run(self._zeros(), [spec.name for spec in self.manifest.outputs])
+        except Exception as exc:  # a model that cannot run on its own declared shapes is broken
+            reason = first_line(exc, self.version_dir)
+            raise ModelLoadError(
+                f"{self.name}/{self.version}: warm-up run failed: {reason}"
+            ) from exc
+
+    def smoke_test(self) -> None:
+        """Blocking: run an image model once on a real photo, through the camera path's
+        preprocess. Zeros (the warm-up) pass a model that fails on every real frame; this runs
+        before a new version replaces the serving one. Models without a preprocess section have
+        no real input known here: their warm-up is their smoke test."""
+        pre = self.manifest.preprocess
+        if self._backend is None or pre is None:
+            return
+        inputs = self._zeros()
+        try:
+            inputs[pre.input] = photo_tensor(pre)
+            self._backend.run(inputs, [spec.name for spec in self.manifest.outputs])
+        except Exception as exc:
+            reason = first_line(exc, self.version_dir)
+            raise IncompatibleVersion(
+                f"{self.name}/{self.version}: smoke test on a real photo failed: {reason}"
+            ) from exc
+
+    def _zeros(self) -> dict[str, np.ndarray]:
+        """Zeros of every input, at its declared shape (1 for the batch, the preprocess size
+        for an image's free height and width, 64 for any other free dimension)."""
         pre = self.manifest.preprocess
 
         def warm_dim(spec_name: str, axis: int, dim: int | str) -> int:
@@ -142,20 +172,13 @@ class ModelVersion:
                     return pre.width
             return 64
 
-        inputs = {
+        return {
             spec.name: np.zeros(
                 [warm_dim(spec.name, axis, dim) for axis, dim in enumerate(spec.shape)],
                 dtype=spec.dtype,
             )
             for spec in self.manifest.inputs
         }
-        try:
-            backend.run(inputs, [spec.name for spec in self.manifest.outputs])
-        except Exception as exc:  # a model that cannot run on its own declared shapes is broken
-            reason = first_line(exc, self.version_dir)
-            raise ModelLoadError(
-                f"{self.name}/{self.version}: warm-up run failed: {reason}"
-            ) from exc
 
     def start(self) -> None:
         self._idle = asyncio.Event()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from server.frames.types import BatchFrame, StageTimes
-from server.frames.work.steps import decode_and_prepare, decode_target
+from server.frames.work.steps import decode_and_prepare, decode_target, frame_preprocess
 from server.manifest import ModelManifest
 from server.models.backends.base import Backend
 from server.models.types import Arrays, OutputTensor
@@ -62,8 +62,7 @@ class FrameBatchJob:
 
     def __call__(self, backend: Backend) -> FrameBatchRun:
         started = time.monotonic()
-        spec = self._manifest.preprocess
-        assert spec is not None  # checked when each stream opened
+        spec = frame_preprocess(self._manifest)
         target = decode_target(spec, self._manifest.postprocess.kind)
         outputs = [FrameOutput() for _ in self._frames]
         tensors: list[np.ndarray] = []

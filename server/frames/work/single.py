@@ -12,7 +12,12 @@ import asyncio
 from concurrent.futures import Executor
 
 from server.frames.types import EncodedFrame, FrameAnalysis, StreamOptions
-from server.frames.work.steps import decode_and_prepare, decode_target, find_detections
+from server.frames.work.steps import (
+    decode_and_prepare,
+    decode_target,
+    find_detections,
+    frame_preprocess,
+)
 from server.frames.work.timing import stage_times
 from server.manifest import DETECTION_KINDS
 from server.models.types import OutputTensor
@@ -24,8 +29,7 @@ from server.vision.postprocess import LabelScore, top_k
 async def analyze_frame(
     model: ModelVersion, frame: EncodedFrame, options: StreamOptions, pool: Executor
 ) -> FrameAnalysis:
-    spec = model.manifest.preprocess
-    assert spec is not None  # checked when the stream opened
+    spec = frame_preprocess(model.manifest)
     post = model.manifest.postprocess
     loop = asyncio.get_running_loop()
     started = loop.time()

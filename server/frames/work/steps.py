@@ -13,7 +13,14 @@ import numpy as np
 
 from server.errors import InvalidInput, ModelLoadError
 from server.frames.types import DecodedFrame, EncodedFrame, StageTimes, StreamOptions
-from server.manifest import DETECTION_KINDS, DbOptions, PipelineStage, Preprocess, YoloOptions
+from server.manifest import (
+    DETECTION_KINDS,
+    DbOptions,
+    ModelManifest,
+    PipelineStage,
+    Preprocess,
+    YoloOptions,
+)
 from server.models.version import ModelVersion
 from server.vision.decoders import db_text, yolo
 from server.vision.detections import Detection, DetectionFilter, FrameTransform, Region
@@ -23,6 +30,17 @@ from server.vision.preprocess import (
     decode_frame,
     to_model_input_with_transform,
 )
+
+
+def frame_preprocess(manifest: ModelManifest) -> Preprocess:
+    """The preprocess section camera frames go through. Checked when a stream opens and when a
+    version is hot-swapped in; a version without one reaching a stream anyway gets a reason."""
+    if manifest.preprocess is None:
+        raise InvalidInput(
+            f"model {manifest.name} version {manifest.version} has no preprocess section, so it "
+            "cannot take camera frames"
+        )
+    return manifest.preprocess
 
 
 def decode_with_roi(
