@@ -38,6 +38,7 @@ def controller(
     publish_dir: Annotated[Path | None, typer.Option("--publish-dir", help="HTTP origin directory: every verified upload is also published there as <sha256>.efb for agents' --bundle-source.")] = None,
     webhook: Annotated[list[str] | None, typer.Option("--webhook", help="URL every rollout event (wave started, verdict, paused, rolled back, succeeded) is POSTed to as JSON (repeatable).")] = None,
     webhook_allow: Annotated[list[str] | None, typer.Option("--webhook-allow", help="Host pattern a rollout's own webhook (fleetctl deploy --webhook) may name, against host and host:port: hooks.example.com, *.example.com, 10.0.0.7:8080 (repeatable). Without it only the --webhook hosts.")] = None,
+    webhook_secret_file: Annotated[Path | None, typer.Option("--webhook-secret-file", envvar="EDGEFLEET_CONTROLLER_WEBHOOK_SECRET_FILE", help="File holding the secret every webhook delivery is signed with (X-Edgefleet-Signature: sha256=HMAC); or set EDGEFLEET_CONTROLLER_WEBHOOK_SECRET.")] = None,
     telemetry_interval_s: Annotated[float, typer.Option(help="Seconds between agent telemetry samples.")] = 10.0,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
 ) -> None:  # fmt: skip

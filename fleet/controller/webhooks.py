@@ -109,7 +109,8 @@ def rollout_event(
         "model": rollout.model_name,
         "version": rollout.version,
         "state": rollout.state.value,
-        "wave": rollout.current_wave,
+        # The wave the event is about (a verdict's judged wave, not the one it moved on to).
+        "wave": detail.get("wave", rollout.current_wave),
         "waves": len(rollout.waves),
         "reason": rollout.reason,
         "detail": dict(detail),

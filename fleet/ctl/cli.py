@@ -7,6 +7,7 @@ import contextlib
 import json
 import re
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -256,7 +257,8 @@ def top(
     from fleet.ctl.render import top_table
 
     _check_output(output)
-    if once or output == "json":
+    # Off a terminal (a pipe, a log) a live view prints nothing: one table, as with --once.
+    if once or output == "json" or not sys.stdout.isatty():
         devices_ = _call(credential, _list_devices)
         if output == "json":
             _json(devices_)
@@ -463,9 +465,14 @@ async def _watch(client: Any, rollout_id: str, output: str, interval: float = 1.
         last = ""
         while True:
             rollout = (await client.stub.GetRollout(request)).rollout
-            line = dumps(rollout, lines=True) if output == "json" else progress_line(rollout)
+            # Compared without the time the text line starts with: a line only when it changed.
+            line = (
+                dumps(rollout, lines=True)
+                if output == "json"
+                else progress_line(rollout, stamped=False)
+            )
             if line != last:
-                typer.echo(line)
+                typer.echo(line if output == "json" else f"{time.strftime('%H:%M:%S')}  {line}")
                 last = line
             if rollout.state in ended:
                 if output != "json":
@@ -553,6 +560,18 @@ def rollout_promote(
     )
 
 
+@rollout_app.command("pause")
+def rollout_pause(
+    rollout_id: RolloutId = "",
+    credential: Credential = DEFAULT_CREDENTIAL,
+    output: Output = "table",
+) -> None:
+    """Hold a rollout where it is (no verdict, no next wave) until promote or abort."""
+    from protos.edgefleet.fleet.v1 import admin_pb2
+
+    _steer(credential, output, "PauseRollout", admin_pb2.PauseRolloutRequest(rollout_id=rollout_id))
+
+
 @rollout_app.command("abort")
 def rollout_abort(
     rollout_id: RolloutId = "",
@@ -606,6 +625,7 @@ def why(
 rollout_app.command("why")(why)
 rollout_app.command("pin")(pin)
 app.command("promote")(rollout_promote)
+app.command("pause")(rollout_pause)
 app.command("abort")(rollout_abort)
 app.command("rollback")(rollout_rollback)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 
@@ -17,6 +19,7 @@ UPLOAD_CHUNK_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class AdminCredential:
+    # One replica, or several separated by commas ("a:7443,b:7443"): fleetctl fails over.
     address: str
     ca_pem: bytes
     certificate_pem: bytes
@@ -25,12 +28,19 @@ class AdminCredential:
     @classmethod
     def load(cls, path: Path) -> AdminCredential:
         data = json.loads(path.read_text(encoding="utf-8"))
+        address = data["address"]
+        if isinstance(data.get("addresses"), list) and data["addresses"]:
+            address = ",".join(str(item) for item in data["addresses"])
         return cls(
-            address=data["address"],
+            address=address,
             ca_pem=data["ca_pem"].encode(),
             certificate_pem=data.get("certificate_pem", "").encode(),
             key_pem=data.get("key_pem", "").encode(),
         )
+
+    @property
+    def addresses(self) -> list[str]:
+        return [part.strip() for part in self.address.split(",") if part.strip()]
 
     def channel(self, address: str | None = None) -> grpc.aio.Channel:
         credentials = grpc.ssl_channel_credentials(
@@ -38,17 +48,59 @@ class AdminCredential:
             private_key=self.key_pem or None,
             certificate_chain=self.certificate_pem or None,
         )
-        return grpc.aio.secure_channel(address or self.address, credentials)
+        return grpc.aio.secure_channel(address or self.addresses[0], credentials)
+
+
+def _reads(method: str) -> bool:
+    """Calls that change nothing: safe to send again to another replica."""
+    return method.startswith(("Get", "List", "Explain"))
+
+
+class _FailoverStub:
+    """The admin stub over several replicas: a call that finds its replica UNAVAILABLE (killed,
+    restarting, unreachable) goes to the next one. Reads are sent again there; a write is not
+    (the dead replica may have committed it): it fails, and the next call goes elsewhere.
+    Streamed requests (bundle uploads) are not replayed either."""
+
+    def __init__(self, stubs: list[admin_pb2_grpc.AdminServiceStub]) -> None:
+        self._stubs = stubs
+        self._current = 0
+
+    def __getattr__(self, method: str) -> Any:
+        async def call(request: Any, **kwargs: Any) -> Any:
+            replayable = _reads(method) and not hasattr(request, "__aiter__")
+            tries = 2 * len(self._stubs) if replayable else 1
+            for attempt in range(tries):
+                stub = self._stubs[self._current]
+                try:
+                    return await getattr(stub, method)(request, **kwargs)
+                except grpc.aio.AioRpcError as error:
+                    if error.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+                    self._current = (self._current + 1) % len(self._stubs)
+                    if attempt == tries - 1:
+                        raise
+                    if self._current == 0:  # every replica tried once: give them a moment
+                        await asyncio.sleep(FAILOVER_PAUSE_S)
+            raise AssertionError("unreachable")
+
+        return call
+
+
+# After every replica refused a read once, wait this long before the next round.
+FAILOVER_PAUSE_S = 1.0
 
 
 class AdminClient:
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._channel = channel
-        self.stub = admin_pb2_grpc.AdminServiceStub(channel)
+    def __init__(self, *channels: grpc.aio.Channel) -> None:
+        self._channels = channels
+        stubs = [admin_pb2_grpc.AdminServiceStub(channel) for channel in channels]
+        self.stub: Any = stubs[0] if len(stubs) == 1 else _FailoverStub(stubs)
 
     @classmethod
     def connect(cls, credential: AdminCredential, address: str | None = None) -> AdminClient:
-        return cls(credential.channel(address))
+        addresses = [address] if address else credential.addresses
+        return cls(*(credential.channel(item) for item in addresses))
 
     async def __aenter__(self) -> AdminClient:
         return self
@@ -59,7 +111,8 @@ class AdminClient:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        await self._channel.close()
+        for channel in self._channels:
+            await channel.close()
 
     async def upload_bundle(self, path: Path) -> admin_pb2.UploadBundleResponse:
         async def chunks() -> AsyncIterator[admin_pb2.UploadBundleRequest]:

@@ -101,6 +101,7 @@ def top_table(devices: list[admin_pb2.Device]) -> Table:
 
 
 def rollout_view(rollout: admin_pb2.Rollout) -> Group:
+    """Waves are numbered from 1 for people (the API's indexes count from 0)."""
     header = Text.assemble(
         (f"rollout {rollout.rollout_id} ", "bold"),
         f"{rollout.model_name} -> version {rollout.version}  ",
@@ -129,7 +130,7 @@ def rollout_view(rollout: admin_pb2.Rollout) -> Group:
         verdict = _verdict(wave.verdict)
         label = verdict or (state_name(rollout) if current else "")
         table.add_row(
-            f"{wave.index}{' *' if current else ''}",
+            f"{wave.index + 1}{' *' if current else ''}",
             f"{wave.percent:g}",
             str(wave.target_devices),
             str(wave.installed),
@@ -164,18 +165,19 @@ def why_table(measurements: list[admin_pb2.GateMeasurement]) -> Table:
     for m in measurements:
         verdict = _verdict(m.verdict)
         table.add_row(
-            str(m.wave), m.gate, number(m.canary_value), number(m.baseline_value),
+            str(m.wave + 1), m.gate, number(m.canary_value), number(m.baseline_value),
             number(m.threshold), f"{m.canary_devices}/{m.baseline_devices}",
             Text(verdict, VERDICT_STYLE.get(verdict, "")), m.note,
         )  # fmt: skip
     return table
 
 
-def progress_line(rollout: admin_pb2.Rollout) -> str:
-    """One line per change of a watched rollout, for logs and pipes (no terminal)."""
+def progress_line(rollout: admin_pb2.Rollout, stamped: bool = True) -> str:
+    """One line per change of a watched rollout, for logs and pipes (no terminal); it starts
+    with the time unless `stamped` is False (what the watcher compares to see a change)."""
     state = state_name(rollout)
     parts = [
-        time.strftime("%H:%M:%S"),
+        *([time.strftime("%H:%M:%S")] if stamped else []),
         f"rollout {rollout.rollout_id} {rollout.model_name} -> {rollout.version}: {state}",
     ]
     if rollout.waves:

@@ -272,6 +272,8 @@ class ModelRegistry:
             while len(slot.loaded) > self._versions_kept:
                 oldest = next(iter(slot.loaded))
                 slot.reasons[oldest] = f"replaced by version {chosen}"
+                # Retired by the swap: an unload like any other in edgefleet_model_events.
+                self._metrics.model_events.labels(name, oldest, "unload").inc()
                 self._retire(slot.loaded.pop(oldest))
             return fresh
 

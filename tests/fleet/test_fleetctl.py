@@ -203,8 +203,10 @@ async def test_every_verb_speaks_one_json_style(tmp_path, signing_keys):
         assert (await run("rollout rollback", first))["state"] == "ROLLED_BACK"
 
         second = await deploy(bundles[1])
+        assert (await run("pause", second))["state"] == "PAUSED"
         assert (await run("abort", second))["state"] == "ROLLED_BACK"
         third = await deploy(bundles[2])
+        assert (await run("rollout pause", third))["state"] == "PAUSED"
         assert (await run("rollout abort", third, "--reason", "test"))["reason"] == "test"
         fourth = await deploy(bundles[3])
         await wait_state(fourth, admin_pb2.ROLLOUT_STATE_PAUSED)

@@ -103,9 +103,7 @@ async def test_a_version_failing_every_request_is_rolled_back_early_by_any_gate_
     uploaded = await admin.upload_bundle(bundle)
     loop = asyncio.get_running_loop()
     began = loop.time()
-    created = await admin.stub.CreateRollout(
-        rollout_request(uploaded, gates=gates, bake_s=BAKE_S)
-    )
+    created = await admin.stub.CreateRollout(rollout_request(uploaded, gates=gates, bake_s=BAKE_S))
     rollout = await wait_for(
         lambda: finished(admin, created.rollout.rollout_id), EARLY_ABORT_S, "early abort"
     )

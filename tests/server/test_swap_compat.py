@@ -183,3 +183,19 @@ def test_model_check_refuses_what_a_hot_swap_would(tmp_path: Path, built_models:
     assert "smoke test on a real photo failed" in poisoned.stderr, poisoned.stderr
     assert check(repository / ONNX_MODEL / "1").returncode == 0
     assert check(repository / "cam" / "1").returncode == 0
+
+
+async def test_a_version_retired_by_a_swap_counts_as_an_unload(tmp_path: Path, built_models: Path):
+    repository = tmp_path / "repo"
+    copy_model(built_models, ONNX_MODEL, repository)
+    server = EdgeServer(server_settings(repository))
+    await server.start()
+    try:
+        copy_model(built_models, ONNX_MODEL, repository, version="2")
+        assert await server.core.load_model(ONNX_MODEL, "2") == "2"
+        events = server.metrics.registry.get_sample_value
+        labels = {"model": ONNX_MODEL, "event": "unload"}
+        assert events("edgefleet_model_events_total", {**labels, "version": "1"}) == 1
+        assert events("edgefleet_model_events_total", {**labels, "version": "2"}) is None
+    finally:
+        await server.stop(grace_s=0.5)

@@ -274,6 +274,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.PromoteRolloutResponse(rollout=convert.rollout_to_pb(rollout))
 
     @unary
+    async def PauseRollout(
+        self, request: admin_pb2.PauseRolloutRequest, context: Context
+    ) -> admin_pb2.PauseRolloutResponse:
+        rollout = await self._rollouts.pause(_admin(context), request.rollout_id)
+        return admin_pb2.PauseRolloutResponse(rollout=convert.rollout_to_pb(rollout))
+
+    @unary
     async def AbortRollout(
         self, request: admin_pb2.AbortRolloutRequest, context: Context
     ) -> admin_pb2.AbortRolloutResponse:

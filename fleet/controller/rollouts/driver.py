@@ -271,14 +271,14 @@ class WaveDriver:
                 )
                 context.wake_devices([entry.device_id for entry in desired])
             elif verdict == Verdict.FAIL:
-                rolled_back = f"wave {index} failed its gates: {wave.reason}"
+                rolled_back = f"wave {index + 1} failed its gates: {wave.reason}"
                 await roll_back(
                     context, rollout, rolled_back, automatic=True, decided=False,
                     measurements=measurements, audit=[record],
                 )  # fmt: skip
             else:
                 rollout.state = RolloutState.PAUSED
-                rollout.reason = f"wave {index} inconclusive: {wave.reason or 'no gate data'}"
+                rollout.reason = f"wave {index + 1} inconclusive: {wave.reason or 'no gate data'}"
                 await context.save(rollout, driver=True, measurements=measurements, audit=[record])
             await context.decided(rollout, "rollout.verdict", audited=True, **judged)
             if rolled_back:
