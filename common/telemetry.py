@@ -48,6 +48,8 @@ class TelemetryRecord(BaseModel):
     replayed: bool = False
     # Samples the agent's buffer dropped while the controller was away.
     dropped_samples: int = 0
+    # Times the agent put a model that drifted from its desired version back (cumulative).
+    drift_corrections: int = 0
     cpu_percent: float = math.nan
     memory_used_bytes: int = 0
     memory_total_bytes: int = 0
@@ -87,6 +89,7 @@ def telemetry_to_pb(record: TelemetryRecord) -> agent_pb2.Telemetry:
         ],
         dropped_samples=record.dropped_samples,
         replayed=record.replayed,
+        drift_corrections=record.drift_corrections,
     )
     message.sampled_at.FromNanoseconds(int(record.sampled_at * 1e9))
     return message
@@ -99,6 +102,7 @@ def telemetry_from_pb(message: agent_pb2.Telemetry, received_at: float) -> Telem
         received_at=received_at,
         replayed=message.replayed,
         dropped_samples=message.dropped_samples,
+        drift_corrections=message.drift_corrections,
         cpu_percent=system.cpu_percent,
         memory_used_bytes=system.memory_used_bytes,
         memory_total_bytes=system.memory_total_bytes,

@@ -90,6 +90,8 @@ class Agent:
         self._unsent_results: deque[agent_pb2.InstallResult] = deque(maxlen=64)
         self._reported: dict[str, str] = {}
         self._failed: dict[tuple[str, str, str], str] = {}
+        # Drifts found and put back (active version != desired), per model, since start.
+        self.drift_corrections: dict[str, int] = {}
         self._interval = settings.telemetry_interval_s or DEFAULT_TELEMETRY_INTERVAL_S
         # The controller's interval: it calls a device offline after a few of them in silence.
         self._controller_interval = self._interval
@@ -304,6 +306,7 @@ class Agent:
             temperature_c=None if math.isnan(vitals.temperature_c) else vitals.temperature_c,
             gpu_utilization_percent=vitals.gpu_utilization_percent if vitals.has_gpu else None,
             gpu_memory_used_bytes=vitals.gpu_memory_used_bytes if vitals.has_gpu else None,
+            drift_corrections=sum(self.drift_corrections.values()),
             # The server's figures under the same names (fleet.agent.serving).
             models=tuple(
                 ModelTelemetry(**dataclasses.asdict(model))
@@ -351,14 +354,43 @@ class Agent:
 
     # convergence
     async def _converge_forever(self) -> None:
+        """Converge when the desired state changes, and every --reconcile-interval-s check that
+        what serves is still what is desired (one task: never beside an install of its own)."""
         while True:
-            await self._desired_changed.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self._desired_changed.wait(), self._settings.reconcile_interval_s
+                )
+            if not self._desired_changed.is_set() and not self._drifted():
+                continue
             self._desired_changed.clear()
             for model in list(self._desired.values()):
                 try:
                     await self._converge(model)
                 except Exception:
                     logger.exception("converging %s/%s failed", model.name, model.version)
+
+    def _drifted(self) -> list[str]:
+        """Models whose active version is not the desired one, though nothing failed to install
+        it: changed by hand or by a load on the server's own API. Counted and logged; the
+        caller converges them back."""
+        drifted = []
+        for name, model in self._desired.items():
+            active = self._core.active_version(name)
+            if (
+                active == model.version
+                or (name, model.version, model.bundle_sha256) in self._failed
+            ):
+                continue
+            if self._reported.get(name) != model.version:
+                continue  # not installed yet: an install, not a drift
+            drifted.append(name)
+            self.drift_corrections[name] = self.drift_corrections.get(name, 0) + 1
+            logger.warning(
+                "%s: version %s active, %s desired (changed outside the agent); putting %s back",
+                name, active, model.version, model.version,
+            )  # fmt: skip
+        return drifted
 
     async def _converge(self, model: agent_pb2.DesiredModel) -> None:
         name, version, sha = model.name, model.version, model.bundle_sha256

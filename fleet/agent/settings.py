@@ -29,6 +29,9 @@ class AgentSettings(BaseSettings):
     trusted_keys: tuple[Path, ...] = ()
     # None follows the controller's interval.
     telemetry_interval_s: float | None = Field(default=None, gt=0)
+    # How often the agent compares each model's active version with the desired one and puts a
+    # drifted one back (changed by hand, by a load on the server's own API).
+    reconcile_interval_s: float = Field(default=10.0, gt=0)
     reconnect_min_s: float = Field(default=0.5, gt=0)
     reconnect_max_s: float = Field(default=30.0, gt=0)
     # Samples kept while the controller is unreachable; beyond this the oldest are dropped.

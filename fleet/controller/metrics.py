@@ -71,6 +71,11 @@ class FleetCollector(Collector):
         drops = CounterMetricFamily(
             "edgefleet_model_drops", "Dropped frames since the model loaded", labels=model_labels
         )
+        drift = CounterMetricFamily(
+            "edgefleet_device_drift_corrections",
+            "Times the device's agent put a model that drifted from its desired version back",
+            labels=["device"],
+        )
         for device in self._devices.records():
             device_id = device.device_id
             # Connected to any replica: the same figure on every replica (devices.py).
@@ -81,6 +86,7 @@ class FleetCollector(Collector):
             record = sample.record
             cpu.add_metric([device_id], record.cpu_percent)
             memory.add_metric([device_id], record.memory_used_bytes)
+            drift.add_metric([device_id], record.drift_corrections)
             if record.temperature_c is not None:
                 temperature.add_metric([device_id], record.temperature_c)
             for model in record.models:
@@ -106,7 +112,7 @@ class FleetCollector(Collector):
             "Telemetry rows received and not yet written to the store",
         )
         pending.add_metric([], self._telemetry.rows_pending)
-        yield from (online, cpu, memory, temperature, fps, p50, p95, requests, errors, drops)
+        yield from (online, cpu, memory, temperature, fps, p50, p95, requests, errors, drops, drift)
         decisions = CounterMetricFamily(
             "edgefleet_controller_rollout_decisions",
             "Decisions the controller took on its own: gate verdicts, automatic rollbacks",
