@@ -112,14 +112,16 @@ def control_cohort(rollout: RolloutRecord, index: int, devices: Sequence[str]) -
     the last wave (the one that leaves no device on the old version) and only when a gate is
     relative to the baseline. Judging the last wave against history (the previous wave's
     window) let machine load that moved in between roll back an identical model; a control
-    cohort judged at the same time sees the same load. Taken from the end of the cohort order
-    and never the whole fleet: at least one device moves before the control is judged
-    against it."""
+    cohort judged at the same time sees the same load. Taken from the end of the cohort order,
+    CONTROL_PERCENT of the fleet or --min-devices, whichever is more, and never the whole
+    fleet: at least one device moves before the control is judged against it."""
     if index != len(rollout.waves) - 1 or len(rollout.eligible) < 2:
         return []
     if not any(parse_gate(gate).factor is not None for gate in rollout.spec.gates):
         return []
-    size = max(1, math.ceil(len(rollout.eligible) * CONTROL_PERCENT / 100))
+    # --min-devices of them where the fleet allows: the control is the wave's baseline cohort.
+    share = math.ceil(len(rollout.eligible) * CONTROL_PERCENT / 100)
+    size = max(1, share, rollout.spec.min_devices)
     moved_before = len(rollout.eligible) - len(devices)
     size = min(size, len(devices) - (0 if moved_before else 1))
     return list(devices[len(devices) - size :]) if size > 0 else []
