@@ -11,8 +11,8 @@ import grpc
 from protos.edgefleet.fleet.v1 import admin_pb2
 from protos.inference import grpc_service_pb2 as kserve
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
-from tests.fleet.harness import MODEL, start_node, wait_for
-from tests.fleet.modelgen import build_model_dir
+from testkit.fleet import MODEL, start_node, wait_for
+from testkit.fleet_models import build_model_dir
 
 
 async def test_a_version_loaded_by_hand_returns_to_the_desired_one(

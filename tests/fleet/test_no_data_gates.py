@@ -18,10 +18,8 @@ from fleet.controller.store.records import Verdict
 from fleet.keys import load_private_key
 from protos.edgefleet.fleet.v1 import admin_pb2
 from server.models.stats import ModelStats
-from tests.fleet.conftest import controller_settings
-from tests.fleet.harness import MODEL, wait_for
-from tests.fleet.modelgen import build_poisoned_model_dir
-from tests.fleet.test_rollout import STATE, finished, rollout_request
+from testkit.fleet import MODEL, STATE, controller_settings, finished, rollout_request, wait_for
+from testkit.fleet_models import build_poisoned_model_dir
 
 # Long enough that a rollback inside EARLY_ABORT_S can only be the early abort.
 BAKE_S = 60.0

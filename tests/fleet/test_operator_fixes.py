@@ -18,11 +18,18 @@ from fleet.controller.webhooks import rollout_event
 from fleet.ctl.client import AdminClient, AdminCredential
 from fleet.keys import load_private_key
 from protos.edgefleet.fleet.v1 import admin_pb2
-from tests.fleet.conftest import controller_settings
-from tests.fleet.harness import MODEL, rollout_state, start_node, wait_for
-from tests.fleet.modelgen import build_model_dir
-from tests.fleet.test_fleetctl import FLEETCTL, fleetctl
-from tests.fleet.test_rollout import STATE, rollout_request
+from testkit.fleet import (
+    MODEL,
+    STATE,
+    controller_settings,
+    rollout_request,
+    rollout_state,
+    start_node,
+    wait_for,
+)
+from testkit.fleet_models import build_model_dir
+from testkit.fleet_processes import fleetctl
+from testkit.processes import FLEETCTL
 
 
 def test_webhook_secret_file_is_a_controller_flag(tmp_path: Path, monkeypatch) -> None:
@@ -105,7 +112,7 @@ async def test_pause_holds_a_rollout_until_promote(
 
     async def next_wave() -> bool:
         rollout = await rollout_state(admin, rollout_id)
-        return rollout.current_wave == 1 and rollout.state != STATE.ROLLOUT_STATE_PAUSED
+        return bool(rollout.current_wave == 1 and rollout.state != STATE.ROLLOUT_STATE_PAUSED)
 
     await wait_for(next_wave, 10, "the next wave")
 

@@ -70,6 +70,7 @@ def _lease(dsn: str, rollout_id: str) -> tuple[str, int] | None:
     return (str(row[0]), int(row[1])) if row else None
 
 
+@pytest.mark.usefixtures("cpu_hog")  # the takeover must not depend on a quiet machine
 async def test_killing_the_driving_replica_mid_wave_hands_the_rollout_over(
     tmp_path, signing_keys, postgres_server, nginx_factory
 ):

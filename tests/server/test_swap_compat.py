@@ -33,10 +33,11 @@ from server.manifest import (
     hash_directory,
     write_manifest,
 )
-from tests.conftest import ONNX_MODEL, copy_model, server_settings
-from tests.fleet.harness import wait_for
-from tests.fleet.modelgen import build_model_dir, build_poisoned_model_dir
-from tests.server.camera import camera, collect
+from testkit.camera import camera, collect
+from testkit.edge import server_settings
+from testkit.fleet import wait_for
+from testkit.fleet_models import build_model_dir, build_poisoned_model_dir
+from testkit.repositories import ONNX_MODEL, copy_model
 
 SIDE = 8  # the small image models' input: 3x8x8
 

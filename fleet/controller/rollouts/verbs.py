@@ -82,7 +82,9 @@ class RolloutVerbs:
             if rollout.state == RolloutState.PAUSED:
                 return
             rollout.state = RolloutState.PAUSED
-            rollout.reason = f"wave {rollout.current_wave} paused by the operator"
+            rollout.reason = (
+                f"wave {rollout.current_wave + 1} paused by the operator"  # 1-based for people
+            )
             await context.save(rollout)
 
         rollout = await context.change(self._queries.get(rollout_id).rollout_id, change)
