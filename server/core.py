@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.telemetry import ModelTelemetry
 from server.errors import (
     DeadlineExceeded,
     EdgeError,
@@ -37,7 +38,7 @@ from server.frames.types import (
 from server.manifest import ModelManifest
 from server.models.registry import ModelIndexEntry, ModelRegistry
 from server.models.runtime_plan import ManifestPlanner, Planner, RuntimePlan
-from server.models.stats import ModelStats, ModelTelemetry
+from server.models.stats import ModelStats
 from server.models.types import InferRequest, InferResponse, OutputTensor, RequestedOutput
 from server.models.version import InferOutcome, ModelVersion
 from server.observability.metrics import ServerMetrics, StreamMetrics, outcome_of

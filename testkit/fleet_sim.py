@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import aiohttp
 import grpc
 
-from common.telemetry import ModelTelemetry, TelemetryRecord, telemetry_to_pb
+from common.telemetry import ModelTelemetry, TelemetryRecord
 from fleet.agent.sources import bundle_url
 from fleet.ctl.client import AdminClient
 from fleet.pki import make_csr, new_private_key, private_key_pem
+from fleet.telemetry_pb import telemetry_to_pb
 from protos.edgefleet.fleet.v1 import admin_pb2, agent_pb2, agent_pb2_grpc
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import math
 import random
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import grpc
 
-from common.telemetry import ModelTelemetry, TelemetryRecord, telemetry_to_pb
+from common.telemetry import TelemetryRecord
 from common.version import EDGEFLEET_VERSION
 from fleet.agent.download import fetch_bundle
 from fleet.agent.identity import DeviceIdentity, enroll, load_identity, save_identity
@@ -42,6 +41,7 @@ from fleet.agent.system import SystemSample, SystemSampler
 from fleet.bundle import install_bundle
 from fleet.errors import BundleRejected, FleetError
 from fleet.keys import TrustedKeys
+from fleet.telemetry_pb import telemetry_to_pb
 from protos.edgefleet.fleet.v1 import agent_pb2, agent_pb2_grpc
 
 logger = logging.getLogger(__name__)
@@ -307,9 +307,9 @@ class Agent:
             gpu_utilization_percent=vitals.gpu_utilization_percent if vitals.has_gpu else None,
             gpu_memory_used_bytes=vitals.gpu_memory_used_bytes if vitals.has_gpu else None,
             drift_corrections=sum(self.drift_corrections.values()),
-            # The server's figures under the same names (fleet.agent.serving).
+            # The server reports the fleet's own record (common.telemetry): passed on as is.
             models=tuple(
-                ModelTelemetry(**dataclasses.asdict(model))
+                model
                 for model in self._core.model_telemetry()
                 if self._core.active_version(model.name) == model.version
             ),

@@ -5,8 +5,8 @@ nothing else of the server: `load_model` raises the core's declared `load_error`
 cannot serve (bad files, a runtime that refuses the graph, a failed warm-up), and the agent
 treats exactly that as a failed install; anything else is a bug and is logged as one.
 
-Per-model figures come as the server's `ModelTelemetry`; the agent sends them on, under the same
-names, in the fleet's telemetry record (`common.telemetry`).
+Per-model figures come as the fleet's own `common.telemetry.ModelTelemetry`, which the server
+builds, so the agent sends them on unchanged.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from server.models.stats import ModelTelemetry
+from common.telemetry import ModelTelemetry
 
 __all__ = ["IndexEntryView", "ModelTelemetry", "ServingCore"]
 

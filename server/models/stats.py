@@ -94,17 +94,3 @@ class ModelStats:
         span = max(now - oldest, 1.0)
         p50, p95 = np.percentile(np.asarray(latencies) * 1000.0, [50, 95])
         return len(latencies) / span, float(p50), float(p95)
-
-
-@dataclass(frozen=True)
-class ModelTelemetry:
-    """What the fleet agent reports per model: cumulative counters and a recent window."""
-
-    name: str
-    version: str
-    requests: int
-    errors: int
-    drops: int
-    fps: float
-    latency_p50_ms: float
-    latency_p95_ms: float

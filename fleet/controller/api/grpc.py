@@ -13,7 +13,6 @@ from typing import Any
 
 import grpc
 
-from common.telemetry import telemetry_from_pb
 from fleet.controller.api import convert
 from fleet.controller.audit import AuditLog
 from fleet.controller.bundles import BundleService
@@ -25,6 +24,7 @@ from fleet.controller.rollouts.verbs import RolloutVerbs
 from fleet.controller.telemetry import TelemetryService
 from fleet.errors import InvalidRequest
 from fleet.grpc_status import peer, peer_common_name, streaming, unary
+from fleet.telemetry_pb import telemetry_from_pb
 from protos.edgefleet.fleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agent_pb2_grpc
 
 logger = logging.getLogger(__name__)
