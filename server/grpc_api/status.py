@@ -7,7 +7,7 @@ import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar, cast
 
 import grpc
@@ -40,11 +40,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 def grpc_errors(method: F) -> F:
     """Turn domain errors raised by a servicer method (unary or streaming) into gRPC statuses."""
 
-    async def fail(error: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    def answer(error: Exception) -> tuple[grpc.StatusCode, str]:
         code = status_for(error)
         if code is grpc.StatusCode.INTERNAL:
             _failures.failed(f"unexpected error in {method.__qualname__}", error)
-        await context.abort(code, public_message(error))
+        return code, public_message(error)
 
     if inspect.isasyncgenfunction(method):
 
@@ -56,23 +56,39 @@ def grpc_errors(method: F) -> F:
                 async with contextlib.aclosing(method(self, request, context)) as responses:
                     async for response in responses:
                         yield response
+                return
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                await fail(exc, context)
+                code, message = answer(exc)
+            _set_status(context, code, message)
 
         return cast(F, stream_wrapper)
 
     @functools.wraps(method)
     async def unary_wrapper(
         self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> Coroutine[Any, Any, Any]:
+    ) -> Any:
         try:
-            return cast(Coroutine[Any, Any, Any], await method(self, request, context))
+            return await method(self, request, context)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
-            await fail(exc, context)
-            raise  # unreachable: abort raises
+            code, message = answer(exc)
+        _set_status(context, code, message)
+        return None  # grpc sends no message with a status that is not OK
 
     return cast(F, unary_wrapper)
+
+
+def _set_status(
+    context: grpc.aio.ServicerContext[Any, Any], code: grpc.StatusCode, message: str
+) -> None:
+    """Answer with a status instead of `context.abort`, and outside the `except` block.
+
+    Both keep the request out of reference cycles: the AbortError that `abort` raises is kept
+    by grpc's own frames, and an error still being handled has a traceback holding the
+    handler's frame; either way the request (up to the message limit) stays until the garbage
+    collector runs. Twenty refused 30 MB requests held 700 MB that way."""
+    context.set_code(code)
+    context.set_details(message)
