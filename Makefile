@@ -12,7 +12,7 @@ MODELS_STAMP := models/.built
 install: $(INSTALLED)
 
 # torch comes from the local CPU wheel first; a loose requirement would pull a 5 GB CUDA build.
-$(INSTALLED): pyproject.toml
+$(INSTALLED): pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
