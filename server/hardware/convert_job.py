@@ -1,19 +1,28 @@
 """The conversion child: `python -m server.hardware.convert_job`, one request as JSON on stdin.
 
 It runs at a lower CPU priority (nice), so a serving process on the same cores is not
-starved, then measures the model's memory footprint, converts, runs the accuracy guard and
-stores the signed verdict in the planner's cache. Only this process imports onnx and
-onnxruntime.quantization; the server reads the verdict back from the cache. On success it
-prints one JSON line; on failure the last line on stderr names the error (no traceback).
+starved, and one at a time on the device (a lock in the planner's cache: a small board has
+neither the cores nor the memory for several), in a scratch working directory it removes
+(onnxruntime's shape inference writes `sym_shape_infer_temp.onnx` into the working directory
+when it gives up). It measures the model's memory footprint, converts, runs the accuracy guard
+and stores the signed verdict in the planner's cache. Only this process imports onnx and
+onnxruntime.quantization (the `int8` extra); the server reads the verdict back from the cache.
+On success it prints one JSON line; on failure the last line on stderr names the error (no
+traceback).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import importlib.util
 import json
 import logging
 import os
 import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +30,15 @@ from typing import Any
 from server.hardware.guard import GuardThresholds
 
 MODULE = "server.hardware.convert_job"
+LOCK_FILENAME = "conversions.lock"
+# What the child imports that the device install does not have, and the extra that brings it.
+TOOLING = ("onnx", "sympy")
+TOOLING_EXTRA = "int8"
+
+
+def missing_tooling() -> str | None:
+    """The first conversion package not installed here (found without importing it), or None."""
+    return next((name for name in TOOLING if importlib.util.find_spec(name) is None), None)
 
 
 @dataclass(frozen=True)
@@ -37,6 +55,8 @@ class ConvertRequest:
     thresholds: dict[str, Any]
     fingerprint: str
     nice: int
+    # The manifest the server serves the model with (a drop-in model has no file of it).
+    manifest: dict[str, Any]
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -56,10 +76,10 @@ def run(request: ConvertRequest) -> dict[str, Any]:
     from server.hardware.calibration import guard_inputs
     from server.hardware.footprint import cached_footprint
     from server.hardware.precision import convert_with_guard
-    from server.manifest import read_manifest
+    from server.manifest import ModelManifest
 
     version_dir = Path(request.version_dir)
-    manifest = read_manifest(version_dir)
+    manifest = ModelManifest.model_validate(request.manifest)
     cache_dir = Path(request.cache_dir)
     model_path = version_dir / request.model_file
     cached_footprint(model_path, manifest, request.model_sha256, cache_dir)
@@ -87,13 +107,28 @@ def main() -> int:
         os.nice(request.nice)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        result = run(request)
+        with (
+            _one_at_a_time(Path(request.cache_dir).resolve()),
+            tempfile.TemporaryDirectory(prefix="edgefleet-convert-") as scratch,
+        ):
+            os.chdir(scratch)
+            result = run(request)
     except Exception as exc:  # the parent reports the cause; the process must not hang
         message = str(exc).splitlines()[0][:300] if str(exc) else ""
         print(f"{type(exc).__name__}: {message}".rstrip(": "), file=sys.stderr)
         return 1
     print(json.dumps(result))
     return 0
+
+
+@contextlib.contextmanager
+def _one_at_a_time(cache_dir: Path) -> Iterator[None]:
+    """An exclusive lock on the cache's lock file for the whole conversion; the kernel releases
+    it if the child dies."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with (cache_dir / LOCK_FILENAME).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ class HardwarePlanner:
         self._cache_dir = trust.owned_dir(settings.cache_dir or trust.default_cache_dir())
         self._key: bytes | None = None
         self._drafts: dict[tuple[str, str], RuntimePlan] = {}
+        self._told_no_tooling = False
         # The accuracy guard's last verdict (for `edgefleet probe`'s table).
         self.last_verdict: GuardVerdict | None = None
 
@@ -144,12 +145,16 @@ class HardwarePlanner:
             precision=plan.precision,
             recipe=settings.int8_recipe,
             providers=list(plan.providers),
-            cache_dir=str(self._cache_dir),
-            key_file=str(settings.device_key_file) if settings.device_key_file else None,
-            calibration_dir=str(settings.calibration_dir) if settings.calibration_dir else None,
+            # Absolute: the child works in a scratch directory of its own.
+            cache_dir=str(self._cache_dir.resolve()),
+            key_file=str(settings.device_key_file.resolve()) if settings.device_key_file else None,
+            calibration_dir=(
+                str(settings.calibration_dir.resolve()) if settings.calibration_dir else None
+            ),
             thresholds=asdict(settings.thresholds()),
             fingerprint=self.facts().fingerprint,
             nice=nice,
+            manifest=manifest.model_dump(mode="json"),
         )
 
     def _cached(self, request: convert_job.ConvertRequest) -> Conversion | None:
@@ -170,6 +175,9 @@ class HardwarePlanner:
         found = self._cached(request)
         if found is not None:
             return self._decide(draft, version_dir, manifest, found, None)
+        missing = convert_job.missing_tooling()
+        if missing is not None:
+            return self._without_tooling(draft, manifest, missing)
         if self._background and "precision" not in draft.pinned:
             reasons = dict(draft.reasons)
             why = reasons.get("precision", draft.precision).removesuffix(
@@ -192,6 +200,25 @@ class HardwarePlanner:
             completed.stdout,
             completed.stderr,
         )
+
+    def _without_tooling(
+        self, draft: RuntimePlan, manifest: ModelManifest, missing: str
+    ) -> RuntimePlan:
+        """fp32, because the conversion tooling is not installed here (the device install)."""
+        why = (
+            f"{draft.precision} conversion needs the {missing} package, which this install "
+            f"does not have: pip install 'edgefleet[{convert_job.TOOLING_EXTRA}]'"
+        )
+        if "precision" in draft.pinned:
+            raise PlanRefused(f"{manifest.name}/{manifest.version}: precision is pinned but {why}")
+        with self._lock:
+            first = not self._told_no_tooling
+            self._told_no_tooling = True
+        if first:  # once per process: every model would say the same
+            logger.info("serving fp32: %s", why)
+        reasons = dict(draft.reasons)
+        reasons["precision"] = f"fp32: {why}"
+        return replace(draft, precision="fp32", reasons=reasons)
 
     def upgrade_job(
         self, version_dir: Path, manifest: ModelManifest, plan: RuntimePlan
