@@ -22,6 +22,7 @@ from server.errors import (
     DeadlineExceeded,
     EdgeError,
     InvalidInput,
+    MissingExtra,
     ModelNotReady,
     RepositoryMissing,
     RequiredModelFailed,
@@ -170,7 +171,10 @@ class InferenceCore:
                 if self.settings.models is not None:
                     # A model the operator named must load, or the server must not start.
                     raise RequiredModelFailed(f"model {name}: {exc}") from exc
-                log.error("skipping model %s: %s", name, exc)
+                # A model this install cannot run (an extra is missing) is expected on a
+                # device: a warning that names the extra, not an error.
+                level = logging.WARNING if isinstance(exc, MissingExtra) else logging.ERROR
+                log.log(level, "skipping model %s: %s", name, exc)
         loaded = self.registry.loaded()
         if not loaded:
             log.warning(

@@ -84,6 +84,11 @@ class IncompatibleVersion(ModelLoadError):
     on real input that fails. The serving version stays active."""
 
 
+class MissingExtra(ModelLoadError):
+    """A model needs a package this install does not have; the message names the extra that
+    brings it (`pip install 'edgefleet[torchscript]'`)."""
+
+
 class Unsupported(EdgeError):
     """A feature edgefleet deliberately does not offer (shared memory, ...)."""
 

@@ -159,12 +159,9 @@ def camera_views(images: list[np.ndarray], count: int, seed: int) -> list[np.nda
 
 
 def _load_images(calibration_dir: Path | None) -> tuple[list[np.ndarray], str]:
-    import cv2
-
     if calibration_dir is not None:
         paths = sorted(p for p in calibration_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        images = [image for image in (cv2.imread(str(p)) for p in paths) if image is not None]
-        rgb = [cv2.cvtColor(image, cv2.COLOR_BGR2RGB) for image in images]
+        rgb = [image for image in (_read_rgb(path) for path in paths) if image is not None]
         return rgb, f"{len(rgb)} frames from {calibration_dir.name}"
     try:
         from skimage import data
@@ -183,6 +180,18 @@ def _load_images(calibration_dir: Path | None) -> tuple[list[np.ndarray], str]:
             image = np.stack([image] * 3, axis=-1)
         images.append(np.ascontiguousarray(image[..., :3].astype(np.uint8)))
     return images, f"{len(images)} scikit-image pictures"
+
+
+def _read_rgb(path: Path) -> np.ndarray | None:
+    """An image file as RGB uint8 (Pillow: the device install has no OpenCV), None if it
+    does not decode."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as picture:
+            return np.asarray(picture.convert("RGB"))
+    except (OSError, ValueError, SyntaxError):
+        return None
 
 
 def _synthetic(manifest: ModelManifest, count: int, seed: int) -> CalibrationSet:

@@ -23,6 +23,7 @@ from pathlib import Path
 from server.errors import (
     EdgeError,
     IncompatibleVersion,
+    MissingExtra,
     ModelLoadError,
     ModelNotFound,
     ModelNotReady,
@@ -35,6 +36,7 @@ from server.manifest import (
 )
 from server.models.compat import signature_problems
 from server.models.dropin import DROPIN_FILENAME, manifest_from_onnx
+from server.models.extras import check_extras
 from server.models.memory import release_free_memory, trim_periodically
 from server.models.pipeline_members import stage_problem
 from server.models.runtime_plan import Planner, RuntimePlan, UpgradeJob
@@ -224,6 +226,7 @@ class ModelRegistry:
                 manifest = await loop.run_in_executor(
                     self._load_executor, read_version_manifest, version_dir
                 )
+                check_extras(manifest)
                 if manifest.pipeline is not None:
                     await self._load_members(manifest)
                 fresh = await loop.run_in_executor(
@@ -242,7 +245,11 @@ class ModelRegistry:
             except EdgeError as exc:
                 slot.reasons[chosen] = str(exc)
                 self._metrics.model_events.labels(name, chosen, "load_failed").inc()
-                log.error("model %s version %s failed to load: %s", name, chosen, exc)
+                # A missing extra is the install, not a fault: the caller says it once.
+                log.log(
+                    logging.DEBUG if isinstance(exc, MissingExtra) else logging.ERROR,
+                    "model %s version %s failed to load: %s", name, chosen, exc,
+                )  # fmt: skip
                 raise
             except Exception as exc:
                 slot.reasons[chosen] = "load failed"
@@ -394,7 +401,8 @@ class ModelRegistry:
                 try:
                     await self.load(stage.model, stage.version or None)
                 except EdgeError as exc:
-                    raise ModelLoadError(f"{where}: {member} cannot be loaded: {exc}") from None
+                    error = MissingExtra if isinstance(exc, MissingExtra) else ModelLoadError
+                    raise error(f"{where}: {member} cannot be loaded: {exc}") from None
             model = self.resolve(stage.model, stage.version)
             problem = stage_problem(stage.kind, model.manifest, stage)
             if problem:

@@ -26,9 +26,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-import cv2
 import numpy as np
 import numpy.typing as npt
+
+from server.vision import pixels
 
 FloatArray = npt.NDArray[np.float32]
 # A network: its input batch in, its outputs in the manifest's order out.
@@ -128,12 +129,8 @@ def pyramid_scales(height: int, width: int, options: CascadeOptions) -> list[flo
 
 def normalise(images: Sequence[npt.NDArray[np.uint8]], color: str = "rgb") -> FloatArray:
     """uint8 HWC images of one size (RGB, or BGR turned RGB on the way) to the networks'
-    NCHW float32 input, in one C++ call."""
-    blob = cv2.dnn.blobFromImages(
-        list(images), scalefactor=PIXEL_SCALE, mean=(PIXEL_MEAN,) * 3, swapRB=color == "bgr",
-        crop=False,
-    )  # fmt: skip
-    return np.asarray(blob, dtype=np.float32)
+    NCHW float32 input."""
+    return pixels.blob(list(images), PIXEL_SCALE, PIXEL_MEAN, swap=color == "bgr")
 
 
 def pyramid(
@@ -146,8 +143,7 @@ def pyramid(
     source = image
     for scale in pyramid_scales(height, width, options):
         size = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))
-        interpolation = cv2.INTER_AREA if size[0] < source.shape[1] else cv2.INTER_LINEAR
-        source = np.asarray(cv2.resize(source, size, interpolation=interpolation), np.uint8)
+        source = np.asarray(pixels.scale(source, *size, area=True), np.uint8)
         levels.append(PyramidLevel(scale=scale, input=normalise([source], color)))
     return levels
 
@@ -244,8 +240,7 @@ def crops(
         sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
         if sx2 > sx1 and sy2 > sy1:
             patch[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = image[sy1:sy2, sx1:sx2]
-        interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-        patches.append(np.asarray(cv2.resize(patch, (size, size), interpolation=interpolation)))
+        patches.append(np.asarray(pixels.scale(patch, size, size, area=True)))
     if not patches:
         return np.zeros((0, 3, size, size), np.float32)
     return normalise(patches, color)

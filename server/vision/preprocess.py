@@ -1,7 +1,7 @@
 """Camera frames to model input: decode, colour order, resize or letterbox, normalise, layout.
 
-OpenCV (libjpeg-turbo and libpng inside, SIMD resize) does the pixel work and releases the
-GIL, so frames from many streams preprocess in parallel threads off the event loop.
+`server.vision.pixels` does the pixel work (OpenCV where installed, else Pillow and numpy); both
+release the GIL, so frames from many streams preprocess in parallel threads off the event loop.
 """
 
 from __future__ import annotations
@@ -10,19 +10,13 @@ import io
 import math
 from enum import Enum
 
-import cv2
 import numpy as np
 from PIL.JpegImagePlugin import JpegImageFile
 
 from server.errors import InvalidInput
 from server.manifest import Preprocess
+from server.vision import pixels
 from server.vision.detections import FrameTransform
-
-# The server already preprocesses frames of many streams in parallel threads; OpenCV's own
-# per-call thread pool on top split each 224x224 resize across threads that then wait for
-# each other and for onnxruntime's: 2.9 ms vs 1.4 ms per resize on a busy 2-core device
-# (docs/benchmarks.md, "Server CPU per frame").
-cv2.setNumThreads(1)
 
 # Frames beyond 8K are refused before anything is allocated for them (configurable per server).
 MAX_PIXELS = 7680 * 4320
@@ -37,10 +31,6 @@ class FrameEncoding(Enum):
 
 _JPEG_MAGIC = b"\xff\xd8"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-_REDUCED_DECODE = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                   (2, cv2.IMREAD_REDUCED_COLOR_2))  # fmt: skip
 
 
 def declared_size(data: bytes, encoding: FrameEncoding) -> tuple[int, int]:
@@ -71,18 +61,6 @@ def jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
         return declared_size(data, FrameEncoding.JPEG)
     except InvalidInput:
         return None
-
-
-def _jpeg_decode_flag(size: tuple[int, int], target: tuple[int, int] | None) -> int:
-    """Let libjpeg scale by 1/2, 1/4 or 1/8 while decoding when the model wants far fewer
-    pixels: a 1080p frame headed for 224x224 decodes about 4x faster."""
-    if target is None:
-        return cv2.IMREAD_COLOR
-    height, width = size
-    for factor, flag in _REDUCED_DECODE:
-        if height // factor >= target[0] and width // factor >= target[1]:
-            return flag
-    return cv2.IMREAD_COLOR
 
 
 def decode_frame(
@@ -121,14 +99,10 @@ def decode_frame(
             f"{kind} frame declares {size[1]}x{size[0]} pixels, over the server's limit of "
             f"{max_pixels}"
         )
-    flag = _jpeg_decode_flag(size, target) if encoding is FrameEncoding.JPEG else cv2.IMREAD_COLOR
-    try:
-        decoded = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
-    except cv2.error:
-        decoded = None
+    decoded = pixels.decode(data, encoding is FrameEncoding.JPEG, size, target)
     if decoded is None:
         raise InvalidInput(f"undecodable {kind} frame ({len(data)} bytes)")
-    return decoded, "bgr"
+    return decoded
 
 
 def to_model_input(image: np.ndarray, color: str, spec: Preprocess) -> np.ndarray:
@@ -146,7 +120,7 @@ def to_model_input_with_transform(
     if color != spec.color:
         # Swapped after resizing, on the model's few pixels: a reversed view of the whole
         # frame would be copied in full before the resize (0.6-2.7 ms for 320x240).
-        resized = cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+        resized = pixels.swap_red_blue(resized)
     if spec.resize == "fit_height":
         return _normalise(resized, spec, pad_to=max(spec.width, resized.shape[1])), transform
     return _normalise(resized, spec), transform
@@ -165,7 +139,7 @@ def crops_to_batch(crops: list[np.ndarray], color: str, spec: Preprocess) -> np.
         if color != spec.color:
             crop = crop[:, :, ::-1]
         width = min(padded, math.ceil(spec.height * crop.shape[1] / max(crop.shape[0], 1)))
-        resized = _scale(crop, max(width, 1), spec.height, linear=True)
+        resized = pixels.scale(crop, max(width, 1), spec.height, linear=True)
         tensors.append(_normalise(resized, spec, pad_to=padded))
     return np.concatenate(tensors)
 
@@ -175,9 +149,7 @@ def _normalise(resized: np.ndarray, spec: Preprocess, pad_to: int = 0) -> np.nda
     to `pad_to` columns when that is wider."""
     if pad_to > resized.shape[1]:
         if spec.dtype == "uint8":
-            resized = cv2.copyMakeBorder(
-                resized, 0, 0, 0, pad_to - resized.shape[1], cv2.BORDER_CONSTANT, value=0
-            )
+            resized = pixels.pad_right(resized, pad_to)
         else:
             tensor = _normalise(resized, spec)
             axis = 3 if spec.layout == "nchw" else 2
@@ -235,38 +207,24 @@ def _resize(image: np.ndarray, spec: Preprocess) -> tuple[np.ndarray, FrameTrans
             scale_x=new_width / width, scale_y=new_height / height,
             source_width=width, source_height=height,
         )  # fmt: skip
-        return _scale(image, new_width, new_height, linear=spec.resize == "limit_side"), transform
+        resized = pixels.scale(image, new_width, new_height, linear=spec.resize == "limit_side")
+        return resized, transform
     if spec.resize == "fit_height":
         new_width = min(spec.max_width, max(1, math.ceil(spec.height * width / height)))
         transform = FrameTransform(
             scale_x=new_width / width, scale_y=spec.height / height,
             source_width=width, source_height=height,
         )  # fmt: skip
-        return _scale(image, new_width, spec.height, linear=True), transform
+        return pixels.scale(image, new_width, spec.height, linear=True), transform
     scale = min(spec.width / width, spec.height / height)
     new_width, new_height = max(1, round(width * scale)), max(1, round(height * scale))
     canvas = np.full((spec.height, spec.width, 3), spec.pad_value, dtype=np.uint8)
     top, left = (spec.height - new_height) // 2, (spec.width - new_width) // 2
-    canvas[top : top + new_height, left : left + new_width] = _scale(image, new_width, new_height)
+    canvas[top : top + new_height, left : left + new_width] = pixels.scale(
+        image, new_width, new_height
+    )
     transform = FrameTransform(
         scale_x=new_width / width, scale_y=new_height / height, pad_left=left, pad_top=top,
         source_width=width, source_height=height,
     )  # fmt: skip
     return canvas, transform
-
-
-def _scale(image: np.ndarray, width: int, height: int, *, linear: bool = False) -> np.ndarray:
-    """Resize; `linear` always interpolates bilinearly, as PaddleOCR's frame-sized resizes do
-    (its models were trained on that), else shrinking averages areas."""
-    if image.shape[1] == width and image.shape[0] == height:
-        return np.ascontiguousarray(image)
-    # Area averaging avoids aliasing when a 1080p frame shrinks to 224 px; below 2x (a JPEG
-    # already decoded at reduced scale) bilinear samples every source pixel anyway and costs
-    # a sixth of INTER_AREA's non-integer path (0.23 vs 1.37 ms for 320x240 to 224x224).
-    halving = width * 2 <= image.shape[1] or height * 2 <= image.shape[0]
-    shrinking = not linear and halving and width < image.shape[1] and height < image.shape[0]
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-    resized: np.ndarray = cv2.resize(
-        np.ascontiguousarray(image), (width, height), interpolation=interpolation
-    )
-    return resized

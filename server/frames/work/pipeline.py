@@ -26,7 +26,6 @@ import math
 from concurrent.futures import Executor
 from dataclasses import replace
 
-import cv2
 import numpy as np
 
 from server.frames.types import DecodedFrame, EncodedFrame, FrameAnalysis, StageTimes, StreamOptions
@@ -34,6 +33,7 @@ from server.frames.work.steps import decode_source, find_detections, prepare, st
 from server.frames.work.timing import book_member_stage
 from server.manifest import PipelineStage
 from server.models.version import ModelVersion
+from server.vision import pixels
 from server.vision.decoders.ctc_text import decode as ctc_decode
 from server.vision.detections import Detection
 from server.vision.postprocess import top_k
@@ -53,12 +53,7 @@ def cut_crop(image: np.ndarray, item: Detection, stage: PipelineStage) -> np.nda
                          np.linalg.norm(corners[1] - corners[2])))  # fmt: skip
         if width < 1 or height < 1:
             return None
-        target = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
-        matrix = cv2.getPerspectiveTransform(corners, target)
-        crop: np.ndarray = cv2.warpPerspective(
-            image, matrix, (width, height), borderMode=cv2.BORDER_REPLICATE,
-            flags=cv2.INTER_CUBIC,
-        )  # fmt: skip
+        crop = pixels.warp_quad(image, corners, width, height)
     else:
         height_px, width_px = image.shape[:2]
         x0, y0 = max(0, math.floor(item.x_min)), max(0, math.floor(item.y_min))

@@ -3,17 +3,27 @@
 A port of PaddleOCR's DBPostProcess ("fast" box score): threshold the map, find contours, fit
 minimum-area rectangles, score each by the mean probability inside it, grow ("unclip") it by
 area * unclip_ratio / perimeter with pyclipper, as PaddleOCR does, and map it to source pixels.
+
+OpenCV and pyclipper come with the `ocr` extra; a db_text model is refused before it loads
+where they are missing (`server.models.extras`), so nothing here runs without them.
 """
 
 from __future__ import annotations
 
-import cv2
+import importlib
+import importlib.util
+from typing import Any
+
 import numpy as np
-import pyclipper
 
 from server.errors import InvalidInput
 from server.manifest import DbOptions
 from server.vision.detections import Detection, FrameTransform
+from server.vision.pixels import cv2
+
+pyclipper: Any = (
+    importlib.import_module("pyclipper") if importlib.util.find_spec("pyclipper") else None
+)
 
 _DILATION = np.ones((2, 2), dtype=np.uint8)
 

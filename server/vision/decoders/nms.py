@@ -1,13 +1,15 @@
 """Non-maximum suppression, class-aware by offsetting each class into its own coordinate range.
 
 Two implementations with one contract: OpenCV's `dnn.NMSBoxes` (C++) and a vectorised numpy
-loop. `bench/bench_pipeline.py` measures both; `nms` uses OpenCV, the faster one here.
+loop. `bench/bench_pipeline.py` measures both; `nms` uses OpenCV, the faster one here, where
+it is installed (not on the device install: `server.vision.pixels`).
 """
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
+
+from server.vision.pixels import cv2
 
 
 def _offset(boxes: np.ndarray, class_ids: np.ndarray | None) -> np.ndarray:
@@ -57,4 +59,4 @@ def nms_numpy(
     return np.asarray(kept, dtype=np.int64)
 
 
-nms = nms_cv2
+nms = nms_cv2 if cv2 is not None else nms_numpy
