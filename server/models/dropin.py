@@ -9,6 +9,7 @@ for editing, optionally with a preprocess and postprocess.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,57 +25,70 @@ from server.manifest import (
 )
 
 if TYPE_CHECKING:
-    # Imported where used: a server that loads only manifested models never imports onnx.
-    import onnx
+    import onnxruntime
 
 DROPIN_FILENAME = "model.onnx"
 # Batch size for drop-in models whose tensors all start with a dynamic dimension.
 DROPIN_MAX_BATCH = 8
+# onnxruntime's tensor type names ("tensor(float)") to numpy dtype names.
+_ORT_DTYPES = {
+    "float": "float32", "double": "float64", "float16": "float16", "bool": "bool",
+    "int8": "int8", "int16": "int16", "int32": "int32", "int64": "int64",
+    "uint8": "uint8", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64",
+}  # fmt: skip
+_TENSOR_TYPE = re.compile(r"^tensor\((\w+)\)$")
 
 
 def _dynamic(dim: Dim) -> bool:
     return not isinstance(dim, int) or dim == -1
 
 
-def _dims(value_info: onnx.ValueInfoProto) -> list[Dim]:
+def _dims(shape: list[Any]) -> list[Dim]:
+    """onnxruntime's shape (ints, names of symbolic dimensions, None) as manifest dims."""
     dims: list[Dim] = []
-    for dim in value_info.type.tensor_type.shape.dim:
-        if dim.HasField("dim_value") and dim.dim_value > 0:
-            dims.append(int(dim.dim_value))
-        elif dim.HasField("dim_param") and dim.dim_param:
-            dims.append(str(dim.dim_param))
+    for dim in shape:
+        if isinstance(dim, int) and dim > 0 or isinstance(dim, str) and dim:
+            dims.append(dim)
         else:
             dims.append(-1)
     return dims
 
 
-def _spec(value_info: onnx.ValueInfoProto, where: str) -> TensorSpec:
-    from onnx import helper
-
-    tensor_type = value_info.type.tensor_type
-    if not value_info.type.HasField("tensor_type"):
-        raise InvalidManifest(f"{where}: tensor {value_info.name!r} is not a plain tensor")
-    try:
-        dtype = helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
-    except (KeyError, ValueError):
+def _spec(node: Any, where: str) -> TensorSpec:
+    match = _TENSOR_TYPE.match(node.type)
+    if match is None:
+        raise InvalidManifest(f"{where}: tensor {node.name!r} is not a plain tensor ({node.type})")
+    dtype = _ORT_DTYPES.get(match.group(1))
+    if dtype is None:
         raise InvalidManifest(
-            f"{where}: tensor {value_info.name!r} has ONNX element type {tensor_type.elem_type}, "
+            f"{where}: tensor {node.name!r} has ONNX element type {match.group(1)}, "
             "which edgefleet does not serve"
-        ) from None
+        )
     try:
-        return TensorSpec(name=value_info.name, dtype=dtype, shape=_dims(value_info))
+        return TensorSpec(name=node.name, dtype=dtype, shape=_dims(list(node.shape)))
     except ValueError:
         raise InvalidManifest(
-            f"{where}: tensor {value_info.name!r} has dtype {dtype}, which edgefleet does not serve"
+            f"{where}: tensor {node.name!r} has dtype {dtype}, which edgefleet does not serve"
         ) from None
+
+
+def _read_graph(model_path: Path) -> onnxruntime.InferenceSession:
+    """The model opened by onnxruntime with no graph optimisation, for its inputs, outputs and
+    metadata: the serving process never imports the onnx package (the `int8` extra)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(
+        str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
+    )
 
 
 def onnx_metadata(model_path: Path) -> dict[str, str]:
     """The model's metadata_props (PaddleOCR keeps its character list there)."""
-    import onnx
-
-    model = onnx.load(str(model_path), load_external_data=False)
-    return {prop.key: prop.value for prop in model.metadata_props}
+    metadata: dict[str, str] = dict(_read_graph(model_path).get_modelmeta().custom_metadata_map)
+    return metadata
 
 
 def manifest_from_onnx(
@@ -86,21 +100,22 @@ def manifest_from_onnx(
     extra: dict[str, Any] | None = None,
 ) -> ModelManifest:
     """Complete a manifest from `version_dir/model_file`; blocking (reads and hashes files)."""
-    import onnx
-
     where = f"{version_dir.parent.name}/{version_dir.name}"
     path = version_dir / model_file
+    if not path.is_file():
+        raise InvalidManifest(f"{where}: no manifest and no {model_file}")
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except FileNotFoundError:
-        raise InvalidManifest(f"{where}: no manifest and no {model_file}") from None
-    except Exception as exc:  # onnx raises DecodeError and friends
+        session = _read_graph(path)
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        reason = str(exc).splitlines()[0][:200].replace(str(path), model_file)
         raise InvalidManifest(
-            f"{where}: {model_file} is not a readable ONNX model ({exc})"
+            f"{where}: {model_file} is not a readable ONNX model ({reason})"
         ) from None
-    initializers = {init.name for init in model.graph.initializer}
-    inputs = [_spec(vi, where) for vi in model.graph.input if vi.name not in initializers]
-    outputs = [_spec(vi, where) for vi in model.graph.output]
+    # onnxruntime lists graph inputs without the initializers some exporters also list there.
+    inputs = [_spec(node, where) for node in session.get_inputs()]
+    outputs = [_spec(node, where) for node in session.get_outputs()]
+    producer = session.get_modelmeta().producer_name
+    del session
     batching = all(spec.shape and _dynamic(spec.shape[0]) for spec in [*inputs, *outputs])
     fields: dict[str, Any] = {
         "name": version_dir.parent.name,
@@ -113,7 +128,7 @@ def manifest_from_onnx(
         "postprocess": postprocess or Postprocess(),
         "batching": Batching(max_batch_size=DROPIN_MAX_BATCH if batching else 0),
         "files": hash_directory(version_dir),
-        "description": f"completed from {model_file} (producer {model.producer_name or '?'})",
+        "description": f"completed from {model_file} (producer {producer or '?'})",
         "provenance": {"manifest": "completed from the ONNX graph by edgefleet"},
     }
     fields.update(extra or {})
