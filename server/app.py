@@ -29,6 +29,7 @@ from server.grpc_api.kserve import KServeServicer
 from server.grpc_api.malformed import MalformedRequestInterceptor
 from server.grpc_api.server_info import DeviceFacts, ServerInfoServicer
 from server.http_api.kserve_http import HttpServer
+from server.models.memory import bound_big_buffers
 from server.models.runtime_plan import Planner
 from server.observability.metrics import ServerMetrics
 from server.security import token_check
@@ -45,6 +46,9 @@ SERVICE_NAMES = (
 )
 
 
+STREAM_WINDOW_BYTES = 8 * 2**20
+
+
 def grpc_options(settings: ServerSettings) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -55,6 +59,12 @@ def grpc_options(settings: ServerSettings) -> list[tuple[str, Any]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.so_reuseport", 0),
+        # A stream may send at most this much ahead of what the server has taken: a message
+        # over the limit is refused before the rest of it is buffered (20 x 64 MB: peak
+        # +300 MB with the window that BDP probing grows, +100 MB with this one). Frames and
+        # tensors (up to a raw 1080p frame, 6 MB) still arrive in one window.
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", STREAM_WINDOW_BYTES),
     ]
 
 
@@ -70,6 +80,7 @@ class EdgeServer:
         boot_order: BootOrder | None = None,
     ) -> None:
         self.settings = settings
+        bound_big_buffers()  # a refused 30 MB request must not leave its pages behind
         self.metrics = ServerMetrics()
         self.core = InferenceCore(
             settings, planner=planner, metrics=self.metrics, boot_order=boot_order
