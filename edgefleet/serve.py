@@ -29,6 +29,7 @@ from server.settings import DEFAULT_MAX_FRAME_PIXELS, DEFAULT_MAX_MESSAGE_BYTES,
 if TYPE_CHECKING:
     from fleet.agent.settings import AgentSettings
     from server.hardware.policy import PlannerSettings
+    from server.models.runtime_plan import ManifestPlanner
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,12 @@ def serve(
     if planner not in ("hardware", "manifest"):
         fail("--planner must be hardware or manifest", ExitCode.USAGE)
     plan_settings = None
+    manifest_planner = None
+    if planner == "manifest":
+        manifest_planner = _manifest_planner(
+            ctx, precision=precision, intra_op_threads=intra_op_threads,
+            max_batch_size=max_batch_size,
+        )  # fmt: skip
     if planner == "hardware":
         from server.hardware.cli import planner_settings
 
@@ -128,11 +135,48 @@ def serve(
     from fleet.errors import FleetError
 
     try:
-        asyncio.run(run_server(settings, plan_settings, agent_settings))
+        asyncio.run(
+            run_server(settings, plan_settings, agent_settings, manifest_planner=manifest_planner)
+        )
     except (TlsConfigError, FleetError) as exc:
         fail(str(exc), ExitCode.USAGE)
     except StartupError as exc:
         fail(str(exc), exit_code_for(exc))
+
+
+# Flags that only the hardware planner reads.
+_HARDWARE_ONLY = ("policy", "latency_budget_ms", "memory_budget_mb", "autotune")
+
+
+def _manifest_planner(
+    ctx: typer.Context,
+    *,
+    precision: str | None,
+    intra_op_threads: int | None,
+    max_batch_size: int | None,
+) -> ManifestPlanner:
+    """The manifest planner with the command line's pins, or exit 2 naming a flag it cannot
+    honour: a flag given is never dropped silently."""
+    from server.models.runtime_plan import ManifestPlanner
+
+    for name in _HARDWARE_ONLY:
+        if ctx.params.get(name) is not None:
+            flag = "--" + name.replace("_", "-")
+            fail(
+                f"{flag} is a hardware planner setting: use it with --planner hardware",
+                ExitCode.USAGE,
+            )
+    if precision not in (None, "fp32"):
+        fail(
+            f"--precision {precision} needs --planner hardware, which converts the model and "
+            "checks its accuracy; --planner manifest serves the model file as it is (fp32)",
+            ExitCode.USAGE,
+        )
+    if intra_op_threads is not None and intra_op_threads < 1:
+        fail("--intra-op-threads must be at least 1", ExitCode.USAGE)
+    if max_batch_size is not None and max_batch_size < 0:
+        fail("--max-batch-size must be 0 or more", ExitCode.USAGE)
+    return ManifestPlanner(intra_op_threads=intra_op_threads, max_batch_size=max_batch_size)
 
 
 # Settings fields whose flag has another name.
@@ -166,7 +210,11 @@ async def run_server(
     settings: ServerSettings,
     planner_settings: PlannerSettings | None = None,
     agent_settings: AgentSettings | None = None,
+    *,
+    manifest_planner: ManifestPlanner | None = None,
 ) -> None:
+    """Serve until SIGTERM: with `planner_settings` the hardware planner plans each model,
+    else `manifest_planner` (the manifest as written, with the command line's pins)."""
     from server.app import EdgeServer
 
     hardware_json = "{}"
@@ -178,7 +226,7 @@ async def run_server(
         boot = await asyncio.to_thread(BootPlan.load, agent_settings.state_dir)
     boot_order = boot.order if boot is not None else None
     if planner_settings is None:
-        server = EdgeServer(settings, boot_order=boot_order)
+        server = EdgeServer(settings, planner=manifest_planner, boot_order=boot_order)
     else:
         from server.hardware.planner import HardwarePlanner
 

@@ -85,10 +85,14 @@ def available_onnx_providers() -> tuple[str, ...]:
 
 class ManifestPlanner:
     """Runs what the manifest says, on every provider offered here, with one intra-op thread
-    per available core."""
+    per available core. `intra_op_threads` and `max_batch_size` are the command line's pins:
+    they win over the manifest's, and the plan's reasons say where each value came from."""
 
-    def __init__(self, intra_op_threads: int | None = None) -> None:
+    def __init__(
+        self, intra_op_threads: int | None = None, max_batch_size: int | None = None
+    ) -> None:
         self._intra_op_threads = intra_op_threads
+        self._max_batch_size = max_batch_size
 
     def upgrade_job(
         self, version_dir: Path, manifest: ModelManifest, plan: RuntimePlan
@@ -108,15 +112,29 @@ class ManifestPlanner:
         else:
             providers, reasons["providers"] = ("cpu",), "TorchScript runs on the CPU here"
         cores = len(os.sched_getaffinity(0))
-        threads = pins.intra_op_threads or self._intra_op_threads or cores
-        reasons["intra_op_threads"] = (
-            "pinned" if pins.intra_op_threads else f"{cores} cores available to this process"
-        )
-        max_batch = (
-            pins.max_batch_size
-            if pins.max_batch_size is not None
-            else manifest.batching.max_batch_size
-        )
+        if self._intra_op_threads is not None:
+            threads, reasons["intra_op_threads"] = (
+                self._intra_op_threads,
+                "pinned on the command line",
+            )
+        elif pins.intra_op_threads is not None:
+            threads, reasons["intra_op_threads"] = pins.intra_op_threads, "pinned in the manifest"
+        else:
+            threads = cores
+            reasons["intra_op_threads"] = f"{cores} cores available to this process"
+        if manifest.batching.max_batch_size == 0:
+            # No batch dimension: a batch size pin cannot add one.
+            max_batch = 0
+            reasons["max_batch_size"] = "0: the model has no batch dimension"
+        elif self._max_batch_size is not None:
+            max_batch, reasons["max_batch_size"] = (
+                self._max_batch_size,
+                "pinned on the command line",
+            )
+        elif pins.max_batch_size is not None:
+            max_batch, reasons["max_batch_size"] = pins.max_batch_size, "pinned in the manifest"
+        else:
+            max_batch = manifest.batching.max_batch_size
         delay = (
             pins.max_queue_delay_us
             if pins.max_queue_delay_us is not None
@@ -125,6 +143,10 @@ class ManifestPlanner:
         for key in ("intra_op_threads", "max_batch_size", "max_queue_delay_us", "precision"):
             if getattr(pins, key) is not None:
                 pinned.add(key)
+        if self._intra_op_threads is not None:
+            pinned.add("intra_op_threads")
+        if self._max_batch_size is not None and max_batch:
+            pinned.add("max_batch_size")
         reasons.setdefault("max_batch_size", "from the manifest's batching section")
         return RuntimePlan(
             backend=manifest.format,

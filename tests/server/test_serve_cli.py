@@ -65,6 +65,9 @@ async def test_10_busy_port_exits_3_before_loading_models(repository):
         (("--log-level", "LOUD"), 2, "--log-level / EDGEFLEET_LOG_LEVEL 'LOUD'"),
         (("--port", "70000"), 2, "--port / EDGEFLEET_PORT"),
         (("--planner", "magic"), 2, "--planner must be hardware or manifest"),
+        # The manifest planner honours the pins it can and refuses the rest, never drops them.
+        (("--precision", "int8"), 2, "--precision int8 needs --planner hardware"),
+        (("--policy", "latency"), 2, "--policy is a hardware planner setting"),
     ],
 )
 async def test_10_mistakes_are_one_line_and_a_distinct_code(repository, args, code, fragment):
