@@ -312,6 +312,7 @@ class HardwarePlanner:
                 f"{precision} rejected by the accuracy guard: "
                 f"{conversion.verdict.describe(settings.thresholds())}"
             )
+            logger.info("%s/%s: %s", manifest.name, manifest.version, failing)
         if pinned:
             raise PlanRefused(
                 f"{manifest.name}/{manifest.version}: precision {precision} is pinned but "

@@ -91,6 +91,7 @@ class ModelRegistry:
         self._retiring: set[asyncio.Task[None]] = set()
         # Background plan upgrades (conversion children), one per loaded version at most.
         self._upgrades: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._one_upgrade = asyncio.Semaphore(1)
         # Returns freed heap pages to the OS while models serve (see server/models/memory.py).
         self._trimmer: asyncio.Task[None] | None = None
 
@@ -335,21 +336,24 @@ class ModelRegistry:
         """Run the job's child at its own pace; swap the upgraded plan in if it changes what
         is loaded, else record its outcome on the serving version."""
         loop = asyncio.get_running_loop()
-        process = await asyncio.create_subprocess_exec(
-            *job.argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        log.info("model %s/%s: %s pending (child pid %d)",
-                 model.name, model.version, model.plan.pending, process.pid)  # fmt: skip
-        try:
-            stdout, stderr = await process.communicate(job.stdin)
-        except asyncio.CancelledError:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-            raise
+        # One child at a time, in load order: a small board has neither the cores nor the memory
+        # for six conversions at once (the default repository started six on two cores).
+        async with self._one_upgrade:
+            process = await asyncio.create_subprocess_exec(
+                *job.argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            log.info("model %s/%s: %s pending (child pid %d)",
+                     model.name, model.version, model.plan.pending, process.pid)  # fmt: skip
+            try:
+                stdout, stderr = await process.communicate(job.stdin)
+            except asyncio.CancelledError:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+                raise
         returncode = process.returncode if process.returncode is not None else -1
         try:
             plan: RuntimePlan = await loop.run_in_executor(
