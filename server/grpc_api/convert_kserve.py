@@ -307,7 +307,7 @@ def model_config_to_pb(info: ModelInfo) -> kserve.ModelConfig:
         platform=_PLATFORM[manifest.format],
         backend=_BACKEND[manifest.format],
         max_batch_size=info.max_batch_size,
-        default_model_filename=plan.model_file,
+        default_model_filename=plan.shown_model_file,
         input=[
             kserve.ModelInput(
                 name=spec.name,

@@ -44,8 +44,18 @@ class RuntimePlan:
     # A precision being converted and judged in the background ("int8"); "" when none.
     pending: str = ""
 
+    @property
+    def shown_model_file(self) -> str:
+        """The model file as clients see it: relative to the version directory, or for a copy
+        converted on this device its name in the planner's cache; never a host path."""
+        if not os.path.isabs(self.model_file):
+            return self.model_file
+        return f"<planner cache>/{os.path.basename(self.model_file)}"
+
     def to_dict(self) -> dict[str, Any]:
+        """For display (ModelConfig, probe, telemetry): no host paths."""
         data = asdict(self)
+        data["model_file"] = self.shown_model_file
         data["providers"] = list(self.providers)
         data["reasons"] = dict(self.reasons)
         data["pinned"] = sorted(self.pinned)

@@ -137,6 +137,10 @@ async def test_int8_swaps_in_under_a_live_camera_without_losing_a_frame(tmp_path
             plan = await wait_for_plan(stub, "tiny", lambda p: not p["pending"], 200)
             assert plan["precision"] == "int8", plan["reasons"]["precision"]
             assert plan["reasons"]["precision"].startswith("int8 accepted: the CPU has")
+            # The int8 copy lives in the planner's cache: clients see its name, not the path.
+            config = (await stub.ModelConfig(kserve.ModelConfigRequest(name="tiny"))).config
+            for shown in (plan["model_file"], config.default_model_filename):
+                assert shown.startswith("<planner cache>/") and str(tmp_path) not in shown
             before_swap = len(responses)
             await asyncio.sleep(1.5)  # frames keep flowing, now through the int8 copy
             stop.set()
