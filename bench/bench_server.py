@@ -82,8 +82,11 @@ class Server:
         *extra: str,
         http_port: int = -1,
         env: dict[str, str] | None = None,
+        checkout: Path = ROOT,
     ) -> None:
         self.repository = repository
+        # The server's code: this checkout, or another one (`--before`), run by this Python.
+        self.checkout = checkout
         # The manifest's plan by default: the same threads as the baseline, and no one-off
         # int8 guard run (the hardware planner's first load) in time-to-ready.
         self.arguments = ["--planner", planner, "--http-port", str(http_port), *extra]
@@ -96,11 +99,13 @@ class Server:
 
     def __enter__(self) -> Server:
         self._started = time.perf_counter()
+        env = {**(self.env if self.env is not None else os.environ)}
+        env["PYTHONPATH"] = str(self.checkout)
         # Polled every 5 ms: time-to-ready is one of the figures.
         self.process = start_serve(
             self.workdir, "--repository", str(self.repository), "--port", "0",
             "--metrics-port", "-1", "--log-level", "WARNING", *self.arguments,
-            env=self.env, timeout_s=1800, poll_s=0.005,
+            cwd=self.checkout, env=env, timeout_s=1800, poll_s=0.005,
         )  # fmt: skip
         self.ready_s = time.perf_counter() - self._started
         self.port = self.process.port
@@ -312,6 +317,54 @@ def cpu_rows(frames: list[np.ndarray], count: int) -> tuple[list[str], list[str]
     return rows, summary
 
 
+def before_after_section(
+    machine: str, frames: list[np.ndarray], count: int, before: Path, rounds: int = 2
+) -> None:
+    """Server CPU per frame of this checkout and of `before`, alternating servers `rounds`
+    times (drift on a shared machine hits both), best of the rounds per path."""
+    me = psutil.Process()
+    best: dict[tuple[str, str], tuple[float, float]] = {}
+    for _ in range(rounds):
+        for label, checkout in (("after", ROOT), ("before", before)):
+            with (
+                tempfile.TemporaryDirectory() as tmp,
+                Server(repository_copy(Path(tmp), "batch1", 1), checkout=checkout) as server,
+            ):
+                for name, (_fps, cpu, loop_cpu, _) in server_cpu(
+                    server, frames, count, me, False
+                ).items():
+                    key = (name, label)
+                    if key not in best or cpu < best[key][0]:
+                        best[key] = (cpu, loop_cpu)
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    rows = [
+        "| path | before: server CPU ms/frame (event loop) | after | change |",
+        "|---|---:|---:|---:|",
+    ]
+    for name in dict.fromkeys(name for name, _ in best):
+        old, new = best[(name, "before")], best[(name, "after")]
+        rows.append(
+            f"| {name} | {old[0]:.2f} ({old[1]:.2f}) | {new[0]:.2f} ({new[1]:.2f}) | "
+            f"{new[0] - old[0]:+.2f} |"
+        )
+    body = "\n".join(
+        [
+            "## Server CPU per frame, before and after the footprint work (`bench/bench_server.py --before`)",
+            "",
+            f"Machine: {machine}; load average at the end {load} (a machine shared with other "
+            "work: figures are the best of the rounds). The server of each checkout runs from "
+            f"the same Python, batch 1, manifest planner, {count} frames per path, servers "
+            f"alternating {rounds} times. Before: {before}.",
+            "",
+            *rows,
+            "",
+            f"Reproduce: `.venv/bin/python -m bench.bench_server --before {before} --frames {count}`.",
+        ]
+    )
+    write_section("server-cpu-before-after", body)
+    print(body)
+
+
 def cpu_section(machine: str, frames: list[np.ndarray], count: int) -> None:
     rows, summary = cpu_rows(frames, count)
     print("\n".join(summary))
@@ -427,9 +480,15 @@ def main() -> None:
     parser.add_argument(
         "--cpu-only", action="store_true", help="only server CPU per frame vs in-process"
     )
+    parser.add_argument(
+        "--before", type=Path, help="another checkout: server CPU per frame of both, side by side"
+    )
     args = parser.parse_args()
     machine = describe()
     frames = frames_224()
+    if args.before is not None:
+        before_after_section(machine, frames, args.frames, args.before)
+        return
     if args.cpu_only:
         cpu_section(machine, frames, args.frames)
         return
