@@ -62,6 +62,7 @@ class HardwarePlanner:
         self._key: bytes | None = None
         self._drafts: dict[tuple[str, str], RuntimePlan] = {}
         self._told_no_tooling = False
+        self._converting = threading.Lock()
         # The accuracy guard's last verdict (for `edgefleet probe`'s table).
         self.last_verdict: GuardVerdict | None = None
 
@@ -190,7 +191,10 @@ class HardwarePlanner:
             with self._lock:
                 self._drafts[(str(version_dir), request.model_sha256)] = draft
             return replace(draft, precision="fp32", reasons=reasons, pending=draft.precision)
-        completed = subprocess.run(argv, input=request.to_json(), capture_output=True, check=False)
+        with self._converting:  # one child at a time, whichever load thread asks
+            completed = subprocess.run(
+                argv, input=request.to_json(), capture_output=True, check=False
+            )
         return self._finish(
             draft,
             version_dir,
