@@ -68,6 +68,15 @@ class Install:
 
 
 @dataclass
+class Conversions:
+    label: str
+    ready_s: float
+    children: int  # conversion children alive at once, at most
+    leftovers: list[str]
+    precisions: str
+
+
+@dataclass
 class Serving:
     label: str
     one_model: tuple[float, int]  # (seconds to ready, RSS bytes)
@@ -104,7 +113,10 @@ def sizes_by_distribution(site_packages: Path) -> dict[str, int]:
     return sizes
 
 
-def install(label: str, venv: Path, checkout: Path, extras: str, torch: bool) -> Install:
+def install(
+    label: str, venv: Path, checkout: Path, extras: str, torch: bool, reuse: bool = False
+) -> Install:
+    """A fresh venv with the role installed (`reuse`: the venv an earlier run left, as is)."""
     import time
 
     target = f"{checkout}[{extras}]" if extras else str(checkout)
@@ -113,6 +125,12 @@ def install(label: str, venv: Path, checkout: Path, extras: str, torch: bool) ->
         f"pip install {'.' if checkout == ROOT else checkout}{f'[{extras}]' if extras else ''}"
     )
     result = Install(label, venv, " && ".join(steps))
+    if reuse and (venv / "bin" / "edgefleet").exists():
+        result.sizes = sizes_by_distribution(result.site_packages)
+        result.baseline = sum(
+            size for name, size in result.sizes.items() if name in ("pip", "setuptools")
+        )
+        return result
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     result.baseline = sum(sizes_by_distribution(result.site_packages).values())
@@ -164,6 +182,45 @@ def serve(label: str, venv: Path) -> Serving:
                 loaded=loaded,
                 series=series,
             )
+
+
+def convert_at_start(label: str, venv: Path, models: list[str]) -> Conversions:
+    """Start with `--precision int8` pinned for `models`: every conversion runs before the
+    server is ready (the path a CPU without int8 instructions takes too)."""
+    command = [str(venv / "bin" / "edgefleet")]
+    arguments = [item for model in models for item in ("--model", model)]
+    with tempfile.TemporaryDirectory(prefix="edgefleet-cache-") as cache:
+        env = {**os.environ, "XDG_CACHE_HOME": cache}
+        env.pop("PYTHONPATH", None)
+        with ServeProcess(
+            command, REPOSITORY, *arguments, "--precision", "int8", "--log-level", "INFO",
+            env=env, timeout_s=1800,
+        ) as server:  # fmt: skip
+            plans = [
+                line.split("plan ", 1)[1].split(",")[0]
+                for line in server.log().splitlines()
+                if " plan " in line and ": onnx " in line
+            ]
+            return Conversions(
+                label, server.ready_s, server.startup_children, server.leftovers(),
+                "; ".join(plans) or "?",
+            )  # fmt: skip
+
+
+def conversion_rows(items: list[Conversions], models: list[str]) -> list[str]:
+    rows = [
+        f"Start with `--precision int8 --model {' --model '.join(models)}` (conversions and the "
+        "accuracy guard run before the server is ready):",
+        "",
+        "| install | ready | conversion children at once | left in the working directory | plans |",
+        "|---|---:|---:|---|---|",
+    ]
+    rows += [
+        f"| {item.label} | {item.ready_s:.0f} s | {item.children} | "
+        f"{', '.join(item.leftovers) or 'nothing'} | {item.precisions} |"
+        for item in items
+    ]
+    return rows
 
 
 def size_rows(installs: list[Install]) -> list[str]:
@@ -225,28 +282,44 @@ def main() -> None:
         "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "edgefleet-footprint"
     )
     parser.add_argument("--no-serve", action="store_true", help="sizes only")
+    parser.add_argument(
+        "--int8-models", default="", help="comma-separated: also start these with int8 pinned"
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep the venvs of an earlier run (no install)"
+    )
     args = parser.parse_args()
+    int8_models = [model for model in args.int8_models.split(",") if model]
+    conversions: list[Conversions] = []
     machine = describe()
     roles = [role for role in args.roles.split(",") if role]
     installs: list[Install] = []
     servings: list[Serving] = []
     if args.before is not None:
         ensure_protos(args.before)
-        before = install("before: full install", args.workdir / "before", args.before, "", True)
+        before = install(
+            "before: full install", args.workdir / "before", args.before, "", True, args.reuse
+        )
         before.command = f"pip install {TORCH_PIN} && pip install ."
         installs.append(before)
         print(size_rows([before])[-1], flush=True)
         if not args.no_serve:
             servings.append(serve("before (everything installed)", before.venv))
             print(serving_rows(servings[-1:])[2], flush=True)
+        if int8_models:
+            conversions.append(convert_at_start("before", before.venv, int8_models))
+            print(conversion_rows(conversions[-1:], int8_models)[-1], flush=True)
     for role in roles:
         extras, torch = ROLES[role]
-        item = install(role, args.workdir / role, ROOT, extras, torch)
+        item = install(role, args.workdir / role, ROOT, extras, torch, args.reuse)
         installs.append(item)
         print(size_rows([item])[-1], flush=True)
         if role in SERVING_ROLES and not args.no_serve:
             servings.append(serve(f"{role}", item.venv))
             print(serving_rows(servings[-1:])[2], flush=True)
+        if role == "dev" and int8_models:
+            conversions.append(convert_at_start(role, item.venv, int8_models))
+            print(conversion_rows(conversions[-1:], int8_models)[-1], flush=True)
     body = "\n".join(
         [
             "## Footprint of each install role (`bench/bench_footprint.py`)",
@@ -266,6 +339,7 @@ def main() -> None:
             "",
             *serving_rows(servings),
             "",
+            *(conversion_rows(conversions, int8_models) + [""] if conversions else []),
             "Reproduce: `git worktree add /tmp/before c149615 && .venv/bin/python -m "
             "bench.bench_footprint --before /tmp/before`.",
         ]
