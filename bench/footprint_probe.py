@@ -70,7 +70,8 @@ class Sampler:
 class ServeProcess:
     """`edgefleet serve` as a child process: `command` is how to run the CLI (a venv's console
     script, or `python -m edgefleet.cli`); it runs in its own empty working directory, so
-    anything it leaves behind there is visible (`leftovers`)."""
+    anything it leaves behind there is visible (`leftovers`). Every listener is on, as in a
+    default start, on ports the system picks."""
 
     def __init__(
         self,
@@ -101,8 +102,8 @@ class ServeProcess:
         with self.log_file.open("wb") as log:
             self.process = subprocess.Popen(
                 [*self._command, "serve", "--repository", str(self._repository.resolve()),
-                 "--port", "0", "--port-file", str(self.port_file), "--metrics-port", "-1",
-                 "--http-port", "-1", *self._arguments],
+                 "--port", "0", "--port-file", str(self.port_file), "--metrics-port", "0",
+                 "--http-port", "0", *self._arguments],
                 cwd=self.cwd, env=self._env, stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         with Sampler(self.process.pid, interval_s=0.05) as sampler:

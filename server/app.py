@@ -7,7 +7,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,7 +28,6 @@ from server.grpc_api.frame_stream import FrameStreamServicer
 from server.grpc_api.kserve import KServeServicer
 from server.grpc_api.malformed import MalformedRequestInterceptor
 from server.grpc_api.server_info import DeviceFacts, ServerInfoServicer
-from server.http_api.kserve_http import HttpServer
 from server.models.memory import bound_big_buffers
 from server.models.runtime_plan import Planner
 from server.observability.metrics import ServerMetrics
@@ -36,6 +35,9 @@ from server.security import token_check
 from server.settings import ServerSettings
 from server.tls import TlsConfigError, http_ssl_context
 from server.tls import server_credentials as tls_credentials
+
+if TYPE_CHECKING:
+    from server.http_api.kserve_http import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +207,9 @@ class EdgeServer:
         return context
 
     def _bind_http(self, tls: ssl.SSLContext | None) -> HttpServer:
+        # Imported here: aiohttp is 10 MB of RSS that a server with HTTP off never uses.
+        from server.http_api.kserve_http import HttpServer
+
         http = HttpServer(
             self.core, self.settings, ssl_context=tls, token=token_check(self.settings)
         )
