@@ -10,6 +10,8 @@ import importlib
 
 import typer
 
+from edgefleet.errors import ExitCode, missing_extra
+
 # Modules exposing `register(app: typer.Typer) -> None`, in help order.
 COMMAND_MODULES = (
     "edgefleet.serve",  # serve (the server, its planner and the fleet agent)
@@ -42,7 +44,17 @@ def build_app() -> typer.Typer:
 
 
 def main() -> None:
-    build_app()()
+    app = build_app()
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        # The device install has no OpenCV, torch or psycopg: a command that needs one says
+        # which extra brings it, in one line, instead of a traceback.
+        line = missing_extra(exc)
+        if line is None:
+            raise
+        typer.echo(f"edgefleet: {line}", err=True)
+        raise SystemExit(int(ExitCode.USAGE)) from None
 
 
 if __name__ == "__main__":

@@ -45,6 +45,32 @@ def fail(message: str, code: ExitCode) -> NoReturn:
     raise typer.Exit(int(code))
 
 
+# Packages only an extra installs (pyproject.toml, docs/install.md), and that extra.
+EXTRA_FOR_MODULE = {
+    "cv2": "camera",
+    "torch": "torchscript",
+    "onnx": "int8",
+    "sympy": "int8",
+    "pyclipper": "ocr",
+    "psycopg": "controller",
+    "psycopg_pool": "controller",
+    "skimage": "models",
+}
+
+
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+    """One line naming the extra that installs the missing module, or None if it is not an
+    extra's (then the error is a bug, not the install)."""
+    module = (error.name or "").split(".")[0]
+    extra = EXTRA_FOR_MODULE.get(module)
+    if extra is None:
+        return None
+    return (
+        f"this command needs {module}, which this install does not have: "
+        f"pip install 'edgefleet[{extra}]' (docs/install.md lists what each extra adds)"
+    )
+
+
 def settings_error(error: ValidationError, *, prefix: str) -> str:
     """The first problem of a settings object, as a flag and an environment variable."""
     first = error.errors()[0]

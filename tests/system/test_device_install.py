@@ -103,3 +103,16 @@ async def test_torchscript_model_names_the_extra_and_the_rest_serves(
         assert answered.model_name == ONNX_MODEL
     log = device_server.log()
     assert sum("edgefleet[torchscript]" in line for line in log.splitlines()) == 1, log[-3000:]
+
+
+def test_a_command_that_needs_an_extra_names_it(device_venv: Path, tmp_path: Path):
+    """`edgefleet stream` needs OpenCV (the camera client): one line naming the extra, exit 2,
+    no traceback."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    run = subprocess.run(
+        [str(device_venv / "bin" / "edgefleet"), "stream", "pattern:", "--model", ONNX_MODEL],
+        capture_output=True, text=True, cwd=tmp_path, env=env, check=False, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "pip install 'edgefleet[camera]'" in run.stderr
+    assert "Traceback" not in run.stderr
