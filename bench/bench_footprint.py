@@ -237,7 +237,8 @@ def size_rows(installs: list[Install]) -> list[str]:
         largest = ", ".join(f"{name} {size / MB:.0f}" for name, size in biggest)
         rows.append(
             f"| {item.label} | `{item.command}` | {sum(item.sizes.values()) / MB:.0f} MB | "
-            f"{item.added / MB:.0f} MB | {item.seconds:.0f} s | {largest} |"
+            f"{item.added / MB:.0f} MB | {f'{item.seconds:.0f} s' if item.seconds else 'earlier run'} "
+            f"| {largest} |"
         )
     return rows
 
