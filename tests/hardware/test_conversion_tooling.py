@@ -14,8 +14,8 @@ from server.hardware import convert_job
 from server.hardware.planner import HardwarePlanner
 from server.hardware.policy import PlannerSettings
 from server.manifest import RuntimePins, read_manifest
-from tests.hardware.test_profiles import load_profile
-from tests.hardware.tiny_models import write_classifier
+from testkit.hardware import load_profile
+from testkit.tiny_models import write_classifier
 
 
 def planner(tmp_path: Path, **settings: object) -> HardwarePlanner:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from server.manifest import read_manifest
 from server.models.runtime_plan import ManifestPlanner
-from tests.conftest import BUILT_MODELS, ONNX_MODEL
+from testkit.repositories import BUILT_MODELS, ONNX_MODEL
 
 
 def test_command_line_pins_win_and_say_so():

@@ -22,7 +22,10 @@ from pathlib import Path
 import pytest
 
 from bench.footprint_probe import MB, PROBE_MODEL, ServeProcess, request_series
-from tests.conftest import ROOT
+from testkit.repositories import ROOT
+
+# A real server process and 40 big requests: about a minute.
+pytestmark = pytest.mark.system
 
 PEAK_OVER_READY = 250 * MB
 SETTLED_OVER_READY = 30 * MB

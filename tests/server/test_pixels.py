@@ -11,7 +11,8 @@ from server.manifest import read_manifest
 from server.vision import pixels
 from server.vision.decoders import nms as nms_module
 from server.vision.preprocess import FrameEncoding, decode_frame, to_model_input
-from tests.conftest import BUILT_MODELS, ONNX_MODEL, jpeg_bytes, photo, png_bytes
+from testkit.media import jpeg_bytes, photo, png_bytes
+from testkit.repositories import BUILT_MODELS, ONNX_MODEL
 
 
 def both(work):

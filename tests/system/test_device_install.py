@@ -19,15 +19,10 @@ from bench.footprint_probe import ServeProcess
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
-from tests.conftest import (
-    EXPECTED_TOP1,
-    ONNX_MODEL,
-    ROOT,
-    TORCHSCRIPT_MODEL,
-    copy_model,
-)
-from tests.server.camera import camera, collect
-from tests.server.kserve_helpers import bytes_elements, infer_request, output_array
+from testkit.camera import camera, collect
+from testkit.kserve import bytes_elements, infer_request, output_array
+from testkit.media import EXPECTED_TOP1
+from testkit.repositories import ONNX_MODEL, ROOT, TORCHSCRIPT_MODEL, copy_model
 
 pytestmark = pytest.mark.system
 
