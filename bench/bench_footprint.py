@@ -188,7 +188,8 @@ def convert_at_start(label: str, venv: Path, models: list[str]) -> Conversions:
     """Start with `--precision int8` pinned for `models`: every conversion runs before the
     server is ready (the path a CPU without int8 instructions takes too)."""
     command = [str(venv / "bin" / "edgefleet")]
-    arguments = [item for model in models for item in ("--model", model)]
+    # "all": the default repository, where a model the guard rejects is skipped, not fatal.
+    arguments = [item for model in models if model != "all" for item in ("--model", model)]
     with tempfile.TemporaryDirectory(prefix="edgefleet-cache-") as cache:
         env = {**os.environ, "XDG_CACHE_HOME": cache}
         env.pop("PYTHONPATH", None)
@@ -208,9 +209,11 @@ def convert_at_start(label: str, venv: Path, models: list[str]) -> Conversions:
 
 
 def conversion_rows(items: list[Conversions], models: list[str]) -> list[str]:
+    named = "" if models == ["all"] else f" --model {' --model '.join(models)}"
     rows = [
-        f"Start with `--precision int8 --model {' --model '.join(models)}` (conversions and the "
-        "accuracy guard run before the server is ready):",
+        f"Start with `--precision int8{named}` on the default repository (conversions and the "
+        "accuracy guard run before the server is ready; a model whose int8 copy the guard "
+        "rejects is skipped):",
         "",
         "| install | ready | conversion children at once | left in the working directory | plans |",
         "|---|---:|---:|---|---|",
@@ -285,7 +288,9 @@ def main() -> None:
     )
     parser.add_argument("--no-serve", action="store_true", help="sizes only")
     parser.add_argument(
-        "--int8-models", default="", help="comma-separated: also start these with int8 pinned"
+        "--int8-models",
+        default="",
+        help="comma-separated, or 'all' for the default repository: also start with int8 pinned",
     )
     parser.add_argument(
         "--reuse", action="store_true", help="keep the venvs of an earlier run (no install)"
