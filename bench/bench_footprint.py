@@ -215,12 +215,12 @@ def conversion_rows(items: list[Conversions], models: list[str]) -> list[str]:
         "accuracy guard run before the server is ready; a model whose int8 copy the guard "
         "rejects is skipped):",
         "",
-        "| install | ready | conversion children at once | left in the working directory | plans |",
-        "|---|---:|---:|---|---|",
+        "| install | ready | conversion children at once | left in the working directory |",
+        "|---|---:|---:|---|",
     ]
     rows += [
         f"| {item.label} | {item.ready_s:.0f} s | {item.children} | "
-        f"{', '.join(item.leftovers) or 'nothing'} | {item.precisions} |"
+        f"{', '.join(item.leftovers) or 'nothing'} |"
         for item in items
     ]
     return rows
