@@ -31,6 +31,14 @@ class ModelNotReady(EdgeError):
     http_status = 503
 
 
+class ModelWorkerFailed(EdgeError):
+    """The process running a model's code died or was killed during the request; the message
+    names the model and whether its worker is being restarted or the version marked failed."""
+
+    grpc_status = "UNAVAILABLE"
+    http_status = 503
+
+
 class InvalidInput(EdgeError):
     """A request or frame the model cannot take: shape, dtype, byte length, encoding."""
 

@@ -81,3 +81,14 @@ class ServerSettings(BaseSettings):
     # Processes that parse large JSON request bodies, so the event loop (which serves gRPC and
     # the camera streams too) never does; 0 parses on the loop (tests of the parser only).
     http_parse_processes: int = Field(default=1, ge=0, le=16)
+
+
+class SandboxSettings(BaseSettings):
+    """How model code is confined (docs/security.md, "What a model can and cannot do on a
+    device"). Read from `EDGEFLEET_SANDBOX_*` where a model is loaded (server and `model check`)."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_SANDBOX_", frozen=True, extra="ignore")
+
+    # On a kernel without Landlock, TorchScript models are refused unless this is set: they
+    # then run as an unprivileged user without sockets, but can read what that user can.
+    allow_unconfined: bool = False

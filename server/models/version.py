@@ -91,9 +91,16 @@ class ModelVersion:
         if manifest.pipeline is not None:
             self.labels: list[str] = []
             return
-        self._backend = load_backend(version_dir, manifest, plan)
-        self.labels = _labels(version_dir, manifest)
-        self._warm_up(self._backend)
+        worker_deaths = metrics.model_events.labels(self.name, self.version, "worker_died")
+        self._backend = load_backend(
+            version_dir, manifest, plan, on_worker_restart=worker_deaths.inc
+        )
+        try:
+            self.labels = _labels(version_dir, manifest)
+            self._warm_up(self._backend)
+        except BaseException:
+            self._backend.close()  # a confined model's worker process must not outlive it
+            raise
         self._batcher = DynamicBatcher(
             self._backend,
             name=f"{self.name}/{self.version}",

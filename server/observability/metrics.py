@@ -121,7 +121,7 @@ class ServerMetrics:
         )
         self.model_events = Counter(
             "edgefleet_model_events",
-            "Model lifecycle events: load, swap, unload, load_failed.",
+            "Model lifecycle events: load, swap, unload, load_failed, worker_died.",
             ("model", "version", "event"),
             registry=self.registry,
         )

@@ -4,6 +4,7 @@ when a plan names it (an ONNX-only server never imports torch)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from server.manifest import ModelManifest
@@ -11,8 +12,15 @@ from server.models.backends.base import Backend
 from server.models.runtime_plan import RuntimePlan
 
 
-def load_backend(version_dir: Path, manifest: ModelManifest, plan: RuntimePlan) -> Backend:
-    """Load the model file the plan names. Blocking: call it off the event loop."""
+def load_backend(
+    version_dir: Path,
+    manifest: ModelManifest,
+    plan: RuntimePlan,
+    *,
+    on_worker_restart: Callable[[], None] | None = None,
+) -> Backend:
+    """Load the model file the plan names. Blocking: call it off the event loop.
+    `on_worker_restart`: called each time a confined model's worker process dies."""
     model_path = Path(plan.model_file)
     if not model_path.is_absolute():
         model_path = version_dir / model_path
@@ -21,8 +29,11 @@ def load_backend(version_dir: Path, manifest: ModelManifest, plan: RuntimePlan) 
 
         return OnnxBackend(model_path, manifest, plan)
     if plan.backend == "torchscript":
-        # Only here is torch imported: an ONNX-only server never pays for it.
-        from server.models.backends.torchscript import TorchScriptBackend
+        # TorchScript is code: it runs in a confined worker process, never in this one (and
+        # this process never imports torch for it).
+        from server.models.backends.confined_torchscript import ConfinedTorchScriptBackend
 
-        return TorchScriptBackend(model_path, manifest, plan)
+        return ConfinedTorchScriptBackend(
+            model_path, version_dir, manifest, plan, on_restart=on_worker_restart
+        )
     raise ValueError(f"unknown backend {plan.backend!r}")

@@ -1,9 +1,12 @@
-"""TorchScript backend. This module is the only place the server imports torch."""
+"""TorchScript in this process. Only the confined worker (torchscript_worker.py) runs it on a
+server; the in-process path is kept as the benchmark's baseline (bench_torchscript_confined.py).
+This module and the worker are the only places that import torch."""
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -15,22 +18,45 @@ from server.models.types import Arrays
 
 
 class TorchScriptBackend:
-    def __init__(self, model_path: Path, manifest: ModelManifest, plan: RuntimePlan) -> None:
-        self._input_names = [spec.name for spec in manifest.inputs]
-        self._output_names = [spec.name for spec in manifest.outputs]
-        self._threads = plan.intra_op_threads
-        torch.set_num_threads(plan.intra_op_threads)
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        model: str,
+        input_names: list[str],
+        output_names: list[str],
+        threads: int,
+        source: BinaryIO | None = None,
+    ) -> None:
+        """`source`: the archive already opened (the worker opens it before dropping root)."""
+        self._input_names = input_names
+        self._output_names = output_names
+        self._threads = threads
+        torch.set_num_threads(threads)
         try:
             with warnings.catch_warnings():
                 # torch 2.13 deprecates TorchScript; serving existing models is the point.
                 warnings.filterwarnings("ignore", category=DeprecationWarning)
-                module = torch.jit.load(str(model_path), map_location="cpu")  # type: ignore[no-untyped-call]
+                module = torch.jit.load(  # type: ignore[no-untyped-call]
+                    source if source is not None else str(model_path), map_location="cpu"
+                )
         except Exception as exc:  # torch raises RuntimeError with C++ traces for corrupt files
             raise ModelLoadError(
-                f"{manifest.name}/{manifest.version}: torch cannot load {model_path.name}: "
-                f"{first_line(exc, model_path)}"
+                f"{model}: torch cannot load {model_path.name}: {first_line(exc, model_path)}"
             ) from exc
         self._module = module.eval()
+
+    @classmethod
+    def in_process(
+        cls, model_path: Path, manifest: ModelManifest, plan: RuntimePlan
+    ) -> TorchScriptBackend:
+        return cls(
+            model_path,
+            model=f"{manifest.name}/{manifest.version}",
+            input_names=[spec.name for spec in manifest.inputs],
+            output_names=[spec.name for spec in manifest.outputs],
+            threads=plan.intra_op_threads,
+        )
 
     @property
     def description(self) -> str:

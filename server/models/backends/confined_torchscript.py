@@ -1,0 +1,192 @@
+"""TorchScript models, run in a confined worker process per loaded version (the worker is
+torchscript_worker.py; what confines it, confine.py). The server process never imports torch
+for serving and never runs a model's TorchScript code: it scans the archive's pickles, starts
+the worker, and exchanges arrays with it over a socket pair (worker_wire.py)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import server
+from server.errors import ModelLoadError, ModelNotReady, ModelWorkerFailed
+from server.manifest import ModelManifest
+from server.models.backends import worker_wire
+from server.models.backends.archive_scan import check_torchscript_archive
+from server.models.runtime_plan import RuntimePlan
+from server.models.types import Arrays
+from server.settings import SandboxSettings
+
+log = logging.getLogger(__name__)
+
+WORKER_MODULE = "server.models.backends.torchscript_worker"
+# Deaths of a version's worker before the version is marked failed (a model that kills its
+# worker on every frame would otherwise cost a torch start-up per frame).
+MAX_RESTARTS = 3
+_EXIT_WAIT_S = 5.0
+
+
+class ConfinedTorchScriptBackend:
+    def __init__(
+        self,
+        model_path: Path,
+        version_dir: Path,
+        manifest: ModelManifest,
+        plan: RuntimePlan,
+        *,
+        on_restart: Callable[[], None] | None = None,
+    ) -> None:
+        self._label = f"{manifest.name}/{manifest.version}"
+        check_torchscript_archive(model_path, self._label)
+        self._request = {
+            "model": self._label,
+            "model_path": str(model_path.resolve()),
+            "version_dir": str(version_dir.resolve()),
+            "input_names": [spec.name for spec in manifest.inputs],
+            "output_names": [spec.name for spec in manifest.outputs],
+            "threads": plan.intra_op_threads,
+            "allow_unconfined": SandboxSettings().allow_unconfined,
+        }
+        self._threads = plan.intra_op_threads
+        self._on_restart = on_restart
+        self._lock = threading.Lock()
+        self._restarts = 0
+        self._failed = False
+        self._process: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._tmp: Path | None = None
+        self._description = ""
+        self._start()
+        log.info("model %s: TorchScript worker pid %d, %s", self._label, self.pid, self._description)
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid if self._process is not None else 0
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair()
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(Path(server.__file__).resolve().parent.parent),
+            "HOME": "/nonexistent",
+            "LANG": "C.UTF-8",
+            "OMP_NUM_THREADS": str(self._threads),
+        }
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", WORKER_MODULE, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd="/",
+            )
+        finally:
+            theirs.close()
+        self._sock = ours
+        try:
+            worker_wire.send(ours, self._request)
+            reply, _ = worker_wire.receive(ours)
+        except (OSError, worker_wire.PeerGone):
+            code = self._stop()
+            raise ModelLoadError(
+                f"{self._label}: the TorchScript worker exited while loading ({_how(code)})"
+            ) from None
+        if not reply.get("ok"):
+            self._stop()
+            raise ModelLoadError(str(reply.get("error", "the worker refused the model")))
+        self._tmp = Path(reply["tmp"])
+        self._description = str(reply["description"])
+
+    def _stop(self) -> int | None:
+        """Close the socket, let the worker exit (kill it past a wait), remove its temp dir."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        code = None
+        if self._process is not None:
+            try:
+                code = self._process.wait(_EXIT_WAIT_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                code = self._process.wait()
+            self._process = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+        return code
+
+    @property
+    def description(self) -> str:
+        return self._description
+
+    @property
+    def provider(self) -> str:
+        return "cpu"
+
+    def run(self, inputs: Arrays, output_names: list[str]) -> Arrays:
+        with self._lock:
+            if self._failed:
+                raise ModelNotReady(
+                    f"model {self._label}: its TorchScript worker died {self._restarts} times; "
+                    "the version is marked failed"
+                )
+            if self._sock is None:
+                self._restart()
+            assert self._sock is not None
+            names = list(inputs)
+            try:
+                worker_wire.send(
+                    self._sock,
+                    {"inputs": names, "outputs": output_names},
+                    [inputs[name] for name in names],
+                )
+                reply, arrays = worker_wire.receive(self._sock)
+            except (OSError, worker_wire.PeerGone):
+                raise self._died() from None
+        if not reply.get("ok"):
+            # The model's own error (its forward raised): answered INTERNAL, details logged.
+            raise RuntimeError(f"model {self._label} raised {reply.get('error')} in its worker")
+        return dict(zip(reply["outputs"], arrays, strict=True))
+
+    def _restart(self) -> None:
+        try:
+            self._start()
+        except ModelLoadError as exc:
+            self._failed = True
+            raise ModelNotReady(f"model {self._label}: restarting its worker failed: {exc}") from None
+        log.warning("model %s: TorchScript worker restarted (pid %d)", self._label, self.pid)
+
+    def _died(self) -> ModelWorkerFailed:
+        code = self._stop()
+        self._restarts += 1
+        if self._on_restart is not None:
+            self._on_restart()
+        if self._restarts > MAX_RESTARTS:
+            self._failed = True
+            then = "the version is marked failed"
+        else:
+            then = "it is restarted for the next request"
+        log.error("model %s: TorchScript worker died (%s); %s", self._label, _how(code), then)
+        return ModelWorkerFailed(
+            f"model {self._label}: its TorchScript worker died during this request "
+            f"({_how(code)}); {then}"
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+
+def _how(code: int | None) -> str:
+    if code is None:
+        return "exit status unknown"
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    return f"exit status {code}"
