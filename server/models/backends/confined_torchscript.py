@@ -81,7 +81,8 @@ class ConfinedTorchScriptBackend:
         }
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", WORKER_MODULE, str(theirs.fileno())],
+                # The label is for `ps` and tests; the worker reads only the FD.
+                [sys.executable, "-m", WORKER_MODULE, str(theirs.fileno()), self._label],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 env=env,

@@ -1,0 +1,330 @@
+"""TorchScript models are code: hostile ones, built here with torch.jit.script and served from a
+repository or installed through a signed bundle, run in a confined worker (uid nobody, Landlock,
+no sockets). No file outside the version directory is created, no byte of one comes back, the
+device's keys stay unreadable, and the other models keep serving."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import pickle
+import signal
+import zipfile
+from pathlib import Path
+
+import grpc
+import numpy as np
+import psutil
+import pytest
+import torch
+
+from fleet.bundle import build_bundle, install_bundle
+from fleet.keys import TrustedKeys, generate_keypair, load_private_key
+from protos.inference import grpc_service_pb2_grpc as kserve_grpc
+from server.app import EdgeServer
+from server.errors import ModelLoadError
+from server.manifest import Batching, ModelManifest, TensorSpec, hash_directory, write_manifest
+from server.models.backends.archive_scan import check_torchscript_archive
+from server.models.backends.torchscript import TorchScriptBackend
+from testkit.edge import server_settings
+from testkit.kserve import infer_request, output_array
+from testkit.repositories import ONNX_MODEL, TORCHSCRIPT_MODEL, copy_model
+
+WORKER = "server.models.backends.torchscript_worker"
+# 64 bytes: what the reading model maps.
+SECRET = b"-----BEGIN PRIVATE KEY----- fake device key ".ljust(64, b"k")
+FEATURES = 4
+
+
+class WriteOnLoad(torch.nn.Module):
+    """Creates `target` (and fills it) while torch.jit.load unpickles it."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+        self.written = 0
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return (self.target, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        self.target = state[0]
+        self.training = state[1]
+        # Kept in an attribute: TorchScript drops an unused result, with its write.
+        written = torch.from_file(self.target, shared=True, size=16, dtype=torch.uint8)
+        self.written = int(written.fill_(65).sum().item())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.written * 0
+
+
+class WriteInForward(torch.nn.Module):
+    """Creates `target` on the first real input (the server's warm-up sends zeros)."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool(x.sum() > 0):
+            written = torch.from_file(self.target, shared=True, size=16, dtype=torch.uint8)
+            return x + written.fill_(66)[:4].to(torch.float32) * 0
+        return x
+
+
+class ReadInForward(torch.nn.Module):
+    """Returns the bytes of `paths[k - 1]` for an input whose first value is k."""
+
+    def __init__(self, paths: list[str]) -> None:
+        super().__init__()
+        self.paths = paths
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        index = int(x[0, 0].item())
+        if index <= 0:
+            return torch.zeros(1, 64)
+        data = torch.from_file(self.paths[index - 1], shared=False, size=64, dtype=torch.uint8)
+        return data.to(torch.float32).reshape(1, 64)
+
+
+class Slow(torch.nn.Module):
+    """Runs `x[0, 0]` matrix products: long enough to be killed in the middle of one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ones(256, 256)
+        for _ in range(int(x[0, 0].item())):
+            y = torch.mm(y, y) / 256.0
+        return y[:1, :4] + x
+
+
+def _write_version(version_dir: Path, name: str, module: torch.nn.Module, out: int) -> Path:
+    version_dir.mkdir(parents=True)
+    torch.jit.save(torch.jit.script(module), str(version_dir / "model.pt"))
+    _manifest(version_dir, name, out)
+    return version_dir
+
+
+def _manifest(version_dir: Path, name: str, out: int) -> None:
+    write_manifest(
+        version_dir,
+        ModelManifest(
+            name=name,
+            version=version_dir.name,
+            format="torchscript",
+            model_file="model.pt",
+            inputs=[TensorSpec(name="x", dtype="float32", shape=[1, FEATURES])],
+            outputs=[TensorSpec(name="y", dtype="float32", shape=[1, out])],
+            batching=Batching(max_batch_size=0),
+            files=hash_directory(version_dir),
+        ),
+    )
+
+
+def _pickle_naming_os_system(version_dir: Path, name: str) -> Path:
+    """A real scripted archive whose constants.pkl is replaced by a pickle calling os.system."""
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, ("touch /tmp/edgefleet-pwned",))
+
+    version_dir.mkdir(parents=True)
+    source = io.BytesIO()
+    torch.jit.save(torch.jit.script(WriteInForward("/nonexistent")), source)
+    source.seek(0)
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(version_dir / "model.pt", "w") as z:
+        for info in original.infolist():
+            data = original.read(info)
+            if info.filename.endswith("constants.pkl"):
+                data = pickle.dumps(Payload(), protocol=2)
+            z.writestr(info, data)
+    _manifest(version_dir, name, FEATURES)
+    return version_dir
+
+
+@pytest.fixture
+def outside(tmp_path: Path, certificates) -> dict[str, Path]:
+    """Files outside every version directory: a device key (0600), the server's TLS key
+    (0600), a world-readable file (only Landlock keeps it from the model), and the paths the
+    hostile models try to create."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    os.chmod(tmp_path, 0o755)  # so that only Landlock, not the walk, protects world.txt
+    key = folder / "device.key"
+    key.write_bytes(SECRET)
+    key.chmod(0o600)
+    world = folder / "world.txt"
+    world.write_bytes(SECRET)
+    world.chmod(0o644)
+    certificates.server_key.chmod(0o600)
+    return {
+        "device_key": key,
+        "tls_key": certificates.server_key,
+        "world": world,
+        "created_on_load": folder / "created_on_load",
+        "created_in_forward": folder / "created_in_forward",
+        "created_by_bundle": folder / "created_by_bundle",
+    }
+
+
+def _hostile_repository(repository: Path, outside: dict[str, Path], built_models: Path) -> None:
+    copy_model(built_models, TORCHSCRIPT_MODEL, repository)
+    _write_version(repository / "write_on_load" / "1", "write_on_load",
+                   WriteOnLoad(str(outside["created_on_load"])), FEATURES)  # fmt: skip
+    _write_version(repository / "write_in_forward" / "1", "write_in_forward",
+                   WriteInForward(str(outside["created_in_forward"])), FEATURES)  # fmt: skip
+    secrets = [str(outside[key]) for key in ("device_key", "tls_key", "world")]
+    _write_version(repository / "read_file" / "1", "read_file", ReadInForward(secrets), 64)
+    _write_version(repository / "slow" / "1", "slow", Slow(), FEATURES)
+    _pickle_naming_os_system(repository / "pickle_system" / "1", "pickle_system")
+
+
+def _workers() -> list[psutil.Process]:
+    me = psutil.Process()
+    return [child for child in me.children() if WORKER in " ".join(child.cmdline())]
+
+
+def test_the_hostile_models_are_hostile_in_process(tmp_path: Path):
+    """Without the worker (the old in-process way) the same models do what they claim: the
+    confined tests below would otherwise prove nothing."""
+    target = tmp_path / "created"
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    loaded = tmp_path / "created_on_load"
+    modules = (WriteInForward(str(target)), ReadInForward([str(secret)]), WriteOnLoad(str(loaded)))
+    for module in modules:
+        path = tmp_path / f"{type(module).__name__}.pt"
+        torch.jit.save(torch.jit.script(module), str(path))
+        backend = TorchScriptBackend(
+            path, model="m", input_names=["x"], output_names=["y"], threads=1
+        )
+        out = backend.run({"x": np.ones((1, FEATURES), np.float32)}, ["y"])["y"]
+        backend.close()
+        if isinstance(module, ReadInForward):
+            assert bytes(out.astype(np.uint8).ravel()[: len(SECRET)]) == SECRET
+    assert target.read_bytes() == b"B" * 16
+    assert loaded.read_bytes() == b"A" * 16
+
+
+def test_pickle_naming_os_system_is_refused_with_the_reason(tmp_path: Path):
+    version_dir = _pickle_naming_os_system(tmp_path / "m" / "1", "m")
+    with pytest.raises(ModelLoadError, match=r"names posix\.system.*TorchScript never needs"):
+        check_torchscript_archive(version_dir / "model.pt", "m/1")
+
+
+async def test_hostile_models_served_from_a_repository(
+    repository: Path, built_models: Path, outside: dict[str, Path], preprocessed
+):
+    _hostile_repository(repository, outside, built_models)
+    server = EdgeServer(
+        server_settings(
+            repository,
+            models=(ONNX_MODEL, TORCHSCRIPT_MODEL, "write_in_forward", "read_file", "slow"),
+        )
+    )
+    await server.start()
+    try:
+        workers = _workers()
+        assert len(workers) == 4
+        assert all(worker.uids().real != 0 and worker.uids().effective != 0 for worker in workers)
+        # Loading runs __setstate__: refused, nothing created.
+        with pytest.raises(ModelLoadError, match="write_on_load"):
+            await server.core.load_model("write_on_load")
+        with pytest.raises(ModelLoadError, match=r"names posix\.system"):
+            await server.core.load_model("pickle_system")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = kserve_grpc.GRPCInferenceServiceStub(channel)
+            image = preprocessed("chelsea")
+            before = output_array(await stub.ModelInfer(infer_request(TORCHSCRIPT_MODEL, image)))
+            ones = np.ones((1, FEATURES), np.float32)
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.ModelInfer(infer_request("write_in_forward", ones, input_name="x"))
+            assert failed.value.code() is grpc.StatusCode.INTERNAL
+            for index in (1, 2, 3):  # device key, TLS key, world-readable file
+                request = infer_request("read_file", ones * index, input_name="x", output="y")
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await stub.ModelInfer(request)
+                assert failed.value.code() is grpc.StatusCode.INTERNAL
+                assert SECRET not in str(failed.value.details()).encode()
+            # Killed in the middle of a request: that request is answered UNAVAILABLE with the
+            # model named, the worker restarts, and every other model keeps serving.
+            slow = [w for w in _workers() if w.cmdline()[-1] == "slow/1"]
+            assert len(slow) == 1
+            call = stub.ModelInfer(infer_request("slow", ones * 100000, input_name="x"))
+            pending = asyncio.ensure_future(call)
+            await asyncio.sleep(1.0)
+            os.kill(slow[0].pid, signal.SIGKILL)
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await pending
+            assert failed.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert "slow/1" in str(failed.value.details())
+            assert "died" in str(failed.value.details())
+            after = output_array(await stub.ModelInfer(infer_request(TORCHSCRIPT_MODEL, image)))
+            np.testing.assert_array_equal(before, after)
+            answer = await stub.ModelInfer(infer_request("slow", ones, input_name="x"))
+            assert output_array(answer).shape == (1, FEATURES)
+            onnx = output_array(await stub.ModelInfer(infer_request(ONNX_MODEL, image)))
+            assert int(np.argmax(onnx)) == int(np.argmax(after))
+        deaths = server.core.metrics.model_events.labels("slow", "1", "worker_died")._value.get()
+        assert deaths == 1
+    finally:
+        await server.stop(grace_s=1.0)
+    for created in ("created_on_load", "created_in_forward"):
+        assert not outside[created].exists(), created
+    assert sorted(p.name for p in outside["world"].parent.iterdir()) == ["device.key", "world.txt"]
+    assert _workers() == []
+
+
+async def test_hostile_models_installed_through_a_signed_bundle(
+    tmp_path: Path, repository: Path, outside: dict[str, Path]
+):
+    private, public = generate_keypair(tmp_path / "keys", "release")
+    trusted = TrustedKeys.from_paths([public])
+    build = tmp_path / "build"
+    sources = {
+        "write_on_load": _write_version(build / "a" / "1", "write_on_load",
+                                        WriteOnLoad(str(outside["created_by_bundle"])), FEATURES),
+        "read_file": _write_version(build / "b" / "1", "read_file",
+                                    ReadInForward([str(outside["device_key"])]), 64),
+        "pickle_system": _pickle_naming_os_system(build / "c" / "1", "pickle_system"),
+    }  # fmt: skip
+    server = EdgeServer(server_settings(repository, models=(ONNX_MODEL,)))
+    await server.start()
+    try:
+        for name, source in sources.items():
+            bundle = build_bundle(source, name, "2", load_private_key(private), tmp_path / "out")
+            # What the fleet agent does with a bundle: verify, install, load.
+            install_bundle(bundle, trusted, repository)
+        with pytest.raises(ModelLoadError, match="write_on_load"):
+            await server.core.load_model("write_on_load", "2")
+        with pytest.raises(ModelLoadError, match=r"names posix\.system"):
+            await server.core.load_model("pickle_system", "2")
+        await server.core.load_model("read_file", "2")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = kserve_grpc.GRPCInferenceServiceStub(channel)
+            ones = np.ones((1, FEATURES), np.float32)
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.ModelInfer(infer_request("read_file", ones, input_name="x", output="y"))
+            assert failed.value.code() is grpc.StatusCode.INTERNAL
+            assert SECRET not in str(failed.value.details()).encode()
+            image = np.zeros((1, 3, 224, 224), np.float32)
+            await stub.ModelInfer(infer_request(ONNX_MODEL, image))
+    finally:
+        await server.stop(grace_s=1.0)
+    assert not outside["created_by_bundle"].exists()
+    assert _workers() == []
+
+
+def test_model_check_runs_under_the_same_confinement(tmp_path: Path, outside: dict[str, Path]):
+    from typer.testing import CliRunner
+
+    from edgefleet.cli import build_app
+
+    version_dir = _write_version(tmp_path / "write_on_load" / "1", "write_on_load",
+                                 WriteOnLoad(str(outside["created_on_load"])), FEATURES)  # fmt: skip
+    result = CliRunner().invoke(build_app(), ["model", "check", str(version_dir)])
+    assert result.exit_code == 1
+    assert "FAIL" in result.output
+    assert not outside["created_on_load"].exists()
