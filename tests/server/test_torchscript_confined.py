@@ -7,10 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import pickle
+import shutil
 import signal
+import subprocess
+import sys
+import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -145,13 +151,13 @@ def _pickle_naming_os_system(version_dir: Path, name: str) -> Path:
 
 
 @pytest.fixture
-def outside(tmp_path: Path, certificates) -> dict[str, Path]:
+def outside(certificates) -> Iterator[dict[str, Path]]:
     """Files outside every version directory: a device key (0600), the server's TLS key
-    (0600), a world-readable file (only Landlock keeps it from the model), and the paths the
+    (0600), a world-readable file in a world-readable folder (only Landlock keeps the model
+    from it: pytest's own temporary folders are closed to `nobody` anyway), and the paths the
     hostile models try to create."""
-    folder = tmp_path / "outside"
-    folder.mkdir()
-    os.chmod(tmp_path, 0o755)  # so that only Landlock, not the walk, protects world.txt
+    folder = Path(tempfile.mkdtemp(prefix="edgefleet-outside-"))
+    folder.chmod(0o755)
     key = folder / "device.key"
     key.write_bytes(SECRET)
     key.chmod(0o600)
@@ -159,13 +165,68 @@ def outside(tmp_path: Path, certificates) -> dict[str, Path]:
     world.write_bytes(SECRET)
     world.chmod(0o644)
     certificates.server_key.chmod(0o600)
-    return {
+    yield {
         "device_key": key,
         "tls_key": certificates.server_key,
         "world": world,
         "created_on_load": folder / "created_on_load",
         "created_in_forward": folder / "created_in_forward",
         "created_by_bundle": folder / "created_by_bundle",
+    }
+    shutil.rmtree(folder)
+
+
+_PROBE = """
+import json, os, socket, sys
+from pathlib import Path
+from server.models.backends.confine import confine, drop_privileges
+world, tmp, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+if mode == "confined":
+    print(confine([Path(sys.prefix), Path(sys.base_prefix)], [Path(tmp)], require_landlock=True)
+          .summary, file=sys.stderr)
+else:
+    drop_privileges()
+def attempt(action):
+    try:
+        action()
+        return "allowed"
+    except OSError as exc:
+        return exc.strerror
+print(json.dumps({
+    "read_world": attempt(lambda: open(world, "rb").read()),
+    "create_beside": attempt(lambda: open(world + ".new", "wb").close()),
+    "write_tmp": attempt(lambda: open(os.path.join(tmp, "scratch"), "wb").close()),
+    "tcp_socket": attempt(lambda: socket.socket().close()),
+    "unix_socket": attempt(lambda: socket.socket(socket.AF_UNIX).close()),
+}))
+"""
+
+
+def test_landlock_not_the_uid_keeps_world_readable_files_and_sockets_away(
+    outside: dict[str, Path],
+):
+    """The confinement alone, on a plain Python process: the uid drop without Landlock reads
+    the world-readable file and opens sockets; confined, it may only write its own folder."""
+    tmp = Path(tempfile.mkdtemp(prefix="edgefleet-probe-"))
+    os.chown(tmp, 65534, 65534)
+    try:
+        seen = {}
+        for mode in ("uid_only", "confined"):
+            done = subprocess.run(
+                [sys.executable, "-c", _PROBE, str(outside["world"]), str(tmp), mode],
+                capture_output=True, text=True, timeout=60, check=True,
+            )  # fmt: skip
+            seen[mode] = json.loads(done.stdout)
+    finally:
+        shutil.rmtree(tmp)
+    assert seen["uid_only"]["read_world"] == "allowed"
+    assert seen["uid_only"]["tcp_socket"] == "allowed"
+    assert seen["confined"] == {
+        "read_world": "Permission denied",
+        "create_beside": "Permission denied",
+        "write_tmp": "allowed",
+        "tcp_socket": "Permission denied",
+        "unix_socket": "Permission denied",
     }
 
 
@@ -230,7 +291,7 @@ async def test_hostile_models_served_from_a_repository(
         assert len(workers) == 4
         assert all(worker.uids().real != 0 and worker.uids().effective != 0 for worker in workers)
         # Loading runs __setstate__: refused, nothing created.
-        with pytest.raises(ModelLoadError, match="write_on_load"):
+        with pytest.raises(ModelLoadError, match="write_on_load.*Permission denied"):
             await server.core.load_model("write_on_load")
         with pytest.raises(ModelLoadError, match=r"names posix\.system"):
             await server.core.load_model("pickle_system")
@@ -297,7 +358,7 @@ async def test_hostile_models_installed_through_a_signed_bundle(
             bundle = build_bundle(source, name, "2", load_private_key(private), tmp_path / "out")
             # What the fleet agent does with a bundle: verify, install, load.
             install_bundle(bundle, trusted, repository)
-        with pytest.raises(ModelLoadError, match="write_on_load"):
+        with pytest.raises(ModelLoadError, match="write_on_load.*Permission denied"):
             await server.core.load_model("write_on_load", "2")
         with pytest.raises(ModelLoadError, match=r"names posix\.system"):
             await server.core.load_model("pickle_system", "2")
@@ -326,5 +387,5 @@ def test_model_check_runs_under_the_same_confinement(tmp_path: Path, outside: di
                                  WriteOnLoad(str(outside["created_on_load"])), FEATURES)  # fmt: skip
     result = CliRunner().invoke(build_app(), ["model", "check", str(version_dir)])
     assert result.exit_code == 1
-    assert "FAIL" in result.output
+    assert "FAIL" in result.output and "Permission denied" in result.output
     assert not outside["created_on_load"].exists()

@@ -153,7 +153,7 @@ class ConfinedTorchScriptBackend:
                 raise self._died() from None
         if not reply.get("ok"):
             # The model's own error (its forward raised): answered INTERNAL, details logged.
-            raise RuntimeError(f"model {self._label} raised {reply.get('error')} in its worker")
+            raise RuntimeError(f"model {self._label} failed in its worker: {reply.get('error')}")
         return dict(zip(reply["outputs"], arrays, strict=True))
 
     def _restart(self) -> None:

@@ -42,7 +42,7 @@ class TorchScriptBackend:
                 )
         except Exception as exc:  # torch raises RuntimeError with C++ traces for corrupt files
             raise ModelLoadError(
-                f"{model}: torch cannot load {model_path.name}: {first_line(exc, model_path)}"
+                f"{model}: torch cannot load {model_path.name}: {_reason(exc, model_path)}"
             ) from exc
         self._module = module.eval()
 
@@ -82,3 +82,12 @@ class TorchScriptBackend:
 
     def close(self) -> None:
         del self._module
+
+
+def _reason(error: BaseException, model_path: Path) -> str:
+    """A TorchScript interpreter error's first line only says that it failed; its last line
+    (the failing operation's own error) says why."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and "TorchScript interpreter" in lines[0]:
+        return first_line(RuntimeError(lines[-1]), model_path)
+    return first_line(error, model_path)

@@ -13,7 +13,6 @@ import os
 import sys
 import sysconfig
 import tempfile
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +106,10 @@ def serve(sock: socket.socket) -> None:
         try:
             outputs = backend.run(dict(zip(names, arrays, strict=True)), wanted)
         except Exception as exc:  # the model's own error: answered, the worker lives on
-            traceback.print_exc(limit=1)
-            worker_wire.send(sock, {"ok": False, "error": f"{type(exc).__name__}"})
+            # For the server's log, never the client: the last line of torch's trace says why.
+            lines = [line for line in str(exc).splitlines() if line.strip()] or [""]
+            error = f"{type(exc).__name__}: {lines[-1].strip()[:300]}"
+            worker_wire.send(sock, {"ok": False, "error": error})
             continue
         worker_wire.send(sock, {"ok": True, "outputs": wanted}, [outputs[n] for n in wanted])
 
