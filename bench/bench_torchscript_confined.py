@@ -61,7 +61,9 @@ def _round(
     totals.cpu_s += _cpu_s(processes) - cpu0
 
 
-def _ipc_alone(inputs: dict[str, np.ndarray], reply: np.ndarray, count: int = 300) -> tuple[float, float]:
+def _ipc_alone(
+    inputs: dict[str, np.ndarray], reply: np.ndarray, count: int = 300
+) -> tuple[float, float]:
     """The exchange alone, over the same socket pair code (worker_wire) with an echo thread
     in place of the worker: (CPU ms, p50 ms) per round trip, both ends counted."""
     ours, theirs = socket.socketpair()

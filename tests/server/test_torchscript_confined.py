@@ -133,7 +133,7 @@ def _pickle_naming_os_system(version_dir: Path, name: str) -> Path:
     """A real scripted archive whose constants.pkl is replaced by a pickle calling os.system."""
 
     class Payload:
-        def __reduce__(self):  # type: ignore[no-untyped-def]
+        def __reduce__(self):
             return (os.system, ("touch /tmp/edgefleet-pwned",))
 
     version_dir.mkdir(parents=True)
@@ -383,8 +383,8 @@ def test_model_check_runs_under_the_same_confinement(tmp_path: Path, outside: di
 
     from edgefleet.cli import build_app
 
-    version_dir = _write_version(tmp_path / "write_on_load" / "1", "write_on_load",
-                                 WriteOnLoad(str(outside["created_on_load"])), FEATURES)  # fmt: skip
+    hostile = WriteOnLoad(str(outside["created_on_load"]))
+    version_dir = _write_version(tmp_path / "write_on_load" / "1", "write_on_load", hostile, 4)
     result = CliRunner().invoke(build_app(), ["model", "check", str(version_dir)])
     assert result.exit_code == 1
     assert "FAIL" in result.output and "Permission denied" in result.output

@@ -59,10 +59,16 @@ def pickle_globals(data: bytes) -> list[str]:
         elif opcode.name == "MEMOIZE":
             memo[len(memo)] = recent[-1] if recent else None
         elif opcode.name in _GET_OPS:
-            recent.append(memo.get(int(arg)))
+            recent.append(memo.get(int(arg)) if isinstance(arg, int) else None)
         elif opcode.name == "STACK_GLOBAL":
-            module, name = (recent[-2], recent[-1]) if len(recent) >= 2 else (None, None)
-            names.append(f"{module}.{name}" if module and name else "<computed>.<computed>")
+            pushed_module = recent[-2] if len(recent) >= 2 else None
+            pushed_name = recent[-1] if recent else None
+            # Names not pushed as plain strings are refused: they cannot be checked.
+            names.append(
+                f"{pushed_module}.{pushed_name}"
+                if pushed_module and pushed_name
+                else "<computed>.<computed>"
+            )
             recent.append(None)
         else:
             recent.append(None)
@@ -77,7 +83,9 @@ def check_torchscript_archive(model_path: Path, model: str) -> None:
         with zipfile.ZipFile(model_path) as archive:
             members = [info for info in archive.infolist() if info.filename.endswith(".pkl")]
             if not members:
-                raise ModelLoadError(f"{model}: {model_path.name} holds no pickles: not TorchScript")
+                raise ModelLoadError(
+                    f"{model}: {model_path.name} holds no pickles: not TorchScript"
+                )
             for info in members:
                 data = archive.read(info)
                 try:
@@ -95,4 +103,6 @@ def check_torchscript_archive(model_path: Path, model: str) -> None:
                             "needs (only tensors, storages and scripted classes are allowed)"
                         )
     except zipfile.BadZipFile:
-        raise ModelLoadError(f"{model}: {model_path.name} is not a TorchScript zip archive") from None
+        raise ModelLoadError(
+            f"{model}: {model_path.name} is not a TorchScript zip archive"
+        ) from None

@@ -64,7 +64,9 @@ class ConfinedTorchScriptBackend:
         self._tmp: Path | None = None
         self._description = ""
         self._start()
-        log.info("model %s: TorchScript worker pid %d, %s", self._label, self.pid, self._description)
+        log.info(
+            "model %s: TorchScript worker pid %d, %s", self._label, self.pid, self._description
+        )
 
     @property
     def pid(self) -> int:
@@ -161,7 +163,9 @@ class ConfinedTorchScriptBackend:
             self._start()
         except ModelLoadError as exc:
             self._failed = True
-            raise ModelNotReady(f"model {self._label}: restarting its worker failed: {exc}") from None
+            raise ModelNotReady(
+                f"model {self._label}: restarting its worker failed: {exc}"
+            ) from None
         log.warning("model %s: TorchScript worker restarted (pid %d)", self._label, self.pid)
 
     def _died(self) -> ModelWorkerFailed:

@@ -8,8 +8,8 @@ sockets) before torch unpickles a byte of the model, then serves runs until the 
 from __future__ import annotations
 
 import io
-import socket
 import os
+import socket
 import sys
 import sysconfig
 import tempfile

@@ -29,7 +29,7 @@ def send(sock: socket.socket, header: dict[str, Any], arrays: Sequence[np.ndarra
     sock.sendall(_LENGTH.pack(len(head)) + head)
     for array in contiguous:
         if array.nbytes:
-            sock.sendall(memoryview(array).cast("B"))
+            sock.sendall(array.data.cast("B"))
 
 
 def _recv_into(sock: socket.socket, view: memoryview) -> None:
@@ -57,6 +57,6 @@ def receive(sock: socket.socket) -> tuple[dict[str, Any], list[np.ndarray]]:
             raise PeerGone(f"refused array {dtype} {shape} from the peer")
         array = np.empty(shape, dtype=kind)
         if array.nbytes:
-            _recv_into(sock, memoryview(array).cast("B"))
+            _recv_into(sock, array.data.cast("B"))
         arrays.append(array)
     return header, arrays
