@@ -64,8 +64,14 @@ class ConfinedTorchScriptBackend:
         self._tmp: Path | None = None
         self._description = ""
         self._start()
-        log.info(
-            "model %s: TorchScript worker pid %d, %s", self._label, self.pid, self._description
+        # Unconfined by the operator's choice (no Landlock here): said loudly, never silently.
+        level = logging.WARNING if "NO Landlock" in self._description else logging.INFO
+        log.log(
+            level,
+            "model %s: TorchScript worker pid %d, %s",
+            self._label,
+            self.pid,
+            self._description,
         )
 
     @property
