@@ -230,6 +230,37 @@ def test_landlock_not_the_uid_keeps_world_readable_files_and_sockets_away(
     }
 
 
+_NO_LANDLOCK_PROBE = """
+import json, socket, sys
+from server.models.backends import confine as sandbox
+sandbox.landlock_abi = lambda: 0  # a kernel without Landlock
+try:
+    sandbox.confine([], [], require_landlock=sys.argv[1] == "required")
+except sandbox.ConfinementError as exc:
+    print(json.dumps({"refused": str(exc)}))
+    raise SystemExit(0)
+try:
+    socket.socket()
+    sockets = "allowed"
+except OSError as exc:
+    sockets = exc.strerror
+print(json.dumps({"uid": __import__("os").getuid(), "sockets": sockets}))
+"""
+
+
+def test_without_landlock_models_are_refused_unless_unconfined_is_allowed():
+    seen = {}
+    for mode in ("required", "allowed"):
+        done = subprocess.run(
+            [sys.executable, "-c", _NO_LANDLOCK_PROBE, mode],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        seen[mode] = json.loads(done.stdout)
+    assert "EDGEFLEET_SANDBOX_ALLOW_UNCONFINED" in seen["required"]["refused"]
+    assert seen["allowed"]["uid"] != 0
+    assert seen["allowed"]["sockets"] == "Permission denied"
+
+
 def _hostile_repository(repository: Path, outside: dict[str, Path], built_models: Path) -> None:
     copy_model(built_models, TORCHSCRIPT_MODEL, repository)
     _write_version(repository / "write_on_load" / "1", "write_on_load",
