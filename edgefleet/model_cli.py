@@ -146,7 +146,10 @@ def check(
     """Validate a version directory: manifest, file hashes, a real load and warm-up run, a
     smoke test on a real photo (image models), and, when an older version is beside it, the
     check a hot swap makes: the same inputs and outputs, and camera frames if the older version
-    takes them."""
+    takes them.
+
+    A TorchScript model loads and runs in the same confined worker the server uses (uid
+    nobody, Landlock, no sockets): checking a hostile model is as safe as serving it."""
     import asyncio
 
     from server.errors import EdgeError, IncompatibleVersion
