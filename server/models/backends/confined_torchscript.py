@@ -90,7 +90,8 @@ class ConfinedTorchScriptBackend:
         try:
             self._process = subprocess.Popen(
                 # The label is for `ps` and tests; the worker reads only the FD.
-                [sys.executable, "-m", WORKER_MODULE, str(theirs.fileno()), self._label],
+                # -P: no current directory on sys.path (the worker runs in /).
+                [sys.executable, "-P", "-m", WORKER_MODULE, str(theirs.fileno()), self._label],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 env=env,
