@@ -273,6 +273,11 @@ def _hostile_repository(repository: Path, outside: dict[str, Path], built_models
     _pickle_naming_os_system(repository / "pickle_system" / "1", "pickle_system")
 
 
+def _private_dirs() -> set[Path]:
+    """The workers' temporary directories: removed with each worker, loaded or refused."""
+    return set(Path(tempfile.gettempdir()).glob("edgefleet-model-*"))
+
+
 def _workers() -> list[psutil.Process]:
     me = psutil.Process()
     return [child for child in me.children() if WORKER in " ".join(child.cmdline())]
@@ -310,6 +315,7 @@ async def test_hostile_models_served_from_a_repository(
     repository: Path, built_models: Path, outside: dict[str, Path], preprocessed
 ):
     _hostile_repository(repository, outside, built_models)
+    private_before = _private_dirs()
     server = EdgeServer(
         server_settings(
             repository,
@@ -367,6 +373,7 @@ async def test_hostile_models_served_from_a_repository(
         assert not outside[created].exists(), created
     assert sorted(p.name for p in outside["world"].parent.iterdir()) == ["device.key", "world.txt"]
     assert _workers() == []
+    assert _private_dirs() == private_before
 
 
 async def test_hostile_models_installed_through_a_signed_bundle(
@@ -382,6 +389,7 @@ async def test_hostile_models_installed_through_a_signed_bundle(
                                     ReadInForward([str(outside["device_key"])]), 64),
         "pickle_system": _pickle_naming_os_system(build / "c" / "1", "pickle_system"),
     }  # fmt: skip
+    private_before = _private_dirs()
     server = EdgeServer(server_settings(repository, models=(ONNX_MODEL,)))
     await server.start()
     try:
@@ -407,6 +415,7 @@ async def test_hostile_models_installed_through_a_signed_bundle(
         await server.stop(grace_s=1.0)
     assert not outside["created_by_bundle"].exists()
     assert _workers() == []
+    assert _private_dirs() == private_before
 
 
 def test_model_check_runs_under_the_same_confinement(tmp_path: Path, outside: dict[str, Path]):
@@ -416,7 +425,9 @@ def test_model_check_runs_under_the_same_confinement(tmp_path: Path, outside: di
 
     hostile = WriteOnLoad(str(outside["created_on_load"]))
     version_dir = _write_version(tmp_path / "write_on_load" / "1", "write_on_load", hostile, 4)
+    private_before = _private_dirs()
     result = CliRunner().invoke(build_app(), ["model", "check", str(version_dir)])
     assert result.exit_code == 1
     assert "FAIL" in result.output and "Permission denied" in result.output
     assert not outside["created_on_load"].exists()
+    assert _private_dirs() == private_before

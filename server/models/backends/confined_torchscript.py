@@ -6,11 +6,13 @@ the worker, and exchanges arrays with it over a socket pair (worker_wire.py)."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,7 @@ from server.errors import ModelLoadError, ModelNotReady, ModelWorkerFailed
 from server.manifest import ModelManifest
 from server.models.backends import worker_wire
 from server.models.backends.archive_scan import check_torchscript_archive
+from server.models.backends.confine import unprivileged_ids
 from server.models.runtime_plan import RuntimePlan
 from server.models.types import Arrays
 from server.settings import SandboxSettings
@@ -79,7 +82,9 @@ class ConfinedTorchScriptBackend:
         return self._process.pid if self._process is not None else 0
 
     def _start(self) -> None:
+        self._tmp = _private_tmp()
         ours, theirs = socket.socketpair()
+        self._sock = ours
         env = {
             "PATH": "/usr/bin:/bin",
             "PYTHONPATH": str(Path(server.__file__).resolve().parent.parent),
@@ -97,11 +102,13 @@ class ConfinedTorchScriptBackend:
                 env=env,
                 cwd="/",
             )
+        except BaseException:
+            self._stop()
+            raise
         finally:
             theirs.close()
-        self._sock = ours
         try:
-            worker_wire.send(ours, self._request)
+            worker_wire.send(ours, {**self._request, "tmp": str(self._tmp)})
             reply, _ = worker_wire.receive(ours)
         except (OSError, worker_wire.PeerGone):
             code = self._stop()
@@ -111,7 +118,6 @@ class ConfinedTorchScriptBackend:
         if not reply.get("ok"):
             self._stop()
             raise ModelLoadError(str(reply.get("error", "the worker refused the model")))
-        self._tmp = Path(reply["tmp"])
         self._description = str(reply["description"])
 
     def _stop(self) -> int | None:
@@ -194,6 +200,14 @@ class ConfinedTorchScriptBackend:
     def close(self) -> None:
         with self._lock:
             self._stop()
+
+
+def _private_tmp() -> Path:
+    """A directory only the model's user may write: its TMPDIR, removed after the worker."""
+    tmp = Path(tempfile.mkdtemp(prefix="edgefleet-model-"))
+    if os.getuid() == 0:
+        os.chown(tmp, *unprivileged_ids())
+    return tmp
 
 
 def _how(code: int | None) -> str:

@@ -22,7 +22,7 @@ import torch  # noqa: F401  (imported before confinement: after it, /root may be
 import server
 from server.errors import EdgeError, first_line
 from server.models.backends import worker_wire
-from server.models.backends.confine import confine, unprivileged_ids
+from server.models.backends.confine import confine
 from server.models.backends.torchscript import TorchScriptBackend
 
 # What the interpreter, torch and numpy read after start-up (lazy imports, shared libraries).
@@ -46,12 +46,8 @@ def _readable(version_dir: Path) -> list[Path]:
     return sorted(paths) + [Path(path) for path in _SYSTEM_READ]
 
 
-def _private_tmp() -> Path:
-    """A directory only the model's user may write, removed by the server after the worker."""
-    tmp = Path(tempfile.mkdtemp(prefix="edgefleet-model-"))
-    uid, gid = unprivileged_ids()
-    if os.getuid() == 0:
-        os.chown(tmp, uid, gid)
+def _use_tmp(tmp: Path) -> Path:
+    """The private directory the server made for this worker (and removes after it)."""
     os.environ["TMPDIR"] = str(tmp)
     tempfile.tempdir = str(tmp)
     return tmp
@@ -61,7 +57,7 @@ def _load(sock: socket.socket, request: dict[str, Any]) -> TorchScriptBackend:
     model_path = Path(request["model_path"])
     version_dir = Path(request["version_dir"])
     source = io.BytesIO(model_path.read_bytes())
-    tmp = _private_tmp()
+    tmp = _use_tmp(Path(request["tmp"]))
     confinement = confine(
         _readable(version_dir),
         [tmp, Path("/dev/null")],
@@ -80,7 +76,6 @@ def _load(sock: socket.socket, request: dict[str, Any]) -> TorchScriptBackend:
         {
             "ok": True,
             "description": f"{backend.description}, {confinement.summary}",
-            "tmp": str(tmp),
         },
     )
     return backend
