@@ -233,6 +233,9 @@ def test_landlock_not_the_uid_keeps_world_readable_files_and_sockets_away(
 _NO_LANDLOCK_PROBE = """
 import json, socket, sys
 from server.models.backends import confine as sandbox
+
+# Starts confined worker processes (and a fleet install): a system test.
+pytestmark = pytest.mark.system
 sandbox.landlock_abi = lambda: 0  # a kernel without Landlock
 try:
     sandbox.confine([], [], require_landlock=sys.argv[1] == "required")
