@@ -37,6 +37,9 @@ from testkit.edge import server_settings
 from testkit.kserve import infer_request, output_array
 from testkit.repositories import ONNX_MODEL, TORCHSCRIPT_MODEL, copy_model
 
+# Starts confined worker processes (and a fleet install): a system test.
+pytestmark = pytest.mark.system
+
 WORKER = "server.models.backends.torchscript_worker"
 # 64 bytes: what the reading model maps.
 SECRET = b"-----BEGIN PRIVATE KEY----- fake device key ".ljust(64, b"k")
@@ -234,8 +237,6 @@ _NO_LANDLOCK_PROBE = """
 import json, socket, sys
 from server.models.backends import confine as sandbox
 
-# Starts confined worker processes (and a fleet install): a system test.
-pytestmark = pytest.mark.system
 sandbox.landlock_abi = lambda: 0  # a kernel without Landlock
 try:
     sandbox.confine([], [], require_landlock=sys.argv[1] == "required")
