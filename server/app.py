@@ -48,9 +48,6 @@ SERVICE_NAMES = (
 )
 
 
-STREAM_WINDOW_BYTES = 8 * 2**20
-
-
 def grpc_options(settings: ServerSettings) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -61,12 +58,6 @@ def grpc_options(settings: ServerSettings) -> list[tuple[str, Any]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.so_reuseport", 0),
-        # A stream may send at most this much ahead of what the server has taken: a message
-        # over the limit is refused before the rest of it is buffered (20 x 64 MB: peak
-        # +300 MB with the window that BDP probing grows, +100 MB with this one). Frames and
-        # tensors (up to a raw 1080p frame, 6 MB) still arrive in one window.
-        ("grpc.http2.bdp_probe", 0),
-        ("grpc.http2.lookahead_bytes", STREAM_WINDOW_BYTES),
     ]
 
 

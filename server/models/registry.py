@@ -45,7 +45,9 @@ from server.observability.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
-TRIM_INTERVAL_S = 10.0
+# Often enough that a refused big request's pages are back with the OS within 10 s (a trim
+# takes about a millisecond).
+TRIM_INTERVAL_S = 4.0
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
