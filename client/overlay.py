@@ -44,9 +44,14 @@ def draw_detections(pixels_bgr: np.ndarray, detections: Sequence[Detected]) -> n
     return image
 
 
+# By file extension; anything else is MJPG. FFV1 keeps every pixel (evidence, tests).
+VIDEO_CODECS = {".mkv": "FFV1", ".mp4": "mp4v"}
+
+
 class VideoSink:
-    """Annotated frames into one video file (mp4v in .mp4, MJPG otherwise), opened at the
-    first frame's size; later frames of another size are resized to it."""
+    """Annotated frames into one video file (lossless FFV1 in .mkv, mp4v in .mp4, MJPG
+    otherwise), opened at the first frame's size; later frames of another size are resized to
+    it."""
 
     def __init__(self, path: Path, fps: float) -> None:
         self.path = path
@@ -59,7 +64,7 @@ class VideoSink:
         image = draw_detections(pixels_bgr, detections)
         if self._writer is None:
             self._size = (image.shape[1], image.shape[0])
-            codec = "mp4v" if self.path.suffix.lower() == ".mp4" else "MJPG"
+            codec = VIDEO_CODECS.get(self.path.suffix.lower(), "MJPG")
             self._writer = cv2.VideoWriter(
                 str(self.path), cv2.VideoWriter.fourcc(*codec), self.fps, self._size
             )

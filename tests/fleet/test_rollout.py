@@ -46,10 +46,17 @@ async def test_canary_pass_promotes_through_every_wave(tmp_path, admin, nodes, s
     )
     assert {m.wave for m in explained.measurements} == {0, 1, 2}
     assert all(m.verdict == admin_pb2.VERDICT_PASS for m in explained.measurements)
-    devices = await admin.stub.ListDevices(admin_pb2.ListDevicesRequest())
-    for device in devices.devices:
-        (model,) = device.models
-        assert (model.desired_version, model.actual_version) == ("2", "2")
+
+    # The last device to install (the control cohort, after the last wave is judged) reports
+    # its active version with its next message: the controller's view follows within moments.
+    async def reported() -> list[tuple[str, str]]:
+        devices = await admin.stub.ListDevices(admin_pb2.ListDevicesRequest())
+        return [(d.models[0].desired_version, d.models[0].actual_version) for d in devices.devices]
+
+    async def all_report_version_2() -> bool:
+        return await reported() == [("2", "2")] * len(nodes)
+
+    await wait_for(all_report_version_2, 20, "every device reporting version 2")
 
 
 async def test_canary_fail_rolls_back_and_why_shows_the_numbers(
