@@ -44,7 +44,12 @@ async def test_serve_with_controller_enrolls_and_reports(tmp_path, controller, a
             return [
                 device
                 for device in listed.devices
-                if device.online and device.models and device.models[0].actual_version == "1"
+                if device.online
+                and device.models
+                and device.models[0].actual_version == "1"
+                # The agent's own labels arrive with its hello; on PostgreSQL the device can be
+                # listed online (from a replica note) a moment before that hello is stored.
+                and dict(device.labels) == {"site": "dock", "rack": "7"}
             ]
 
         (device,) = await wait_for(reported, 60, "the serving process's agent to report")
