@@ -83,6 +83,11 @@ def serve(
 ) -> None:  # fmt: skip
     """Serve the models in REPOSITORY over gRPC (KServe v2 / Triton protocol and FrameStream)."""
     settings = _server_settings(ctx)
+    from server.models.memory import bound_big_buffers
+
+    # Before any thread starts (the hardware probe's, gRPC's): glibc's arena limit applies to
+    # arenas created from now on (EdgeServer does it too, for servers built in-process).
+    bound_big_buffers()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
