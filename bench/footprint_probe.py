@@ -105,6 +105,9 @@ class ServeProcess:
                  "--port", "0", "--port-file", str(self.port_file), "--metrics-port", "0",
                  "--http-port", "0", *self._arguments],
                 cwd=self.cwd, env=self._env, stdout=log, stderr=subprocess.STDOUT,
+                # Its own session: a signal the server sends its process group on the way
+                # out (it did, since the HTTP parse pool) never reaches the measuring process.
+                start_new_session=True,
             )  # fmt: skip
         with Sampler(self.process.pid, interval_s=0.05) as sampler:
             while not (self.port_file.exists() and self.port_file.read_text().strip()):
