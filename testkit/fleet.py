@@ -209,6 +209,17 @@ async def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.05,
         await asyncio.sleep(poll_s)
 
 
+@contextlib.asynccontextmanager
+async def within(seconds: float, what: str):
+    """Bound one step of a test: it fails naming the step, and the test's own cleanup still runs
+    (pytest-timeout would stop the test without its `finally`, leaving servers behind)."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise AssertionError(f"{what}: not done within {seconds}s") from None
+
+
 async def rollout_state(admin: AdminClient, rollout_id: str = ""):
     response = await admin.stub.GetRollout(admin_pb2.GetRolloutRequest(rollout_id=rollout_id))
     return response.rollout

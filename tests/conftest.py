@@ -7,6 +7,10 @@ Helpers live in testkit/; this file holds fixtures only.
 
 from __future__ import annotations
 
+import faulthandler
+import os
+import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -19,6 +23,26 @@ from testkit.certificates import Certificates, issue_certificates
 from testkit.edge import running_server
 from testkit.media import photo
 from testkit.repositories import BUILT_MODELS, ONNX_MODEL, built_models_missing, copy_model
+
+# Once the session has ended, the interpreter must exit within this long.
+EXIT_GRACE_S = 120
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A thread left blocked by a failed test (a server never stopped, a call without a
+    deadline) would keep the interpreter from exiting, and CI would wait out its whole limit
+    with the result already printed. After EXIT_GRACE_S, print every thread's stack (what hung)
+    and exit with the session's status."""
+
+    def exit_now() -> None:
+        print(f"\npytest: the process did not exit {EXIT_GRACE_S}s after the session ended;"
+              " every thread's stack:", file=sys.stderr, flush=True)  # fmt: skip
+        faulthandler.dump_traceback(all_threads=True)
+        os._exit(int(exitstatus))
+
+    timer = threading.Timer(EXIT_GRACE_S, exit_now)
+    timer.daemon = True
+    timer.start()
 
 
 @pytest.fixture(scope="session")

@@ -62,7 +62,7 @@ class _FailoverStub:
     (the dead replica may have committed it): it fails, and the next call goes elsewhere.
     Streamed requests (bundle uploads) are not replayed either."""
 
-    def __init__(self, stubs: list[admin_pb2_grpc.AdminServiceStub]) -> None:
+    def __init__(self, stubs: list[_Deadlines]) -> None:
         self._stubs = stubs
         self._current = 0
 
@@ -89,18 +89,48 @@ class _FailoverStub:
 
 # After every replica refused a read once, wait this long before the next round.
 FAILOVER_PAUSE_S = 1.0
+# A call's deadline unless the caller names one: a replica that accepted the connection and
+# never answers (stalled, overloaded, half-open) must fail the call, not hang fleetctl.
+CALL_TIMEOUT_S = 30.0
+UPLOAD_TIMEOUT_S = 600.0
+
+
+class _Deadlines:
+    """The admin stub with a default deadline on every call."""
+
+    def __init__(self, stub: admin_pb2_grpc.AdminServiceStub, timeout_s: float) -> None:
+        self._stub = stub
+        self._timeout_s = timeout_s
+
+    def __getattr__(self, method: str) -> Any:
+        bound = getattr(self._stub, method)
+        streamed = method == "UploadBundle"  # a bundle may take minutes on a slow link
+        default = max(UPLOAD_TIMEOUT_S, self._timeout_s) if streamed else self._timeout_s
+
+        def call(request: Any, **kwargs: Any) -> Any:
+            kwargs.setdefault("timeout", default)
+            return bound(request, **kwargs)
+
+        return call
 
 
 class AdminClient:
-    def __init__(self, *channels: grpc.aio.Channel) -> None:
+    def __init__(self, *channels: grpc.aio.Channel, timeout_s: float = CALL_TIMEOUT_S) -> None:
         self._channels = channels
-        stubs = [admin_pb2_grpc.AdminServiceStub(channel) for channel in channels]
+        stubs = [
+            _Deadlines(admin_pb2_grpc.AdminServiceStub(channel), timeout_s) for channel in channels
+        ]
         self.stub: Any = stubs[0] if len(stubs) == 1 else _FailoverStub(stubs)
 
     @classmethod
-    def connect(cls, credential: AdminCredential, address: str | None = None) -> AdminClient:
+    def connect(
+        cls,
+        credential: AdminCredential,
+        address: str | None = None,
+        timeout_s: float = CALL_TIMEOUT_S,
+    ) -> AdminClient:
         addresses = [address] if address else credential.addresses
-        return cls(*(credential.channel(item) for item in addresses))
+        return cls(*(credential.channel(item) for item in addresses), timeout_s=timeout_s)
 
     async def __aenter__(self) -> AdminClient:
         return self

@@ -55,6 +55,14 @@ ELEMENTS = {
 }
 
 
+# Chromium's answers to an evaluation made while the page navigates.
+NAVIGATING = (
+    "Inspected target navigated or closed",
+    "Execution context was destroyed",
+    "Cannot find context with specified id",
+)
+
+
 class Browser:
     """Headless Chromium and one page, over the DevTools protocol (a WebSocket)."""
 
@@ -115,6 +123,16 @@ class Browser:
         if "exceptionDetails" in result:
             raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
+
+    async def poll(self, expression: str) -> Any:
+        """`evaluate` for a wait: while the page navigates (a form's post, a redirect) Chromium
+        refuses the evaluation or destroys its context. That is "not yet", not a failure."""
+        try:
+            return await self.evaluate(expression)
+        except RuntimeError as error:
+            if any(reason in str(error) for reason in NAVIGATING):
+                return None
+            raise
 
     async def goto(self, url: str) -> None:
         await self.send("Page.navigate", url=url)
@@ -210,7 +228,7 @@ async def test_an_operator_runs_a_rollout_from_the_dashboard(tmp_path, signing_k
             await browser.goto(f"{url}/login#token={token}")
 
             async def on(selector: str) -> bool:
-                found = await browser.evaluate(
+                found = await browser.poll(
                     f"location.pathname === '/' && !!document.querySelector({selector!r})"
                 )
                 return bool(found)
@@ -307,7 +325,7 @@ async def test_an_operator_runs_a_rollout_from_the_dashboard(tmp_path, signing_k
             # Sign out: the session ends.
             await browser.evaluate("document.querySelector('#logout button').click()")
             signed_out = "!!document.body && document.body.innerText.includes('Signed out')"
-            await wait_for(lambda: browser.evaluate(signed_out), 10, "signed out")
+            await wait_for(lambda: browser.poll(signed_out), 10, "signed out")
             status = await browser.evaluate("fetch('/fragment').then(r => r.status)")
             assert status == 401
     finally:

@@ -38,6 +38,7 @@ from testkit.fleet import (
     start_node,
     upload,
     wait_for,
+    within,
 )
 from testkit.fleet_models import FEATURES, build_model_dir
 from testkit.fleet_processes import ServeProcess, start_replica
@@ -249,7 +250,8 @@ async def test_replicas_share_devices_presence_and_commands(
                     tmp_path / name, signing_keys[1].parent, replica_name=name, **store
                 )
             )
-            await app.start()
+            async with within(60, f"replica {name} starts"):
+                await app.start()
             apps.append(app)
         a, b = apps
         credential = AdminCredential.load(a.admin_credential_path)
@@ -258,24 +260,27 @@ async def test_replicas_share_devices_presence_and_commands(
             AdminClient.connect(credential, f"127.0.0.1:{b.port}") as admin_b,
         ):
             # Enrolled through a, connected to b: b learns of the device from a's note.
-            node = await start_node(
-                "cam-0", tmp_path / "n0", a, admin_a, (signing_keys[1],),
-                controller_addresses=f"127.0.0.1:{b.port},127.0.0.1:{a.port}",
-            )  # fmt: skip
+            async with within(60, "the node starts and enrolls"):
+                node = await start_node(
+                    "cam-0", tmp_path / "n0", a, admin_a, (signing_keys[1],),
+                    controller_addresses=f"127.0.0.1:{b.port},127.0.0.1:{a.port}",
+                )  # fmt: skip
             nodes.append(node)
             await wait_for(lambda: node.online(), 30, "the agent connected")
             assert node.agent is not None and node.agent.controller_address.endswith(f":{b.port}")
 
             async def online_on(admin: AdminClient) -> bool:
-                listed = await admin.stub.ListDevices(admin_pb2.ListDevicesRequest())
+                listed = await admin.stub.ListDevices(admin_pb2.ListDevicesRequest(), timeout=5)
                 return [d.online for d in listed.devices] == [True]
 
-            await wait_for(lambda: online_on(admin_b), 10, "b to see the device online")
-            await wait_for(lambda: online_on(admin_a), 10, "a to see the device online on b")
+            async with within(60, "both replicas list the device online"):
+                await wait_for(lambda: online_on(admin_b), 10, "b to see the device online")
+                await wait_for(lambda: online_on(admin_a), 10, "a to see the device online on b")
             # A command made on replica a for a device connected to replica b: the pin of a
             # version the device serves changes its desired state, which only b can send.
             await admin_a.stub.PinDevice(
-                admin_pb2.PinDeviceRequest(device_id="cam-0", model_name=MODEL, version="1")
+                admin_pb2.PinDeviceRequest(device_id="cam-0", model_name=MODEL, version="1"),
+                timeout=30,
             )
             assert node.agent is not None
 
@@ -287,7 +292,8 @@ async def test_replicas_share_devices_presence_and_commands(
             await wait_for(pinned, 5, "the pin to reach the device through replica b")
             assert time.monotonic() - started < 5
     finally:
-        for node in nodes:
-            await node.stop()
-        for app in apps:
-            await app.stop(0.2)
+        async with within(60, "the node and both replicas stop"):
+            for node in nodes:
+                await node.stop()
+            for app in apps:
+                await app.stop(0.2)
