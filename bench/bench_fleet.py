@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from fleet.bundle import build_bundle
 from fleet.ctl.client import AdminClient, AdminCredential
 from fleet.keys import generate_keypair, load_private_key
 from protos.edgefleet.fleet.v1 import admin_pb2
+from testkit.fleet import scrape_controller
 from testkit.fleet_processes import ControllerProcess, start_controller
 from testkit.fleet_sim import SimSettings, SimulatedFleet, VersionProfile
 from testkit.repositories import ROOT
@@ -87,8 +87,9 @@ class Controller:
         return self.ps.memory_info().rss / 2**20
 
     def handling_histogram(self) -> dict[float, float]:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        assert self.process is not None
+        status, text = scrape_controller(self.process.credential)
+        assert status == 200, text
         buckets = {}
         pattern = r'edgefleet_controller_telemetry_handling_seconds_bucket\{le="([^"]+)"\} (\S+)'
         for le, count in re.findall(pattern, text):

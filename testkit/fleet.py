@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import ssl
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,6 +211,26 @@ async def wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.05,
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}: {describe()}")
         await asyncio.sleep(poll_s)
+
+
+def scrape_controller(
+    credential: Path, path: str = "/metrics", *, token: str | None = None, port: int = 0
+) -> tuple[int, str]:
+    """(status, body) of a GET on a controller's metrics port, as Prometheus scrapes it: HTTPS
+    checked against the fleet CA, with the scrape token from the admin credential unless
+    `token` is given ("" sends none). Blocking: call it through asyncio.to_thread."""
+    written = json.loads(credential.read_text())
+    context = ssl.create_default_context(cadata=written["ca_pem"])
+    port = port or int(written["metrics_port"])
+    request = urllib.request.Request(f"https://127.0.0.1:{port}{path}")
+    token = written["metrics_token"] if token is None else token
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 @contextlib.asynccontextmanager

@@ -19,6 +19,7 @@ import grpc
 from cryptography.hazmat.primitives import hashes
 from prometheus_client import CollectorRegistry
 
+from common.bearer import TokenCheck
 from common.prometheus_http import instance_registry, start_metrics_http
 from fleet.controller.api.authz import ServiceAuthorization
 from fleet.controller.api.dashboard import ControllerView, Dashboard
@@ -50,6 +51,8 @@ from protos.edgefleet.fleet.v1 import admin_pb2, admin_pb2_grpc, agent_pb2, agen
 
 logger = logging.getLogger(__name__)
 ADMIN_CREDENTIAL = "admin-credential.json"
+# The scrape token for /metrics, for Prometheus' `credentials_file` (also in the credential).
+METRICS_TOKEN = "metrics.token"
 # Bundles travel in chunks well under this; uploads too.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
@@ -230,11 +233,16 @@ class ControllerApp:
         self.dashboard: Dashboard | None = None
         self.dashboard_port = 0
         self._token: str | None = None
+        self._metrics_token = ""
         self._feed: ChangeFeed | None = None
 
     @property
     def admin_credential_path(self) -> Path:
         return self.settings.data_dir / ADMIN_CREDENTIAL
+
+    @property
+    def metrics_token_path(self) -> Path:
+        return self.settings.data_dir / METRICS_TOKEN
 
     async def start(self) -> int:
         settings = self.settings
@@ -307,8 +315,18 @@ class ControllerApp:
         for server in self._servers:
             await server.start()
         if settings.metrics_port >= 0:
+            # A door like the others: HTTPS under the fleet CA, and a bearer token that only
+            # reads metrics (device ids, models, versions), the same on every replica.
+            metrics_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            metrics_tls.load_cert_chain(pki_dir / "server.pem", pki_dir / "server.key")
+            self._metrics_token = ca.derived_secret("metrics-scrape").hex()
+            await asyncio.to_thread(_write_private, self.metrics_token_path, self._metrics_token)
             self._metrics_server = start_metrics_http(
-                settings.metrics_port, settings.host, self.registry
+                settings.metrics_port,
+                settings.host,
+                self.registry,
+                authorize=TokenCheck(self._metrics_token).refusal,
+                ssl_context=metrics_tls,
             )
             self.metrics_port = self._metrics_server.server_port
         if settings.dashboard_port >= 0:
@@ -352,15 +370,13 @@ class ControllerApp:
         credential["address"] = f"{self.settings.hostnames[0]}:{self.port}"
         credential["enroll_address"] = f"{self.settings.hostnames[0]}:{self.enroll_port}"
         credential["metrics_port"] = self.metrics_port
+        if self._metrics_token:
+            credential["metrics_token"] = self._metrics_token
         if self.dashboard is not None:
             credential["dashboard_token"] = self._dashboard_token()
             host = self.settings.hostnames[0]
             credential["dashboard_url"] = f"https://{host}:{self.dashboard_port}/"
-        temporary = path.with_suffix(".tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w") as handle:
-            json.dump(credential, handle, indent=2)
-        temporary.replace(path)
+        _write_private(path, json.dumps(credential, indent=2))
 
     def _dashboard_token(self) -> str:
         """The dashboard's admin token: kept in the admin credential file (0600) across restarts."""
@@ -387,6 +403,15 @@ class ControllerApp:
         if self.services is not None:
             await self.services.stop()
             self.services = None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by this user only (0600 from creation on)."""
+    temporary = path.with_suffix(".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    temporary.replace(path)
 
 
 class WrongCertificateAuthority(RuntimeError):

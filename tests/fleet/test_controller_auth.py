@@ -5,14 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import http.client
+import json
+import stat
+import urllib.error
+import urllib.request
 from typing import Any
 
 import grpc
 import pytest
 
+from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
 from fleet.pki import make_csr, new_private_key, private_key_pem
 from protos.edgefleet.fleet.v1 import admin_pb2, agent_pb2, agent_pb2_grpc
+from testkit.fleet import controller_settings, scrape_controller
 
 
 async def _enroll(controller, token: str, device_id: str):
@@ -185,3 +192,33 @@ async def test_a_bad_certificate_request_does_not_burn_the_enrollment_token(cont
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     _, response = await _enroll(controller, token.token, "cam-8")  # the token still works
     assert response.device_id == "cam-8"
+
+
+async def test_the_metrics_port_is_locked_like_the_other_doors(tmp_path, signing_keys):
+    """Prometheus scrapes the controller over HTTPS under the fleet CA with a bearer token that
+    only reads metrics; the same token after a restart (derived from the CA, nothing to
+    redistribute), kept 0600 for Prometheus' credentials_file."""
+    settings = controller_settings(tmp_path / "c", signing_keys[1].parent, metrics_port=0)
+    tokens: list[str] = []
+    for _start in range(2):
+        app = ControllerApp(settings)
+        await app.start()
+        try:
+            path = app.admin_credential_path
+            token = json.loads(path.read_text())["metrics_token"]
+            assert app.metrics_token_path.read_text() == token
+            assert stat.S_IMODE(app.metrics_token_path.stat().st_mode) == 0o600
+            status, body = await asyncio.to_thread(scrape_controller, path)
+            assert status == 200 and "edgefleet_controller_devices" in body, (status, body[:300])
+            missing = await asyncio.to_thread(scrape_controller, path, token="")
+            assert missing[0] == 401 and "missing auth token" in missing[1], missing
+            wrong = await asyncio.to_thread(scrape_controller, path, token=token[:-1] + "x")
+            assert wrong == (401, "invalid auth token\n"), wrong
+            # Plain HTTP gets no metrics: the TLS listener drops it.
+            plain = f"http://127.0.0.1:{app.metrics_port}/metrics"
+            with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+                await asyncio.to_thread(urllib.request.urlopen, plain, timeout=5)
+            tokens.append(token)
+        finally:
+            await app.stop(0.2)
+    assert tokens[0] == tokens[1]

@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from testkit.fleet import start_node, wait_for
+from testkit.fleet import scrape_controller, start_node, wait_for
 from testkit.repositories import ROOT
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "edgefleet.json"
@@ -32,14 +32,6 @@ def _panels(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as response:
         return str(response.read().decode())
-
-
-def _status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 def _series_names(url: str) -> set[str]:
@@ -108,9 +100,10 @@ async def test_every_dashboard_metric_is_on_a_real_metrics_endpoint(tmp_path, si
             services = app.services
             assert services is not None
             await wait_for(lambda: services.live.latest("cam-0") is not None, 30, "sample")
-            controller_url = f"http://127.0.0.1:{app.metrics_port}"
-            controller_text = await asyncio.to_thread(_scrape, controller_url + "/metrics")
-            not_metrics = await asyncio.to_thread(_status, controller_url + "/nope")
+            credential_path = app.admin_credential_path
+            scraped, controller_text = await asyncio.to_thread(scrape_controller, credential_path)
+            assert scraped == 200, controller_text
+            not_metrics, _ = await asyncio.to_thread(scrape_controller, credential_path, "/nope")
             exposed = _names(controller_text)
             exposed |= await asyncio.to_thread(
                 _series_names, f"http://127.0.0.1:{node.server.metrics_port}/metrics"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import urllib.request
 
 import grpc
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
 from protos.edgefleet.fleet.v1 import admin_pb2
-from testkit.fleet import MODEL, controller_settings, wait_for
+from testkit.fleet import MODEL, controller_settings, scrape_controller, wait_for
 from testkit.fleet_models import build_model_dir
 from testkit.fleet_processes import ServeProcess, fleetctl
 
@@ -57,8 +56,8 @@ async def test_oversized_uploads_get_a_precise_status_and_leave_nothing(tmp_path
 
 
 def _online_metric(app: ControllerApp, device_id: str) -> float | None:
-    url = f"http://127.0.0.1:{app.metrics_port}/metrics"
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    status, text = scrape_controller(app.admin_credential_path)
+    assert status == 200, (status, text)
     for line in text.splitlines():
         if line.startswith(f'edgefleet_device_online{{device="{device_id}"}}'):
             return float(line.split()[-1])

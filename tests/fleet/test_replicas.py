@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import time
-import urllib.request
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -35,6 +35,7 @@ from testkit.fleet import (
     finished,
     rollout_request,
     rollout_state,
+    scrape_controller,
     start_node,
     upload,
     wait_for,
@@ -199,7 +200,7 @@ async def test_killing_the_driving_replica_mid_wave_hands_the_rollout_over(
             for node in nodes:
                 await wait_for(lambda n=node: _serves(n, "2"), 60, f"{node.device_id} on 2")
         # The survivor's metrics tell the same story (fleet-wide figures and its own).
-        text = await asyncio.to_thread(_scrape, survivor.metrics_port)
+        text = await asyncio.to_thread(_scrape, survivor.credential, survivor.metrics_port)
         assert text[("edgefleet_controller_rollouts", (("state", "succeeded"),))] == 1
         assert text[("edgefleet_controller_rollouts", (("state", "baking"),))] == 0
         assert text[("edgefleet_controller_devices", (("state", "online"),))] == 3
@@ -221,9 +222,9 @@ async def test_killing_the_driving_replica_mid_wave_hands_the_rollout_over(
             await asyncio.to_thread(replica.stop)
 
 
-def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
+def _scrape(credential: Path, port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, text = scrape_controller(credential, port=port)
+    assert status == 200, (status, text)
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
