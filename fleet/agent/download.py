@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -13,6 +14,29 @@ from fleet.errors import BundleRejected
 from protos.edgefleet.fleet.v1 import agent_pb2, agent_pb2_grpc
 
 logger = logging.getLogger(__name__)
+
+
+# A download with no chunk for this long is given up (and resumed later): a stalled controller
+# or a half-open connection must not hold the agent's install task forever.
+DOWNLOAD_IDLE_S = 60.0
+
+
+async def _chunks(
+    call: AsyncIterator[agent_pb2.DownloadResponse], idle_s: float
+) -> AsyncIterator[agent_pb2.DownloadResponse]:
+    iterator = aiter(call)
+    while True:
+        try:
+            async with asyncio.timeout(idle_s):
+                chunk = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            cancel = getattr(call, "cancel", None)
+            if cancel is not None:
+                cancel()
+            raise ConnectionError(f"no bundle data for {idle_s:.0f} s") from None
+        yield chunk
 
 
 def _open_partial(path: Path) -> tuple[BinaryIO, int]:
@@ -41,8 +65,11 @@ async def fetch_bundle(
     sha256: str,
     directory: Path,
     chunk_bytes: int,
+    idle_s: float = DOWNLOAD_IDLE_S,
 ) -> Path:
-    """Return the verified local copy of bundle `sha256`, downloading what is missing."""
+    """Return the verified local copy of bundle `sha256`, downloading what is missing. A
+    controller that stops sending for `idle_s` ends the attempt (ConnectionError); what arrived
+    is kept and the next attempt resumes from it."""
     if len(sha256) != 64 or not all(c in "0123456789abcdef" for c in sha256):
         raise BundleRejected(f"bundle address {sha256!r} is not a sha256")
     final = directory / f"{sha256}.efb"
@@ -52,11 +79,12 @@ async def fetch_bundle(
     handle, offset = await asyncio.to_thread(_open_partial, partial)
     if offset:
         logger.info("resuming bundle %s at byte %d", sha256[:12], offset)
+    call = stub.Download(
+        agent_pb2.DownloadRequest(bundle_sha256=sha256, offset=offset, chunk_size=chunk_bytes)
+    )
     try:
         total = None
-        async for chunk in stub.Download(
-            agent_pb2.DownloadRequest(bundle_sha256=sha256, offset=offset, chunk_size=chunk_bytes)
-        ):
+        async for chunk in _chunks(call, idle_s):
             if chunk.total_size:
                 total = chunk.total_size
                 if offset > total:
