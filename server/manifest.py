@@ -144,6 +144,9 @@ class Postprocess(_Strict):
     top_k: int = Field(default=5, ge=1)
     # One label per line, class id = line number; relative to the version directory.
     labels_file: str | None = None
+    # Class names inline, class id = index (drop-in detectors take them from their metadata);
+    # the alternative to `labels_file`, never both.
+    labels: list[str] | None = None
     yolo: YoloOptions | None = None
     db: DbOptions | None = None
     ctc: CtcOptions | None = None
@@ -152,6 +155,8 @@ class Postprocess(_Strict):
     def _kind_names_output(self) -> Postprocess:
         if self.kind != "raw" and not self.output:
             raise ValueError(f"{self.kind} postprocess needs `output`")
+        if self.labels is not None and self.labels_file is not None:
+            raise ValueError("give class names as `labels` or `labels_file`, not both")
         return self
 
 
@@ -383,6 +388,8 @@ def write_manifest(version_dir: Path, manifest: ModelManifest) -> Path:
 
 
 def load_labels(version_dir: Path, manifest: ModelManifest) -> list[str]:
+    if manifest.postprocess.labels is not None:
+        return list(manifest.postprocess.labels)
     if not manifest.postprocess.labels_file:
         return []
     text = (version_dir / manifest.postprocess.labels_file).read_text(encoding="utf-8")
