@@ -7,9 +7,12 @@ import json
 import shutil
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from server.manifest import ModelManifest
 
 model_app = typer.Typer(help="Write and check model manifests.", no_args_is_help=True)
 
@@ -86,8 +89,15 @@ def init(
         if not labels.is_file():
             raise typer.BadParameter(f"{labels} does not exist")
         shutil.copyfile(labels, directory / "labels.txt")
+    chosen = preprocess is not PreprocessPreset.none or postprocess is not PostprocessKind.raw
     try:
         probe = manifest_from_onnx(directory)
+        if not chosen and labels is None:
+            # No sections asked for: the manifest the server completes by itself, which for a
+            # YOLO detector with metadata has its letterbox, decoder and class names.
+            path = write_manifest(directory, probe)
+            typer.echo(f"wrote {path} ({_summary(probe)})")
+            return
         pre = None
         if preprocess is not PreprocessPreset.none:
             spec = probe.inputs[0]
@@ -107,6 +117,17 @@ def init(
         raise typer.BadParameter(str(exc)) from None
     path = write_manifest(directory, manifest)
     typer.echo(f"wrote {path}")
+
+
+def _summary(manifest: ModelManifest) -> str:
+    post = manifest.postprocess
+    if post.kind == "yolo" and manifest.preprocess is not None:
+        pre = manifest.preprocess
+        return (
+            f"YOLO detector from its metadata: {pre.resize} {pre.height}x{pre.width}, "
+            f"{len(post.labels or [])} classes"
+        )
+    return f"{post.kind} postprocess"
 
 
 def _size(size: str | None, shape: list[int | str]) -> tuple[int, int]:

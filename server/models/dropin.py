@@ -3,8 +3,10 @@
 `<repository>/<name>/<version>/model.onnx` without a manifest is served with the manifest this
 module derives: the graph's inputs and outputs with their dtypes and dynamic dimensions, the
 sha256 of every file (computed at load), batching when every tensor's first dimension is
-dynamic, and the `raw` postprocess. `edgefleet model init` writes the same manifest to disk
-for editing, optionally with a preprocess and postprocess.
+dynamic, and the `raw` postprocess; or, for a YOLO detector whose metadata says so
+(`server.models.ultralytics`), letterbox preprocessing, the `yolo` postprocess and its class
+names. `edgefleet model init` writes the same manifest to disk for editing, optionally with a
+preprocess and postprocess of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from server.manifest import (
     TensorSpec,
     hash_directory,
 )
+from server.models.ultralytics import yolo_sections
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -99,7 +102,8 @@ def manifest_from_onnx(
     postprocess: Postprocess | None = None,
     extra: dict[str, Any] | None = None,
 ) -> ModelManifest:
-    """Complete a manifest from `version_dir/model_file`; blocking (reads and hashes files)."""
+    """Complete a manifest from `version_dir/model_file`; blocking (reads and hashes files).
+    Without `preprocess` and `postprocess`, a YOLO detector's metadata supplies both."""
     where = f"{version_dir.parent.name}/{version_dir.name}"
     path = version_dir / model_file
     if not path.is_file():
@@ -114,9 +118,22 @@ def manifest_from_onnx(
     # onnxruntime lists graph inputs without the initializers some exporters also list there.
     inputs = [_spec(node, where) for node in session.get_inputs()]
     outputs = [_spec(node, where) for node in session.get_outputs()]
-    producer = session.get_modelmeta().producer_name
+    meta = session.get_modelmeta()
+    producer = meta.producer_name
+    metadata: dict[str, str] = dict(meta.custom_metadata_map)
     del session
     batching = all(spec.shape and _dynamic(spec.shape[0]) for spec in [*inputs, *outputs])
+    description = f"completed from {model_file} (producer {producer or '?'})"
+    provenance: dict[str, Any] = {"manifest": "completed from the ONNX graph by edgefleet"}
+    if preprocess is None and postprocess is None:
+        detector = yolo_sections(metadata, inputs, outputs, where)
+        if detector is not None:
+            preprocess, postprocess = detector.preprocess, detector.postprocess
+            description = f"{detector.description}, completed from {model_file}"
+            provenance = {
+                "manifest": "completed from the ONNX graph and its YOLO metadata by edgefleet",
+                "onnx_metadata": detector.provenance,
+            }
     fields: dict[str, Any] = {
         "name": version_dir.parent.name,
         "version": version_dir.name,
@@ -128,8 +145,8 @@ def manifest_from_onnx(
         "postprocess": postprocess or Postprocess(),
         "batching": Batching(max_batch_size=DROPIN_MAX_BATCH if batching else 0),
         "files": hash_directory(version_dir),
-        "description": f"completed from {model_file} (producer {producer or '?'})",
-        "provenance": {"manifest": "completed from the ONNX graph by edgefleet"},
+        "description": description,
+        "provenance": provenance,
     }
     fields.update(extra or {})
     try:

@@ -476,10 +476,17 @@ def read_version_manifest(version_dir: Path) -> ModelManifest:
         and (version_dir / DROPIN_FILENAME).is_file()
     ):
         manifest = manifest_from_onnx(version_dir)
+        post = manifest.postprocess
+        served = (
+            f"YOLO detector from its metadata: letterbox, {len(post.labels or [])} named classes"
+            if post.kind == "yolo"
+            else "raw outputs"
+        )
         log.info(
             "model %s version %s has no %s: serving %s with a manifest completed from the model "
-            "(raw outputs; `edgefleet model init %s` writes it for editing)",
-            manifest.name, manifest.version, MANIFEST_FILENAME, DROPIN_FILENAME, version_dir,
+            "(%s; `edgefleet model init %s` writes it for editing)",
+            manifest.name, manifest.version, MANIFEST_FILENAME, DROPIN_FILENAME, served,
+            version_dir,
         )  # fmt: skip
         return manifest
     manifest = read_manifest(version_dir)
