@@ -250,3 +250,40 @@ def test_a_manifest_names_classes_inline_or_in_a_file_not_both():
     assert Postprocess(kind="yolo", output="output0", labels=["person"]).labels == ["person"]
     with pytest.raises(ValueError, match="not both"):
         Postprocess(kind="yolo", output="output0", labels=["person"], labels_file="labels.txt")
+
+
+def sections(metadata: dict[str, str], image: list[Any], output: list[Any]) -> Any:
+    from server.manifest import TensorSpec
+    from server.models.ultralytics import yolo_sections
+
+    return yolo_sections(
+        metadata,
+        [TensorSpec(name="images", dtype="float32", shape=image)],
+        [TensorSpec(name="output0", dtype="float32", shape=output)],
+        "m/1",
+    )
+
+
+def test_a_dynamic_input_is_letterboxed_to_imgsz_and_batches():
+    found = sections(ultralytics_metadata(imgsz="[384, 640]"), ["batch", 3, "h", "w"],
+                     ["batch", 7, "anchors"])  # fmt: skip
+    assert (found.preprocess.height, found.preprocess.width) == (384, 640)
+    assert found.postprocess.yolo.layout == "v8"
+    assert found.provenance["author"] == "Ultralytics"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "image", "output", "logged"),
+    [
+        ({"task": "segment"}, [1, 3, 320, 320], [1, 7, 2100], "only `detect` is served"),
+        ({"end2end": "True"}, [1, 3, 320, 320], [1, 300, 6], "end-to-end exports"),
+        ({}, [1, 3, 320, 320], [1, 300, 6], "fits neither [N, 4 + 3, boxes]"),
+        ({"imgsz": ""}, [1, 3, "h", "w"], [1, 7, 2100], "dynamic size"),
+        ({"imgsz": "[640]"}, [1, 3, "h", "w"], [1, 7, 2100], "`imgsz` is not [height, width]"),
+        ({}, [1, 1, 320, 320], [1, 7, 2100], "not a float [N, 3, H, W] image"),
+    ],
+)
+def test_metadata_the_server_cannot_follow_is_logged(metadata, image, output, logged, caplog):
+    caplog.set_level(logging.INFO, logger="server.models.ultralytics")
+    assert sections(ultralytics_metadata(**metadata), image, output) is None
+    assert logged in caplog.text
