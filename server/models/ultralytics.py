@@ -58,7 +58,12 @@ def yolo_sections(
     """The preprocess and postprocess of a YOLO detector its metadata describes, or None
     (logged when the metadata claims a detector the server cannot serve as one)."""
     if "names" not in metadata:
-        return None  # not a YOLO export: a plain drop-in, nothing to say
+        if metadata.get("task") == "detect":
+            log.warning(
+                "%s: model.onnx metadata says task detect but lists no `names`; served with raw "
+                "outputs (write a manifest with labels to serve it for camera frames)", where,
+            )  # fmt: skip
+        return None  # otherwise not a YOLO export: a plain drop-in, nothing to say
     task = metadata.get("task", "detect")  # YOLOv5's exporter writes no task
     if task != "detect":
         log.info(
@@ -89,7 +94,7 @@ def _sections(
             f"{len(outputs)}"
         )
     image, output = inputs[0], outputs[0]
-    height, width = _input_size(image, metadata.get("imgsz"), where)
+    height, width = _input_size(image, metadata.get("imgsz"), metadata.get("stride"), where)
     layout = _layout(output, len(names))
     preprocess = Preprocess(
         input=image.name, height=height, width=width, resize="letterbox", pad_value=PAD_VALUE,
@@ -143,9 +148,12 @@ def parse_names(text: str) -> list[str]:
     return [value[class_id] for class_id in range(len(value))]
 
 
-def _input_size(image: TensorSpec, imgsz: str | None, where: str) -> tuple[int, int]:
+def _input_size(
+    image: TensorSpec, imgsz: str | None, stride: str | None, where: str
+) -> tuple[int, int]:
     """The letterbox size: the input's fixed height and width, which win over `imgsz` (the
-    graph is what runs); `imgsz` only for an input whose height and width are dynamic."""
+    graph is what runs); `imgsz` only for an input whose height and width are dynamic, where
+    both sides must be multiples of `stride` (the head's feature maps must tile them)."""
     if len(image.shape) != 4 or image.shape[1] != 3 or image.dtype not in ("float32", "float16"):
         raise _Malformed(
             f"input {image.name!r} is {image.dtype} {image.shape}, not a float [N, 3, H, W] image"
@@ -163,6 +171,9 @@ def _input_size(image: TensorSpec, imgsz: str | None, where: str) -> tuple[int, 
         return fixed
     if declared is None:
         raise _Malformed(f"input {image.name!r} has a dynamic size {image.shape} and no `imgsz`")
+    step = stride.strip() if stride is not None else ""
+    if step.isdigit() and int(step) > 0 and any(side % int(step) for side in declared):
+        raise _Malformed(f"`imgsz` {list(declared)} is not a multiple of `stride` {step}")
     return declared
 
 

@@ -281,6 +281,8 @@ def test_a_dynamic_input_is_letterboxed_to_imgsz_and_batches():
         ({"imgsz": ""}, [1, 3, "h", "w"], [1, 7, 2100], "dynamic size"),
         ({"imgsz": "[640]"}, [1, 3, "h", "w"], [1, 7, 2100], "`imgsz` is not [height, width]"),
         ({}, [1, 1, 320, 320], [1, 7, 2100], "not a float [N, 3, H, W] image"),
+        ({"imgsz": "[330, 320]"}, [1, 3, "h", "w"], [1, 7, 2100], "not a multiple of `stride` 32"),
+        ({"names": ""}, [1, 3, 320, 320], [1, 7, 2100], "says task detect but lists no `names`"),
     ],
 )
 def test_metadata_the_server_cannot_follow_is_logged(metadata, image, output, logged, caplog):
