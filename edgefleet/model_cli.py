@@ -107,10 +107,15 @@ def init(
                 input=spec.name, height=height, width=width, resize=resize.value, color="rgb",
                 mean=mean, std=std, layout="nchw", dtype="float32",
             )  # fmt: skip
+        # A yolo postprocess asked for by flag keeps what the model's metadata says (names,
+        # layout, the exporter's thresholds) unless --labels replaces the names.
+        known = probe.postprocess if probe.postprocess.kind == postprocess.value else None
         post = Postprocess(
             kind=postprocess.value,
             output=None if postprocess is PostprocessKind.raw else output or probe.outputs[0].name,
             labels_file="labels.txt" if labels is not None else None,
+            labels=known.labels if known is not None and labels is None else None,
+            yolo=known.yolo if known is not None else None,
         )
         manifest = manifest_from_onnx(directory, preprocess=pre, postprocess=post)
     except (EdgeError, ValueError) as exc:

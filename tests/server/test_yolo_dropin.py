@@ -289,3 +289,16 @@ def test_metadata_the_server_cannot_follow_is_logged(metadata, image, output, lo
     caplog.set_level(logging.INFO, logger="server.models.ultralytics")
     assert sections(ultralytics_metadata(**metadata), image, output) is None
     assert logged in caplog.text
+
+
+def test_model_init_with_section_flags_keeps_the_metadata_names(tmp_path):
+    version_dir = drop_in(tmp_path / "repo", "detector", ultralytics_metadata())
+    result = CliRunner().invoke(build_app(), [
+        "model", "init", str(version_dir), "--preprocess", "unit", "--resize", "stretch",
+        "--postprocess", "yolo",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = read_manifest(version_dir)
+    assert written.preprocess is not None and written.preprocess.resize == "stretch"  # as asked
+    assert written.postprocess.labels == list(NAMES.values())
+    assert written.postprocess.yolo is not None and written.postprocess.yolo.iou_threshold == 0.7
