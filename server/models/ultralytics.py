@@ -140,9 +140,15 @@ def parse_names(text: str) -> list[str]:
         raise _Malformed(f"`names` is not a non-empty dict of class names: {text[:60]!r}")
     if len(value) > MAX_CLASSES:
         raise _Malformed(f"`names` lists {len(value)} classes, over {MAX_CLASSES}")
-    ids_are_ints = all(isinstance(key, int) and not isinstance(key, bool) for key in value)
-    if not ids_are_ints or set(value) != set(range(len(value))):
+    # Ids as ints, or digit strings as Ultralytics' own check_class_names accepts them.
+    ids = [
+        int(key) if isinstance(key, str) and key.isdigit() and len(key) < 6 else key
+        for key in value
+    ]
+    ids_are_ints = all(isinstance(key, int) and not isinstance(key, bool) for key in ids)
+    if not ids_are_ints or set(ids) != set(range(len(value))):
         raise _Malformed("`names` keys are not the class ids 0..n-1")
+    value = dict(zip(ids, value.values(), strict=True))
     if not all(isinstance(name, str) for name in value.values()):
         raise _Malformed("`names` values are not all strings")
     return [value[class_id] for class_id in range(len(value))]

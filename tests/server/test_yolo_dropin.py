@@ -224,7 +224,7 @@ async def test_metadata_that_cannot_be_used_serves_as_before(tmp_path, caplog):
     "text",
     [
         "{0: 'person', 2: 'car'}",  # a gap in the ids
-        "{'0': 'person'}",  # ids as strings
+        "{'a': 'person'}",  # ids that are not numbers
         "{True: 'person'}",  # a bool is not a class id
         "{0: 7}",  # a name that is not a string
         "{}",
@@ -242,6 +242,7 @@ def test_malformed_names_are_refused(text):
 def test_names_as_yolov5_lists_them_parse():
     assert parse_names("['person', 'bicycle']") == ["person", "bicycle"]
     assert parse_names(repr(NAMES)) == ["person", "bicycle", "car"]
+    assert parse_names("{'1': 'bicycle', '0': 'person'}") == ["person", "bicycle"]
 
 
 def test_a_manifest_names_classes_inline_or_in_a_file_not_both():
