@@ -181,8 +181,15 @@ async def test_stream_filters_classes_threshold_and_count(yolo_server):
 
 async def test_bad_region_of_interest_is_invalid_argument(yolo_server):
     roi = fs.Region(x_min=100, y_min=100, x_max=50, y_max=200)
+    # The open alone: a frame sent after it races the refusal, and a client whose write loses
+    # that race is told INTERNAL by its own gRPC library instead of the server's status.
+    opened = fs.StreamRequest(open=fs.StreamOpen(
+        model_name="yolo_v8", encoding=fs.FRAME_ENCODING_RAW_RGB,
+        results=fs.ResultOptions(region_of_interest=roi)))  # fmt: skip
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await detect(yolo_server.port, "yolo_v8", 640, 480, region_of_interest=roi)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{yolo_server.port}") as channel:
+            stub = fs_grpc.FrameStreamServiceStub(channel)
+            _ = [reply async for reply in stub.Stream(iter([opened]), timeout=30)]
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "region_of_interest" in (caught.value.details() or "")
 
