@@ -63,7 +63,7 @@ class ScheduledStream(Protocol):
     def stale_after(self, waiting: WaitingFrame) -> float | None: ...
 
     def deliver_result(
-        self, model: ModelVersion, waiting: WaitingFrame, analysis: FrameAnalysis, started: float
+        self, model: ModelVersion, waiting: WaitingFrame, analysis: FrameAnalysis
     ) -> None: ...
 
     def deliver_error(self, sequence: int, error: EdgeError) -> None: ...
@@ -284,7 +284,6 @@ class FrameScheduler:
             # frames chosen together still share the model's batches in its batcher.
             await asyncio.gather(*(self._analyze_one(model, pick, loop) for pick in picks))
             return
-        started = loop.time()
         job = FrameBatchJob(
             model.manifest, model.labels, model.output_names, model.plan.max_batch_size > 0,
             [BatchFrame(pick.waiting.frame, pick.session.options,
@@ -297,12 +296,12 @@ class FrameScheduler:
             return
         finished = loop.time()
         times = run.times
-        if times.batch_rows:
-            model.record_execution(times.batch_rows, times.infer_s)
-            for _ in range(times.batch_rows):
+        if times.batch_size:  # one row per frame that ran
+            model.record_execution(times.batch_size, times.infer_s)
+            for _ in range(times.batch_size):
                 model.record_queue_wait(times.queue_s)
             if model is self._sized_version:
-                self._sizer.ran(times.batch_rows, times.infer_s)
+                self._sizer.ran(times.batch_size, times.infer_s)
         for pick, output in zip(picks, run.outputs, strict=True):
             pick.settled = True
             session, waiting = pick.session, pick.waiting
@@ -320,12 +319,11 @@ class FrameScheduler:
                     version=model.version, labels=output.labels, tensors=output.tensors,
                     times=times,
                 )  # fmt: skip
-                session.deliver_result(model, waiting, analysis, started)
+                session.deliver_result(model, waiting, analysis)
 
     async def _analyze_one(
         self, model: ModelVersion, pick: Pick, loop: asyncio.AbstractEventLoop
     ) -> None:
-        started = loop.time()
         self._running(0.0)
         try:
             analysis = await run_frame(model, pick.waiting.frame, pick.session.options, self._pool)
@@ -334,7 +332,7 @@ class FrameScheduler:
             return
         self._ran(analysis.times.infer_s)
         pick.settled = True
-        pick.session.deliver_result(model, pick.waiting, analysis, started)
+        pick.session.deliver_result(model, pick.waiting, analysis)
 
     def _fail_picks(
         self,

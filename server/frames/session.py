@@ -36,6 +36,7 @@ from server.frames.types import (
     StreamOptions,
     WaitingFrame,
 )
+from server.frames.work.timing import frame_timings
 from server.models.version import ModelVersion
 from server.observability.metrics import StreamMetrics
 
@@ -156,16 +157,15 @@ class FrameSession:
         return self._max_age_s is not None and now - waiting.arrival > self._max_age_s
 
     def deliver_result(
-        self, model: ModelVersion, waiting: WaitingFrame, analysis: FrameAnalysis, started: float
+        self, model: ModelVersion, waiting: WaitingFrame, analysis: FrameAnalysis
     ) -> None:
-        """`started`: when the scheduler began this frame's batch (its decode)."""
         self._finished()
         done = asyncio.get_running_loop().time()
         frame, times = waiting.frame, analysis.times
+        timings = frame_timings(times, waiting.arrival, done)
         total = done - waiting.arrival
-        queue_s = (started - waiting.arrival) + times.queue_s
         model.record_success(
-            total_s=total, queue_s=queue_s, input_s=times.preprocess_s,
+            total_s=total, queue_s=timings.queue_s, input_s=times.preprocess_s,
             infer_s=times.infer_s, output_s=times.postprocess_s,
         )  # fmt: skip
         self._metrics.answered(total)
@@ -180,12 +180,7 @@ class FrameSession:
                 model_version=analysis.version,
                 labels=analysis.labels,
                 tensors=analysis.tensors,
-                queue_us=int(queue_s * 1e6),
-                preprocess_us=int(times.preprocess_s * 1e6),
-                inference_us=int(times.infer_s * 1e6),
-                postprocess_us=int(times.postprocess_s * 1e6),
-                total_us=int(total * 1e6),
-                batch_size=times.batch_rows,
+                timings=timings,
                 age_us=age_ns // 1000 if age_ns >= 0 else 0,
                 detections=analysis.detections,
             )

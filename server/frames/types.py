@@ -112,16 +112,18 @@ class StageTimes:
     preprocess_s: float = 0.0
     infer_s: float = 0.0
     postprocess_s: float = 0.0
-    batch_rows: int = 0
+    # Requests (frames) that shared a model run with this frame, the frame counted once however
+    # many rows it sent (pyramid levels, crops); 0: nothing ran.
+    batch_size: int = 0
 
     def add(self, stage: StageTimes) -> None:
-        """A frame's stages run one after another: their times add up; `batch_rows` is the
-        largest batch any of them ran in."""
+        """A frame's stages run one after another: their times add up; `batch_size` is the
+        most frames any of their runs served."""
         self.queue_s += stage.queue_s
         self.preprocess_s += stage.preprocess_s
         self.infer_s += stage.infer_s
         self.postprocess_s += stage.postprocess_s
-        self.batch_rows = max(self.batch_rows, stage.batch_rows)
+        self.batch_size = max(self.batch_size, stage.batch_size)
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,23 @@ class StreamOpenedEvent:
 
 
 @dataclass(frozen=True)
+class FrameTimings:
+    """What a frame's result reports, in whole microseconds: queue + preprocess + inference +
+    postprocess == total exactly."""
+
+    queue_us: int
+    preprocess_us: int
+    inference_us: int
+    postprocess_us: int
+    total_us: int
+    batch_size: int
+
+    @property
+    def queue_s(self) -> float:
+        return self.queue_us / 1e6
+
+
+@dataclass(frozen=True)
 class FrameResultEvent:
     sequence: int
     capture_time_ns: int
@@ -153,12 +172,8 @@ class FrameResultEvent:
     model_version: str
     labels: list[LabelScore]
     tensors: list[OutputTensor]
-    queue_us: int
-    preprocess_us: int
-    inference_us: int
-    postprocess_us: int
-    total_us: int
-    batch_size: int
+    # Assembled by server.frames.work.timing.frame_timings alone.
+    timings: FrameTimings
     # Capture to result on the server's clock (meaningful when the camera's clock agrees);
     # 0 when the frame carries no capture time or one in the future.
     age_us: int = 0

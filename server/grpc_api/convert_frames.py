@@ -109,12 +109,12 @@ def stream_event_to_pb(event: StreamEvent) -> fs.StreamResponse:
                 tensors=[_tensor_to_pb(tensor) for tensor in event.tensors],
                 detections=detections_to_pb(event.detections),
                 timings=fs.Timings(
-                    queue_us=event.queue_us,
-                    preprocess_us=event.preprocess_us,
-                    inference_us=event.inference_us,
-                    postprocess_us=event.postprocess_us,
-                    total_us=event.total_us,
-                    batch_size=event.batch_size,
+                    queue_us=event.timings.queue_us,
+                    preprocess_us=event.timings.preprocess_us,
+                    inference_us=event.timings.inference_us,
+                    postprocess_us=event.timings.postprocess_us,
+                    total_us=event.timings.total_us,
+                    batch_size=event.timings.batch_size,
                 ),
                 age_us=event.age_us,
             )

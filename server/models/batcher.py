@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -43,6 +43,12 @@ class BatchOutcome:
     infer_s: float
     output_s: float
     batch_rows: int
+    # Requests that shared the run, those of one group (a camera frame's pyramid levels or
+    # crop batches) counted once.
+    batch_requests: int
+    # Loop times at which the run began and ended: what the model worked for this request.
+    run_start: float
+    run_end: float
 
 
 @dataclass
@@ -51,6 +57,7 @@ class _Pending:
     rows: int
     enqueued_at: float
     future: asyncio.Future[BatchOutcome]
+    group: Hashable
     signature: Signature = field(init=False)
 
     def __post_init__(self) -> None:
@@ -109,13 +116,20 @@ class DynamicBatcher:
     def start(self) -> None:
         self._collector = asyncio.create_task(self._collect(), name=f"batcher-{self._name}")
 
-    async def submit(self, inputs: Arrays) -> BatchOutcome:
-        """Queue one request (its arrays carry a leading batch dimension) and await its rows."""
+    async def submit(self, inputs: Arrays, group: Hashable | None = None) -> BatchOutcome:
+        """Queue one request (its arrays carry a leading batch dimension) and await its rows.
+        Requests of one `group` sharing a run count as one in its `batch_requests`."""
         if self._closed:
             raise ModelNotReady(f"model {self._name} is unloading")
         rows = next(iter(inputs.values())).shape[0] if self._batching else 1
         loop = asyncio.get_running_loop()
-        pending = _Pending(inputs, rows, loop.time(), loop.create_future())
+        pending = _Pending(
+            inputs,
+            rows,
+            loop.time(),
+            loop.create_future(),
+            group if group is not None else object(),
+        )
         try:
             self._queue.put_nowait(pending)
         except asyncio.QueueFull:
@@ -203,8 +217,10 @@ class DynamicBatcher:
             return
         finally:
             self._runners.release()
+        finished = loop.time()
         input_s, infer_s, output_s = timings
         batch_rows = sum(item.rows for item in batch)
+        requests = len({item.group for item in batch})
         if self._on_execution is not None:
             self._on_execution(batch_rows, infer_s)
         for item, item_outputs in zip(batch, outputs, strict=True):
@@ -217,6 +233,9 @@ class DynamicBatcher:
                         infer_s=infer_s,
                         output_s=output_s,
                         batch_rows=batch_rows,
+                        batch_requests=requests,
+                        run_start=started,
+                        run_end=finished,
                     )
                 )
             self._queue.task_done()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -36,6 +36,10 @@ class InferOutcome:
     queue_s: float
     infer_s: float
     batch_rows: int
+    # Requests that shared a run with this one (one group counted once), the most of any part.
+    batch_requests: int = 1
+    # (start, end) loop times of the runs that served this request: its model time.
+    runs: tuple[tuple[float, float], ...] = ()
 
 
 JobResult = TypeVar("JobResult")
@@ -223,8 +227,9 @@ class ModelVersion:
         if len(rows) > 1:
             raise InvalidInput(f"model {self.name}: inputs disagree on batch size {sorted(rows)}")
 
-    async def infer(self, inputs: Arrays) -> InferOutcome:
-        """Validate, queue for a batch, and await this request's rows."""
+    async def infer(self, inputs: Arrays, group: Hashable | None = None) -> InferOutcome:
+        """Validate, queue for a batch, and await this request's rows. Requests of one `group`
+        (a camera frame's) count as one request in the batches they share."""
         if self._batcher is None:
             raise InvalidInput(
                 f"model {self.name} is a pipeline: it takes camera frames over FrameStream"
@@ -232,8 +237,9 @@ class ModelVersion:
         self.validate(inputs)
         step = self.plan.max_batch_size
         rows = next(iter(inputs.values())).shape[0] if step > 0 else 0
+        group = group if group is not None else object()  # split parts are one request
         if rows <= step:
-            outcome: BatchOutcome = await self._batcher.submit(inputs)
+            outcome: BatchOutcome = await self._batcher.submit(inputs, group)
             self._queue_latency.observe(outcome.queue_s)
             return InferOutcome(
                 outputs=outcome.outputs,
@@ -241,11 +247,13 @@ class ModelVersion:
                 queue_s=outcome.queue_s,
                 infer_s=outcome.infer_s,
                 batch_rows=outcome.batch_rows,
+                batch_requests=outcome.batch_requests,
+                runs=((outcome.run_start, outcome.run_end),),
             )
         parts = await asyncio.gather(
             *(
                 self._batcher.submit(
-                    {name: array[start : start + step] for name, array in inputs.items()}
+                    {name: array[start : start + step] for name, array in inputs.items()}, group
                 )
                 for start in range(0, rows, step)
             )
@@ -261,6 +269,8 @@ class ModelVersion:
             queue_s=max(part.queue_s for part in parts),
             infer_s=sum(part.infer_s for part in parts),
             batch_rows=max(part.batch_rows for part in parts),
+            batch_requests=max(part.batch_requests for part in parts),
+            runs=tuple((part.run_start, part.run_end) for part in parts),
         )
 
     async def run_job(self, job: Callable[[Backend], JobResult]) -> JobResult:
@@ -272,6 +282,11 @@ class ModelVersion:
                 f"model {self.name} is a pipeline: it takes camera frames over FrameStream"
             )
         return await self._batcher.run_job(job)
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for a batch or a runner (0 for a pipeline, which has no batcher)."""
+        return self._batcher.queue_depth if self._batcher is not None else 0
 
     @property
     def output_names(self) -> list[str]:

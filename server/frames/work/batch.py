@@ -38,7 +38,7 @@ class FrameOutput:
 class FrameBatchRun:
     outputs: list[FrameOutput]
     # Shared by every frame of the batch: queue_s from submission to the runner starting the
-    # job, preprocess_s the decodes, batch_rows the frames that ran in the model (0: none did).
+    # job, preprocess_s the decodes, batch_size the frames that ran in the model (0: none did).
     times: StageTimes
 
 
@@ -92,7 +92,7 @@ class FrameBatchJob:
         self._postprocess(results, rows, outputs)
         times.infer_s = inferred - decoded
         times.postprocess_s = time.monotonic() - inferred
-        times.batch_rows = len(rows)
+        times.batch_size = len(rows)
         return FrameBatchRun(outputs, times)
 
     def _postprocess(self, results: Arrays, rows: list[int], outputs: list[FrameOutput]) -> None:

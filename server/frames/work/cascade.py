@@ -13,6 +13,7 @@ one unit of work for the scheduler, whatever its stages.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Hashable
 from concurrent.futures import Executor
 
 import numpy as np
@@ -39,7 +40,7 @@ def _options(first: CascadeStage) -> mtcnn.CascadeOptions:
 
 async def _pyramid(
     member: ModelVersion, stage: CascadeStage, view: np.ndarray, color: str, pool: Executor,
-    times: StageTimes,
+    times: StageTimes, frame: Hashable,
 ) -> mtcnn.Candidates:  # fmt: skip
     loop = asyncio.get_running_loop()
     options = _options(stage)
@@ -49,7 +50,9 @@ async def _pyramid(
         return mtcnn.empty_candidates()
     prepared = loop.time()
     name = member.manifest.inputs[0].name
-    outcomes = await asyncio.gather(*(member.infer({name: level.input}) for level in levels))
+    outcomes = await asyncio.gather(
+        *(member.infer({name: level.input}, group=frame) for level in levels)
+    )
     inferred = loop.time()
     outputs = [(item.outputs[stage.score_output], item.outputs[stage.offsets_output])
                for item in outcomes]  # fmt: skip
@@ -65,7 +68,7 @@ async def _pyramid(
 
 async def _refine(
     member: ModelVersion, stage: CascadeStage, last: bool, view: np.ndarray, color: str,
-    candidates: mtcnn.Candidates, pool: Executor, times: StageTimes,
+    candidates: mtcnn.Candidates, pool: Executor, times: StageTimes, frame: Hashable,
 ) -> mtcnn.Candidates | mtcnn.Faces:  # fmt: skip
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -76,7 +79,7 @@ async def _refine(
     chunk = max(member.plan.max_batch_size, 1)
     outcomes = await asyncio.gather(
         *(
-            member.infer({spec.name: batch[start : start + chunk]})
+            member.infer({spec.name: batch[start : start + chunk]}, group=frame)
             for start in range(0, len(batch), chunk)
         )
     )
@@ -159,9 +162,10 @@ async def _run_stages(
 ) -> list[Detection]:
     view, color = decoded.view, decoded.color
     first = stages[0].cascade
+    frame = object()  # its requests to the members count as one in the batches they share
     with stage_member(pipeline, stages[0]).lease() as proposer:
         found: mtcnn.Candidates | mtcnn.Faces = await _pyramid(
-            proposer, first, view, color, pool, times
+            proposer, first, view, color, pool, times, frame
         )
     for index, stage in enumerate(stages[1:], start=1):
         if not len(found):
@@ -169,7 +173,9 @@ async def _run_stages(
         assert isinstance(found, mtcnn.Candidates)
         last = index == len(stages) - 1
         with stage_member(pipeline, stage).lease() as refiner:
-            found = await _refine(refiner, stage.cascade, last, view, color, found, pool, times)
+            found = await _refine(
+                refiner, stage.cascade, last, view, color, found, pool, times, frame
+            )
     if isinstance(found, mtcnn.Candidates):  # a pyramid alone: its square windows
         found = mtcnn.Faces(found.boxes, found.scores, np.zeros((len(found), 0, 2), np.float32))
     detections = _detections(found, first, stages[-1].cascade, decoded.offset_x, decoded.offset_y)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Hashable
 from concurrent.futures import Executor
 from dataclasses import replace
 
@@ -78,7 +79,7 @@ def _cut_all(
 
 async def _detect(
     member: ModelVersion, decoded: DecodedFrame, options: StreamOptions, pool: Executor,
-    times: StageTimes,
+    times: StageTimes, frame: Hashable,
 ) -> list[Detection]:  # fmt: skip
     loop = asyncio.get_running_loop()
     spec = member.manifest.preprocess
@@ -87,7 +88,7 @@ async def _detect(
     started = loop.time()
     tensor, transform = await loop.run_in_executor(pool, prepare, decoded, spec)
     prepared = loop.time()
-    outcome = await member.infer({spec.input: tensor})
+    outcome = await member.infer({spec.input: tensor}, group=frame)
     inferred = loop.time()
     found = await loop.run_in_executor(
         pool, find_detections, member, outcome.outputs[post.output][0], transform,
@@ -99,7 +100,7 @@ async def _detect(
 
 async def _crop_stage(
     member: ModelVersion, stage: PipelineStage, decoded: DecodedFrame,
-    detections: list[Detection], pool: Executor, times: StageTimes,
+    detections: list[Detection], pool: Executor, times: StageTimes, frame: Hashable,
 ) -> list[Detection]:  # fmt: skip
     loop = asyncio.get_running_loop()
     spec = member.manifest.preprocess
@@ -120,7 +121,9 @@ async def _crop_stage(
         )
     )
     prepared = loop.time()
-    outcomes = await asyncio.gather(*(member.infer({spec.input: tensor}) for tensor in tensors))
+    outcomes = await asyncio.gather(
+        *(member.infer({spec.input: tensor}, group=frame) for tensor in tensors)
+    )
     inferred = loop.time()
     updated = list(detections)
     for group, outcome in zip(groups, outcomes, strict=True):
@@ -150,11 +153,12 @@ async def run_pipeline(
     times = StageTimes()
     decoded = await decode_source(frame, options, pool, times)
     detections: list[Detection] = []
+    key = object()  # its requests to the members count as one in the batches they share
     for stage in spec.stages:
         member = stage_member(pipeline, stage)
         with member.lease():
             if stage.kind == "detect":
-                detections = await _detect(member, decoded, options, pool, times)
+                detections = await _detect(member, decoded, options, pool, times, key)
             else:
-                detections = await _crop_stage(member, stage, decoded, detections, pool, times)
+                detections = await _crop_stage(member, stage, decoded, detections, pool, times, key)
     return FrameAnalysis(pipeline.version, detections=detections, times=times)
