@@ -245,13 +245,16 @@ class EdgeServer:
 
     async def stop(self, grace_s: float | None = None) -> None:
         """Drain: say not ready (HTTP 503, grpc.health NOT_SERVING) at once, keep serving for
-        `drain_delay_s` while load balancers notice, then refuse new work and let in-flight
-        requests finish within the grace; close the listeners; free the models."""
+        `drain_delay_s` while load balancers notice, then refuse new work (camera streams take
+        no further frame, answer those they accepted and end UNAVAILABLE) and let in-flight
+        requests finish within the grace, returning as soon as they have; close the
+        listeners; free the models."""
         grace = self.settings.shutdown_grace_s if grace_s is None else grace_s
         self.core.begin_drain()
         await self._health.enter_graceful_shutdown()
         if self.settings.drain_delay_s > 0 and (self._grpc is not None or self._http):
             await asyncio.sleep(self.settings.drain_delay_s)
+        self.core.refuse_new_work()
         if self._http is not None:
             self._http.refuse_new()
         await asyncio.gather(

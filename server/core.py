@@ -102,6 +102,7 @@ class InferenceCore:
         self.metrics.watch_models(lambda: [model.info_labels for model in self.registry.loaded()])
         self._started = False
         self._draining = False
+        self._refusing = False
         self._stopping = False
         # Models the server is meant to serve (readiness "models"): the operator's --model
         # list, what loaded at boot, and what a load request asked for since; an unload of the
@@ -116,6 +117,8 @@ class InferenceCore:
         # One frame scheduler per (model, requested version) that streams have opened; bounded by
         # the models and versions on disk. A scheduler without streams waits, doing nothing.
         self._schedulers: dict[tuple[str, str], FrameScheduler] = {}
+        # Open camera streams, told at once when the server stops taking work.
+        self._frame_sessions: set[FrameSession] = set()
 
     # ---- lifecycle ----
 
@@ -143,6 +146,14 @@ class InferenceCore:
         """Shutdown has begun: not ready from now on (probes see it while work still runs)."""
         self._draining = True
         self._readiness_may_have_changed()
+
+    def refuse_new_work(self) -> None:
+        """Shutdown, past its drain delay (the transports refuse new requests): no new camera
+        stream, and every open one stops reading frames, answers those it accepted and ends
+        (UNAVAILABLE)."""
+        self._refusing = True
+        for session in list(self._frame_sessions):
+            session.shut_down()
 
     @property
     def live(self) -> bool:
@@ -379,6 +390,8 @@ class InferenceCore:
     ) -> AsyncGenerator[StreamEvent, None]:
         """Run one camera stream. Errors in the options raise before anything is yielded."""
         self._check_serving()
+        if self._refusing:  # requests already accepted by a transport still finish; streams end
+            raise ShuttingDown("server is shutting down")
         model = self.registry.resolve(options.model_name, options.model_version)
         if model.manifest.preprocess is None and model.manifest.pipeline is None:
             raise InvalidInput(
@@ -411,6 +424,7 @@ class InferenceCore:
         )
         self._streams += 1
         self._camera_streams[name] = self._camera_streams.get(name, 0) + 1
+        self._frame_sessions.add(session)
         self.metrics.active_streams.inc()
         try:
             yield StreamOpenedEvent(stream_id, model.name, model.version, requested, options.policy)
@@ -419,6 +433,7 @@ class InferenceCore:
                     yield event
         finally:
             metrics.close()
+            self._frame_sessions.discard(session)
             self._streams -= 1
             self._camera_streams[name] -= 1
             self.metrics.active_streams.dec()

@@ -11,6 +11,8 @@ pulls them when the model has room, fairly across streams, and decodes only what
   take or queue it is reported dropped (`stale`) and never runs.
 A bad frame gets a FrameError and the stream goes on. Closing the stream releases its waiting
 frames and its share of the model at once; frames already running finish and are discarded.
+When the server shuts down (`shut_down`), the stream reads no further frame at once, answers
+the frames it had accepted, then ends with ShuttingDown (gRPC UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
-from server.errors import EdgeError, Overloaded
+from server.errors import EdgeError, Overloaded, ShuttingDown
 from server.frames.scheduler import FrameScheduler
 from server.frames.types import (
     DropReason,
@@ -81,10 +83,17 @@ class FrameSession:
         self._closed = False
         self._replaced: list[int] = []
         self._replaced_timer: asyncio.TimerHandle | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._input_done = False  # the client sent its last frame: the reader ends the stream
+        self._shutting_down = False
 
     async def run(self, frames: AsyncIterator[EncodedFrame]) -> AsyncGenerator[StreamEvent, None]:
         self._scheduler.add(self)
         reader = asyncio.create_task(self._read(frames), name="frame-reader")
+        self._reader = reader
+        if self._shutting_down:  # the server began to stop as the stream opened
+            reader.cancel()
+            self._end_if_drained()
         try:
             while True:
                 while not self._out:
@@ -120,6 +129,7 @@ class FrameSession:
                     self._drop(self._slot.popleft(), DropReason.REPLACED, None)
                 self._slot.append(waiting)
                 self._scheduler.frame_waiting()
+            self._input_done = True
             while self._slot or self._running:
                 self._room.clear()
                 await self._room.wait()
@@ -128,6 +138,19 @@ class FrameSession:
         except BaseException as exc:  # surfaced to the transport after pending results
             self._failure = exc
         self._push(None)
+
+    # ---- called by the core ----
+
+    def shut_down(self) -> None:
+        """The server is shutting down: read no further frame; once the frames already accepted
+        are answered, end the stream with ShuttingDown. A client that has sent its last frame
+        gets its answers and the stream's ordinary end."""
+        if self._shutting_down or self._input_done:
+            return
+        self._shutting_down = True
+        if self._reader is not None:  # else `run` ends the stream as it starts
+            self._reader.cancel()
+            self._end_if_drained()
 
     # ---- called by the scheduler ----
 
@@ -147,6 +170,7 @@ class FrameSession:
             self._running += 1
             self._room.set()
             return waiting
+        self._end_if_drained()  # its last waiting frames may have gone stale
         return None
 
     def stale_after(self, waiting: WaitingFrame) -> float | None:
@@ -211,6 +235,16 @@ class FrameSession:
         self._running -= 1
         self._room.set()
         self._scheduler.frame_waiting()  # this stream may take its next frame now
+        self._end_if_drained()
+
+    def _end_if_drained(self) -> None:
+        if not self._shutting_down or self._slot or self._running or self._failure is not None:
+            return
+        self._failure = ShuttingDown(
+            "server shutting down: the frames it accepted were answered, no more are taken"
+        )
+        # After the answer being delivered now (`_finished` comes before its push).
+        asyncio.get_running_loop().call_soon(self._push, None)
 
     def _push(self, event: StreamEvent | None) -> None:
         self._report_replaced()  # in order: the replaced frames were dropped before this
