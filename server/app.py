@@ -4,6 +4,7 @@ Prometheus. The CLI, the tests and the fleet agent all build it through this one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Sequence
@@ -113,38 +114,23 @@ class EdgeServer:
             options=grpc_options(self.settings),
             maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs,
         )
-        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            KServeServicer(self.core), server
-        )
-        frame_stream_pb2_grpc.add_FrameStreamServiceServicer_to_server(
-            FrameStreamServicer(self.core), server
-        )
-        server_info_pb2_grpc.add_ServerInfoServiceServicer_to_server(
-            ServerInfoServicer(self.core, self._device_facts), server
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
-        address = f"{self.settings.host}:{self.settings.port}"
+        http: HttpServer | None = None
+        grpc_bound = grpc_started = False
         try:
-            if self._credentials is not None:
-                self.port = server.add_secure_port(address, self._credentials)
-            else:
-                self.port = server.add_insecure_port(address)
-        except RuntimeError as exc:  # grpc says "Failed to bind to address ..."
-            raise PortInUse(
-                f"cannot listen on {address}: the port is in use or the address is not local"
-            ) from exc
-        http = self._bind_http(http_tls) if self.settings.http_port >= 0 else None
-        try:
+            self._add_services(server)
+            # gRPC last: its port, once bound, is released only by a started server's stop.
+            http = self._bind_http(http_tls) if self.settings.http_port >= 0 else None
             self._start_metrics(http_tls)
+            self.port = self._bind_grpc(server)
+            grpc_bound = True
             await self.core.start()
             await server.start()
+            grpc_started = True
             if http is not None:
                 await http.start()
         except BaseException:
-            await server.stop(None)
+            # Whatever failed (a taken port, a model), nothing made here outlives the call.
+            await self._release_grpc(server, grpc_bound and not grpc_started)
             if http is not None:
                 await http.stop()
             await self.core.stop()
@@ -166,6 +152,43 @@ class EdgeServer:
             self.metrics_port if self.settings.metrics_port >= 0 else "off",
         )  # fmt: skip
         return self.port
+
+    def _add_services(self, server: grpc.aio.Server) -> None:
+        grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            KServeServicer(self.core), server
+        )
+        frame_stream_pb2_grpc.add_FrameStreamServiceServicer_to_server(
+            FrameStreamServicer(self.core), server
+        )
+        server_info_pb2_grpc.add_ServerInfoServiceServicer_to_server(
+            ServerInfoServicer(self.core, self._device_facts), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+
+    @staticmethod
+    async def _release_grpc(server: grpc.aio.Server, bound_not_started: bool) -> None:
+        """Stop a gRPC server that will not serve. grpc (1.81) keeps the port of a server that
+        never started bound until the process exits, whatever stop() or the collector do; only
+        a started server's stop releases it, so such a server starts and stops at once (a call
+        made in that instant is cancelled)."""
+        if bound_not_started:
+            with contextlib.suppress(Exception):
+                await server.start()
+        await server.stop(None)
+
+    def _bind_grpc(self, server: grpc.aio.Server) -> int:
+        address = f"{self.settings.host}:{self.settings.port}"
+        try:
+            if self._credentials is not None:
+                return server.add_secure_port(address, self._credentials)
+            return server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc says "Failed to bind to address ..."
+            raise PortInUse(
+                f"cannot listen on {address}: the port is in use or the address is not local"
+            ) from exc
 
     async def _set_health(self, ready: bool) -> None:
         status = health_pb2.HealthCheckResponse
