@@ -145,3 +145,20 @@ async def test_cascade_counts_waiting_for_a_member_as_queue_not_inference(
     assert timings.inference_us <= timings.total_us - held_us, timings
     assert abs(timings.total_us - _parts_us(timings)) <= ROUNDING_US, timings
     assert timings.batch_size == 1, timings
+
+
+async def test_two_cameras_never_report_more_frames_per_run_than_there_are(
+    pipelines_server: EdgeServer,
+):
+    # Two cameras on the cascade at once: their pyramid levels and crops may share member runs
+    # (batch_size 2) or not (1), but the dozens of rows a frame sends never count as frames.
+    frames = 4
+    streams = [
+        [_open("faces")] + [_frame(index, "faces") for index in range(frames)] for _ in range(2)
+    ]
+    answers = await asyncio.gather(*(_results(pipelines_server.port, s) for s in streams))
+    for results in answers:
+        assert len(results) == frames
+        for result in results:
+            assert 1 <= result.timings.batch_size <= 2, result.timings
+            assert abs(result.timings.total_us - _parts_us(result.timings)) <= ROUNDING_US
