@@ -21,6 +21,13 @@ def register(app: typer.Typer) -> None:
     app.command("stream", help=STREAM_HELP)(stream_command)
 
 
+def _comma_list(value: str | None) -> list[str] | None:
+    """`0,2` as ["0", "2"] for the settings to check; None when the flag was not given."""
+    if value is None:
+        return None
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
 def stream_command(
     sources: Annotated[list[str], typer.Argument(help="One or more sources.", show_default=False)],
     model: Annotated[
@@ -52,6 +59,34 @@ def stream_command(
     ] = None,
     top_k: Annotated[
         int | None, typer.Option(help="Labels per result (default: the model's).")
+    ] = None,
+    score_threshold: Annotated[
+        float | None,
+        typer.Option(help="Drop detections scoring below this (default: the model's)."),
+    ] = None,
+    max_detections: Annotated[
+        int | None,
+        typer.Option(help="At most N detections per frame, the best scores (default: no limit)."),
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="Only these class ids, e.g. 0,2 (default: every class).", metavar="ID,ID,..."
+        ),
+    ] = None,
+    roi: Annotated[
+        str | None,
+        typer.Option(
+            help="Analyse only this region, in source pixels (boxes stay in full-frame pixels).",
+            metavar="X_MIN,Y_MIN,X_MAX,Y_MAX",
+        ),
+    ] = None,
+    reconnect: Annotated[
+        bool | None,
+        typer.Option(
+            help="Retry a network camera or webcam that drops or is down at start, with backoff "
+            "from 0.5 s up to 10 s, forever (default on)."
+        ),
     ] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after S seconds.")] = None,
     loop: Annotated[bool | None, typer.Option(help="Repeat files and folders.")] = None,
@@ -117,6 +152,11 @@ def stream_command(
         "max_in_flight": max_in_flight,
         "max_age_ms": max_age_ms,
         "top_k": top_k,
+        "score_threshold": score_threshold,
+        "max_detections": max_detections,
+        "classes": _comma_list(classes),
+        "roi": _comma_list(roi),
+        "reconnect": reconnect,
         "duration_s": duration,
         "loop": loop,
         "retries": retries,
@@ -135,7 +175,8 @@ def stream_command(
         )
     except ValidationError as error:
         first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "settings"
+        # The flag is the field's name; `roi.2` is the third number of --roi.
+        field = str(first["loc"][0]) if first["loc"] else "settings"
         flag = {"jpeg_quality": "quality", "duration_s": "duration"}.get(field, field)
         console.print(
             f"edgefleet stream: --{flag.replace('_', '-')} / EDGEFLEET_CLIENT_{field.upper()}: "
@@ -146,7 +187,7 @@ def stream_command(
     opened: list[FrameSource] = []
     for spec in sources:
         try:
-            opened.append(open_source(spec, loop=settings.loop))
+            opened.append(open_source(spec, loop=settings.loop, reconnect=settings.reconnect))
         except SourceError as error:
             console.print(f"[red]cannot open source[/] {error}")
             raise typer.Exit(2) from error

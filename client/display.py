@@ -21,6 +21,8 @@ _STATE_STYLE = {
     StreamState.FAILED: "bold red",
 }
 
+_UP = (StreamState.CONNECTING, StreamState.STREAMING)
+
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
@@ -36,14 +38,20 @@ def live_table(runs: Sequence[StreamRun]) -> Table:
     table.add_column("last result", no_wrap=True, overflow="ellipsis")
     for run in runs:
         snap = run.stats.snapshot()
-        state = snap.state.value
+        state, style = snap.state.value, _STATE_STYLE[snap.state]
         if snap.state is StreamState.RECONNECTING:
             state = f"reconnecting #{snap.reconnects}"
         last = ", ".join(lb.split(",")[0] for lb in snap.last_labels[:2]) or (snap.last_error or "")
+        if snap.camera_down and snap.state in _UP:
+            # The server stream is fine; the camera is what is being retried.
+            state, style = "camera down", "bold yellow"
+            last = run.source.health.last_error or last
+        elif snap.camera_reconnects and snap.state in _UP:
+            state = f"{state}, camera back {snap.camera_reconnects}x"
         dropped = snap.frames_dropped + snap.frames_dropped_client + snap.frames_lost
         table.add_row(
             run.source.name,
-            f"[{_STATE_STYLE[snap.state]}]{state}[/]",
+            f"[{style}]{state}[/]",
             str(snap.frames_sent),
             str(snap.frames_answered),
             str(dropped),
@@ -58,7 +66,8 @@ def live_table(runs: Sequence[StreamRun]) -> Table:
 
 def summary_table(runs: Sequence[StreamRun]) -> Table:
     table = Table(title="summary")
-    for column in ("source", "state", "sent", "answered", "dropped srv/cli/lost", "reconn",
+    for column in ("source", "state", "sent", "answered", "dropped srv/cli/lost",
+                   "reconn srv/cam",
                    "avg fps", "p50/p95/p99 ms", "last result"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("source", "state") else "right")
     for run in runs:
@@ -74,7 +83,7 @@ def summary_table(runs: Sequence[StreamRun]) -> Table:
             str(snap.frames_sent),
             str(snap.frames_answered),
             f"{snap.frames_dropped}/{snap.frames_dropped_client}/{snap.frames_lost}",
-            str(snap.reconnects),
+            f"{snap.reconnects}/{snap.camera_reconnects}",
             f"{average_fps:.1f}",
             latency,
             (run.error or ", ".join(label.split(",")[0] for label in snap.last_labels[:2]))[:60],

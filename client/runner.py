@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import numpy as np
-
+from client.backoff import BackoffPolicy
 from client.frames import CapturedFrame
 from client.overlay import VideoSink
 from client.security import ChannelSecurity, open_channel
@@ -24,7 +23,6 @@ from client.settings import ClientSettings
 from client.sources import FrameSource, SourceError, paced, until_stopped
 from client.stats import StatsSnapshot, StreamState, StreamStats
 from client.stream import (
-    BackoffPolicy,
     Connected,
     FrameRejected,
     FrameResult,
@@ -63,6 +61,7 @@ class StreamRun:
             "elapsed_s": round(elapsed, 3),
             "average_fps": round(snapshot.frames_answered / elapsed, 2) if elapsed else 0.0,
             "error": self.error,
+            "camera_error": self.source.health.last_error,
         }
 
 
@@ -91,6 +90,11 @@ def stream_config(settings: ClientSettings, source: FrameSource, index: int) -> 
         stream_id=f"{index}:{source.name}"[:128],
         source_fps=source.native_fps or 0.0,
         backoff=BackoffPolicy(max_attempts=settings.retries),
+        keep_frames=settings.save_video is not None,
+        score_threshold=settings.score_threshold,
+        max_detections=settings.max_detections,
+        class_ids=settings.classes,
+        region_of_interest=settings.roi,
     )
 
 
@@ -145,20 +149,6 @@ def event_record(stream: str, event: StreamEvent) -> dict[str, object] | None:
     return None
 
 
-# Frames kept for --save-video until their result comes back; older ones were dropped.
-_KEPT_FOR_VIDEO = 64
-
-
-async def _remembered(
-    frames: AsyncIterator[CapturedFrame], kept: dict[int, np.ndarray]
-) -> AsyncIterator[CapturedFrame]:
-    async for frame in frames:
-        kept[frame.capture_time_unix_ns] = frame.pixels_bgr
-        if len(kept) > _KEPT_FOR_VIDEO:
-            del kept[next(iter(kept))]
-        yield frame
-
-
 # Frames remembered for their index and origin until their result comes back.
 _KEPT_FOR_ORIGIN = 4096
 
@@ -193,9 +183,6 @@ async def _run_one(
     # No rate given: play at the source's own rate (live sources pace themselves: None).
     rate = fps if fps is not None else run.source.native_fps
     frames = until_stopped(paced(run.source.frames(), rate), stop)
-    kept: dict[int, np.ndarray] = {}
-    if video is not None:
-        frames = _remembered(frames, kept)
     origins: dict[int, tuple[int, str]] = {}
     if sink is not None:
         frames = _numbered(frames, origins)
@@ -213,10 +200,9 @@ async def _run_one(
                         record["file"] = origin
                 # Small buffered writes; the OS absorbs them without stalling the loop.
                 sink.write(json.dumps(record) + "\n")
-            if video is not None and isinstance(event, FrameResult):
-                pixels = kept.pop(event.capture_time_unix_ns, None)
-                if pixels is not None:
-                    await asyncio.to_thread(video.write, pixels, event.detections)
+            # The stream kept each frame in flight (keep_frames): every answered one is written.
+            if video is not None and isinstance(event, FrameResult) and event.frame is not None:
+                await asyncio.to_thread(video.write, event.frame.pixels_bgr, event.detections)
     except (StreamFailed, SourceError) as error:
         run.error = str(error)
         run.stats.last_error = str(error)
@@ -236,9 +222,10 @@ async def run_streams(
     """Stream every source until it ends, `duration_s` passes or `stop` is set."""
     stop = stop if stop is not None else asyncio.Event()
     security = security_from(settings)
-    runs = [StreamRun(source, StreamStats()) for source in sources]
-    # Open every source first: a bad one is reported by name before any stream starts, and a
-    # video file's own fps is known for pacing.
+    runs = [StreamRun(source, StreamStats(source=source.health)) for source in sources]
+    # Open every source first: a bad one is reported by name before any stream starts, a video
+    # file's own fps is known for pacing, and the capture opened here is the one streamed (a
+    # camera may take one connection only). A live camera that is down is retried, not refused.
     opened = await asyncio.gather(*(source.open() for source in sources), return_exceptions=True)
     for stream_run, outcome in zip(runs, opened, strict=True):
         if isinstance(outcome, SourceError):

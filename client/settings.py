@@ -4,8 +4,9 @@ environment variables (their own prefix, so a client's TLS files never read the 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from client.frames import DEFAULT_JPEG_QUALITY, Encoding
@@ -27,6 +28,14 @@ class ClientSettings(BaseSettings):
     # The server drops frames that waited longer than this as stale; 0: no limit.
     max_age_ms: int = Field(default=0, ge=0, le=2**32 - 1)
     top_k: int = Field(default=0, ge=0)
+    # Result options sent at stream open (ResultOptions); 0 or empty: the model's own.
+    score_threshold: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_detections: int = Field(default=0, ge=0, le=2**32 - 1)
+    classes: tuple[Annotated[int, Field(ge=0, le=2**32 - 1)], ...] = ()
+    # Region of interest: x_min, y_min, x_max, y_max in source-frame pixels; None: whole frame.
+    roi: tuple[float, float, float, float] | None = None
+    # A live camera that drops, or is down at start, is retried with backoff (never given up).
+    reconnect: bool = True
     duration_s: float | None = Field(default=None, gt=0)
     loop: bool = False
     # Consecutive failed connection attempts before a stream gives up; 0 retries forever.
@@ -40,3 +49,14 @@ class ClientSettings(BaseSettings):
     output_jsonl: Path | None = None
     # Annotated video of the answered frames (client/overlay.py).
     save_video: Path | None = None
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_is_a_rectangle(
+        cls, roi: tuple[float, float, float, float] | None
+    ) -> tuple[float, float, float, float] | None:
+        if roi is not None:
+            x_min, y_min, x_max, y_max = roi
+            if min(roi) < 0 or x_max <= x_min or y_max <= y_min:
+                raise ValueError("expected x_min,y_min,x_max,y_max with 0 <= min < max")
+        return roi

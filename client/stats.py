@@ -9,6 +9,8 @@ from enum import StrEnum
 
 import numpy as np
 
+from client.sources.base import SourceHealth
+
 # Percentiles describe the recent past, not the whole run: a camera streams for days.
 LATENCY_WINDOW = 1024
 FPS_WINDOW_S = 5.0
@@ -38,6 +40,7 @@ class StatsSnapshot:
     # Sent on a connection that broke before the server answered them.
     frames_lost: int
     frames_rejected: int
+    # Reconnects to the server (the stream broke); the camera's own are camera_reconnects.
     reconnects: int
     fps: float
     latency_p50_ms: float | None
@@ -46,6 +49,9 @@ class StatsSnapshot:
     result_age_ms: float | None
     last_labels: tuple[str, ...]
     last_error: str | None
+    # The camera itself (not the server): unreachable now, and times it came back.
+    camera_down: bool = False
+    camera_reconnects: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -65,6 +71,8 @@ class StatsSnapshot:
             "result_age_ms": self.result_age_ms,
             "last_labels": list(self.last_labels),
             "last_error": self.last_error,
+            "camera_down": self.camera_down,
+            "camera_reconnects": self.camera_reconnects,
         }
 
 
@@ -88,6 +96,8 @@ class StreamStats:
     last_labels: tuple[str, ...] = ()
     last_error: str | None = None
     last_result_age_ms: float | None = None
+    # The source's own health, shared with it (a camera that drops and comes back).
+    source: SourceHealth = field(default_factory=SourceHealth)
     _latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     _answer_times: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
 
@@ -139,4 +149,6 @@ class StreamStats:
             result_age_ms=age,
             last_labels=self.last_labels,
             last_error=self.last_error,
+            camera_down=self.source.down,
+            camera_reconnects=self.source.reconnects,
         )

@@ -5,6 +5,10 @@ backoff and jitter, opens the stream again and resumes. Frames the broken connec
 answered are re-sent under the BLOCK policy (recorded video: nothing may be lost) and counted as
 lost under DROP_OLDEST (a live camera wants the freshest frame, not a stale one).
 
+With `keep_frames`, each frame's pixels travel with it until it is settled and come back on its
+FrameResult (for `--save-video`): only frames in flight are held, and a frame the server dropped
+or the client replaced is released at once.
+
 Memory stays bounded whatever the consumer does: the send queue holds `send_queue_frames`, at
 most `client_window` frames are unsettled, and results are read only as fast as the caller takes
 them; a live source then drops its oldest frames on the client, before they cost bandwidth.
@@ -23,6 +27,8 @@ from enum import StrEnum
 
 import grpc
 
+# Re-exported: callers configure a stream's backoff from here.
+from client.backoff import BackoffPolicy as BackoffPolicy
 from client.frames import CapturedFrame, Encoding, encode_frame
 from client.stats import StreamState, StreamStats
 from protos.edgefleet.v1 import frame_stream_pb2 as pb
@@ -58,23 +64,6 @@ _WIRE_POLICY = {
 
 
 @dataclass(frozen=True)
-class BackoffPolicy:
-    """Exponential backoff with jitter; `max_attempts` consecutive failures end the stream."""
-
-    initial_s: float = 0.1
-    max_s: float = 5.0
-    multiplier: float = 2.0
-    # Up to this fraction of each delay is randomised away, so cameras do not reconnect in step.
-    jitter: float = 0.5
-    # 0 retries forever (a camera that must come back whenever the server does).
-    max_attempts: int = 8
-
-    def delay_s(self, attempt: int, rng: random.Random) -> float:
-        base = min(self.max_s, self.initial_s * self.multiplier ** max(attempt - 1, 0))
-        return base * (1.0 - self.jitter * rng.random())
-
-
-@dataclass(frozen=True)
 class StreamConfig:
     model_name: str
     # Empty: the server's active version, following hot swaps.
@@ -99,6 +88,14 @@ class StreamConfig:
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     # A server that accepts the call but sends no `opened` within this is treated as down.
     open_timeout_s: float = 10.0
+    # Hand each answered frame's pixels back on its FrameResult (annotated video).
+    keep_frames: bool = False
+    # Result options (protos ResultOptions); 0 or empty: the model's own.
+    score_threshold: float = 0.0
+    max_detections: int = 0
+    class_ids: tuple[int, ...] = ()
+    # x_min, y_min, x_max, y_max in source-frame pixels; None: the whole frame.
+    region_of_interest: tuple[float, float, float, float] | None = None
 
 
 _DROP_KINDS = {
@@ -157,6 +154,8 @@ class FrameResult:
     server_total_us: int
     batch_size: int
     detections: tuple[Detected, ...] = ()
+    # The frame as captured, when the stream keeps frames (StreamConfig.keep_frames).
+    frame: CapturedFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -198,6 +197,8 @@ class _Outgoing:
     sequence: int
     request: pb.StreamRequest
     sent_at: float = 0.0
+    # Kept only with StreamConfig.keep_frames, and only while the frame is unsettled.
+    frame: CapturedFrame | None = None
 
 
 _END = None
@@ -348,11 +349,26 @@ class FrameStreamClient:
                 source_fps=config.source_fps,
                 overload_policy=_WIRE_POLICY[config.overload_policy],
                 max_in_flight=config.max_in_flight,
-                results=pb.ResultOptions(top_k=config.top_k),
+                results=self._result_options(),
                 stream_id=config.stream_id,
                 max_age_ms=config.max_age_ms,
             )
         )
+
+    def _result_options(self) -> pb.ResultOptions:
+        config = self._config
+        options = pb.ResultOptions(
+            top_k=config.top_k,
+            score_threshold=config.score_threshold,
+            max_detections=config.max_detections,
+            class_ids=config.class_ids,
+        )
+        if config.region_of_interest is not None:
+            x_min, y_min, x_max, y_max = config.region_of_interest
+            options.region_of_interest.CopyFrom(
+                pb.Region(x_min=x_min, y_min=y_min, x_max=x_max, y_max=y_max)
+            )
+        return options
 
     async def _pump(self, frames: AsyncIterable[CapturedFrame]) -> None:
         """Encode frames off the loop and queue them; a live stream drops the oldest when full."""
@@ -384,7 +400,7 @@ class FrameStreamClient:
                 height=encoded.height if encoded.encoding is Encoding.RAW else 0,
             )
         )
-        return _Outgoing(sequence, request)
+        return _Outgoing(sequence, request, frame=frame if self._config.keep_frames else None)
 
     async def _send(self, call: _Call, resend: list[_Outgoing]) -> None:
         loop = asyncio.get_running_loop()
@@ -504,4 +520,5 @@ class FrameStreamClient:
             server_total_us=result.timings.total_us,
             batch_size=result.timings.batch_size,
             detections=detections,
+            frame=outgoing.frame if outgoing is not None else None,
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from client.frames import CapturedFrame
@@ -17,6 +18,33 @@ class SourceError(Exception):
         self.reason = reason
 
 
+@dataclass
+class SourceHealth:
+    """How a source is doing; a live camera updates it as it drops and comes back."""
+
+    # The camera is unreachable now (dropped, or down at start) and being retried.
+    down: bool = False
+    # Times the camera came back after it dropped or was down at start.
+    reconnects: int = 0
+    # Connection attempts in the current outage (0 while the camera is up).
+    attempts: int = 0
+    last_error: str | None = None
+
+    def lost(self, reason: str) -> None:
+        self.down = True
+        self.last_error = reason
+
+    def failed_attempt(self, reason: str) -> None:
+        self.attempts += 1
+        self.last_error = reason
+
+    def back(self) -> None:
+        if self.down:
+            self.reconnects += 1
+        self.down = False
+        self.attempts = 0
+
+
 class FrameSource(Protocol):
     # What the user asked for (path, URL, `pattern:640x480`), for messages and displays.
     name: str
@@ -26,6 +54,7 @@ class FrameSource(Protocol):
     # A live source (camera, stream, synthetic pattern) would rather lose a stale frame than
     # fall behind: its streams default to DROP_OLDEST. Files and folders default to BLOCK.
     live: bool
+    health: SourceHealth
 
     async def open(self) -> None:
         """Check the source can be read (raise SourceError if not) and learn its fps."""

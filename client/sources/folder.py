@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 
 from client.frames import CapturedFrame
-from client.sources.base import SourceError
+from client.sources.base import SourceError, SourceHealth
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ class ImageFolderSource:
         self.name = str(path)
         self.native_fps: float | None = None
         self.live = False
+        self.health = SourceHealth()
         self._loop = loop
         if path.is_file():
             self._files = [path]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from client.backoff import CAMERA_BACKOFF
 from client.sources.base import FrameSource, SourceError
 from client.sources.folder import IMAGE_SUFFIXES, ImageFolderSource
 from client.sources.pattern import TestPatternSource
@@ -18,8 +19,14 @@ SOURCE_HELP = (
 )
 
 
-def open_source(spec: str, *, loop: bool = False, count: int | None = None) -> FrameSource:
-    """The source `spec` names. Raises SourceError naming the source and the reason."""
+def open_source(
+    spec: str, *, loop: bool = False, count: int | None = None, reconnect: bool = True
+) -> FrameSource:
+    """The source `spec` names. Raises SourceError naming the source and the reason.
+
+    `reconnect`: a network camera or webcam that drops, or is down at start, is retried with
+    backoff (CAMERA_BACKOFF); without it, a live source that ends ends its frames."""
+    backoff = CAMERA_BACKOFF if reconnect else None
     pattern = _PATTERN.match(spec)
     if pattern:
         width, height, fps = pattern.groups()
@@ -28,9 +35,9 @@ def open_source(spec: str, *, loop: bool = False, count: int | None = None) -> F
             raise SourceError(spec, "pattern size must be at least 16x16")
         return TestPatternSource(size[0], size[1], float(fps) if fps else 30.0, count)
     if spec.startswith(LIVE_SCHEMES):
-        return VideoSource.url(spec)
+        return VideoSource.url(spec, reconnect=backoff)
     if spec.startswith("webcam") or spec.startswith("/dev/video"):
-        return VideoSource.webcam(spec)
+        return VideoSource.webcam(spec, reconnect=backoff)
     path = Path(spec)
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
         return ImageFolderSource(path, loop=loop)

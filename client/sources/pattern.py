@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from client.frames import CapturedFrame
+from client.sources.base import SourceHealth
 
 _BARS_BGR = (
     (255, 255, 255),
@@ -41,6 +42,7 @@ class TestPatternSource:
         self.name = f"pattern:{width}x{height}@{fps:g}"
         self.native_fps: float | None = fps
         self.live = True
+        self.health = SourceHealth()
         self._bars = render_bars(width, height)
         self._count = count
 

@@ -8,6 +8,7 @@ import http.server
 import subprocess
 import sys
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import cv2
@@ -21,8 +22,10 @@ from testkit.media import VIDEO_FRAMES, photo, png_bytes
 from testkit.repositories import ROOT
 
 
-async def collect(source_spec: str, limit: int = 100) -> list[CapturedFrame]:
-    source = open_source(source_spec)
+async def collect(
+    source_spec: str, limit: int = 100, *, reconnect: bool = True
+) -> list[CapturedFrame]:
+    source = open_source(source_spec, reconnect=reconnect)
     await source.open()
     frames = []
     async for frame in source.frames():
@@ -115,6 +118,19 @@ def test_cli_names_a_source_it_cannot_open(tmp_path: Path) -> None:
     assert f"{missing}: no such file" in " ".join(completed.stderr.split())
 
 
+async def _first(frames: AsyncIterator[CapturedFrame], count: int) -> AsyncIterator[CapturedFrame]:
+    """The first `count` frames, then the source is closed (aclose releases its capture)."""
+    received = 0
+    try:
+        async for frame in frames:
+            yield frame
+            received += 1
+            if received == count:
+                return
+    finally:
+        await frames.aclose()  # type: ignore[attr-defined]
+
+
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
@@ -128,9 +144,26 @@ async def test_http_stream_source_reads_a_served_video(test_video: Path) -> None
     thread.start()
     try:
         base = f"http://127.0.0.1:{server.server_port}"
-        frames = await collect(f"{base}/{test_video.name}")
+        frames = await collect(f"{base}/{test_video.name}", reconnect=False)
         with pytest.raises(SourceError, match=r"missing\.avi: could not connect, or no video"):
-            await collect(f"{base}/missing.avi")
+            await collect(f"{base}/missing.avi", reconnect=False)
+        # As a camera (the default), a stream that ends is a drop: it is opened again and
+        # read on, and one that is not there yet is retried, not refused.
+        camera = open_source(f"{base}/{test_video.name}")
+        await camera.open()
+        again = [frame async for frame in _first(camera.frames(), VIDEO_FRAMES + 3)]
+        assert len(again) == VIDEO_FRAMES + 3
+        assert camera.health.reconnects == 1 and not camera.health.down
+        absent = open_source(f"{base}/later.avi")
+        await absent.open()
+        assert absent.health.down and absent.health.attempts == 1
+        assert "could not connect" in (absent.health.last_error or "")
+        (test_video.parent / "later.avi").symlink_to(test_video)
+        try:
+            came_up = [frame async for frame in _first(absent.frames(), 2)]
+        finally:
+            (test_video.parent / "later.avi").unlink()
+        assert len(came_up) == 2 and absent.health.reconnects == 1
     finally:
         server.shutdown()
         server.server_close()
