@@ -1,5 +1,6 @@
 """Real external services for tests and benchmarks: nginx (a bundle origin and its mirrors),
-PostgreSQL (the replicated controller's store) and headless Chromium, from Debian's packages.
+PostgreSQL (the replicated controller's store), headless Chromium and an RTSP camera
+(GStreamer's RTSP server), from Debian's packages.
 
 Each is installed with apt-get when missing (CI is a fresh root machine), started on a free port
 in a temporary directory, and stopped afterwards. A test that needs one is skipped, with the
@@ -157,6 +158,97 @@ http {{
         process.kill()
     errors = (prefix / "error.log").read_text() if (prefix / "error.log").exists() else ""
     raise RuntimeError(f"nginx did not start: {errors[-500:]}")
+
+
+# An RTSP camera
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+# PyGObject and GStreamer's RTSP server, and the elements the camera's pipeline uses:
+# videotestsrc (base), rtph264pay (good), x264enc (ugly).
+RTSP_PACKAGES = (
+    "python3-gi",
+    "gir1.2-gstreamer-1.0",
+    "gir1.2-gst-rtsp-server-1.0",
+    "gstreamer1.0-plugins-base",
+    "gstreamer1.0-plugins-good",
+    "gstreamer1.0-plugins-ugly",
+)
+_RTSP_CHECK = (
+    "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0');"
+    "from gi.repository import Gst, GstRtspServer; Gst.init(None);"
+    "missing = [e for e in ('videotestsrc', 'x264enc', 'rtph264pay')"
+    " if Gst.ElementFactory.find(e) is None]; assert not missing, missing"
+)
+RTSP_PROGRAM = Path(__file__).parent / "programs" / "rtsp_camera.py"
+
+
+def _rtsp_server_missing() -> str | None:
+    if not Path(SYSTEM_PYTHON).exists():
+        return f"{SYSTEM_PYTHON} is missing"
+    checked = subprocess.run(
+        [SYSTEM_PYTHON, "-c", _RTSP_CHECK], capture_output=True, text=True, timeout=60
+    )
+    return None if checked.returncode == 0 else (checked.stderr.strip()[-300:] or "failed")
+
+
+def rtsp_server_available() -> None:
+    """GStreamer's RTSP server for Debian's python3, installed when missing; skips the test
+    (with the reason) only when it cannot be installed here."""
+    if _rtsp_server_missing() is None:
+        return
+    for package in RTSP_PACKAGES:
+        reason = _apt_install(package)
+        if reason:
+            pytest.skip(reason)
+    still = _rtsp_server_missing()
+    if still:
+        pytest.skip(f"GStreamer's RTSP server is installed but does not work: {still}")
+
+
+@dataclass
+class RtspCamera:
+    """A live H.264 test pattern at `url`; `kill()` and `start()` again on the same port."""
+
+    port: int
+    directory: Path
+    size: tuple[int, int] = (320, 240)
+    fps: int = 15
+    process: Spawned | None = None
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/camera"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        self.starts += 1
+        width, height = self.size
+        process = spawn(
+            [SYSTEM_PYTHON, str(RTSP_PROGRAM), str(self.port), str(width), str(height),
+             str(self.fps)],
+            self.directory / f"rtsp-{self.starts}.log",
+        )  # fmt: skip
+        if not _wait_listening(self.port, process, timeout_s):
+            process.kill()
+            raise RuntimeError(f"RTSP camera did not listen on {self.port}:\n{process.log_tail()}")
+        self.process = process
+
+    def kill(self) -> None:
+        """SIGKILL: the camera vanishes mid-stream, as a power cut does."""
+        if self.process is not None:
+            self.process.kill()
+            self.process = None
+
+
+def rtsp_camera(directory: Path, *, started: bool = True) -> RtspCamera:
+    """An RTSP camera on a free port (started unless `started` is false: a camera down at start
+    that the test brings up later)."""
+    rtsp_server_available()
+    directory.mkdir(parents=True, exist_ok=True)
+    camera = RtspCamera(free_port(), directory)
+    if started:
+        camera.start()
+    return camera
 
 
 # PostgreSQL

@@ -1,0 +1,207 @@
+"""Cameras that never give up, through the real `edgefleet stream` CLI as a child process:
+a real RTSP camera (GStreamer's RTSP server) killed and restarted mid-run, or down at start;
+`--save-video` with a model slower than the camera; the result options reaching the server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import cv2
+import pytest
+
+from edgefleet.face_frames import frame_with_faces
+from testkit.edge import running_server
+from testkit.faces import copy_faces
+from testkit.media import png_bytes
+from testkit.processes import EDGEFLEET, Spawned, spawn
+from testkit.repositories import ONNX_MODEL
+from testkit.services import RtspCamera, rtsp_camera
+
+# Generous: a loaded 2-core machine, an RTSP connect that takes seconds, backoff up to 10 s.
+WAIT_S = 90.0
+
+
+async def wait_for(what: str, ready: Callable[[], bool], process: Spawned) -> None:
+    """Poll `ready` from the event loop (the in-process server keeps serving meanwhile)."""
+    deadline = time.monotonic() + WAIT_S
+    while not ready():
+        if not process.running:
+            exited = f"the CLI exited {process.returncode}"
+            raise AssertionError(f"{what}: {exited}:\n{process.log_tail()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {WAIT_S} s:\n{process.log_tail()}")
+        await asyncio.sleep(0.1)
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    """The complete JSON lines written so far."""
+    if not path.exists():
+        return []
+    lines = path.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in lines]
+
+
+def summaries(process: Spawned) -> list[dict[str, Any]]:
+    """Not a terminal: the CLI prints one JSON summary per stream on stderr."""
+    return [json.loads(line) for line in process.log().splitlines() if line.startswith("{")]
+
+
+@asynccontextmanager
+async def streaming(
+    tmp_path: Path, port: int, model: str, *sources_and_flags: str
+) -> AsyncIterator[tuple[Spawned, Path]]:
+    """`edgefleet stream ...` writing JSONL; ended with Ctrl-C (SIGINT) and awaited."""
+    output = tmp_path / "results.jsonl"
+    command = [*EDGEFLEET, "stream", *sources_and_flags, "--server", f"127.0.0.1:{port}",
+               "--model", model, "--output", "jsonl", str(output)]  # fmt: skip
+    process = spawn(command, tmp_path / "stream.log")
+    try:
+        yield process, output
+    finally:
+        # The first Ctrl-C ends the sources; frames already sent are still answered.
+        process.signal(signal.SIGINT)
+        await asyncio.to_thread(process.wait, WAIT_S)
+        process.kill()
+
+
+def results_after(path: Path, unix_ns: int) -> int:
+    return sum(
+        1
+        for record in records(path)
+        if record["event"] == "result" and record["capture_time_unix_ns"] > unix_ns
+    )
+
+
+@pytest.fixture
+def camera(tmp_path: Path) -> Iterator[RtspCamera]:
+    """An RTSP camera on its own port, not started yet; killed at the end."""
+    made = rtsp_camera(tmp_path / "camera", started=False)
+    yield made
+    made.kill()
+
+
+# A child CLI, an RTSP server killed and restarted: tens of seconds.
+@pytest.mark.system
+async def test_rtsp_camera_killed_mid_run_comes_back_on_the_same_stream(
+    repository: Path, camera: RtspCamera, tmp_path: Path
+) -> None:
+    await asyncio.to_thread(camera.start)
+    async with (
+        running_server(repository) as server,
+        streaming(tmp_path, server.port, ONNX_MODEL, camera.url) as (process, output),
+    ):
+        await wait_for("results from the camera", lambda: len(records(output)) > 0, process)
+        camera.kill()
+        await wait_for("the drop noticed", lambda: "camera dropped" in process.log(), process)
+        await asyncio.sleep(1.0)
+        restarted_ns = time.time_ns()
+        await asyncio.to_thread(camera.start)
+        await wait_for("the camera back", lambda: "back after" in process.log(), process)
+        await wait_for(
+            "results from the restarted camera",
+            lambda: results_after(output, restarted_ns) >= 5,
+            process,
+        )
+    assert process.returncode == 0, process.log_tail()
+    results = [record for record in records(output) if record["event"] == "result"]
+    # One server stream throughout: the camera's drop never ended or reopened it.
+    assert {record["stream_id"] for record in results} == {results[0]["stream_id"]}
+    (summary,) = summaries(process)
+    assert summary["camera_reconnects"] == 1 and summary["reconnects"] == 0, summary
+    assert summary["frames_answered"] == len(results) and summary["error"] is None
+    assert "reconn srv/cam" in process.log()
+
+
+@pytest.mark.system
+async def test_rtsp_camera_down_at_start_is_retried_until_it_comes_up(
+    repository: Path, camera: RtspCamera, tmp_path: Path
+) -> None:
+    async with (
+        running_server(repository) as server,
+        streaming(tmp_path, server.port, ONNX_MODEL, camera.url) as (process, output),
+    ):
+        await wait_for("the refusal said", lambda: "retrying until" in process.log(), process)
+        # Down for a while: the run goes on (the CLI does not exit 2 as for a missing file).
+        await asyncio.sleep(2.0)
+        assert process.running, process.log_tail()
+        await asyncio.to_thread(camera.start)
+        await wait_for("results", lambda: len(records(output)) >= 1, process)
+    assert process.returncode == 0, process.log_tail()
+    (summary,) = summaries(process)
+    assert summary["camera_reconnects"] == 1 and summary["frames_answered"] > 0, summary
+
+
+# The faces pipeline (tens of milliseconds a frame here) against a pattern read flat out.
+@pytest.mark.system
+async def test_save_video_writes_every_answered_frame_of_a_slow_model(
+    built_models: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    copy_faces(built_models, repo)
+    video = tmp_path / "answered.avi"
+    async with (
+        running_server(repo) as server,
+        streaming(tmp_path, server.port, "faces", "pattern:320x240", "--fps", "0",
+                  "--duration", "6", "--save-video", str(video)) as (process, output),
+    ):  # fmt: skip
+        await asyncio.to_thread(process.wait, WAIT_S)
+    assert process.returncode == 0, process.log_tail()
+    answered = [record for record in records(output) if record["event"] == "result"]
+    (summary,) = summaries(process)
+    # The model is slower than the camera: most frames read were never answered.
+    sent = summary["frames_sent"] + summary["frames_dropped_client"]
+    assert sent > 2 * len(answered) > 0, summary
+    capture = cv2.VideoCapture(str(video))
+    written = 0
+    while capture.read()[0]:
+        written += 1
+    capture.release()
+    assert written == len(answered)
+
+
+@pytest.mark.system
+async def test_result_options_from_the_command_line_reach_the_server(
+    built_models: Path, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    copy_faces(built_models, repo)
+    scene = frame_with_faces(640, 480, 5)
+    picture = tmp_path / "five-faces.png"
+    picture.write_bytes(png_bytes(scene.image))
+    first_head = scene.heads[0]
+    roi = ",".join(str(value) for value in first_head)
+
+    async def detections(run: str, *flags: str) -> list[dict[str, Any]]:
+        workdir = tmp_path / run
+        workdir.mkdir()
+        async with streaming(workdir, server.port, "faces", str(picture), *flags) as (process, _):
+            await asyncio.to_thread(process.wait, WAIT_S)
+        assert process.returncode == 0, process.log_tail()
+        (result,) = [r for r in records(workdir / "results.jsonl") if r["event"] == "result"]
+        found: list[dict[str, Any]] = result["detections"]
+        return found
+
+    async with running_server(repo) as server:
+        every = await detections("every")
+        best = await detections("best", "--max-detections", "1")
+        inside = await detections("roi", "--roi", roi)
+        none = await detections("classes", "--classes", "7")
+        strict = await detections("threshold", "--score-threshold", "0.999999")
+    assert len(every) >= 3, every
+    assert len(best) == 1
+    assert best[0]["score"] == max(item["score"] for item in every)
+    assert len(inside) >= 1
+    for item in inside:
+        x_min, y_min, x_max, y_max = item["box"]
+        # Boxes stay in full-frame pixels and lie within the region (a little slack).
+        assert x_min >= first_head[0] - 2 and x_max <= first_head[2] + 2, (item, first_head)
+        assert y_min >= first_head[1] - 2 and y_max <= first_head[3] + 2, (item, first_head)
+    assert none == []
+    assert len(strict) < len(every)
