@@ -50,6 +50,13 @@ class ClientSettings(BaseSettings):
     # Annotated video of the answered frames (client/overlay.py).
     save_video: Path | None = None
 
+    @field_validator("roi", mode="before")
+    @classmethod
+    def _roi_has_four_numbers(cls, roi: object) -> object:
+        if isinstance(roi, list | tuple) and len(roi) != 4:
+            raise ValueError(f"expected 4 numbers x_min,y_min,x_max,y_max, got {len(roi)}")
+        return roi
+
     @field_validator("roi")
     @classmethod
     def _roi_is_a_rectangle(

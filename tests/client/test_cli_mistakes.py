@@ -110,3 +110,16 @@ async def test_11_controller_settings_come_from_the_environment(tmp_path: Path):
     )  # fmt: skip
     assert code == 2
     assert "telemetry_interval_s" in stderr and "Traceback" not in stderr
+
+
+async def test_25_bad_result_options_name_their_flag():
+    for flags, said in (
+        (("--roi", "100,100,50,200"), "--roi / EDGEFLEET_CLIENT_ROI: Value error"),
+        (("--roi", "1,2,3"), "--roi / EDGEFLEET_CLIENT_ROI: Value error, expected 4 numbers"),
+        (("--classes", "0,cat"), "--classes / EDGEFLEET_CLIENT_CLASSES"),
+        (("--score-threshold", "1.5"), "--score-threshold / EDGEFLEET_CLIENT_SCORE_THRESHOLD"),
+        (("--max-detections", "-1"), "--max-detections / EDGEFLEET_CLIENT_MAX_DETECTIONS"),
+    ):
+        code, _, stderr = await edgefleet("stream", "pattern", "--model", "m", *flags)
+        assert code == 2, (flags, stderr[-1500:])
+        assert said in " ".join(stderr.split()) and "Traceback" not in stderr, (flags, stderr)

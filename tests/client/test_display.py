@@ -21,3 +21,18 @@ def test_live_view_shows_reconnecting_and_the_summary_shows_counts() -> None:
     stats.state = StreamState.FINISHED
     summary = render(summary_table([run]))
     assert "finished" in summary and " 12 " in summary and "40.0/40.0/40.0" in summary
+
+
+def test_live_view_says_when_the_camera_is_down_and_the_summary_counts_its_returns() -> None:
+    source = TestPatternSource(64, 48)
+    stats = StreamStats(source=source.health)
+    stats.state = StreamState.STREAMING
+    run = StreamRun(source, stats)
+    source.health.lost("could not connect, or no video stream at this address")
+    live = render(live_table([run]))
+    assert "camera down" in live and "could not connect" in live
+    source.health.back()
+    assert "camera back 1x" in render(live_table([run]))
+    stats.reconnects = 2
+    assert " 2/1 " in render(summary_table([run]))
+    assert stats.snapshot().as_dict()["camera_reconnects"] == 1
