@@ -8,6 +8,7 @@ import http.server
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 from client.frames import CapturedFrame, Encoding, encode_frame
 from client.sources import SourceError, open_source, paced, until_stopped
 from client.sources.pattern import TestPatternSource
-from testkit.media import VIDEO_FRAMES, photo, png_bytes
+from testkit.media import VIDEO_FRAMES, jpeg_bytes, photo, png_bytes
 from testkit.repositories import ROOT
 
 
@@ -170,3 +171,56 @@ async def test_http_stream_source_reads_a_served_video(test_video: Path) -> None
         thread.join(5)
     assert len(frames) == VIDEO_FRAMES
     assert open_source(f"{base}/{test_video.name}").live
+
+
+class _OneClientCamera(http.server.BaseHTTPRequestHandler):
+    """An MJPEG-over-HTTP camera (multipart/x-mixed-replace, as cheap IP cameras serve) that
+    takes one client at a time and counts the connections it was asked for."""
+
+    frame = b""
+    connections = 0
+    busy = threading.Lock()
+
+    def do_GET(self) -> None:
+        type(self).connections += 1
+        if not self.busy.acquire(blocking=False):
+            self.send_error(503, "one client at a time")
+            return
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            for _ in range(300):
+                self.wfile.write(
+                    b"--frame\r\nContent-Type: image/jpeg\r\n"
+                    + f"Content-Length: {len(self.frame)}\r\n\r\n".encode()
+                    + self.frame
+                    + b"\r\n"
+                )
+                time.sleep(0.02)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away
+        finally:
+            self.busy.release()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+async def test_a_camera_is_opened_once_for_the_check_and_the_frames() -> None:
+    _OneClientCamera.frame = jpeg_bytes(photo("astronaut"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OneClientCamera)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        source = open_source(f"http://127.0.0.1:{server.server_port}/video.mjpg")
+        await source.open()
+        frames = [frame async for frame in _first(source.frames(), 10)]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert len(frames) == 10 and frames[0].pixels_bgr.shape == (512, 512, 3)
+    # The check in open() and the frames share one connection: nothing to race for.
+    assert _OneClientCamera.connections == 1
+    assert source.health.reconnects == 0 and not source.health.down
