@@ -102,7 +102,7 @@ class VideoSource:
                 cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self._timeout_ms,
                 cv2.CAP_PROP_READ_TIMEOUT_MSEC, self._timeout_ms,
             ]  # fmt: skip
-            return cv2.VideoCapture(self._target, cv2.CAP_FFMPEG, timeouts)
+            return cv2.VideoCapture(self._target, cv2.CAP_ANY, timeouts)
         return cv2.VideoCapture(self._target)
 
     def _open(self) -> _Opened:

@@ -16,9 +16,11 @@ import cv2
 import numpy as np
 import pytest
 
+from client.backoff import CAMERA_BACKOFF
 from client.frames import CapturedFrame, Encoding, encode_frame
 from client.sources import SourceError, open_source, paced, until_stopped
 from client.sources.pattern import TestPatternSource
+from client.sources.video import VideoSource
 from testkit.media import VIDEO_FRAMES, jpeg_bytes, photo, png_bytes
 from testkit.repositories import ROOT
 
@@ -224,3 +226,56 @@ async def test_a_camera_is_opened_once_for_the_check_and_the_frames() -> None:
     # The check in open() and the frames share one connection: nothing to race for.
     assert _OneClientCamera.connections == 1
     assert source.health.reconnects == 0 and not source.health.down
+
+
+class _StallingCamera(http.server.BaseHTTPRequestHandler):
+    """An MJPEG camera whose first connection goes silent after 5 frames (a camera that hangs
+    without closing the connection); later connections stream normally."""
+
+    frame = b""
+    connections = 0
+
+    def do_GET(self) -> None:
+        type(self).connections += 1
+        stalls = self.connections == 1
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        try:
+            for sent in range(300):
+                if stalls and sent == 5:
+                    time.sleep(30)
+                    return
+                self.wfile.write(
+                    b"--frame\r\nContent-Type: image/jpeg\r\n"
+                    + f"Content-Length: {len(self.frame)}\r\n\r\n".encode()
+                    + self.frame
+                    + b"\r\n"
+                )
+                time.sleep(0.02)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+# Waits out a read timeout and a backoff: seconds.
+@pytest.mark.system
+async def test_a_camera_that_goes_silent_is_dropped_after_its_timeout_and_reopened() -> None:
+    _StallingCamera.frame = jpeg_bytes(photo("astronaut"))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StallingCamera)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/video.mjpg"
+        # A short timeout for the test; cameras get LIVE_TIMEOUT_S (5 s).
+        source = VideoSource(url, url, live=True, reconnect=CAMERA_BACKOFF, timeout_s=1.0)
+        await source.open()
+        frames = [frame async for frame in _first(source.frames(), 12)]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(frames) == 12
+    assert _StallingCamera.connections == 2 and source.health.reconnects == 1
