@@ -3,7 +3,8 @@ in server/, client/ or fleet/ imports it. Fixtures stay in the tests' conftest.p
 call into here.
 
 processes        spawn a child, wait for its port file or readiness, SIGTERM then SIGKILL, log
-services         PostgreSQL, nginx and headless Chromium from Debian packages
+services         PostgreSQL, nginx, headless Chromium and an RTSP camera (GStreamer) from Debian
+                 packages
 repositories     the checkout's root, the built default models, copies of them
 model_writer     writes a generated ONNX model as a real version (manifest with hashes)
 media            photos, JPEG/PNG bytes, camera frames, a test video
