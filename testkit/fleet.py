@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import ssl
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -241,6 +242,10 @@ async def within(seconds: float, what: str):
         async with asyncio.timeout(seconds):
             yield
     except TimeoutError:
+        # Where everything was waiting when time ran out (pytest shows it with the failure).
+        for task in asyncio.all_tasks():
+            if not task.done():
+                task.print_stack(limit=12, file=sys.stderr)
         raise AssertionError(f"{what}: not done within {seconds}s") from None
 
 
