@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from common.telemetry import ModelTelemetry
+from server.analytics.config import check_config
 from server.errors import (
     DeadlineExceeded,
     EdgeError,
@@ -397,6 +398,8 @@ class InferenceCore:
             raise InvalidInput(
                 f"model {model.name} has no preprocess section, so it cannot take camera frames"
             )
+        if options.analytics is not None:
+            check_config(options.analytics)
         requested = options.max_in_flight or self.settings.stream_max_in_flight
         if requested > self.settings.stream_max_in_flight_limit:
             raise InvalidInput(
@@ -414,7 +417,9 @@ class InferenceCore:
             self._schedulers[(name, version)] = scheduler
         stream_id = options.stream_id or f"stream-{next(self._stream_ids)}"
         metrics = StreamMetrics(self.metrics, model.name, stream_id)
-        options = dataclasses.replace(options, max_pixels=self.settings.max_frame_pixels)
+        options = dataclasses.replace(
+            options, max_pixels=self.settings.max_frame_pixels, stream_id=stream_id
+        )
         session = FrameSession(
             options=options,
             window=requested,

@@ -24,9 +24,12 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
+from server.analytics.stream import FrameInfo, StreamAnalytics
+from server.analytics.types import FrameAnalytics
 from server.errors import EdgeError, Overloaded, ShuttingDown
 from server.frames.scheduler import FrameScheduler
 from server.frames.types import (
+    AnalyticsEventsEvent,
     DropReason,
     EncodedFrame,
     FrameAnalysis,
@@ -41,6 +44,7 @@ from server.frames.types import (
 from server.frames.work.timing import frame_timings
 from server.models.version import ModelVersion
 from server.observability.metrics import StreamMetrics
+from server.vision.preprocess import FrameEncoding, declared_size
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +90,9 @@ class FrameSession:
         self._reader: asyncio.Task[None] | None = None
         self._input_done = False  # the client sent its last frame: the reader ends the stream
         self._shutting_down = False
+        # Tracking, zones and lines see results in the order they are delivered; a result that
+        # overtakes an older frame's leaves that one untracked (server/analytics/tracker.py).
+        self._analytics = StreamAnalytics(options.analytics) if options.analytics else None
 
     async def run(self, frames: AsyncIterator[EncodedFrame]) -> AsyncGenerator[StreamEvent, None]:
         self._scheduler.add(self)
@@ -196,6 +203,16 @@ class FrameSession:
         if self._closed:
             return
         age_ns = time.time_ns() - frame.capture_time_ns if frame.capture_time_ns > 0 else -1
+        outcome = FrameAnalytics(analysis.detections)
+        if self._analytics is not None:
+            info = FrameInfo(self.options.stream_id, model.name, analysis.version,
+                             frame.sequence, frame.capture_time_ns)  # fmt: skip
+            # Capture time, so frames skipped for freshness are longer steps, not missed ones;
+            # arrival time when the camera gives none.
+            moment = frame.capture_time_ns / 1e9 if frame.capture_time_ns > 0 else waiting.arrival
+            outcome = self._analytics.update(
+                moment, analysis.detections, info, self._frame_size(frame)
+            )
         self._push(
             FrameResultEvent(
                 sequence=frame.sequence,
@@ -206,9 +223,23 @@ class FrameSession:
                 tensors=analysis.tensors,
                 timings=timings,
                 age_us=age_ns // 1000 if age_ns >= 0 else 0,
-                detections=analysis.detections,
+                detections=outcome.detections,
+                zones=outcome.zones,
+                lines=outcome.lines,
             )
         )
+        if outcome.events:
+            self._push(AnalyticsEventsEvent(outcome.events))
+
+    def _frame_size(self, frame: EncodedFrame) -> tuple[int, int]:
+        """(width, height) of the frame, for zones given in fractions of it."""
+        assert self._analytics is not None
+        if not self._analytics.needs_frame_size:
+            return (0, 0)
+        if self.options.encoding in (FrameEncoding.JPEG, FrameEncoding.PNG):
+            height, width = declared_size(frame.data, self.options.encoding)
+            return (width, height)
+        return (frame.width, frame.height)
 
     def deliver_error(self, sequence: int, error: EdgeError) -> None:
         self._finished()

@@ -15,6 +15,7 @@ from enum import Enum
 
 import numpy as np
 
+from server.analytics.types import AnalyticsConfig, AnalyticsEvent, LineCount, ZoneOccupancy
 from server.errors import EdgeError
 from server.models.types import OutputTensor
 from server.vision.detections import Detection, DetectionFilter
@@ -47,6 +48,8 @@ class StreamOptions:
     # Frames declaring more pixels are refused before decoding; the server's setting, not the
     # client's (the core sets it when the stream opens).
     max_pixels: int = MAX_PIXELS
+    # Tracking, zones, lines and events; None: every frame is answered alone.
+    analytics: AnalyticsConfig | None = None
 
 
 # ---------------------------------------------------------------- a frame on its way
@@ -178,6 +181,16 @@ class FrameResultEvent:
     # 0 when the frame carries no capture time or one in the future.
     age_us: int = 0
     detections: list[Detection] = field(default_factory=list)
+    # With analytics: the zones' occupancy and the lines' counts after this frame.
+    zones: tuple[ZoneOccupancy, ...] = ()
+    lines: tuple[LineCount, ...] = ()
+
+
+@dataclass(frozen=True)
+class AnalyticsEventsEvent:
+    """The analytics events one frame caused, yielded right after its result."""
+
+    events: tuple[AnalyticsEvent, ...]
 
 
 @dataclass(frozen=True)
@@ -194,4 +207,10 @@ class FrameErrorEvent:
     error: EdgeError
 
 
-StreamEvent = StreamOpenedEvent | FrameResultEvent | FramesDroppedEvent | FrameErrorEvent
+StreamEvent = (
+    StreamOpenedEvent
+    | FrameResultEvent
+    | FramesDroppedEvent
+    | FrameErrorEvent
+    | AnalyticsEventsEvent
+)

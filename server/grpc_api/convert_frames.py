@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from server.errors import InvalidInput
 from server.frames.types import (
+    AnalyticsEventsEvent,
     DropReason,
     EncodedFrame,
     FrameErrorEvent,
@@ -17,6 +18,12 @@ from server.frames.types import (
     StreamEvent,
     StreamOpenedEvent,
     StreamOptions,
+)
+from server.grpc_api.analytics_pb import (
+    analytics_config_from_pb,
+    events_to_pb,
+    lines_to_pb,
+    zones_to_pb,
 )
 from server.grpc_api.convert_kserve import output_to_pb
 from server.grpc_api.detections_pb import detection_filter_from_pb, detections_to_pb
@@ -71,6 +78,9 @@ def stream_options_from_pb(message: fs.StreamRequest) -> StreamOptions:
         stream_id=opening.stream_id,
         max_age_ms=opening.max_age_ms,
         detection=detection_filter_from_pb(opening.results),
+        analytics=(
+            analytics_config_from_pb(opening.analytics) if opening.HasField("analytics") else None
+        ),
     )
 
 
@@ -117,8 +127,12 @@ def stream_event_to_pb(event: StreamEvent) -> fs.StreamResponse:
                     batch_size=event.timings.batch_size,
                 ),
                 age_us=event.age_us,
+                zones=zones_to_pb(event.zones),
+                lines=lines_to_pb(event.lines),
             )
         )
+    if isinstance(event, AnalyticsEventsEvent):
+        return fs.StreamResponse(events=events_to_pb(event.events))
     if isinstance(event, FramesDroppedEvent):
         return fs.StreamResponse(
             dropped=fs.FramesDropped(

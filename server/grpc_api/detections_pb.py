@@ -7,7 +7,13 @@ from collections.abc import Iterable
 
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from server.errors import InvalidInput
-from server.vision.detections import Detection, DetectionFilter, Region
+from server.vision.detections import Detection, DetectionFilter, Region, TrackState
+
+_TRACK_STATES = {
+    TrackState.UNTRACKED: fs.TRACK_STATE_UNSPECIFIED,
+    TrackState.NEW: fs.TRACK_STATE_NEW,
+    TrackState.TRACKED: fs.TRACK_STATE_TRACKED,
+}
 
 
 def detection_filter_from_pb(results: fs.ResultOptions) -> DetectionFilter:
@@ -51,6 +57,8 @@ def detections_to_pb(detections: Iterable[Detection]) -> list[fs.Detection]:
                 for point in item.keypoints
             ],
             polygon=[fs.Point(x=x, y=y) for x, y in item.polygon],
+            track_id=item.track_id,
+            track_state=_TRACK_STATES[item.track_state],
         )  # fmt: skip
         for item in detections
     ]

@@ -9,8 +9,20 @@ pixels exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
+
+
+class TrackState(Enum):
+    """Where a detection stands with the stream's tracker (server/analytics/)."""
+
+    # Tracking is off, or the tracker did not keep this detection.
+    UNTRACKED = "untracked"
+    # A candidate track not yet seen `min_hits` times: no id yet.
+    NEW = "new"
+    # A confirmed track with a stable id.
+    TRACKED = "tracked"
 
 
 @dataclass(frozen=True)
@@ -36,6 +48,9 @@ class Detection:
     polygon: tuple[tuple[float, float], ...] = ()
     keypoints: tuple[Keypoint, ...] = ()
     children: tuple[Detection, ...] = ()
+    # Set by the stream's tracker when analytics are on; 0 = no id.
+    track_id: int = 0
+    track_state: TrackState = TrackState.UNTRACKED
 
     @property
     def area(self) -> float:

@@ -1,0 +1,217 @@
+"""One stream's analytics: masks and per-class thresholds, then the tracker, then zones, lines
+and events, frame after frame.
+
+Zones and lines are judged on confirmed tracks only, at each track's anchor point where it was
+last seen: a track that misses a few frames keeps its place in its zones until it is removed
+(then it leaves them and disappears). A line is crossed when a track's anchor moves from one
+side to the other across the segment itself, however many frames were skipped in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.analytics.geometry import Array, anchors, inside_polygon, segments_cross, side
+from server.analytics.tracker import Track, Tracker
+from server.analytics.types import (
+    AnalyticsConfig,
+    AnalyticsEvent,
+    Direction,
+    EventKind,
+    FrameAnalytics,
+    Line,
+    LineCount,
+    Point,
+    ZoneOccupancy,
+)
+from server.vision.detections import Detection
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """What the events of a frame carry besides the track."""
+
+    stream_id: str
+    model_name: str
+    model_version: str
+    sequence: int
+    capture_time_ns: int
+
+
+@dataclass
+class _LineState:
+    in_count: int = 0
+    out_count: int = 0
+
+
+@dataclass
+class _TrackPlace:
+    """Where a track stood for zones and lines."""
+
+    zones: frozenset[str]
+    # Per line: the last side it was seen on (not on the line) and the anchor there.
+    sides: dict[str, tuple[int, Point]]
+
+
+class StreamAnalytics:
+    def __init__(self, config: AnalyticsConfig) -> None:
+        self.config = config
+        self._tracker = Tracker(config)
+        self._lines = {line.name: _LineState() for line in config.lines}
+        self._places: dict[int, _TrackPlace] = {}  # by Track.key
+        self._size: tuple[int, int] | None = None
+        self._zones: list[tuple[str, Array]] = []
+        self._masks: list[Array] = []
+        self._line_points: list[tuple[Line, Point, Point]] = []
+        if not config.normalized:
+            self._resolve(1, 1)
+
+    @property
+    def needs_frame_size(self) -> bool:
+        """Points are fractions of the frame: the caller must give each frame's size."""
+        return self.config.normalized
+
+    def update(
+        self, time_s: float, detections: list[Detection], frame: FrameInfo, size: tuple[int, int]
+    ) -> FrameAnalytics:
+        """`time_s`: the frame's capture time in seconds; `size`: its width and height (used
+        only with normalized points)."""
+        if self.config.normalized and size != self._size:
+            self._resolve(*size)
+        kept = self._filter(detections)
+        step = self._tracker.update(time_s, kept)
+        events: list[AnalyticsEvent] = []
+
+        def event(
+            kind: EventKind, track: Track, name: str = "", direction: Direction = Direction.NONE
+        ) -> None:
+            events.append(
+                AnalyticsEvent(
+                    kind, frame.stream_id, frame.model_name, frame.model_version, track.track_id,
+                    frame.sequence, frame.capture_time_ns, track.detection, name, direction,
+                )
+            )  # fmt: skip
+
+        for track in step.confirmed:
+            event(EventKind.APPEAR, track)
+        seen = [track for track in step.tracks if track is not None]
+        points = anchors(_boxes([t.detection for t in seen]), self.config.anchor)
+        inside = [inside_polygon(points, polygon) for _, polygon in self._zones]
+        for row, track in enumerate(seen):
+            anchor = (float(points[row, 0]), float(points[row, 1]))
+            zones = frozenset(
+                name for (name, _), hits in zip(self._zones, inside, strict=True) if hits[row]
+            )
+            place = self._places.get(track.key)
+            if place is None:
+                place = self._places[track.key] = _TrackPlace(frozenset(), {})
+            if track.confirmed:
+                for name, _ in self._zones:
+                    if name in zones and name not in place.zones:
+                        event(EventKind.ZONE_ENTER, track, name)
+                    elif name in place.zones and name not in zones:
+                        event(EventKind.ZONE_LEAVE, track, name)
+                place.zones = zones
+            for line, start, end in self._line_points:
+                now = side(start, end, anchor)
+                if now == 0:
+                    continue  # on the line: wait to see which side it goes to
+                before = place.sides.get(line.name)
+                place.sides[line.name] = (now, anchor)
+                if before is None or before[0] == now or not track.confirmed:
+                    continue
+                if segments_cross(before[1], anchor, start, end):
+                    state = self._lines[line.name]
+                    if now > 0:
+                        state.in_count += 1
+                        event(EventKind.LINE_CROSS, track, line.name, Direction.IN)
+                    else:
+                        state.out_count += 1
+                        event(EventKind.LINE_CROSS, track, line.name, Direction.OUT)
+        for track in step.removed:
+            place = self._places.pop(track.key, None)
+            if place is not None:
+                for name, _ in self._zones:
+                    if name in place.zones:
+                        event(EventKind.ZONE_LEAVE, track, name)
+            event(EventKind.DISAPPEAR, track)
+        live = {track.key for track in self._tracker.tracks}
+        for key in [key for key in self._places if key not in live]:
+            del self._places[key]  # candidates dropped by the tracker
+        return FrameAnalytics(
+            detections=step.detections,
+            zones=self._occupancy(),
+            lines=tuple(
+                LineCount(name, state.in_count, state.out_count)
+                for name, state in self._lines.items()
+            ),
+            events=tuple(events),
+        )
+
+    def _occupancy(self) -> tuple[ZoneOccupancy, ...]:
+        if not self._zones:
+            return ()
+        confirmed = [t for t in self._tracker.tracks if t.confirmed]
+        return tuple(
+            ZoneOccupancy(
+                name,
+                tuple(
+                    sorted(
+                        t.track_id
+                        for t in confirmed
+                        if t.key in self._places and name in self._places[t.key].zones
+                    )
+                ),
+            )
+            for name, _ in self._zones
+        )
+
+    def _filter(self, detections: list[Detection]) -> list[Detection]:
+        """Drop detections under their class's threshold and those anchored in a mask."""
+        thresholds = self.config.class_thresholds
+        if thresholds:
+            detections = [d for d in detections if d.score >= _threshold(thresholds, d)]
+        if self._masks and detections:
+            points = anchors(_boxes(detections), self.config.anchor)
+            masked = np.zeros(len(detections), dtype=bool)
+            for mask in self._masks:
+                masked |= inside_polygon(points, mask)
+            detections = [d for d, hidden in zip(detections, masked, strict=True) if not hidden]
+        return detections
+
+    def _resolve(self, width: int, height: int) -> None:
+        """Zones, masks and lines in this frame's pixels."""
+        self._size = (width, height)
+        scale = np.array([width, height], dtype=np.float64)
+        self._zones = [
+            (zone.name, np.array(zone.points, dtype=np.float64) * scale)
+            for zone in self.config.zones
+        ]
+        self._masks = [
+            np.array(mask.points, dtype=np.float64) * scale for mask in self.config.masks
+        ]
+        self._line_points = [
+            (
+                line,
+                (line.start[0] * width, line.start[1] * height),
+                (line.end[0] * width, line.end[1] * height),
+            )
+            for line in self.config.lines
+        ]
+
+
+def _threshold(thresholds: Mapping[str, float], detection: Detection) -> float:
+    """The detection's label's threshold, else its class id's, else none (0)."""
+    by_label = thresholds.get(detection.label) if detection.label else None
+    if by_label is not None:
+        return by_label
+    return thresholds.get(str(detection.class_id), 0.0)
+
+
+def _boxes(detections: Sequence[Detection]) -> Array:
+    if not detections:
+        return np.zeros((0, 4))
+    return np.array([[d.x_min, d.y_min, d.x_max, d.y_max] for d in detections], dtype=np.float64)
