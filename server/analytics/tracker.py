@@ -156,9 +156,10 @@ class Tracker:
                 step.detections.append(detection)
             else:
                 state = TrackState.TRACKED if found.confirmed else TrackState.NEW
-                step.detections.append(
-                    dataclasses.replace(detection, track_id=found.track_id, track_state=state)
+                found.detection = dataclasses.replace(
+                    detection, track_id=found.track_id, track_state=state
                 )
+                step.detections.append(found.detection)
         return step
 
     def _associate(
