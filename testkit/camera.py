@@ -62,7 +62,13 @@ async def camera(
 
 async def collect(responses: AsyncIterator[fs.StreamResponse]) -> dict[str, list[Any]]:
     """Sort a stream's responses by kind."""
-    seen: dict[str, list[Any]] = {"opened": [], "result": [], "dropped": [], "error": []}
+    seen: dict[str, list[Any]] = {
+        "opened": [],
+        "result": [],
+        "dropped": [],
+        "error": [],
+        "events": [],
+    }
     async for response in responses:
         kind = response.WhichOneof("kind")
         seen[kind].append(getattr(response, kind))

@@ -57,8 +57,8 @@ def analytics_config_from_pb(options: fs.AnalyticsOptions) -> AnalyticsConfig:
     for index, line in enumerate(options.lines):
         if len(line.points) != 2:
             raise InvalidInput(
-                f"analytics.lines[{index}] ({line.name[:128]!r}) has {len(line.points)} "
-                "points; a line needs exactly 2 (start, end)"
+                f"analytics.lines[{index}] ({line.name[:128]!r}) needs exactly 2 points "
+                f"(start, end), got {len(line.points)}"
             )
         start, end = line.points
         lines.append(Line(line.name, (start.x, start.y), (end.x, end.y)))

@@ -1,0 +1,202 @@
+"""Analytics over FrameStream, end to end: the real server runs the real `faces` pipeline on a
+synthetic but real-pixel sequence (the astronaut's head from scikit-image moving along a known
+path over the `rocket` photo) and the stream answers with track ids, zone occupancy, line
+counts and events that match the path. Bad analytics options are refused by name.
+
+Real server, real model, real gRPC: a system test (each run takes seconds of MTCNN)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import grpc
+import numpy as np
+import pytest
+
+from edgefleet.face_frames import head, photo
+from protos.edgefleet.v1 import frame_stream_pb2 as fs
+from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
+from testkit.camera import collect
+from testkit.edge import running_server
+from testkit.faces import copy_faces
+
+pytestmark = pytest.mark.system
+
+WIDTH, HEIGHT = 640, 480
+HEAD_H = 130
+STEP_PX = 12  # per frame at 15 fps: 180 px/s
+FRAMES = 40  # the head's centre goes from x = 80 to x = 548
+START_X = 80
+EMPTY_FRAMES = 12  # 0.8 s without a face: the track is removed (lost_seconds 0.5)
+FRAME_NS = 1_000_000_000 // 15
+# The zone: a band from x = 250 to x = 400; the line: x = 450, drawn bottom to top, so moving
+# right crosses it from its left to its right (as seen in the image): IN.
+ZONE_X = (250.0, 400.0)
+LINE_X = 450.0
+
+
+def head_centre(index: int) -> float:
+    return START_X + STEP_PX * index
+
+
+def sequence() -> list[np.ndarray]:
+    background = np.ascontiguousarray(
+        cv2.resize(photo("rocket"), (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
+    )
+    source = head()
+    head_w = int(HEAD_H * source.shape[1] / source.shape[0])
+    face = cv2.resize(source, (head_w, HEAD_H), interpolation=cv2.INTER_AREA)
+    frames = []
+    for index in range(FRAMES):
+        frame = background.copy()
+        x = int(round(head_centre(index) - head_w / 2))
+        frame[170 : 170 + HEAD_H, x : x + head_w] = face
+        frames.append(frame)
+    return frames + [background] * EMPTY_FRAMES
+
+
+def analytics_options() -> fs.AnalyticsOptions:
+    def points(*xy: tuple[float, float]) -> list[fs.Point]:
+        return [fs.Point(x=x, y=y) for x, y in xy]
+
+    return fs.AnalyticsOptions(
+        min_hits=2,
+        lost_seconds=0.5,
+        zones=[
+            fs.Polygon(
+                name="middle",
+                points=points(
+                    (ZONE_X[0], 0), (ZONE_X[1], 0), (ZONE_X[1], HEIGHT), (ZONE_X[0], HEIGHT)
+                ),
+            )
+        ],  # fmt: skip
+        lines=[fs.Line(name="door", points=points((LINE_X, HEIGHT), (LINE_X, 0)))],
+    )
+
+
+async def requests(
+    frames: list[np.ndarray], keep: range, options: fs.AnalyticsOptions
+) -> AsyncIterator[fs.StreamRequest]:
+    yield fs.StreamRequest(
+        open=fs.StreamOpen(
+            model_name="faces", encoding=fs.FRAME_ENCODING_RAW_RGB, stream_id="door-cam",
+            # One frame at a time, nothing dropped: the same detections every run. The skipped
+            # frames are skipped by the test, as the scheduler would, capture times intact.
+            overload_policy=fs.OVERLOAD_POLICY_BLOCK, max_in_flight=1, analytics=options,
+        )
+    )  # fmt: skip
+    start = time.time_ns()
+    for index in keep:
+        frame = frames[index]
+        yield fs.StreamRequest(
+            frame=fs.Frame(
+                sequence=index, capture_time_unix_ns=start + index * FRAME_NS,
+                data=frame.tobytes(), width=WIDTH, height=HEIGHT,
+            )
+        )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def faces_stub(tmp_path: Path, built_models: Path) -> AsyncIterator[Any]:
+    """A FrameStream stub on a real server with the `faces` pipeline."""
+    repo = tmp_path / "repo"
+    copy_faces(built_models, repo)
+    async with (
+        running_server(repo) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        yield fs_grpc.FrameStreamServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def frames() -> list[np.ndarray]:
+    return sequence()
+
+
+@pytest.mark.parametrize("every", [1, 2], ids=["all-frames", "every-other-frame"])
+async def test_moving_face_keeps_its_id_and_counts_match_the_path(
+    tmp_path: Path, built_models: Path, frames: list[np.ndarray], every: int
+):
+    kept = range(0, len(frames), every)
+    async with faces_stub(tmp_path, built_models) as stub:
+        seen = await collect(stub.Stream(requests(frames, kept, analytics_options())))
+    assert not seen["error"] and not seen["dropped"]
+    results = sorted(seen["result"], key=lambda result: result.sequence)
+    assert [result.sequence for result in results] == list(kept)
+    with_face = [r for r in results if r.sequence < FRAMES]
+    # The detector finds the one face in (nearly) every frame it is in, and nothing after.
+    assert sum(len(r.detections) == 1 for r in with_face) >= 0.9 * len(with_face)
+    assert all(not r.detections for r in results if r.sequence >= FRAMES)
+    # One stable id, from the second frame (min_hits 2) to the last with the face.
+    ids = {d.track_id for r in with_face[1:] for d in r.detections}
+    assert len(ids) == 1 and 0 not in ids, ids
+    (track,) = ids
+    assert with_face[0].detections[0].track_state == fs.TRACK_STATE_NEW
+    assert with_face[-1].detections[0].track_state == fs.TRACK_STATE_TRACKED
+
+    events = [event for message in seen["events"] for event in message.events]
+    assert [(e.kind, e.name, e.direction) for e in events] == [
+        (fs.ANALYTICS_EVENT_KIND_APPEAR, "", fs.CROSSING_DIRECTION_UNSPECIFIED),
+        (fs.ANALYTICS_EVENT_KIND_ZONE_ENTER, "middle", fs.CROSSING_DIRECTION_UNSPECIFIED),
+        (fs.ANALYTICS_EVENT_KIND_ZONE_LEAVE, "middle", fs.CROSSING_DIRECTION_UNSPECIFIED),
+        (fs.ANALYTICS_EVENT_KIND_LINE_CROSS, "door", fs.CROSSING_DIRECTION_IN),
+        (fs.ANALYTICS_EVENT_KIND_DISAPPEAR, "", fs.CROSSING_DIRECTION_UNSPECIFIED),
+    ]
+    assert {(e.stream_id, e.model_name, e.model_version, e.track_id) for e in events} == {
+        ("door-cam", "faces", "1", track)
+    }
+    assert all(e.label == "face" and e.capture_time_unix_ns > 0 for e in events)
+    # Each event comes at the frame where the head's centre passed the place (the face's box
+    # is centred on the head within a few pixels; one kept frame of slack either way).
+    by_kind = {e.kind: e for e in events}
+    for kind, x in (
+        (fs.ANALYTICS_EVENT_KIND_ZONE_ENTER, ZONE_X[0]),
+        (fs.ANALYTICS_EVENT_KIND_ZONE_LEAVE, ZONE_X[1]),
+        (fs.ANALYTICS_EVENT_KIND_LINE_CROSS, LINE_X),
+    ):
+        truth = next(i for i in kept if head_centre(i) > x)
+        assert abs(by_kind[kind].sequence - truth) <= every, (kind, by_kind[kind].sequence, truth)
+        box = by_kind[kind].box
+        assert box.x_min < x + STEP_PX * every + 5 and box.x_max > x - STEP_PX * every - 5
+    # Running counts equal the ground truth: one crossing, inward; the zone empty at the end.
+    assert [(c.name, c.in_count, c.out_count) for c in results[-1].lines] == [("door", 1, 0)]
+    inside = {r.sequence for r in results if r.zones[0].track_ids == [track]}
+    truth_inside = {i for i in kept if ZONE_X[0] < head_centre(i) < ZONE_X[1]}
+    assert len(inside ^ truth_inside) <= 2, sorted(inside ^ truth_inside)
+    assert results[-1].zones[0].track_ids == []
+
+
+async def test_bad_analytics_options_are_refused_and_the_server_goes_on(
+    tmp_path: Path, built_models: Path, frames: list[np.ndarray]
+):
+    bad_zone = analytics_options()
+    del bad_zone.zones[0].points[2:]
+    short_line = analytics_options()
+    del short_line.lines[0].points[1:]
+    not_finite = analytics_options()
+    not_finite.zones[0].points[1].x = float("nan")
+    too_many = analytics_options()
+    for index in range(64):
+        too_many.zones.add(name=f"z{index}").points.extend(too_many.zones[0].points)
+    cases = [
+        (bad_zone, "analytics.zones[0] ('middle') has 2 points; a polygon needs 3"),
+        (short_line, "analytics.lines[0] ('door') needs exactly 2 points (start, end), got 1"),
+        (not_finite, "analytics.zones[0] ('middle') point 1 (nan, 0.0) is not finite"),
+        (too_many, "analytics.zones: 65 given, at most 64"),
+    ]
+    async with faces_stub(tmp_path, built_models) as stub:
+        for options, message in cases:
+            # Only the opening: a frame still being written when the server refuses the open
+            # fails on the client's side first (grpc reports "Internal error from Core").
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await collect(stub.Stream(requests(frames, range(0), options)))
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert error.value.details() == message
+        # The server still serves: a good stream on the same channel is answered.
+        seen = await collect(stub.Stream(requests(frames, range(2), analytics_options())))
+    assert [len(r.detections) for r in sorted(seen["result"], key=lambda r: r.sequence)] == [1, 1]
