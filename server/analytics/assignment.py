@@ -30,13 +30,75 @@ def match_by_iou(iou: Array, least_iou: float) -> list[tuple[int, int]]:
     alone = feasible & (row_counts[:, None] == 1) & (col_counts[None, :] == 1)
     rows, cols = np.nonzero(alone)
     pairs = list(zip(rows.tolist(), cols.tolist(), strict=True))
-    tangled_rows = np.nonzero((row_counts > 0) & ~alone.any(axis=1))[0]
-    tangled_cols = np.nonzero((col_counts > 0) & ~alone.any(axis=0))[0]
-    if len(tangled_rows) and len(tangled_cols):
-        sub = iou[np.ix_(tangled_rows, tangled_cols)]
-        for row, col in _limited_assignment(1.0 - sub, 1.0 - least_iou):
-            pairs.append((int(tangled_rows[row]), int(tangled_cols[col])))
+    tangled = feasible & ~alone
+    if tangled.any():
+        for rows_of, cols_of in _components(tangled):
+            sub = iou[np.ix_(rows_of, cols_of)]
+            if len(rows_of) <= SMALL and len(cols_of) <= SMALL:
+                found = _small_assignment(sub, least_iou)
+            else:
+                found = _limited_assignment(1.0 - sub, 1.0 - least_iou)
+            pairs.extend((rows_of[row], cols_of[col]) for row, col in found)
     return sorted(pairs)
+
+
+# Components up to this many rows and columns are solved by trying every partial matching
+# (at most 4^3 = 64): two objects crossing is the common tangle, and numpy's per-call cost
+# makes the Hungarian solver's loop slower than that for a few boxes.
+SMALL = 3
+
+
+def _components(feasible: npt.NDArray[np.bool_]) -> list[tuple[list[int], list[int]]]:
+    """The connected components (rows, columns) of the bipartite graph of feasible pairs."""
+    row_links: dict[int, list[int]] = {}
+    col_links: dict[int, list[int]] = {}
+    for row, col in zip(*(axis.tolist() for axis in np.nonzero(feasible)), strict=True):
+        row_links.setdefault(row, []).append(col)
+        col_links.setdefault(col, []).append(row)
+    seen_rows: set[int] = set()
+    components = []
+    for start in row_links:
+        if start in seen_rows:
+            continue
+        rows, cols, queue = {start}, set(), [start]
+        while queue:
+            for col in row_links[queue.pop()]:
+                if col not in cols:
+                    cols.add(col)
+                    for row in col_links[col]:
+                        if row not in rows:
+                            rows.add(row)
+                            queue.append(row)
+        seen_rows |= rows
+        components.append((sorted(rows), sorted(cols)))
+    return components
+
+
+def _small_assignment(iou: Array, least_iou: float) -> list[tuple[int, int]]:
+    """The best partial matching of a few rows and columns by exhaustive search, under the
+    same objective as `_limited_assignment`: the most total IoU, where each pair taken trades
+    two unmatched sides (costing half the limit each) for its own cost."""
+    rows, cols = iou.shape
+    values = iou.tolist()
+    limit = 1.0 - least_iou
+    best: tuple[float, list[tuple[int, int]]] = (float(rows + cols) * limit / 2, [])
+
+    def search(row: int, used: frozenset[int], cost: float, chosen: list[tuple[int, int]]) -> None:
+        nonlocal best
+        if row == rows:
+            total = cost + (rows + cols - 2 * len(chosen)) * limit / 2
+            if total < best[0] - 1e-12:
+                best = (total, list(chosen))
+            return
+        search(row + 1, used, cost, chosen)
+        for col in range(cols):
+            if col not in used and values[row][col] >= least_iou:
+                chosen.append((row, col))
+                search(row + 1, used | {col}, cost + 1.0 - values[row][col], chosen)
+                chosen.pop()
+
+    search(0, frozenset(), 0.0, [])
+    return best[1]
 
 
 def _limited_assignment(cost: Array, cost_limit: float) -> list[tuple[int, int]]:

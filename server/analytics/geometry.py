@@ -35,21 +35,72 @@ def anchors(boxes: Array, anchor: Anchor) -> Array:
     return np.stack([x, y], axis=1) if len(boxes) else np.zeros((0, 2))
 
 
+class PolygonTest:
+    """Point-in-polygon for many points at once: the edges are prepared once per polygon."""
+
+    def __init__(self, polygon: Array) -> None:
+        self._x1, self._y1 = polygon[:, 0], polygon[:, 1]
+        self._x2 = np.concatenate((self._x1[1:], self._x1[:1]))
+        self._y2 = np.concatenate((self._y1[1:], self._y1[:1]))
+
+    def contains(self, points: Array) -> npt.NDArray[np.bool_]:
+        """Whether each point (N x 2) lies inside, by counting the edges a ray to the right
+        crosses (even-odd rule; a point exactly on an edge may go either way)."""
+        if not len(points):
+            return np.zeros(0, dtype=bool)
+        x = points[:, 0:1]
+        y = points[:, 1:2]
+        spans = (self._y1 > y) != (self._y2 > y)
+        # Where an edge is horizontal `spans` is False, so the division's value is never used.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            crossing_x = self._x1 + (y - self._y1) * (self._x2 - self._x1) / (self._y2 - self._y1)
+        inside: npt.NDArray[np.bool_] = (
+            np.count_nonzero(spans & (x < crossing_x), axis=1) % 2
+        ) == 1
+        return inside
+
+
 def inside_polygon(points: Array, polygon: Array) -> npt.NDArray[np.bool_]:
-    """Whether each point (N x 2) lies inside `polygon` (M x 2, M >= 3), by counting the edges a
-    ray to the right crosses (even-odd rule; points exactly on an edge may go either way)."""
-    if not len(points):
-        return np.zeros(0, dtype=bool)
-    x = points[:, 0:1]
-    y = points[:, 1:2]
-    x1, y1 = polygon[:, 0], polygon[:, 1]
-    x2, y2 = np.roll(x1, -1), np.roll(y1, -1)
-    spans = (y1 > y) != (y2 > y)
-    # Where the edge is horizontal `spans` is False, so the division's value is never used.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        crossing_x = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
-    inside: npt.NDArray[np.bool_] = (np.count_nonzero(spans & (x < crossing_x), axis=1) % 2) == 1
-    return inside
+    """Whether each point (N x 2) lies inside `polygon` (M x 2, M >= 3)."""
+    return PolygonTest(polygon).contains(points)
+
+
+class PolygonSet:
+    """Point-in-polygon for many points and many polygons in one pass: every polygon's edges
+    in one array, so a frame costs a dozen numpy calls whatever the number of zones."""
+
+    def __init__(self, polygons: list[Array]) -> None:
+        self.count = len(polygons)
+        if not polygons:
+            return
+        self._x1 = np.concatenate([polygon[:, 0] for polygon in polygons])
+        self._y1 = np.concatenate([polygon[:, 1] for polygon in polygons])
+        self._x2 = np.concatenate([np.roll(polygon[:, 0], -1) for polygon in polygons])
+        self._y2 = np.concatenate([np.roll(polygon[:, 1], -1) for polygon in polygons])
+        self._starts = np.cumsum([0] + [len(polygon) for polygon in polygons[:-1]])
+
+    def contains(self, points: Array) -> npt.NDArray[np.bool_]:
+        """N x count: whether each point lies inside each polygon (even-odd rule)."""
+        if not len(points) or not self.count:
+            return np.zeros((len(points), self.count), dtype=bool)
+        x = points[:, 0:1]
+        y = points[:, 1:2]
+        spans = (self._y1 > y) != (self._y2 > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            crossing_x = self._x1 + (y - self._y1) * (self._x2 - self._x1) / (self._y2 - self._y1)
+        crossed = (spans & (x < crossing_x)).astype(np.int32)
+        inside: npt.NDArray[np.bool_] = np.add.reduceat(crossed, self._starts, axis=1) % 2 == 1
+        return inside
+
+
+def sides(starts: Array, ends: Array, points: Array) -> npt.NDArray[np.int64]:
+    """N x L: `side` of each point (N x 2) for each line (starts, ends: L x 2): 1, -1 or 0."""
+    direction = ends - starts
+    values = direction[None, :, 0] * (points[:, None, 1] - starts[None, :, 1]) - direction[
+        None, :, 1
+    ] * (points[:, None, 0] - starts[None, :, 0])
+    result: npt.NDArray[np.int64] = np.sign(values).astype(np.int64)
+    return result
 
 
 def polygon_area(points: tuple[Point, ...]) -> float:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server.analytics.geometry import Array, anchors, inside_polygon, segments_cross, side
+from server.analytics.geometry import Array, PolygonSet, anchors, segments_cross, sides
 from server.analytics.tracker import Track, Tracker
 from server.analytics.types import (
     AnalyticsConfig,
@@ -28,6 +28,8 @@ from server.analytics.types import (
     ZoneOccupancy,
 )
 from server.vision.detections import Detection
+
+_NOWHERE: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,11 @@ class StreamAnalytics:
         self._lines = {line.name: _LineState() for line in config.lines}
         self._places: dict[int, _TrackPlace] = {}  # by Track.key
         self._size: tuple[int, int] | None = None
-        self._zones: list[tuple[str, Array]] = []
-        self._masks: list[Array] = []
+        self._zones = PolygonSet([])
+        self._masks = PolygonSet([])
         self._line_points: list[tuple[Line, Point, Point]] = []
+        self._line_starts: Array = np.zeros((0, 2))
+        self._line_ends: Array = np.zeros((0, 2))
         if not config.normalized:
             self._resolve(1, 1)
 
@@ -99,24 +103,31 @@ class StreamAnalytics:
             event(EventKind.APPEAR, track)
         seen = [track for track in step.tracks if track is not None]
         points = anchors(_boxes([t.detection for t in seen]), self.config.anchor)
-        inside = [inside_polygon(points, polygon) for _, polygon in self._zones]
+        # Every test for every track at once, then plain Python lists per track.
+        zone_names = [zone.name for zone in self.config.zones]
+        inside_rows = self._zones.contains(points).tolist()
+        side_rows = sides(self._line_starts, self._line_ends, points).tolist()
+        anchor_rows = points.tolist()
         for row, track in enumerate(seen):
-            anchor = (float(points[row, 0]), float(points[row, 1]))
-            zones = frozenset(
-                name for (name, _), hits in zip(self._zones, inside, strict=True) if hits[row]
-            )
             place = self._places.get(track.key)
             if place is None:
                 place = self._places[track.key] = _TrackPlace(frozenset(), {})
-            if track.confirmed:
-                for name, _ in self._zones:
-                    if name in zones and name not in place.zones:
-                        event(EventKind.ZONE_ENTER, track, name)
-                    elif name in place.zones and name not in zones:
-                        event(EventKind.ZONE_LEAVE, track, name)
-                place.zones = zones
-            for line, start, end in self._line_points:
-                now = side(start, end, anchor)
+            if track.confirmed and zone_names:
+                hits = inside_rows[row]
+                zones = (
+                    frozenset(name for name, hit in zip(zone_names, hits, strict=True) if hit)
+                    if True in hits
+                    else _NOWHERE
+                )
+                if zones != place.zones:
+                    for name in zone_names:
+                        if name in zones and name not in place.zones:
+                            event(EventKind.ZONE_ENTER, track, name)
+                        elif name in place.zones and name not in zones:
+                            event(EventKind.ZONE_LEAVE, track, name)
+                    place.zones = zones
+            anchor = (anchor_rows[row][0], anchor_rows[row][1])
+            for (line, start, end), now in zip(self._line_points, side_rows[row], strict=True):
                 if now == 0:
                     continue  # on the line: wait to see which side it goes to
                 before = place.sides.get(line.name)
@@ -134,7 +145,7 @@ class StreamAnalytics:
         for track in step.removed:
             place = self._places.pop(track.key, None)
             if place is not None:
-                for name, _ in self._zones:
+                for name in (zone.name for zone in self.config.zones):
                     if name in place.zones:
                         event(EventKind.ZONE_LEAVE, track, name)
             event(EventKind.DISAPPEAR, track)
@@ -152,7 +163,7 @@ class StreamAnalytics:
         )
 
     def _occupancy(self) -> tuple[ZoneOccupancy, ...]:
-        if not self._zones:
+        if not self.config.zones:
             return ()
         confirmed = [t for t in self._tracker.tracks if t.confirmed]
         return tuple(
@@ -166,7 +177,7 @@ class StreamAnalytics:
                     )
                 ),
             )
-            for name, _ in self._zones
+            for name in (zone.name for zone in self.config.zones)
         )
 
     def _filter(self, detections: list[Detection]) -> list[Detection]:
@@ -174,25 +185,22 @@ class StreamAnalytics:
         thresholds = self.config.class_thresholds
         if thresholds:
             detections = [d for d in detections if d.score >= _threshold(thresholds, d)]
-        if self._masks and detections:
+        if self._masks.count and detections:
             points = anchors(_boxes(detections), self.config.anchor)
-            masked = np.zeros(len(detections), dtype=bool)
-            for mask in self._masks:
-                masked |= inside_polygon(points, mask)
-            detections = [d for d, hidden in zip(detections, masked, strict=True) if not hidden]
+            masked = np.count_nonzero(self._masks.contains(points), axis=1) > 0
+            detections = [d for index, d in enumerate(detections) if not masked[index]]
         return detections
 
     def _resolve(self, width: int, height: int) -> None:
         """Zones, masks and lines in this frame's pixels."""
         self._size = (width, height)
         scale = np.array([width, height], dtype=np.float64)
-        self._zones = [
-            (zone.name, np.array(zone.points, dtype=np.float64) * scale)
-            for zone in self.config.zones
-        ]
-        self._masks = [
-            np.array(mask.points, dtype=np.float64) * scale for mask in self.config.masks
-        ]
+        self._zones = PolygonSet(
+            [np.array(zone.points, dtype=np.float64) * scale for zone in self.config.zones]
+        )
+        self._masks = PolygonSet(
+            [np.array(mask.points, dtype=np.float64) * scale for mask in self.config.masks]
+        )
         self._line_points = [
             (
                 line,
@@ -201,6 +209,8 @@ class StreamAnalytics:
             )
             for line in self.config.lines
         ]
+        self._line_starts = np.array([p[1] for p in self._line_points]).reshape(-1, 2)
+        self._line_ends = np.array([p[2] for p in self._line_points]).reshape(-1, 2)
 
 
 def _threshold(thresholds: Mapping[str, float], detection: Detection) -> float:

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from server.analytics.config import check_config
-from server.analytics.geometry import anchors, inside_polygon, iou_matrix, segments_cross, side
+from server.analytics.geometry import (
+    PolygonSet,
+    anchors,
+    inside_polygon,
+    iou_matrix,
+    segments_cross,
+    side,
+)
 from server.analytics.stream import FrameInfo, StreamAnalytics
 from server.analytics.types import (
     AnalyticsConfig,
@@ -39,6 +46,19 @@ def test_inside_polygon_concave():
     shape = np.array([(0, 0), (10, 0), (10, 4), (4, 4), (4, 10), (0, 10)], dtype=np.float64)
     points = np.array([(2, 2), (8, 2), (2, 8), (8, 8), (-1, 5), (11, 2)], dtype=np.float64)
     assert inside_polygon(points, shape).tolist() == [True, True, True, False, False, False]
+
+
+def test_polygon_set_agrees_with_each_polygon_alone():
+    rng = np.random.default_rng(3)
+    polygons = [
+        np.array(SQUARE),
+        np.array([(0, 0), (300, 50), (150, 250)], dtype=np.float64),
+        np.array([(50, 50), (250, 60), (260, 200), (180, 120), (40, 210)], dtype=np.float64),
+    ]
+    points = rng.uniform(0, 300, size=(200, 2))
+    together = PolygonSet(polygons).contains(points)
+    alone = np.stack([inside_polygon(points, polygon) for polygon in polygons], axis=1)
+    assert together.shape == (200, 3) and (together == alone).all() and alone.any(axis=0).all()
 
 
 def test_side_and_crossing():
