@@ -21,7 +21,7 @@ import pytest
 from edgefleet.face_frames import head, photo
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
-from testkit.camera import collect
+from testkit.camera import collect, encode
 from testkit.edge import running_server
 from testkit.faces import copy_faces
 
@@ -60,11 +60,15 @@ def sequence() -> list[np.ndarray]:
     return frames + [background] * EMPTY_FRAMES
 
 
-def analytics_options() -> fs.AnalyticsOptions:
+def analytics_options(normalized: bool = False) -> fs.AnalyticsOptions:
+    """The zone and the line, in pixels or as fractions of the frame."""
+    scale_x, scale_y = (1 / WIDTH, 1 / HEIGHT) if normalized else (1.0, 1.0)
+
     def points(*xy: tuple[float, float]) -> list[fs.Point]:
-        return [fs.Point(x=x, y=y) for x, y in xy]
+        return [fs.Point(x=x * scale_x, y=y * scale_y) for x, y in xy]
 
     return fs.AnalyticsOptions(
+        normalized=normalized,
         min_hits=2,
         lost_seconds=0.5,
         zones=[
@@ -80,11 +84,14 @@ def analytics_options() -> fs.AnalyticsOptions:
 
 
 async def requests(
-    frames: list[np.ndarray], keep: range, options: fs.AnalyticsOptions
+    frames: list[np.ndarray],
+    keep: range,
+    options: fs.AnalyticsOptions,
+    encoding: fs.FrameEncoding = fs.FRAME_ENCODING_RAW_RGB,
 ) -> AsyncIterator[fs.StreamRequest]:
     yield fs.StreamRequest(
         open=fs.StreamOpen(
-            model_name="faces", encoding=fs.FRAME_ENCODING_RAW_RGB, stream_id="door-cam",
+            model_name="faces", encoding=encoding, stream_id="door-cam",
             # One frame at a time, nothing dropped: the same detections every run. The skipped
             # frames are skipped by the test, as the scheduler would, capture times intact.
             overload_policy=fs.OVERLOAD_POLICY_BLOCK, max_in_flight=1, analytics=options,
@@ -92,11 +99,11 @@ async def requests(
     )  # fmt: skip
     start = time.time_ns()
     for index in keep:
-        frame = frames[index]
+        data, width, height = encode(frames[index], encoding)
         yield fs.StreamRequest(
             frame=fs.Frame(
                 sequence=index, capture_time_unix_ns=start + index * FRAME_NS,
-                data=frame.tobytes(), width=WIDTH, height=HEIGHT,
+                data=data, width=width, height=height,
             )
         )  # fmt: skip
 
@@ -118,13 +125,28 @@ def frames() -> list[np.ndarray]:
     return sequence()
 
 
-@pytest.mark.parametrize("every", [1, 2], ids=["all-frames", "every-other-frame"])
+@pytest.mark.parametrize(
+    ("every", "encoding", "normalized"),
+    [
+        (1, fs.FRAME_ENCODING_RAW_RGB, False),
+        (2, fs.FRAME_ENCODING_RAW_RGB, False),
+        # JPEG frames (their size is read from the header) and zones in fractions of it.
+        (1, fs.FRAME_ENCODING_JPEG, True),
+    ],
+    ids=["all-frames", "every-other-frame", "jpeg-normalized"],
+)
 async def test_moving_face_keeps_its_id_and_counts_match_the_path(
-    tmp_path: Path, built_models: Path, frames: list[np.ndarray], every: int
+    tmp_path: Path,
+    built_models: Path,
+    frames: list[np.ndarray],
+    every: int,
+    encoding: fs.FrameEncoding,
+    normalized: bool,
 ):
     kept = range(0, len(frames), every)
+    options = analytics_options(normalized)
     async with faces_stub(tmp_path, built_models) as stub:
-        seen = await collect(stub.Stream(requests(frames, kept, analytics_options())))
+        seen = await collect(stub.Stream(requests(frames, kept, options, encoding)))
     assert not seen["error"] and not seen["dropped"]
     results = sorted(seen["result"], key=lambda result: result.sequence)
     assert [result.sequence for result in results] == list(kept)
