@@ -165,20 +165,13 @@ class StreamAnalytics:
     def _occupancy(self) -> tuple[ZoneOccupancy, ...]:
         if not self.config.zones:
             return ()
-        confirmed = [t for t in self._tracker.tracks if t.confirmed]
-        return tuple(
-            ZoneOccupancy(
-                name,
-                tuple(
-                    sorted(
-                        t.track_id
-                        for t in confirmed
-                        if t.key in self._places and name in self._places[t.key].zones
-                    )
-                ),
-            )
-            for name in (zone.name for zone in self.config.zones)
-        )
+        inside: dict[str, list[int]] = {zone.name: [] for zone in self.config.zones}
+        for track in self._tracker.tracks:
+            place = self._places.get(track.key)
+            if track.confirmed and place is not None:
+                for name in place.zones:
+                    inside[name].append(track.track_id)
+        return tuple(ZoneOccupancy(name, tuple(sorted(ids))) for name, ids in inside.items())
 
     def _filter(self, detections: list[Detection]) -> list[Detection]:
         """Drop detections under their class's threshold and those anchored in a mask."""
