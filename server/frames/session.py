@@ -92,7 +92,9 @@ class FrameSession:
         self._shutting_down = False
         # Tracking, zones and lines see results in the order they are delivered; a result that
         # overtakes an older frame's leaves that one untracked (server/analytics/tracker.py).
-        self._analytics = StreamAnalytics(options.analytics) if options.analytics else None
+        self._analytics = (
+            StreamAnalytics(options.analytics) if options.analytics is not None else None
+        )
 
     async def run(self, frames: AsyncIterator[EncodedFrame]) -> AsyncGenerator[StreamEvent, None]:
         self._scheduler.add(self)
@@ -210,9 +212,12 @@ class FrameSession:
             # Capture time, so frames skipped for freshness are longer steps, not missed ones;
             # arrival time when the camera gives none.
             moment = frame.capture_time_ns / 1e9 if frame.capture_time_ns > 0 else waiting.arrival
-            outcome = self._analytics.update(
-                moment, analysis.detections, info, self._frame_size(frame)
-            )
+            try:
+                outcome = self._analytics.update(
+                    moment, analysis.detections, info, self._frame_size(frame)
+                )
+            except Exception:  # a bug here must not cost the frame its answer
+                log.exception("analytics failed on stream %s", self.options.stream_id)
         self._push(
             FrameResultEvent(
                 sequence=frame.sequence,
