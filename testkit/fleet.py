@@ -245,7 +245,11 @@ async def within(seconds: float, what: str):
         # Where everything was waiting when time ran out (pytest shows it with the failure).
         for task in asyncio.all_tasks():
             if not task.done():
-                task.print_stack(limit=12, file=sys.stderr)
+                print(f"task {task.get_name()} waits in:", file=sys.stderr)
+                for frame in task.get_stack(limit=12):
+                    code = frame.f_code
+                    where = f"{code.co_filename}:{frame.f_lineno} {code.co_name}"
+                    print(f"  {where}", file=sys.stderr)
         raise AssertionError(f"{what}: not done within {seconds}s") from None
 
 

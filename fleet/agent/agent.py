@@ -329,7 +329,8 @@ class Agent:
                 logger.exception("telemetry sample failed")
             # A new interval from the controller takes effect at once, not after the old one.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._interval_changed.wait(), self._interval)
+                async with asyncio.timeout(self._interval):
+                    await self._interval_changed.wait()
             self._interval_changed.clear()
 
     async def _forward_telemetry(
@@ -357,10 +358,11 @@ class Agent:
         """Converge when the desired state changes, and every --reconcile-interval-s check that
         what serves is still what is desired (one task: never beside an install of its own)."""
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for can lose a cancellation
+            # that arrives as its timeout fires, and this loop then outlives Agent.stop().
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self._desired_changed.wait(), self._settings.reconcile_interval_s
-                )
+                async with asyncio.timeout(self._settings.reconcile_interval_s):
+                    await self._desired_changed.wait()
             if not self._desired_changed.is_set() and not self._drifted():
                 continue
             self._desired_changed.clear()

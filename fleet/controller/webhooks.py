@@ -189,9 +189,8 @@ class WebhookSender:
     async def stop(self, grace_s: float = 1.0) -> None:
         """Give queued events `grace_s` to go out, then stop."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(
-                asyncio.gather(*(queue.join() for queue in self._queues.values())), grace_s
-            )
+            async with asyncio.timeout(grace_s):
+                await asyncio.gather(*(queue.join() for queue in self._queues.values()))
         for worker in self._workers.values():
             worker.cancel()
         await asyncio.gather(*self._workers.values(), return_exceptions=True)
@@ -212,7 +211,8 @@ class WebhookSender:
     async def _deliver_forever(self, url: str, queue: asyncio.Queue[dict[str, Any]]) -> None:
         while True:
             try:
-                event = await asyncio.wait_for(queue.get(), self._idle_s)
+                async with asyncio.timeout(self._idle_s):
+                    event = await queue.get()
             except TimeoutError:
                 if queue.empty():  # nothing can arrive in between: one event loop
                     del self._queues[url], self._workers[url]

@@ -101,7 +101,8 @@ async def _take_first(requests: AsyncIterator[Any]) -> None:
     the real status.
     """
     with contextlib.suppress(StopAsyncIteration, TimeoutError, grpc.RpcError):
-        await asyncio.wait_for(anext(aiter(requests)), FIRST_MESSAGE_WAIT_S)
+        async with asyncio.timeout(FIRST_MESSAGE_WAIT_S):
+            await anext(aiter(requests))
 
 
 def auth_interceptors(settings: ServerSettings) -> list[grpc.aio.ServerInterceptor]:

@@ -39,4 +39,5 @@ class DrainGate:
     async def wait_idle(self, timeout_s: float) -> None:
         """Until no request is in flight, or `timeout_s` has passed."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()

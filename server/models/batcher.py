@@ -160,7 +160,8 @@ class DynamicBatcher:
             except asyncio.QueueEmpty:
                 return None
         try:
-            return await asyncio.wait_for(self._queue.get(), wait_s)
+            async with asyncio.timeout(wait_s):
+                return await self._queue.get()
         except TimeoutError:
             return None
 

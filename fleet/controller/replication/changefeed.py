@@ -100,7 +100,8 @@ class ChangeFeed:
     async def start(self, timeout_s: float = 10.0) -> None:
         self._task = asyncio.create_task(self._listen_forever(), name="changefeed")
         # Listening before the controller serves: no note sent after start is missed.
-        await asyncio.wait_for(self._listening.wait(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await self._listening.wait()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -160,7 +161,8 @@ class Announcer:
         # What is queued still goes out (a clean shutdown), for a moment at most.
         if self._task is not None:
             try:
-                await asyncio.wait_for(self._queue.join(), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self._queue.join()
             except TimeoutError:
                 logger.warning("stopping with %d change notes unsent", self._queue.qsize())
             self._task.cancel()

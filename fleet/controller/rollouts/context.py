@@ -111,7 +111,8 @@ class RolloutContext:
         """Sleep up to `seconds`, or until the rollout is woken."""
         event = self._wake.setdefault(rollout_id, asyncio.Event())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), max(seconds, 0))
+            async with asyncio.timeout(max(seconds, 0)):
+                await event.wait()
         event.clear()
 
     # committing decisions
