@@ -216,11 +216,12 @@ class Agent:
             finally:
                 self._connected.clear()
                 self._outbox = self._stub = None
-                for task in (forwarder, heartbeat):
-                    if task is not None:
-                        task.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await task
+                # gather, not `suppress(CancelledError): await task`: that would also swallow
+                # a cancellation of this task (Agent.stop) arriving meanwhile.
+                helpers = [task for task in (forwarder, heartbeat) if task is not None]
+                for task in helpers:
+                    task.cancel()
+                await asyncio.gather(*helpers, return_exceptions=True)
                 while not outbox.empty():
                     outbox.get_nowait()
                 outbox.put_nowait(None)

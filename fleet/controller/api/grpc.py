@@ -4,7 +4,6 @@ Each servicer is given only the services it uses."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -119,8 +118,8 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 raise error
         finally:
             reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            # gather: a cancellation of this handler meanwhile (server stop) is not swallowed.
+            await asyncio.gather(reader, return_exceptions=True)
             self._live.detach(session)
             logger.info("device %s disconnected", device_id)
 
