@@ -29,6 +29,7 @@ import grpc
 
 # Re-exported: callers configure a stream's backoff from here.
 from client.backoff import BackoffPolicy as BackoffPolicy
+from client.events import AnalyticsEvent, AnalyticsSettings, Anchor, EventKind
 from client.frames import CapturedFrame, Encoding, encode_frame
 from client.stats import StreamState, StreamStats
 from protos.edgefleet.v1 import frame_stream_pb2 as pb
@@ -96,6 +97,8 @@ class StreamConfig:
     class_ids: tuple[int, ...] = ()
     # x_min, y_min, x_max, y_max in source-frame pixels; None: the whole frame.
     region_of_interest: tuple[float, float, float, float] | None = None
+    # Tracking, zones, lines and events on the server (AnalyticsOptions); None: off.
+    analytics: AnalyticsSettings | None = None
 
 
 _DROP_KINDS = {
@@ -181,7 +184,71 @@ class Reconnecting:
     frames_lost: int
 
 
-StreamEvent = Connected | FrameResult | FramesDropped | FrameRejected | Reconnecting
+@dataclass(frozen=True)
+class AnalyticsEvents:
+    """The analytics events of one frame, right after its FrameResult."""
+
+    events: tuple[AnalyticsEvent, ...]
+
+
+StreamEvent = (
+    Connected | FrameResult | FramesDropped | FrameRejected | Reconnecting | AnalyticsEvents
+)
+
+_WIRE_ANCHOR = {
+    Anchor.BOTTOM_CENTER: pb.ANCHOR_POINT_BOTTOM_CENTER,
+    Anchor.CENTER: pb.ANCHOR_POINT_CENTER,
+}
+_EVENT_KINDS = {
+    pb.ANALYTICS_EVENT_KIND_APPEAR: EventKind.APPEAR,
+    pb.ANALYTICS_EVENT_KIND_DISAPPEAR: EventKind.DISAPPEAR,
+    pb.ANALYTICS_EVENT_KIND_ZONE_ENTER: EventKind.ZONE_ENTER,
+    pb.ANALYTICS_EVENT_KIND_ZONE_LEAVE: EventKind.ZONE_LEAVE,
+    pb.ANALYTICS_EVENT_KIND_LINE_CROSS: EventKind.LINE_CROSS,
+}
+_DIRECTIONS = {pb.CROSSING_DIRECTION_IN: "in", pb.CROSSING_DIRECTION_OUT: "out"}
+
+
+def analytics_to_pb(settings: AnalyticsSettings) -> pb.AnalyticsOptions:
+    def points(xy: tuple[tuple[float, float], ...]) -> list[pb.Point]:
+        return [pb.Point(x=x, y=y) for x, y in xy]
+
+    return pb.AnalyticsOptions(
+        high_score=settings.high_score,
+        low_score=settings.low_score,
+        match_iou=settings.match_iou,
+        min_hits=settings.min_hits,
+        lost_seconds=settings.lost_seconds,
+        zones=[pb.Polygon(name=name, points=points(xy)) for name, xy in settings.zones],
+        lines=[pb.Line(name=name, points=points(xy)) for name, xy in settings.lines],
+        masks=[pb.Polygon(points=points(xy)) for xy in settings.masks],
+        class_score_thresholds=dict(settings.class_thresholds),
+        anchor=_WIRE_ANCHOR[settings.anchor],
+        normalized=settings.normalized,
+    )
+
+
+def analytics_event_from_pb(event: pb.AnalyticsEvent) -> AnalyticsEvent | None:
+    """The event as a value; None for a kind this client does not know (a newer server)."""
+    kind = _EVENT_KINDS.get(event.kind)
+    if kind is None:
+        return None
+    box = event.box
+    return AnalyticsEvent(
+        kind=kind,
+        stream_id=event.stream_id,
+        model_name=event.model_name,
+        model_version=event.model_version,
+        track_id=event.track_id,
+        class_id=event.class_id,
+        label=event.label,
+        sequence=event.sequence,
+        capture_time_unix_ns=event.capture_time_unix_ns,
+        box=(box.x_min, box.y_min, box.x_max, box.y_max),
+        score=event.score,
+        name=event.name,
+        direction=_DIRECTIONS.get(event.direction, ""),
+    )
 
 
 class StreamFailed(Exception):
@@ -352,6 +419,9 @@ class FrameStreamClient:
                 results=self._result_options(),
                 stream_id=config.stream_id,
                 max_age_ms=config.max_age_ms,
+                analytics=(
+                    analytics_to_pb(config.analytics) if config.analytics is not None else None
+                ),
             )
         )
 
@@ -485,6 +555,9 @@ class FrameStreamClient:
                 code = _CODE_BY_NUMBER.get(error.code, grpc.StatusCode.UNKNOWN)
                 self.stats.last_error = f"frame {error.sequence}: {code.name}: {error.message}"
                 yield FrameRejected(error.sequence, code, error.message)
+            elif kind == "events":
+                events = (analytics_event_from_pb(item) for item in response.events.events)
+                yield AnalyticsEvents(tuple(event for event in events if event is not None))
 
     def _on_result(self, result: pb.FrameResult, now: float) -> FrameResult:
         outgoing = self._settle(result.sequence)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from client.frames import CapturedFrame
@@ -29,20 +29,26 @@ class SourceHealth:
     # Connection attempts in the current outage (0 while the camera is up).
     attempts: int = 0
     last_error: str | None = None
+    # Told of each change, down (True, the reason) or up (False, ""): the camera's events.
+    listener: Callable[[bool, str], None] | None = field(default=None, repr=False, compare=False)
 
     def lost(self, reason: str) -> None:
-        self.down = True
+        was_down, self.down = self.down, True
         self.last_error = reason
+        if not was_down and self.listener is not None:
+            self.listener(True, reason)
 
     def failed_attempt(self, reason: str) -> None:
         self.attempts += 1
         self.last_error = reason
 
     def back(self) -> None:
-        if self.down:
+        was_down, self.down = self.down, False
+        if was_down:
             self.reconnects += 1
-        self.down = False
         self.attempts = 0
+        if was_down and self.listener is not None:
+            self.listener(False, "")
 
 
 class FrameSource(Protocol):
