@@ -11,18 +11,22 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from client.backoff import BackoffPolicy
+from client.cameras import Camera
+from client.events import CameraStatus, EventKind, event_document
 from client.frames import CapturedFrame
 from client.overlay import VideoSink
 from client.security import ChannelSecurity, open_channel
 from client.settings import ClientSettings
+from client.sinks import DRAIN_S, EventSink, drain
 from client.sources import FrameSource, SourceError, paced, until_stopped
 from client.stats import StatsSnapshot, StreamState, StreamStats
 from client.stream import (
+    AnalyticsEvents,
     Connected,
     FrameRejected,
     FrameResult,
@@ -47,6 +51,18 @@ class StreamRun:
     error: str | None = None
     # The source itself could not be opened (not a video, no images): a mistake in the command.
     unopened: bool = False
+    # The camera's name in events (its config-file name; the source for a command-line one).
+    camera: str = ""
+    # Where its events go; each counts what it delivered and dropped.
+    sinks: list[EventSink] = field(default_factory=list)
+    # Analytics events received from the server, and camera down/up seen here.
+    events: int = 0
+
+    def publish(self, document: dict[str, object]) -> None:
+        """Hand an event to every sink; never waits (a full sink drops its oldest)."""
+        self.events += 1
+        for sink in self.sinks:
+            sink.offer(document)
 
     def elapsed_s(self) -> float:
         end = self.finished_at if self.finished_at is not None else time.monotonic()
@@ -62,6 +78,8 @@ class StreamRun:
             "average_fps": round(snapshot.frames_answered / elapsed, 2) if elapsed else 0.0,
             "error": self.error,
             "camera_error": self.source.health.last_error,
+            "events": self.events,
+            "sinks": [{"sink": sink.name, **sink.stats.as_dict()} for sink in self.sinks],
         }
 
 
@@ -76,7 +94,11 @@ def security_from(settings: ClientSettings) -> ChannelSecurity:
     )
 
 
-def stream_config(settings: ClientSettings, source: FrameSource, index: int) -> StreamConfig:
+def stream_config(
+    settings: ClientSettings, source: FrameSource, index: int, camera: Camera | None = None
+) -> StreamConfig:
+    if camera is not None:
+        settings = camera.settings
     drop_oldest = source.live if settings.drop_oldest is None else settings.drop_oldest
     return StreamConfig(
         model_name=settings.model,
@@ -95,6 +117,7 @@ def stream_config(settings: ClientSettings, source: FrameSource, index: int) -> 
         max_detections=settings.max_detections,
         class_ids=settings.classes,
         region_of_interest=settings.roi,
+        analytics=camera.analytics if camera is not None else None,
     )
 
 
@@ -191,6 +214,9 @@ async def _run_one(
         async for event in client.stream(frames):
             if isinstance(event, Connected):
                 stream_id = event.stream_id
+            if isinstance(event, AnalyticsEvents):
+                for item in event.events:
+                    run.publish(event_document(run.camera, item))
             if sink is not None and (record := event_record(run.source.name, event)):
                 record["stream_id"] = stream_id
                 if isinstance(event, FrameResult):
@@ -218,11 +244,57 @@ async def run_streams(
     sources: Sequence[FrameSource],
     stop: asyncio.Event | None = None,
     on_start: Callable[[list[StreamRun]], None] | None = None,
+    cameras: Sequence[Camera] | None = None,
 ) -> list[StreamRun]:
-    """Stream every source until it ends, `duration_s` passes or `stop` is set."""
+    """Stream every source until it ends, `duration_s` passes or `stop` is set.
+
+    `cameras` (one per source, in order) gives each stream its own settings, analytics and
+    event sinks; without them every source streams with `settings`."""
     stop = stop if stop is not None else asyncio.Event()
     security = security_from(settings)
-    runs = [StreamRun(source, StreamStats(source=source.health)) for source in sources]
+    if cameras is not None and len(cameras) != len(sources):
+        raise ValueError("one camera per source")
+    runs = [
+        StreamRun(
+            source,
+            StreamStats(source=source.health),
+            camera=cameras[index].name if cameras else source.name,
+            sinks=[target.build() for target in cameras[index].sinks] if cameras else [],
+        )
+        for index, source in enumerate(sources)
+    ]
+    for stream_run in runs:
+        if stream_run.sinks:
+            stream_run.source.health.listener = _camera_events(stream_run)
+    senders = [
+        asyncio.create_task(sink.run(), name=f"sink {sink.name}")
+        for stream_run in runs
+        for sink in stream_run.sinks
+    ]
+    try:
+        return await _run_all(settings, security, runs, stop, on_start, cameras)
+    finally:
+        # Events queued at the end get a moment to go out; what is left is counted dropped.
+        await drain([sink for r in runs for sink in r.sinks], senders, DRAIN_S)
+
+
+def _camera_events(stream_run: StreamRun) -> Callable[[bool, str], None]:
+    def changed(down: bool, reason: str) -> None:
+        kind = EventKind.CAMERA_DOWN if down else EventKind.CAMERA_UP
+        stream_run.publish(event_document(stream_run.camera, CameraStatus(kind, reason)))
+
+    return changed
+
+
+async def _run_all(
+    settings: ClientSettings,
+    security: ChannelSecurity,
+    runs: list[StreamRun],
+    stop: asyncio.Event,
+    on_start: Callable[[list[StreamRun]], None] | None,
+    cameras: Sequence[Camera] | None,
+) -> list[StreamRun]:
+    sources = [stream_run.source for stream_run in runs]
     # Open every source first: a bad one is reported by name before any stream starts, a video
     # file's own fps is known for pacing, and the capture opened here is the one streamed (a
     # camera may take one connection only). A live camera that is down is retried, not refused.
@@ -246,7 +318,7 @@ async def run_streams(
             clients = [
                 FrameStreamClient(
                     channel,
-                    stream_config(settings, run.source, index),
+                    stream_config(settings, run.source, index, cameras[index] if cameras else None),
                     security.call_metadata(),
                     stats=run.stats,
                 )
