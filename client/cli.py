@@ -14,7 +14,10 @@ STREAM_HELP = """Stream SOURCE... to a server, one FrameStream per source.
 
 SOURCE is a video file, an rtsp:// or http(s):// URL, an image folder or file, `webcam`,
 `webcam:N` or /dev/videoN, or `pattern`, `pattern:640x480` or `pattern:640x480@30` (synthetic
-colour bars with the frame counter burned in)."""
+colour bars with the frame counter burned in).
+
+Or `--config cameras.toml`: many cameras, each with its own source, model, result options,
+zones, lines, masks and event sinks (MQTT, webhooks); see docs/cli.md."""
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +32,16 @@ def _comma_list(value: str | None) -> list[str] | None:
 
 
 def stream_command(
-    sources: Annotated[list[str], typer.Argument(help="One or more sources.", show_default=False)],
+    sources: Annotated[
+        list[str] | None, typer.Argument(help="One or more sources.", show_default=False)
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="A TOML file of cameras (source, model, zones, lines, sinks) instead of SOURCE.",
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option("--model", "-m", help="Model name on the server (or EDGEFLEET_CLIENT_MODEL)."),
@@ -121,12 +133,14 @@ def stream_command(
     import asyncio
     import json
     import logging
+    import os
     import signal
     import sys
 
     from pydantic import ValidationError
     from rich.console import Console
 
+    from client.cameras import Camera, ConfigError, load_cameras
     from client.display import show_live, summary_table
     from client.runner import StreamRun, run_streams
     from client.security import SecurityConfigError
@@ -169,10 +183,14 @@ def stream_command(
         "output_jsonl": output[1] if output else None,
         "save_video": save_video,
     }
+    if bool(sources) == (config is not None):
+        raise typer.BadParameter("give SOURCE... or --config FILE, not both", param_hint="SOURCE")
+    given = {name: value for name, value in flags.items() if value is not None}
+    if config is not None:
+        # The file may name each camera's model; an empty one here is checked per camera.
+        given.setdefault("model", os.environ.get("EDGEFLEET_CLIENT_MODEL", ""))
     try:
-        settings = ClientSettings(
-            **{name: value for name, value in flags.items() if value is not None}
-        )
+        settings = ClientSettings(**given)
     except ValidationError as error:
         first = error.errors()[0]
         # The flag is the field's name; `roi.2` is the third number of --roi.
@@ -184,10 +202,20 @@ def stream_command(
             markup=False, highlight=False,
         )  # fmt: skip
         raise typer.Exit(2) from None
-    opened: list[FrameSource] = []
-    for spec in sources:
+    # One path: the flags make one camera per source, all with the same settings.
+    cameras = [Camera(name=spec, source=spec, settings=settings) for spec in sources or []]
+    if config is not None:
         try:
-            opened.append(open_source(spec, loop=settings.loop, reconnect=settings.reconnect))
+            cameras = load_cameras(config, settings, model)
+        except ConfigError as error:
+            console.print(f"edgefleet stream: {error}", markup=False, highlight=False)
+            raise typer.Exit(2) from None
+    opened: list[FrameSource] = []
+    for camera in cameras:
+        try:
+            opened.append(
+                open_source(camera.source, loop=settings.loop, reconnect=settings.reconnect)
+            )
         except SourceError as error:
             console.print(f"[red]cannot open source[/] {error}")
             raise typer.Exit(2) from error
@@ -213,7 +241,7 @@ def stream_command(
             started.extend(runs)
             started_event.set()
 
-        streams = asyncio.create_task(run_streams(settings, opened, stop, on_start))
+        streams = asyncio.create_task(run_streams(settings, opened, stop, on_start, cameras))
         view = None
         if live and console.is_terminal:
             await started_event.wait()
