@@ -1,6 +1,6 @@
 """Real external services for tests and benchmarks: nginx (a bundle origin and its mirrors),
-PostgreSQL (the replicated controller's store), headless Chromium and an RTSP camera
-(GStreamer's RTSP server), from Debian's packages.
+PostgreSQL (the replicated controller's store), headless Chromium, an RTSP camera
+(GStreamer's RTSP server) and an MQTT broker (mosquitto), from Debian's packages.
 
 Each is installed with apt-get when missing (CI is a fresh root machine), started on a free port
 in a temporary directory, and stopped afterwards. A test that needs one is skipped, with the
@@ -387,3 +387,65 @@ def chromium(url: str, profile: Path, *options: str, budget_ms: int = 10_000) ->
     if result.returncode != 0:
         raise RuntimeError(f"chromium failed ({result.returncode}): {result.stderr[-800:]}")
     return result.stdout
+
+
+# An MQTT broker
+
+
+def mosquitto_binary() -> str:
+    """The mosquitto broker, installed from Debian if missing; skips the test if impossible."""
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
+    if found:
+        return found
+    reason = _apt_install("mosquitto")
+    found = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if reason or not Path(found).exists():
+        pytest.skip(reason or "mosquitto was installed but its binary is missing")
+    return found
+
+
+@dataclass
+class Mosquitto:
+    """A running mosquitto broker on 127.0.0.1:`port` (anonymous, no persistence)."""
+
+    port: int
+    directory: Path
+    process: Spawned
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.stop(grace_s=10)
+
+    def start_again(self, timeout_s: float = 10.0) -> None:
+        """Start it again on the same port (after `stop`)."""
+        self.process = _spawn_mosquitto(self.directory, self.port)
+        if not _wait_listening(self.port, self.process, timeout_s):
+            raise RuntimeError(f"mosquitto did not start again: {self.process.log_tail()}")
+
+
+def _spawn_mosquitto(directory: Path, port: int) -> Spawned:
+    # As root, mosquitto would drop to its own user, who cannot read pytest's temp directories.
+    user = "user root\n" if os.geteuid() == 0 else ""
+    config = directory / "mosquitto.conf"
+    config.write_text(
+        f"{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+        "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
+    )
+    return spawn([mosquitto_binary(), "-c", str(config)], directory / "mosquitto.log")
+
+
+def start_mosquitto(directory: Path) -> Mosquitto:
+    """Start mosquitto (no daemon) on a free loopback port; `stop()` ends it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for _ in range(5):
+        port = free_port()
+        process = _spawn_mosquitto(directory, port)
+        if _wait_listening(port, process, 10):
+            return Mosquitto(port, directory, process)
+        process.kill()
+    raise RuntimeError(f"mosquitto did not start: {process.log_tail()}")

@@ -13,51 +13,28 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import cv2
 import grpc
 import numpy as np
 import pytest
 
-from edgefleet.face_frames import head, photo
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from testkit.camera import collect, encode
 from testkit.edge import running_server
 from testkit.faces import copy_faces
+from testkit.moving_face import (
+    FRAME_NS,
+    FRAMES,
+    HEIGHT,
+    LINE_X,
+    STEP_PX,
+    WIDTH,
+    ZONE_X,
+    head_centre,
+    sequence,
+)
 
 pytestmark = pytest.mark.system
-
-WIDTH, HEIGHT = 640, 480
-HEAD_H = 130
-STEP_PX = 12  # per frame at 15 fps: 180 px/s
-FRAMES = 40  # the head's centre goes from x = 80 to x = 548
-START_X = 80
-EMPTY_FRAMES = 12  # 0.8 s without a face: the track is removed (lost_seconds 0.5)
-FRAME_NS = 1_000_000_000 // 15
-# The zone: a band from x = 250 to x = 400; the line: x = 450, drawn bottom to top, so moving
-# right crosses it from its left to its right (as seen in the image): IN.
-ZONE_X = (250.0, 400.0)
-LINE_X = 450.0
-
-
-def head_centre(index: int) -> float:
-    return START_X + STEP_PX * index
-
-
-def sequence() -> list[np.ndarray]:
-    background = np.ascontiguousarray(
-        cv2.resize(photo("rocket"), (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
-    )
-    source = head()
-    head_w = int(HEAD_H * source.shape[1] / source.shape[0])
-    face = cv2.resize(source, (head_w, HEAD_H), interpolation=cv2.INTER_AREA)
-    frames = []
-    for index in range(FRAMES):
-        frame = background.copy()
-        x = int(round(head_centre(index) - head_w / 2))
-        frame[170 : 170 + HEAD_H, x : x + head_w] = face
-        frames.append(frame)
-    return frames + [background] * EMPTY_FRAMES
 
 
 def analytics_options(normalized: bool = False) -> fs.AnalyticsOptions:
