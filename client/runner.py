@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -189,6 +190,22 @@ async def _numbered(
         yield frame
 
 
+async def _on_timeline(
+    frames: AsyncIterator[CapturedFrame], fps: float
+) -> AsyncIterator[CapturedFrame]:
+    """Stamp a recorded video's frames 1/fps apart from its first one. Read times are not
+    the video's: a BLOCK stream reads the next frame only when the server has room, so frames
+    read late or in bursts would make a steadily moving object look like it jumps, and the
+    server's tracker (which predicts by capture time) would lose it."""
+    start_ns = 0
+    index = 0
+    async for frame in frames:
+        if index == 0:
+            start_ns = frame.capture_time_unix_ns
+        yield dataclasses.replace(frame, capture_time_unix_ns=start_ns + round(index * 1e9 / fps))
+        index += 1
+
+
 def video_path(path: Path, index: int, sources: int) -> Path:
     """The one path for one source; `out-0.mp4`, `out-1.mp4`, ... for several."""
     return path if sources == 1 else path.with_name(f"{path.stem}-{index}{path.suffix}")
@@ -206,6 +223,8 @@ async def _run_one(
     # No rate given: play at the source's own rate (live sources pace themselves: None).
     rate = fps if fps is not None else run.source.native_fps
     frames = until_stopped(paced(run.source.frames(), rate), stop)
+    if not run.source.live and rate:
+        frames = _on_timeline(frames, rate)
     origins: dict[int, tuple[int, str]] = {}
     if sink is not None:
         frames = _numbered(frames, origins)
