@@ -70,12 +70,24 @@ def summary_table(runs: Sequence[StreamRun]) -> Table:
                    "reconn srv/cam",
                    "avg fps", "p50/p95/p99 ms", "last result"):  # fmt: skip
         table.add_column(column, justify="left" if column in ("source", "state") else "right")
+    # Only when events go somewhere: what the sinks delivered and dropped (full queues).
+    sinks = any(run.sinks for run in runs)
+    if sinks:
+        table.add_column("events/delivered/dropped", justify="right")
     for run in runs:
         snap = run.stats.snapshot()
         elapsed = run.elapsed_s()
         average_fps = snap.frames_answered / elapsed if elapsed else 0.0
         latency = "/".join(
             _ms(value) for value in (snap.latency_p50_ms, snap.latency_p95_ms, snap.latency_p99_ms)
+        )
+        events = (
+            [
+                f"{run.events}/{sum(sink.stats.delivered for sink in run.sinks)}/"
+                f"{sum(sink.stats.dropped for sink in run.sinks)}"
+            ]
+            if sinks
+            else []
         )
         table.add_row(
             run.source.name,
@@ -87,6 +99,7 @@ def summary_table(runs: Sequence[StreamRun]) -> Table:
             f"{average_fps:.1f}",
             latency,
             (run.error or ", ".join(label.split(",")[0] for label in snap.last_labels[:2]))[:60],
+            *events,
         )
     return table
 
