@@ -65,6 +65,8 @@ class Camera:
     settings: ClientSettings
     analytics: AnalyticsSettings | None = None
     sinks: tuple[SinkTarget, ...] = ()
+    # The stream's name on the server (its logs, metrics and events); empty: index:source.
+    stream_id: str = ""
 
 
 class _Strict(BaseModel):
@@ -292,6 +294,7 @@ def load_cameras(path: Path, base: ClientSettings | None, model: str | None) -> 
                 settings=settings,
                 analytics=section.analytics.settings() if section.analytics else None,
                 sinks=tuple(sinks),
+                stream_id=name,
             )
         )
     return cameras

@@ -98,8 +98,10 @@ def security_from(settings: ClientSettings) -> ChannelSecurity:
 def stream_config(
     settings: ClientSettings, source: FrameSource, index: int, camera: Camera | None = None
 ) -> StreamConfig:
+    stream_id = f"{index}:{source.name}"
     if camera is not None:
         settings = camera.settings
+        stream_id = camera.stream_id or stream_id
     drop_oldest = source.live if settings.drop_oldest is None else settings.drop_oldest
     return StreamConfig(
         model_name=settings.model,
@@ -110,7 +112,7 @@ def stream_config(
         max_in_flight=settings.max_in_flight,
         max_age_ms=settings.max_age_ms,
         top_k=settings.top_k,
-        stream_id=f"{index}:{source.name}"[:128],
+        stream_id=stream_id[:128],
         source_fps=source.native_fps or 0.0,
         backoff=BackoffPolicy(max_attempts=settings.retries),
         keep_frames=settings.save_video is not None,

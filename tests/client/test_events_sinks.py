@@ -173,7 +173,7 @@ async def test_events_reach_mosquitto_and_a_signed_webhook(
     assert {
         (m["camera"], m["stream_id"], m["model_name"], m["model_version"], m["track_id"])
         for m in subscriber.messages
-    } == {("door-cam", "0:" + str(clip), "faces", "1", track)}
+    } == {("door-cam", "door-cam", "faces", "1", track)}
     assert all(m["label"] == "face" and m["class_id"] == 0 for m in subscriber.messages)
     assert all(m["time"].endswith("Z") for m in subscriber.messages)
     assert all(m["capture_time_unix_ns"] > 0 for m in subscriber.messages)
