@@ -236,8 +236,16 @@ async def _run_one(
             if isinstance(event, Connected):
                 stream_id = event.stream_id
             if isinstance(event, AnalyticsEvents):
-                for item in event.events:
-                    run.publish(event_document(run.camera, item))
+                documents = [event_document(run.camera, item) for item in event.events]
+                for document in documents:
+                    run.publish(document)
+                if sink is not None:
+                    # The same documents (ids included) as the MQTT and webhook sinks get.
+                    line: dict[str, object] = {
+                        "stream": run.source.name, "event": "analytics",
+                        "stream_id": stream_id, "events": documents,
+                    }  # fmt: skip
+                    sink.write(json.dumps(line) + "\n")
             if sink is not None and (record := event_record(run.source.name, event)):
                 record["stream_id"] = stream_id
                 if isinstance(event, FrameResult):

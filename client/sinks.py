@@ -27,7 +27,6 @@ from typing import Protocol
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
-import aiomqtt
 
 from client.backoff import BackoffPolicy
 
@@ -155,6 +154,9 @@ class MqttSink:
         await self._outbox.emptied.wait()
 
     async def run(self) -> None:
+        # Here, not at the top: the `camera` extra brings it, and only MQTT sinks need it.
+        import aiomqtt
+
         failures = 0
         while True:
             try:

@@ -233,6 +233,12 @@ async def test_a_broker_stopped_mid_run_costs_only_what_overflowed(
     finally:
         await receiver.stop()
 
+    # The JSONL output has the same documents, ids included.
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    written = [d["id"] for line in lines if line["event"] == "analytics" for d in line["events"]]
+    assert len(written) == len(receiver.events) and written[:5] == [
+        event["id"] for event in receiver.events[:5]
+    ]
     (summary,) = summaries(process)
     mqtt, webhook = summary["sinks"]
     assert mqtt["sink"].startswith("mqtt://127.0.0.1:") and mqtt["retries"] >= 1
