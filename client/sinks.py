@@ -84,12 +84,14 @@ class EventSink(Protocol):
 
 
 class _Outbox:
-    """A bounded FIFO of encoded documents that drops its oldest when full."""
+    """A bounded FIFO of encoded documents that drops its oldest when full. The one being sent
+    is taken out (a full queue cannot drop it mid-send) and put back first if sending failed."""
 
     def __init__(self, size: int, stats: SinkStats) -> None:
         self._items: deque[bytes] = deque()
         self._size = size
         self._stats = stats
+        self._sending: bytes | None = None
         self._ready = asyncio.Event()
         self.emptied = asyncio.Event()
         self.emptied.set()
@@ -102,19 +104,33 @@ class _Outbox:
         self._ready.set()
         self.emptied.clear()
 
-    async def head(self) -> bytes:
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        return self._items[0]
+    async def take(self) -> bytes:
+        """The oldest document (the one that failed last, if any), out of the queue until
+        `done` or `unsent`."""
+        if self._sending is None:
+            while not self._items:
+                self._ready.clear()
+                await self._ready.wait()
+            self._sending = self._items.popleft()
+        return self._sending
 
-    def delivered(self) -> None:
-        self._items.popleft()
+    def done(self) -> None:
+        """Delivered, or refused for good."""
+        self._sending = None
         if not self._items:
             self.emptied.set()
 
+    def unsent(self) -> None:
+        """Sending failed: the document goes first again, unless newer ones filled the queue
+        meanwhile (then it is the oldest, and dropped)."""
+        if self._sending is not None and len(self._items) >= self._size:
+            self._sending = None
+            self._stats.dropped += 1
+            if not self._items:
+                self.emptied.set()
+
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) + (self._sending is not None)
 
 
 class MqttSink:
@@ -171,11 +187,12 @@ class MqttSink:
                         log.warning("%s: connected again after %d attempts", self.name, failures)
                     failures = 0
                     while True:
-                        payload = await self._outbox.head()
+                        payload = await self._outbox.take()
                         await client.publish(self._topic, payload, qos=1, timeout=10)
-                        self._outbox.delivered()
+                        self._outbox.done()
                         self.stats.delivered += 1
             except aiomqtt.MqttError as error:
+                self._outbox.unsent()
                 failures += 1
                 self.stats.retries += 1
                 self.stats.last_error = str(error)
@@ -232,7 +249,7 @@ class WebhookSink:
             timeout=self._timeout, headers={"User-Agent": USER_AGENT}
         ) as session:
             while True:
-                body = await self._outbox.head()
+                body = await self._outbox.take()
                 try:
                     async with session.post(
                         self._url, data=body, headers=self._headers(body), allow_redirects=False
@@ -243,7 +260,7 @@ class WebhookSink:
                 else:
                     reason = f"HTTP {status}"
                 if 200 <= status < 300:
-                    self._outbox.delivered()
+                    self._outbox.done()
                     self.stats.delivered += 1
                     failures = 0
                     continue
@@ -251,10 +268,11 @@ class WebhookSink:
                 if 400 <= status < 500 and status not in (408, 429):
                     # The receiver refuses this document (bad signature, bad request): retrying
                     # the same bytes gets the same answer.
-                    self._outbox.delivered()
+                    self._outbox.done()
                     self.stats.rejected += 1
                     log.warning("%s refused an event: %s", self.name, reason)
                     continue
+                self._outbox.unsent()
                 failures += 1
                 self.stats.retries += 1
                 delay = self._backoff.delay_s(failures, self._rng)

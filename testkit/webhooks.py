@@ -23,6 +23,8 @@ class Receiver:
     # Checks X-Edgefleet-Signature against the raw body; a bad one is answered 401.
     secret: bytes | None = None
     hold: asyncio.Event | None = None
+    # Set when a request arrives (before it waits on `hold`).
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
     events: list[dict[str, Any]] = field(default_factory=list)
     attempts: list[tuple[str, int]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
@@ -44,6 +46,7 @@ class Receiver:
             await self.runner.cleanup()
 
     async def _hook(self, request: web.Request) -> web.Response:
+        self.arrived.set()
         if self.hold is not None:
             await self.hold.wait()
         body = await request.read()
