@@ -110,6 +110,7 @@ async def show_live(console: Console, runs: Sequence[StreamRun], done: asyncio.E
         while not done.is_set():
             live.update(live_table(runs), refresh=True)
             try:
-                await asyncio.wait_for(done.wait(), REFRESH_S)
+                async with asyncio.timeout(REFRESH_S):
+                    await done.wait()
             except TimeoutError:
                 continue

@@ -284,15 +284,13 @@ async def drain(sinks: list[EventSink], tasks: list[asyncio.Task[None]], within_
     """Give queued documents `within_s` to go out, then stop the senders; what is left is
     counted as dropped."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.gather(*(sink.flushed() for sink in sinks)), within_s)
+        async with asyncio.timeout(within_s):
+            await asyncio.gather(*(sink.flushed() for sink in sinks))
     for task in tasks:
         task.cancel()
-    for task in tasks:
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("an event sink failed")
+    # gather: the senders' cancellations are taken, a cancellation of this caller is not.
+    for outcome in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(outcome, Exception):
+            log.error("an event sink failed", exc_info=outcome)
     for sink in sinks:
         sink.stats.dropped += sink.pending()
