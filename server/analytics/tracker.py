@@ -15,6 +15,7 @@ gap, so a skipped frame is a longer step, not a missed match.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,9 +27,11 @@ from server.vision.detections import Detection, TrackState
 
 # ByteTrack's second stage: low-score boxes are doubtful, so they need a closer overlap.
 LOW_SCORE_IOU = 0.5
-# How much of a new velocity measurement is believed (the rest is the previous estimate):
-# smooths the jitter of detector boxes without lagging far behind a turn.
-VELOCITY_GAIN = 0.6
+# The velocity is an average of measurements over about this much capture time: a measurement
+# over a gap dt counts 1 - exp(-dt / VELOCITY_TIME_S). By time, not per frame: a box's jitter
+# (or a face half hidden, whose box shrinks) makes a measurement over one short frame gap very
+# wrong, and the same smoothing must hold at 30 fps and with frames skipped.
+VELOCITY_TIME_S = 0.5
 # At most this many tracks per stream (candidates included); more detections stay untracked.
 MAX_TRACKS = 1024
 
@@ -60,7 +63,7 @@ class Track:
         if dt > 0:
             old, new = _centre(self.detection), _centre(detection)
             measured = ((new[0] - old[0]) / dt, (new[1] - old[1]) / dt)
-            gain = VELOCITY_GAIN if self.moved else 1.0
+            gain = -math.expm1(-dt / VELOCITY_TIME_S) if self.moved else 1.0
             self.velocity = (
                 self.velocity[0] + gain * (measured[0] - self.velocity[0]),
                 self.velocity[1] + gain * (measured[1] - self.velocity[1]),
