@@ -12,11 +12,15 @@ MODELS_STAMP := models/.built
 install: $(INSTALLED)
 
 # torch comes from the local CPU wheel first; a loose requirement would pull a 5 GB CUDA build.
+# --no-deps: both wheels require the GUI opencv-python, a second cv2 over our headless one (their
+# other imports are in the extras). supervision 0.30.9 is the last with ByteTrack, the tracking
+# benchmark's anchor.
 $(INSTALLED): pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps rapidocr-onnxruntime==1.4.4
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps supervision==0.30.9
 	touch $@
 
 protos: $(PROTO_STAMP)
