@@ -313,13 +313,15 @@ def sequences() -> list[MotSequence]:
 
 
 def short_crossing() -> MotSequence:
-    """The system test's sequence: two faces cross head-on over a line, 36 frames."""
+    """The system test's sequence: two faces cross head-on over a line, a third crosses it
+    below them the same way as the first (so a swapped direction shows), 36 frames."""
     return MotSequence(
         "short-crossing",
         36,
         (
-            _mover("a", "astronaut", 130, (0, 80, 230), (35, 560, 240), depth=2),
-            _mover("b", "cameraman", 130, (0, 560, 240), (35, 80, 230), depth=1),
+            _mover("a", "astronaut", 130, (0, 80, 200), (35, 560, 210), depth=2),
+            _mover("b", "cameraman", 130, (0, 560, 210), (35, 80, 200), depth=1),
+            _mover("c", "lfw0", 100, (0, 150, 390), (35, 470, 400)),
         ),
         lines=(TruthLine("door", (320, 470), (320, 10)),),
     )
