@@ -93,6 +93,13 @@ def stream_command(
             metavar="X_MIN,Y_MIN,X_MAX,Y_MAX",
         ),
     ] = None,
+    credits: Annotated[
+        bool | None,
+        typer.Option(
+            help="Live sources send a frame only when the server can take one (flow credits; "
+            "default on; an older server gets every frame as before)."
+        ),
+    ] = None,
     reconnect: Annotated[
         bool | None,
         typer.Option(
@@ -171,6 +178,7 @@ def stream_command(
         "classes": _comma_list(classes),
         "roi": _comma_list(roi),
         "reconnect": reconnect,
+        "flow_credits": credits,
         "duration_s": duration,
         "loop": loop,
         "retries": retries,

@@ -121,6 +121,7 @@ def stream_config(
         class_ids=settings.classes,
         region_of_interest=settings.roi,
         analytics=camera.analytics if camera is not None else None,
+        flow_credits=settings.flow_credits,
     )
 
 

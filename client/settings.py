@@ -36,6 +36,8 @@ class ClientSettings(BaseSettings):
     roi: tuple[float, float, float, float] | None = None
     # A live camera that drops, or is down at start, is retried with backoff (never given up).
     reconnect: bool = True
+    # Live streams send a frame only when the server grants a credit (client/stream.py).
+    flow_credits: bool = True
     duration_s: float | None = Field(default=None, gt=0)
     loop: bool = False
     # Consecutive failed connection attempts before a stream gives up; 0 retries forever.

@@ -52,6 +52,8 @@ class StatsSnapshot:
     # The camera itself (not the server): unreachable now, and times it came back.
     camera_down: bool = False
     camera_reconnects: int = 0
+    # Read from the source and discarded before encoding: no flow credit was held (live streams).
+    frames_skipped_source: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -61,6 +63,7 @@ class StatsSnapshot:
             "frames_dropped": self.frames_dropped,
             "frames_stale": self.frames_stale,
             "frames_dropped_client": self.frames_dropped_client,
+            "frames_skipped_source": self.frames_skipped_source,
             "frames_lost": self.frames_lost,
             "frames_rejected": self.frames_rejected,
             "reconnects": self.reconnects,
@@ -90,6 +93,7 @@ class StreamStats:
     frames_dropped: int = 0
     frames_stale: int = 0
     frames_dropped_client: int = 0
+    frames_skipped_source: int = 0
     frames_lost: int = 0
     frames_rejected: int = 0
     reconnects: int = 0
@@ -151,4 +155,5 @@ class StreamStats:
             last_error=self.last_error,
             camera_down=self.source.down,
             camera_reconnects=self.source.reconnects,
+            frames_skipped_source=self.frames_skipped_source,
         )

@@ -9,6 +9,12 @@ With `keep_frames`, each frame's pixels travel with it until it is settled and c
 FrameResult (for `--save-video`): only frames in flight are held, and a frame the server dropped
 or the client replaced is released at once.
 
+With flow credits (a live stream, and a server that grants them: StreamOpened.flow_credits > 0),
+the client keeps reading its source but encodes and sends a frame only when it holds a credit:
+the newest frame read, at that moment. Frames read meanwhile are discarded before encoding
+(`frames_skipped_source`), so no frame is encoded or sent only for the server to replace it.
+A server that grants no credits gets frames as before.
+
 Memory stays bounded whatever the consumer does: the send queue holds `send_queue_frames`, at
 most `client_window` frames are unsettled, and results are read only as fast as the caller takes
 them; a live source then drops its oldest frames on the client, before they cost bandwidth.
@@ -99,6 +105,8 @@ class StreamConfig:
     region_of_interest: tuple[float, float, float, float] | None = None
     # Tracking, zones, lines and events on the server (AnalyticsOptions); None: off.
     analytics: AnalyticsSettings | None = None
+    # Live (DROP_OLDEST) streams ask the server for flow credits and send only when granted.
+    flow_credits: bool = True
 
 
 _DROP_KINDS = {
@@ -302,6 +310,20 @@ class FrameStreamClient:
         self._source_done = False
         self._source_error: BaseException | None = None
         self._streamed = False
+        self._sequence = 0
+        # Flow credits: asked for (live streams), granted by this connection's server (None
+        # until its `opened`), held now, and the most ever held (the server's window).
+        self._credits_asked = config.flow_credits and config.overload_policy is (
+            OverloadPolicy.DROP_OLDEST
+        )
+        self._credits_on: bool | None = None if self._credits_asked else False
+        self._credits = 0
+        self._credit_limit = 1
+        self._credit_granted = asyncio.Event()
+        # The newest frame read and not sent (credits on, or not known yet), and the source's end.
+        self._newest: CapturedFrame | None = None
+        self._newest_ready = asyncio.Event()
+        self._source_ended = False
 
     async def stream(self, frames: AsyncIterable[CapturedFrame]) -> AsyncIterator[StreamEvent]:
         """Send every frame of `frames`; yield events until all are answered, dropped or lost.
@@ -352,7 +374,7 @@ class FrameStreamClient:
                 failures += 1
                 reason = self._check_retryable(outcome, failures)
                 resend, lost = self._collect_unanswered()
-                if self._source_done and not resend and self._outbox.empty():
+                if self._source_done and not resend and (self._credits_on or self._outbox.empty()):
                     break
                 delay = self._config.backoff.delay_s(failures, self._rng)
                 self.stats.state = StreamState.RECONNECTING
@@ -422,6 +444,7 @@ class FrameStreamClient:
                 analytics=(
                     analytics_to_pb(config.analytics) if config.analytics is not None else None
                 ),
+                flow_credits=self._credits_asked,
             )
         )
 
@@ -441,13 +464,19 @@ class FrameStreamClient:
         return options
 
     async def _pump(self, frames: AsyncIterable[CapturedFrame]) -> None:
-        """Encode frames off the loop and queue them; a live stream drops the oldest when full."""
+        """Read the source. Credits on (or not known yet): keep only the newest frame, for the
+        sender to encode when it holds a credit. Else encode off the loop and queue; a live
+        stream drops the oldest when full."""
         config = self._config
-        sequence = 0
         try:
             async for frame in frames:
-                sequence += 1
-                outgoing = await asyncio.to_thread(self._encode, sequence, frame)
+                if self._credits_on is not False:
+                    if self._newest is not None:
+                        self.stats.frames_skipped_source += 1
+                    self._newest = frame
+                    self._newest_ready.set()
+                    continue
+                outgoing = await asyncio.to_thread(self._encode, self._next_sequence(), frame)
                 if config.overload_policy is OverloadPolicy.BLOCK:
                     await self._outbox.put(outgoing)
                     continue
@@ -457,7 +486,13 @@ class FrameStreamClient:
                 self._outbox.put_nowait(outgoing)
         except Exception as error:  # noqa: BLE001 - re-raised by stream() once in-flight work ends
             self._source_error = error
+        self._source_ended = True
+        self._newest_ready.set()
         await self._outbox.put(_END)
+
+    def _next_sequence(self) -> int:
+        self._sequence += 1
+        return self._sequence
 
     def _encode(self, sequence: int, frame: CapturedFrame) -> _Outgoing:
         encoded = encode_frame(frame, self._config.encoding, self._config.jpeg_quality)
@@ -482,6 +517,9 @@ class FrameStreamClient:
             for outgoing in resend:  # already tracked; at most one window of them
                 outgoing.sent_at = loop.time()
                 await call.write(outgoing.request)
+            if self._credits_on:
+                await self._send_on_credit(call)
+                return
             while not self._source_done:
                 await self._wait_for_room()
                 item = await self._outbox.get()
@@ -495,6 +533,55 @@ class FrameStreamClient:
         except (grpc.RpcError, asyncio.InvalidStateError) as error:
             # The call broke; the reader gets the same status and decides whether to reconnect.
             log.debug("sender stopped: %r", error)
+
+    async def _send_on_credit(self, call: _Call) -> None:
+        """Each credit: encode the newest frame read, now, and send it."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wait_for_room()
+            while self._credits <= 0:
+                self._credit_granted.clear()
+                await self._credit_granted.wait()
+            while self._newest is None and not self._source_ended:
+                self._newest_ready.clear()
+                await self._newest_ready.wait()
+            frame, self._newest = self._newest, None
+            if frame is None:  # the source ended and every frame it read was sent or skipped
+                break
+            try:
+                outgoing = await asyncio.to_thread(self._encode, self._next_sequence(), frame)
+            except asyncio.CancelledError:  # the connection broke: the frame is still the newest
+                if self._newest is None:
+                    self._newest = frame
+                else:
+                    self.stats.frames_skipped_source += 1
+                raise
+            except Exception as error:  # noqa: BLE001 - re-raised by stream(), like the pump's
+                self._source_error = error
+                break
+            self._credits -= 1
+            self._track(outgoing, loop.time())
+            self.stats.frames_sent += 1
+            await call.write(outgoing.request)
+        self._source_done = True
+        await call.done_writing()
+
+    def _on_opened(self, opened: pb.StreamOpened) -> None:
+        """Credits on or off for this connection (a server restarted as an older one grants
+        none); credits are per connection, never more than the server's window."""
+        self._credit_limit = max(opened.max_in_flight, 1)
+        self._credits = min(opened.flow_credits, self._credit_limit) if self._credits_asked else 0
+        self._credits_on = self._credits > 0
+        if self._credits_on:
+            while not self._outbox.empty():  # encoded for an earlier connection without credits
+                if self._outbox.get_nowait() is _END:
+                    self._outbox.put_nowait(_END)
+                    break
+                self.stats.frames_skipped_source += 1
+            self._credit_granted.set()
+        elif self._newest is not None:  # held while credits were not known: too late now
+            self._newest = None
+            self.stats.frames_skipped_source += 1
 
     async def _wait_for_room(self) -> None:
         """At most `window` frames unsettled: memory and any resend stay bounded."""
@@ -528,6 +615,7 @@ class FrameStreamClient:
                 opened = response.opened
                 # Twice the server's window keeps its batcher fed across a round trip.
                 self._window = self._config.client_window or 2 * max(opened.max_in_flight, 1)
+                self._on_opened(opened)
                 self.stats.state = StreamState.STREAMING
                 self._opened.set()
                 yield Connected(
@@ -537,6 +625,10 @@ class FrameStreamClient:
                     opened.max_in_flight,
                     resent=self._resending,
                 )
+            elif kind == "credits":
+                granted = self._credits + response.credits.frames
+                self._credits = min(granted, self._credit_limit)
+                self._credit_granted.set()
             elif kind == "result":
                 yield self._on_result(response.result, loop.time())
             elif kind == "dropped":

@@ -432,7 +432,9 @@ class InferenceCore:
         self._frame_sessions.add(session)
         self.metrics.active_streams.inc()
         try:
-            yield StreamOpenedEvent(stream_id, model.name, model.version, requested, options.policy)
+            yield StreamOpenedEvent(
+                stream_id, model.name, model.version, requested, options.policy, session.credits
+            )
             async with contextlib.aclosing(session.run(frames)) as events:
                 async for event in events:
                     yield event

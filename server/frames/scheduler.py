@@ -17,6 +17,13 @@ be chosen or started is dropped as `stale` and never runs. Frames of every other
 (detectors, pipelines, cascades: server/frames/work/dispatch.py decides) run one by one through
 `run_frame` instead.
 
+Flow credits (streams whose client asked for them, session.py): such a client sends a frame
+only when it holds a credit, so the scheduler hands credits out just in time. While every runner
+is busy, it offers one, at one credit lag (grant to arrival, learned) before the next pull is
+due, to each stream the next pull will serve first (least recently served, no frame waiting); an
+idle model offers them at once. The frame then arrives shortly before it runs, is as fresh as a
+replaced one would have been, and no frame is encoded and sent only to be replaced.
+
 Hot swap: every pull resolves the model anew and holds a lease on that version until its
 results are delivered, so an old version retires only after its last batch.
 """
@@ -44,6 +51,12 @@ log = logging.getLogger(__name__)
 
 ModelResolver = Callable[[], ModelVersion]
 
+# Grant to arrival of a credited frame before anything is learned (a 720p JPEG encode and a
+# round trip), the least lead ever used, and how much of the learned lag the lead adds as margin.
+CREDIT_LAG_START_S = 0.03
+CREDIT_LEAD_MIN_S = 0.005
+CREDIT_LEAD_MARGIN = 1.5
+
 
 class ScheduledStream(Protocol):
     """What the scheduler needs of a stream (a FrameSession, server/frames/session.py): frames
@@ -57,6 +70,11 @@ class ScheduledStream(Protocol):
 
     @property
     def has_frame(self) -> bool: ...
+
+    @property
+    def expects_frame(self) -> bool: ...
+
+    def offer_credit(self) -> bool: ...
 
     def take(self, now: float | None, model: ModelVersion | None) -> WaitingFrame | None: ...
 
@@ -104,6 +122,15 @@ class FrameScheduler:
         self._sizer = BatchSizer()
         self._sized_version: ModelVersion | None = None
         self._dispatcher: asyncio.Task[None] | None = None
+        # Flow credits: rows of the last pull (how many streams the next one serves first), the
+        # moving average of grant-to-arrival, and the timer that offers credits before a pull.
+        self._last_rows = 1
+        self._credit_lag_s = CREDIT_LAG_START_S
+        self._credit_timer: asyncio.TimerHandle | None = None
+        # Plain batches have no expected end (they decode on the runner): their start times and
+        # the moving average of a whole batch, decode included, stand in for it.
+        self._started: dict[asyncio.Task[None], float] = {}
+        self._batch_s = 0.0
 
     # ---- streams ----
 
@@ -120,6 +147,10 @@ class FrameScheduler:
     def frame_waiting(self) -> None:
         self._wake.set()
 
+    def credit_used(self, lag_s: float) -> None:
+        """A credited frame arrived `lag_s` after its credit was granted."""
+        self._credit_lag_s = 0.8 * self._credit_lag_s + 0.2 * lag_s
+
     @property
     def streams(self) -> int:
         return len(self._sessions)
@@ -127,6 +158,8 @@ class FrameScheduler:
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._credit_timer is not None:
+            self._credit_timer.cancel()
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
@@ -158,6 +191,7 @@ class FrameScheduler:
         # only wait there, its frames ageing (age p99 71-78 ms without, 125-143 ms with such
         # a prefetch at 8 cameras). Pipelines decode in the pool first, so they prefetch.
         if len(self._batches) == runners and (plain or not self._prefetch_due()):
+            self._offer_credits_when_due()
             return False
         max_rows = max(model.plan.max_batch_size, 1)
         if not plain:  # frames run one by one; the model's batcher groups them
@@ -168,12 +202,16 @@ class FrameScheduler:
             rows = self._sizer.rows(max_rows, self._streams_waiting)
         picks = self._pick(rows, model)
         if not picks:
+            self._offer_credits(rows)  # the model is idle: credited streams may send now
             return False
+        self._last_rows = len(picks)
         lease = contextlib.ExitStack()
         lease.enter_context(model.lease())  # taken now, so a swap cannot retire it under us
         task = asyncio.create_task(self._run_batch(model, picks, lease))
         self._batches.add(task)
         self._expected_end[task] = None
+        if plain:
+            self._started[task] = asyncio.get_running_loop().time()
         task.add_done_callback(self._batch_done)
         return True
 
@@ -194,6 +232,39 @@ class FrameScheduler:
             self._timer = loop.call_at(due, self._timer_fired)
         return False
 
+    def _offer_credits_when_due(self) -> None:
+        """Every runner is busy: offer credits one learned credit lag before the next pull is
+        due (the soonest running batch's end, less one decode), so credited frames arrive just
+        before it; otherwise wake up then."""
+        ends = [end for end in self._expected_end.values() if end is not None]
+        if self._batch_s:
+            ends += [start + self._batch_s for start in self._started.values()]
+        if not ends:
+            return  # still decoding: `_running` wakes the dispatcher when the run starts
+        loop = asyncio.get_running_loop()
+        lead = max(CREDIT_LEAD_MARGIN * self._credit_lag_s, CREDIT_LEAD_MIN_S)
+        due = min(ends) - self._prepare_s - lead
+        if loop.time() >= due:
+            self._offer_credits(self._last_rows)
+            return
+        if self._credit_timer is None or self._credit_timer.when() > due:
+            if self._credit_timer is not None:
+                self._credit_timer.cancel()
+            self._credit_timer = loop.call_at(due, self._credit_timer_fired)
+
+    def _credit_timer_fired(self) -> None:
+        self._credit_timer = None
+        self._wake.set()
+
+    def _offer_credits(self, rows: int) -> None:
+        """Offer a credit to each of the first `rows` streams in serving order that has no
+        frame waiting or on its way; streams without flow credits decline."""
+        for session in list(self._sessions.values()):
+            if rows <= 0:
+                return
+            if session.expects_frame or session.offer_credit():
+                rows -= 1
+
     def _timer_fired(self) -> None:
         self._timer = None
         self._wake.set()
@@ -201,6 +272,10 @@ class FrameScheduler:
     def _batch_done(self, task: asyncio.Task[None]) -> None:
         self._batches.discard(task)
         self._expected_end.pop(task, None)
+        started = self._started.pop(task, None)
+        if started is not None and not task.cancelled():
+            took = asyncio.get_running_loop().time() - started
+            self._batch_s = 0.8 * self._batch_s + 0.2 * took if self._batch_s else took
         self._wake.set()
 
     def _running(self, prepare_s: float) -> None:

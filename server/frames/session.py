@@ -9,6 +9,10 @@ pulls them when the model has room, fairly across streams, and decodes only what
   the stream until there is room, gRPC flow control pushes back on the sender, nothing is lost.
 - `max_age_ms`: a frame older than this (since it reached the server) when the scheduler would
   take or queue it is reported dropped (`stale`) and never runs.
+- flow credits (a live stream that asks for them): the client holds at most one credit, spends
+  it on its newest frame, and gets the next one (`offer_credit`) when the scheduler sees the
+  stream's turn coming, so a frame arrives shortly before it runs and none is sent only to be
+  replaced. A client that sends without credits meets drop_oldest as before.
 A bad frame gets a FrameError and the stream goes on. Closing the stream releases its waiting
 frames and its share of the model at once; frames already running finish and are discarded.
 When the server shuts down (`shut_down`), the stream reads no further frame at once, answers
@@ -30,6 +34,7 @@ from server.errors import EdgeError, Overloaded, ShuttingDown
 from server.frames.scheduler import FrameScheduler
 from server.frames.types import (
     AnalyticsEventsEvent,
+    CreditsEvent,
     DropReason,
     EncodedFrame,
     FrameAnalysis,
@@ -90,6 +95,10 @@ class FrameSession:
         self._reader: asyncio.Task[None] | None = None
         self._input_done = False  # the client sent its last frame: the reader ends the stream
         self._shutting_down = False
+        # Credits the client holds: frames it may send. One at most, the frame for the slot.
+        self.flow_credits = options.flow_credits and not self.lossless
+        self._credits = 1 if self.flow_credits else 0
+        self._credit_granted_at: float | None = None
         # Tracking, zones and lines see results in the order they are delivered; a result that
         # overtakes an older frame's leaves that one untracked (server/analytics/tracker.py).
         self._analytics = (
@@ -129,6 +138,10 @@ class FrameSession:
         try:
             async for frame in frames:
                 waiting = WaitingFrame(frame, loop.time())
+                if self._credits and self._credit_granted_at is not None:
+                    self._scheduler.credit_used(waiting.arrival - self._credit_granted_at)
+                self._credit_granted_at = None
+                self._credits = max(self._credits - 1, 0)  # a flooding client just gets none
                 while len(self._out) >= self._out_limit or (
                     self.lossless and len(self._slot) + self._running >= self._window
                 ):
@@ -162,6 +175,34 @@ class FrameSession:
             self._end_if_drained()
 
     # ---- called by the scheduler ----
+
+    @property
+    def credits(self) -> int:
+        """Credits the client holds now (at open: those StreamOpened grants)."""
+        return self._credits
+
+    @property
+    def expects_frame(self) -> bool:
+        """A frame is waiting, or the client holds a credit for one."""
+        return bool(self._slot) or self._credits > 0
+
+    def offer_credit(self) -> bool:
+        """The stream's turn is near: grant the client a credit if it uses credits, holds none,
+        has no frame waiting and could run one more. True when granted."""
+        if (
+            not self.flow_credits
+            or self._credits
+            or self._slot
+            or self._running >= self._window
+            or self._closed
+            or self._input_done
+            or self._shutting_down
+        ):
+            return False
+        self._credits = 1
+        self._credit_granted_at = asyncio.get_running_loop().time()
+        self._push(CreditsEvent(1))
+        return True
 
     @property
     def has_frame(self) -> bool:

@@ -50,6 +50,8 @@ class StreamOptions:
     max_pixels: int = MAX_PIXELS
     # Tracking, zones, lines and events; None: every frame is answered alone.
     analytics: AnalyticsConfig | None = None
+    # The client sends a frame only when granted a credit (live streams only; see session.py).
+    flow_credits: bool = False
 
 
 # ---------------------------------------------------------------- a frame on its way
@@ -148,6 +150,8 @@ class StreamOpenedEvent:
     model_version: str
     max_in_flight: int
     policy: OverloadPolicy
+    # Credits the client holds at open; 0: credits are off on this stream.
+    flow_credits: int = 0
 
 
 @dataclass(frozen=True)
@@ -202,6 +206,13 @@ class FramesDroppedEvent:
 
 
 @dataclass(frozen=True)
+class CreditsEvent:
+    """The client may send this many more frames (flow credits)."""
+
+    frames: int
+
+
+@dataclass(frozen=True)
 class FrameErrorEvent:
     sequence: int
     error: EdgeError
@@ -213,4 +224,5 @@ StreamEvent = (
     | FramesDroppedEvent
     | FrameErrorEvent
     | AnalyticsEventsEvent
+    | CreditsEvent
 )

@@ -9,6 +9,7 @@ from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from server.errors import InvalidInput
 from server.frames.types import (
     AnalyticsEventsEvent,
+    CreditsEvent,
     DropReason,
     EncodedFrame,
     FrameErrorEvent,
@@ -81,6 +82,7 @@ def stream_options_from_pb(message: fs.StreamRequest) -> StreamOptions:
         analytics=(
             analytics_config_from_pb(opening.analytics) if opening.HasField("analytics") else None
         ),
+        flow_credits=opening.flow_credits,
     )
 
 
@@ -131,6 +133,8 @@ def stream_event_to_pb(event: StreamEvent) -> fs.StreamResponse:
                 lines=lines_to_pb(event.lines),
             )
         )
+    if isinstance(event, CreditsEvent):
+        return fs.StreamResponse(credits=fs.Credits(frames=event.frames))
     if isinstance(event, AnalyticsEventsEvent):
         return fs.StreamResponse(events=events_to_pb(event.events))
     if isinstance(event, FramesDroppedEvent):
@@ -158,6 +162,7 @@ def stream_event_to_pb(event: StreamEvent) -> fs.StreamResponse:
                 model_version=event.model_version,
                 max_in_flight=event.max_in_flight,
                 overload_policy=_POLICY_TO_PB[event.policy],
+                flow_credits=event.flow_credits,
             )
         )
     raise TypeError(f"unknown stream event {type(event).__name__}")

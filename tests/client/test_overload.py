@@ -34,6 +34,7 @@ async def test_drop_accounting_under_overload_matches_the_server(repository: Pat
             # Nothing held back on the client: the server's window decides what is dropped.
             send_queue_frames=FRAMES,
             client_window=FRAMES,
+            flow_credits=False,  # a client that sends every frame (as before flow credits)
         )
         client = FrameStreamClient(channel, config)
         # Unpaced: the pattern comes much faster than one CPU model run per frame.
@@ -67,7 +68,9 @@ async def test_a_slow_consumer_sheds_frames_instead_of_buffering_them(repository
         running_server(repository, stream_max_in_flight=2) as server,
         open_channel(f"127.0.0.1:{server.port}", ChannelSecurity()) as channel,
     ):
-        client = FrameStreamClient(channel, StreamConfig(ONNX_MODEL, send_queue_frames=4))
+        client = FrameStreamClient(
+            channel, StreamConfig(ONNX_MODEL, send_queue_frames=4, flow_credits=False)
+        )
         frames = until_stopped(TestPatternSource(224, 224).frames(), stop)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 1.5
@@ -101,7 +104,7 @@ async def test_stale_drops_reach_the_client_and_its_live_view(repository: Path) 
     ):
         config = StreamConfig(
             model_name=ONNX_MODEL, overload_policy=OverloadPolicy.DROP_OLDEST, max_in_flight=1,
-            max_age_ms=1, send_queue_frames=FRAMES, client_window=FRAMES,
+            max_age_ms=1, send_queue_frames=FRAMES, client_window=FRAMES, flow_credits=False,
         )  # fmt: skip
         client = FrameStreamClient(channel, config)
         source = TestPatternSource(224, 224, count=FRAMES)
