@@ -68,6 +68,7 @@ async def collect(responses: AsyncIterator[fs.StreamResponse]) -> dict[str, list
         "dropped": [],
         "error": [],
         "events": [],
+        "credits": [],
     }
     async for response in responses:
         kind = response.WhichOneof("kind")

@@ -1,0 +1,158 @@
+"""Flow credits on FrameStream: a live camera sends a frame only when the server can take one.
+
+The real server and the real `faces` pipeline (MTCNN, far slower than a 30 fps camera on this
+machine), the real camera client library over a real channel. An old client (no credits), a
+BLOCK stream and a client that floods in spite of its credits keep today's policies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from client.security import ChannelSecurity, open_channel
+from client.sources import paced, until_stopped
+from client.sources.pattern import TestPatternSource
+from client.stream import (
+    Connected,
+    FrameResult,
+    FrameStreamClient,
+    OverloadPolicy,
+    StreamConfig,
+)
+from protos.edgefleet.v1 import frame_stream_pb2 as fs
+from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
+from server.app import EdgeServer
+from testkit.camera import camera, collect, encode
+from testkit.edge import running_server
+from testkit.faces import copy_faces
+from testkit.media import photo
+
+# A slow pipeline under a paced camera for seconds: system tests.
+pytestmark = pytest.mark.system
+
+MODEL = "faces"
+FPS = 30.0
+RUN_S = 4.0
+
+
+@pytest.fixture
+async def faces_server(tmp_path: Path, built_models: Path) -> AsyncIterator[EdgeServer]:
+    repo = tmp_path / "repo"
+    copy_faces(built_models, repo)
+    async with running_server(repo) as server:
+        yield server
+
+
+async def stream_camera(
+    server: EdgeServer, config: StreamConfig
+) -> tuple[FrameStreamClient, list[object]]:
+    """A 30 fps live camera (640x480) streamed for RUN_S seconds with the client library."""
+    stop = asyncio.Event()
+    async with open_channel(f"127.0.0.1:{server.port}", ChannelSecurity()) as channel:
+        client = FrameStreamClient(channel, config)
+        frames = until_stopped(paced(TestPatternSource(640, 480, fps=FPS).frames(), FPS), stop)
+        asyncio.get_running_loop().call_later(RUN_S, stop.set)
+        events = [event async for event in client.stream(frames)]
+    return client, events
+
+
+def drops(server: EdgeServer) -> int:
+    return next(entry.drops for entry in server.core.model_telemetry() if entry.name == MODEL)
+
+
+async def test_a_credited_camera_sends_only_frames_that_run(faces_server: EdgeServer) -> None:
+    client, events = await stream_camera(faces_server, StreamConfig(MODEL, max_in_flight=2))
+    stats = client.stats.snapshot()
+    (connected,) = [event for event in events if isinstance(event, Connected)]
+    results = [event for event in events if isinstance(event, FrameResult)]
+    assert results, "nothing was answered"
+    assert stats.frames_skipped_source > stats.frames_answered, "the model kept up; proves nothing"
+    # Nothing the server would replace was sent: every frame sent was answered, but the last
+    # window's, which the stream's end may leave unanswered.
+    assert stats.frames_sent <= stats.frames_answered + connected.max_in_flight
+    assert stats.frames_dropped == 0 and stats.frames_dropped_client == 0
+    assert drops(faces_server) == 0, "the server replaced or dropped credited frames"
+    # Fresh: send to answer within a few of the server's own times per frame and two frame
+    # intervals: a credited frame does not wait behind others at the server.
+    latency = np.array([r.latency_s for r in results if r.latency_s is not None])
+    server_s = np.array([r.server_total_us / 1e6 for r in results])
+    assert np.median(latency) <= 3 * np.median(server_s) + 2 / FPS, (latency, server_s)
+
+
+async def test_an_old_client_still_gets_drop_oldest(faces_server: EdgeServer) -> None:
+    """A client that does not ask for credits: StreamOpened says none, frames are replaced."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{faces_server.port}") as channel:
+        stub = fs_grpc.FrameStreamServiceStub(channel)
+        seen = await collect(stub.Stream(camera(MODEL, ["astronaut"], 90, fps=FPS)))
+    (opened,) = seen["opened"]
+    assert opened.flow_credits == 0
+    assert not seen["credits"]
+    replaced = [
+        sequence
+        for notice in seen["dropped"]
+        if notice.reason_code == fs.DROP_REASON_REPLACED
+        for sequence in notice.sequences
+    ]
+    assert replaced, "the old client's frames were never replaced; the model kept up"
+    assert len(seen["result"]) + len(replaced) == 90
+
+
+async def test_a_block_stream_gets_no_credits(faces_server: EdgeServer) -> None:
+    """Recorded video keeps gRPC flow control: asking for credits on BLOCK turns nothing on."""
+    async with open_channel(f"127.0.0.1:{faces_server.port}", ChannelSecurity()) as channel:
+        client = FrameStreamClient(
+            channel, StreamConfig(MODEL, overload_policy=OverloadPolicy.BLOCK, flow_credits=True)
+        )
+        source = TestPatternSource(320, 240, count=6)
+        events = [event async for event in client.stream(source.frames())]
+    stats = client.stats.snapshot()
+    assert stats.frames_answered == stats.frames_sent == 6
+    assert stats.frames_skipped_source == 0
+    assert any(isinstance(event, Connected) for event in events)
+
+
+async def flooding_camera(count: int) -> AsyncIterator[fs.StreamRequest]:
+    """Asks for credits, then ignores them and sends `count` frames flat out."""
+    data, width, height = encode(photo("astronaut"), fs.FRAME_ENCODING_JPEG)
+    yield fs.StreamRequest(
+        open=fs.StreamOpen(
+            model_name=MODEL, encoding=fs.FRAME_ENCODING_JPEG, flow_credits=True,
+            overload_policy=fs.OVERLOAD_POLICY_DROP_OLDEST,
+        )
+    )  # fmt: skip
+    for sequence in range(count):
+        yield fs.StreamRequest(
+            frame=fs.Frame(sequence=sequence, capture_time_unix_ns=time.time_ns(), data=data)
+        )
+        await asyncio.sleep(0)
+
+
+async def test_a_client_that_floods_past_its_credits_meets_drop_oldest(
+    faces_server: EdgeServer,
+) -> None:
+    frames = 300
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{faces_server.port}") as channel:
+        stub = fs_grpc.FrameStreamServiceStub(channel)
+        seen = await collect(stub.Stream(flooding_camera(frames)))
+    (opened,) = seen["opened"]
+    assert opened.flow_credits == 1
+    replaced = [
+        sequence
+        for notice in seen["dropped"]
+        if notice.reason_code == fs.DROP_REASON_REPLACED
+        for sequence in notice.sequences
+    ]
+    answered = [result.sequence for result in seen["result"]]
+    # The existing policy bounds it: one waiting frame, the rest replaced; every frame accounted.
+    assert len(replaced) > frames // 2
+    assert sorted(answered + replaced) == list(range(frames))
+    # A client in debt is granted nothing more while it floods: credits stay bounded.
+    granted = sum(credit.frames for credit in seen["credits"])
+    assert granted <= len(answered) + 1
