@@ -25,6 +25,7 @@ from client.stream import (
     FrameStreamClient,
     OverloadPolicy,
     StreamConfig,
+    StreamEvent,
 )
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
@@ -52,7 +53,7 @@ async def faces_server(tmp_path: Path, built_models: Path) -> AsyncIterator[Edge
 
 async def stream_camera(
     server: EdgeServer, config: StreamConfig
-) -> tuple[FrameStreamClient, list[object]]:
+) -> tuple[FrameStreamClient, list[StreamEvent]]:
     """A 30 fps live camera (640x480) streamed for RUN_S seconds with the client library."""
     stop = asyncio.Event()
     async with open_channel(f"127.0.0.1:{server.port}", ChannelSecurity()) as channel:
