@@ -122,7 +122,7 @@ class FrameScheduler:
         self._sizer = BatchSizer()
         self._sized_version: ModelVersion | None = None
         self._dispatcher: asyncio.Task[None] | None = None
-        # Flow credits: rows of the last pull (how many streams the next one serves first), the
+        # Flow credits: the row limit of the last pull (how many streams the next one serves), the
         # moving average of grant-to-arrival, and the timer that offers credits before a pull.
         self._last_rows = 1
         self._credit_lag_s = CREDIT_LAG_START_S
@@ -204,7 +204,7 @@ class FrameScheduler:
         if not picks:
             self._offer_credits(rows)  # the model is idle: credited streams may send now
             return False
-        self._last_rows = len(picks)
+        self._last_rows = rows  # as many as the pull could take: it takes every credited frame
         lease = contextlib.ExitStack()
         lease.enter_context(model.lease())  # taken now, so a swap cannot retire it under us
         task = asyncio.create_task(self._run_batch(model, picks, lease))
@@ -278,10 +278,13 @@ class FrameScheduler:
             self._batch_s = 0.8 * self._batch_s + 0.2 * took if self._batch_s else took
         self._wake.set()
 
-    def _running(self, prepare_s: float) -> None:
-        """The current batch finished decoding and goes to the model now."""
-        task = asyncio.current_task()
+    def _running(self, prepare_s: float, batch: asyncio.Task[None] | None = None) -> None:
+        """The current batch (`batch`, else the current task) finished decoding and goes to the
+        model now. Once per batch: its frames share the model's runs."""
+        task = batch if batch is not None else asyncio.current_task()
         assert task is not None
+        if task not in self._expected_end or self._expected_end[task] is not None:
+            return  # already running, or already done (a late frame of a finished batch)
         self._prepare_s = 0.8 * self._prepare_s + 0.2 * prepare_s if self._prepare_s else prepare_s
         loop = asyncio.get_running_loop()
         queued_behind = max([end for end in self._expected_end.values() if end] or [loop.time()])
@@ -357,7 +360,10 @@ class FrameScheduler:
         if frame_work(model.manifest) is not FrameWork.BATCH:
             # Several models or per-frame geometry: each chosen frame runs its own analysis;
             # frames chosen together still share the model's batches in its batcher.
-            await asyncio.gather(*(self._analyze_one(model, pick, loop) for pick in picks))
+            # Each frame runs in a task of its own; the batch's expected end is the batch task's
+            # (keyed by a frame's task it would outlive its batch and make every pull look due).
+            batch = asyncio.current_task()
+            await asyncio.gather(*(self._analyze_one(model, pick, loop, batch) for pick in picks))
             return
         job = FrameBatchJob(
             model.manifest, model.labels, model.output_names, model.plan.max_batch_size > 0,
@@ -397,9 +403,13 @@ class FrameScheduler:
                 session.deliver_result(model, waiting, analysis)
 
     async def _analyze_one(
-        self, model: ModelVersion, pick: Pick, loop: asyncio.AbstractEventLoop
+        self,
+        model: ModelVersion,
+        pick: Pick,
+        loop: asyncio.AbstractEventLoop,
+        batch: asyncio.Task[None] | None,
     ) -> None:
-        self._running(0.0)
+        self._running(0.0, batch)
         try:
             analysis = await run_frame(model, pick.waiting.frame, pick.session.options, self._pool)
         except Exception as exc:

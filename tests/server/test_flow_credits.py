@@ -54,11 +54,11 @@ async def faces_server(tmp_path: Path, built_models: Path) -> AsyncIterator[Edge
 async def stream_camera(
     server: EdgeServer, config: StreamConfig
 ) -> tuple[FrameStreamClient, list[StreamEvent]]:
-    """A 30 fps live camera (640x480) streamed for RUN_S seconds with the client library."""
+    """A 30 fps live camera (1280x720) streamed for RUN_S seconds with the client library."""
     stop = asyncio.Event()
     async with open_channel(f"127.0.0.1:{server.port}", ChannelSecurity()) as channel:
         client = FrameStreamClient(channel, config)
-        frames = until_stopped(paced(TestPatternSource(640, 480, fps=FPS).frames(), FPS), stop)
+        frames = until_stopped(paced(TestPatternSource(1280, 720, fps=FPS).frames(), FPS), stop)
         asyncio.get_running_loop().call_later(RUN_S, stop.set)
         events = [event async for event in client.stream(frames)]
     return client, events
@@ -74,7 +74,7 @@ async def test_a_credited_camera_sends_only_frames_that_run(faces_server: EdgeSe
     (connected,) = [event for event in events if isinstance(event, Connected)]
     results = [event for event in events if isinstance(event, FrameResult)]
     assert results, "nothing was answered"
-    assert stats.frames_skipped_source > stats.frames_answered, "the model kept up; proves nothing"
+    assert stats.frames_skipped_source > 0, "the model kept up; the test proves nothing"
     # Nothing the server would replace was sent: every frame sent was answered, but the last
     # window's, which the stream's end may leave unanswered.
     assert stats.frames_sent <= stats.frames_answered + connected.max_in_flight
