@@ -19,10 +19,11 @@ be chosen or started is dropped as `stale` and never runs. Frames of every other
 
 Flow credits (streams whose client asked for them, session.py): such a client sends a frame
 only when it holds a credit, so the scheduler hands credits out just in time. While every runner
-is busy, it offers one, at one credit lag (grant to arrival, learned) before the next pull is
-due, to each stream the next pull will serve first (least recently served, no frame waiting); an
-idle model offers them at once. The frame then arrives shortly before it runs, is as fresh as a
-replaced one would have been, and no frame is encoded and sent only to be replaced.
+is busy, it offers one, a little more than the recent slowest credit lag (grant to arrival)
+before the next pull is due, to each stream the next pull will serve (least recently served, no
+frame waiting); an idle model offers them at once. The frame then arrives shortly before it
+runs, about as fresh as a replaced one would have been, and no frame is encoded and sent only
+to be replaced.
 
 Hot swap: every pull resolves the model anew and holds a lease on that version until its
 results are delivered, so an old version retires only after its last batch.
@@ -123,7 +124,7 @@ class FrameScheduler:
         self._sized_version: ModelVersion | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         # Flow credits: the row limit of the last pull (how many streams the next one serves), the
-        # moving average of grant-to-arrival, and the timer that offers credits before a pull.
+        # recent slowest grant-to-arrival, and the timer that offers credits before a pull.
         self._last_rows = 1
         self._credit_lag_s = CREDIT_LAG_START_S
         self._credit_timer: asyncio.TimerHandle | None = None
@@ -148,8 +149,13 @@ class FrameScheduler:
         self._wake.set()
 
     def credit_used(self, lag_s: float) -> None:
-        """A credited frame arrived `lag_s` after its credit was granted."""
-        self._credit_lag_s = 0.8 * self._credit_lag_s + 0.2 * lag_s
+        """A credited frame arrived `lag_s` after its credit was granted. The lead follows the
+        slowest recent arrival at once and forgets it slowly: a frame that arrives after its pull
+        waits a whole round (seconds at 16 cameras), one that arrives early only a few ms."""
+        if lag_s >= self._credit_lag_s:
+            self._credit_lag_s = lag_s
+        else:
+            self._credit_lag_s = 0.95 * self._credit_lag_s + 0.05 * lag_s
 
     @property
     def streams(self) -> int:
