@@ -97,7 +97,7 @@ def stream_command(
         bool | None,
         typer.Option(
             help="Live sources send a frame only when the server can take one (flow credits; "
-            "default on; an older server gets every frame as before)."
+            "off by default; an older server gets every frame as before)."
         ),
     ] = None,
     reconnect: Annotated[

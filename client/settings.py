@@ -37,7 +37,9 @@ class ClientSettings(BaseSettings):
     # A live camera that drops, or is down at start, is retried with backoff (never given up).
     reconnect: bool = True
     # Live streams send a frame only when the server grants a credit (client/stream.py).
-    flow_credits: bool = True
+    # Opt-in for now: fewer bytes and far less client CPU per answer at 4-16 cameras, but a
+    # longer p95 result age at 16 cameras (docs/benchmarks.md, flow credits).
+    flow_credits: bool = False
     duration_s: float | None = Field(default=None, gt=0)
     loop: bool = False
     # Consecutive failed connection attempts before a stream gives up; 0 retries forever.

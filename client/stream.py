@@ -106,7 +106,7 @@ class StreamConfig:
     # Tracking, zones, lines and events on the server (AnalyticsOptions); None: off.
     analytics: AnalyticsSettings | None = None
     # Live (DROP_OLDEST) streams ask the server for flow credits and send only when granted.
-    flow_credits: bool = True
+    flow_credits: bool = False
 
 
 _DROP_KINDS = {

@@ -161,7 +161,7 @@ async def test_save_video_writes_every_answered_frame_of_a_slow_model(
     async with (
         running_server(repo) as server,
         streaming(tmp_path, server.port, "faces", "pattern:320x240", "--fps", "0",
-                  "--duration", "6", "--save-video", str(video)) as (process, output),
+                  "--duration", "6", "--save-video", str(video), "--credits") as (process, output),
     ):  # fmt: skip
         await asyncio.to_thread(process.wait, WAIT_S)
     assert process.returncode == 0, process.log_tail()

@@ -55,7 +55,7 @@ async def test_an_older_server_gets_every_frame_as_before() -> None:
     await server.start()
     try:
         async with open_channel(f"127.0.0.1:{port}", ChannelSecurity()) as channel:
-            client = FrameStreamClient(channel, StreamConfig("m"))
+            client = FrameStreamClient(channel, StreamConfig("m", flow_credits=True))
             frames = paced(TestPatternSource(320, 240, count=FRAMES).frames(), 30)
             events = [event async for event in client.stream(frames)]
     finally:

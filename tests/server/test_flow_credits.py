@@ -69,7 +69,9 @@ def drops(server: EdgeServer) -> int:
 
 
 async def test_a_credited_camera_sends_only_frames_that_run(faces_server: EdgeServer) -> None:
-    client, events = await stream_camera(faces_server, StreamConfig(MODEL, max_in_flight=2))
+    client, events = await stream_camera(
+        faces_server, StreamConfig(MODEL, max_in_flight=2, flow_credits=True)
+    )
     stats = client.stats.snapshot()
     (connected,) = [event for event in events if isinstance(event, Connected)]
     results = [event for event in events if isinstance(event, FrameResult)]
