@@ -375,8 +375,7 @@ async def _run_all(
             finally:
                 if timer is not None:
                     timer.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await timer
+                    await asyncio.gather(timer, return_exceptions=True)
     return runs
 
 

@@ -23,7 +23,6 @@ them; a live source then drops its oldest frames on the client, before they cost
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections import OrderedDict
@@ -363,8 +362,8 @@ class FrameStreamClient:
                     )
                 finally:
                     sender.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await sender
+                    # gather: the sender's cancellation is taken, this task's own is not.
+                    await asyncio.gather(sender, return_exceptions=True)
                     call.cancel()
                 if outcome == "done":
                     # The server closed after our last frame; anything it left unanswered is lost.
@@ -389,8 +388,7 @@ class FrameStreamClient:
             raise
         finally:
             pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            await asyncio.gather(pump, return_exceptions=True)
         if self._source_error is not None:
             raise self._source_error
 
@@ -607,7 +605,8 @@ class FrameStreamClient:
             if self._opened.is_set():
                 response = await call.read()
             else:
-                response = await asyncio.wait_for(call.read(), self._config.open_timeout_s)
+                async with asyncio.timeout(self._config.open_timeout_s):
+                    response = await call.read()
             if not isinstance(response, pb.StreamResponse):
                 return  # grpc.aio.EOF: the server closed the stream
             kind = response.WhichOneof("kind")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import TypeVar
 
@@ -42,8 +41,7 @@ async def until_stopped(items: AsyncIterable[T], stop: asyncio.Event) -> AsyncIt
             await asyncio.wait({following, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if not following.done():
                 following.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await following
+                await asyncio.gather(following, return_exceptions=True)
                 return
             try:
                 item = following.result()
@@ -52,8 +50,7 @@ async def until_stopped(items: AsyncIterable[T], stop: asyncio.Event) -> AsyncIt
             yield item
     finally:
         stopped.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await stopped
+        await asyncio.gather(stopped, return_exceptions=True)
         close = getattr(iterator, "aclose", None)
         if close is not None:
             await close()
