@@ -29,6 +29,7 @@ from server.errors import (
     RequiredModelFailed,
     ShuttingDown,
 )
+from server.frames.memory import FrameMemory, default_budget
 from server.frames.scheduler import FrameScheduler
 from server.frames.session import FrameSession
 from server.frames.types import (
@@ -37,6 +38,7 @@ from server.frames.types import (
     StreamOpenedEvent,
     StreamOptions,
 )
+from server.hardware.probe import probe_hardware
 from server.manifest import ModelManifest
 from server.models.registry import ModelIndexEntry, ModelRegistry
 from server.models.runtime_plan import ManifestPlanner, Planner, RuntimePlan
@@ -120,6 +122,14 @@ class InferenceCore:
         self._schedulers: dict[tuple[str, str], FrameScheduler] = {}
         # Open camera streams, told at once when the server stops taking work.
         self._frame_sessions: set[FrameSession] = set()
+        # One byte budget for the frames of all streams; by default a share of the memory the
+        # probe finds (memory only: no GPU or runtime probing on the way to serving).
+        budget = settings.frame_memory_budget_bytes or default_budget(
+            probe_hardware(nvml=None, onnx_providers=lambda: ()).memory.usable_bytes
+        )
+        self.frame_memory = FrameMemory(budget, settings.max_message_bytes)
+        self.metrics.frame_memory_budget.set(budget)
+        self.metrics.frame_memory.set_function(lambda: self.frame_memory.held_bytes)
 
     # ---- lifecycle ----
 
@@ -426,6 +436,7 @@ class InferenceCore:
             scheduler=scheduler,
             resolve_model=resolve,
             metrics=metrics,
+            memory=self.frame_memory,
         )
         self._streams += 1
         self._camera_streams[name] = self._camera_streams.get(name, 0) + 1

@@ -56,6 +56,10 @@ class ServerSettings(BaseSettings):
     # Largest camera frame accepted, in pixels (default 8K); a JPEG or PNG declaring more is
     # refused from its header, before any decoding.
     max_frame_pixels: int = Field(default=DEFAULT_MAX_FRAME_PIXELS, ge=1)
+    # Bytes the camera frames of all streams may hold at once (received, waiting, running,
+    # decoded); past it BLOCK streams wait and live streams drop frames as overloaded.
+    # 0: a quarter of the memory the hardware probe finds usable (server/frames/memory.py).
+    frame_memory_budget_bytes: int = Field(default=0, ge=0)
     # Threads for preprocessing (decode, resize, normalise) shared by all streams.
     preprocess_threads: int = Field(default=2, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -13,8 +13,14 @@ pulls them when the model has room, fairly across streams, and decodes only what
   it on its newest frame, and gets the next one (`offer_credit`) when the scheduler sees the
   stream's turn coming, so a frame arrives shortly before it runs and none is sent only to be
   replaced. A client that sends without credits meets drop_oldest as before.
+- Every frame holds its bytes and decoded pixels in the server's frame memory budget
+  (server/frames/memory.py) from when it is read until it is answered or dropped: a BLOCK
+  stream holds a reserve before it reads its next message and waits while the budget is full;
+  a live stream drops the frame (`overloaded`, "frame memory budget full"); a frame larger
+  than the whole budget gets a FrameError (RESOURCE_EXHAUSTED).
 A bad frame gets a FrameError and the stream goes on. Closing the stream releases its waiting
-frames and its share of the model at once; frames already running finish and are discarded.
+frames, its memory and its share of the model at once; frames already running finish and are
+discarded.
 When the server shuts down (`shut_down`), the stream reads no further frame at once, answers
 the frames it had accepted, then ends with ShuttingDown (gRPC UNAVAILABLE).
 """
@@ -30,7 +36,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from server.analytics.stream import FrameInfo, StreamAnalytics
 from server.analytics.types import FrameAnalytics
-from server.errors import EdgeError, Overloaded, ShuttingDown
+from server.errors import EdgeError, Overloaded, RequestTooLarge, ShuttingDown
+from server.frames.memory import FrameMemory, frame_bytes
 from server.frames.scheduler import FrameScheduler
 from server.frames.types import (
     AnalyticsEventsEvent,
@@ -70,6 +77,7 @@ class FrameSession:
         scheduler: FrameScheduler,
         resolve_model: ModelResolver,
         metrics: StreamMetrics,
+        memory: FrameMemory,
     ) -> None:
         self.options = options
         self.lossless = options.policy is OverloadPolicy.BLOCK
@@ -78,6 +86,10 @@ class FrameSession:
         self._scheduler = scheduler
         self._resolve = resolve_model
         self._metrics = metrics
+        self._memory = memory
+        # Budget bytes of the frames running, by sequence (a client may repeat one): released
+        # with their result, drop or error, or when the stream closes.
+        self._running_bytes: dict[int, list[int]] = {}
         self._max_age_s = options.max_age_ms / 1000 if options.max_age_ms > 0 else None
         self._slot: deque[WaitingFrame] = deque()
         self._running = 0
@@ -129,37 +141,84 @@ class FrameSession:
             if self._replaced_timer is not None:
                 self._replaced_timer.cancel()
             self._scheduler.remove(self)
-            self._slot.clear()
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+            for waiting in self._slot:
+                self._memory.release(waiting.held_bytes)
+            self._slot.clear()
+            for sizes in self._running_bytes.values():
+                for size in sizes:
+                    self._memory.release(size)
+            self._running_bytes.clear()
 
     async def _read(self, frames: AsyncIterator[EncodedFrame]) -> None:
         loop = asyncio.get_running_loop()
+        incoming = aiter(frames)
         try:
-            async for frame in frames:
-                waiting = WaitingFrame(frame, loop.time())
-                if self._credits and self._credit_granted_at is not None:
-                    self._scheduler.credit_used(waiting.arrival - self._credit_granted_at)
-                self._credit_granted_at = None
-                self._credits = max(self._credits - 1, 0)  # a flooding client just gets none
+            while True:
                 while len(self._out) >= self._out_limit or (
                     self.lossless and len(self._slot) + self._running >= self._window
                 ):
                     self._room.clear()
                     await self._room.wait()
-                if self._slot and not self.lossless:
-                    self._drop(self._slot.popleft(), DropReason.REPLACED, None)
-                self._slot.append(waiting)
+                reserve = 0
+                if self.lossless:  # the sender waits until there is room: nothing is lost
+                    reserve = self._memory.read_reserve
+                    await self._memory.hold(reserve)
+                try:
+                    frame = await anext(incoming)
+                except BaseException:
+                    self._memory.release(reserve)
+                    raise
+                arrival = loop.time()
+                if self._credits and self._credit_granted_at is not None:
+                    self._scheduler.credit_used(arrival - self._credit_granted_at)
+                self._credit_granted_at = None
+                self._credits = max(self._credits - 1, 0)  # a flooding client just gets none
+                size = frame_bytes(frame, self.options.encoding)
+                if self._memory.too_large(size):
+                    self._memory.release(reserve)
+                    self._refuse_too_large(frame, size)
+                    continue
+                if self.lossless:
+                    if size <= reserve:
+                        self._memory.release(reserve - size)
+                    else:  # holding the reserve while waiting for more could deadlock
+                        self._memory.release(reserve)
+                        self._metrics.memory_waited()
+                        await self._memory.hold(size)
+                else:
+                    if self._slot:
+                        replaced = self._slot.popleft()
+                        self._memory.release(replaced.held_bytes)
+                        self._drop(replaced, DropReason.REPLACED, None)
+                    if not self._memory.try_hold(size):
+                        self._metrics.memory_dropped()
+                        text = f"frame memory budget full: {self._memory.describe(size)}"
+                        self._drop(WaitingFrame(frame, arrival), DropReason.OVERLOADED, None, text)
+                        continue
+                self._slot.append(WaitingFrame(frame, arrival, size))
                 self._scheduler.frame_waiting()
-            self._input_done = True
-            while self._slot or self._running:
-                self._room.clear()
-                await self._room.wait()
+        except StopAsyncIteration:
+            pass
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # surfaced to the transport after pending results
             self._failure = exc
+            self._push(None)
+            return
+        self._input_done = True
+        while self._slot or self._running:
+            self._room.clear()
+            await self._room.wait()
         self._push(None)
+
+    def _refuse_too_large(self, frame: EncodedFrame, size: int) -> None:
+        """A frame that could never fit in the budget, even alone: an error, never a wait."""
+        self._metrics.memory_refused()
+        self._metrics.failed()
+        error = RequestTooLarge(f"frame {frame.sequence}: {self._memory.describe(size)}")
+        self._push(FrameErrorEvent(frame.sequence, error))
 
     # ---- called by the core ----
 
@@ -215,9 +274,11 @@ class FrameSession:
         while self._slot and self._running < self._window:
             waiting = self._slot.popleft()
             if now is not None and self.too_old(waiting, now):
+                self._memory.release(waiting.held_bytes)
                 self._drop(waiting, DropReason.STALE, model)
                 continue
             self._running += 1
+            self._running_bytes.setdefault(waiting.frame.sequence, []).append(waiting.held_bytes)
             self._room.set()
             return waiting
         self._end_if_drained()  # its last waiting frames may have gone stale
@@ -233,7 +294,7 @@ class FrameSession:
     def deliver_result(
         self, model: ModelVersion, waiting: WaitingFrame, analysis: FrameAnalysis
     ) -> None:
-        self._finished()
+        self._finished(waiting.frame.sequence)
         done = asyncio.get_running_loop().time()
         frame, times = waiting.frame, analysis.times
         timings = frame_timings(times, waiting.arrival, done)
@@ -288,7 +349,7 @@ class FrameSession:
         return (frame.width, frame.height)
 
     def deliver_error(self, sequence: int, error: EdgeError) -> None:
-        self._finished()
+        self._finished(sequence)
         self._metrics.failed()
         if not self._closed:
             self._push(FrameErrorEvent(sequence, error))
@@ -299,16 +360,21 @@ class FrameSession:
         if self.lossless:
             self.deliver_error(waiting.frame.sequence, error)
             return
-        self._finished()
+        self._finished(waiting.frame.sequence)
         self._drop(waiting, DropReason.OVERLOADED, model, f"model queue full: {error}")
 
     def deliver_stale(self, waiting: WaitingFrame, model: ModelVersion) -> None:
-        self._finished()
+        self._finished(waiting.frame.sequence)
         self._drop(waiting, DropReason.STALE, model)
 
     # ---- inside ----
 
-    def _finished(self) -> None:
+    def _finished(self, sequence: int) -> None:
+        sizes = self._running_bytes.get(sequence)
+        if sizes:
+            self._memory.release(sizes.pop(0))
+            if not sizes:
+                del self._running_bytes[sequence]
         self._running -= 1
         self._room.set()
         self._scheduler.frame_waiting()  # this stream may take its next frame now

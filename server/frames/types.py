@@ -74,6 +74,7 @@ class WaitingFrame:
 
     frame: EncodedFrame
     arrival: float  # event-loop time it reached the server
+    held_bytes: int = 0  # its share of the frame memory budget (server/frames/memory.py)
 
 
 @dataclass(frozen=True)

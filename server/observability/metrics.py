@@ -119,6 +119,24 @@ class ServerMetrics:
             ("model", "stream"),
             registry=self.registry,
         )
+        # The frame memory budget of all streams (server/frames/memory.py).
+        self.frame_memory = Gauge(
+            "edgefleet_frame_memory_bytes",
+            "Bytes the camera frames of all streams hold now (received and decoded pixels).",
+            registry=self.registry,
+        )
+        self.frame_memory_budget = Gauge(
+            "edgefleet_frame_memory_budget_bytes",
+            "The most bytes the camera frames of all streams may hold.",
+            registry=self.registry,
+        )
+        self.frames_over_memory_budget = Counter(
+            "edgefleet_frames_over_memory_budget",
+            "Camera frames that did not fit the frame memory budget: dropped (live streams), "
+            "waited (BLOCK streams) or refused (larger than the whole budget).",
+            ("model", "outcome"),
+            registry=self.registry,
+        )
         self.model_events = Counter(
             "edgefleet_model_events",
             "Model lifecycle events: load, swap, unload, load_failed, worker_died.",
@@ -184,6 +202,10 @@ class StreamMetrics:
         }
         self._age = metrics.stream_result_age.labels(model)
         self._stream_age = metrics.open_stream_result_age.labels(model, stream)
+        self._memory_counts = {
+            outcome: metrics.frames_over_memory_budget.labels(model, outcome)
+            for outcome in ("dropped", "waited", "refused")
+        }
         self._open = True
 
     def answered(self, age_s: float) -> None:
@@ -200,6 +222,18 @@ class StreamMetrics:
     def failed(self) -> None:
         self._model_counts["error"].inc()
         self._stream_counts["error"].inc()
+
+    def memory_dropped(self) -> None:
+        """A live frame dropped because the frame memory budget was full."""
+        self._memory_counts["dropped"].inc()
+
+    def memory_waited(self) -> None:
+        """A BLOCK frame waited for room in the frame memory budget."""
+        self._memory_counts["waited"].inc()
+
+    def memory_refused(self) -> None:
+        """A frame refused: larger than the whole frame memory budget."""
+        self._memory_counts["refused"].inc()
 
     def close(self) -> None:
         if not self._open:
