@@ -1,4 +1,5 @@
-"""Bounded concurrent processing of a request stream, answering as each one completes."""
+"""Bounded concurrent processing: a request stream answered as each completes; a unit of
+work whose parts run all or nothing."""
 
 from __future__ import annotations
 
@@ -53,3 +54,33 @@ async def bounded_map(
         for task in list(tasks):
             task.cancel()
         await asyncio.gather(reader, *tasks, return_exceptions=True)
+
+
+async def all_or_nothing(*aws: Awaitable[Out]) -> list[Out]:
+    """Await every part of one unit of work (a frame's crop batches, pyramid levels, a
+    request's batch slices) together, in order. The first failure, or cancellation of the
+    caller, cancels every other part at once and waits for them to unwind, so no part of a
+    frame that can no longer be answered keeps a model busy or its arrays alive
+    (`asyncio.gather` leaves the others running)."""
+    tasks = [asyncio.ensure_future(item) for item in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+async def bounded_all_or_nothing(
+    parts: list[Callable[[], Awaitable[Out]]], window: int
+) -> list[Out]:
+    """`all_or_nothing` over parts started at most `window` at a time: a frame with hundreds
+    of crop batches never floods a model's queue, and other frames' batches interleave."""
+    slots = asyncio.Semaphore(max(1, window))
+
+    async def run(part: Callable[[], Awaitable[Out]]) -> Out:
+        async with slots:
+            return await part()
+
+    return await all_or_nothing(*(run(part) for part in parts))

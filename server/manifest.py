@@ -219,8 +219,23 @@ class PipelineStage(_Strict):
     cascade: CascadeStage = CascadeStage()
 
 
+class FrameBudget(_Strict):
+    """The most work one camera frame may cost a pipeline. A frame over it is answered with
+    what fits (counted as truncated in metrics), never failed: one hostile or unusual frame (a
+    page of text, an 8K photo) costs a bounded share of the device. 0: no limit."""
+
+    # detect/crop pipelines: detections each crop stage reads, best scores first (PaddleOCR
+    # reads a page of 280 lines in ~12 CPU-s on one core; 128 lines cost ~5).
+    max_crops: int = Field(default=128, ge=0)
+    # cascades: the region the cascade sees is scaled down to this longer side first (an 8K
+    # frame costs 9.7 CPU-s and 1.6 GB at full size); faces smaller than the pyramid's
+    # minimum at the reduced scale are missed.
+    max_side: int = Field(default=1920, ge=0)
+
+
 class PipelineSpec(_Strict):
     stages: Annotated[list[PipelineStage], Field(min_length=1)]
+    budget: FrameBudget = FrameBudget()
 
     @model_validator(mode="after")
     def _detect_first(self) -> PipelineSpec:

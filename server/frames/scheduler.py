@@ -25,6 +25,11 @@ frame waiting); an idle model offers them at once. The frame then arrives shortl
 runs, about as fresh as a replaced one would have been, and no frame is encoded and sent only
 to be replaced.
 
+All or nothing: frames of every other kind run as tasks of their stream; when the stream
+closes (or the server stops), they are cancelled, and with them every stage, pyramid level and
+crop batch they still had queued (server/concurrency.py), so a frame nobody will read stops
+costing the device at once. A plain batch already on a runner finishes its one run.
+
 Hot swap: every pull resolves the model anew and holds a lease on that version until its
 results are delivered, so an old version retires only after its last batch.
 """
@@ -113,6 +118,9 @@ class FrameScheduler:
         self._sessions: dict[int, ScheduledStream] = {}
         self._wake = asyncio.Event()
         self._batches: set[asyncio.Task[None]] = set()
+        # Frames running on their own (pipelines, cascades, detectors), by stream: closing a
+        # stream cancels them, and with them every stage and crop batch they still had.
+        self._frames: dict[int, set[asyncio.Task[None]]] = {}
         # Loop times at which running batches are expected to finish (None: still decoding).
         self._expected_end: dict[asyncio.Task[None], float | None] = {}
         # Moving averages of one batch's model run and of its decode, for timing the next pull.
@@ -141,8 +149,11 @@ class FrameScheduler:
             self._dispatcher = asyncio.create_task(self._dispatch(), name=f"frames-{self._name}")
 
     def remove(self, session: ScheduledStream) -> None:
-        """Forget a stream at once: its waiting frames go, its share goes to the others."""
+        """Forget a stream at once: its waiting frames go, its running frames are cancelled
+        (all their parts with them), its share goes to the others."""
         self._sessions.pop(id(session), None)
+        for task in self._frames.pop(id(session), set()):
+            task.cancel()
         self._wake.set()
 
     def frame_waiting(self) -> None:
@@ -170,7 +181,11 @@ class FrameScheduler:
             self._dispatcher.cancel()
             await asyncio.gather(self._dispatcher, return_exceptions=True)
             self._dispatcher = None
-        await asyncio.gather(*self._batches, return_exceptions=True)
+        # Shutdown never waits for frames nobody will read: their streams are gone by now.
+        frames = [task for running in self._frames.values() for task in running]
+        for task in frames:
+            task.cancel()
+        await asyncio.gather(*self._batches, *frames, return_exceptions=True)
 
     # ---- pulling ----
 
@@ -284,10 +299,10 @@ class FrameScheduler:
             self._batch_s = 0.8 * self._batch_s + 0.2 * took if self._batch_s else took
         self._wake.set()
 
-    def _running(self, prepare_s: float, batch: asyncio.Task[None] | None = None) -> None:
-        """The current batch (`batch`, else the current task) finished decoding and goes to the
-        model now. Once per batch: its frames share the model's runs."""
-        task = batch if batch is not None else asyncio.current_task()
+    def _running(self, prepare_s: float, pull: asyncio.Task[None] | None = None) -> None:
+        """The current batch (`pull`, or the current task) finished decoding and goes to the
+        model now."""
+        task = pull or asyncio.current_task()
         assert task is not None
         if task not in self._expected_end or self._expected_end[task] is not None:
             return  # already running, or already done (a late frame of a finished batch)
@@ -366,10 +381,17 @@ class FrameScheduler:
         if frame_work(model.manifest) is not FrameWork.BATCH:
             # Several models or per-frame geometry: each chosen frame runs its own analysis;
             # frames chosen together still share the model's batches in its batcher.
-            # Each frame runs in a task of its own; the batch's expected end is the batch task's
-            # (keyed by a frame's task it would outlive its batch and make every pull look due).
-            batch = asyncio.current_task()
-            await asyncio.gather(*(self._analyze_one(model, pick, loop, batch) for pick in picks))
+            pull = asyncio.current_task()
+            assert pull is not None
+            tasks = [self._start_frame(model, pick, loop, pull) for pick in picks]
+            try:
+                await asyncio.gather(
+                    *tasks, return_exceptions=True
+                )  # a cancelled frame is no error
+            except asyncio.CancelledError:
+                for task in tasks:
+                    task.cancel()
+                raise
             return
         job = FrameBatchJob(
             model.manifest, model.labels, model.output_names, model.plan.max_batch_size > 0,
@@ -408,14 +430,40 @@ class FrameScheduler:
                 )  # fmt: skip
                 session.deliver_result(model, waiting, analysis)
 
+    def _start_frame(
+        self,
+        model: ModelVersion,
+        pick: Pick,
+        loop: asyncio.AbstractEventLoop,
+        pull: asyncio.Task[None],
+    ) -> asyncio.Task[None]:
+        """Run one frame as a task of its stream (cancelled with it); `pull` is the pull that
+        chose it, whose expected end its start sets."""
+        key = id(pick.session)
+        task = asyncio.create_task(self._analyze_one(model, pick, loop, pull))
+        if key not in self._sessions:  # closed while this pull was chosen
+            task.cancel()
+            return task
+        running = self._frames.setdefault(key, set())
+        running.add(task)
+
+        def forget(done: asyncio.Task[None]) -> None:
+            running.discard(done)
+            if not running and self._frames.get(key) is running:
+                del self._frames[key]
+
+        task.add_done_callback(forget)
+        return task
+
     async def _analyze_one(
         self,
         model: ModelVersion,
         pick: Pick,
         loop: asyncio.AbstractEventLoop,
-        batch: asyncio.Task[None] | None,
+        pull: asyncio.Task[None],
     ) -> None:
-        self._running(0.0, batch)
+        if not pull.done():
+            self._running(0.0, pull)
         try:
             analysis = await run_frame(model, pick.waiting.frame, pick.session.options, self._pool)
         except Exception as exc:

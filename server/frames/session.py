@@ -19,8 +19,9 @@ pulls them when the model has room, fairly across streams, and decodes only what
   a live stream drops the frame (`overloaded`, "frame memory budget full"); a frame larger
   than the whole budget gets a FrameError (RESOURCE_EXHAUSTED).
 A bad frame gets a FrameError and the stream goes on. Closing the stream releases its waiting
-frames, its memory and its share of the model at once; frames already running finish and are
-discarded.
+frames, its memory and its share of the model at once; its running detector and pipeline
+frames are cancelled (server/frames/scheduler.py), a plain batch already running finishes and
+is discarded.
 When the server shuts down (`shut_down`), the stream reads no further frame at once, answers
 the frames it had accepted, then ends with ShuttingDown (gRPC UNAVAILABLE).
 """
@@ -304,6 +305,8 @@ class FrameSession:
             infer_s=times.infer_s, output_s=times.postprocess_s,
         )  # fmt: skip
         self._metrics.answered(total)
+        if analysis.truncated:
+            self._metrics.truncated()
         if self._closed:
             return
         age_ns = time.time_ns() - frame.capture_time_ns if frame.capture_time_ns > 0 else -1

@@ -139,6 +139,8 @@ class FrameAnalysis:
     detections: list[Detection] = field(default_factory=list)
     tensors: list[OutputTensor] = field(default_factory=list)
     times: StageTimes = field(default_factory=StageTimes)
+    # The frame went over its pipeline's work budget: answered with the part that fits.
+    truncated: bool = False
 
 
 # ---------------------------------------------------------------- what a stream yields

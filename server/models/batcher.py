@@ -136,7 +136,13 @@ class DynamicBatcher:
             raise Overloaded(
                 f"model {self._name}: {self._queue.maxsize} requests already queued"
             ) from None
-        return await pending.future
+        try:
+            return await pending.future
+        except asyncio.CancelledError:
+            # Its frame was dropped or its caller went away: the collector skips it, and its
+            # arrays need not live until then.
+            pending.inputs = {}
+            raise
 
     async def close(self) -> None:
         """Stop taking requests, finish every queued and running one, release the runtime."""

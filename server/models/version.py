@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from server.concurrency import all_or_nothing
 from server.errors import IncompatibleVersion, InvalidInput, ModelLoadError, first_line
 from server.manifest import CtcOptions, ModelManifest, load_labels
 from server.models.backends.base import Backend
@@ -250,7 +251,7 @@ class ModelVersion:
                 batch_requests=outcome.batch_requests,
                 runs=((outcome.run_start, outcome.run_end),),
             )
-        parts = await asyncio.gather(
+        parts = await all_or_nothing(
             *(
                 self._batcher.submit(
                     {name: array[start : start + step] for name, array in inputs.items()}, group

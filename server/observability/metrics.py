@@ -137,6 +137,13 @@ class ServerMetrics:
             ("model", "outcome"),
             registry=self.registry,
         )
+        self.frames_truncated = Counter(
+            "edgefleet_frames_truncated",
+            "Camera frames over their pipeline's per-frame work budget (text lines read, "
+            "cascade input side), answered with the part that fits.",
+            ("model",),
+            registry=self.registry,
+        )
         self.model_events = Counter(
             "edgefleet_model_events",
             "Model lifecycle events: load, swap, unload, load_failed, worker_died.",
@@ -206,6 +213,7 @@ class StreamMetrics:
             outcome: metrics.frames_over_memory_budget.labels(model, outcome)
             for outcome in ("dropped", "waited", "refused")
         }
+        self._truncated = metrics.frames_truncated.labels(model)
         self._open = True
 
     def answered(self, age_s: float) -> None:
@@ -222,6 +230,10 @@ class StreamMetrics:
     def failed(self) -> None:
         self._model_counts["error"].inc()
         self._stream_counts["error"].inc()
+
+    def truncated(self) -> None:
+        """A frame over its pipeline's work budget, answered with the part that fits."""
+        self._truncated.inc()
 
     def memory_dropped(self) -> None:
         """A live frame dropped because the frame memory budget was full."""

@@ -7,7 +7,10 @@ from the frame at the member's input size and sends them as batches of the membe
 size, all at once (R-Net on 24x24, O-Net on 48x48). Thresholds, NMS and the pyramid's
 minimum size and scale step come from the manifest's stages; the numpy between the networks is
 server/vision/mtcnn.py and runs in the preprocess pool, never on the event loop. The frame stays
-one unit of work for the scheduler, whatever its stages.
+one unit of work for the scheduler, whatever its stages, and its parts run all or nothing (a
+failed or cancelled frame cancels its other levels and batches). A region larger than the
+pipeline's `budget.max_side` is scaled down to it first and the frame answered with what the
+cascade finds there (truncated).
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import asyncio
 from collections.abc import Hashable
 from concurrent.futures import Executor
 
+import cv2
 import numpy as np
 
+from server.concurrency import all_or_nothing
 from server.frames.types import DecodedFrame, EncodedFrame, FrameAnalysis, StageTimes, StreamOptions
 from server.frames.work.steps import decode_source, stage_member
 from server.frames.work.timing import book_member_stage
@@ -50,7 +55,7 @@ async def _pyramid(
         return mtcnn.empty_candidates()
     prepared = loop.time()
     name = member.manifest.inputs[0].name
-    outcomes = await asyncio.gather(
+    outcomes = await all_or_nothing(
         *(member.infer({name: level.input}, group=frame) for level in levels)
     )
     inferred = loop.time()
@@ -77,7 +82,7 @@ async def _refine(
     batch = await loop.run_in_executor(pool, mtcnn.crops, view, candidates, size, color)
     prepared = loop.time()
     chunk = max(member.plan.max_batch_size, 1)
-    outcomes = await asyncio.gather(
+    outcomes = await all_or_nothing(
         *(
             member.infer({spec.name: batch[start : start + chunk]}, group=frame)
             for start in range(0, len(batch), chunk)
@@ -111,25 +116,27 @@ async def _refine(
 
 
 def _detections(
-    faces: mtcnn.Faces, first: CascadeStage, last: CascadeStage, offset_x: int, offset_y: int
-) -> list[Detection]:
+    faces: mtcnn.Faces, first: CascadeStage, last: CascadeStage, offset_x: int, offset_y: int,
+    scale: float = 1.0,
+) -> list[Detection]:  # fmt: skip
+    """Faces found on the (possibly reduced) view, in source pixels."""
     names = last.keypoint_names
     result = []
     for box, score, points in zip(faces.boxes, faces.scores, faces.landmarks, strict=True):
         keypoints = tuple(
             Keypoint(
-                x=float(x) + offset_x,
-                y=float(y) + offset_y,
+                x=float(x) * scale + offset_x,
+                y=float(y) * scale + offset_y,
                 name=names[index] if index < len(names) else "",
             )  # fmt: skip
             for index, (x, y) in enumerate(points)
         )
         result.append(
             Detection(
-                x_min=float(box[0]) + offset_x,
-                y_min=float(box[1]) + offset_y,
-                x_max=float(box[2]) + offset_x,
-                y_max=float(box[3]) + offset_y,
+                x_min=float(box[0]) * scale + offset_x,
+                y_min=float(box[1]) * scale + offset_y,
+                x_max=float(box[2]) * scale + offset_x,
+                y_max=float(box[3]) * scale + offset_y,
                 score=float(score),
                 label=first.label,
                 keypoints=keypoints,
@@ -148,19 +155,42 @@ async def run_cascade(
     assert spec is not None
     times = StageTimes()
     decoded = await decode_source(frame, options, pool, times)
-    detections = await _run_stages(pipeline, spec.stages, decoded, options, pool, times)
-    return FrameAnalysis(pipeline.version, detections=detections, times=times)
+    view, scale = decoded.view, 1.0
+    max_side = spec.budget.max_side
+    if max_side > 0 and max(view.shape[:2]) > max_side:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        view, scale = await loop.run_in_executor(pool, reduced, view, max_side)
+        times.preprocess_s += loop.time() - started
+    detections = await _run_stages(
+        pipeline, spec.stages, decoded, view, scale, options, pool, times
+    )
+    return FrameAnalysis(
+        pipeline.version, detections=detections, times=times, truncated=scale != 1.0
+    )
+
+
+def reduced(view: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
+    """The view scaled down to `max_side` on its longer side (the pipeline's per-frame work
+    budget), and the factor back to the view's pixels."""
+    height, width = view.shape[:2]
+    scale = max(height, width) / max_side
+    size = (max(1, round(width / scale)), max(1, round(height / scale)))
+    return np.asarray(cv2.resize(view, size, interpolation=cv2.INTER_AREA), np.uint8), scale
 
 
 async def _run_stages(
     pipeline: ModelVersion,
     stages: list[PipelineStage],
     decoded: DecodedFrame,
+    view: np.ndarray,
+    scale: float,
     options: StreamOptions,
     pool: Executor,
     times: StageTimes,
 ) -> list[Detection]:
-    view, color = decoded.view, decoded.color
+    """`view`: the region of interest, reduced by `scale` when over the work budget."""
+    color = decoded.color
     first = stages[0].cascade
     frame = object()  # its requests to the members count as one in the batches they share
     with stage_member(pipeline, stages[0]).lease() as proposer:
@@ -178,6 +208,8 @@ async def _run_stages(
             )
     if isinstance(found, mtcnn.Candidates):  # a pyramid alone: its square windows
         found = mtcnn.Faces(found.boxes, found.scores, np.zeros((len(found), 0, 2), np.float32))
-    detections = _detections(found, first, stages[-1].cascade, decoded.offset_x, decoded.offset_y)
+    detections = _detections(
+        found, first, stages[-1].cascade, decoded.offset_x, decoded.offset_y, scale
+    )
     detections.sort(key=lambda item: item.score, reverse=True)
     return options.detection.apply(detections)

@@ -10,10 +10,15 @@ Stages (server.manifest.PipelineStage):
   pixels.
 - `crop`: every detection is cut from the full-resolution source frame (box, or quadrilateral
   with perspective correction; tall crops turned upright), crops of zero area are skipped, the
-  rest are sorted by aspect ratio and sent as batches of the member's max batch size, all
-  batches of a frame at once so they share the member's batcher; its postprocess fills each
-  detection (ctc_text: text and score; classification: class, label and score) and detections
-  under the stage's `min_score` are dropped.
+  rest are sorted by aspect ratio and sent as batches of the member's max batch size, each
+  prepared when its turn comes, one at a time (CROP_BATCHES_IN_FLIGHT), so a page of hundreds
+  of lines never floods its queue or memory and other frames' batches interleave with its
+  own; its postprocess fills each detection
+  (ctc_text: text and score; classification: class, label and score) and detections under the
+  stage's `min_score` are dropped. Past the pipeline's `budget.max_crops` only the best-scored
+  detections are read and the frame is answered with those (truncated).
+A frame's parts run all or nothing (server/concurrency.py): when one fails, or the frame is
+cancelled (its stream closed, shutdown), every other part is cancelled with it.
 A pipeline whose first stage is `pyramid` is a cascade (MTCNN's P-, R- and O-Net), run by
 server/frames/work/cascade.py instead (server/frames/work/dispatch.py decides). Whatever the
 stages, the frame stays one unit of work for the scheduler.
@@ -26,20 +31,27 @@ import math
 from collections.abc import Hashable
 from concurrent.futures import Executor
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 
+from server.concurrency import bounded_all_or_nothing
 from server.frames.types import DecodedFrame, EncodedFrame, FrameAnalysis, StageTimes, StreamOptions
 from server.frames.work.steps import decode_source, find_detections, prepare, stage_member
 from server.frames.work.timing import book_member_stage
 from server.manifest import PipelineStage
-from server.models.version import ModelVersion
+from server.models.version import InferOutcome, ModelVersion
 from server.vision import pixels
 from server.vision.decoders.ctc_text import decode as ctc_decode
 from server.vision.detections import Detection
 from server.vision.postprocess import top_k
 from server.vision.preprocess import crops_to_batch
 
+# Crop batches of one frame prepared or queued at a member at once. One: a page of hundreds of
+# lines never floods the member's queue (it was dropped as overloaded past 768 lines), other
+# frames' batches interleave with its own instead of waiting behind all of them, and a
+# frame's preparing and runs never overlap, so its timings add up.
+CROP_BATCHES_IN_FLIGHT = 1
 # Crops at least this much taller than wide are turned upright (PaddleOCR's rule).
 TALL_RATIO = 1.5
 
@@ -110,21 +122,26 @@ async def _crop_stage(
     crops = await loop.run_in_executor(pool, _cut_all, decoded.image, detections, stage)
     if not crops:
         return detections
+    cut_s = loop.time() - started
     chunk = max(member.plan.max_batch_size, 1)
     groups = [crops[start : start + chunk] for start in range(0, len(crops), chunk)]
-    tensors = await asyncio.gather(
-        *(
-            loop.run_in_executor(
-                pool, crops_to_batch, [crop for _, crop in group], decoded.color, spec
-            )
-            for group in groups
+    preparing: list[float] = []
+
+    async def read(group: list[tuple[int, np.ndarray]]) -> InferOutcome:
+        # Each batch is prepared only when its turn comes: a page's crops never sit in memory
+        # as tensors all at once (a page of 880 lines took RSS +958 MB that way).
+        began = loop.time()
+        tensor = await loop.run_in_executor(
+            pool, crops_to_batch, [crop for _, crop in group], decoded.color, spec
         )
-    )
-    prepared = loop.time()
-    outcomes = await asyncio.gather(
-        *(member.infer({spec.input: tensor}, group=frame) for tensor in tensors)
+        preparing.append(loop.time() - began)
+        return await member.infer({spec.input: tensor}, group=frame)
+
+    outcomes = await bounded_all_or_nothing(
+        [partial(read, group) for group in groups], CROP_BATCHES_IN_FLIGHT
     )
     inferred = loop.time()
+    prepare_s = min(cut_s + sum(preparing), inferred - started)
     updated = list(detections)
     for group, outcome in zip(groups, outcomes, strict=True):
         output = outcome.outputs[post.output]
@@ -140,7 +157,7 @@ async def _crop_stage(
                     updated[index], class_id=choice.class_id, label=choice.label,
                     score=choice.score,
                 )  # fmt: skip
-    book_member_stage(member, times, outcomes, started, prepared, inferred, loop.time())
+    book_member_stage(member, times, outcomes, started, started, inferred, loop.time(), prepare_s)
     return [item for item in updated if item.score >= stage.min_score]
 
 
@@ -154,11 +171,21 @@ async def run_pipeline(
     decoded = await decode_source(frame, options, pool, times)
     detections: list[Detection] = []
     key = object()  # its requests to the members count as one in the batches they share
+    truncated = False
     for stage in spec.stages:
         member = stage_member(pipeline, stage)
         with member.lease():
             if stage.kind == "detect":
                 detections = await _detect(member, decoded, options, pool, times, key)
             else:
+                detections, cut = within_budget(detections, spec.budget.max_crops)
+                truncated = truncated or cut
                 detections = await _crop_stage(member, stage, decoded, detections, pool, times, key)
-    return FrameAnalysis(pipeline.version, detections=detections, times=times)
+    return FrameAnalysis(pipeline.version, detections=detections, times=times, truncated=truncated)
+
+
+def within_budget(detections: list[Detection], max_crops: int) -> tuple[list[Detection], bool]:
+    """The detections a crop stage may read (best scores first) and whether any were cut."""
+    if max_crops <= 0 or len(detections) <= max_crops:
+        return detections, False
+    return sorted(detections, key=lambda item: item.score, reverse=True)[:max_crops], True

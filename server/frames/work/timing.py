@@ -29,14 +29,25 @@ def _covered(runs: Sequence[tuple[float, float]], start: float, end: float) -> f
 
 
 def stage_times(
-    outcomes: Sequence[InferOutcome], started: float, prepared: float, inferred: float, done: float
+    outcomes: Sequence[InferOutcome],
+    started: float,
+    prepared: float,
+    inferred: float,
+    done: float,
+    prepare_s: float | None = None,
 ) -> StageTimes:
-    """One stage's times, from loop times around it and its requests' outcomes."""
+    """One stage's times, from loop times around it and its requests' outcomes. A stage that
+    prepares its batches one by one between its runs (a crop stage) passes the seconds it
+    spent preparing as `prepare_s`: its runs then count from `started`."""
     runs = [run for item in outcomes for run in item.runs]
-    infer_s = _covered(runs, prepared, inferred)
+    if prepare_s is None:
+        prepare_s = prepared - started
+        infer_s = _covered(runs, prepared, inferred)
+    else:
+        infer_s = _covered(runs, started, inferred)
     return StageTimes(
-        queue_s=max(0.0, inferred - prepared - infer_s),
-        preprocess_s=prepared - started,
+        queue_s=max(0.0, inferred - started - prepare_s - infer_s),
+        preprocess_s=prepare_s,
         infer_s=infer_s,
         postprocess_s=done - inferred,
         batch_size=max(item.batch_requests for item in outcomes),
@@ -51,10 +62,11 @@ def book_member_stage(
     prepared: float,
     inferred: float,
     done: float,
+    prepare_s: float | None = None,
 ) -> None:
     """A pipeline member ran one stage of a frame: count it in the member's own statistics and
-    add it to the frame's times."""
-    stage = stage_times(outcomes, started, prepared, inferred, done)
+    add it to the frame's times (`prepare_s`: as `stage_times`)."""
+    stage = stage_times(outcomes, started, prepared, inferred, done, prepare_s)
     member.record_success(
         total_s=done - started, queue_s=stage.queue_s, input_s=stage.preprocess_s,
         infer_s=stage.infer_s, output_s=stage.postprocess_s,

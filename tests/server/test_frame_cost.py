@@ -1,0 +1,139 @@
+"""Hostile pipeline frames on the real ppocr pipeline (issue 23, items 2 and 3).
+
+A page of hundreds of text lines costs PP-OCR tens of CPU-seconds: a frame that can no longer be
+answered must stop costing anything at once (all or nothing), and the pipeline's per-frame work
+budget answers such a page with the lines that fit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import psutil
+import pytest
+
+from protos.edgefleet.v1 import frame_stream_pb2 as fs
+from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
+from testkit.edge import running_server
+from testkit.media import png_bytes, text_grid
+from testkit.repositories import copy_model
+
+pytestmark = pytest.mark.system
+
+PPOCR = ("ppocr", "ppocr_det", "ppocr_rec")
+
+
+def ppocr_repository(built_models: Path, repo: Path, **budget: int) -> Path:
+    for name in PPOCR:
+        copy_model(built_models, name, repo)
+    path = repo / "ppocr" / "1" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["pipeline"]["budget"] = budget
+    path.unlink()  # a copy, never the built repository's file
+    path.write_text(json.dumps(manifest))
+    return repo
+
+
+def open_request() -> fs.StreamRequest:
+    return fs.StreamRequest(
+        open=fs.StreamOpen(
+            model_name="ppocr", encoding=fs.FRAME_ENCODING_PNG,
+            overload_policy=fs.OVERLOAD_POLICY_BLOCK,
+        )
+    )  # fmt: skip
+
+
+def cpu_s(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
+async def read_page(port: int, page: bytes) -> fs.FrameResult:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = fs_grpc.FrameStreamServiceStub(channel)
+        replies = [
+            reply
+            async for reply in stub.Stream(
+                iter([open_request(), fs.StreamRequest(frame=fs.Frame(sequence=0, data=page))])
+            )
+        ]
+    results: list[fs.FrameResult] = [
+        reply.result for reply in replies if reply.WhichOneof("kind") == "result"
+    ]
+    assert len(results) == 1, replies
+    return results[0]
+
+
+async def test_a_closed_stream_stops_its_page_at_once(tmp_path: Path, built_models: Path):
+    """An 880-line page with no work budget (it would run ~40 CPU-s): its stream closes while
+    the recogniser reads it. Every crop batch goes with it: the recogniser runs at most the
+    batch it had, the server is idle a second later, and RSS stayed bounded while it ran."""
+    repo = ppocr_repository(built_models, tmp_path / "repo", max_crops=0)
+    page = png_bytes(text_grid(1600, 1200, 8, 110))
+    process = psutil.Process()
+    async with running_server(repo) as server:
+        recogniser = server.core.registry.active("ppocr_rec")
+        assert recogniser is not None
+        # A page of the same size with 16 lines first: the runtimes' working memory for this
+        # frame size (ONNX Runtime's arenas keep it) belongs to the baseline, not to the page.
+        await read_page(server.port, png_bytes(text_grid(1600, 1200, 2, 8)))
+        baseline_rss = peak_rss = process.memory_info().rss
+        closed = asyncio.Event()
+
+        async def requests() -> AsyncIterator[fs.StreamRequest]:
+            yield open_request()
+            yield fs.StreamRequest(frame=fs.Frame(sequence=0, data=page))
+            await closed.wait()
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            call = fs_grpc.FrameStreamServiceStub(channel).Stream(requests())
+            runs_before = recogniser.stats.execution_count
+            deadline = time.monotonic() + 120
+            while recogniser.stats.execution_count < runs_before + 4:  # its crop stage runs
+                assert time.monotonic() < deadline, "the page never reached the recogniser"
+                peak_rss = max(peak_rss, process.memory_info().rss)
+                await asyncio.sleep(0.05)
+            call.cancel()
+            closed.set()
+            runs_at_close = recogniser.stats.execution_count
+            cancelled_at = time.monotonic()
+            while time.monotonic() - cancelled_at < 1.0:
+                peak_rss = max(peak_rss, process.memory_info().rss)
+                await asyncio.sleep(0.05)
+            # From a second after the close on, the server does (almost) nothing: the page's
+            # batches cost ~0.25 CPU-s each, so even one more would show.
+            before = cpu_s(process)
+            await asyncio.sleep(1.5)
+            idle_cpu = cpu_s(process) - before
+            runs_after = recogniser.stats.execution_count - runs_at_close
+        assert idle_cpu < 0.2, f"{idle_cpu:.2f} CPU-s in 1.5 s after the stream closed"
+        # What was on the runner at the close may finish (a run cannot be interrupted): one
+        # batch, never the other ~140.
+        assert runs_after <= 1, runs_after
+        # Crops are prepared batch by batch: the decoded page, the detector's maps and one
+        # batch, never all the page's crop tensors at once (+958 MB before).
+        growth_mb = (peak_rss - baseline_rss) / 2**20
+        assert growth_mb < 400, f"RSS grew {growth_mb:.0f} MB"
+        assert server.core.frame_memory.held_bytes == 0
+
+
+async def test_a_page_over_the_work_budget_is_answered_with_the_lines_that_fit(
+    tmp_path: Path, built_models: Path
+):
+    """The page of 880 lines under a budget of 40: answered (not failed, not dropped) with at
+    most 40 lines read, and counted as truncated."""
+    repo = ppocr_repository(built_models, tmp_path / "repo", max_crops=40)
+    page = png_bytes(text_grid(1600, 1200, 8, 110))
+    async with running_server(repo) as server:
+        result = await read_page(server.port, page)
+        read = list(result.detections)
+        assert 0 < len(read) <= 40, len(read)
+        truncated = server.metrics.registry.get_sample_value(
+            "edgefleet_frames_truncated_total", {"model": "ppocr"}
+        )
+        assert truncated == 1
