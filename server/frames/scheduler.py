@@ -7,9 +7,11 @@ model as they arrive: it *pulls* when the model can take more: when one of its
 pipelines and detectors, which decode in the shared pool first, one more batch is pulled
 just before a running one is expected to end, so the model does not idle during the decode).
 
-Each pull takes frames from the streams in least-recently-served order, one per stream per
-round, up to the batch size the `BatchSizer` found cheapest per frame (at most the plan's:
-a larger batch only ages its results unless it makes frames cheaper); a `BLOCK` stream may add
+Each pull takes frames from the streams in least-recently-served order (detectors, pipelines
+and cascades: in order of the device time their frames cost, server/frames/cost_shares.py),
+one per stream per round, up to the batch size the `BatchSizer` found cheapest per frame (at
+most the plan's: a larger batch only ages its results unless it makes frames cheaper); a
+`BLOCK` stream may add
 more rows only after every other stream had its turn. Only then are the chosen frames decoded,
 on the model's runner together with the run (server/frames/work/batch.py), so a frame replaced
 by a newer one never costs a decode. A frame older than its stream's `max_age_ms` when it would
@@ -46,6 +48,7 @@ from typing import Protocol
 
 from server.errors import EdgeError, Overloaded
 from server.frames.batch_sizer import BatchSizer
+from server.frames.cost_shares import CostShares
 from server.frames.types import BatchFrame, FrameAnalysis, StreamOptions, WaitingFrame
 from server.frames.work.batch import FrameBatchJob
 from server.frames.work.dispatch import FrameWork, frame_work, run_frame
@@ -54,6 +57,11 @@ from server.observability.failure_log import FailureLog
 from server.observability.metrics import outcome_of
 
 log = logging.getLogger(__name__)
+
+# A pull of frames run on their own frees its slot once the frames left have taken this many
+# times a usual frame's time: a frame far over its share (a page of text) then runs on outside
+# the slots, its stream billed for all of it, and never holds back the next pull.
+DETACH_AFTER = 1.5
 
 ModelResolver = Callable[[], ModelVersion]
 
@@ -92,6 +100,8 @@ class ScheduledStream(Protocol):
 
     def deliver_error(self, sequence: int, error: EdgeError) -> None: ...
 
+    def charged(self, cost_s: float) -> None: ...
+
     def deliver_overloaded(
         self, waiting: WaitingFrame, error: Overloaded, model: ModelVersion
     ) -> None: ...
@@ -103,6 +113,7 @@ class ScheduledStream(Protocol):
 class Pick:
     session: ScheduledStream
     waiting: WaitingFrame
+    token: int = 0  # its charge in the stream's cost share (frames run on their own)
     settled: bool = False  # its result, error or drop has been handed to the stream
 
 
@@ -116,6 +127,8 @@ class FrameScheduler:
         self._failures = FailureLog(log)
         # Insertion order is the serving order: a served stream moves to the back.
         self._sessions: dict[int, ScheduledStream] = {}
+        # Device time per stream, for frames run on their own (cost_shares.py).
+        self._shares = CostShares()
         self._wake = asyncio.Event()
         self._batches: set[asyncio.Task[None]] = set()
         # Frames running on their own (pipelines, cascades, detectors), by stream: closing a
@@ -125,6 +138,8 @@ class FrameScheduler:
         self._expected_end: dict[asyncio.Task[None], float | None] = {}
         # Moving averages of one batch's model run and of its decode, for timing the next pull.
         self._run_s = 0.0
+        # Moving average of a frame's time from start to result, for frames run on their own.
+        self._frame_s = 0.0
         self._prepare_s = 0.0
         self._timer: asyncio.TimerHandle | None = None
         # Learned per model version: a hot swap may bring a model that batches differently.
@@ -145,6 +160,7 @@ class FrameScheduler:
 
     def add(self, session: ScheduledStream) -> None:
         self._sessions[id(session)] = session
+        self._shares.add(id(session))
         if self._dispatcher is None:
             self._dispatcher = asyncio.create_task(self._dispatch(), name=f"frames-{self._name}")
 
@@ -152,6 +168,7 @@ class FrameScheduler:
         """Forget a stream at once: its waiting frames go, its running frames are cancelled
         (all their parts with them), its share goes to the others."""
         self._sessions.pop(id(session), None)
+        self._shares.remove(id(session))
         for task in self._frames.pop(id(session), set()):
             task.cancel()
         self._wake.set()
@@ -221,7 +238,7 @@ class FrameScheduler:
             if model is not self._sized_version:
                 self._sizer, self._sized_version = BatchSizer(), model
             rows = self._sizer.rows(max_rows, self._streams_waiting)
-        picks = self._pick(rows, model)
+        picks = self._pick_by_cost(rows, model) if not plain else self._pick(rows, model)
         if not picks:
             self._offer_credits(rows)  # the model is idle: credited streams may send now
             return False
@@ -346,6 +363,53 @@ class FrameScheduler:
                 self._sessions[key] = self._sessions.pop(key)
         return picks
 
+    def _pick_by_cost(self, max_rows: int, model: ModelVersion) -> list[Pick]:
+        """Frames whose cost depends on their content: one per stream, lowest start tag first,
+        of the streams within one cheap frame of the lowest (the others had their share);
+        then BLOCK streams may add rows."""
+        now = asyncio.get_running_loop().time()
+        tags = {key: self._shares.tag(key, now)
+                for key, session in self._sessions.items() if session.has_frame}  # fmt: skip
+        if not tags:
+            return []
+        lowest, margin = min(tags.values()), self._shares.margin_s()
+        picks: list[Pick] = []
+        served: list[ScheduledStream] = []
+        for key in sorted(tags, key=tags.__getitem__):  # stable: least recently served first
+            if len(picks) >= max_rows or tags[key] - lowest > margin:
+                break
+            session = self._sessions[key]
+            waiting = session.take(now, model)
+            if waiting is None:
+                continue
+            picks.append(Pick(session, waiting, self._shares.started(key, now)))
+            served.append(session)
+        while len(picks) < max_rows:
+            took = False
+            for session in served:
+                if len(picks) >= max_rows or not session.lossless:
+                    continue
+                waiting = session.take(now, model)
+                if waiting is None:
+                    continue
+                picks.append(Pick(session, waiting, self._shares.started(id(session), now)))
+                took = True
+            if not took:
+                break
+        for session in served:  # least recently served first among equals next time
+            key = id(session)
+            if key in self._sessions:
+                self._sessions[key] = self._sessions.pop(key)
+        return picks
+
+    def _settle(self, pick: Pick, cost_s: float | None) -> None:
+        """Bill a frame's cost to its stream (None: unmeasured, the estimate stands)."""
+        pick.settled = True
+        if pick.token:
+            self._shares.settled(id(pick.session), pick.token, cost_s)
+        if cost_s is not None:
+            pick.session.charged(cost_s)
+
     def _fail_everything(self, error: EdgeError) -> bool:
         """The model is gone: every waiting frame gets the error (a stream never hangs)."""
         for session in list(self._sessions.values()):
@@ -367,7 +431,7 @@ class FrameScheduler:
                 failed_at = loop.time()
                 for pick in picks:
                     if not pick.settled:
-                        pick.settled = True
+                        self._settle(pick, None)
                         # A runtime failure is a failed inference: counted (stats, telemetry,
                         # edgefleet_requests_total{outcome="runtime_error"}) like a unary one.
                         model.record_failure(failed_at - pick.waiting.arrival, outcome_of(exc))
@@ -384,10 +448,13 @@ class FrameScheduler:
             pull = asyncio.current_task()
             assert pull is not None
             tasks = [self._start_frame(model, pick, loop, pull) for pick in picks]
+            # The pull's slot is free when its frames are done, or when the ones left have
+            # run DETACH_AFTER times as long as a frame usually takes (they run on, tracked
+            # by stream, and are cancelled with it).
+            detach_s = self._frame_s * DETACH_AFTER if self._frame_s else None
             try:
-                await asyncio.gather(
-                    *tasks, return_exceptions=True
-                )  # a cancelled frame is no error
+                if tasks:
+                    await asyncio.wait(tasks, timeout=detach_s)
             except asyncio.CancelledError:
                 for task in tasks:
                     task.cancel()
@@ -411,8 +478,12 @@ class FrameScheduler:
                 model.record_queue_wait(times.queue_s)
             if model is self._sized_version:
                 self._sizer.ran(times.batch_size, times.infer_s)
+        # The batch's decode and run, shared by the frames that ran in it.
+        work_s = times.preprocess_s + times.infer_s + times.postprocess_s
+        cost_each = work_s / times.batch_size if times.batch_size else 0.0
         for pick, output in zip(picks, run.outputs, strict=True):
-            pick.settled = True
+            ran = not output.stale and output.failure is None
+            self._settle(pick, cost_each if ran else None)
             session, waiting = pick.session, pick.waiting
             if output.stale:
                 session.deliver_stale(waiting, model)
@@ -464,13 +535,21 @@ class FrameScheduler:
     ) -> None:
         if not pull.done():
             self._running(0.0, pull)
+        started = loop.time()
         try:
-            analysis = await run_frame(model, pick.waiting.frame, pick.session.options, self._pool)
+            with model.lease():  # its own: the frame may outlive its pull (DETACH_AFTER)
+                analysis = await run_frame(
+                    model, pick.waiting.frame, pick.session.options, self._pool
+                )
         except Exception as exc:
             self._fail_picks(model, [pick], exc, loop, "a frame failed")
             return
         self._ran(analysis.times.infer_s)
-        pick.settled = True
+        took = loop.time() - started
+        if not self._frame_s or took <= self._frame_s * DETACH_AFTER:
+            self._frame_s = 0.8 * self._frame_s + 0.2 * took if self._frame_s else took
+        times = analysis.times
+        self._settle(pick, times.preprocess_s + times.infer_s + times.postprocess_s)
         pick.session.deliver_result(model, pick.waiting, analysis)
 
     def _fail_picks(
@@ -490,7 +569,7 @@ class FrameScheduler:
             self._failures.failed(f"frames of {self._name}: {what}", exc)
             error, outcome = EdgeError("internal error"), outcome_of(exc)
         for pick in picks:
-            pick.settled = True
+            self._settle(pick, None)
             self._failed(model, pick, error, loop, outcome)
 
     @staticmethod

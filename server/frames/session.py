@@ -351,6 +351,10 @@ class FrameSession:
             return (width, height)
         return (frame.width, frame.height)
 
+    def charged(self, cost_s: float) -> None:
+        """One of this stream's frames cost the device `cost_s` (shown in metrics)."""
+        self._metrics.cost(cost_s)
+
     def deliver_error(self, sequence: int, error: EdgeError) -> None:
         self._finished(sequence)
         self._metrics.failed()

@@ -137,6 +137,14 @@ class ServerMetrics:
             ("model", "outcome"),
             registry=self.registry,
         )
+        self.open_stream_cost = Counter(
+            "edgefleet_open_stream_cost_seconds",
+            "Device time each open camera stream's frames cost (decode, model runs and "
+            "post-processing, every pipeline stage), the measure detector and pipeline frames "
+            "are shared by; removed when the stream closes.",
+            ("model", "stream"),
+            registry=self.registry,
+        )
         self.frames_truncated = Counter(
             "edgefleet_frames_truncated",
             "Camera frames over their pipeline's per-frame work budget (text lines read, "
@@ -214,6 +222,7 @@ class StreamMetrics:
             for outcome in ("dropped", "waited", "refused")
         }
         self._truncated = metrics.frames_truncated.labels(model)
+        self._cost = metrics.open_stream_cost.labels(model, stream)
         self._open = True
 
     def answered(self, age_s: float) -> None:
@@ -230,6 +239,10 @@ class StreamMetrics:
     def failed(self) -> None:
         self._model_counts["error"].inc()
         self._stream_counts["error"].inc()
+
+    def cost(self, seconds: float) -> None:
+        """One of the stream's frames cost the device `seconds` of work."""
+        self._cost.inc(max(seconds, 0.0))
 
     def truncated(self) -> None:
         """A frame over its pipeline's work budget, answered with the part that fits."""
@@ -256,3 +269,5 @@ class StreamMetrics:
                 self._metrics.open_stream_frames.remove(self._model, self._stream, outcome)
         with contextlib.suppress(KeyError):
             self._metrics.open_stream_result_age.remove(self._model, self._stream)
+        with contextlib.suppress(KeyError):
+            self._metrics.open_stream_cost.remove(self._model, self._stream)

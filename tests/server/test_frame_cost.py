@@ -8,6 +8,7 @@ budget answers such a page with the lines that fit.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -137,3 +138,61 @@ async def test_a_page_over_the_work_budget_is_answered_with_the_lines_that_fit(
             "edgefleet_frames_truncated_total", {"model": "ppocr"}
         )
         assert truncated == 1
+
+
+async def test_an_expensive_camera_gets_its_share_of_device_time_and_no_more(
+    tmp_path: Path, built_models: Path
+):
+    """Two honest cameras (a sign of 4 words) beside a hostile one (a page of 280 words, 64
+    read), all sending as fast as the server takes frames. Served by frame count the page took
+    most of the device; served by cost each camera gets about a third of the measured device
+    time (edgefleet_open_stream_cost_seconds). Shares, not latency: on a loaded 2-core machine
+    the bounds are generous, and still far from what frame count gives."""
+    repo = ppocr_repository(built_models, tmp_path / "repo", max_crops=64)
+    honest = png_bytes(text_grid(640, 480, 2, 2))
+    hostile = png_bytes(text_grid(640, 480, 8, 35, seed=1))
+    cameras = {"honest-1": honest, "honest-2": honest, "hostile": hostile}
+    async with running_server(repo) as server:
+        answered = dict.fromkeys(cameras, 0)
+
+        async def camera(name: str, page: bytes) -> None:
+            async def requests() -> AsyncIterator[fs.StreamRequest]:
+                yield fs.StreamRequest(
+                    open=fs.StreamOpen(
+                        model_name="ppocr", encoding=fs.FRAME_ENCODING_PNG,
+                        overload_policy=fs.OVERLOAD_POLICY_BLOCK, max_in_flight=1,
+                        stream_id=name,
+                    )
+                )  # fmt: skip
+                for sequence in itertools.count():
+                    yield fs.StreamRequest(frame=fs.Frame(sequence=sequence, data=page))
+
+            async for reply in stub.Stream(requests()):
+                answered[name] += reply.WhichOneof("kind") == "result"
+
+        def costs() -> dict[str, float]:
+            return {
+                name: server.metrics.registry.get_sample_value(
+                    "edgefleet_open_stream_cost_seconds_total", {"model": "ppocr", "stream": name}
+                )
+                or 0.0
+                for name in cameras
+            }
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = fs_grpc.FrameStreamServiceStub(channel)
+            running = [asyncio.create_task(camera(name, page)) for name, page in cameras.items()]
+            await asyncio.sleep(8)  # every camera's cost measured, the shares settled
+            start = costs()
+            await asyncio.sleep(25)
+            end = costs()
+            # Cancelled, not ended: gRPC buffers many small frames ahead, all to be answered.
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+    used = {name: end[name] - start[name] for name in cameras}
+    total = sum(used.values())
+    shares = {name: round(value / total, 2) for name, value in used.items()}
+    print("device seconds", used, "shares", shares, "answered", answered)
+    assert shares["hostile"] < 0.55, shares
+    assert shares["honest-1"] > 0.18 and shares["honest-2"] > 0.18, shares
