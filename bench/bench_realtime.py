@@ -31,7 +31,9 @@ import psutil
 
 from bench.machine import describe, write_section
 from testkit.edge import start_serve
-from testkit.media import jpeg_frames
+from testkit.media import jpeg_bytes, jpeg_frames, photo, png_bytes, text_grid
+from testkit.mixed_cameras import Camera
+from testkit.mixed_cameras import run_cameras as run_mixed
 from testkit.processes import Spawned
 from testkit.repositories import BUILT_MODELS, ROOT, copy_model
 
@@ -292,12 +294,119 @@ def verdict(rows: list[Row]) -> list[str]:
     return lines
 
 
+# ---------------------------------------------------------------- one hostile camera (issue 23)
+
+HONEST_CAMERAS = 2
+HONEST_FPS = 0.5
+HOSTILE_FPS = 1.0
+
+
+@dataclass
+class HostileRow:
+    model: str
+    hostile: str  # "" for the honest cameras alone
+    honest_fps: float
+    honest_sent_fps: float
+    age_p50: float
+    age_max: float
+    hostile_answered: int
+
+
+def hostile_cameras(model: str) -> tuple[bytes, Camera]:
+    """An honest camera's frame and the hostile camera: the text grid on ppocr (280 lines,
+    11.7 CPU-s unbounded), an 8K photo on faces (9.7 CPU-s and 1.6 GB unbounded)."""
+    import cv2
+
+    from protos.edgefleet.v1 import frame_stream_pb2 as fs
+
+    scene = cv2.resize(photo("astronaut"), (640, 480))
+    if model == "ppocr":
+        cv2.rectangle(scene, (138, 70), (570, 140), (255, 255, 255), -1)
+        cv2.putText(scene, "EDGE FLEET 2026", (150, 120), cv2.FONT_HERSHEY_SIMPLEX, 1.6,
+                    (0, 0, 0), 3, cv2.LINE_AA)  # fmt: skip
+        grid = png_bytes(text_grid(640, 480, 7, 40))
+        return jpeg_bytes(scene), Camera("hostile", grid, fs.FRAME_ENCODING_PNG, HOSTILE_FPS)
+    big = jpeg_bytes(cv2.resize(photo("astronaut"), (7680, 4320)))
+    return jpeg_bytes(scene), Camera("hostile", big, fs.FRAME_ENCODING_JPEG, HOSTILE_FPS)
+
+
+def hostile_rows(seconds: float) -> list[HostileRow]:
+    """Per pipeline: the honest cameras alone, then beside the hostile one, same server."""
+    from protos.edgefleet.v1 import frame_stream_pb2 as fs
+
+    rows = []
+    for model, members in (("ppocr", ("ppocr", "ppocr_det", "ppocr_rec")),
+                           ("faces", ("faces", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet"))):  # fmt: skip
+        repository = Path(tempfile.mkdtemp()) / "repo"
+        for name in members:
+            copy_model(BUILT_MODELS, name, repository)
+        honest, hostile = hostile_cameras(model)
+        cameras = [Camera(f"honest{index}", honest, fs.FRAME_ENCODING_JPEG, HONEST_FPS)
+                   for index in range(HONEST_CAMERAS)]  # fmt: skip
+        with Server(ROOT, repository) as server:
+            for extra in ([], [hostile]):
+                reports = asyncio.run(run_mixed(server.port, model, cameras + extra, seconds))
+                honest_reports = reports[:HONEST_CAMERAS]
+                ages = sorted(age for report in honest_reports for age in report.ages_s)
+                attacker = reports[HONEST_CAMERAS] if extra else None
+                row = HostileRow(
+                    model=model,
+                    hostile=("text grid 280 lines" if model == "ppocr" else "8K JPEG")
+                    if extra
+                    else "",
+                    honest_fps=sum(report.answered for report in honest_reports) / seconds,
+                    honest_sent_fps=sum(report.sent for report in honest_reports) / seconds,
+                    age_p50=ages[len(ages) // 2] if ages else float("nan"),
+                    age_max=ages[-1] if ages else float("nan"),
+                    hostile_answered=attacker.answered if attacker else 0,
+                )
+                print(row, flush=True)
+                rows.append(row)
+    return rows
+
+
+def hostile_section(machine: str, rows: list[HostileRow], seconds: float) -> str:
+    load_end = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    lines = [
+        "## One hostile camera beside honest ones (`bench/bench_realtime.py --hostile-only`)",
+        "",
+        f"Machine: {machine}; load average at the end {load_end}.",
+        "",
+        f"{HONEST_CAMERAS} honest cameras at {HONEST_FPS} fps each (a 640x480 JPEG photo; on "
+        "ppocr with one line of text), alone and then beside one hostile camera at "
+        f"{HOSTILE_FPS:.0f} fps (ppocr: a 640x480 PNG grid of 280 text lines; faces: an 8K JPEG), "
+        f"DROP_OLDEST, {seconds:.0f} s measured after 2 s of warm-up, server in its own process "
+        "(`--planner manifest`), cameras in the benchmark's. Age = capture to result. The "
+        "manifests' default budgets apply (ppocr reads 128 lines, faces scales to 1920).",
+        "",
+        "| pipeline | hostile camera | honest answered fps (of sent) | honest age p50 s | honest age max s | hostile answered |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        hostile = str(row.hostile_answered) if row.hostile else "-"
+        lines.append(
+            f"| {row.model} | {row.hostile or 'none'} | {row.honest_fps:.2f} ({row.honest_sent_fps:.2f}) "
+            f"| {row.age_p50:.2f} | {row.age_max:.2f} | {hostile} |"
+        )
+    lines += [
+        "",
+        "Target (issue 23): beside the hostile camera the honest cameras keep >= 0.9x of their "
+        "answers and their age bound (one frame interval plus one run of their own frame).",
+        "",
+        "Reproduce: `.venv/bin/python -m bench.bench_realtime --hostile-only --seconds 20`.",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per row")
     parser.add_argument("--before", type=Path, help="an older checkout to run side by side")
     parser.add_argument(
         "--before-label", default="the previous version", help="what the older checkout is"
+    )
+    parser.add_argument(
+        "--hostile-only", action="store_true", help="only the hostile-camera rows (issue 23)"
     )
     parser.add_argument("--cameras-only", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -306,6 +415,11 @@ def main() -> None:
     if args.cameras_only:
         report = asyncio.run(run_cameras(args.port, args.model, args.cameras_only, args.seconds))
         print(json.dumps(report), flush=True)
+        return
+    if args.hostile_only:
+        text = hostile_section(describe(), hostile_rows(args.seconds), args.seconds)
+        write_section("realtime-hostile", text)
+        print(text)
         return
 
     machine = describe()
