@@ -127,7 +127,7 @@ class InferenceCore:
         budget = settings.frame_memory_budget_bytes or default_budget(
             probe_hardware(nvml=None, onnx_providers=lambda: ()).memory.usable_bytes
         )
-        self.frame_memory = FrameMemory(budget, settings.max_message_bytes)
+        self.frame_memory = FrameMemory(budget)
         self.metrics.frame_memory_budget.set(budget)
         self.metrics.frame_memory.set_function(lambda: self.frame_memory.held_bytes)
 

@@ -5,10 +5,10 @@ with a window of 64 raw 4K frames took RSS from 139 to 2,241 MB, and 1,024 strea
 A frame holds its bytes as received plus its decoded pixels (`frame_bytes`) from the moment it
 is accepted until its result, drop or failure, so what all streams hold never exceeds the
 budget:
-- a BLOCK stream holds a reserve before it asks gRPC for its next message (gRPC receives a
-  message whole once asked), so when the budget is full it stops reading and gRPC flow control
-  holds its sender back; a frame needing more than the reserve gives it back and waits for its
-  whole size;
+- a BLOCK stream holds a reserve (its last frame's size) before it asks gRPC for its next
+  message (gRPC receives a message whole once asked), so when the budget is full it stops
+  reading and gRPC flow control holds its sender back; a frame needing more than the reserve
+  gives it back and waits for its whole size;
 - a live stream keeps reading and drops a frame that does not fit (`overloaded`, "frame
   memory budget full");
 - a frame needing more than the whole budget is refused (RESOURCE_EXHAUSTED), never waited for.
@@ -85,11 +85,8 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 class FrameMemory:
     """The bytes held by the frames of all streams, against one budget. Event loop only."""
 
-    def __init__(self, budget_bytes: int, largest_message: int) -> None:
+    def __init__(self, budget_bytes: int) -> None:
         self.budget_bytes = budget_bytes
-        # What a BLOCK stream holds before it asks gRPC for its next message: the largest
-        # message's bytes and as much again for its pixels (a raw frame's exactly).
-        self.read_reserve = min(2 * largest_message, budget_bytes)
         self.peak_bytes = 0
         self._held = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()

@@ -91,6 +91,10 @@ class FrameSession:
         # Budget bytes of the frames running, by sequence (a client may repeat one): released
         # with their result, drop or error, or when the stream closes.
         self._running_bytes: dict[int, list[int]] = {}
+        # What a BLOCK stream holds before it asks gRPC for its next message: its last frame's
+        # size (a camera's frames are alike; nothing before the first). A full reserve for the
+        # largest message would let a few idle BLOCK streams hold a small device's budget.
+        self._read_reserve = 0
         self._max_age_s = options.max_age_ms / 1000 if options.max_age_ms > 0 else None
         self._slot: deque[WaitingFrame] = deque()
         self._running = 0
@@ -164,7 +168,7 @@ class FrameSession:
                     await self._room.wait()
                 reserve = 0
                 if self.lossless:  # the sender waits until there is room: nothing is lost
-                    reserve = self._memory.read_reserve
+                    reserve = self._read_reserve
                     await self._memory.hold(reserve)
                 try:
                     frame = await anext(incoming)
@@ -182,6 +186,7 @@ class FrameSession:
                     self._refuse_too_large(frame, size)
                     continue
                 if self.lossless:
+                    self._read_reserve = min(size, self._memory.budget_bytes)
                     if size <= reserve:
                         self._memory.release(reserve - size)
                     else:  # holding the reserve while waiting for more could deadlock
