@@ -21,7 +21,7 @@ BUNDLE = os.urandom(300_000)
 CHUNK = 100_000
 
 
-class _Controller(agent_pb2_grpc.AgentServiceServicer):
+class _Controller(agent_pb2_grpc.AgentServiceServicer):  # type: ignore[misc]
     def __init__(self, *, stall_after_first: bool) -> None:
         self.stall_after_first = stall_after_first
         self.offsets: list[int] = []
