@@ -18,7 +18,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from client.events import AnalyticsSettings, Anchor
+from client.clips import CLIP_EVENT_KINDS
+from client.events import AnalyticsSettings, Anchor, EventKind
 from client.settings import ClientSettings
 from client.sinks import DEFAULT_QUEUE, DEFAULT_TOPIC, MqttSink, WebhookSink
 
@@ -173,9 +174,24 @@ class CameraSection(_Strict):
     classes: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] | None = None
     roi: tuple[float, float, float, float] | None = None
     top_k: int | None = Field(default=None, ge=0)
+    # Event clips (client/clips.py); unset: the command's --clips-dir and --clip-* flags.
+    clips_dir: Path | None = None
+    clip_before_s: float | None = Field(default=None, ge=0.0, le=60.0)
+    clip_after_s: float | None = Field(default=None, ge=0.0, le=600.0)
+    clip_events: list[EventKind] | None = None
+    clip_max_mb: int | None = Field(default=None, ge=1, le=65536)
     analytics: AnalyticsSection | None = None
     mqtt: MqttSection | None = None
     webhook: WebhookSection | None = None
+
+    @field_validator("clip_events")
+    @classmethod
+    def _clip_kinds(cls, kinds: list[EventKind] | None) -> list[EventKind] | None:
+        for kind in kinds or []:
+            if kind not in CLIP_EVENT_KINDS:
+                allowed = ", ".join(sorted(CLIP_EVENT_KINDS))
+                raise ValueError(f"{kind.value!r} starts no clip; one of {allowed}")
+        return kinds
 
     @field_validator("roi")
     @classmethod
@@ -261,11 +277,16 @@ def load_cameras(path: Path, base: ClientSettings | None, model: str | None) -> 
         overrides: dict[str, Any] = {"model": chosen}
         if config.server is not None:
             overrides["server"] = config.server
-        for field in ("model_version", "score_threshold", "max_detections", "roi", "top_k"):
+        for field in (
+            "model_version", "score_threshold", "max_detections", "roi", "top_k", "clips_dir",
+            "clip_before_s", "clip_after_s", "clip_max_mb",
+        ):  # fmt: skip
             if (value := getattr(section, field)) is not None:
                 overrides[field] = value
         if section.classes is not None:
             overrides["classes"] = tuple(section.classes)
+        if section.clip_events is not None:
+            overrides["clip_events"] = tuple(section.clip_events)
         try:
             settings = (
                 base.model_copy(update=overrides)

@@ -125,6 +125,35 @@ def stream_command(
             "file per source, numbered when there are several)."
         ),
     ] = None,
+    clips_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Record a clip (.avi, boxes drawn) around each group of analytics events into "
+            "this folder, one per camera and event group."
+        ),
+    ] = None,
+    clip_before_s: Annotated[
+        float | None, typer.Option(help="Seconds of video before an event (default 2).")
+    ] = None,
+    clip_after_s: Annotated[
+        float | None,
+        typer.Option(help="Seconds after the last event of a clip (default 3)."),
+    ] = None,
+    clip_events: Annotated[
+        str | None,
+        typer.Option(
+            help="Only these kinds start a clip, e.g. zone_enter,line_cross (default: every "
+            "analytics event).",
+            metavar="KIND,KIND,...",
+        ),
+    ] = None,
+    clip_max_mb: Annotated[
+        int | None,
+        typer.Option(
+            help="Memory per camera for recent frames and unwritten clip frames "
+            "(default 256 MiB; frames over it are dropped and counted)."
+        ),
+    ] = None,
     tls: Annotated[
         bool | None, typer.Option(help="Turn on TLS (system roots unless --ca).")
     ] = None,
@@ -190,6 +219,11 @@ def stream_command(
         "token": token,
         "output_jsonl": output[1] if output else None,
         "save_video": save_video,
+        "clips_dir": clips_dir,
+        "clip_before_s": clip_before_s,
+        "clip_after_s": clip_after_s,
+        "clip_events": _comma_list(clip_events),
+        "clip_max_mb": clip_max_mb,
     }
     if bool(sources) == (config is not None):
         raise typer.BadParameter("give SOURCE... or --config FILE, not both", param_hint="SOURCE")

@@ -18,6 +18,7 @@ from typing import IO
 
 from client.backoff import BackoffPolicy
 from client.cameras import Camera
+from client.clips import ClipRecorder
 from client.events import CameraStatus, EventKind, event_document
 from client.frames import CapturedFrame
 from client.overlay import VideoSink
@@ -58,6 +59,8 @@ class StreamRun:
     sinks: list[EventSink] = field(default_factory=list)
     # Analytics events received from the server, and camera down/up seen here.
     events: int = 0
+    # Clips around its analytics events (--clips-dir / clips_dir), when asked for.
+    clips: ClipRecorder | None = None
 
     def publish(self, document: dict[str, object]) -> None:
         """Hand an event to every sink; never waits (a full sink drops its oldest)."""
@@ -81,6 +84,7 @@ class StreamRun:
             "camera_error": self.source.health.last_error,
             "events": self.events,
             "sinks": [{"sink": sink.name, **sink.stats.as_dict()} for sink in self.sinks],
+            **({"clips": self.clips.stats.as_dict()} if self.clips is not None else {}),
         }
 
 
@@ -115,7 +119,7 @@ def stream_config(
         stream_id=stream_id[:128],
         source_fps=source.native_fps or 0.0,
         backoff=BackoffPolicy(max_attempts=settings.retries),
-        keep_frames=settings.save_video is not None,
+        keep_frames=settings.save_video is not None or settings.clips_dir is not None,
         score_threshold=settings.score_threshold,
         max_detections=settings.max_detections,
         class_ids=settings.classes,
@@ -236,6 +240,13 @@ async def _run_one(
         async for event in client.stream(frames):
             if isinstance(event, Connected):
                 stream_id = event.stream_id
+            if run.clips is not None:
+                if isinstance(event, FrameResult) and event.frame is not None:
+                    capture_ns, pixels = event.capture_time_unix_ns, event.frame.pixels_bgr
+                    run.clips.frame(capture_ns, pixels, event.detections)
+                elif isinstance(event, AnalyticsEvents):
+                    for item in event.events:
+                        run.clips.event(item)
             if isinstance(event, AnalyticsEvents):
                 documents = [event_document(run.camera, item) for item in event.events]
                 for document in documents:
@@ -267,6 +278,9 @@ async def _run_one(
         run.finished_at = time.monotonic()
         if video is not None:
             video.close()
+        if run.clips is not None:
+            # The open clip is cut at the stream's end; its writer finishes off the loop.
+            await asyncio.to_thread(run.clips.close)
 
 
 async def run_streams(
@@ -369,6 +383,9 @@ async def _run_all(
                             else None
                         )
                         if run.error is None:
+                            run.clips = _clip_recorder(
+                                run, cameras[index] if cameras else None, settings
+                            )
                             group.create_task(
                                 _run_one(client, run, settings.fps, stop, sink, video)
                             )
@@ -377,6 +394,16 @@ async def _run_all(
                     timer.cancel()
                     await asyncio.gather(timer, return_exceptions=True)
     return runs
+
+
+def _clip_recorder(
+    run: StreamRun, camera: Camera | None, settings: ClientSettings
+) -> ClipRecorder | None:
+    own = camera.settings if camera is not None else settings
+    clips = own.clip_settings()
+    if clips is None:
+        return None
+    return ClipRecorder(run.camera, clips, own.fps or run.source.native_fps or 30.0)
 
 
 async def _stop_after(stop: asyncio.Event, seconds: float) -> None:

@@ -9,6 +9,14 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from client.clips import (
+    CLIP_EVENT_KINDS,
+    DEFAULT_AFTER_S,
+    DEFAULT_BEFORE_S,
+    DEFAULT_MAX_BYTES,
+    ClipSettings,
+)
+from client.events import EventKind
 from client.frames import DEFAULT_JPEG_QUALITY, Encoding
 
 
@@ -53,6 +61,34 @@ class ClientSettings(BaseSettings):
     output_jsonl: Path | None = None
     # Annotated video of the answered frames (client/overlay.py).
     save_video: Path | None = None
+    # Event clips (client/clips.py): a video per group of analytics events, into this folder.
+    clips_dir: Path | None = None
+    clip_before_s: float = Field(default=DEFAULT_BEFORE_S, ge=0.0, le=60.0)
+    clip_after_s: float = Field(default=DEFAULT_AFTER_S, ge=0.0, le=600.0)
+    # Only these event kinds start a clip; empty: every analytics event.
+    clip_events: tuple[EventKind, ...] = ()
+    # Memory for one camera's ring and unwritten clip frames, in MiB.
+    clip_max_mb: int = Field(default=DEFAULT_MAX_BYTES // 2**20, ge=1, le=65536)
+
+    @field_validator("clip_events")
+    @classmethod
+    def _analytics_kinds_only(cls, kinds: tuple[EventKind, ...]) -> tuple[EventKind, ...]:
+        for kind in kinds:
+            if kind not in CLIP_EVENT_KINDS:
+                allowed = ", ".join(sorted(CLIP_EVENT_KINDS))
+                raise ValueError(f"{kind.value!r} starts no clip; one of {allowed}")
+        return kinds
+
+    def clip_settings(self) -> ClipSettings | None:
+        if self.clips_dir is None:
+            return None
+        return ClipSettings(
+            directory=self.clips_dir,
+            before_s=self.clip_before_s,
+            after_s=self.clip_after_s,
+            events=frozenset(self.clip_events),
+            max_bytes=self.clip_max_mb * 2**20,
+        )
 
     @field_validator("roi", mode="before")
     @classmethod
