@@ -18,8 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from client.clips import CLIP_EVENT_KINDS
-from client.events import AnalyticsSettings, Anchor, EventKind
+from client.events import CLIP_EVENT_KINDS, AnalyticsSettings, Anchor, EventKind
 from client.settings import ClientSettings
 from client.sinks import DEFAULT_QUEUE, DEFAULT_TOPIC, MqttSink, WebhookSink
 

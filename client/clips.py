@@ -17,40 +17,12 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from client.events import AnalyticsEvent, EventKind
+from client.events import CLIP_EVENT_KINDS, CLIP_SUFFIX, AnalyticsEvent, ClipSettings
 from client.overlay import VideoSink
 from client.stream import Detected
-
-# Event kinds a clip can be recorded for: the server's analytics events.
-CLIP_EVENT_KINDS = frozenset(
-    {
-        EventKind.APPEAR,
-        EventKind.DISAPPEAR,
-        EventKind.ZONE_ENTER,
-        EventKind.ZONE_LEAVE,
-        EventKind.LINE_CROSS,
-    }
-)
-DEFAULT_BEFORE_S = 2.0
-DEFAULT_AFTER_S = 3.0
-# Ring plus frames waiting for the writer, per camera: 2 s of 1080p at 30 fps is ~370 MB, so a
-# big camera keeps less than `before_s` rather than exhausting an edge box's memory.
-DEFAULT_MAX_BYTES = 256 * 1024 * 1024
-CLIP_SUFFIX = ".avi"
-
-
-@dataclass(frozen=True)
-class ClipSettings:
-    directory: Path
-    before_s: float = DEFAULT_BEFORE_S
-    after_s: float = DEFAULT_AFTER_S
-    # Only these kinds start or extend a clip; empty: every analytics event.
-    events: frozenset[EventKind] = frozenset()
-    max_bytes: int = DEFAULT_MAX_BYTES
 
 
 @dataclass

@@ -2,7 +2,8 @@
 entered a zone, crossed a line, ...) and the client's own camera down/up, as value types and as
 the JSON document every sink (MQTT, webhooks) delivers.
 
-Also the analytics options a camera opens its stream with (zones, lines, masks, thresholds):
+Also the analytics options a camera opens its stream with (zones, lines, masks, thresholds)
+and where its event clips go:
 plain values here, converted to protobuf by client/stream.py only.
 """
 
@@ -13,6 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 Point = tuple[float, float]
 
@@ -52,6 +54,36 @@ class EventKind(StrEnum):
     # From the client's own reconnect logic, not the server.
     CAMERA_DOWN = "camera_down"
     CAMERA_UP = "camera_up"
+
+
+# Event kinds a clip can be recorded for: the server's analytics events.
+CLIP_EVENT_KINDS = frozenset(
+    {
+        EventKind.APPEAR,
+        EventKind.DISAPPEAR,
+        EventKind.ZONE_ENTER,
+        EventKind.ZONE_LEAVE,
+        EventKind.LINE_CROSS,
+    }
+)
+DEFAULT_BEFORE_S = 2.0
+DEFAULT_AFTER_S = 3.0
+# Ring plus frames waiting for the writer, per camera: 2 s of 1080p at 30 fps is ~370 MB, so a
+# big camera keeps less than `before_s` rather than exhausting an edge box's memory.
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+CLIP_SUFFIX = ".avi"
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """Where and how long a camera's event clips are (client/clips.py records them)."""
+
+    directory: Path
+    before_s: float = DEFAULT_BEFORE_S
+    after_s: float = DEFAULT_AFTER_S
+    # Only these kinds start or extend a clip; empty: every analytics event.
+    events: frozenset[EventKind] = frozenset()
+    max_bytes: int = DEFAULT_MAX_BYTES
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,14 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from client.clips import (
+from client.events import (
     CLIP_EVENT_KINDS,
     DEFAULT_AFTER_S,
     DEFAULT_BEFORE_S,
     DEFAULT_MAX_BYTES,
     ClipSettings,
+    EventKind,
 )
-from client.events import EventKind
 from client.frames import DEFAULT_JPEG_QUALITY, Encoding
 
 

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 import pytest
 
-from client.clips import ClipRecorder, ClipSettings
-from client.events import AnalyticsEvent, EventKind
+from client.clips import ClipRecorder
+from client.events import AnalyticsEvent, ClipSettings, EventKind
 from testkit.edge import running_server
 from testkit.faces import copy_faces
 from testkit.moving_face import FPS, LINE_NAME, ZONE_NAME, line_points, write_clip, zone_points
