@@ -2,9 +2,9 @@
 entered a zone, crossed a line, ...) and the client's own camera down/up, as value types and as
 the JSON document every sink (MQTT, webhooks) delivers.
 
-Also the analytics options a camera opens its stream with (zones, lines, masks, thresholds)
-and where its event clips go:
-plain values here, converted to protobuf by client/stream.py only.
+Also the analytics options a camera opens its stream with (zones, lines, masks, thresholds):
+plain values here, converted to protobuf by client/stream.py only; and where and how long its
+event clips are (client/clips.py records them).
 """
 
 from __future__ import annotations
