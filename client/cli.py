@@ -252,6 +252,16 @@ def stream_command(
         except ConfigError as error:
             console.print(f"edgefleet stream: {error}", markup=False, highlight=False)
             raise typer.Exit(2) from None
+    for folder in {camera.settings.clips_dir for camera in cameras} - {None}:
+        assert folder is not None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            console.print(
+                f"edgefleet stream: clips folder {folder}: {error.strerror or error}",
+                markup=False, highlight=False,
+            )  # fmt: skip
+            raise typer.Exit(2) from None
     opened: list[FrameSource] = []
     for camera in cameras:
         try:

@@ -12,17 +12,21 @@ bound.
 from __future__ import annotations
 
 import datetime
+import logging
 import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from client.events import CLIP_EVENT_KINDS, CLIP_SUFFIX, AnalyticsEvent, ClipSettings
 from client.overlay import VideoSink
 from client.stream import Detected
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,6 +38,8 @@ class ClipStats:
     # Ring frames evicted before they were `before_s` old, to stay within the byte budget.
     frames_evicted_early: int = 0
     files: list[str] = field(default_factory=list)
+    # The first write that failed (a full disk, a folder not writable); later ones only count.
+    error: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -42,6 +48,7 @@ class ClipStats:
             "frames_dropped": self.frames_dropped,
             "frames_evicted_early": self.frames_evicted_early,
             "files": list(self.files),
+            "error": self.error,
         }
 
 
@@ -143,7 +150,8 @@ class ClipRecorder:
         if item.capture_time_unix_ns <= self._last_written_ns:
             return  # frames reach a clip once, in capture order
         if self._pending() + item.nbytes > self.settings.max_bytes:
-            self.stats.frames_dropped += 1
+            with self._lock:
+                self.stats.frames_dropped += 1
             return
         with self._lock:
             self._pending_bytes += item.nbytes
@@ -154,6 +162,9 @@ class ClipRecorder:
         def write() -> None:
             try:
                 sink.write(item.pixels_bgr, item.detections)
+            except (OSError, cv2.error) as error:
+                # A folder that cannot be written: the stream goes on, the loss is counted.
+                self._failed(error)
             finally:
                 with self._lock:
                     self._pending_bytes -= item.nbytes
@@ -166,13 +177,24 @@ class ClipRecorder:
         self._open = None
 
         def finish() -> None:
-            sink.close()
+            try:
+                sink.close()
+            except (OSError, cv2.error) as error:
+                self._failed(error)
+                return
             if sink.frames:
                 self.stats.written += 1
                 self.stats.frames_written += sink.frames
                 self.stats.files.append(str(sink.path))
 
         self._submit(self._writer.submit(finish))
+
+    def _failed(self, error: Exception) -> None:
+        with self._lock:
+            self.stats.frames_dropped += 1
+            if self.stats.error is None:
+                self.stats.error = str(error)
+                log.warning("%s: event clip not written: %s", self.camera, error)
 
     def _submit(self, future: Future[None]) -> None:
         # Keep only unfinished writes; a failed one (disk full) surfaces at close.

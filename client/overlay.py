@@ -65,11 +65,13 @@ class VideoSink:
         if self._writer is None:
             self._size = (image.shape[1], image.shape[0])
             codec = VIDEO_CODECS.get(self.path.suffix.lower(), "MJPG")
-            self._writer = cv2.VideoWriter(
+            writer = cv2.VideoWriter(
                 str(self.path), cv2.VideoWriter.fourcc(*codec), self.fps, self._size
             )
-            if not self._writer.isOpened():
+            if not writer.isOpened():
+                # Not kept: a later frame must not count as written into nothing.
                 raise OSError(f"cannot write video {self.path}")
+            self._writer = writer
         if self._size != (image.shape[1], image.shape[0]):
             image = cv2.resize(image, self._size)
         self._writer.write(image)

@@ -213,3 +213,19 @@ def frames_in_any(path: Path) -> int:
         count += 1
     capture.release()
     return count
+
+
+def test_a_folder_that_cannot_be_written_costs_clips_not_the_stream(tmp_path: Path) -> None:
+    folder = tmp_path / "clips"
+    recorder = ClipRecorder("cam", ClipSettings(folder, 0.5, 0.5), 10.0)
+    folder.rmdir()  # gone after start (an unmounted card): OpenCV cannot open the file
+    frame = np.zeros((48, 64, 3), np.uint8)
+    for index in range(30):
+        recorder.frame(index * NS // 10, frame, ())
+        if index == 10:
+            recorder.event(event_at(index * NS // 10))
+    recorder.close()
+    # Frames 0.5..1.5 s: none written, each counted, the first error kept for the summary.
+    assert (recorder.stats.written, recorder.stats.frames_written) == (0, 0)
+    assert recorder.stats.frames_dropped == 11
+    assert recorder.stats.error is not None and "cannot write video" in recorder.stats.error
