@@ -74,6 +74,10 @@ def summary_table(runs: Sequence[StreamRun]) -> Table:
     sinks = any(run.sinks for run in runs)
     if sinks:
         table.add_column("events/delivered/dropped", justify="right")
+    # Only when clips are recorded: clips written, and clip frames dropped or evicted early.
+    clips = any(run.clips is not None for run in runs)
+    if clips:
+        table.add_column("clips/dropped/evicted", justify="right")
     for run in runs:
         snap = run.stats.snapshot()
         elapsed = run.elapsed_s()
@@ -89,6 +93,15 @@ def summary_table(runs: Sequence[StreamRun]) -> Table:
             if sinks
             else []
         )
+        recorded = []
+        if clips:
+            clip_stats = run.clips.stats if run.clips is not None else None
+            recorded = [
+                f"{clip_stats.written}/{clip_stats.frames_dropped}/"
+                f"{clip_stats.frames_evicted_early}"
+                if clip_stats is not None
+                else "-"
+            ]
         table.add_row(
             run.source.name,
             f"[{_STATE_STYLE[snap.state]}]{snap.state.value}[/]",
@@ -100,6 +113,7 @@ def summary_table(runs: Sequence[StreamRun]) -> Table:
             latency,
             (run.error or ", ".join(label.split(",")[0] for label in snap.last_labels[:2]))[:60],
             *events,
+            *recorded,
         )
     return table
 
