@@ -13,7 +13,6 @@ import json
 import re
 import ssl
 import time
-import urllib.request
 
 import aiohttp
 import pytest
@@ -22,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
 from protos.edgefleet.fleet.v1 import admin_pb2
-from testkit.fleet import controller_settings, start_node, wait_for
+from testkit.fleet import controller_settings, scrape_controller, start_node, wait_for
 
 # Starts controllers, edge servers or services (PostgreSQL, Chromium): a system test.
 pytestmark = pytest.mark.system
@@ -37,9 +36,9 @@ SHARED_METRICS = (
 DEVICES = 3
 
 
-def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
+def _scrape(app: ControllerApp) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, text = scrape_controller(app.admin_credential_path, port=app.metrics_port)
+    assert status == 200, (status, text)
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
@@ -145,8 +144,8 @@ async def test_a_restarted_replica_shows_the_fleet_as_the_replica_devices_use(
                             admin_b.stub.ListDevices(admin_pb2.ListDevicesRequest()),
                         )
                         metrics_a, metrics_b = await asyncio.gather(
-                            asyncio.to_thread(_scrape, a.metrics_port),
-                            asyncio.to_thread(_scrape, b.metrics_port),
+                            asyncio.to_thread(_scrape, a),
+                            asyncio.to_thread(_scrape, b),
                         )
                         page_a, page_b = await asyncio.gather(dashboard(a), dashboard(b))
                         seen.update(
@@ -173,7 +172,7 @@ async def test_a_restarted_replica_shows_the_fleet_as_the_replica_devices_use(
                     )  # fmt: skip
                     agreed_s = time.monotonic() - started
                     page = await dashboard(b)
-                    metrics_b = await asyncio.to_thread(_scrape, b.metrics_port)
+                    metrics_b = await asyncio.to_thread(_scrape, b)
         print(f"restarted replica: every device online after {online_s:.2f}s, "
               f"same telemetry, metrics and dashboard after {agreed_s:.2f}s")  # fmt: skip
         assert agreed_s < 5

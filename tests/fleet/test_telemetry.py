@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
 
 import pytest
 
@@ -13,7 +12,7 @@ from fleet.agent.spool import TelemetrySpool
 from fleet.controller.app import ControllerApp
 from fleet.ctl.client import AdminClient, AdminCredential
 from protos.edgefleet.fleet.v1 import admin_pb2
-from testkit.fleet import controller_settings, start_node, wait_for
+from testkit.fleet import controller_settings, scrape_controller, start_node, wait_for
 
 
 def test_spool_is_bounded_counts_drops_and_survives_a_restart(tmp_path):
@@ -65,8 +64,8 @@ async def test_telemetry_reaches_history_and_prometheus_and_is_buffered_while_aw
         (live_model,) = listed.devices[0].models
         assert live_model.fps > 0 and live_model.latency_p95_ms > 0 and live_model.requests > 0
 
-        url = f"http://127.0.0.1:{controller.metrics_port}/metrics"
-        text = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
+        status, text = await asyncio.to_thread(scrape_controller, controller.admin_credential_path)
+        assert status == 200, text
         assert 'edgefleet_model_fps{device="cam-7",model="tiny",version="1"}' in text
         assert 'edgefleet_device_online{device="cam-7"} 1.0' in text
 
