@@ -41,10 +41,11 @@ def default_budget(usable_bytes: int | None) -> int:
     return max(MIN_BUDGET_BYTES, int(usable_bytes * DEFAULT_SHARE))
 
 
-def frame_bytes(frame: EncodedFrame, encoding: FrameEncoding) -> int:
+def frame_bytes(frame: EncodedFrame, encoding: FrameEncoding, max_pixels: int) -> int:
     """What a frame holds at most: its bytes and its decoded pixels (3 bytes each). A JPEG or
-    PNG whose header cannot be read counts its bytes only: the decoder refuses it before it
-    holds any pixels."""
+    PNG whose header cannot be read, or that declares more than `max_pixels` (an image bomb),
+    counts its bytes only: the decoder refuses it (INVALID_ARGUMENT) before it holds any
+    pixels, so the budget must not refuse it first with another status."""
     data = frame.data
     if encoding in (FrameEncoding.RAW_RGB, FrameEncoding.RAW_BGR):
         return 2 * len(data)
@@ -53,9 +54,12 @@ def frame_bytes(frame: EncodedFrame, encoding: FrameEncoding) -> int:
             return len(data)
         width = int.from_bytes(data[16:20], "big")
         height = int.from_bytes(data[20:24], "big")
-        return len(data) + 3 * width * height
-    size = _jpeg_size(data)
-    return len(data) + (3 * size[0] * size[1] if size else 0)
+        size: tuple[int, int] | None = (height, width)
+    else:
+        size = _jpeg_size(data)
+    if size is None or size[0] * size[1] > max_pixels:
+        return len(data)
+    return len(data) + 3 * size[0] * size[1]
 
 
 # JPEG start-of-frame markers (baseline, progressive, ...; not DHT C4, JPG C8, DAC CC).

@@ -180,7 +180,7 @@ class FrameSession:
                     self._scheduler.credit_used(arrival - self._credit_granted_at)
                 self._credit_granted_at = None
                 self._credits = max(self._credits - 1, 0)  # a flooding client just gets none
-                size = frame_bytes(frame, self.options.encoding)
+                size = frame_bytes(frame, self.options.encoding, self.options.max_pixels)
                 if self._memory.too_large(size):
                     self._memory.release(reserve)
                     self._refuse_too_large(frame, size)

@@ -51,6 +51,19 @@ class _Camera:
                 await self._call.write(request)
 
 
+def _assert_ended_by_shutdown(error: grpc.aio.AioRpcError) -> None:
+    """UNAVAILABLE "shutting down", or gRPC Python's own INTERNAL "Internal error from Core":
+    when the server ends the stream while the camera's write is in flight, the client library
+    reports that write's failure instead of the server's status (a race, seen on a loaded
+    machine). The callers' other checks (nothing accepted lost, nothing late taken, new streams
+    refused, the process's log) still say what the server did."""
+    code, details = error.code(), error.details() or ""
+    if code == grpc.StatusCode.INTERNAL and details == "Internal error from Core":
+        return
+    assert code == grpc.StatusCode.UNAVAILABLE, (code, details)
+    assert "shutting down" in details
+
+
 @pytest.mark.system  # edgefleet serve as a child process
 async def test_sigterm_refuses_new_frames_answers_accepted_ones_and_exits_early(
     repository: Path, tmp_path: Path
@@ -81,8 +94,7 @@ async def test_sigterm_refuses_new_frames_answers_accepted_ones_and_exits_early(
                         process.signal(signal.SIGTERM)  # mid-stream, frames in flight
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
-        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value
-        assert "shutting down" in (ended.value.details() or "")
+        _assert_ended_by_shutdown(ended.value)
         ended_at = time.monotonic()
 
         # Every frame the server accepted was answered: BLOCK loses none, so the answers are
@@ -121,15 +133,7 @@ async def test_refusing_work_ends_open_streams_after_their_answers_and_refuses_n
     finally:
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
-    code, details = ended.value.code(), ended.value.details() or ""
-    if code == grpc.StatusCode.INTERNAL and details == "Internal error from Core":
-        # gRPC Python's client reports its own write that met the ended stream instead of the
-        # server's status (a race on a loaded machine); the refusal of new streams below still
-        # checks what the server did.
-        pass
-    else:
-        assert code == grpc.StatusCode.UNAVAILABLE, (code, details)
-        assert "shutting down" in details
+    _assert_ended_by_shutdown(ended.value)
     assert sorted(answered) == list(range(len(answered)))  # none it accepted was lost
 
     opening = fs.StreamOpen(model_name=ONNX_MODEL, encoding=fs.FRAME_ENCODING_JPEG)

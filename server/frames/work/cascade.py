@@ -19,7 +19,6 @@ import asyncio
 from collections.abc import Hashable
 from concurrent.futures import Executor
 
-import cv2
 import numpy as np
 
 from server.concurrency import all_or_nothing
@@ -28,7 +27,7 @@ from server.frames.work.steps import decode_source, stage_member
 from server.frames.work.timing import book_member_stage
 from server.manifest import CascadeStage, PipelineStage
 from server.models.version import ModelVersion
-from server.vision import mtcnn
+from server.vision import mtcnn, pixels
 from server.vision.detections import Detection, Keypoint
 
 
@@ -176,7 +175,8 @@ def reduced(view: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     height, width = view.shape[:2]
     scale = max(height, width) / max_side
     size = (max(1, round(width / scale)), max(1, round(height / scale)))
-    return np.asarray(cv2.resize(view, size, interpolation=cv2.INTER_AREA), np.uint8), scale
+    # pixels.scale: OpenCV where it is installed, Pillow on a device install without it.
+    return pixels.scale(view, size[0], size[1], area=True), scale
 
 
 async def _run_stages(
