@@ -341,6 +341,7 @@ class FrameSession:
                 detections=outcome.detections,
                 zones=outcome.zones,
                 lines=outcome.lines,
+                truncated=analysis.truncated,
             )
         )
         if outcome.events:

@@ -191,6 +191,8 @@ class FrameResultEvent:
     # With analytics: the zones' occupancy and the lines' counts after this frame.
     zones: tuple[ZoneOccupancy, ...] = ()
     lines: tuple[LineCount, ...] = ()
+    # Over the pipeline's work budget: answered with the part that fit.
+    truncated: bool = False
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,7 @@ def stream_event_to_pb(event: StreamEvent) -> fs.StreamResponse:
                 age_us=event.age_us,
                 zones=zones_to_pb(event.zones),
                 lines=lines_to_pb(event.lines),
+                truncated=event.truncated,
             )
         )
     if isinstance(event, CreditsEvent):

@@ -127,17 +127,21 @@ async def test_a_page_over_the_work_budget_is_answered_with_the_lines_that_fit(
     tmp_path: Path, built_models: Path
 ):
     """The page of 880 lines under a budget of 40: answered (not failed, not dropped) with at
-    most 40 lines read, and counted as truncated."""
+    most 40 lines read, marked truncated in the result and counted."""
     repo = ppocr_repository(built_models, tmp_path / "repo", max_crops=40)
     page = png_bytes(text_grid(1600, 1200, 8, 110))
     async with running_server(repo) as server:
         result = await read_page(server.port, page)
         read = list(result.detections)
         assert 0 < len(read) <= 40, len(read)
+        assert result.truncated  # the client is told, not only the metrics
         truncated = server.metrics.registry.get_sample_value(
             "edgefleet_frames_truncated_total", {"model": "ppocr"}
         )
         assert truncated == 1
+        # Under its budget the same pipeline answers a frame whole, and says so.
+        whole = await read_page(server.port, png_bytes(text_grid(640, 480, 2, 3)))
+        assert not whole.truncated and whole.detections
 
 
 async def test_an_expensive_camera_gets_its_share_of_device_time_and_no_more(
