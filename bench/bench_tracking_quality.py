@@ -24,7 +24,7 @@ import asyncio
 import tempfile
 import time
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,12 +41,10 @@ from server.analytics.stream import FrameInfo, StreamAnalytics
 from server.analytics.types import AnalyticsConfig, Line
 from server.vision.detections import Detection
 from testkit import mot_sequences as mot
-from testkit.camera import collect, encode
 from testkit.edge import running_server
 from testkit.faces import copy_faces
 from testkit.repositories import BUILT_MODELS
 
-FRAME_NS = int(1e9 / mot.FPS)
 # Both trackers alike: an id after 2 matched frames, kept 1 s unseen (15 frames at 15 fps).
 CONFIG = AnalyticsConfig(min_hits=2, lost_s=1.0)
 MATCH_IOU = 0.5  # the MOT benchmarks' threshold for a hypothesis to match a true object
@@ -60,39 +58,6 @@ class Run:
 
     hypotheses: Hypotheses
     lines: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-
-async def answer(
-    stub: Any,
-    images: Sequence[np.ndarray],
-    kept: Sequence[int],
-    options: fs.AnalyticsOptions | None,
-) -> list[Any]:
-    """The stream's results for the kept frames, in order (tracking on when `options`)."""
-
-    async def requests() -> AsyncIterator[fs.StreamRequest]:
-        open_ = fs.StreamOpen(
-            model_name="faces", encoding=fs.FRAME_ENCODING_RAW_RGB, stream_id="mot",
-            overload_policy=fs.OVERLOAD_POLICY_BLOCK, max_in_flight=1,
-        )  # fmt: skip
-        if options is not None:
-            open_.analytics.CopyFrom(options)
-        yield fs.StreamRequest(open=open_)
-        start = time.time_ns()
-        for index in kept:
-            data, width, height = encode(images[index], fs.FRAME_ENCODING_RAW_RGB)
-            yield fs.StreamRequest(
-                frame=fs.Frame(
-                    sequence=index, capture_time_unix_ns=start + index * FRAME_NS,
-                    data=data, width=width, height=height,
-                )
-            )  # fmt: skip
-
-    seen = await collect(stub.Stream(requests()))
-    assert not seen["error"] and not seen["dropped"], (seen["error"], seen["dropped"])
-    results = sorted(seen["result"], key=lambda r: r.sequence)
-    assert [r.sequence for r in results] == list(kept)
-    return results
 
 
 def from_pb(d: Any) -> Detection:
@@ -119,7 +84,7 @@ def ours(sequence: mot.MotSequence, raw: Sequence[list[Detection]], kept: Sequen
     analytics = StreamAnalytics(config)
     run = Run([])
     for position, index in enumerate(kept):
-        info = FrameInfo("mot", "faces", "1", index, index * FRAME_NS)
+        info = FrameInfo("mot", "faces", "1", index, index * mot.FRAME_NS)
         out = analytics.update(index / mot.FPS, raw[position], info, (mot.WIDTH, mot.HEIGHT))
         run.hypotheses.append(
             [
@@ -229,7 +194,7 @@ async def measure(skip_seed: int, patterns: int) -> tuple[list[str], dict[str, A
             fractions: dict[str, mot.Box] = {}
             for name in mot.SPRITES:
                 image, patch = mot.calibration_frame(name)
-                (result,) = await answer(stub, [image], [0], None)
+                (result,) = await mot.stream_frames(stub, [image], [0], None)
                 assert len(result.detections) == 1, (name, result.detections)
                 d = result.detections[0]
                 fractions[name] = mot.fractions_from(patch, (d.x_min, d.y_min, d.x_max, d.y_max))
@@ -239,7 +204,7 @@ async def measure(skip_seed: int, patterns: int) -> tuple[list[str], dict[str, A
                 truth = mot.ground_truth(sequence, fractions)
                 images = mot.frames(sequence)
                 every = list(range(sequence.length))
-                raw_results = await answer(stub, images, every, None)
+                raw_results = await mot.stream_frames(stub, images, every, None)
                 raw = [[from_pb(d) for d in r.detections] for r in raw_results]
                 detected += sum(len(r) for r in raw)
                 truth_total += sum(len(b) for b in truth.boxes)
@@ -257,7 +222,7 @@ async def measure(skip_seed: int, patterns: int) -> tuple[list[str], dict[str, A
                     ),
                 ):
                     picked = [raw[i] for i in kept]
-                    tracked = await answer(stub, images, kept, options_for(sequence))
+                    tracked = await mot.stream_frames(stub, images, kept, options_for(sequence))
                     for tracker, run in (
                         ("ours", ours(sequence, picked, kept)),
                         ("anchor", anchor(sequence, picked)),

@@ -18,13 +18,18 @@ start->end to its right, as seen in the image, is IN.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+
+from protos.edgefleet.v1 import frame_stream_pb2 as fs
+from testkit.camera import collect, encode
 
 Image = npt.NDArray[np.uint8]
 Box = tuple[float, float, float, float]
@@ -354,3 +359,42 @@ __all__ = [
     "sequences",
     "short_crossing",
 ]
+
+
+FRAME_NS = int(1e9 / FPS)
+
+
+async def stream_frames(
+    stub: Any,
+    images: Sequence[npt.NDArray[np.uint8]],
+    kept: Sequence[int],
+    options: fs.AnalyticsOptions | None,
+    stream_id: str = "mot",
+) -> list[Any]:
+    """The `faces` stream's results for the frames `kept`, in order (tracking on when `options`
+    is given): one frame at a time (BLOCK, max_in_flight 1), so the server drops none and the
+    caller decides which frames are skipped; capture times are the sequence's own clock."""
+
+    async def requests() -> AsyncIterator[fs.StreamRequest]:
+        open_ = fs.StreamOpen(
+            model_name="faces", encoding=fs.FRAME_ENCODING_RAW_RGB, stream_id=stream_id,
+            overload_policy=fs.OVERLOAD_POLICY_BLOCK, max_in_flight=1,
+        )  # fmt: skip
+        if options is not None:
+            open_.analytics.CopyFrom(options)
+        yield fs.StreamRequest(open=open_)
+        start = time.time_ns()
+        for index in kept:
+            data, width, height = encode(images[index], fs.FRAME_ENCODING_RAW_RGB)
+            yield fs.StreamRequest(
+                frame=fs.Frame(
+                    sequence=index, capture_time_unix_ns=start + index * FRAME_NS,
+                    data=data, width=width, height=height,
+                )
+            )  # fmt: skip
+
+    seen = await collect(stub.Stream(requests()))
+    assert not seen["error"] and not seen["dropped"], (seen["error"], seen["dropped"])
+    results = sorted(seen["result"], key=lambda r: r.sequence)
+    assert [r.sequence for r in results] == list(kept)
+    return results

@@ -11,8 +11,7 @@ real gRPC: a system test (MTCNN on about 60 frames)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,45 +24,10 @@ from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from server.analytics.geometry import iou_matrix
 from testkit import mot_sequences as mot
-from testkit.camera import collect, encode
 from testkit.edge import running_server
 from testkit.faces import copy_faces
 
 pytestmark = pytest.mark.system
-
-FRAME_NS = int(1e9 / mot.FPS)
-
-
-async def answer(
-    stub: Any,
-    images: Sequence[np.ndarray],
-    kept: Sequence[int],
-    options: fs.AnalyticsOptions | None,
-) -> list[Any]:
-    async def requests() -> AsyncIterator[fs.StreamRequest]:
-        open_ = fs.StreamOpen(
-            model_name="faces", encoding=fs.FRAME_ENCODING_RAW_RGB, stream_id="crossing",
-            # One frame at a time, nothing dropped by the server: the test skips frames itself.
-            overload_policy=fs.OVERLOAD_POLICY_BLOCK, max_in_flight=1,
-        )  # fmt: skip
-        if options is not None:
-            open_.analytics.CopyFrom(options)
-        yield fs.StreamRequest(open=open_)
-        start = time.time_ns()
-        for index in kept:
-            data, width, height = encode(images[index], fs.FRAME_ENCODING_RAW_RGB)
-            yield fs.StreamRequest(
-                frame=fs.Frame(
-                    sequence=index, capture_time_unix_ns=start + index * FRAME_NS,
-                    data=data, width=width, height=height,
-                )
-            )  # fmt: skip
-
-    seen = await collect(stub.Stream(requests()))
-    assert not seen["error"] and not seen["dropped"]
-    results = sorted(seen["result"], key=lambda r: r.sequence)
-    assert [r.sequence for r in results] == list(kept)
-    return results
 
 
 def id_switches(truth: mot.GroundTruth, kept: Sequence[int], results: Sequence[Any]) -> int:
@@ -104,7 +68,7 @@ async def test_faces_crossing_keep_their_ids_and_the_line_counts_them(
         fractions = {}
         for name in {mover.sprite for mover in sequence.movers}:
             image, patch = mot.calibration_frame(name)
-            (still,) = await answer(stub, [image], [0], None)
+            (still,) = await mot.stream_frames(stub, [image], [0], None, "crossing")
             (face,) = still.detections
             fractions[name] = mot.fractions_from(
                 patch, (face.x_min, face.y_min, face.x_max, face.y_max)
@@ -113,7 +77,7 @@ async def test_faces_crossing_keep_their_ids_and_the_line_counts_them(
         # Each face crosses the line once: two left to right (IN), one right to left.
         assert truth.line_counts == {line.name: (2, 1)}
         for kept in (list(range(sequence.length)), mot.keep_like_scheduler(sequence.length)):
-            results = await answer(stub, images, kept, options)
+            results = await mot.stream_frames(stub, images, kept, options, "crossing")
             counts = [(c.name, c.in_count, c.out_count) for c in results[-1].lines]
             assert counts == [(line.name, 2, 1)], (kept, counts)
             assert id_switches(truth, kept, results) <= 1, kept
