@@ -133,7 +133,42 @@ class _Outbox:
         return len(self._items) + (self._sending is not None)
 
 
-class MqttSink:
+class _QueuedSink:
+    """What every sink shares: the bounded outbox the stream offers to without waiting, the
+    figures, and the retry bookkeeping (backoff with jitter, the last error, the log line)."""
+
+    name: str
+
+    def __init__(self, queue_size: int, backoff: BackoffPolicy, rng: random.Random | None) -> None:
+        self._backoff = backoff
+        self._rng = rng if rng is not None else random.Random()
+        self.stats = SinkStats()
+        self._outbox = _Outbox(queue_size, self.stats)
+
+    def offer(self, document: dict[str, object]) -> None:
+        self._outbox.put(document)
+
+    def pending(self) -> int:
+        return len(self._outbox)
+
+    async def flushed(self) -> None:
+        await self._outbox.emptied.wait()
+
+    def _delivered(self) -> None:
+        self._outbox.done()
+        self.stats.delivered += 1
+
+    async def _retry_later(self, failures: int, reason: str) -> None:
+        """The document in flight goes back to the head of the outbox; wait the backoff."""
+        self._outbox.unsent()
+        self.stats.retries += 1
+        self.stats.last_error = reason
+        delay = self._backoff.delay_s(failures, self._rng)
+        log.warning("%s: %s; retry %d in %.1fs", self.name, reason, failures, delay)
+        await asyncio.sleep(delay)
+
+
+class MqttSink(_QueuedSink):
     """Publishes each document as JSON to `topic` (QoS 1) on the broker at `url`
     (mqtt://[user:password@]host[:1883])."""
 
@@ -154,20 +189,8 @@ class MqttSink:
         self._username = unquote(parts.username) if parts.username else None
         self._password = unquote(parts.password) if parts.password else None
         self._topic = topic
-        self._backoff = backoff
-        self._rng = rng if rng is not None else random.Random()
         self.name = f"mqtt://{self._host}:{self._port}/{topic}"
-        self.stats = SinkStats()
-        self._outbox = _Outbox(queue_size, self.stats)
-
-    def offer(self, document: dict[str, object]) -> None:
-        self._outbox.put(document)
-
-    def pending(self) -> int:
-        return len(self._outbox)
-
-    async def flushed(self) -> None:
-        await self._outbox.emptied.wait()
+        super().__init__(queue_size, backoff, rng)
 
     async def run(self) -> None:
         # Here, not at the top: the `camera` extra brings it, and only MQTT sinks need it.
@@ -189,19 +212,13 @@ class MqttSink:
                     while True:
                         payload = await self._outbox.take()
                         await client.publish(self._topic, payload, qos=1, timeout=10)
-                        self._outbox.done()
-                        self.stats.delivered += 1
+                        self._delivered()
             except aiomqtt.MqttError as error:
-                self._outbox.unsent()
                 failures += 1
-                self.stats.retries += 1
-                self.stats.last_error = str(error)
-                delay = self._backoff.delay_s(failures, self._rng)
-                log.warning("%s: %s; retry %d in %.1fs", self.name, error, failures, delay)
-                await asyncio.sleep(delay)
+                await self._retry_later(failures, str(error))
 
 
-class WebhookSink:
+class WebhookSink(_QueuedSink):
     """POSTs each document as JSON to `url`, signed with `secret` when given."""
 
     def __init__(
@@ -219,22 +236,10 @@ class WebhookSink:
             raise ValueError(f"expected an http:// or https:// URL, got {url!r}")
         self._url = url
         self._secret = secret
-        self._backoff = backoff
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._rng = rng if rng is not None else random.Random()
         # No query string in the name: it may carry a token.
         self.name = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
-        self.stats = SinkStats()
-        self._outbox = _Outbox(queue_size, self.stats)
-
-    def offer(self, document: dict[str, object]) -> None:
-        self._outbox.put(document)
-
-    def pending(self) -> int:
-        return len(self._outbox)
-
-    async def flushed(self) -> None:
-        await self._outbox.emptied.wait()
+        super().__init__(queue_size, backoff, rng)
 
     def _headers(self, body: bytes) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -260,24 +265,19 @@ class WebhookSink:
                 else:
                     reason = f"HTTP {status}"
                 if 200 <= status < 300:
-                    self._outbox.done()
-                    self.stats.delivered += 1
+                    self._delivered()
                     failures = 0
                     continue
-                self.stats.last_error = reason
                 if 400 <= status < 500 and status not in (408, 429):
                     # The receiver refuses this document (bad signature, bad request): retrying
                     # the same bytes gets the same answer.
                     self._outbox.done()
                     self.stats.rejected += 1
+                    self.stats.last_error = reason
                     log.warning("%s refused an event: %s", self.name, reason)
                     continue
-                self._outbox.unsent()
                 failures += 1
-                self.stats.retries += 1
-                delay = self._backoff.delay_s(failures, self._rng)
-                log.warning("%s: %s; retry %d in %.1fs", self.name, reason, failures, delay)
-                await asyncio.sleep(delay)
+                await self._retry_later(failures, reason)
 
 
 async def drain(sinks: list[EventSink], tasks: list[asyncio.Task[None]], within_s: float) -> None:
