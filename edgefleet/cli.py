@@ -1,4 +1,4 @@
-"""`edgefleet` command line: one typer app, each area registers its own commands.
+"""`edgefleet` command line: one click group, each area registers its own commands.
 
 Each area's `register(app)` must stay cheap: heavy imports (onnxruntime, torch, grpc) happen
 inside the command functions, so `edgefleet --help` starts fast and never imports torch.
@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import importlib
 
-import typer
+import click
 
+from common.cli import CONTEXT, OrderedGroup
 from edgefleet.errors import ExitCode, missing_extra
 
-# Modules exposing `register(app: typer.Typer) -> None`, in help order.
+# Modules exposing `register(app: click.Group) -> None`, in help order.
 COMMAND_MODULES = (
     "edgefleet.serve",  # serve (the server, its planner and the fleet agent)
     "server.hardware.cli",  # probe
@@ -24,12 +25,12 @@ COMMAND_MODULES = (
 )
 
 
-def build_app() -> typer.Typer:
-    app = typer.Typer(
+def build_app() -> click.Group:
+    app = OrderedGroup(
         name="edgefleet",
         help="Neural-network inference on fleets of edge devices.",
         no_args_is_help=True,
-        pretty_exceptions_enable=False,
+        context_settings=CONTEXT,
     )
     for module_name in COMMAND_MODULES:
         try:
@@ -53,7 +54,7 @@ def main() -> None:
         line = missing_extra(exc)
         if line is None:
             raise
-        typer.echo(f"edgefleet: {line}", err=True)
+        click.echo(f"edgefleet: {line}", err=True)
         raise SystemExit(int(ExitCode.USAGE)) from None
 
 

@@ -15,9 +15,9 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
+import click
 
 DEMO_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 # Models that find things rather than label the whole frame get frames with text in them.
@@ -26,23 +26,31 @@ FACE_MODELS = ("faces",)
 DEMO_LINES = ("EDGE FLEET 2026", "CAMERA 7 NORTH GATE", "Speed limit 30")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("demo")(demo)
+def register(app: click.Group) -> None:
+    app.add_command(demo)
 
 
+@click.command("demo")
+@click.option(
+    "--repository",
+    type=click.Path(path_type=Path),
+    default=Path("models"),
+    help="Model repository built by `make models`.",
+)
+@click.option("--model", default="efficientnet_lite0", help="Model to stream to.")
+@click.option("--frames", type=int, default=90, help="Frames the camera sends.")
+@click.option(
+    "--fps", type=float, default=30.0, help="Camera frame rate; 0 sends as fast as possible."
+)
 def demo(
-    repository: Annotated[
-        Path, typer.Option(help="Model repository built by `make models`.")
-    ] = Path("models"),
-    model: Annotated[str, typer.Option(help="Model to stream to.")] = "efficientnet_lite0",
-    frames: Annotated[int, typer.Option(help="Frames the camera sends.")] = 90,
-    fps: Annotated[
-        float, typer.Option(help="Camera frame rate; 0 sends as fast as possible.")
-    ] = 30.0,
+    repository: Path,
+    model: str,
+    frames: int,
+    fps: float,
 ) -> None:
     """Serve the default model and stream real photos to it as a camera."""
     if not (repository / model).is_dir():
-        raise typer.BadParameter(f"{repository / model} does not exist: run `make models` first")
+        raise click.BadParameter(f"{repository / model} does not exist: run `make models` first")
     asyncio.run(_run(repository, model, frames, fps))
 
 
@@ -115,14 +123,12 @@ async def _photos_as_camera(count: int, fps: float, model: str = "") -> AsyncIte
 
 async def _run(repository: Path, model: str, count: int, fps: float) -> None:
     import grpc
-    from rich.console import Console
-    from rich.table import Table
 
     from client.stream import FrameResult, FramesDropped, FrameStreamClient, StreamConfig
+    from common.text_table import TextTable
     from server.app import EdgeServer
     from server.settings import ServerSettings
 
-    console = Console()
     started = time.perf_counter()
     server = EdgeServer(
         ServerSettings(
@@ -130,8 +136,8 @@ async def _run(repository: Path, model: str, count: int, fps: float) -> None:
         )
     )
     port = await server.start()
-    console.print(
-        f"[bold]edgefleet[/] serving [cyan]{model}[/] on 127.0.0.1:{port} "
+    click.echo(
+        f"edgefleet serving {model} on 127.0.0.1:{port} "
         f"(ready in {time.perf_counter() - started:.2f} s); camera: {count} frames at {fps:g} fps"
     )
     try:
@@ -153,22 +159,21 @@ async def _run(repository: Path, model: str, count: int, fps: float) -> None:
                     elif model in FACE_MODELS:
                         labels = "no face"
                     latency = f"{event.latency_s * 1000:6.1f} ms" if event.latency_s else "   n/a"
-                    console.print(
+                    click.echo(
                         f"frame {event.sequence:4d}  v{event.model_version}  {latency}  "
                         f"batch {event.batch_size}  {labels}"
                     )
                 elif isinstance(event, FramesDropped):
-                    console.print(f"[yellow]dropped {list(event.sequences)}: {event.reason}[/]")
+                    click.echo(f"dropped {list(event.sequences)}: {event.reason}")
             stats = client.stats.snapshot()
     finally:
         await server.stop(grace_s=2.0)
-    table = Table(title="edgefleet demo")
-    for column in ("frames sent", "answered", "dropped", "fps", "latency p50", "latency p95"):
-        table.add_column(column, justify="right")
+    columns = ("frames sent", "answered", "dropped", "fps", "latency p50", "latency p95")
+    table = TextTable(*columns, title="edgefleet demo", right=columns)
     table.add_row(
         str(stats.frames_sent), str(stats.frames_answered),
         str(stats.frames_dropped + stats.frames_dropped_client), f"{stats.fps:.1f}",
         f"{stats.latency_p50_ms:.1f} ms" if stats.latency_p50_ms is not None else "n/a",
         f"{stats.latency_p95_ms:.1f} ms" if stats.latency_p95_ms is not None else "n/a",
     )  # fmt: skip
-    console.print(table)
+    click.echo(table)

@@ -16,7 +16,7 @@ import logging
 from enum import IntEnum
 from typing import NoReturn
 
-import typer
+import click
 from pydantic import ValidationError
 
 from server.errors import PortInUse, RequiredModelFailed, StartupError
@@ -41,8 +41,8 @@ def exit_code_for(error: StartupError) -> ExitCode:
 
 def fail(message: str, code: ExitCode) -> NoReturn:
     """Print `edgefleet: MESSAGE` on stderr and exit with `code` (no traceback)."""
-    typer.echo(f"edgefleet: {message}", err=True)
-    raise typer.Exit(int(code))
+    click.echo(f"edgefleet: {message}", err=True)
+    raise click.exceptions.Exit(int(code))
 
 
 # Packages only an extra installs (pyproject.toml, docs/install.md), and that extra.

@@ -22,11 +22,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import click
 import grpc
 import numpy as np
-from rich.console import Console
-from rich.live import Live
 
+from common.text_table import LiveText
 from fleet.agent.agent import Agent
 from fleet.agent.settings import AgentSettings
 from fleet.bundle import build_bundle
@@ -88,7 +88,6 @@ async def demo(
     repository: Path, workdir: Path, bake_s: float, fps: float, broken: bool = False
 ) -> bool:
     """Run the demo; True when the rollout succeeded and every device serves version 2."""
-    console = Console()
     source = repository / MODEL / "1"
     manifest = read_manifest(source)
     input_spec = manifest.inputs[0]
@@ -107,7 +106,7 @@ async def demo(
         )
     )
     await controller.start()
-    console.print(f"[bold]controller[/] on 127.0.0.1:{controller.port} (mutual TLS)")
+    click.echo(f"controller on 127.0.0.1:{controller.port} (mutual TLS)")
     credential = AdminCredential.load(controller.admin_credential_path)
     servers: list[EdgeServer] = []
     agents: list[Agent] = []
@@ -149,7 +148,7 @@ async def demo(
                 cameras.append(
                     asyncio.create_task(_camera(server.port, input_spec.name, shape, fps))
                 )
-                console.print(f"[bold]edge node[/] {name}: serving {MODEL}/1 on :{server.port}")
+                click.echo(f"edge node {name}: serving {MODEL}/1 on :{server.port}")
 
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 30
@@ -157,12 +156,12 @@ async def demo(
                 if loop.time() > deadline:
                     raise RuntimeError("the agents did not connect to the controller")
                 await asyncio.sleep(0.1)
-            console.print("[bold]agents[/] enrolled (mutual TLS from now on) and connected")
+            click.echo("agents enrolled (mutual TLS from now on) and connected")
             shipped = _broken_copy(source, workdir / "broken" / source.name) if broken else source
             bundle = build_bundle(
                 shipped, MODEL, "2", load_private_key(private_key), workdir / "bundles"
             )
-            console.print(f"[bold]bundle[/] {bundle.name} (signed, Ed25519)")
+            click.echo(f"bundle {bundle.name} (signed, Ed25519)")
             uploaded = await admin.upload_bundle(bundle)
             # One bake length of traffic first, so every device has served version 1 for a
             # window before the rollout (the last wave is judged against a control cohort kept
@@ -197,14 +196,14 @@ async def demo(
                 admin_pb2.ROLLOUT_STATE_ROLLED_BACK,
                 admin_pb2.ROLLOUT_STATE_PAUSED,
             )
-            with Live(console=console, refresh_per_second=4) as live:
+            with LiveText(sys.stdout) as live:
                 while True:
                     rollout = (await admin.stub.GetRollout(request)).rollout
                     live.update(rollout_view(rollout))
                     if rollout.state in ended:
                         break
                     await asyncio.sleep(0.25)
-            console.print()
+            click.echo()
             succeeded = rollout.state == admin_pb2.ROLLOUT_STATE_SUCCEEDED
             # Wait for the devices to get there (a rollback is a new install on each device);
             # a paused rollout leaves its cohort on 2 and the others on 1 until someone decides.
@@ -222,16 +221,16 @@ async def demo(
             explained = await admin.stub.ExplainRollout(
                 admin_pb2.ExplainRolloutRequest(rollout_id=rollout.rollout_id)
             )
-            console.print(why_table(list(explained.measurements)))
+            click.echo(why_table(list(explained.measurements)))
             devices = await admin.stub.ListDevices(admin_pb2.ListDevicesRequest())
-            console.print(devices_table(list(devices.devices)))
+            click.echo(devices_table(list(devices.devices)))
             actual = {str(server.core.active_version(MODEL)) for server in servers}
-            console.print(f"[bold]active versions on the edge servers:[/] {sorted(actual)}")
+            click.echo(f"active versions on the edge servers: {sorted(actual)}")
             if succeeded and actual == {"2"}:
-                console.print("[bold green]rollout SUCCEEDED[/]: every device serves version 2")
+                click.echo("rollout SUCCEEDED: every device serves version 2")
                 return True
-            console.print(
-                f"[bold red]rollout {state_name(rollout)}[/]"
+            click.echo(
+                f"rollout {state_name(rollout)}"
                 f" ({rollout.reason or 'no reason given'}); the devices serve {sorted(actual)}"
             )
             return False

@@ -7,14 +7,16 @@ import json
 import shutil
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
+
+from common.cli import OrderedGroup
 
 if TYPE_CHECKING:
     from server.manifest import ModelManifest
 
-model_app = typer.Typer(help="Write and check model manifests.", no_args_is_help=True)
+model_app = OrderedGroup(help="Write and check model manifests.", no_args_is_help=True)
 
 
 class PreprocessPreset(StrEnum):
@@ -46,48 +48,63 @@ _PRESETS = {
 }
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(model_app, name="model")
+def register(app: click.Group) -> None:
+    app.add_command(model_app, name="model")
 
 
 @model_app.command("init")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option(
+    "--preprocess",
+    type=click.Choice(PreprocessPreset),
+    default=PreprocessPreset.none,
+    help="How camera frames become the first input.",
+)
+@click.option(
+    "--resize",
+    type=click.Choice(ResizeKind),
+    default=ResizeKind.stretch,
+    help="Resize mode of the preprocess.",
+)
+@click.option("--size", default=None, help="HEIGHTxWIDTH when the input's are dynamic.")
+@click.option(
+    "--postprocess",
+    type=click.Choice(PostprocessKind),
+    default=PostprocessKind.raw,
+    help="How the output becomes a result.",
+)
+@click.option("--output", default=None, help="Output the postprocess reads (default: the first).")
+@click.option(
+    "--labels",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Label file (one per line) to copy beside the model.",
+)
+@click.option("--force/--no-force", default=False, help="Overwrite an existing manifest.")
 def init(
-    directory: Annotated[
-        Path,
-        typer.Argument(help="Version directory holding model.onnx: <repository>/<name>/<version>."),
-    ],
-    preprocess: Annotated[
-        PreprocessPreset, typer.Option(help="How camera frames become the first input.")
-    ] = PreprocessPreset.none,
-    resize: Annotated[
-        ResizeKind, typer.Option(help="Resize mode of the preprocess.")
-    ] = ResizeKind.stretch,
-    size: Annotated[
-        str | None, typer.Option(help="HEIGHTxWIDTH when the input's are dynamic.")
-    ] = None,
-    postprocess: Annotated[
-        PostprocessKind, typer.Option(help="How the output becomes a result.")
-    ] = PostprocessKind.raw,
-    output: Annotated[
-        str | None, typer.Option(help="Output the postprocess reads (default: the first).")
-    ] = None,
-    labels: Annotated[
-        Path | None, typer.Option(help="Label file (one per line) to copy beside the model.")
-    ] = None,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing manifest.")] = False,
+    directory: Path,
+    preprocess: PreprocessPreset,
+    resize: ResizeKind,
+    size: str | None,
+    postprocess: PostprocessKind,
+    output: str | None,
+    labels: Path | None,
+    force: bool,
 ) -> None:
-    """Complete a manifest from model.onnx and write it for editing."""
+    """Complete a manifest from model.onnx and write it for editing.
+
+    DIRECTORY: the version directory holding model.onnx: <repository>/<name>/<version>."""
     from server.errors import EdgeError
     from server.manifest import MANIFEST_FILENAME, Postprocess, Preprocess, write_manifest
     from server.models.dropin import DROPIN_FILENAME, manifest_from_onnx
 
     if (directory / MANIFEST_FILENAME).exists() and not force:
-        raise typer.BadParameter(f"{directory / MANIFEST_FILENAME} exists (use --force)")
+        raise click.BadParameter(f"{directory / MANIFEST_FILENAME} exists (use --force)")
     if not (directory / DROPIN_FILENAME).is_file():
-        raise typer.BadParameter(f"{directory} has no {DROPIN_FILENAME}")
+        raise click.BadParameter(f"{directory} has no {DROPIN_FILENAME}")
     if labels is not None:
         if not labels.is_file():
-            raise typer.BadParameter(f"{labels} does not exist")
+            raise click.BadParameter(f"{labels} does not exist")
         shutil.copyfile(labels, directory / "labels.txt")
     chosen = preprocess is not PreprocessPreset.none or postprocess is not PostprocessKind.raw
     try:
@@ -96,7 +113,7 @@ def init(
             # No sections asked for: the manifest the server completes by itself, which for a
             # YOLO detector with metadata has its letterbox, decoder and class names.
             path = write_manifest(directory, probe)
-            typer.echo(f"wrote {path} ({_summary(probe)})")
+            click.echo(f"wrote {path} ({_summary(probe)})")
             return
         pre = None
         if preprocess is not PreprocessPreset.none:
@@ -119,9 +136,9 @@ def init(
         )
         manifest = manifest_from_onnx(directory, preprocess=pre, postprocess=post)
     except (EdgeError, ValueError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+        raise click.BadParameter(str(exc)) from None
     path = write_manifest(directory, manifest)
-    typer.echo(f"wrote {path}")
+    click.echo(f"wrote {path}")
 
 
 def _summary(manifest: ModelManifest) -> str:
@@ -140,11 +157,11 @@ def _size(size: str | None, shape: list[int | str]) -> tuple[int, int]:
         try:
             height, width = (int(part) for part in size.lower().split("x"))
         except ValueError:
-            raise typer.BadParameter(f"--size {size!r} is not HEIGHTxWIDTH") from None
+            raise click.BadParameter(f"--size {size!r} is not HEIGHTxWIDTH") from None
         return height, width
     dims = shape[-2:]
     if len(shape) != 4 or not all(isinstance(dim, int) and dim > 0 for dim in dims):
-        raise typer.BadParameter(
+        raise click.BadParameter(
             f"the input's shape {shape} has no fixed height and width: pass --size HxW"
         )
     return int(dims[0]), int(dims[1])
@@ -163,16 +180,16 @@ def _older_version(directory: Path) -> Path | None:
 
 
 @model_app.command("check")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--output", default="text", help="text or json.")
 def check(
-    directory: Annotated[
-        Path, typer.Argument(help="Version directory: <repository>/<name>/<version>.")
-    ],
-    output: Annotated[str, typer.Option(help="text or json.")] = "text",
+    directory: Path,
+    output: str,
 ) -> None:
     """Validate a version directory: manifest, file hashes, a real load and warm-up run, a
     smoke test on a real photo (image models), and, when an older version is beside it, the
     check a hot swap makes: the same inputs and outputs, and camera frames if the older version
-    takes them.
+    takes them. DIRECTORY: the version directory, <repository>/<name>/<version>.
 
     A TorchScript model loads and runs in the same confined worker the server uses (uid
     nobody, Landlock, no sockets): checking a hostile model is as safe as serving it."""
@@ -216,11 +233,11 @@ def check(
             detail = version.backend_description
     except EdgeError as exc:
         if output == "json":
-            typer.echo(json.dumps({"ok": False, "error": str(exc)}))
+            click.echo(json.dumps({"ok": False, "error": str(exc)}))
         else:
-            typer.secho(f"FAIL {directory}: {exc}", fg="red", err=True)
-        raise typer.Exit(1) from None
+            click.secho(f"FAIL {directory}: {exc}", fg="red", err=True)
+        raise click.exceptions.Exit(1) from None
     if output == "json":
-        typer.echo(json.dumps({"ok": True, "name": manifest.name, "version": manifest.version}))
+        click.echo(json.dumps({"ok": True, "name": manifest.name, "version": manifest.version}))
     else:
-        typer.echo(f"ok {manifest.name}/{manifest.version}: {detail}")
+        click.echo(f"ok {manifest.name}/{manifest.version}: {detail}")

@@ -12,9 +12,9 @@ import json
 import logging
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
+import click
 from pydantic import ValidationError
 
 from edgefleet.errors import (
@@ -34,53 +34,245 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def register(app: typer.Typer) -> None:
-    app.command("serve")(serve)
+def register(app: click.Group) -> None:
+    app.add_command(serve)
 
 
+@click.command("serve")
+@click.pass_context
+@click.option(
+    "--repository",
+    type=click.Path(path_type=Path),
+    default=Path("models"),
+    help="Model repository: <repo>/<name>/<version>/.",
+)
+@click.option("--host", default="127.0.0.1", help="Address to bind; 0.0.0.0 for every interface.")
+@click.option(
+    "--port", type=int, default=8001, help="gRPC port (KServe v2 + FrameStream); 0 picks one."
+)
+@click.option(
+    "--metrics-port", type=int, default=8002, help="Prometheus /metrics port; -1 disables."
+)
+@click.option(
+    "--http-port",
+    type=int,
+    default=8000,
+    help="KServe v2 HTTP/REST port; -1 disables, 0 picks one.",
+)
+@click.option("--model", multiple=True, help="Load only these models (repeatable); default: all.")
+@click.option(
+    "--max-message-bytes",
+    type=int,
+    default=DEFAULT_MAX_MESSAGE_BYTES,
+    help="Largest gRPC message accepted.",
+)
+@click.option(
+    "--max-frame-pixels",
+    type=int,
+    default=DEFAULT_MAX_FRAME_PIXELS,
+    help="Largest camera frame in pixels; bigger JPEG/PNG headers are refused before decoding.",
+)
+@click.option(
+    "--versions-kept",
+    type=int,
+    default=1,
+    help="Loaded versions kept per model (active + most recent previous).",
+)
+@click.option(
+    "--stream-max-in-flight",
+    type=int,
+    default=4,
+    help="Default in-flight frame window per camera stream.",
+)
+@click.option(
+    "--shutdown-grace-s", type=float, default=10.0, help="Seconds SIGTERM waits for in-flight work."
+)
+@click.option(
+    "--drain-delay-s",
+    type=float,
+    default=0.0,
+    help="Seconds after SIGTERM that the server reports not ready but still takes work (load balancers notice).",
+)
+@click.option(
+    "--classification-scores",
+    default="model",
+    help="Classification result scores: model (softmax probabilities when the manifest asks) or raw (the output value, as Triton gives).",
+)
+@click.option(
+    "--readiness",
+    default="models",
+    help="models: ready only while every model it should serve is loaded (Triton's strict readiness); server: ready once started.",
+)
+@click.option(
+    "--port-file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write the bound gRPC port here once serving.",
+)
+@click.option("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR.")
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="TLS certificate (PEM); with --tls-key turns TLS on.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="TLS private key (PEM, unencrypted).",
+)
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Demand client certificates signed by this CA (mutual TLS).",
+)
+@click.option(
+    "--auth-token",
+    default=None,
+    envvar="EDGEFLEET_AUTH_TOKEN",
+    show_envvar=True,
+    help="Require `authorization: Bearer TOKEN` on every call but health checks (gRPC and HTTP).",
+)
+@click.option(
+    "--http-plaintext/--no-http-plaintext",
+    default=None,
+    help="Serve HTTP without TLS even though gRPC uses TLS (a TLS-terminating proxy in front).",
+)
+@click.option(
+    "--http-header-timeout-s",
+    type=float,
+    default=10.0,
+    help="Seconds an HTTP client has to send a request's headers (and an idle connection lives).",
+)
+@click.option(
+    "--http-body-timeout-s",
+    type=float,
+    default=30.0,
+    help="Seconds an HTTP client has to send a whole request body.",
+)
+@click.option(
+    "--planner",
+    default="hardware",
+    help="hardware: plan each model from probed facts; manifest: run the manifest as written.",
+)
+@click.option(
+    "--policy", default=None, help="Hardware planner policy: latency, throughput or balanced."
+)
+@click.option(
+    "--latency-budget-ms",
+    type=float,
+    default=None,
+    help="Latency budget per request for the hardware planner.",
+)
+@click.option(
+    "--memory-budget-mb",
+    type=float,
+    default=None,
+    help="Memory each model may take (hardware planner).",
+)
+@click.option(
+    "--autotune/--no-autotune",
+    default=None,
+    help="Measure threads and batch sizes at load (cached).",
+)
+@click.option(
+    "--precision", default=None, help="Pin the precision of every model: fp32, fp16 or int8."
+)
+@click.option(
+    "--intra-op-threads", type=int, default=None, help="Pin intra-op threads of every model."
+)
+@click.option(
+    "--max-batch-size", type=int, default=None, help="Pin the max batch size of every model."
+)
+@click.option(
+    "--controller",
+    default=None,
+    help="Fleet controller HOST:PORT, or several comma-separated (replicas, tried in turn on failure): run the fleet agent beside the server.",
+)
+@click.option(
+    "--controller-ca",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Fleet controller CA certificate (PEM); needed to enroll.",
+)
+@click.option(
+    "--enroll-address",
+    default=None,
+    help="Controller enrollment HOST:PORT; default: the controller's port + 1.",
+)
+@click.option(
+    "--enroll-token",
+    default=None,
+    envvar="EDGEFLEET_AGENT_ENROLL_TOKEN",
+    show_envvar=True,
+    help="One-time token from `fleetctl enroll`; needed once.",
+)
+@click.option(
+    "--device-id", default="", help="Device id to enroll as; empty lets the controller pick."
+)
+@click.option(
+    "--agent-state",
+    type=click.Path(path_type=Path),
+    default=Path("agent-state"),
+    help="Fleet agent state: certificate, downloads, telemetry buffer.",
+)
+@click.option(
+    "--trusted-key",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    help="Bundle signing public key, or a directory of *.pub (repeatable).",
+)
+@click.option("--label", multiple=True, help="key=value label the agent reports (repeatable).")
+@click.option(
+    "--bundle-source",
+    multiple=True,
+    help="HTTP base URL serving <sha256>.efb bundles (a mirror or the origin), tried in order before the controller (repeatable).",
+)
 def serve(
-    ctx: typer.Context,
-    repository: Annotated[Path, typer.Option(help="Model repository: <repo>/<name>/<version>/.")] = Path("models"),
-    host: Annotated[str, typer.Option(help="Address to bind; 0.0.0.0 for every interface.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="gRPC port (KServe v2 + FrameStream); 0 picks one.")] = 8001,
-    metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port; -1 disables.")] = 8002,
-    http_port: Annotated[int, typer.Option(help="KServe v2 HTTP/REST port; -1 disables, 0 picks one.")] = 8000,
-    model: Annotated[list[str] | None, typer.Option("--model", help="Load only these models (repeatable); default: all.")] = None,
-    max_message_bytes: Annotated[int, typer.Option(help="Largest gRPC message accepted.")] = DEFAULT_MAX_MESSAGE_BYTES,
-    max_frame_pixels: Annotated[int, typer.Option(help="Largest camera frame in pixels; bigger JPEG/PNG headers are refused before decoding.")] = DEFAULT_MAX_FRAME_PIXELS,
-    versions_kept: Annotated[int, typer.Option(help="Loaded versions kept per model (active + most recent previous).")] = 1,
-    stream_max_in_flight: Annotated[int, typer.Option(help="Default in-flight frame window per camera stream.")] = 4,
-    shutdown_grace_s: Annotated[float, typer.Option(help="Seconds SIGTERM waits for in-flight work.")] = 10.0,
-    drain_delay_s: Annotated[float, typer.Option(help="Seconds after SIGTERM that the server reports not ready but still takes work (load balancers notice).")] = 0.0,
-    classification_scores: Annotated[str, typer.Option(help="Classification result scores: model (softmax probabilities when the manifest asks) or raw (the output value, as Triton gives).")] = "model",
-    readiness: Annotated[str, typer.Option(help="models: ready only while every model it should serve is loaded (Triton's strict readiness); server: ready once started.")] = "models",
-    port_file: Annotated[Path | None, typer.Option(help="Write the bound gRPC port here once serving.")] = None,
-    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR.")] = "INFO",
-    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM); with --tls-key turns TLS on.")] = None,
-    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM, unencrypted).")] = None,
-    tls_client_ca: Annotated[Path | None, typer.Option(help="Demand client certificates signed by this CA (mutual TLS).")] = None,
-    auth_token: Annotated[str | None, typer.Option(envvar="EDGEFLEET_AUTH_TOKEN", help="Require `authorization: Bearer TOKEN` on every call but health checks (gRPC and HTTP).")] = None,
-    http_plaintext: Annotated[bool | None, typer.Option("--http-plaintext/--no-http-plaintext", help="Serve HTTP without TLS even though gRPC uses TLS (a TLS-terminating proxy in front).")] = None,
-    http_header_timeout_s: Annotated[float, typer.Option(help="Seconds an HTTP client has to send a request's headers (and an idle connection lives).")] = 10.0,
-    http_body_timeout_s: Annotated[float, typer.Option(help="Seconds an HTTP client has to send a whole request body.")] = 30.0,
-    planner: Annotated[str, typer.Option(help="hardware: plan each model from probed facts; manifest: run the manifest as written.")] = "hardware",
-    policy: Annotated[str | None, typer.Option(help="Hardware planner policy: latency, throughput or balanced.")] = None,
-    latency_budget_ms: Annotated[float | None, typer.Option(help="Latency budget per request for the hardware planner.")] = None,
-    memory_budget_mb: Annotated[float | None, typer.Option(help="Memory each model may take (hardware planner).")] = None,
-    autotune: Annotated[bool | None, typer.Option("--autotune/--no-autotune", help="Measure threads and batch sizes at load (cached).")] = None,
-    precision: Annotated[str | None, typer.Option(help="Pin the precision of every model: fp32, fp16 or int8.")] = None,
-    intra_op_threads: Annotated[int | None, typer.Option(help="Pin intra-op threads of every model.")] = None,
-    max_batch_size: Annotated[int | None, typer.Option(help="Pin the max batch size of every model.")] = None,
-    controller: Annotated[str | None, typer.Option(help="Fleet controller HOST:PORT, or several comma-separated (replicas, tried in turn on failure): run the fleet agent beside the server.")] = None,
-    controller_ca: Annotated[Path | None, typer.Option(help="Fleet controller CA certificate (PEM); needed to enroll.")] = None,
-    enroll_address: Annotated[str | None, typer.Option(help="Controller enrollment HOST:PORT; default: the controller's port + 1.")] = None,
-    enroll_token: Annotated[str | None, typer.Option(envvar="EDGEFLEET_AGENT_ENROLL_TOKEN", help="One-time token from `fleetctl enroll`; needed once.")] = None,
-    device_id: Annotated[str, typer.Option(help="Device id to enroll as; empty lets the controller pick.")] = "",
-    agent_state: Annotated[Path, typer.Option(help="Fleet agent state: certificate, downloads, telemetry buffer.")] = Path("agent-state"),
-    trusted_key: Annotated[list[Path] | None, typer.Option("--trusted-key", help="Bundle signing public key, or a directory of *.pub (repeatable).")] = None,
-    label: Annotated[list[str] | None, typer.Option("--label", help="key=value label the agent reports (repeatable).")] = None,
-    bundle_source: Annotated[list[str] | None, typer.Option("--bundle-source", help="HTTP base URL serving <sha256>.efb bundles (a mirror or the origin), tried in order before the controller (repeatable).")] = None,
-) -> None:  # fmt: skip
+    ctx: click.Context,
+    repository: Path,
+    host: str,
+    port: int,
+    metrics_port: int,
+    http_port: int,
+    model: tuple[str, ...],
+    max_message_bytes: int,
+    max_frame_pixels: int,
+    versions_kept: int,
+    stream_max_in_flight: int,
+    shutdown_grace_s: float,
+    drain_delay_s: float,
+    classification_scores: str,
+    readiness: str,
+    port_file: Path | None,
+    log_level: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    auth_token: str | None,
+    http_plaintext: bool | None,
+    http_header_timeout_s: float,
+    http_body_timeout_s: float,
+    planner: str,
+    policy: str | None,
+    latency_budget_ms: float | None,
+    memory_budget_mb: float | None,
+    autotune: bool | None,
+    precision: str | None,
+    intra_op_threads: int | None,
+    max_batch_size: int | None,
+    controller: str | None,
+    controller_ca: Path | None,
+    enroll_address: str | None,
+    enroll_token: str | None,
+    device_id: str,
+    agent_state: Path,
+    trusted_key: tuple[Path, ...],
+    label: tuple[str, ...],
+    bundle_source: tuple[str, ...],
+) -> None:
     """Serve the models in REPOSITORY over gRPC (KServe v2 / Triton protocol and FrameStream)."""
     settings = _server_settings(ctx)
     from server.models.memory import bound_big_buffers
@@ -117,7 +309,7 @@ def serve(
                 intra_op_threads=intra_op_threads,
                 max_batch_size=max_batch_size,
             )
-        except typer.BadParameter as exc:
+        except click.BadParameter as exc:
             fail(str(exc), ExitCode.USAGE)
     agent_settings = None
     if controller:
@@ -154,7 +346,7 @@ _HARDWARE_ONLY = ("policy", "latency_budget_ms", "memory_budget_mb", "autotune")
 
 
 def _manifest_planner(
-    ctx: typer.Context,
+    ctx: click.Context,
     *,
     precision: str | None,
     intra_op_threads: int | None,
@@ -190,7 +382,7 @@ _FLAG_FIELDS = {"model": "models"}
 _SERVER_FLAGS = frozenset(ServerSettings.model_fields) | frozenset(_FLAG_FIELDS)
 
 
-def _server_settings(ctx: typer.Context) -> ServerSettings:
+def _server_settings(ctx: click.Context) -> ServerSettings:
     """ServerSettings from the flags given on the command line; every other setting comes
     from its EDGEFLEET_* variable, else the default. A bad value is one line and exit 2."""
     given: dict[str, Any] = {}

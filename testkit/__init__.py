@@ -20,7 +20,7 @@ export           the export CLI in-process, repository snapshots
 export_samples   model factories handed to `edgefleet export`
 certificates     a private test PKI (CA, server, client, rogue client)
 camera_examples  the camera example in every language, built by `make stubs`' script
-display          rich tables rendered as text
+display          the client's tables rendered as text
 fleet            controller settings, edge nodes with agents in this process, rollouts
 fleet_models     the tiny `tiny` model fleet nodes serve, and a poisoned one
 fleet_processes  `edgefleet serve --controller`, controllers and replicas, fleetctl as processes

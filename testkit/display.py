@@ -1,11 +1,9 @@
-"""What the client's rich tables look like on a console, as text tests can search."""
+"""What the client's tables look like on a console, as text tests can search."""
 
 from __future__ import annotations
 
-from rich.console import Console
+from common.text_table import TextTable
 
 
-def render(table: object) -> str:
-    console = Console(record=True, width=160)
-    console.print(table)
-    return console.export_text()
+def render(table: TextTable) -> str:
+    return table.render()

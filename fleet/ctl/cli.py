@@ -8,65 +8,67 @@ import json
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-import typer
+import click
+
+from common.cli import CONTEXT, OrderedGroup
 
 T = TypeVar("T")
 DEFAULT_CREDENTIAL = Path("fleet-data/admin-credential.json")
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
-app = typer.Typer(
+app = OrderedGroup(
     name="fleetctl",
     help="Operate an edgefleet fleet: devices, signed bundles, gated rollouts, telemetry.",
     no_args_is_help=True,
-    pretty_exceptions_enable=False,
+    context_settings=CONTEXT,
 )
-keys_app = typer.Typer(help="Bundle signing keys.", no_args_is_help=True)
-rollout_app = typer.Typer(help="Watch and steer rollouts.", no_args_is_help=True)
-bundles_app = typer.Typer(
+keys_app = OrderedGroup(help="Bundle signing keys.", no_args_is_help=True)
+rollout_app = OrderedGroup(help="Watch and steer rollouts.", no_args_is_help=True)
+bundles_app = OrderedGroup(
     help="Signed bundles and the HTTP origin they ship from.", no_args_is_help=True
 )
-app.add_typer(keys_app, name="keys")
-app.add_typer(rollout_app, name="rollout")
-app.add_typer(bundles_app, name="bundles")
+app.add_command(keys_app, name="keys")
+app.add_command(rollout_app, name="rollout")
+app.add_command(bundles_app, name="bundles")
 
-Credential = Annotated[
-    Path,
-    typer.Option(
-        "--credential",
-        envvar="EDGEFLEET_FLEETCTL_CREDENTIAL",
-        help="Admin credential written by the controller (<data>/admin-credential.json).",
-    ),
-]
-Output = Annotated[
-    str,
-    typer.Option(
-        "--output",
-        "-o",
-        help="table (for people) or json (one style for every verb: see fleet/ctl/output.py).",
-    ),
-]
+credential_option = click.option(
+    "--credential",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_CREDENTIAL,
+    envvar="EDGEFLEET_FLEETCTL_CREDENTIAL",
+    show_envvar=True,
+    help="Admin credential written by the controller (<data>/admin-credential.json).",
+)
+output_option = click.option(
+    "--output",
+    "-o",
+    default="table",
+    help="table (for people) or json (one style for every verb: see fleet/ctl/output.py).",
+)
+# Rollout id; empty: the newest.
+rollout_id_argument = click.argument("rollout_id", default="", required=False)
 
 
 def parse_duration(text: str) -> float:
     """`10m`, `90s`, `1h`, `1.5` (seconds) -> seconds."""
     match = _DURATION.match(text)
     if not match:
-        raise typer.BadParameter(f"{text!r} is not a duration like 30s, 10m or 1h")
+        raise click.BadParameter(f"{text!r} is not a duration like 30s, 10m or 1h")
     return float(match[1]) * _UNITS[match[2]]
 
 
-def parse_labels(pairs: list[str] | None) -> dict[str, str]:
+def parse_labels(pairs: Sequence[str] | None) -> dict[str, str]:
     labels: dict[str, str] = {}
     for pair in pairs or []:
         for item in pair.split(","):
             key, sep, value = item.partition("=")
             if not sep or not key:
-                raise typer.BadParameter(f"{item!r} must be key=value")
+                raise click.BadParameter(f"{item!r} must be key=value")
             labels[key.strip()] = value.strip()
     return labels
 
@@ -78,8 +80,8 @@ def _call(credential: Path, action: Callable[[Any], Awaitable[T]]) -> T:
     from fleet.ctl.client import AdminClient, AdminCredential
 
     if not credential.is_file():
-        typer.echo(f"fleetctl: no admin credential at {credential} (use --credential)", err=True)
-        raise typer.Exit(2)
+        click.echo(f"fleetctl: no admin credential at {credential} (use --credential)", err=True)
+        raise click.exceptions.Exit(2)
 
     async def run() -> T:
         async with AdminClient.connect(AdminCredential.load(credential)) as client:
@@ -88,19 +90,13 @@ def _call(credential: Path, action: Callable[[Any], Awaitable[T]]) -> T:
     try:
         return asyncio.run(run())
     except grpc.aio.AioRpcError as error:
-        typer.echo(f"fleetctl: {error.code().name}: {error.details()}", err=True)
-        raise typer.Exit(1) from None
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console()
+        click.echo(f"fleetctl: {error.code().name}: {error.details()}", err=True)
+        raise click.exceptions.Exit(1) from None
 
 
 def _check_output(output: str) -> None:
     if output not in ("table", "json"):
-        raise typer.BadParameter("--output must be table or json")
+        raise click.BadParameter("--output must be table or json")
 
 
 def _plain(value: object) -> dict[str, Any]:
@@ -113,16 +109,25 @@ def _plain(value: object) -> dict[str, Any]:
 def _json(value: object) -> None:
     from fleet.ctl.output import dumps
 
-    typer.echo(dumps(value))
+    click.echo(dumps(value))
 
 
 # keys and bundles
 @keys_app.command("generate")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path),
+    default=Path("keys"),
+    help="Where to write NAME.key and NAME.pub.",
+)
+@click.option("--name", default="release", help="Key name.")
+@output_option
 def keys_generate(
-    directory: Annotated[Path, typer.Option("--dir", help="Where to write NAME.key and NAME.pub.")] = Path("keys"),
-    name: Annotated[str, typer.Option(help="Key name.")] = "release",
-    output: Output = "table",
-) -> None:  # fmt: skip
+    directory: Path,
+    name: str,
+    output: str,
+) -> None:
     """Generate an Ed25519 bundle signing key pair."""
     from fleet.keys import generate_keypair, key_id, load_public_key
 
@@ -130,28 +135,42 @@ def keys_generate(
     try:
         private_path, public_path = generate_keypair(directory, name)
     except FileExistsError as error:
-        typer.echo(f"fleetctl: {error}", err=True)
-        raise typer.Exit(1) from None
+        click.echo(f"fleetctl: {error}", err=True)
+        raise click.exceptions.Exit(1) from None
     identifier = key_id(load_public_key(public_path))
     if output == "json":
         _json({"private_key": str(private_path), "public_key": str(public_path),
                "key_id": identifier})  # fmt: skip
         return
-    typer.echo(f"private key {private_path} (keep it secret)")
-    typer.echo(f"public key  {public_path} (give it to the controller and the devices)")
-    typer.echo(f"key id      {identifier}")
+    click.echo(f"private key {private_path} (keep it secret)")
+    click.echo(f"public key  {public_path} (give it to the controller and the devices)")
+    click.echo(f"key id      {identifier}")
 
 
 @app.command("package")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="Model name.")
+@click.option("--version", required=True, help="Version number to ship it as.")
+@click.option(
+    "--key",
+    type=click.Path(path_type=Path),
+    default=Path("keys/release.key"),
+    help="Ed25519 private key.",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("bundles"), help="Output directory."
+)
+@output_option
 def package(
-    model_dir: Annotated[Path, typer.Argument(help="A model version directory with manifest.json.")],
-    name: Annotated[str, typer.Option(help="Model name.")],
-    version: Annotated[str, typer.Option(help="Version number to ship it as.")],
-    key: Annotated[Path, typer.Option(help="Ed25519 private key.")] = Path("keys/release.key"),
-    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("bundles"),
-    output: Output = "table",
-) -> None:  # fmt: skip
-    """Build a signed, content-addressed bundle from MODEL_DIR."""
+    model_dir: Path,
+    name: str,
+    version: str,
+    key: Path,
+    out: Path,
+    output: str,
+) -> None:
+    """Build a signed, content-addressed bundle from MODEL_DIR (a model version directory with
+    manifest.json)."""
     from fleet.bundle import build_bundle, sha256_path
     from fleet.keys import load_private_key
 
@@ -159,23 +178,39 @@ def package(
     try:
         path = build_bundle(model_dir, name, version, load_private_key(key), out)
     except (ValueError, OSError) as error:
-        typer.echo(f"fleetctl: {error}", err=True)
-        raise typer.Exit(1) from None
+        click.echo(f"fleetctl: {error}", err=True)
+        raise click.exceptions.Exit(1) from None
     if output == "json":
         _json({"bundle": str(path), "model_name": name, "version": version,
                "bundle_sha256": sha256_path(path), "size": path.stat().st_size})  # fmt: skip
     else:
-        typer.echo(str(path))
+        click.echo(str(path))
 
 
 @bundles_app.command("publish")
+@click.argument("bundle", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--to",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The origin directory a web server or CDN serves; agents list its URL with --bundle-source.",
+)
+@click.option(
+    "--trusted-key",
+    type=click.Path(path_type=Path),
+    multiple=True,
+    required=True,
+    help="Public key file or directory of *.pub a bundle must be signed by (repeatable).",
+)
+@output_option
 def bundles_publish(
-    bundle: Annotated[list[Path], typer.Argument(help="Signed bundles from `fleetctl package`.")],
-    to: Annotated[Path, typer.Option("--to", help="The origin directory a web server or CDN serves; agents list its URL with --bundle-source.")],
-    trusted_key: Annotated[list[Path], typer.Option("--trusted-key", help="Public key file or directory of *.pub a bundle must be signed by (repeatable).")],
-    output: Output = "table",
-) -> None:  # fmt: skip
-    """Verify BUNDLEs and publish them to an HTTP origin directory as <sha256>.efb."""
+    bundle: tuple[Path, ...],
+    to: Path,
+    trusted_key: tuple[Path, ...],
+    output: str,
+) -> None:
+    """Verify BUNDLEs (signed bundles from `fleetctl package`) and publish them to an HTTP origin
+    directory as <sha256>.efb."""
     from fleet.errors import BundleRejected
     from fleet.keys import TrustedKeys
     from fleet.publish import verify_and_publish
@@ -188,22 +223,26 @@ def bundles_publish(
             digest, published = verify_and_publish(path, to, trusted)
             published_all.append({"bundle_sha256": digest, "path": str(published)})
             if output != "json":
-                typer.echo(f"{digest}  {published}")
+                click.echo(f"{digest}  {published}")
     except (BundleRejected, ValueError, OSError) as error:
-        typer.echo(f"fleetctl: {error}", err=True)
-        raise typer.Exit(1) from None
+        click.echo(f"fleetctl: {error}", err=True)
+        raise click.exceptions.Exit(1) from None
     if output == "json":
         _json(published_all)
 
 
 # devices
 @app.command("enroll")
+@credential_option
+@click.option("--labels", multiple=True, help="key=value[,key=value] for the device.")
+@click.option("--ttl", default="24h", help="Token lifetime, e.g. 1h.")
+@output_option
 def enroll(
-    credential: Credential = DEFAULT_CREDENTIAL,
-    labels: Annotated[list[str] | None, typer.Option("--labels", help="key=value[,key=value] for the device.")] = None,
-    ttl: Annotated[str, typer.Option(help="Token lifetime, e.g. 1h.")] = "24h",
-    output: Output = "table",
-) -> None:  # fmt: skip
+    credential: Path,
+    labels: tuple[str, ...],
+    ttl: str,
+    output: str,
+) -> None:
     """Issue a one-time enrollment token for a new device."""
     from protos.edgefleet.fleet.v1 import admin_pb2
 
@@ -215,15 +254,18 @@ def enroll(
     if output == "json":
         _json(response)
     else:
-        typer.echo(response.token)
+        click.echo(response.token)
 
 
 @app.command("devices")
+@credential_option
+@click.option("--selector", multiple=True, help="key=value filters.")
+@output_option
 def devices(
-    credential: Credential = DEFAULT_CREDENTIAL,
-    selector: Annotated[list[str] | None, typer.Option("--selector", help="key=value filters.")] = None,
-    output: Output = "table",
-) -> None:  # fmt: skip
+    credential: Path,
+    selector: tuple[str, ...],
+    output: str,
+) -> None:
     """Devices with desired vs actual version per model (version drift)."""
     from fleet.ctl.render import devices_table
     from protos.edgefleet.fleet.v1 import admin_pb2
@@ -234,7 +276,7 @@ def devices(
     if output == "json":
         _json(list(response.devices))
     else:
-        _console().print(devices_table(list(response.devices)))
+        click.echo(devices_table(list(response.devices)))
 
 
 async def _list_devices(client: Any) -> list[Any]:
@@ -245,15 +287,18 @@ async def _list_devices(client: Any) -> list[Any]:
 
 
 @app.command("top")
+@credential_option
+@click.option("--interval", type=float, default=2.0, help="Refresh seconds.")
+@click.option("--once/--no-once", default=False, help="Print one table and exit.")
+@output_option
 def top(
-    credential: Credential = DEFAULT_CREDENTIAL,
-    interval: Annotated[float, typer.Option(help="Refresh seconds.")] = 2.0,
-    once: Annotated[bool, typer.Option(help="Print one table and exit.")] = False,
-    output: Output = "table",
-) -> None:  # fmt: skip
+    credential: Path,
+    interval: float,
+    once: bool,
+    output: str,
+) -> None:
     """Live table of every device: vitals and per-model fps, latency, errors, drops."""
-    from rich.live import Live
-
+    from common.text_table import LiveText
     from fleet.ctl.render import top_table
 
     _check_output(output)
@@ -263,13 +308,13 @@ def top(
         if output == "json":
             _json(devices_)
         else:
-            _console().print(top_table(devices_))
+            click.echo(top_table(devices_))
         return
 
     async def watch(client: Any) -> None:
-        with Live(refresh_per_second=4) as live:
+        with LiveText(sys.stdout) as live:
             while True:
-                live.update(top_table(await _list_devices(client)))
+                live.update(top_table(await _list_devices(client)).render())
                 await asyncio.sleep(interval)
 
     with contextlib.suppress(KeyboardInterrupt):
@@ -277,16 +322,20 @@ def top(
 
 
 @app.command("telemetry")
+@click.argument("device")
+@credential_option
+@click.option("--since", default="1h", help="How far back, e.g. 1h.")
+@click.option("--limit", type=int, default=1000, help="Most samples to show.")
+@output_option
 def telemetry(
-    device: Annotated[str, typer.Argument(help="Device id.")],
-    credential: Credential = DEFAULT_CREDENTIAL,
-    since: Annotated[str, typer.Option(help="How far back, e.g. 1h.")] = "1h",
-    limit: Annotated[int, typer.Option(help="Most samples to show.")] = 1000,
-    output: Output = "table",
-) -> None:  # fmt: skip
-    """Telemetry history of one device."""
-    from rich.table import Table
-
+    device: str,
+    credential: Path,
+    since: str,
+    limit: int,
+    output: str,
+) -> None:
+    """Telemetry history of one device (DEVICE: its id)."""
+    from common.text_table import TextTable
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     _check_output(output)
@@ -298,9 +347,10 @@ def telemetry(
     if output == "json":
         _json(samples)
         return
-    table = Table(title=f"{device}: {len(samples)} samples")
-    for column in ("received", "cpu %", "model", "version", "fps", "p95 ms", "requests", "errors"):
-        table.add_column(column)
+    table = TextTable(
+        "received", "cpu %", "model", "version", "fps", "p95 ms", "requests", "errors",
+        title=f"{device}: {len(samples)} samples",
+    )  # fmt: skip
     import time
 
     for sample in samples:
@@ -316,18 +366,25 @@ def telemetry(
                 str(model.get("requests", 0)),
                 str(model.get("errors", 0)),
             )
-    _console().print(table)
+    click.echo(table)
 
 
 @app.command("pin")
+@click.argument("device")
+@click.argument("version")
+@click.option("--model", required=True, help="Model name.")
+@credential_option
+@output_option
 def pin(
-    device: Annotated[str, typer.Argument(help="Device id.")],
-    version: Annotated[str, typer.Argument(help="Version to hold it at; '' unpins.")],
-    model: Annotated[str, typer.Option(help="Model name.")],
-    credential: Credential = DEFAULT_CREDENTIAL,
-    output: Output = "table",
-) -> None:  # fmt: skip
-    """Hold one device at a version; pinned devices are left out of rollouts."""
+    device: str,
+    version: str,
+    model: str,
+    credential: Path,
+    output: str,
+) -> None:
+    """Hold one device at a version; pinned devices are left out of rollouts.
+
+    DEVICE: the device id. VERSION: the version to hold it at; '' unpins."""
     from fleet.ctl.render import devices_table
     from protos.edgefleet.fleet.v1 import admin_pb2
 
@@ -337,17 +394,20 @@ def pin(
     if output == "json":
         _json(response.device)
     else:
-        _console().print(devices_table([response.device]))
+        click.echo(devices_table([response.device]))
 
 
 @app.command("remove")
+@click.argument("device")
+@credential_option
+@output_option
 def remove(
-    device: Annotated[str, typer.Argument(help="Device id.")],
-    credential: Credential = DEFAULT_CREDENTIAL,
-    output: Output = "table",
+    device: str,
+    credential: Path,
+    output: str,
 ) -> None:
     """Forget a device and revoke its key: its certificate stops working at once, and it cannot
-    enroll again with the same key."""
+    enroll again with the same key. DEVICE: the device id."""
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     _check_output(output)
@@ -356,20 +416,22 @@ def remove(
     if output == "json":
         _json({"device_id": device, **_plain(response)})
     elif response.revoked_key_sha256:
-        typer.echo(f"removed {device}; revoked key {response.revoked_key_sha256}")
+        click.echo(f"removed {device}; revoked key {response.revoked_key_sha256}")
     else:
-        typer.echo(f"removed {device} (its key was never seen: nothing to revoke)")
+        click.echo(f"removed {device} (its key was never seen: nothing to revoke)")
 
 
 @app.command("audit")
+@credential_option
+@click.option("--limit", type=int, default=50, help="Newest entries to show.")
+@output_option
 def audit(
-    credential: Credential = DEFAULT_CREDENTIAL,
-    limit: Annotated[int, typer.Option(help="Newest entries to show.")] = 50,
-    output: Output = "table",
-) -> None:  # fmt: skip
+    credential: Path,
+    limit: int,
+    output: str,
+) -> None:
     """The audit log of admin actions."""
-    from rich.table import Table
-
+    from common.text_table import TextTable
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     _check_output(output)
@@ -378,33 +440,68 @@ def audit(
     if output == "json":
         _json(list(response.entries))
         return
-    table = Table(title="audit log")
-    for column in ("at", "actor", "action", "detail"):
-        table.add_column(column)
+    table = TextTable("at", "actor", "action", "detail", title="audit log")
     for entry in response.entries:
         table.add_row(entry.at.ToJsonString(), entry.actor, entry.action, entry.detail_json)
-    _console().print(table)
+    click.echo(table)
 
 
 # rollouts
 @app.command("deploy")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@credential_option
+@click.option("--selector", multiple=True, help="key=value: which devices.")
+@click.option("--steps", default="1,10,50,100", help="Wave sizes in percent of eligible devices.")
+@click.option("--bake", default="10m", help="How long each wave runs before it is judged.")
+@click.option("--gate", multiple=True, help="e.g. 'p95_latency_ms <= 1.2*baseline' (repeatable).")
+@click.option(
+    "--min-devices",
+    type=int,
+    default=3,
+    help="Reporting devices needed per cohort, else inconclusive.",
+)
+@click.option(
+    "--min-requests",
+    type=int,
+    default=20,
+    help="Requests a device must serve in the bake to count.",
+)
+@click.option(
+    "--max-install-failures",
+    type=float,
+    default=0.2,
+    help="Share of a wave that may fail to install.",
+)
+@click.option(
+    "--max-timeouts", type=float, default=0.2, help="Share of a wave that may not install in time."
+)
+@click.option("--install-timeout", default="10m", help="How long a wave may take to install.")
+@click.option(
+    "--webhook",
+    default="",
+    help="URL this rollout's events are POSTed to as JSON (besides the controller's --webhook).",
+)
+@click.option("--watch/--no-watch", default=False, help="Follow the rollout until it ends.")
+@output_option
 def deploy(
-    bundle: Annotated[Path, typer.Argument(help="A signed bundle from `fleetctl package`.")],
-    credential: Credential = DEFAULT_CREDENTIAL,
-    selector: Annotated[list[str] | None, typer.Option("--selector", help="key=value: which devices.")] = None,
-    steps: Annotated[str, typer.Option(help="Wave sizes in percent of eligible devices.")] = "1,10,50,100",
-    bake: Annotated[str, typer.Option(help="How long each wave runs before it is judged.")] = "10m",
-    gate: Annotated[list[str] | None, typer.Option("--gate", help="e.g. 'p95_latency_ms <= 1.2*baseline' (repeatable).")] = None,
-    min_devices: Annotated[int, typer.Option(help="Reporting devices needed per cohort, else inconclusive.")] = 3,
-    min_requests: Annotated[int, typer.Option(help="Requests a device must serve in the bake to count.")] = 20,
-    max_install_failures: Annotated[float, typer.Option(help="Share of a wave that may fail to install.")] = 0.2,
-    max_timeouts: Annotated[float, typer.Option(help="Share of a wave that may not install in time.")] = 0.2,
-    install_timeout: Annotated[str, typer.Option(help="How long a wave may take to install.")] = "10m",
-    webhook: Annotated[str, typer.Option("--webhook", help="URL this rollout's events are POSTed to as JSON (besides the controller's --webhook).")] = "",
-    watch: Annotated[bool, typer.Option(help="Follow the rollout until it ends.")] = False,
-    output: Output = "table",
-) -> None:  # fmt: skip
-    """Upload BUNDLE and roll it out in waves, gated on live metrics against the old version."""
+    bundle: Path,
+    credential: Path,
+    selector: tuple[str, ...],
+    steps: str,
+    bake: str,
+    gate: tuple[str, ...],
+    min_devices: int,
+    min_requests: int,
+    max_install_failures: float,
+    max_timeouts: float,
+    install_timeout: str,
+    webhook: str,
+    watch: bool,
+    output: str,
+) -> None:
+    """Upload BUNDLE and roll it out in waves, gated on live metrics against the old version.
+
+    BUNDLE: a signed bundle from `fleetctl package`."""
     from fleet.ctl.render import rollout_view
     from protos.edgefleet.fleet.v1 import admin_pb2
 
@@ -412,7 +509,7 @@ def deploy(
     try:
         wave_steps = [float(step) for step in steps.split(",") if step.strip()]
     except ValueError:
-        raise typer.BadParameter(f"--steps {steps!r} must be numbers like 1,10,50,100") from None
+        raise click.BadParameter(f"--steps {steps!r} must be numbers like 1,10,50,100") from None
 
     async def run(client: Any) -> Any:
         uploaded = await client.upload_bundle(bundle)
@@ -438,9 +535,9 @@ def deploy(
     if not watch and output == "json":
         _json(rollout)
     elif not watch:
-        _console().print(rollout_view(rollout))
+        click.echo(rollout_view(rollout))
     elif rollout.state != admin_pb2.ROLLOUT_STATE_SUCCEEDED:
-        raise typer.Exit(3)
+        raise click.exceptions.Exit(3)
 
 
 async def _watch(client: Any, rollout_id: str, output: str, interval: float = 1.0) -> Any:
@@ -448,8 +545,7 @@ async def _watch(client: Any, rollout_id: str, output: str, interval: float = 1.
 
     On a terminal: a live view. Otherwise (a pipe, a CI log): one progress line each time the
     rollout changes, then the final view; with `--output json`, one JSON object per line."""
-    from rich.live import Live
-
+    from common.text_table import LiveText
     from fleet.ctl.output import dumps
     from fleet.ctl.render import progress_line, rollout_view
     from protos.edgefleet.fleet.v1 import admin_pb2
@@ -472,14 +568,14 @@ async def _watch(client: Any, rollout_id: str, output: str, interval: float = 1.
                 else progress_line(rollout, stamped=False)
             )
             if line != last:
-                typer.echo(line if output == "json" else f"{time.strftime('%H:%M:%S')}  {line}")
+                click.echo(line if output == "json" else f"{time.strftime('%H:%M:%S')}  {line}")
                 last = line
             if rollout.state in ended:
                 if output != "json":
-                    _console().print(rollout_view(rollout))
+                    click.echo(rollout_view(rollout))
                 return rollout
             await asyncio.sleep(interval)
-    with Live(refresh_per_second=4) as live:
+    with LiveText(sys.stdout) as live:
         while True:
             rollout = (await client.stub.GetRollout(request)).rollout
             live.update(rollout_view(rollout))
@@ -488,17 +584,20 @@ async def _watch(client: Any, rollout_id: str, output: str, interval: float = 1.
             await asyncio.sleep(interval)
 
 
-RolloutId = Annotated[str, typer.Argument(help="Rollout id; empty: the newest.")]
-
-
 @rollout_app.command("status")
+@rollout_id_argument
+@credential_option
+@click.option("--watch/--no-watch", default=False, help="Follow it live.")
+@output_option
 def rollout_status(
-    rollout_id: RolloutId = "",
-    credential: Credential = DEFAULT_CREDENTIAL,
-    watch: Annotated[bool, typer.Option(help="Follow it live.")] = False,
-    output: Output = "table",
-) -> None:  # fmt: skip
-    """Per-wave progress of a rollout. With --watch, exits 3 unless it succeeds."""
+    rollout_id: str,
+    credential: Path,
+    watch: bool,
+    output: str,
+) -> None:
+    """Per-wave progress of a rollout. With --watch, exits 3 unless it succeeds.
+
+    ROLLOUT_ID: the rollout; empty: the newest."""
     from fleet.ctl.render import rollout_view
     from protos.edgefleet.fleet.v1 import admin_pb2
 
@@ -515,13 +614,18 @@ def rollout_status(
     if not watch and output == "json":
         _json(rollout)
     elif not watch:
-        _console().print(rollout_view(rollout))
+        click.echo(rollout_view(rollout))
     elif rollout.state != admin_pb2.ROLLOUT_STATE_SUCCEEDED:
-        raise typer.Exit(3)
+        raise click.exceptions.Exit(3)
 
 
 @rollout_app.command("list")
-def rollout_list(credential: Credential = DEFAULT_CREDENTIAL, output: Output = "table") -> None:
+@credential_option
+@output_option
+def rollout_list(
+    credential: Path,
+    output: str,
+) -> None:
     """Every rollout, oldest first."""
     from fleet.ctl.render import rollout_view
     from protos.edgefleet.fleet.v1 import admin_pb2
@@ -532,7 +636,7 @@ def rollout_list(credential: Credential = DEFAULT_CREDENTIAL, output: Output = "
         _json(list(response.rollouts))
     else:
         for rollout in response.rollouts:
-            _console().print(rollout_view(rollout))
+            click.echo(rollout_view(rollout))
 
 
 def _steer(credential: Path, output: str, method: str, request: Any) -> None:
@@ -543,16 +647,21 @@ def _steer(credential: Path, output: str, method: str, request: Any) -> None:
     if output == "json":
         _json(response.rollout)
     else:
-        _console().print(rollout_view(response.rollout))
+        click.echo(rollout_view(response.rollout))
 
 
 @rollout_app.command("promote")
+@rollout_id_argument
+@credential_option
+@output_option
 def rollout_promote(
-    rollout_id: RolloutId = "",
-    credential: Credential = DEFAULT_CREDENTIAL,
-    output: Output = "table",
+    rollout_id: str,
+    credential: Path,
+    output: str,
 ) -> None:
-    """Pass the current wave by hand and move on (also resumes a paused rollout)."""
+    """Pass the current wave by hand and move on (also resumes a paused rollout).
+
+    ROLLOUT_ID: the rollout; empty: the newest."""
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     _steer(
@@ -561,25 +670,36 @@ def rollout_promote(
 
 
 @rollout_app.command("pause")
+@rollout_id_argument
+@credential_option
+@output_option
 def rollout_pause(
-    rollout_id: RolloutId = "",
-    credential: Credential = DEFAULT_CREDENTIAL,
-    output: Output = "table",
+    rollout_id: str,
+    credential: Path,
+    output: str,
 ) -> None:
-    """Hold a rollout where it is (no verdict, no next wave) until promote or abort."""
+    """Hold a rollout where it is (no verdict, no next wave) until promote or abort.
+
+    ROLLOUT_ID: the rollout; empty: the newest."""
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     _steer(credential, output, "PauseRollout", admin_pb2.PauseRolloutRequest(rollout_id=rollout_id))
 
 
 @rollout_app.command("abort")
+@rollout_id_argument
+@credential_option
+@click.option("--reason", default="", help="Recorded in the rollout and the audit log.")
+@output_option
 def rollout_abort(
-    rollout_id: RolloutId = "",
-    credential: Credential = DEFAULT_CREDENTIAL,
-    reason: Annotated[str, typer.Option(help="Recorded in the rollout and the audit log.")] = "",
-    output: Output = "table",
-) -> None:  # fmt: skip
-    """Stop a rollout and roll every device it touched back."""
+    rollout_id: str,
+    credential: Path,
+    reason: str,
+    output: str,
+) -> None:
+    """Stop a rollout and roll every device it touched back.
+
+    ROLLOUT_ID: the rollout; empty: the newest."""
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     request = admin_pb2.AbortRolloutRequest(rollout_id=rollout_id, reason=reason)
@@ -587,12 +707,17 @@ def rollout_abort(
 
 
 @rollout_app.command("rollback")
+@rollout_id_argument
+@credential_option
+@output_option
 def rollout_rollback(
-    rollout_id: RolloutId = "",
-    credential: Credential = DEFAULT_CREDENTIAL,
-    output: Output = "table",
+    rollout_id: str,
+    credential: Path,
+    output: str,
 ) -> None:
-    """Roll a rollout back, finished or not; only the latest rollout of its model."""
+    """Roll a rollout back, finished or not; only the latest rollout of its model.
+
+    ROLLOUT_ID: the rollout; empty: the newest."""
     from protos.edgefleet.fleet.v1 import admin_pb2
 
     request = admin_pb2.RollbackRolloutRequest(rollout_id=rollout_id)
@@ -600,12 +725,17 @@ def rollout_rollback(
 
 
 @app.command("why")
+@rollout_id_argument
+@credential_option
+@output_option
 def why(
-    rollout_id: RolloutId = "",
-    credential: Credential = DEFAULT_CREDENTIAL,
-    output: Output = "table",
-) -> None:  # fmt: skip
-    """Every gate measurement of a rollout: value, baseline, threshold, verdict."""
+    rollout_id: str,
+    credential: Path,
+    output: str,
+) -> None:
+    """Every gate measurement of a rollout: value, baseline, threshold, verdict.
+
+    ROLLOUT_ID: the rollout; empty: the newest."""
     from fleet.ctl.render import rollout_view, why_table
     from protos.edgefleet.fleet.v1 import admin_pb2
 
@@ -615,19 +745,18 @@ def why(
     if output == "json":
         _json(response)
         return
-    console = _console()
-    console.print(rollout_view(response.rollout))
-    console.print(why_table(list(response.measurements)))
+    click.echo(rollout_view(response.rollout))
+    click.echo(why_table(list(response.measurements)))
 
 
 # `rollout why` and friends are also reachable under `rollout`, and the steering verbs at the
 # top level (`fleetctl promote`), as the README lists them.
-rollout_app.command("why")(why)
-rollout_app.command("pin")(pin)
-app.command("promote")(rollout_promote)
-app.command("pause")(rollout_pause)
-app.command("abort")(rollout_abort)
-app.command("rollback")(rollout_rollback)
+rollout_app.add_command(why, "why")
+rollout_app.add_command(pin, "pin")
+app.add_command(rollout_promote, "promote")
+app.add_command(rollout_pause, "pause")
+app.add_command(rollout_abort, "abort")
+app.add_command(rollout_rollback, "rollback")
 
 
 def main() -> None:

@@ -1,20 +1,13 @@
-"""How fleetctl shows things to people: rich tables, and progress lines for logs. JSON for
+"""How fleetctl shows things to people: plain-text tables, and progress lines for logs. JSON for
 scripts (`--output json`) is `fleet.ctl.output`."""
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any
 
-from rich.console import Group
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
-
+from common.text_table import TextTable, progress_bar
 from protos.edgefleet.fleet.v1 import admin_pb2
-
-VERDICT_STYLE = {"PASS": "green", "FAIL": "red", "INCONCLUSIVE": "yellow", "": "dim"}
 
 
 def _verdict(value: int) -> str:
@@ -36,31 +29,22 @@ def _ago(seconds: float) -> str:
     return f"{delta:.0f}s ago"
 
 
-def devices_table(devices: list[admin_pb2.Device]) -> Table:
-    table = Table(title="devices (desired vs actual)")
-    for column in (
-        "device",
-        "labels",
-        "online",
-        "last seen",
-        "model",
-        "desired",
-        "actual",
-        "source",
-        "drift",
-    ):
-        table.add_column(column)
+def devices_table(devices: list[admin_pb2.Device]) -> TextTable:
+    table = TextTable(
+        "device", "labels", "online", "last seen", "model", "desired", "actual", "source",
+        "drift", title="devices (desired vs actual)",
+    )  # fmt: skip
     for device in devices:
         labels = ",".join(f"{k}={v}" for k, v in sorted(device.labels.items()))
-        online = Text("yes", "green") if device.online else Text("no", "red")
+        online = "yes" if device.online else "no"
         seen = _ago(device.last_seen.ToNanoseconds() / 1e9)
         if not device.models:
             table.add_row(device.device_id, labels, online, seen, "-", "-", "-", "-", "")
         for model in device.models:
             drift = model.desired_version and model.desired_version != model.actual_version
-            mark = Text("DRIFT", "yellow") if drift else Text("ok", "green")
+            mark = "DRIFT" if drift else "ok"
             if model.last_install_error:
-                mark = Text(f"error: {model.last_install_error[:40]}", "red")
+                mark = f"error: {model.last_install_error[:40]}"
             table.add_row(
                 device.device_id, labels, online, seen, model.name,
                 model.desired_version or "-", model.actual_version or "-",
@@ -69,12 +53,10 @@ def devices_table(devices: list[admin_pb2.Device]) -> Table:
     return table
 
 
-def top_table(devices: list[admin_pb2.Device]) -> Table:
-    table = Table(title=f"fleet top ({time.strftime('%H:%M:%S')})")
+def top_table(devices: list[admin_pb2.Device]) -> TextTable:
     columns = ("device", "online", "cpu %", "mem MB", "temp C", "model", "version", "fps",
                "p50 ms", "p95 ms", "errors", "drops")  # fmt: skip
-    for column in columns:
-        table.add_column(column, justify="right")
+    table = TextTable(*columns, title=f"fleet top ({time.strftime('%H:%M:%S')})", right=columns)
     for device in devices:
         temperature = "-" if math.isnan(device.temperature_c) else f"{device.temperature_c:.0f}"
         base = [
@@ -100,26 +82,16 @@ def top_table(devices: list[admin_pb2.Device]) -> Table:
     return table
 
 
-def rollout_view(rollout: admin_pb2.Rollout) -> Group:
+def rollout_view(rollout: admin_pb2.Rollout) -> str:
     """Waves are numbered from 1 for people (the API's indexes count from 0)."""
-    header = Text.assemble(
-        (f"rollout {rollout.rollout_id} ", "bold"),
-        f"{rollout.model_name} -> version {rollout.version}  ",
-        (state_name(rollout), "bold cyan"),
-        f"  {rollout.eligible_devices} eligible devices, bake {rollout.bake_s:g}s",
+    header = (
+        f"rollout {rollout.rollout_id} {rollout.model_name} -> version {rollout.version}  "
+        f"{state_name(rollout)}  {rollout.eligible_devices} eligible devices, "
+        f"bake {rollout.bake_s:g}s"
     )
-    table = Table(show_header=True)
-    for column in (
-        "wave",
-        "%",
-        "devices",
-        "installed",
-        "failed",
-        "timed out",
-        "progress",
-        "verdict",
-    ):
-        table.add_column(column)
+    table = TextTable(
+        "wave", "%", "devices", "installed", "failed", "timed out", "progress", "verdict"
+    )
     for wave in rollout.waves:
         total = max(wave.target_devices, 1)
         current = wave.index == rollout.current_wave and state_name(rollout) in (
@@ -136,28 +108,22 @@ def rollout_view(rollout: admin_pb2.Rollout) -> Group:
             str(wave.installed),
             str(wave.failed),
             str(wave.timed_out),
-            ProgressBar(total=total, completed=wave.installed, width=20),
-            Text(label, VERDICT_STYLE.get(verdict, "cyan")),
+            progress_bar(wave.installed, total),
+            label,
         )
-    parts: list[Any] = [header, table]
+    # The waves indented under their rollout (and never read as a progress line, which
+    # starts with the time).
+    parts = [header, *("  " + line for line in table.render().splitlines())]
     if rollout.reason:
-        parts.append(Text(f"reason: {rollout.reason}"))
-    return Group(*parts)
+        parts.append(f"reason: {rollout.reason}")
+    return "\n".join(parts)
 
 
-def why_table(measurements: list[admin_pb2.GateMeasurement]) -> Table:
-    table = Table(title="gate measurements")
-    for column in (
-        "wave",
-        "gate",
-        "canary",
-        "baseline",
-        "threshold",
-        "devices (wave/base)",
-        "verdict",
-        "note",
-    ):
-        table.add_column(column)
+def why_table(measurements: list[admin_pb2.GateMeasurement]) -> TextTable:
+    table = TextTable(
+        "wave", "gate", "canary", "baseline", "threshold", "devices (wave/base)", "verdict",
+        "note", title="gate measurements",
+    )  # fmt: skip
 
     def number(value: float) -> str:
         return "-" if math.isnan(value) else f"{value:.4g}"
@@ -167,7 +133,7 @@ def why_table(measurements: list[admin_pb2.GateMeasurement]) -> Table:
         table.add_row(
             str(m.wave + 1), m.gate, number(m.canary_value), number(m.baseline_value),
             number(m.threshold), f"{m.canary_devices}/{m.baseline_devices}",
-            Text(verdict, VERDICT_STYLE.get(verdict, "")), m.note,
+            verdict, m.note,
         )  # fmt: skip
     return table
 

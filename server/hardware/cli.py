@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
+import click
 
 if TYPE_CHECKING:
     from server.hardware.facts import HardwareFacts
@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from server.models.runtime_plan import RuntimePlan
 
 
-def register(app: typer.Typer) -> None:
-    app.command("probe")(probe)
+def register(app: click.Group) -> None:
+    app.add_command(probe)
 
 
 def planner_settings(
@@ -63,7 +63,7 @@ def planner_settings(
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise typer.BadParameter(f"{where}: {first['msg']}") from None
+        raise click.BadParameter(f"{where}: {first['msg']}") from None
 
 
 def resolve_version_dir(model: Path) -> Path:
@@ -81,24 +81,52 @@ def resolve_version_dir(model: Path) -> Path:
         else []
     )
     if not versions:
-        raise typer.BadParameter(f"{model} has no manifest.json and no numbered versions")
+        raise click.BadParameter(f"{model} has no manifest.json and no numbered versions")
     return versions[-1]
 
 
+@click.command("probe")
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Model directory (newest version) or version directory to plan.",
+)
+@click.option("--policy", default=None, help="latency, throughput or balanced.")
+@click.option(
+    "--latency-budget-ms", type=float, default=None, help="End-to-end latency budget per request."
+)
+@click.option("--memory-budget-mb", type=float, default=None, help="Memory the model may take.")
+@click.option(
+    "--autotune/--no-autotune",
+    default=None,
+    help="Measure threads and batch sizes on the real model.",
+)
+@click.option("--autotune-time-s", type=float, default=None, help="Time bound for autotune.")
+@click.option("--precision", default=None, help="Pin the precision: fp32, fp16 or int8.")
+@click.option("--intra-op-threads", type=int, default=None, help="Pin intra-op threads.")
+@click.option("--max-batch-size", type=int, default=None, help="Pin the max batch size.")
+@click.option("--provider", multiple=True, help="Pin execution providers, in order (repeatable).")
+@click.option(
+    "--torch-gpu/--no-torch-gpu",
+    default=True,
+    help="Let the probe import torch to find CUDA GPUs when NVML is missing.",
+)
+@click.option("--output", default="table", help="table or json.")
 def probe(
-    model: Annotated[Path | None, typer.Option(help="Model directory (newest version) or version directory to plan.")] = None,
-    policy: Annotated[str | None, typer.Option(help="latency, throughput or balanced.")] = None,
-    latency_budget_ms: Annotated[float | None, typer.Option(help="End-to-end latency budget per request.")] = None,
-    memory_budget_mb: Annotated[float | None, typer.Option(help="Memory the model may take.")] = None,
-    autotune: Annotated[bool | None, typer.Option("--autotune/--no-autotune", help="Measure threads and batch sizes on the real model.")] = None,
-    autotune_time_s: Annotated[float | None, typer.Option(help="Time bound for autotune.")] = None,
-    precision: Annotated[str | None, typer.Option(help="Pin the precision: fp32, fp16 or int8.")] = None,
-    intra_op_threads: Annotated[int | None, typer.Option(help="Pin intra-op threads.")] = None,
-    max_batch_size: Annotated[int | None, typer.Option(help="Pin the max batch size.")] = None,
-    provider: Annotated[list[str] | None, typer.Option("--provider", help="Pin execution providers, in order (repeatable).")] = None,
-    torch_gpu: Annotated[bool, typer.Option(help="Let the probe import torch to find CUDA GPUs when NVML is missing.")] = True,
-    output: Annotated[str, typer.Option(help="table or json.")] = "table",
-) -> None:  # fmt: skip
+    model: Path | None,
+    policy: str | None,
+    latency_budget_ms: float | None,
+    memory_budget_mb: float | None,
+    autotune: bool | None,
+    autotune_time_s: float | None,
+    precision: str | None,
+    intra_op_threads: int | None,
+    max_batch_size: int | None,
+    provider: tuple[str, ...],
+    torch_gpu: bool,
+    output: str,
+) -> None:
     """Print the device's hardware facts and, with --model, the runtime plan and its reasons."""
     import logging
 
@@ -108,9 +136,9 @@ def probe(
     from server.manifest import read_manifest
 
     if output not in ("table", "json"):
-        raise typer.BadParameter("--output must be table or json")
+        raise click.BadParameter("--output must be table or json")
     if policy is not None and policy not in ("latency", "throughput", "balanced"):
-        raise typer.BadParameter("--policy must be latency, throughput or balanced")
+        raise click.BadParameter("--policy must be latency, throughput or balanced")
     settings = planner_settings(
         policy=policy,
         latency_budget_ms=latency_budget_ms,
@@ -120,7 +148,7 @@ def probe(
         precision=precision,
         intra_op_threads=intra_op_threads,
         max_batch_size=max_batch_size,
-        providers=provider,
+        providers=list(provider),
     )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     facts = probe_hardware(torch_fallback=torch_gpu)
@@ -146,23 +174,21 @@ def probe(
             "guard": _guard_json(verdict, settings) if verdict else None,
             "error": error,
         }
-        typer.echo(json.dumps(payload, indent=2, sort_keys=True))
+        click.echo(json.dumps(payload, indent=2, sort_keys=True))
     else:
         _print_tables(facts, label, plan, error)
         if verdict is not None:
             _print_guard(verdict, settings)
     if error is not None:
-        raise typer.Exit(1)
+        raise click.exceptions.Exit(1)
 
 
 def _print_tables(
     facts: HardwareFacts, label: str | None, plan: RuntimePlan | None, error: str | None
 ) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from common.text_table import TextTable
 
-    console = Console()
-    table = Table(title=f"Hardware facts (fingerprint {facts.fingerprint})", show_header=False)
+    table = TextTable(title=f"Hardware facts (fingerprint {facts.fingerprint})", header=False)
     cpu = facts.cpu
     quota = f", quota {cpu.quota_cores:g}" if cpu.quota_cores is not None else ""
     table.add_row("cpu", f"{cpu.model or '?'} ({cpu.architecture})")
@@ -196,12 +222,9 @@ def _print_tables(
         table.add_row(f"thermal {reading.zone}", f"{reading.kind} {reading.celsius:.1f} C")
     for line in facts.skipped:
         table.add_row("skipped", line)
-    console.print(table)
+    click.echo(table)
     if plan is not None:
-        plan_table = Table(title=f"Plan for {label}")
-        plan_table.add_column("decision")
-        plan_table.add_column("value")
-        plan_table.add_column("why")
+        plan_table = TextTable("decision", "value", "why", title=f"Plan for {label}")
         data = plan.to_dict()
         for key in ("backend", "model_file", "providers", "precision", "intra_op_threads",
                     "inter_op_threads", "max_batch_size", "max_queue_delay_us",
@@ -213,9 +236,9 @@ def _print_tables(
         for key in ("memory", "autotune"):
             if key in plan.reasons:
                 plan_table.add_row(key, "", plan.reasons[key])
-        console.print(plan_table)
+        click.echo(plan_table)
     if error is not None:
-        console.print(f"[red]plan refused for {label or 'model'}:[/red] {error}")
+        click.echo(f"plan refused for {label or 'model'}: {error}")
 
 
 def _guard_json(verdict: GuardVerdict, settings: PlannerSettings) -> dict[str, Any]:
@@ -244,19 +267,16 @@ def _guard_json(verdict: GuardVerdict, settings: PlannerSettings) -> dict[str, A
 
 def _print_guard(verdict: GuardVerdict, settings: PlannerSettings) -> None:
     """The accuracy guard's verdict: one row per metric, its threshold and the result."""
-    from rich.console import Console
-    from rich.table import Table
-
+    from common.text_table import TextTable
     from server.hardware.guard import LABELS, confident_note, format_value
 
     thresholds = settings.thresholds()
     accepted = verdict.passes(thresholds)
-    table = Table(
+    table = TextTable(
+        "metric", "value", "needs", "result",
         title=f"Accuracy guard: {verdict.precision} ({verdict.recipe}) vs fp32 -> "
-        f"{'accepted' if accepted else 'rejected'}"
-    )
-    for column in ("metric", "value", "needs", "result"):
-        table.add_column(column)
+        f"{'accepted' if accepted else 'rejected'}",
+    )  # fmt: skip
     for check in verdict.checks(thresholds):
         needs = f"{check.op} {format_value(check.metric, check.threshold)}" if check.gating else ""
         result = ("ok" if check.passed else "FAILS") if check.gating else "reported"
@@ -273,10 +293,9 @@ def _print_guard(verdict: GuardVerdict, settings: PlannerSettings) -> None:
             "",
             "reported",
         )
-    console = Console()
-    console.print(table)
+    click.echo(table)
     note = confident_note(verdict.metrics, thresholds)
-    console.print(
+    click.echo(
         f"judged on {verdict.evaluation}{'; ' + note if note else ''}; "
         f"calibrated on {verdict.calibration}"
     )

@@ -11,10 +11,10 @@ import pytest
 pytestmark = pytest.mark.system
 
 PROBE = """
-import sys, typer
+import sys, click
 
 from edgefleet.export.cli import register
-register(typer.Typer())
+register(click.Group())
 heavy = [name for name in ("torch", "onnx", "onnxruntime", "numpy") if name in sys.modules]
 print(",".join(heavy))
 """

@@ -68,8 +68,6 @@ async def test_steering_verbs_work_at_the_top_level(controller):
 
 def _verbs() -> dict[str, list[str]]:
     """Every fleetctl verb ("rollout status", ...) and its options, from the CLI itself."""
-    import typer.main
-
     from fleet.ctl.cli import app
 
     def walk(command: Any, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, list[str]]]:
@@ -80,7 +78,7 @@ def _verbs() -> dict[str, list[str]]:
         else:
             yield " ".join(prefix), [param.name for param in command.params]
 
-    return dict(walk(typer.main.get_command(app)))
+    return dict(walk(app))
 
 
 def _strict(text: str) -> Any:

@@ -7,8 +7,8 @@ import asyncio
 import json
 from pathlib import Path
 
-import typer
-from typer.testing import CliRunner
+import click
+from click.testing import CliRunner
 
 import fleet.cli
 from fleet.bundle import build_bundle
@@ -39,8 +39,7 @@ def test_webhook_secret_file_is_a_controller_flag(tmp_path: Path, monkeypatch) -
         seen.append(settings)
 
     monkeypatch.setattr(fleet.cli, "_run", run)
-    app = typer.Typer()
-    app.callback()(lambda: None)
+    app = click.Group()
     fleet.cli.register(app)
     secret = tmp_path / "webhook-secret"
     secret.write_text("s3cret\n")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from edgefleet.cli import build_app
 
-# Wide enough that rich never wraps a reason or an error message mid-phrase.
+# Wide enough that click never wraps an error message mid-phrase.
 WIDE = {"COLUMNS": "400"}
 
 

@@ -423,7 +423,7 @@ async def test_hostile_models_installed_through_a_signed_bundle(
 
 
 def test_model_check_runs_under_the_same_confinement(tmp_path: Path, outside: dict[str, Path]):
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from edgefleet.cli import build_app
 

@@ -22,8 +22,8 @@ import grpc
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 from PIL import Image
-from typer.testing import CliRunner
 
 from edgefleet.cli import build_app
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
