@@ -26,8 +26,10 @@ from testkit.repositories import ONNX_MODEL, ROOT, TORCHSCRIPT_MODEL, copy_model
 
 pytestmark = pytest.mark.system
 
-# What only an extra brings: the device never installs them.
-NOT_ON_A_DEVICE = ("torch", "psycopg", "onnx", "cv2", "grpc_tools", "sympy")
+# What only an extra brings: the device never installs them. Nor the CLI stack it once had
+# (typer, rich and pygments under it: 13 MB); the command lines are click and plain text.
+NOT_ON_A_DEVICE = ("torch", "psycopg", "onnx", "cv2", "grpc_tools", "sympy", "typer", "rich",
+                   "pygments", "shellingham", "markdown_it")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +100,26 @@ async def test_torchscript_model_names_the_extra_and_the_rest_serves(
         assert answered.model_name == ONNX_MODEL
     log = device_server.log()
     assert sum("edgefleet[torchscript]" in line for line in log.splitlines()) == 1, log[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--help"], "serve"),
+        (["serve", "--help"], "--repository"),
+        (["model", "check", "--help"], "DIRECTORY"),
+        # The hardware tables, printed without rich.
+        (["probe", "--no-torch-gpu"], "Hardware facts"),
+    ],
+)
+def test_device_commands_run(device_venv: Path, tmp_path: Path, args: list[str], said: str):
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    run = subprocess.run(
+        [str(device_venv / "bin" / "edgefleet"), *args],
+        capture_output=True, text=True, cwd=tmp_path, env=env, check=False, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert said in run.stdout
 
 
 def test_a_command_that_needs_an_extra_names_it(device_venv: Path, tmp_path: Path):
