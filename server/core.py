@@ -234,7 +234,8 @@ class InferenceCore:
                 log.error("model %s version %s skipped at boot: %s", name, version, exc)
 
     async def stop(self) -> None:
-        """Refuse new work, let in-flight requests finish, free every runtime."""
+        """Refuse new work, let in-flight requests finish, free every runtime. Called after
+        the transports' grace: model runs still going then are stopped where they can be."""
         self._stopping = True
         self._readiness_may_have_changed()
         for scheduler in self._schedulers.values():

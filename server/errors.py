@@ -39,6 +39,15 @@ class ModelWorkerFailed(EdgeError):
     http_status = 503
 
 
+class ModelRunTimedOut(EdgeError):
+    """A model's run passed the device's run time limit (EDGEFLEET_SANDBOX_RUN_TIMEOUT_S): the
+    process running it was killed. The message names the model and the limit."""
+
+    grpc_status = "DEADLINE_EXCEEDED"
+    # The model's worker, not the client, was too slow: a gateway's timeout.
+    http_status = 504
+
+
 class InvalidInput(EdgeError):
     """A request or frame the model cannot take: shape, dtype, byte length, encoding."""
 

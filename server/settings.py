@@ -96,3 +96,11 @@ class SandboxSettings(BaseSettings):
     # On a kernel without Landlock, TorchScript models are refused unless this is set: they
     # then run as an unprivileged user without sockets, but can read what that user can.
     allow_unconfined: bool = False
+    # Seconds one run of a confined model (a batch, a camera frame's job, the warm-up) may take
+    # before its worker is killed (SIGKILL): a forward that loops forever must not hold the
+    # model, its requests and shutdown. The waiting requests answer DEADLINE_EXCEEDED and the
+    # worker restarts for the next one (a kill counts towards the version's restart limit).
+    run_timeout_s: float = Field(default=30.0, gt=0)
+    # Seconds a worker may take to start and load its model (torch's import, the unpickling
+    # that runs a scripted `__setstate__`), on a slow device too.
+    load_timeout_s: float = Field(default=120.0, gt=0)

@@ -446,8 +446,9 @@ class ModelRegistry:
         await asyncio.to_thread(release_free_memory)
 
     async def close(self) -> None:
-        """Stop upgrades (their children are killed); retire everything; in-flight requests
-        finish first."""
+        """Stop upgrades (their children are killed); retire everything. Called when the
+        transports have finished or cancelled their requests: runs still going are orphans,
+        stopped where the runtime can be (a confined model's worker is killed)."""
         upgrades = list(self._upgrades.values())
         if self._trimmer is not None:
             upgrades.append(self._trimmer)
@@ -457,6 +458,8 @@ class ModelRegistry:
         await asyncio.gather(*upgrades, return_exceptions=True)
         for slot in self._slots.values():
             for model in slot.loaded.values():
+                # Past the grace: a run still going (a model that loops) must not hold the stop.
+                model.interrupt()
                 self._retire(model)
             slot.loaded.clear()
             slot.active = None

@@ -96,9 +96,13 @@ class ModelVersion:
         if manifest.pipeline is not None:
             self.labels: list[str] = []
             return
-        worker_deaths = metrics.model_events.labels(self.name, self.version, "worker_died")
+        events = metrics.model_events
         self._backend = load_backend(
-            version_dir, manifest, plan, on_worker_restart=worker_deaths.inc
+            version_dir,
+            manifest,
+            plan,
+            on_worker_restart=events.labels(self.name, self.version, "worker_died").inc,
+            on_run_timeout=events.labels(self.name, self.version, "run_timeout").inc,
         )
         try:
             self.labels = _labels(version_dir, manifest)
@@ -301,6 +305,12 @@ class ModelVersion:
         self.stats.record_execution(rows, infer_s)
         self._batch_size.observe(rows)
         self._compute_latency.observe(infer_s)
+
+    def interrupt(self) -> None:
+        """Stop the run in progress now where the runtime can (a confined worker is killed):
+        the server is stopping past its grace and nobody waits for the answer."""
+        if self._backend is not None:
+            self._backend.interrupt()
 
     async def retire(self) -> None:
         """Wait for in-flight requests, then drain the batcher and free the runtime."""

@@ -154,7 +154,7 @@ class ServerMetrics:
         )
         self.model_events = Counter(
             "edgefleet_model_events",
-            "Model lifecycle events: load, swap, unload, load_failed, worker_died.",
+            "Model lifecycle events: load, swap, unload, load_failed, worker_died, run_timeout.",
             ("model", "version", "event"),
             registry=self.registry,
         )

@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.bundle import build_bundle, install_bundle
 from fleet.keys import TrustedKeys, generate_keypair, load_private_key
@@ -33,7 +36,7 @@ from server.errors import ModelLoadError
 from server.manifest import Batching, ModelManifest, TensorSpec, hash_directory, write_manifest
 from server.models.backends.archive_scan import check_torchscript_archive
 from server.models.backends.torchscript import TorchScriptBackend
-from testkit.edge import server_settings
+from testkit.edge import running_server, server_settings
 from testkit.kserve import infer_request, output_array
 from testkit.repositories import ONNX_MODEL, TORCHSCRIPT_MODEL, copy_model
 
@@ -107,6 +110,39 @@ class Slow(torch.nn.Module):
         for _ in range(int(x[0, 0].item())):
             y = torch.mm(y, y) / 256.0
         return y[:1, :4] + x
+
+
+class LoopsForever(torch.nn.Module):
+    """Never returns for an input whose first value is positive (the warm-up's zeros pass)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        while bool(x[0, 0] > 0):
+            y = y + 1.0
+        return y
+
+
+class LoopsOnLoad(torch.nn.Module):
+    """Never returns from torch.jit.load: its scripted __setstate__ loops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spun = 0.0
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[float, bool]:
+        return (self.spun, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[float, bool]) -> None:
+        self.training = state[1]
+        spun = torch.zeros(1)
+        while bool(spun.sum() >= 0):
+            spun = spun + 1.0
+        self.spun = float(spun.item())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.spun
 
 
 def _write_version(version_dir: Path, name: str, module: torch.nn.Module, out: int) -> Path:
@@ -435,3 +471,163 @@ def test_model_check_runs_under_the_same_confinement(tmp_path: Path, outside: di
     assert "FAIL" in result.output and "Permission denied" in result.output
     assert not outside["created_on_load"].exists()
     assert _private_dirs() == private_before
+
+
+# The deadlines below, for a loaded 2-core machine: the run limit is short so the test is; the
+# slack on it is generous; the load limit stays well above a worker's start (5 to 7 s here).
+RUN_LIMIT_S = 5.0
+SLACK_S = 30.0
+
+
+def _one_worker(label: str) -> psutil.Process:
+    found = [worker for worker in _workers() if worker.cmdline()[-1] == label]
+    assert len(found) == 1, found
+    return found[0]
+
+
+async def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    url = f"http://127.0.0.1:{port}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read().decode())
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_a_run_past_the_limit_is_killed_and_answered_deadline_exceeded(
+    repository: Path, monkeypatch: pytest.MonkeyPatch
+):
+    _write_version(repository / "loops" / "1", "loops", LoopsForever(), FEATURES)
+    _write_version(repository / "slow" / "1", "slow", Slow(), FEATURES)
+    monkeypatch.setenv("EDGEFLEET_SANDBOX_RUN_TIMEOUT_S", str(RUN_LIMIT_S))
+    async with (
+        running_server(repository, models=(ONNX_MODEL, "loops", "slow"), metrics_port=0) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        stub = kserve_grpc.GRPCInferenceServiceStub(channel)
+        looping = _one_worker("loops/1")
+        ones, zeros = np.ones((1, FEATURES), np.float32), np.zeros((1, FEATURES), np.float32)
+        started = time.monotonic()
+        # The client's own deadline is far away: the device's limit is what ends the run.
+        call = stub.ModelInfer(infer_request("loops", ones, input_name="x"), timeout=120)
+        pending = asyncio.ensure_future(call)
+        # Meanwhile the other models serve, in-process and in their own worker.
+        image = np.zeros((1, 3, 224, 224), np.float32)
+        await stub.ModelInfer(infer_request(ONNX_MODEL, image))
+        answer = output_array(await stub.ModelInfer(infer_request("slow", ones, input_name="x")))
+        assert answer.shape == (1, FEATURES)
+        assert not pending.done()
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await pending
+        elapsed = time.monotonic() - started
+        assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        details = str(failed.value.details())
+        assert "loops/1" in details and "5 s" in details and "restarted" in details
+        assert RUN_LIMIT_S * 0.9 <= elapsed < RUN_LIMIT_S + SLACK_S
+        assert not looping.is_running()  # killed and reaped, not left spinning
+        # A restarted worker answers the model's next, ordinary input.
+        answer = output_array(await stub.ModelInfer(infer_request("loops", zeros, input_name="x")))
+        np.testing.assert_array_equal(answer, zeros)
+        assert _one_worker("loops/1").pid != looping.pid
+        samples = await _scrape(server.metrics_port)
+    events = {
+        event: samples.get(
+            ("edgefleet_model_events_total",
+             (("event", event), ("model", "loops"), ("version", "1"))), 0.0
+        )
+        for event in ("run_timeout", "worker_died")
+    }  # fmt: skip
+    assert events == {"run_timeout": 1.0, "worker_died": 0.0}
+    assert _workers() == []
+
+
+async def test_shutdown_kills_a_looping_run_instead_of_waiting_for_it(
+    repository: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """A run limit far beyond the test: only the stop's own kill can end the run in time. A
+    model that loops while loading is refused at the load limit and leaves no worker."""
+    _write_version(repository / "loops" / "1", "loops", LoopsForever(), FEATURES)
+    _write_version(repository / "loops_on_load" / "1", "loops_on_load", LoopsOnLoad(), FEATURES)
+    monkeypatch.setenv("EDGEFLEET_SANDBOX_RUN_TIMEOUT_S", "600")
+    monkeypatch.setenv("EDGEFLEET_SANDBOX_LOAD_TIMEOUT_S", "45")
+    server = EdgeServer(server_settings(repository, models=("loops",)))
+    await server.start()
+    stopped_in = None
+    try:
+        with pytest.raises(ModelLoadError, match=r"loops_on_load/1.*within 45 s.*killed"):
+            await server.core.load_model("loops_on_load")
+        assert [worker.cmdline()[-1] for worker in _workers()] == ["loops/1"]
+        looping = _one_worker("loops/1")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = kserve_grpc.GRPCInferenceServiceStub(channel)
+            ones = np.ones((1, FEATURES), np.float32)
+            pending = asyncio.ensure_future(
+                stub.ModelInfer(infer_request("loops", ones, input_name="x"), timeout=120)
+            )
+            await asyncio.sleep(1.0)  # the run has reached the worker
+            started = time.monotonic()
+            # Bounded so that a regression fails here instead of hanging for 600 s.
+            await asyncio.wait_for(server.stop(grace_s=1.0), timeout=SLACK_S)
+            stopped_in = time.monotonic() - started
+            with pytest.raises(grpc.aio.AioRpcError):
+                await pending
+    finally:
+        if stopped_in is None:  # the stop did not end the run: end it, so the test can end
+            for worker in _workers():
+                worker.kill()
+            await server.stop(grace_s=0)
+    assert stopped_in is not None and stopped_in < SLACK_S
+    assert not looping.is_running()
+    assert _workers() == []
+
+
+def _ends_within(process: psutil.Process, seconds: float) -> bool:
+    """Gone, or dead and waiting for whoever reaps orphans here (a container's init may not)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+_SERVER_KILLED_MID_RUN = """
+import sys
+import numpy as np
+from pathlib import Path
+from server.models.backends.factory import load_backend
+from server.models.registry import read_version_manifest
+from server.models.runtime_plan import ManifestPlanner
+
+version_dir = Path(sys.argv[1])
+manifest = read_version_manifest(version_dir)
+backend = load_backend(version_dir, manifest, ManifestPlanner().plan(version_dir, manifest))
+print(backend.pid, flush=True)
+backend.run({"x": np.ones((1, 4), np.float32)}, ["y"])  # loops until this process is killed
+"""
+
+
+def test_a_worker_does_not_outlive_a_killed_server(tmp_path: Path):
+    """A server killed (SIGKILL: no close, no run limit) while its model loops: the worker,
+    which would otherwise spin on as an orphan, dies with it."""
+    version_dir = _write_version(tmp_path / "loops" / "1", "loops", LoopsForever(), FEATURES)
+    with subprocess.Popen(
+        [sys.executable, "-c", _SERVER_KILLED_MID_RUN, str(version_dir)],
+        stdout=subprocess.PIPE, text=True,
+    ) as server:  # fmt: skip
+        assert server.stdout is not None
+        worker = psutil.Process(int(server.stdout.readline()))
+        try:
+            time.sleep(1.0)  # the run has reached the worker, which spins
+            assert worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE
+            server.kill()
+            server.wait(60)
+            assert _ends_within(worker, SLACK_S)
+        finally:
+            if worker.is_running():
+                worker.kill()
+            server.kill()

@@ -23,4 +23,9 @@ class Backend(Protocol):
 
     def run(self, inputs: Arrays, output_names: list[str]) -> Arrays: ...
 
+    def interrupt(self) -> None:
+        """End a run in progress at once, from any thread (the server stops past its grace).
+        In-process runtimes cannot be stopped and return at once; a worker process is killed."""
+        ...
+
     def close(self) -> None: ...

@@ -11,6 +11,7 @@ import ctypes
 import os
 import platform
 import pwd
+import signal
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ _SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
 _RULE_PATH_BENEATH = 1
 _CREATE_RULESET_VERSION = 1 << 0
 
+_PR_SET_PDEATHSIG = 1
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_SECCOMP = 22
 _SECCOMP_MODE_FILTER = 2
@@ -112,6 +114,17 @@ def drop_privileges(user: str = UNPRIVILEGED_USER) -> int:
     if os.getuid() == 0 or os.geteuid() == 0:
         raise ConfinementError("still root after setuid")
     return uid
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when its parent goes (a server killed before it could close its
+    workers): a model looping in a run must not spin on without it. Set after the uid drop,
+    which clears it. The kernel sends it when the parent's *thread* that started this process
+    ends: the server starts workers from executor threads that live as long as the model."""
+    if _libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise ConfinementError(f"prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
+    if os.getppid() != parent_pid:  # the parent went before the signal was set
+        os._exit(1)
 
 
 def no_new_privs() -> None:

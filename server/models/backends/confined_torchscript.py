@@ -1,7 +1,8 @@
 """TorchScript models, run in a confined worker process per loaded version (the worker is
 torchscript_worker.py; what confines it, confine.py). The server process never imports torch
 for serving and never runs a model's TorchScript code: it scans the archive's pickles, starts
-the worker, and exchanges arrays with it over a socket pair (worker_wire.py)."""
+the worker, and exchanges arrays with it over a socket pair (worker_wire.py). A run that passes
+the sandbox's run time limit gets its worker killed, like a worker that dies by itself."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import server
-from server.errors import ModelLoadError, ModelNotReady, ModelWorkerFailed
+from server.errors import ModelLoadError, ModelNotReady, ModelRunTimedOut, ModelWorkerFailed
 from server.manifest import ModelManifest
 from server.models.backends import worker_wire
 from server.models.backends.archive_scan import check_torchscript_archive
@@ -30,8 +31,9 @@ from server.settings import SandboxSettings
 log = logging.getLogger(__name__)
 
 WORKER_MODULE = "server.models.backends.torchscript_worker"
-# Deaths of a version's worker before the version is marked failed (a model that kills its
-# worker on every frame would otherwise cost a torch start-up per frame).
+# Deaths of a version's worker (killed for its run time too) before the version is marked
+# failed (a model that kills its worker on every frame would otherwise cost a torch start-up
+# per frame, or one run time limit per frame when it loops forever).
 MAX_RESTARTS = 3
 _EXIT_WAIT_S = 5.0
 
@@ -45,9 +47,15 @@ class ConfinedTorchScriptBackend:
         plan: RuntimePlan,
         *,
         on_restart: Callable[[], None] | None = None,
+        on_timeout: Callable[[], None] | None = None,
     ) -> None:
+        """`on_restart`: called when the worker dies by itself; `on_timeout`: when it is
+        killed for passing the run time limit."""
         self._label = f"{manifest.name}/{manifest.version}"
         check_torchscript_archive(model_path, self._label)
+        sandbox = SandboxSettings()
+        self._run_timeout_s = sandbox.run_timeout_s
+        self._load_timeout_s = sandbox.load_timeout_s
         self._request = {
             "model": self._label,
             "model_path": str(model_path.resolve()),
@@ -55,10 +63,14 @@ class ConfinedTorchScriptBackend:
             "input_names": [spec.name for spec in manifest.inputs],
             "output_names": [spec.name for spec in manifest.outputs],
             "threads": plan.intra_op_threads,
-            "allow_unconfined": SandboxSettings().allow_unconfined,
+            "allow_unconfined": sandbox.allow_unconfined,
+            "server_pid": os.getpid(),
         }
         self._threads = plan.intra_op_threads
         self._on_restart = on_restart
+        self._on_timeout = on_timeout
+        # Set by interrupt() (the server stops): a worker killed then is no death to count.
+        self._interrupted = False
         self._lock = threading.Lock()
         self._restarts = 0
         self._failed = False
@@ -107,9 +119,19 @@ class ConfinedTorchScriptBackend:
             raise
         finally:
             theirs.close()
+        # Every send and receive below waits at most this long (a model's `__setstate__` runs
+        # in the load, its forward in each run); the worker is killed past it.
+        ours.settimeout(self._load_timeout_s)
         try:
             worker_wire.send(ours, {**self._request, "tmp": str(self._tmp)})
             reply, _ = worker_wire.receive(ours)
+        except TimeoutError:
+            self._kill()
+            self._stop()
+            raise ModelLoadError(
+                f"{self._label}: the TorchScript worker did not load the model within "
+                f"{self._load_timeout_s:g} s (EDGEFLEET_SANDBOX_LOAD_TIMEOUT_S); it was killed"
+            ) from None
         except (OSError, worker_wire.PeerGone):
             code = self._stop()
             raise ModelLoadError(
@@ -119,6 +141,13 @@ class ConfinedTorchScriptBackend:
             self._stop()
             raise ModelLoadError(str(reply.get("error", "the worker refused the model")))
         self._description = str(reply["description"])
+        ours.settimeout(self._run_timeout_s)
+
+    def _kill(self) -> None:
+        """SIGKILL the worker (a model's code may ignore anything milder); _stop() reaps it."""
+        process = self._process  # read once: interrupt() comes from another thread
+        if process is not None:
+            process.kill()
 
     def _stop(self) -> int | None:
         """Close the socket, let the worker exit (kill it past a wait), remove its temp dir."""
@@ -164,7 +193,12 @@ class ConfinedTorchScriptBackend:
                     [inputs[name] for name in names],
                 )
                 reply, arrays = worker_wire.receive(self._sock)
+            except TimeoutError:
+                raise self._timed_out() from None
             except (OSError, worker_wire.PeerGone):
+                if self._interrupted:
+                    self._stop()
+                    raise ModelNotReady(f"model {self._label} is unloading") from None
                 raise self._died() from None
         if not reply.get("ok"):
             # The model's own error (its forward raised): answered INTERNAL, details logged.
@@ -183,19 +217,43 @@ class ConfinedTorchScriptBackend:
 
     def _died(self) -> ModelWorkerFailed:
         code = self._stop()
-        self._restarts += 1
         if self._on_restart is not None:
             self._on_restart()
-        if self._restarts > MAX_RESTARTS:
-            self._failed = True
-            then = "the version is marked failed"
-        else:
-            then = "it is restarted for the next request"
+        then = self._count_restart()
         log.error("model %s: TorchScript worker died (%s); %s", self._label, _how(code), then)
         return ModelWorkerFailed(
             f"model {self._label}: its TorchScript worker died during this request "
             f"({_how(code)}); {then}"
         )
+
+    def _timed_out(self) -> ModelRunTimedOut:
+        self._kill()
+        self._stop()
+        if self._on_timeout is not None:
+            self._on_timeout()
+        then = self._count_restart()
+        limit = f"{self._run_timeout_s:g} s"
+        log.error("model %s: run passed the %s limit; TorchScript worker killed; %s",
+                  self._label, limit, then)  # fmt: skip
+        return ModelRunTimedOut(
+            f"model {self._label}: its run passed the device's limit of {limit} "
+            f"(EDGEFLEET_SANDBOX_RUN_TIMEOUT_S); its worker was killed; {then}"
+        )
+
+    def _count_restart(self) -> str:
+        """One more worker lost: what happens next, for the log and the client."""
+        self._restarts += 1
+        if self._restarts > MAX_RESTARTS:
+            self._failed = True
+            return "the version is marked failed"
+        return "it is restarted for the next request"
+
+    def interrupt(self) -> None:
+        """Kill the worker now, in the middle of a run if one is going (the server is stopping
+        past its grace: nobody waits for the answer). Safe from any thread: no lock, since a
+        run holds it; the run then answers ModelNotReady and close() reaps the worker."""
+        self._interrupted = True
+        self._kill()
 
     def close(self) -> None:
         with self._lock:

@@ -18,9 +18,11 @@ def load_backend(
     plan: RuntimePlan,
     *,
     on_worker_restart: Callable[[], None] | None = None,
+    on_run_timeout: Callable[[], None] | None = None,
 ) -> Backend:
     """Load the model file the plan names. Blocking: call it off the event loop.
-    `on_worker_restart`: called each time a confined model's worker process dies."""
+    `on_worker_restart`: called each time a confined model's worker process dies;
+    `on_run_timeout`: each time one is killed for passing the run time limit."""
     model_path = Path(plan.model_file)
     if not model_path.is_absolute():
         model_path = version_dir / model_path
@@ -34,6 +36,11 @@ def load_backend(
         from server.models.backends.confined_torchscript import ConfinedTorchScriptBackend
 
         return ConfinedTorchScriptBackend(
-            model_path, version_dir, manifest, plan, on_restart=on_worker_restart
+            model_path,
+            version_dir,
+            manifest,
+            plan,
+            on_restart=on_worker_restart,
+            on_timeout=on_run_timeout,
         )
     raise ValueError(f"unknown backend {plan.backend!r}")

@@ -63,5 +63,8 @@ class OnnxBackend:
         values = self._session.run(output_names, inputs)
         return dict(zip(output_names, values, strict=True))
 
+    def interrupt(self) -> None:
+        """A run in this process cannot be stopped: it finishes."""
+
     def close(self) -> None:
         del self._session

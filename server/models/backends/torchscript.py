@@ -80,6 +80,9 @@ class TorchScriptBackend:
         }
         return {name: by_name[name] for name in output_names}
 
+    def interrupt(self) -> None:
+        """A run in this process cannot be stopped: it finishes."""
+
     def close(self) -> None:
         del self._module
 

@@ -22,7 +22,7 @@ import torch  # noqa: F401  (imported before confinement: after it, /root may be
 import server
 from server.errors import EdgeError, first_line
 from server.models.backends import worker_wire
-from server.models.backends.confine import confine
+from server.models.backends.confine import confine, die_with_parent
 from server.models.backends.torchscript import TorchScriptBackend
 
 # What the interpreter, torch and numpy read after start-up (lazy imports, shared libraries).
@@ -63,6 +63,7 @@ def _load(sock: socket.socket, request: dict[str, Any]) -> TorchScriptBackend:
         [tmp, Path("/dev/null")],
         require_landlock=not request["allow_unconfined"],
     )
+    die_with_parent(request["server_pid"])
     backend = TorchScriptBackend(
         model_path,
         model=request["model"],
