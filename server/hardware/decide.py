@@ -13,7 +13,7 @@ from typing import Any
 
 from server.errors import PlanRefused
 from server.hardware.facts import INT8_DOT_FEATURES, HardwareFacts
-from server.hardware.footprint import Footprint
+from server.hardware.footprint import Footprint, process_bytes
 from server.hardware.policy import PlannerSettings
 from server.manifest import ModelManifest, RuntimePins
 from server.models.runtime_plan import PROVIDER_PREFERENCE, RuntimePlan
@@ -343,21 +343,25 @@ def fit_memory(
     settings: PlannerSettings,
     footprint: Footprint,
 ) -> RuntimePlan:
-    """Shrink the batch until weights + activations fit, or refuse with the numbers."""
+    """Shrink the batch until weights + activations (+ a confined model's worker process)
+    fit, or refuse with the numbers."""
     limit, where = memory_available(plan, facts, settings)
     reasons = dict(plan.reasons)
     precision, instances = plan.precision, plan.instance_count
     batch = plan.max_batch_size
+    # One worker per version, whatever its instances: they share it.
+    worker = process_bytes(plan.backend)
 
     def needed(size: int) -> int:
-        return footprint.needed(precision, size, instances)
+        return footprint.needed(precision, size, instances) + worker
 
     def breakdown(size: int) -> str:
         per = f" x {instances} instances" if instances > 1 else ""
+        process = f" + worker process {mib(worker)} (confined {plan.backend})" if worker else ""
         return (
             f"{mib(needed(size))} (weights {mib(footprint.weights_at(precision))} {precision} + "
             f"activations {mib(footprint.activations_at(precision, size))} for batch "
-            f"{max(size, 1)}{per})"
+            f"{max(size, 1)}{per}{process})"
         )
 
     if limit is None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from edgefleet.cli import build_app
+from testkit.repositories import TORCHSCRIPT_MODEL, copy_model
 
 # Wide enough that click never wraps an error message mid-phrase.
 WIDE = {"COLUMNS": "400"}
@@ -65,3 +66,20 @@ def test_probe_rejects_bad_options(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "latency, throughput or balanced" in result.output
     result = CliRunner().invoke(build_app(), ["probe", "--model", str(tmp_path)], env=WIDE)
     assert result.exit_code == 2 and "no manifest.json" in result.output
+
+
+def test_probe_shows_a_torchscript_models_worker_and_refuses_what_cannot_fit(
+    tmp_path: Path, built_models: Path
+) -> None:
+    """A real memory budget (the operator's pin) instead of a device with less memory."""
+    copy_model(built_models, TORCHSCRIPT_MODEL, tmp_path)
+    model = str(tmp_path / TORCHSCRIPT_MODEL)
+    code, out = run_probe("--model", model, "--memory-budget-mb", "400", "--output", "json")
+    assert code == 0, out
+    memory = json.loads(out)["plan"]["reasons"]["memory"]
+    assert "+ worker process 235.0 MiB (confined torchscript)" in memory
+    code, out = run_probe("--model", model, "--memory-budget-mb", "200", "--output", "json")
+    assert code == 1, out
+    error = json.loads(out)["error"]
+    assert "worker process 235.0 MiB" in error
+    assert "only 200.0 MiB may be used (the 200 MiB memory budget)" in error

@@ -5,17 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 
 from protos.inference import grpc_service_pb2 as kserve
 from protos.inference import grpc_service_pb2_grpc as kserve_grpc
 from server.app import EdgeServer
+from server.hardware.facts import MemoryFacts
 from server.hardware.planner import HardwarePlanner
 from server.hardware.policy import PlannerSettings
+from server.hardware.probe import probe_hardware
 from server.manifest import RuntimePins
 from testkit.edge import server_settings
 from testkit.hardware import load_profile
-from testkit.repositories import ONNX_MODEL
+from testkit.repositories import ONNX_MODEL, TORCHSCRIPT_MODEL, copy_model
 
 
 async def test_a_plan_that_cannot_fit_is_refused_with_its_numbers(repository: Path) -> None:
@@ -36,5 +39,33 @@ async def test_a_plan_that_cannot_fit_is_refused_with_its_numbers(repository: Pa
                 )
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "weights 17.7 MiB fp32" in (refused.value.details() or "")
+    finally:
+        await server.stop(grace_s=1.0)
+
+
+async def test_a_torchscript_model_counts_its_worker_process(
+    repository: Path, built_models: Path
+) -> None:
+    """This machine's probed facts, but for its free memory: 200 MiB free does not exist here,
+    and only the memory number is replaced. 80% of it holds EfficientNet-Lite0 in ONNX and its
+    TorchScript weights and activations, not the 235 MiB worker the TorchScript copy runs in."""
+    copy_model(built_models, TORCHSCRIPT_MODEL, repository)
+    probed = probe_hardware(nvml=None)
+    little = probed.model_copy(update={"memory": MemoryFacts(available_bytes=200 << 20)})
+    settings = PlannerSettings(pins=RuntimePins(precision="fp32"))
+    server = EdgeServer(server_settings(repository), planner=HardwarePlanner(settings, little))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = kserve_grpc.GRPCInferenceServiceStub(channel)
+            index = await stub.RepositoryIndex(kserve.RepositoryIndexRequest())
+            states = {model.name: (model.state, model.reason) for model in index.models}
+            assert states[ONNX_MODEL][0] == "READY"
+            state, reason = states[TORCHSCRIPT_MODEL]
+            assert state == "UNAVAILABLE"
+            assert "+ worker process 235.0 MiB (confined torchscript)" in reason
+            assert "only 160.0 MiB may be used (80% of 200.0 MiB free memory)" in reason
+        # Refused before its worker started.
+        assert psutil.Process().children() == []
     finally:
         await server.stop(grace_s=1.0)
