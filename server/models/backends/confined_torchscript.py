@@ -177,10 +177,12 @@ class ConfinedTorchScriptBackend:
 
     def run(self, inputs: Arrays, output_names: list[str]) -> Arrays:
         with self._lock:
+            if self._interrupted:  # the server is stopping: no worker restarts for it
+                raise ModelNotReady(f"model {self._label} is unloading")
             if self._failed:
                 raise ModelNotReady(
-                    f"model {self._label}: its TorchScript worker died {self._restarts} times; "
-                    "the version is marked failed"
+                    f"model {self._label}: its TorchScript worker died or was killed "
+                    f"{self._restarts} times; the version is marked failed"
                 )
             if self._sock is None:
                 self._restart()
