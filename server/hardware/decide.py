@@ -350,14 +350,14 @@ def fit_memory(
     precision, instances = plan.precision, plan.instance_count
     batch = plan.max_batch_size
     # One worker per version, whatever its instances: they share it.
-    worker = process_bytes(plan.backend)
+    worker, found = process_bytes(plan.backend, facts.torch_worker_bytes)
 
     def needed(size: int) -> int:
         return footprint.needed(precision, size, instances) + worker
 
     def breakdown(size: int) -> str:
         per = f" x {instances} instances" if instances > 1 else ""
-        process = f" + worker process {mib(worker)} (confined {plan.backend})" if worker else ""
+        process = f" + worker process {mib(worker)} ({found}, confined)" if worker else ""
         return (
             f"{mib(needed(size))} (weights {mib(footprint.weights_at(precision))} {precision} + "
             f"activations {mib(footprint.activations_at(precision, size))} for batch "

@@ -126,6 +126,9 @@ class HardwareFacts(_Fact):
     onnxruntime_version: str | None = None
     torch_installed: bool = False
     torch_version: str | None = None
+    # Resident memory of a confined TorchScript worker before its model, as the first worker
+    # this server started measured it (HardwarePlanner.observe_process); None until then.
+    torch_worker_bytes: int | None = None
     thermal: tuple[ThermalReading, ...] = ()
     # "what: why" for every source that was missing, unreadable or made no sense.
     skipped: tuple[str, ...] = Field(default=())

@@ -32,15 +32,22 @@ ACTIVATION_SCALE = {"fp32": 1.0, "fp16": 0.5, "int8": 1.0}
 TORCHSCRIPT_ACTIVATION_FACTOR = 32
 # A TorchScript version runs in its own confined worker (server/models/backends/
 # confined_torchscript.py): Python, numpy and libtorch, beside its weights and activations.
-# Measured: resident set of a worker serving a one-operator model (`x + 1`) after its first
-# run, 235 MiB (torch 2.13 CPU, Python 3.11, x86_64; psutil memory_full_info). Its USS is 154
-# MiB: libtorch's pages are shared between workers, so this over-counts the second one on.
+# Counted until a worker of this server has reported its own (HardwareFacts.torch_worker_bytes:
+# 229 MiB here, before its model and its first run). Measured: resident set of a worker serving
+# a one-operator model (`x + 1`) after its first run, 235 MiB (torch 2.13 CPU, Python 3.11,
+# x86_64; psutil memory_full_info). Its USS is 154 MiB: libtorch's pages are shared between
+# workers, so both numbers over-count the second worker on.
 CONFINED_WORKER_BYTES = 235 << 20
 
 
-def process_bytes(backend: str) -> int:
-    """Memory a version of `backend` costs beyond its weights and activations."""
-    return CONFINED_WORKER_BYTES if backend == "torchscript" else 0
+def process_bytes(backend: str, measured_worker: int | None) -> tuple[int, str]:
+    """Memory a version of `backend` costs beyond its weights and activations, and how it was
+    found: a worker's own report once one has started (`measured_worker`), else the constant."""
+    if backend != "torchscript":
+        return 0, ""
+    if measured_worker:
+        return measured_worker, "measured"
+    return CONFINED_WORKER_BYTES, "estimated"
 
 
 @dataclass(frozen=True)

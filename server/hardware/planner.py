@@ -62,6 +62,8 @@ class HardwarePlanner:
         self._key: bytes | None = None
         self._drafts: dict[tuple[str, str], RuntimePlan] = {}
         self._told_no_tooling = False
+        # A confined TorchScript worker's own memory, once one has measured it.
+        self._torch_worker_bytes: int | None = None
         self._converting = threading.Lock()
         # The accuracy guard's last verdict (for `edgefleet probe`'s table).
         self.last_verdict: GuardVerdict | None = None
@@ -85,7 +87,14 @@ class HardwarePlanner:
         with self._lock:
             if not self._fixed or self._facts is None:
                 self._facts = self._probe_now()
-            return self._facts
+            if self._torch_worker_bytes is None:
+                return self._facts
+            return self._facts.model_copy(update={"torch_worker_bytes": self._torch_worker_bytes})
+
+    def observe_process(self, backend: str, process_bytes: int) -> None:
+        if backend == "torchscript" and process_bytes > 0:
+            with self._lock:
+                self._torch_worker_bytes = process_bytes
 
     def _probe_now(self) -> HardwareFacts:
         facts = self._probe()

@@ -310,6 +310,8 @@ class ModelRegistry:
         self, version_dir: Path, manifest: ModelManifest, plan: RuntimePlan
     ) -> ModelVersion:
         model = ModelVersion(version_dir, manifest, plan, self._metrics)
+        if model.process_bytes:
+            self._planner.observe_process(plan.backend, model.process_bytes)
         release_free_memory()  # what the load parsed and optimized and then freed
         return model
 

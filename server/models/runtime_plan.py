@@ -83,6 +83,11 @@ class Planner(Protocol):
         """The background work a plan with `pending` set waits for; None when there is none."""
         ...
 
+    def observe_process(self, backend: str, process_bytes: int) -> None:
+        """What a loaded version's separate runtime process measured (Backend.process_bytes),
+        for the plans that follow."""
+        ...
+
 
 def available_onnx_providers() -> tuple[str, ...]:
     import onnxruntime
@@ -108,6 +113,9 @@ class ManifestPlanner:
         self, version_dir: Path, manifest: ModelManifest, plan: RuntimePlan
     ) -> UpgradeJob | None:
         return None
+
+    def observe_process(self, backend: str, process_bytes: int) -> None:
+        """No memory check here: nothing to learn."""
 
     def plan(self, version_dir: Path, manifest: ModelManifest) -> RuntimePlan:
         pins = manifest.runtime

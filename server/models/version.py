@@ -133,6 +133,11 @@ class ModelVersion:
         return "" if self._backend is None else self._backend.provider
 
     @property
+    def process_bytes(self) -> int:
+        """Memory of the separate process running the model, if any (Backend.process_bytes)."""
+        return 0 if self._backend is None else self._backend.process_bytes
+
+    @property
     def info_labels(self) -> ModelInfoLabels:
         """How this version runs: the labels of its `edgefleet_model_info` series."""
         plan = self.plan

@@ -77,7 +77,7 @@ def test_probe_shows_a_torchscript_models_worker_and_refuses_what_cannot_fit(
     code, out = run_probe("--model", model, "--memory-budget-mb", "400", "--output", "json")
     assert code == 0, out
     memory = json.loads(out)["plan"]["reasons"]["memory"]
-    assert "+ worker process 235.0 MiB (confined torchscript)" in memory
+    assert "+ worker process 235.0 MiB (estimated, confined)" in memory
     code, out = run_probe("--model", model, "--memory-budget-mb", "200", "--output", "json")
     assert code == 1, out
     error = json.loads(out)["error"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import grpc
@@ -63,9 +64,33 @@ async def test_a_torchscript_model_counts_its_worker_process(
             assert states[ONNX_MODEL][0] == "READY"
             state, reason = states[TORCHSCRIPT_MODEL]
             assert state == "UNAVAILABLE"
-            assert "+ worker process 235.0 MiB (confined torchscript)" in reason
+            assert "+ worker process 235.0 MiB (estimated, confined)" in reason
             assert "only 160.0 MiB may be used (80% of 200.0 MiB free memory)" in reason
         # Refused before its worker started.
         assert psutil.Process().children() == []
+    finally:
+        await server.stop(grace_s=1.0)
+
+
+async def test_the_first_worker_measures_what_the_next_torchscript_plan_counts(
+    repository: Path, built_models: Path
+) -> None:
+    copy_model(built_models, TORCHSCRIPT_MODEL, repository)
+    settings = PlannerSettings(pins=RuntimePins(precision="fp32"))
+    planner = HardwarePlanner(settings, probe_hardware(nvml=None))
+    server = EdgeServer(server_settings(repository), planner=planner)
+    await server.start()
+    try:
+        served = server.core.registry.resolve(TORCHSCRIPT_MODEL, "")
+        # Planned before any worker existed: the constant.
+        assert "+ worker process 235.0 MiB (estimated, confined)" in served.plan.reasons["memory"]
+        (worker,) = psutil.Process().children()
+        resident = worker.memory_info().rss
+        # Planned again: what the worker reported, before its model (so below its RSS now).
+        again = planner.plan(served.version_dir, served.manifest).reasons["memory"]
+        match = re.search(r"\+ worker process ([0-9.]+) MiB \(measured, confined\)", again)
+        assert match is not None, again
+        measured = float(match.group(1)) * (1 << 20)
+        assert 64 << 20 < measured < resident
     finally:
         await server.stop(grace_s=1.0)

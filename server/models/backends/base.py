@@ -21,6 +21,12 @@ class Backend(Protocol):
         """The execution provider running the model, e.g. CPUExecutionProvider."""
         ...
 
+    @property
+    def process_bytes(self) -> int:
+        """Memory of a separate process the runtime runs the model in, beyond the model's own
+        weights and activations (a confined worker's interpreter and libraries); 0 in-process."""
+        ...
+
     def run(self, inputs: Arrays, output_names: list[str]) -> Arrays: ...
 
     def interrupt(self) -> None:

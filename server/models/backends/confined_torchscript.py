@@ -78,6 +78,7 @@ class ConfinedTorchScriptBackend:
         self._sock: socket.socket | None = None
         self._tmp: Path | None = None
         self._description = ""
+        self._process_bytes = 0
         self._start()
         # Unconfined by the operator's choice (no Landlock here): said loudly, never silently.
         level = logging.WARNING if "NO Landlock" in self._description else logging.INFO
@@ -141,6 +142,7 @@ class ConfinedTorchScriptBackend:
             self._stop()
             raise ModelLoadError(str(reply.get("error", "the worker refused the model")))
         self._description = str(reply["description"])
+        self._process_bytes = int(reply.get("process_bytes", 0))
         ours.settimeout(self._run_timeout_s)
 
     def _kill(self) -> None:
@@ -174,6 +176,11 @@ class ConfinedTorchScriptBackend:
     @property
     def provider(self) -> str:
         return "cpu"
+
+    @property
+    def process_bytes(self) -> int:
+        """The worker's resident set with torch imported, before its model (its own report)."""
+        return self._process_bytes
 
     def run(self, inputs: Arrays, output_names: list[str]) -> Arrays:
         with self._lock:

@@ -59,6 +59,10 @@ class OnnxBackend:
     def provider(self) -> str:
         return str(self._providers[0])
 
+    @property
+    def process_bytes(self) -> int:
+        return 0  # runs in the calling process
+
     def run(self, inputs: Arrays, output_names: list[str]) -> Arrays:
         values = self._session.run(output_names, inputs)
         return dict(zip(output_names, values, strict=True))

@@ -66,6 +66,10 @@ class TorchScriptBackend:
     def provider(self) -> str:
         return "cpu"
 
+    @property
+    def process_bytes(self) -> int:
+        return 0  # runs in the calling process
+
     def run(self, inputs: Arrays, output_names: list[str]) -> Arrays:
         # Request bytes arrive as read-only views; torch needs writable memory (copied only then).
         tensors = [
