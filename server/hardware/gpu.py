@@ -6,7 +6,9 @@ A GPU may vanish mid-probe and NVML may be missing or half-broken; each failure 
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 from typing import Any
 
 from server.hardware.facts import GpuFacts, JetsonFacts
@@ -43,8 +45,22 @@ def precision_speeds(capability: str | None) -> dict[str, bool]:
     }
 
 
+# NVIDIA's management library, as pynvml loads it on Linux.
+NVML_LIBRARY = "libnvidia-ml.so.1"
+
+
 def load_nvml(skipped: list[str]) -> Any:
-    """The pynvml module, or None (noted in `skipped`)."""
+    """The pynvml module, or None (noted in `skipped`).
+
+    Without NVIDIA's driver library there is no GPU for NVML to report, and pynvml's 1.9 MB of
+    Python objects would stay resident in every CPU-only server for nothing: it is imported
+    only once the library it wraps loads (the name pynvml itself loads on Linux)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(NVML_LIBRARY)
+        except OSError:
+            skipped.append(f"nvml: {NVML_LIBRARY} not found (no NVIDIA driver)")
+            return None
     try:
         import pynvml
     except ImportError:
