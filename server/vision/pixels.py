@@ -2,6 +2,8 @@
 
 OpenCV does it where an extra installed it (`[ocr]`, `[camera]`, `[dev]`); the device install
 has no OpenCV (173 MB on disk, 15 MB of RSS once imported), so Pillow and numpy do it there.
+OpenCV is imported by the first frame that needs pixel work (`opencv()`), not with the server:
+a server that is sent tensors only never carries it.
 Both decode a JPEG headed for a small model input at 1/2, 1/4 or 1/8 scale (libjpeg-turbo's
 DCT scaling: `IMREAD_REDUCED_*` in OpenCV, `Image.draft` in Pillow). OpenCV resizes faster:
 a 640x480 JPEG to 224x224 costs 0.95 ms of CPU with it and 1.75 ms with Pillow, decoded
@@ -16,19 +18,37 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import io
+import threading
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-cv2: Any = importlib.import_module("cv2") if importlib.util.find_spec("cv2") else None
-OPENCV = cv2 is not None
-if cv2 is not None:
-    # The server already preprocesses frames of many streams in parallel threads; OpenCV's own
-    # per-call thread pool on top split each 224x224 resize across threads that then wait for
-    # each other and for onnxruntime's: 2.9 ms vs 1.4 ms per resize on a busy 2-core device
-    # (docs/benchmarks.md, "Server CPU per frame").
-    cv2.setNumThreads(1)
+# OpenCV once `opencv()` looked for it: the module, or None where it is not installed.
+cv2: Any = None
+_looked_for_opencv = False
+_opencv_lock = threading.Lock()
+
+
+def opencv() -> Any:
+    """OpenCV, imported on first use (frames of many streams ask at once: one import), or
+    None without it."""
+    global cv2, _looked_for_opencv
+    if not _looked_for_opencv:
+        with _opencv_lock:
+            if not _looked_for_opencv:
+                if importlib.util.find_spec("cv2") is not None:
+                    module = importlib.import_module("cv2")
+                    # The server already preprocesses frames of many streams in parallel
+                    # threads; OpenCV's own per-call thread pool on top split each 224x224
+                    # resize across threads that then wait for each other and for
+                    # onnxruntime's: 2.9 ms vs 1.4 ms per resize on a busy 2-core device
+                    # (docs/benchmarks.md, "Server CPU per frame").
+                    module.setNumThreads(1)
+                    cv2 = module
+                _looked_for_opencv = True
+    return cv2
+
 
 _REDUCTIONS = (8, 4, 2)
 
@@ -48,6 +68,7 @@ def decode(
     """(HWC uint8 image, "rgb" or "bgr") of a JPEG or PNG, or None when it does not decode.
     A JPEG may decode at a reduced scale (`reduction`); the header was checked already."""
     factor = reduction(size, target) if jpeg else 1
+    cv2 = opencv()
     if cv2 is not None:
         flags = {8: cv2.IMREAD_REDUCED_COLOR_8, 4: cv2.IMREAD_REDUCED_COLOR_4,
                  2: cv2.IMREAD_REDUCED_COLOR_2, 1: cv2.IMREAD_COLOR}  # fmt: skip
@@ -83,6 +104,7 @@ def scale(
     shrinking = not linear and halving and width < image.shape[1] and height < image.shape[0]
     if area:
         shrinking = width < image.shape[1]
+    cv2 = opencv()
     if cv2 is not None:
         interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
         resized: np.ndarray = cv2.resize(
@@ -94,6 +116,7 @@ def scale(
 
 
 def swap_red_blue(image: np.ndarray) -> np.ndarray:
+    cv2 = opencv()
     if cv2 is not None:
         swapped: np.ndarray = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         return swapped
@@ -103,6 +126,7 @@ def swap_red_blue(image: np.ndarray) -> np.ndarray:
 def pad_right(image: np.ndarray, width: int) -> np.ndarray:
     """`image` (HWC uint8) with zero columns added on the right up to `width`."""
     extra = width - image.shape[1]
+    cv2 = opencv()
     if cv2 is not None:
         padded: np.ndarray = cv2.copyMakeBorder(image, 0, 0, 0, extra, cv2.BORDER_CONSTANT, value=0)
         return padded
@@ -113,6 +137,7 @@ def warp_quad(image: np.ndarray, corners: np.ndarray, width: int, height: int) -
     """The quadrilateral `corners` (4x2, clockwise from top-left) of `image` straightened to
     `width` x `height`, bicubic, edges replicated (a text line cut out of a frame)."""
     target = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float32)
+    cv2 = opencv()
     if cv2 is not None:
         matrix = cv2.getPerspectiveTransform(corners.astype(np.float32), target)
         warped: np.ndarray = cv2.warpPerspective(
@@ -136,6 +161,7 @@ def warp_quad(image: np.ndarray, corners: np.ndarray, width: int, height: int) -
 def blob(images: list[np.ndarray], scale_by: float, mean: float, swap: bool) -> np.ndarray:
     """uint8 HWC images of one size to an NCHW float32 batch: (pixel - mean) * scale_by, with
     red and blue swapped when `swap`."""
+    cv2 = opencv()
     if cv2 is not None:
         out = cv2.dnn.blobFromImages(
             images, scalefactor=scale_by, mean=(mean,) * 3, swapRB=swap, crop=False

@@ -17,8 +17,9 @@ from testkit.repositories import BUILT_MODELS, ONNX_MODEL
 
 def both(work):
     """`work()` with OpenCV, then without it."""
+    saved = pixels.opencv()  # imported on first use: before it is switched off
+    assert saved is not None
     with_cv2 = work()
-    saved = pixels.cv2
     pixels.cv2 = None
     try:
         return with_cv2, work()

@@ -19,7 +19,7 @@ import numpy as np
 from server.errors import InvalidInput
 from server.manifest import DbOptions
 from server.vision.detections import Detection, FrameTransform
-from server.vision.pixels import cv2
+from server.vision.pixels import opencv
 
 pyclipper: Any = (
     importlib.import_module("pyclipper") if importlib.util.find_spec("pyclipper") else None
@@ -30,6 +30,7 @@ _DILATION = np.ones((2, 2), dtype=np.uint8)
 
 def _mini_box(points: np.ndarray) -> tuple[np.ndarray, float]:
     """The minimum-area rectangle's corners clockwise from top-left, and its shorter side."""
+    cv2 = opencv()
     rect = cv2.minAreaRect(points)
     corners = sorted(cv2.boxPoints(rect).tolist(), key=lambda point: point[0])
     left = sorted(corners[:2], key=lambda point: point[1])
@@ -46,11 +47,13 @@ def _box_score(prob: np.ndarray, box: np.ndarray) -> float:
     y_max = int(np.clip(np.ceil(box[:, 1].max()), 0, height - 1))
     mask = np.zeros((y_max - y_min + 1, x_max - x_min + 1), dtype=np.uint8)
     shifted = (box - np.array([x_min, y_min], dtype=np.float32)).astype(np.int32)
+    cv2 = opencv()
     cv2.fillPoly(mask, [shifted.reshape(-1, 1, 2)], 1)
     return float(cv2.mean(prob[y_min : y_max + 1, x_min : x_max + 1], mask)[0])
 
 
 def _unclip(box: np.ndarray, ratio: float) -> np.ndarray | None:
+    cv2 = opencv()
     area = cv2.contourArea(box)
     length = cv2.arcLength(box, True)
     if length == 0:
@@ -77,6 +80,7 @@ def decode(
     if prob.ndim != 2:
         raise InvalidInput(f"db_text expects a [1, H, W] map per image, got {list(prob_map.shape)}")
     bitmap: np.ndarray = (prob > options.thresh).astype(np.uint8)
+    cv2 = opencv()
     if options.use_dilation:
         bitmap = np.asarray(cv2.dilate(bitmap, _DILATION))
     contours, _ = cv2.findContours(bitmap * 255, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)

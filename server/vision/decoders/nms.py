@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.vision.pixels import cv2
+from server.vision.pixels import opencv
 
 
 def _offset(boxes: np.ndarray, class_ids: np.ndarray | None) -> np.ndarray:
@@ -31,7 +31,7 @@ def nms_cv2(
     xywh = np.empty_like(shifted)
     xywh[:, :2] = shifted[:, :2]
     xywh[:, 2:] = shifted[:, 2:] - shifted[:, :2]
-    kept = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.0, iou)
+    kept = opencv().dnn.NMSBoxes(xywh.tolist(), scores.tolist(), 0.0, iou)
     return np.asarray(kept, dtype=np.int64).reshape(-1)
 
 
@@ -59,4 +59,9 @@ def nms_numpy(
     return np.asarray(kept, dtype=np.int64)
 
 
-nms = nms_cv2 if cv2 is not None else nms_numpy
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, iou: float, class_ids: np.ndarray | None = None
+) -> np.ndarray:
+    """`nms_cv2` where OpenCV is installed, else `nms_numpy`."""
+    chosen = nms_cv2 if opencv() is not None else nms_numpy
+    return chosen(boxes, scores, iou, class_ids)
