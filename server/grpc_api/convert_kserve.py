@@ -14,7 +14,6 @@ import numpy as np
 from protos.inference import grpc_service_pb2 as kserve
 from server.core import ModelInfo
 from server.errors import InvalidInput
-from server.grpc_api.raw_payload import refuse_oversized
 from server.grpc_api.status import public_message
 from server.kserve_parameters import load_version
 from server.manifest import ModelManifest, TensorSpec
@@ -68,8 +67,6 @@ def infer_request_from_pb(request: kserve.ModelInferRequest) -> InferRequest:
             f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; "
             "send one entry per input, in input order"
         )
-    if raw:
-        refuse_oversized(request)  # before the payload is copied out of the message
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         if tensor.name in arrays:
