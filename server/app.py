@@ -28,6 +28,7 @@ from server.grpc_api.auth import auth_interceptors
 from server.grpc_api.frame_stream import FrameStreamServicer
 from server.grpc_api.kserve import KServeServicer
 from server.grpc_api.malformed import MalformedRequestInterceptor
+from server.grpc_api.raw_payload import RawPayloadInterceptor
 from server.grpc_api.server_info import DeviceFacts, ServerInfoServicer
 from server.models.memory import bound_big_buffers
 from server.models.runtime_plan import Planner
@@ -85,6 +86,7 @@ class EdgeServer:
         self._interceptors = [
             *auth_interceptors(settings),
             MalformedRequestInterceptor(),
+            RawPayloadInterceptor(),
             *interceptors,
         ]
         self._credentials = (

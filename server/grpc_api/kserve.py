@@ -17,6 +17,7 @@ from server.concurrency import bounded_map
 from server.core import InferenceCore
 from server.errors import EdgeError, Unsupported
 from server.grpc_api import convert_kserve
+from server.grpc_api.raw_payload import RefusedPayload
 from server.grpc_api.status import grpc_errors, status_for
 from server.kserve_parameters import refuse_shared_memory, request_options
 from server.models.types import InferRequest
@@ -84,8 +85,10 @@ class KServeServicer(kserve_grpc.GRPCInferenceServiceServicer):
 
     @grpc_errors
     async def ModelInfer(
-        self, request: kserve.ModelInferRequest, context: Context
+        self, request: kserve.ModelInferRequest | RefusedPayload, context: Context
     ) -> kserve.ModelInferResponse:
+        if isinstance(request, RefusedPayload):  # refused as it was parsed (RawPayloadInterceptor)
+            raise request.error
         options = request_options(convert_kserve.parameter_values(request.parameters))
         response = await self._core.infer(
             await _request_from_pb(request), timeout_s=options.timeout_s

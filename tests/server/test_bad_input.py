@@ -61,6 +61,12 @@ KSERVE_CASES = {
         with_raw(infer_request(ONNX_MODEL, GOOD), GOOD.tobytes()[:-4]),
         grpc.StatusCode.INVALID_ARGUMENT, "bytes do not match shape",
     ),
+    # Refused as it is parsed (RawPayloadInterceptor), with the servicer's own message.
+    "more bytes than the shape": (
+        with_raw(infer_request(ONNX_MODEL, GOOD), GOOD.tobytes() + bytes(4)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "602116 bytes do not match shape [1, 3, 224, 224] of FP32 (602112 bytes expected)",
+    ),
     "raw entries do not match inputs": (
         two_raw_entries(), grpc.StatusCode.INVALID_ARGUMENT, "2 raw_input_contents for 1 inputs",
     ),
