@@ -281,7 +281,6 @@ class HttpServer:
 
     async def start(self) -> None:
         assert self._socket is not None, "bind() first"
-        self._pool.start()
         await self._runner.setup()
         await web.SockSite(self._runner, self._socket, ssl_context=self._ssl_context).start()
 

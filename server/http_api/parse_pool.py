@@ -11,6 +11,10 @@ needs Python's usual `if __name__ == "__main__":` guard (the CLI and pytest have
 
 Small bodies are parsed on the loop: below ON_LOOP_JSON_BYTES the parse takes well under a
 millisecond, less than the round trip to the process.
+
+The process starts with the first large body, not with the server: with multiprocessing's
+resource tracker it holds about 41 MB that a device serving cameras and small JSON never needs.
+That first body waits for the spawn (about a second on a small CPU).
 """
 
 from __future__ import annotations
@@ -61,8 +65,7 @@ class ParsePool:
         self._warm: asyncio.Future[bool] | None = None
 
     def start(self) -> None:
-        """Spawn the processes now (in the background), so the first large body does not wait
-        for Python and numpy to start."""
+        """Spawn the processes (in the background); `run` calls this for the first large body."""
         if self._processes == 0 or self._pool is not None:
             return
         self._pool = ProcessPoolExecutor(
@@ -76,8 +79,11 @@ class ParsePool:
     async def run(self, on_loop: bool, function: Callable[..., T], *args: object) -> T:
         """`function(*args)`: here when `on_loop` (cheap) or no process is configured, else in
         the parse process. Exceptions (InvalidInput, ...) come back as raised there."""
-        if on_loop or self._pool is None:
+        if on_loop or self._processes == 0:
             return function(*args)
+        if self._pool is None:
+            self.start()
+        assert self._pool is not None
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, function, *args)

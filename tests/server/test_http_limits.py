@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import io
 import json
 import sys
 import time
@@ -157,6 +158,31 @@ async def test_32_mib_json_bodies_never_stall_grpc(repository: Path, tmp_path: P
     assert len(probe.latencies) > 20
     probe.assert_never_stalled()
     assert probe.growth_mib < 600, f"RSS grew {probe.growth_mib:.0f} MiB"
+
+
+def parse_processes() -> int:
+    return sum(
+        "spawn_main" in " ".join(child.cmdline())
+        for child in psutil.Process().children(recursive=True)
+    )
+
+
+async def test_the_parse_process_starts_with_the_first_large_body(repository: Path, tmp_path: Path):
+    """A device that never gets a large JSON body does not carry the parse process (~41 MB
+    with multiprocessing's resource tracker); the first large body starts it and is answered."""
+    body = io.BytesIO(write_big_json(tmp_path / "body.json", 1.0).read_bytes())
+    async with running_server(repository, http_port=0) as server:
+        before = parse_processes()
+        url = f"http://127.0.0.1:{server.http_port}/v2/models/{ONNX_MODEL}/infer"
+        async with aiohttp.ClientSession() as session:
+            small = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
+            async with session.post(url, json=small) as response:
+                assert response.status == 400  # parsed on the loop: wrong input, no process
+            assert parse_processes() == before
+            async with session.post(url, data=body) as response:
+                assert response.status == 200, await response.text()
+                assert (await response.json())["model_name"] == ONNX_MODEL
+        assert parse_processes() == before + 1
 
 
 async def test_slow_bodies_hold_bounded_memory_and_are_closed(http_server: EdgeServer):
