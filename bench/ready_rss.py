@@ -27,7 +27,7 @@ from testkit.repositories import BUILT_MODELS, ROOT
 
 # In the order the serving process first needs them.
 STAGES = (
-    "typer", "pydantic", "pydantic_settings", "numpy", "PIL.Image", "grpc",
+    "click", "pydantic", "pydantic_settings", "numpy", "PIL.Image", "grpc",
     "grpc_health.v1.health", "grpc_reflection.v1alpha.reflection", "onnxruntime",
     "prometheus_client", "psutil", "aiohttp.web", "protos.inference.grpc_service_pb2_grpc",
     "protos.edgefleet.v1.frame_stream_pb2_grpc", "server.settings", "server.hardware.planner",
