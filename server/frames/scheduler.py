@@ -22,10 +22,14 @@ be chosen or started is dropped as `stale` and never runs. Frames of every other
 Flow credits (streams whose client asked for them, session.py): such a client sends a frame
 only when it holds a credit, so the scheduler hands credits out just in time. While every runner
 is busy, it offers one, a little more than the recent slowest credit lag (grant to arrival)
-before the next pull is due, to each stream the next pull will serve (least recently served, no
-frame waiting); an idle model offers them at once. The frame then arrives shortly before it
-runs, about as fresh as a replaced one would have been, and no frame is encoded and sent only
-to be replaced.
+before the next pull is due, to each stream the next pull will serve, in the order that pull
+will take them (least recently served, or lowest cost tag); an idle model offers them at once.
+The frame then arrives shortly before it runs, about as fresh as a replaced one would have
+been, and no frame is encoded and sent only to be replaced. A credited frame is never replaced
+by a newer one, so one that a pull passed over (the credits every stream holds at open, 16
+frames at 16 cameras; a frame that came after its pull) would wait out whole rounds: when its
+stream's turn comes again (a credit offer or a pull reaches it) and it is several credit lags
+old, its stream gets a fresh credit instead, and the newer frame replaces it.
 
 All or nothing: frames of every other kind run as tasks of their stream; when the stream
 closes (or the server stops), they are cancelled, and with them every stage, pyramid level and
@@ -70,6 +74,10 @@ ModelResolver = Callable[[], ModelVersion]
 CREDIT_LAG_START_S = 0.03
 CREDIT_LEAD_MIN_S = 0.005
 CREDIT_LEAD_MARGIN = 1.5
+# A credited frame that a pull passed over is replaced by a fresh one when it is this many
+# credit leads old (a fresh one costs the stream about one lead), and at least this old.
+CREDIT_REFRESH_LEADS = 4.0
+CREDIT_REFRESH_MIN_S = 0.1
 
 
 class ScheduledStream(Protocol):
@@ -88,7 +96,7 @@ class ScheduledStream(Protocol):
     @property
     def expects_frame(self) -> bool: ...
 
-    def offer_credit(self) -> bool: ...
+    def offer_credit(self, replace_before: float) -> bool: ...
 
     def take(self, now: float | None, model: ModelVersion | None) -> WaitingFrame | None: ...
 
@@ -146,9 +154,13 @@ class FrameScheduler:
         self._sizer = BatchSizer()
         self._sized_version: ModelVersion | None = None
         self._dispatcher: asyncio.Task[None] | None = None
-        # Flow credits: the row limit of the last pull (how many streams the next one serves), the
-        # recent slowest grant-to-arrival, and the timer that offers credits before a pull.
+        # Flow credits: the row limit and loop time of the last pull (how many streams the next
+        # one serves; a frame that came before it and was not taken was passed over), whether
+        # pulls go by cost, the recent slowest grant-to-arrival, and the timer that offers
+        # credits before a pull.
         self._last_rows = 1
+        self._last_pull = float("-inf")
+        self._by_cost = False
         self._credit_lag_s = CREDIT_LAG_START_S
         self._credit_timer: asyncio.TimerHandle | None = None
         # Plain batches have no expected end (they decode on the runner): their start times and
@@ -238,11 +250,13 @@ class FrameScheduler:
             if model is not self._sized_version:
                 self._sizer, self._sized_version = BatchSizer(), model
             rows = self._sizer.rows(max_rows, self._streams_waiting)
+        self._by_cost = not plain
         picks = self._pick_by_cost(rows, model) if not plain else self._pick(rows, model)
         if not picks:
             self._offer_credits(rows)  # the model is idle: credited streams may send now
             return False
         self._last_rows = rows  # as many as the pull could take: it takes every credited frame
+        self._last_pull = asyncio.get_running_loop().time()
         lease = contextlib.ExitStack()
         lease.enter_context(model.lease())  # taken now, so a swap cannot retire it under us
         task = asyncio.create_task(self._run_batch(model, picks, lease))
@@ -295,13 +309,30 @@ class FrameScheduler:
         self._wake.set()
 
     def _offer_credits(self, rows: int) -> None:
-        """Offer a credit to each of the first `rows` streams in serving order that has no
-        frame waiting or on its way; streams without flow credits decline."""
-        for session in list(self._sessions.values()):
+        """Offer a credit to each of the first `rows` streams in the order the next pull takes
+        them that has no frame on its way, or only one a pull passed over; streams without
+        flow credits decline, and a stream with a frame waiting counts as served."""
+        replace_before = self._replace_before()
+        for session in self._serving_order():
             if rows <= 0:
                 return
-            if session.expects_frame or session.offer_credit():
+            if session.offer_credit(replace_before) or session.expects_frame:
                 rows -= 1
+
+    def _replace_before(self) -> float:
+        """A credited frame that arrived before this loop time was passed over by a pull and
+        has aged enough that a fresh one is worth its round trip: its stream gets a credit."""
+        lead = max(CREDIT_LEAD_MARGIN * self._credit_lag_s, CREDIT_LEAD_MIN_S)
+        aged = max(CREDIT_REFRESH_LEADS * lead, CREDIT_REFRESH_MIN_S)
+        return min(self._last_pull, asyncio.get_running_loop().time() - aged)
+
+    def _serving_order(self) -> list[ScheduledStream]:
+        """The streams in the order the next pull would take their frames (`_pick`,
+        `_pick_by_cost`), whether they have one waiting or not."""
+        if not self._by_cost:
+            return list(self._sessions.values())
+        now = asyncio.get_running_loop().time()
+        return sorted(self._sessions.values(), key=lambda s: self._shares.tag(id(s), now))
 
     def _timer_fired(self) -> None:
         self._timer = None
@@ -337,6 +368,7 @@ class FrameScheduler:
 
     def _pick(self, max_rows: int, model: ModelVersion) -> list[Pick]:
         now = asyncio.get_running_loop().time()
+        replace_before = self._replace_before()
         picks: list[Pick] = []
         served: list[ScheduledStream] = []
         first_round = True
@@ -347,6 +379,8 @@ class FrameScheduler:
                     break
                 if not first_round and not session.lossless:
                     continue
+                if first_round and session.offer_credit(replace_before):
+                    continue  # its passed-over frame is being replaced by a fresh one
                 waiting = session.take(now, model)
                 if waiting is None:
                     continue
@@ -373,12 +407,15 @@ class FrameScheduler:
         if not tags:
             return []
         lowest, margin = min(tags.values()), self._shares.margin_s()
+        replace_before = self._replace_before()
         picks: list[Pick] = []
         served: list[ScheduledStream] = []
         for key in sorted(tags, key=tags.__getitem__):  # stable: least recently served first
             if len(picks) >= max_rows or tags[key] - lowest > margin:
                 break
             session = self._sessions[key]
+            if session.offer_credit(replace_before):
+                continue  # its passed-over frame is being replaced by a fresh one
             waiting = session.take(now, model)
             if waiting is None:
                 continue

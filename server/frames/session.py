@@ -12,7 +12,10 @@ pulls them when the model has room, fairly across streams, and decodes only what
 - flow credits (a live stream that asks for them): the client holds at most one credit, spends
   it on its newest frame, and gets the next one (`offer_credit`) when the scheduler sees the
   stream's turn coming, so a frame arrives shortly before it runs and none is sent only to be
-  replaced. A client that sends without credits meets drop_oldest as before.
+  replaced. A credited frame that a pull passed over (another stream's turn came first) gets
+  a fresh credit when its own turn comes, and the newer frame replaces it. A frame refused on
+  arrival (memory budget) wakes the scheduler, so the stream is offered its next credit. A
+  client that sends without credits meets drop_oldest as before.
 - Every frame holds its bytes and decoded pixels in the server's frame memory budget
   (server/frames/memory.py) from when it is read until it is answered or dropped: a BLOCK
   stream holds a reserve before it reads its next message and waits while the budget is full;
@@ -184,6 +187,7 @@ class FrameSession:
                 if self._memory.too_large(size):
                     self._memory.release(reserve)
                     self._refuse_too_large(frame, size)
+                    self._scheduler.frame_waiting()  # a credited stream gets its next credit
                     continue
                 if self.lossless:
                     self._read_reserve = min(size, self._memory.budget_bytes)
@@ -202,6 +206,7 @@ class FrameSession:
                         self._metrics.memory_dropped()
                         text = f"frame memory budget full: {self._memory.describe(size)}"
                         self._drop(WaitingFrame(frame, arrival), DropReason.OVERLOADED, None, text)
+                        self._scheduler.frame_waiting()  # a credited stream gets its next credit
                         continue
                 self._slot.append(WaitingFrame(frame, arrival, size))
                 self._scheduler.frame_waiting()
@@ -251,13 +256,15 @@ class FrameSession:
         """A frame is waiting, or the client holds a credit for one."""
         return bool(self._slot) or self._credits > 0
 
-    def offer_credit(self) -> bool:
+    def offer_credit(self, replace_before: float) -> bool:
         """The stream's turn is near: grant the client a credit if it uses credits, holds none,
-        has no frame waiting and could run one more. True when granted."""
+        could run one more and has no frame waiting, or only one that arrived before
+        `replace_before` (passed over by a pull, and old: its client sends a fresh one to
+        replace it). True when granted."""
         if (
             not self.flow_credits
             or self._credits
-            or self._slot
+            or (self._slot and self._slot[-1].arrival >= replace_before)
             or self._running >= self._window
             or self._closed
             or self._input_done

@@ -159,3 +159,66 @@ async def test_a_client_that_floods_past_its_credits_meets_drop_oldest(
     # A client in debt is granted nothing more while it floods: credits stay bounded.
     granted = sum(credit.frames for credit in seen["credits"])
     assert granted <= len(answered) + 1
+
+
+async def credited_camera(
+    stub: fs_grpc.FrameStreamServiceStub, data: bytes, stop: asyncio.Event
+) -> dict[str, list[int]]:
+    """A camera that keeps to its credits: its frame for the credit it holds at open at once,
+    then one frame per credit granted, until `stop`; then it ends and reads what is left."""
+    call = stub.Stream()
+    await call.write(
+        fs.StreamRequest(
+            open=fs.StreamOpen(
+                model_name=MODEL, encoding=fs.FRAME_ENCODING_JPEG, flow_credits=True,
+                overload_policy=fs.OVERLOAD_POLICY_DROP_OLDEST,
+            )
+        )
+    )  # fmt: skip
+    seen: dict[str, list[int]] = {"sent": [], "answered": [], "replaced": [], "other": []}
+
+    async def send() -> None:
+        sequence = len(seen["sent"])
+        frame = fs.Frame(sequence=sequence, capture_time_unix_ns=time.time_ns(), data=data)
+        await call.write(fs.StreamRequest(frame=frame))
+        seen["sent"].append(sequence)
+
+    ended = False
+    while (response := await call.read()) is not grpc.aio.EOF:
+        kind = response.WhichOneof("kind")
+        if kind == "opened" or (kind == "credits" and not stop.is_set()):
+            await send()
+        elif kind == "result":
+            seen["answered"].append(response.result.sequence)
+        elif kind == "dropped":
+            replaced = response.dropped.reason_code == fs.DROP_REASON_REPLACED
+            seen["replaced" if replaced else "other"].extend(response.dropped.sequences)
+        if stop.is_set() and not ended:
+            ended = True
+            await call.done_writing()
+    return seen
+
+
+async def test_a_credited_frame_passed_over_is_replaced_by_a_fresh_one(
+    faces_server: EdgeServer,
+) -> None:
+    """Eight cameras open at once, each spending the credit it holds at open: eight frames wait
+    for a model that runs one or two at a time. A credited frame is never replaced by the
+    camera on its own, so a frame that waited out other streams' turns would run seconds old;
+    instead, when its stream's turn comes, the stream is granted a fresh credit and the newer
+    frame replaces it."""
+    data, _, _ = encode(photo("astronaut"), fs.FRAME_ENCODING_JPEG)
+    stop = asyncio.Event()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{faces_server.port}") as channel:
+        stub = fs_grpc.FrameStreamServiceStub(channel)
+        asyncio.get_running_loop().call_later(RUN_S, stop.set)
+        streams = await asyncio.gather(*(credited_camera(stub, data, stop) for _ in range(8)))
+    replaced_first = [seen for seen in streams if 0 in seen["replaced"]]
+    assert replaced_first, "no passed-over frame was refreshed; they all ran as old as they were"
+    for seen in streams:
+        assert seen["answered"], "a stream starved"
+        assert not seen["other"], seen
+        # Every frame sent on a credit is accounted for, and replaced only by a newer one.
+        settled = sorted(seen["answered"] + seen["replaced"])
+        assert settled == seen["sent"][: len(settled)]
+        assert max(seen["replaced"], default=-1) < max(seen["answered"])
