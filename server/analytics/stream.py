@@ -5,6 +5,9 @@ Zones and lines are judged on confirmed tracks only, at each track's anchor poin
 last seen: a track that misses a few frames keeps its place in its zones until it is removed
 (then it leaves them and disappears). A line is crossed when a track's anchor moves from one
 side to the other across the segment itself, however many frames were skipped in between.
+
+When the stream ends (`end`), every live track leaves its zones and disappears at once, with
+the last frame analysed, so a consumer counting who is inside is never left with ghosts.
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ class StreamAnalytics:
         self._line_points: list[tuple[Line, Point, Point]] = []
         self._line_starts: Array = np.zeros((0, 2))
         self._line_ends: Array = np.zeros((0, 2))
+        # The newest frame analysed: the events of the stream's end carry it.
+        self._last_frame: FrameInfo | None = None
         if not config.normalized:
             self._resolve(1, 1)
 
@@ -87,17 +92,14 @@ class StreamAnalytics:
             self._resolve(*size)
         kept = self._filter(detections)
         step = self._tracker.update(time_s, kept)
+        if self._last_frame is None or frame.capture_time_ns >= self._last_frame.capture_time_ns:
+            self._last_frame = frame
         events: list[AnalyticsEvent] = []
 
         def event(
             kind: EventKind, track: Track, name: str = "", direction: Direction = Direction.NONE
         ) -> None:
-            events.append(
-                AnalyticsEvent(
-                    kind, frame.stream_id, frame.model_name, frame.model_version, track.track_id,
-                    frame.sequence, frame.capture_time_ns, track.detection, name, direction,
-                )
-            )  # fmt: skip
+            events.append(_event(kind, frame, track, name, direction))
 
         for track in step.confirmed:
             event(EventKind.APPEAR, track)
@@ -143,12 +145,7 @@ class StreamAnalytics:
                         state.out_count += 1
                         event(EventKind.LINE_CROSS, track, line.name, Direction.OUT)
         for track in step.removed:
-            place = self._places.pop(track.key, None)
-            if place is not None:
-                for name in (zone.name for zone in self.config.zones):
-                    if name in place.zones:
-                        event(EventKind.ZONE_LEAVE, track, name)
-            event(EventKind.DISAPPEAR, track)
+            events.extend(self._removed(track, frame))
         live = {track.key for track in self._tracker.tracks}
         for key in [key for key in self._places if key not in live]:
             del self._places[key]  # candidates dropped by the tracker
@@ -161,6 +158,27 @@ class StreamAnalytics:
             ),
             events=tuple(events),
         )
+
+    def end(self) -> tuple[AnalyticsEvent, ...]:
+        """The stream ends: each live track leaves the zones it is in and disappears, stamped
+        with the newest frame analysed (its sequence and capture time; the track's box where it
+        was last seen). Line counts stay as they are."""
+        frame = self._last_frame
+        removed = self._tracker.end()
+        events = [event for track in removed if frame for event in self._removed(track, frame)]
+        self._places.clear()
+        return tuple(events)
+
+    def _removed(self, track: Track, frame: FrameInfo) -> list[AnalyticsEvent]:
+        """A track is gone: it leaves its zones, then disappears."""
+        events: list[AnalyticsEvent] = []
+        place = self._places.pop(track.key, None)
+        if place is not None:
+            for name in (zone.name for zone in self.config.zones):
+                if name in place.zones:
+                    events.append(_event(EventKind.ZONE_LEAVE, frame, track, name))
+        events.append(_event(EventKind.DISAPPEAR, frame, track))
+        return events
 
     def _occupancy(self) -> tuple[ZoneOccupancy, ...]:
         if not self.config.zones:
@@ -218,3 +236,16 @@ def _boxes(detections: Sequence[Detection]) -> Array:
     if not detections:
         return np.zeros((0, 4))
     return np.array([[d.x_min, d.y_min, d.x_max, d.y_max] for d in detections], dtype=np.float64)
+
+
+def _event(
+    kind: EventKind,
+    frame: FrameInfo,
+    track: Track,
+    name: str = "",
+    direction: Direction = Direction.NONE,
+) -> AnalyticsEvent:
+    return AnalyticsEvent(
+        kind, frame.stream_id, frame.model_name, frame.model_version, track.track_id,
+        frame.sequence, frame.capture_time_ns, track.detection, name, direction,
+    )  # fmt: skip

@@ -117,6 +117,13 @@ class Tracker:
     def tracks(self) -> list[Track]:
         return list(self._tracks)
 
+    def end(self) -> list[Track]:
+        """The stream ends: every confirmed track is removed (candidates are dropped), as if
+        unseen for `lost_s`. Returns the removed tracks."""
+        removed = [track for track in self._tracks if track.confirmed]
+        self._tracks = []
+        return removed
+
     def update(self, time_s: float, detections: list[Detection]) -> TrackerStep:
         """Track one frame captured at `time_s` (seconds). A frame older than the last one
         tracked (a result that overtook it) is returned untracked: tracks never go back."""

@@ -27,6 +27,10 @@ frames are cancelled (server/frames/scheduler.py), a plain batch already running
 is discarded.
 When the server shuts down (`shut_down`), the stream reads no further frame at once, answers
 the frames it had accepted, then ends with ShuttingDown (gRPC UNAVAILABLE).
+Analytics at the end: when the client ends its side (and waits for its answers) or the server
+shuts down, once the last frame is answered every live track leaves its zones and disappears
+(one `events` message before the stream ends). A stream that breaks or is cancelled can carry
+nothing more: its tracks end without events, and the client knows the stream ended.
 """
 
 from __future__ import annotations
@@ -222,7 +226,7 @@ class FrameSession:
         while self._slot or self._running:
             self._room.clear()
             await self._room.wait()
-        self._push(None)
+        self._end_stream()
 
     def _refuse_too_large(self, frame: EncodedFrame, size: int) -> None:
         """A frame that could never fit in the budget, even alone: an error, never a wait."""
@@ -407,7 +411,20 @@ class FrameSession:
             "server shutting down: the frames it accepted were answered, no more are taken"
         )
         # After the answer being delivered now (`_finished` comes before its push).
-        asyncio.get_running_loop().call_soon(self._push, None)
+        asyncio.get_running_loop().call_soon(self._end_stream)
+
+    def _end_stream(self) -> None:
+        """Every frame is answered: the live tracks leave their zones and disappear (the
+        stream can still carry that), then the stream ends."""
+        if self._analytics is not None and not self._closed:
+            try:
+                events = self._analytics.end()
+            except Exception:  # a bug here must not keep the stream from ending
+                log.exception("analytics failed on stream %s", self.options.stream_id)
+                events = ()
+            if events:
+                self._push(AnalyticsEventsEvent(events))
+        self._push(None)
 
     def _push(self, event: StreamEvent | None) -> None:
         self._report_replaced()  # in order: the replaced frames were dropped before this

@@ -199,3 +199,43 @@ async def test_bad_analytics_options_are_refused_and_the_server_goes_on(
         # The server still serves: a good stream on the same channel is answered.
         seen = await collect(stub.Stream(requests(frames, range(2), analytics_options())))
     assert [len(r.detections) for r in sorted(seen["result"], key=lambda r: r.sequence)] == [1, 1]
+
+
+async def test_tracks_still_live_when_the_client_ends_leave_and_disappear(
+    tmp_path: Path, built_models: Path, frames: list[np.ndarray]
+) -> None:
+    """The camera ends its side (half-close) while the face is inside the zone: after its last
+    answer the stream says the track left the zone and disappeared, before it ends, so a
+    consumer counting who is inside is not left with a ghost."""
+    kept = range(0, next(i for i in range(FRAMES) if head_centre(i) > sum(ZONE_X) / 2))
+    async with faces_stub(tmp_path, built_models) as stub:
+        responses = [
+            response
+            async for response in stub.Stream(requests(frames, kept, options=analytics_options()))
+        ]
+    kinds = [response.WhichOneof("kind") for response in responses]
+    results = [response.result for response in responses if response.HasField("result")]
+    assert [result.sequence for result in results] == list(kept)
+    (track,) = {d.track_id for d in results[-1].detections}
+    assert results[-1].zones[0].track_ids == [track], "the face should end inside the zone"
+    # The stream's last message: the ending track's events, after every answer.
+    assert kinds[-1] == "events" and kinds.index("result") < len(kinds) - 1
+    last = responses[-1].events.events
+    assert [(e.kind, e.name, e.track_id) for e in last] == [
+        (fs.ANALYTICS_EVENT_KIND_ZONE_LEAVE, "middle", track),
+        (fs.ANALYTICS_EVENT_KIND_DISAPPEAR, "", track),
+    ]
+    # Stamped with the last frame analysed, the box where the face was last seen.
+    assert {(e.sequence, e.capture_time_unix_ns) for e in last} == {
+        (results[-1].sequence, results[-1].capture_time_unix_ns)
+    }
+    seen = results[-1].detections[0]
+    assert all(
+        (e.box.x_min, e.box.y_min, e.box.x_max, e.box.y_max)
+        == (seen.x_min, seen.y_min, seen.x_max, seen.y_max)
+        for e in last
+    )
+    events = [
+        e for response in responses if response.HasField("events") for e in response.events.events
+    ]
+    assert [e.kind for e in events].count(fs.ANALYTICS_EVENT_KIND_DISAPPEAR) == 1
