@@ -27,9 +27,11 @@ will take them (least recently served, or lowest cost tag); an idle model offers
 The frame then arrives shortly before it runs, about as fresh as a replaced one would have
 been, and no frame is encoded and sent only to be replaced. A credited frame is never replaced
 by a newer one, so one that a pull passed over (the credits every stream holds at open, 16
-frames at 16 cameras; a frame that came after its pull) would wait out whole rounds: when its
-stream's turn comes again (a credit offer or a pull reaches it) and it is several credit lags
-old, its stream gets a fresh credit instead, and the newer frame replaces it.
+frames at 16 cameras; a frame that came after its pull) would wait out whole rounds, and one
+whose pull is late (a run longer than learned) ages meanwhile: once it is several credit leads
+old, its stream gets a fresh credit when its turn comes near (and, while a pull is late, each
+time that much more has passed), and the newer frame replaces it. A pull that reaches a
+passed-over one that old skips it for this round.
 
 All or nothing: frames of every other kind run as tasks of their stream; when the stream
 closes (or the server stops), they are cancelled, and with them every stage, pyramid level and
@@ -95,6 +97,9 @@ class ScheduledStream(Protocol):
 
     @property
     def expects_frame(self) -> bool: ...
+
+    @property
+    def flow_credits(self) -> bool: ...
 
     def offer_credit(self, replace_before: float) -> bool: ...
 
@@ -288,6 +293,8 @@ class FrameScheduler:
         """Every runner is busy: offer credits one learned credit lag before the next pull is
         due (the soonest running batch's end, less one decode), so credited frames arrive just
         before it; otherwise wake up then."""
+        if not any(session.flow_credits for session in self._sessions.values()):
+            return
         ends = [end for end in self._expected_end.values() if end is not None]
         if self._batch_s:
             ends += [start + self._batch_s for start in self._started.values()]
@@ -298,7 +305,9 @@ class FrameScheduler:
         due = min(ends) - self._prepare_s - lead
         if loop.time() >= due:
             self._offer_credits(self._last_rows)
-            return
+            # The pull is late (a run longer than learned): look again when a waiting credited
+            # frame may have aged enough to be replaced by a fresh one.
+            due = loop.time() + self._refresh_age_s()
         if self._credit_timer is None or self._credit_timer.when() > due:
             if self._credit_timer is not None:
                 self._credit_timer.cancel()
@@ -310,9 +319,10 @@ class FrameScheduler:
 
     def _offer_credits(self, rows: int) -> None:
         """Offer a credit to each of the first `rows` streams in the order the next pull takes
-        them that has no frame on its way, or only one a pull passed over; streams without
-        flow credits decline, and a stream with a frame waiting counts as served."""
-        replace_before = self._replace_before()
+        them that has no frame on its way, or only one that has waited long enough to be worth
+        replacing; streams without flow credits decline, and a stream with a frame waiting
+        counts as served."""
+        replace_before = asyncio.get_running_loop().time() - self._refresh_age_s()
         for session in self._serving_order():
             if rows <= 0:
                 return
@@ -320,11 +330,17 @@ class FrameScheduler:
                 rows -= 1
 
     def _replace_before(self) -> float:
-        """A credited frame that arrived before this loop time was passed over by a pull and
-        has aged enough that a fresh one is worth its round trip: its stream gets a credit."""
+        """At a pull: a credited frame that arrived before this loop time was passed over by
+        the last pull and has aged enough that a fresh one is worth its round trip (and the
+        pull's wait for it): its stream gets a credit instead of running it."""
+        now = asyncio.get_running_loop().time()
+        return min(self._last_pull, now - self._refresh_age_s())
+
+    def _refresh_age_s(self) -> float:
+        """A waiting credited frame this old is replaced by a fresh one when its stream's turn
+        comes (a fresh one costs about one credit lead)."""
         lead = max(CREDIT_LEAD_MARGIN * self._credit_lag_s, CREDIT_LEAD_MIN_S)
-        aged = max(CREDIT_REFRESH_LEADS * lead, CREDIT_REFRESH_MIN_S)
-        return min(self._last_pull, asyncio.get_running_loop().time() - aged)
+        return max(CREDIT_REFRESH_LEADS * lead, CREDIT_REFRESH_MIN_S)
 
     def _serving_order(self) -> list[ScheduledStream]:
         """The streams in the order the next pull would take their frames (`_pick`,
