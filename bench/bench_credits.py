@@ -8,17 +8,20 @@ astronaut, chelsea, coffee; a fresh copy per frame stands in for the camera's de
 JPEG quality 85. Per row, over the measured seconds: frame bytes on the wire, client CPU
 (this process: sources, encoding, gRPC) and server CPU per answered frame, result age (capture
 to answer, one host so one clock) p50/p95, answered frames per second, and frames the server
-replaced per answered frame.
+replaced per answered frame. With `--repeat N` each row is the median of N runs, credits off
+and on alternating which goes first (on a shared machine one run swings by 2x either way).
 Writes the `<!-- bench:credits -->` section of docs/benchmarks.md.
 
-    .venv/bin/python -m bench.bench_credits [--seconds 10]
+    .venv/bin/python -m bench.bench_credits [--seconds 10] [--repeat 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -151,7 +154,7 @@ async def measure(port: int, server: psutil.Process, cameras: int, credits: bool
     )  # fmt: skip
 
 
-async def run_all(port: int, server: psutil.Process, seconds: float) -> list[Row]:
+async def run_all(port: int, server: psutil.Process, seconds: float, repeat: int) -> list[Row]:
     pictures = [
         cv2.cvtColor(resized_photo(name, WIDTH, HEIGHT), cv2.COLOR_RGB2BGR)
         for name in ("astronaut", "chelsea", "coffee")
@@ -159,15 +162,29 @@ async def run_all(port: int, server: psutil.Process, seconds: float) -> list[Row
     await measure(port, server, 1, True, 1.0, pictures)  # loads and warms the pipeline
     rows = []
     for cameras in CAMERAS:
-        for credits in (False, True):
-            row = await measure(port, server, cameras, credits, measured_s(cameras, seconds),
-                                pictures)  # fmt: skip
-            print(row, flush=True)
-            rows.append(row)
+        runs: dict[bool, list[Row]] = {False: [], True: []}
+        for attempt in range(repeat):
+            # Alternate which goes first: the one after a loaded run meets its leftovers.
+            for credits in (False, True) if attempt % 2 == 0 else (True, False):
+                row = await measure(port, server, cameras, credits, measured_s(cameras, seconds),
+                                    pictures)  # fmt: skip
+                print(row, flush=True)
+                runs[credits].append(row)
+        rows += [median_row(runs[False]), median_row(runs[True])]
     return rows
 
 
-def render(rows: list[Row], seconds: float) -> str:
+def median_row(runs: list[Row]) -> Row:
+    """Each figure's median over the runs (figures of different runs may mix)."""
+    figures = {
+        spec.name: statistics.median(getattr(run, spec.name) for run in runs)
+        for spec in dataclasses.fields(Row)
+        if spec.name not in ("cameras", "credits")
+    }
+    return dataclasses.replace(runs[0], **figures)
+
+
+def render(rows: list[Row], seconds: float, repeat: int) -> str:
     lines = [
         "## Demand-driven cameras: flow credits (bench/bench_credits.py)",
         "",
@@ -178,7 +195,14 @@ def render(rows: list[Row], seconds: float) -> str:
         "streamed by the client library in one process over one channel (DROP_OLDEST, the "
         f"server's default window). A warm-up of max({WARM_UP_S:g} s, 0.5 s per camera), then "
         f"max({seconds:g} s, 2.5 s per camera) measured per row; "
-        "credits off and on run back to back against the same server. Per answered frame: "
+        "credits off and on run back to back against the same server"
+        + (
+            f", {repeat} times each, alternating which goes first; each figure is the median of "
+            f"the {repeat}"
+            if repeat > 1
+            else ""
+        )
+        + ". Per answered frame: "
         "frame bytes written to the wire, CPU of the client process (camera reads, encoding, "
         "gRPC) and of the server process, and frames the server replaced; result age is capture "
         "to answer on one host.",
@@ -201,6 +225,7 @@ def render(rows: list[Row], seconds: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per row (median)")
     parser.add_argument("--no-write", action="store_true", help="print, do not write the doc")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -213,10 +238,10 @@ def main() -> None:
         )  # fmt: skip
         try:
             server = psutil.Process(process.pid)
-            rows = asyncio.run(run_all(process.port, server, args.seconds))
+            rows = asyncio.run(run_all(process.port, server, args.seconds, args.repeat))
         finally:
             process.stop(grace_s=10)
-    text = render(rows, args.seconds)
+    text = render(rows, args.seconds, args.repeat)
     print(text)
     if not args.no_write:
         write_section("credits", text)
