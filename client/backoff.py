@@ -17,6 +17,8 @@ class BackoffPolicy:
     jitter: float = 0.5
     # 0 retries forever (a camera that must come back whenever the server does).
     max_attempts: int = 8
+    # Give up once an outage has lasted this long, however many attempts; 0: no time bound.
+    max_outage_s: float = 0.0
 
     def delay_s(self, attempt: int, rng: random.Random) -> float:
         base = min(self.max_s, self.initial_s * self.multiplier ** max(attempt - 1, 0))

@@ -97,6 +97,13 @@ def _comma_list(value: str | None) -> list[str] | None:
     default=None,
     help="Retry a network camera or webcam that drops or is down at start, with backoff from 0.5 s up to 10 s, forever (default on).",
 )
+@click.option(
+    "--camera-retry-for",
+    type=float,
+    default=None,
+    help="Give up a camera that stays down this many seconds (at start or after a drop); "
+    "its stream fails, the others go on (default: retry forever).",
+)
 @click.option("--duration", type=float, default=None, help="Stop after S seconds.")
 @click.option("--loop/--no-loop", default=None, help="Repeat files and folders.")
 @click.option(
@@ -182,6 +189,7 @@ def stream_command(
     roi: str | None,
     credits: bool | None,
     reconnect: bool | None,
+    camera_retry_for: float | None,
     duration: float | None,
     loop: bool | None,
     retries: int | None,
@@ -242,6 +250,7 @@ def stream_command(
         "classes": _comma_list(classes),
         "roi": _comma_list(roi),
         "reconnect": reconnect,
+        "camera_retry_for_s": camera_retry_for,
         "flow_credits": credits,
         "duration_s": duration,
         "loop": loop,
@@ -297,7 +306,12 @@ def stream_command(
     for camera in cameras:
         try:
             opened.append(
-                open_source(camera.source, loop=settings.loop, reconnect=settings.reconnect)
+                open_source(
+                    camera.source,
+                    loop=settings.loop,
+                    reconnect=settings.reconnect,
+                    retry_for_s=settings.camera_retry_for_s,
+                )
             )
         except SourceError as error:
             say(f"cannot open source {error}")

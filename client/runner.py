@@ -61,6 +61,8 @@ class StreamRun:
     events: int = 0
     # Clips around its analytics events (--clips-dir / clips_dir), when asked for.
     clips: ClipRecorder | None = None
+    # Frames the source gave (0 at the end with a camera error: it never came up).
+    frames_read: int = 0
 
     def publish(self, document: dict[str, object]) -> None:
         """Hand an event to every sink; never waits (a full sink drops its oldest)."""
@@ -197,6 +199,14 @@ async def _numbered(
         yield frame
 
 
+async def _counted(
+    frames: AsyncIterator[CapturedFrame], run: StreamRun
+) -> AsyncIterator[CapturedFrame]:
+    async for frame in frames:
+        run.frames_read += 1
+        yield frame
+
+
 async def _on_timeline(
     frames: AsyncIterator[CapturedFrame], fps: float
 ) -> AsyncIterator[CapturedFrame]:
@@ -236,6 +246,7 @@ async def _run_one(
     if sink is not None:
         frames = _numbered(frames, origins)
     stream_id = ""
+    frames = _counted(frames, run)
     try:
         async for event in client.stream(frames):
             if isinstance(event, Connected):
@@ -270,6 +281,11 @@ async def _run_one(
             # The stream kept each frame in flight (keep_frames): every answered one is written.
             if video is not None and isinstance(event, FrameResult) and event.frame is not None:
                 await asyncio.to_thread(video.write, event.frame.pixels_bgr, event.detections)
+        if run.frames_read == 0 and run.source.health.last_error is not None:
+            # Retried until the run ended, and not one frame: that is no success.
+            raise SourceError(
+                run.source.name, f"the camera never came up: {run.source.health.last_error}"
+            )
     except (StreamFailed, SourceError) as error:
         run.error = str(error)
         run.stats.last_error = str(error)

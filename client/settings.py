@@ -42,8 +42,11 @@ class ClientSettings(BaseSettings):
     classes: tuple[Annotated[int, Field(ge=0, le=2**32 - 1)], ...] = ()
     # Region of interest: x_min, y_min, x_max, y_max in source-frame pixels; None: whole frame.
     roi: tuple[float, float, float, float] | None = None
-    # A live camera that drops, or is down at start, is retried with backoff (never given up).
+    # A live camera that drops, or is down at start, is retried with backoff.
     reconnect: bool = True
+    # An outage lasting this long gives the camera up: its stream fails, the other cameras go
+    # on (None: retried forever).
+    camera_retry_for_s: float | None = Field(default=None, gt=0)
     # Live streams send a frame only when the server grants a credit (client/stream.py).
     # Opt-in for now: fewer bytes and far less client CPU per answer at 4-16 cameras, but a
     # longer p95 result age at 16 cameras (docs/benchmarks.md, flow credits).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -29,12 +30,16 @@ class SourceHealth:
     # Connection attempts in the current outage (0 while the camera is up).
     attempts: int = 0
     last_error: str | None = None
+    # Monotonic time the current outage began; None while the camera is up.
+    down_since: float | None = None
     # Told of each change, down (True, the reason) or up (False, ""): the camera's events.
     listener: Callable[[bool, str], None] | None = field(default=None, repr=False, compare=False)
 
     def lost(self, reason: str) -> None:
         was_down, self.down = self.down, True
         self.last_error = reason
+        if not was_down:
+            self.down_since = time.monotonic()
         if not was_down and self.listener is not None:
             self.listener(True, reason)
 
@@ -47,6 +52,7 @@ class SourceHealth:
         if was_down:
             self.reconnects += 1
         self.attempts = 0
+        self.down_since = None
         if was_down and self.listener is not None:
             self.listener(False, "")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -20,13 +21,22 @@ SOURCE_HELP = (
 
 
 def open_source(
-    spec: str, *, loop: bool = False, count: int | None = None, reconnect: bool = True
+    spec: str,
+    *,
+    loop: bool = False,
+    count: int | None = None,
+    reconnect: bool = True,
+    retry_for_s: float | None = None,
 ) -> FrameSource:
     """The source `spec` names. Raises SourceError naming the source and the reason.
 
     `reconnect`: a network camera or webcam that drops, or is down at start, is retried with
-    backoff (CAMERA_BACKOFF); without it, a live source that ends ends its frames."""
+    backoff (CAMERA_BACKOFF); without it, a live source that ends ends its frames.
+    `retry_for_s`: an outage lasting this long ends the camera's frames with a SourceError
+    (None: retried forever)."""
     backoff = CAMERA_BACKOFF if reconnect else None
+    if backoff is not None and retry_for_s:
+        backoff = dataclasses.replace(backoff, max_outage_s=retry_for_s)
     pattern = _PATTERN.match(spec)
     if pattern:
         width, height, fps = pattern.groups()

@@ -172,6 +172,13 @@ class VideoSource:
                     raise SourceError(
                         self.name, f"gave up after {self.health.attempts} attempts: {error.reason}"
                     ) from error
+                down_s = time.monotonic() - (self.health.down_since or time.monotonic())
+                if policy.max_outage_s and down_s >= policy.max_outage_s:
+                    raise SourceError(
+                        self.name,
+                        f"gave up: down for {down_s:.0f} s ({self.health.attempts} attempts, "
+                        f"retried for up to {policy.max_outage_s:g} s): {error.reason}",
+                    ) from error
                 log.info("%s (attempt %d)", error, self.health.attempts)
 
     async def frames(self) -> AsyncIterator[CapturedFrame]:

@@ -150,6 +150,46 @@ async def test_rtsp_camera_down_at_start_is_retried_until_it_comes_up(
     assert summary["camera_reconnects"] == 1 and summary["frames_answered"] > 0, summary
 
 
+@pytest.mark.system
+async def test_a_camera_that_never_comes_up_gives_up_after_camera_retry_for(
+    repository: Path, camera: RtspCamera, tmp_path: Path
+) -> None:
+    """Never started: with --camera-retry-for the CLI gives it up and exits 1 on its own,
+    saying why; without a bound it would be retried for as long as the run goes on."""
+    async with (
+        running_server(repository) as server,
+        streaming(tmp_path, server.port, ONNX_MODEL, camera.url,
+                  "--camera-retry-for", "2") as (process, _),
+    ):  # fmt: skip
+        await asyncio.to_thread(process.wait, WAIT_S)
+    assert process.returncode == 1, process.log_tail()
+    assert "gave up: down for" in process.log() and "failed:" in process.log(), process.log_tail()
+    (summary,) = summaries(process)
+    assert summary["frames_answered"] == 0 and "gave up" in summary["error"], summary
+
+
+@pytest.mark.system
+async def test_a_run_where_one_camera_never_came_up_fails_and_the_others_ran(
+    repository: Path, camera: RtspCamera, tmp_path: Path
+) -> None:
+    """Two cameras, one never reachable, no retry bound: the working one streams the whole run;
+    when the run ends, the one that never gave a frame makes it exit 1, naming it."""
+    async with (
+        running_server(repository) as server,
+        streaming(tmp_path, server.port, ONNX_MODEL, "pattern:160x120@10", camera.url,
+                  "--duration", "4") as (process, output),
+    ):  # fmt: skip
+        await asyncio.to_thread(process.wait, WAIT_S)
+    assert process.returncode == 1, process.log_tail()
+    by_source = {summary["source"]: summary for summary in summaries(process)}
+    assert by_source["pattern:160x120@10"]["error"] is None
+    assert by_source["pattern:160x120@10"]["frames_answered"] > 0
+    never = by_source[camera.url]
+    assert never["frames_answered"] == 0 and "never came up" in never["error"], never
+    assert f"{camera.url} failed:" in process.log(), process.log_tail()
+    assert any(record["event"] == "result" for record in records(output))
+
+
 # The faces pipeline (tens of milliseconds a frame here) against a pattern read flat out.
 @pytest.mark.system
 async def test_save_video_writes_every_answered_frame_of_a_slow_model(
