@@ -90,7 +90,7 @@ def _comma_list(value: str | None) -> list[str] | None:
 @click.option(
     "--credits/--no-credits",
     default=None,
-    help="Live sources send a frame only when the server can take one (flow credits; off by default; an older server gets every frame as before).",
+    help="Live sources send a frame only when the server can take one (flow credits; on by default; an older server gets every frame as before).",
 )
 @click.option(
     "--reconnect/--no-reconnect",

@@ -47,10 +47,10 @@ class ClientSettings(BaseSettings):
     # An outage lasting this long gives the camera up: its stream fails, the other cameras go
     # on (None: retried forever).
     camera_retry_for_s: float | None = Field(default=None, gt=0)
-    # Live streams send a frame only when the server grants a credit (client/stream.py).
-    # Opt-in for now: fewer bytes and far less client CPU per answer at 4-16 cameras, but a
-    # longer p95 result age at 16 cameras (docs/benchmarks.md, flow credits).
-    flow_credits: bool = False
+    # Live streams send a frame only when the server grants a credit (client/stream.py): far
+    # fewer bytes and less client CPU per answer, answers as fresh (docs/benchmarks.md, flow
+    # credits). A server that grants none gets every frame as before.
+    flow_credits: bool = True
     duration_s: float | None = Field(default=None, gt=0)
     loop: bool = False
     # Consecutive failed connection attempts before a stream gives up; 0 retries forever.
