@@ -7,6 +7,7 @@ Real server, real model, real gRPC: a system test (each run takes seconds of MTC
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -239,3 +240,41 @@ async def test_tracks_still_live_when_the_client_ends_leave_and_disappear(
         e for response in responses if response.HasField("events") for e in response.events.events
     ]
     assert [e.kind for e in events].count(fs.ANALYTICS_EVENT_KIND_DISAPPEAR) == 1
+
+
+async def test_tracks_still_live_when_the_server_shuts_down_leave_and_disappear(
+    tmp_path: Path, built_models: Path, frames: list[np.ndarray]
+) -> None:
+    """The camera keeps its side open; the server stops taking work (what a SIGTERM does):
+    once the frames it accepted are answered, the live track leaves its zone and disappears,
+    and only then does the stream end with UNAVAILABLE."""
+    kept = range(0, next(i for i in range(FRAMES) if head_centre(i) > sum(ZONE_X) / 2))
+    repo = tmp_path / "repo"
+    copy_faces(built_models, repo)
+    async with (
+        running_server(repo) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        call = fs_grpc.FrameStreamServiceStub(channel).Stream()
+
+        async def camera() -> None:  # never ends its side
+            async for request in requests(frames, kept, analytics_options()):
+                await call.write(request)  # BLOCK, one in flight: gRPC paces the writes
+
+        writer = asyncio.create_task(camera())
+        responses: list[fs.StreamResponse] = []
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            async for response in call:
+                responses.append(response)
+                if response.HasField("result") and response.result.sequence == kept[-1]:
+                    server.core.refuse_new_work()
+        await writer
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value
+    results = [response.result for response in responses if response.HasField("result")]
+    assert [result.sequence for result in results] == list(kept)
+    (track,) = {d.track_id for d in results[-1].detections}
+    assert responses[-1].WhichOneof("kind") == "events"
+    assert [(e.kind, e.name, e.track_id) for e in responses[-1].events.events] == [
+        (fs.ANALYTICS_EVENT_KIND_ZONE_LEAVE, "middle", track),
+        (fs.ANALYTICS_EVENT_KIND_DISAPPEAR, "", track),
+    ]
