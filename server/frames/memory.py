@@ -8,7 +8,9 @@ budget:
 - a BLOCK stream holds a reserve (its last frame's size) before it asks gRPC for its next
   message (gRPC receives a message whole once asked), so when the budget is full it stops
   reading and gRPC flow control holds its sender back; a frame needing more than the reserve
-  gives it back and waits for its whole size;
+  gives it back and waits for its whole size; a stream whose sender sends nothing for a
+  second gives the reserve back, so an idle stream holds nothing (its next frame waits for
+  its whole size once received);
 - a live stream keeps reading and drops a frame that does not fit (`overloaded`, "frame
   memory budget full");
 - a frame needing more than the whole budget is refused (RESOURCE_EXHAUSTED), never waited for.

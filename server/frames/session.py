@@ -18,9 +18,10 @@ pulls them when the model has room, fairly across streams, and decodes only what
   client that sends without credits meets drop_oldest as before.
 - Every frame holds its bytes and decoded pixels in the server's frame memory budget
   (server/frames/memory.py) from when it is read until it is answered or dropped: a BLOCK
-  stream holds a reserve before it reads its next message and waits while the budget is full;
-  a live stream drops the frame (`overloaded`, "frame memory budget full"); a frame larger
-  than the whole budget gets a FrameError (RESOURCE_EXHAUSTED).
+  stream holds a reserve before it reads its next message and waits while the budget is full
+  (a stream whose sender stays idle gives the reserve back); a live stream drops the frame
+  (`overloaded`, "frame memory budget full"); a frame larger than the whole budget gets a
+  FrameError (RESOURCE_EXHAUSTED).
 A bad frame gets a FrameError and the stream goes on. Closing the stream releases its waiting
 frames, its memory and its share of the model at once; its running detector and pipeline
 frames are cancelled (server/frames/scheduler.py), a plain batch already running finishes and
@@ -74,6 +75,10 @@ log = logging.getLogger(__name__)
 # `dropped` message per frame was a large share of the event loop's gRPC work.
 REPLACED_REPORT_S = 0.1
 
+# A BLOCK stream's sender that sends nothing for this long is idle: the stream gives back the
+# reserve it holds for its next frame, which then waits for its memory once received.
+READ_RESERVE_IDLE_S = 1.0
+
 ModelResolver = Callable[[], ModelVersion]
 
 
@@ -99,9 +104,11 @@ class FrameSession:
         # with their result, drop or error, or when the stream closes.
         self._running_bytes: dict[int, list[int]] = {}
         # What a BLOCK stream holds before it asks gRPC for its next message: its last frame's
-        # size (a camera's frames are alike; nothing before the first). A full reserve for the
-        # largest message would let a few idle BLOCK streams hold a small device's budget.
+        # size (a camera's frames are alike; nothing before the first). A stream whose sender
+        # sends nothing for READ_RESERVE_IDLE_S gives it back (`_reserved`): an idle stream
+        # holds none of the budget.
         self._read_reserve = 0
+        self._reserved = 0
         self._max_age_s = options.max_age_ms / 1000 if options.max_age_ms > 0 else None
         self._slot: deque[WaitingFrame] = deque()
         self._running = 0
@@ -173,15 +180,12 @@ class FrameSession:
                 ):
                     self._room.clear()
                     await self._room.wait()
-                reserve = 0
                 if self.lossless:  # the sender waits until there is room: nothing is lost
-                    reserve = self._read_reserve
-                    await self._memory.hold(reserve)
-                try:
+                    frame = await self._read_reserved(incoming)
+                    reserve, self._reserved = self._reserved, 0
+                else:
                     frame = await anext(incoming)
-                except BaseException:
-                    self._memory.release(reserve)
-                    raise
+                    reserve = 0
                 arrival = loop.time()
                 if self._credits and self._credit_granted_at is not None:
                     self._scheduler.credit_used(arrival - self._credit_granted_at)
@@ -197,7 +201,8 @@ class FrameSession:
                     self._read_reserve = min(size, self._memory.budget_bytes)
                     if size <= reserve:
                         self._memory.release(reserve - size)
-                    else:  # holding the reserve while waiting for more could deadlock
+                    else:  # holding the reserve while waiting for more could deadlock; an idle
+                        # stream's frame arrives with none
                         self._memory.release(reserve)
                         self._metrics.memory_waited()
                         await self._memory.hold(size)
@@ -227,6 +232,24 @@ class FrameSession:
             self._room.clear()
             await self._room.wait()
         self._end_stream()
+
+    async def _read_reserved(self, incoming: AsyncIterator[EncodedFrame]) -> EncodedFrame:
+        """The next frame, asked for while holding the reserve (`_reserved`) unless the sender
+        stayed idle for READ_RESERVE_IDLE_S, when it is given back."""
+        await self._memory.hold(self._read_reserve)
+        self._reserved = self._read_reserve
+        idle = asyncio.get_running_loop().call_later(READ_RESERVE_IDLE_S, self._give_back_reserve)
+        try:
+            return await anext(incoming)
+        except BaseException:
+            self._give_back_reserve()
+            raise
+        finally:
+            idle.cancel()
+
+    def _give_back_reserve(self) -> None:
+        self._memory.release(self._reserved)
+        self._reserved = 0
 
     def _refuse_too_large(self, frame: EncodedFrame, size: int) -> None:
         """A frame that could never fit in the budget, even alone: an error, never a wait."""

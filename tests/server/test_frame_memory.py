@@ -19,6 +19,7 @@ import numpy as np
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from server.app import EdgeServer
+from server.frames.session import READ_RESERVE_IDLE_S
 from testkit.camera import collect
 from testkit.edge import running_server
 from testkit.repositories import ONNX_MODEL
@@ -143,3 +144,54 @@ async def test_a_frame_larger_than_the_budget_is_refused_and_the_stream_goes_on(
         )  # fmt: skip
         assert refused == 1
         assert server.core.frame_memory.held_bytes == 0
+
+
+async def test_an_idle_block_stream_gives_its_reserve_back(repository):
+    """A BLOCK stream whose sender has nothing to send holds none of the budget once
+    READ_RESERVE_IDLE_S has passed: with a budget of one frame, a live camera beside it gets
+    its frame answered, and the BLOCK stream's next frame, when it comes, is answered too.
+    Before, the idle stream kept its last frame's size reserved for as long as it stayed open."""
+    budget = HELD + MB
+    async with running_server(repository, frame_memory_budget_bytes=budget) as server:
+        memory = server.core.frame_memory
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = fs_grpc.FrameStreamServiceStub(channel)
+            send_next = asyncio.Event()
+
+            async def requests() -> AsyncIterator[fs.StreamRequest]:
+                yield fs.StreamRequest(
+                    open=fs.StreamOpen(
+                        model_name=ONNX_MODEL, encoding=fs.FRAME_ENCODING_RAW_RGB,
+                        overload_policy=fs.OVERLOAD_POLICY_BLOCK, stream_id="idle",
+                    )
+                )  # fmt: skip
+                for sequence in range(2):
+                    await send_next.wait()
+                    send_next.clear()
+                    yield fs.StreamRequest(
+                        frame=fs.Frame(sequence=sequence, data=FRAME, width=WIDTH, height=HEIGHT)
+                    )
+
+            block = stub.Stream(requests())
+            responses = aiter(block)
+            assert (await anext(responses)).WhichOneof("kind") == "opened"
+            send_next.set()
+            first = await anext(responses)
+            assert first.WhichOneof("kind") == "result" and first.result.sequence == 0
+            # The stream now waits for its sender; within a few idle periods it holds nothing.
+            for _ in range(int(10 * READ_RESERVE_IDLE_S / 0.05)):
+                if not memory.held_bytes:
+                    break
+                await asyncio.sleep(0.05)
+            assert memory.held_bytes == 0, "an idle BLOCK stream still holds budget"
+
+            # A frame the size of the whole budget fits only while the idle stream holds none.
+            live = await raw_stream(stub, "live", 1, fs.OVERLOAD_POLICY_DROP_OLDEST)
+            assert not live["dropped"] and len(live["result"]) == 1, live
+
+            send_next.set()
+            second = await anext(responses)
+            assert second.WhichOneof("kind") == "result" and second.result.sequence == 1
+            send_next.set()  # the sender ends: so does the stream
+            assert [response async for response in responses] == []
+        assert memory.held_bytes == 0
