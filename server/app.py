@@ -60,6 +60,8 @@ def grpc_options(settings: ServerSettings) -> list[tuple[str, Any]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.so_reuseport", 0),
+        # A stream's reader that waits holds gRPC to one message ahead (settings.py).
+        ("grpc.http2.bdp_probe", int(settings.grpc_bdp_probe)),
     ]
 
 

@@ -60,6 +60,12 @@ class ServerSettings(BaseSettings):
     # decoded); past it BLOCK streams wait and live streams drop frames as overloaded.
     # 0: a quarter of the memory the hardware probe finds usable (server/frames/memory.py).
     frame_memory_budget_bytes: int = Field(default=0, ge=0)
+    # gRPC's bandwidth-delay probing, which grows every stream's HTTP/2 receive window to many
+    # MB: gRPC then receives several messages of a stream whose reader waits (a BLOCK stream at
+    # the frame memory budget): 64 streams of raw 4K frames peaked at +6.4 GB RSS with it,
+    # +1.7 GB without. Off, gRPC receives one message per stream ahead of the reader; a 720p
+    # camera and a 30 MB KServe request cost no more (docs/benchmarks.md).
+    grpc_bdp_probe: bool = False
     # Threads for preprocessing (decode, resize, normalise) shared by all streams.
     preprocess_threads: int = Field(default=2, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
