@@ -17,7 +17,6 @@ from grpc_reflection.v1alpha import reflection
 from common.prometheus_http import start_metrics_http
 from protos.edgefleet.v1 import (
     frame_stream_pb2,
-    frame_stream_pb2_grpc,
     server_info_pb2,
     server_info_pb2_grpc,
 )
@@ -25,7 +24,7 @@ from protos.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from server.core import BootOrder, InferenceCore
 from server.errors import PortInUse
 from server.grpc_api.auth import auth_interceptors
-from server.grpc_api.frame_stream import FrameStreamServicer
+from server.grpc_api.frame_stream import FrameStreamServicer, add_frame_stream_service
 from server.grpc_api.kserve import KServeServicer
 from server.grpc_api.malformed import MalformedRequestInterceptor
 from server.grpc_api.raw_payload import RawPayloadInterceptor
@@ -161,9 +160,7 @@ class EdgeServer:
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             KServeServicer(self.core), server
         )
-        frame_stream_pb2_grpc.add_FrameStreamServiceServicer_to_server(
-            FrameStreamServicer(self.core), server
-        )
+        add_frame_stream_service(FrameStreamServicer(self.core), server)
         server_info_pb2_grpc.add_ServerInfoServiceServicer_to_server(
             ServerInfoServicer(self.core, self._device_facts), server
         )

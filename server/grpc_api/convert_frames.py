@@ -86,18 +86,46 @@ def stream_options_from_pb(message: fs.StreamRequest) -> StreamOptions:
     )
 
 
-async def frames_from_pb(messages: AsyncIterator[fs.StreamRequest]) -> AsyncIterator[EncodedFrame]:
-    async for message in messages:
-        if message.WhichOneof("kind") != "frame":
-            raise InvalidInput("after `open`, every FrameStream message must be a `frame`")
-        frame = message.frame
-        yield EncodedFrame(
-            sequence=frame.sequence,
-            capture_time_ns=frame.capture_time_unix_ns,
-            data=frame.data,
-            width=frame.width,
-            height=frame.height,
-        )
+class HeldRequest:
+    """A parsed StreamRequest, handed over once (`take`). gRPC's request iterator keeps the last
+    message it yielded until the next one arrives, so a BLOCK stream waiting for the frame
+    memory budget kept its last raw 4K frame there: a second 24 MB copy per stream, outside
+    the budget. It keeps this empty envelope instead."""
+
+    __slots__ = ("_message",)
+
+    def __init__(self, message: fs.StreamRequest) -> None:
+        self._message: fs.StreamRequest | None = message
+
+    @classmethod
+    def parse(cls, data: bytes) -> HeldRequest:
+        """The request deserializer (raises DecodeError as `FromString` does)."""
+        return cls(fs.StreamRequest.FromString(data))
+
+    def take(self) -> fs.StreamRequest:
+        message, self._message = self._message, None
+        if message is None:
+            raise RuntimeError("a FrameStream request was taken twice")
+        return message
+
+
+async def frames_from_pb(requests: AsyncIterator[HeldRequest]) -> AsyncIterator[EncodedFrame]:
+    async for request in requests:
+        frame = _frame_from_pb(request.take())  # the message is gone once this returns
+        yield frame
+
+
+def _frame_from_pb(message: fs.StreamRequest) -> EncodedFrame:
+    if message.WhichOneof("kind") != "frame":
+        raise InvalidInput("after `open`, every FrameStream message must be a `frame`")
+    frame = message.frame
+    return EncodedFrame(
+        sequence=frame.sequence,
+        capture_time_ns=frame.capture_time_unix_ns,
+        data=frame.data,
+        width=frame.width,
+        height=frame.height,
+    )
 
 
 def _tensor_to_pb(output: OutputTensor) -> fs.Tensor:
