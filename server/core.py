@@ -29,7 +29,7 @@ from server.errors import (
     RequiredModelFailed,
     ShuttingDown,
 )
-from server.frames.memory import FrameMemory, default_budget
+from server.frames.memory import FrameMemory, default_budget, largest_frame_bytes
 from server.frames.scheduler import FrameScheduler
 from server.frames.session import FrameSession
 from server.frames.types import (
@@ -438,6 +438,7 @@ class InferenceCore:
             resolve_model=resolve,
             metrics=metrics,
             memory=self.frame_memory,
+            first_read_reserve=largest_frame_bytes(self.settings.max_message_bytes),
         )
         self._streams += 1
         self._camera_streams[name] = self._camera_streams.get(name, 0) + 1

@@ -62,8 +62,8 @@ class ServerSettings(BaseSettings):
     frame_memory_budget_bytes: int = Field(default=0, ge=0)
     # gRPC's bandwidth-delay probing, which grows every stream's HTTP/2 receive window to many
     # MB: gRPC then receives several messages of a stream whose reader waits (a BLOCK stream at
-    # the frame memory budget): 64 streams of raw 4K frames peaked at +6.4 GB RSS with it,
-    # +1.7 GB without. Off, gRPC receives one message per stream ahead of the reader; a 720p
+    # the frame memory budget): 64 streams of raw 4K frames peaked at 6.8 GB RSS with it,
+    # 2.1 GB without. Off, gRPC receives one message per stream ahead of the reader; a 720p
     # camera and a 30 MB KServe request cost no more (docs/benchmarks.md).
     grpc_bdp_probe: bool = False
     # Threads for preprocessing (decode, resize, normalise) shared by all streams.

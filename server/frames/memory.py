@@ -5,8 +5,9 @@ with a window of 64 raw 4K frames took RSS from 139 to 2,241 MB, and 1,024 strea
 A frame holds its bytes as received plus its decoded pixels (`frame_bytes`) from the moment it
 is accepted until its result, drop or failure, so what all streams hold never exceeds the
 budget:
-- a BLOCK stream holds a reserve (its last frame's size) before it asks gRPC for its next
-  message (gRPC receives a message whole once asked), so when the budget is full it stops
+- a BLOCK stream holds a reserve (its last frame's size; before its first, what the largest
+  message may hold, `largest_frame_bytes`) before it asks gRPC for its next message (gRPC
+  receives a message whole once asked), so when the budget is full it stops
   reading and gRPC flow control holds its sender back; a frame needing more than the reserve
   gives it back and waits for its whole size; a stream whose sender sends nothing for a
   second gives the reserve back, so an idle stream holds nothing (its next frame waits for
@@ -15,10 +16,14 @@ budget:
   memory budget full");
 - a frame needing more than the whole budget is refused (RESOURCE_EXHAUSTED), never waited for.
 
-Outside the budget, before our code runs: gRPC receives each stream's next message (up to
-`max_message_bytes`) on its own, and a BLOCK frame waiting for its whole size keeps its bytes
-as received (at most one message per stream). The decoded pixels, the large part, are always
-inside it. The default budget is a share of the device's memory (`default_budget`).
+Outside the budget, before our code runs: once a stream has taken a message, gRPC receives
+its next one (up to `max_message_bytes`) on its own, one per open stream with bandwidth-delay
+probing off (`grpc_bdp_probe`; on, its windows grow to several messages per stream), and a
+BLOCK frame waiting for its whole size keeps its bytes as received (an idle stream's, or one
+larger than its reserve). 64 BLOCK streams of raw 4K frames under a 256 MiB budget peaked at
+2.1 GB RSS (ready at 0.15): the budget plus gRPC's read-ahead and its copies of the messages
+being received (tests/server/test_frame_memory_rss.py). The decoded pixels, the large part,
+are always inside it. The default budget is a share of the device's memory (`default_budget`).
 """
 
 from __future__ import annotations
@@ -62,6 +67,12 @@ def frame_bytes(frame: EncodedFrame, encoding: FrameEncoding, max_pixels: int) -
     if size is None or size[0] * size[1] > max_pixels:
         return len(data)
     return len(data) + 3 * size[0] * size[1]
+
+
+def largest_frame_bytes(max_message_bytes: int) -> int:
+    """What the frame of the largest message may hold: a raw frame's bytes and pixels (a JPEG
+    or PNG decoding to more waits for its whole size once received)."""
+    return 2 * max_message_bytes
 
 
 # JPEG start-of-frame markers (baseline, progressive, ...; not DHT C4, JPG C8, DAC CC).

@@ -91,6 +91,7 @@ class FrameSession:
         resolve_model: ModelResolver,
         metrics: StreamMetrics,
         memory: FrameMemory,
+        first_read_reserve: int = 0,
     ) -> None:
         self.options = options
         self.lossless = options.policy is OverloadPolicy.BLOCK
@@ -104,10 +105,12 @@ class FrameSession:
         # with their result, drop or error, or when the stream closes.
         self._running_bytes: dict[int, list[int]] = {}
         # What a BLOCK stream holds before it asks gRPC for its next message: its last frame's
-        # size (a camera's frames are alike; nothing before the first). A stream whose sender
-        # sends nothing for READ_RESERVE_IDLE_S gives it back (`_reserved`): an idle stream
-        # holds none of the budget.
-        self._read_reserve = 0
+        # size (a camera's frames are alike), before the first what the largest message may
+        # hold; gRPC receives a message whole once asked, and without a first reserve 64
+        # streams' first 4K frames were all taken in at once, past the budget. A stream whose
+        # sender sends nothing for READ_RESERVE_IDLE_S gives it back (`_reserved`): an idle
+        # stream holds none of the budget.
+        self._read_reserve = min(first_read_reserve, memory.budget_bytes)
         self._reserved = 0
         self._max_age_s = options.max_age_ms / 1000 if options.max_age_ms > 0 else None
         self._slot: deque[WaitingFrame] = deque()
