@@ -131,7 +131,8 @@ class Server:
     def __enter__(self) -> Server:
         self.process = start_serve(
             self.workdir, "--repository", str(self.repository), "--port", "0",
-            "--metrics-port", "-1", "--log-level", "WARNING", "--planner", "manifest",
+            "--metrics-port", "-1", "--http-port", "-1", "--log-level", "WARNING",
+            "--planner", "manifest",
             cwd=self.root, env={**os.environ, "PYTHONPATH": str(self.root)}, timeout_s=600,
             poll_s=0.02,
         )  # fmt: skip

@@ -75,6 +75,17 @@ class CostShares:
         costs = [stream.estimate_s for stream in self._streams.values() if stream.estimate_s > 0]
         return max(min(costs, default=0.0) * AHEAD_FRAMES, MIN_AHEAD_S)
 
+    def may_start_another(self, key: int, now: float, fair: float) -> bool:
+        """Whether a stream with a frame running may start one more beside it: only while it
+        is within its share (its tag, running frames' overruns included, at most `fair`). A
+        stream past its share is served only when nobody else waits, and then one frame at a
+        time: each of its frames queues stages at the members (a page's crop batches), and
+        honest ppocr frames waited 3 to 10 s behind those of up to four pages at once."""
+        stream = self._streams.get(key)
+        if stream is None or not stream.running:
+            return True
+        return self.tag(key, now) <= fair
+
     def started(self, key: int, now: float) -> int:
         """A frame of the stream starts: charge its estimate. Returns its token."""
         self.add(key)

@@ -418,11 +418,17 @@ class FrameScheduler:
         of the streams within one cheap frame of the lowest (the others had their share);
         then BLOCK streams may add rows."""
         now = asyncio.get_running_loop().time()
-        tags = {key: self._shares.tag(key, now)
-                for key, session in self._sessions.items() if session.has_frame}  # fmt: skip
+        margin = self._shares.margin_s()
+        open_tags = {key: self._shares.tag(key, now) for key in self._sessions}
+        fair = min(open_tags.values(), default=0.0) + margin
+        tags = {
+            key: open_tags[key]
+            for key, session in self._sessions.items()
+            if session.has_frame and self._shares.may_start_another(key, now, fair)
+        }
         if not tags:
             return []
-        lowest, margin = min(tags.values()), self._shares.margin_s()
+        lowest = min(tags.values())
         replace_before = self._replace_before()
         picks: list[Pick] = []
         served: list[ScheduledStream] = []

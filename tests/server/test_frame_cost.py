@@ -200,3 +200,71 @@ async def test_an_expensive_camera_gets_its_share_of_device_time_and_no_more(
     print("device seconds", used, "shares", shares, "answered", answered)
     assert shares["hostile"] < 0.55, shares
     assert shares["honest-1"] > 0.18 and shares["honest-2"] > 0.18, shares
+
+
+async def test_a_camera_past_its_share_runs_one_frame_at_a_time(tmp_path: Path, built_models: Path):
+    """A live camera of pages (280 words, 64 read) allowed 4 frames in flight and sending
+    faster than they are read, beside an honest one at 0.5 fps: served only when the honest
+    camera has nothing waiting, the pages run one at a time, so the honest frames' stages wait
+    behind at most one page's. Before, pages ran two to four at once (this test saw 6
+    overlapping pairs in 25 s) and honest ppocr frames waited 3.5 to 10 s beside them
+    (bench_realtime --hostile-only). Each page's run is read from its
+    result: it ended when the result came and began `total - queue` before; two runs
+    overlapping by more than a generous margin fail."""
+    repo = ppocr_repository(built_models, tmp_path / "repo", max_crops=64)
+    honest = png_bytes(text_grid(640, 480, 2, 2))
+    hostile = png_bytes(text_grid(640, 480, 8, 35, seed=1))
+    runs: list[tuple[float, float]] = []
+    honest_answers = 0
+    async with running_server(repo) as server:
+        loop = asyncio.get_running_loop()
+
+        async def camera(name: str, page: bytes, fps: float, window: int) -> None:
+            nonlocal honest_answers
+
+            async def requests() -> AsyncIterator[fs.StreamRequest]:
+                yield fs.StreamRequest(
+                    open=fs.StreamOpen(
+                        model_name="ppocr", encoding=fs.FRAME_ENCODING_PNG,
+                        overload_policy=fs.OVERLOAD_POLICY_DROP_OLDEST, max_in_flight=window,
+                        stream_id=name,
+                    )
+                )  # fmt: skip
+                for sequence in itertools.count():
+                    yield fs.StreamRequest(frame=fs.Frame(sequence=sequence, data=page))
+                    await asyncio.sleep(1 / fps)
+
+            async for reply in stub.Stream(requests()):
+                if reply.WhichOneof("kind") != "result":
+                    continue
+                if name == "honest":
+                    honest_answers += 1
+                    continue
+                ended = loop.time()
+                timings = reply.result.timings
+                runs.append((ended - (timings.total_us - timings.queue_us) / 1e6, ended))
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = fs_grpc.FrameStreamServiceStub(channel)
+            cameras = [
+                asyncio.create_task(camera("honest", honest, 0.5, 4)),
+                asyncio.create_task(camera("hostile", hostile, 4.0, 4)),
+            ]
+            await asyncio.sleep(25)
+            for task in cameras:
+                task.cancel()
+            await asyncio.gather(*cameras, return_exceptions=True)
+    print("page runs", [(round(began, 2), round(ended, 2)) for began, ended in runs])
+    assert honest_answers > 0
+    # A new stream is charged a usual frame for its first ones: until the first page's overrun
+    # shows, a second may start beside it. From the first page's end on, one at a time.
+    first_end = min(runs)[1]
+    later = sorted(run for run in runs if run[0] >= first_end)
+    # Results reach this process a little after they are ready: 0.25 s each side.
+    margin = 0.25
+    overlapping = [
+        (first, second)
+        for first, second in itertools.combinations(later, 2)
+        if second[0] + margin < first[1] - margin
+    ]
+    assert len(later) >= 2 and not overlapping, (later, overlapping)
