@@ -301,7 +301,7 @@ class FrameScheduler:
         if not ends:
             return  # still decoding: `_running` wakes the dispatcher when the run starts
         loop = asyncio.get_running_loop()
-        lead = max(CREDIT_LEAD_MARGIN * self._credit_lag_s, CREDIT_LEAD_MIN_S)
+        lead = self._credit_lead_s()
         due = min(ends) - self._prepare_s - lead
         if loop.time() >= due:
             self._offer_credits(self._last_rows)
@@ -339,8 +339,12 @@ class FrameScheduler:
     def _refresh_age_s(self) -> float:
         """A waiting credited frame this old is replaced by a fresh one when its stream's turn
         comes (a fresh one costs about one credit lead)."""
-        lead = max(CREDIT_LEAD_MARGIN * self._credit_lag_s, CREDIT_LEAD_MIN_S)
-        return max(CREDIT_REFRESH_LEADS * lead, CREDIT_REFRESH_MIN_S)
+        return max(CREDIT_REFRESH_LEADS * self._credit_lead_s(), CREDIT_REFRESH_MIN_S)
+
+    def _credit_lead_s(self) -> float:
+        """How long before a pull a credit is offered: a margin over the recent slowest
+        grant-to-arrival."""
+        return max(CREDIT_LEAD_MARGIN * self._credit_lag_s, CREDIT_LEAD_MIN_S)
 
     def _serving_order(self) -> list[ScheduledStream]:
         """The streams in the order the next pull would take their frames (`_pick`,
