@@ -239,7 +239,9 @@ class HttpServer:
         ssl_context: ssl.SSLContext | None = None,
         token: TokenCheck | None = None,
     ) -> None:
-        self._pool = ParsePool(settings.http_parse_processes)
+        self._pool = ParsePool(
+            settings.http_parse_processes, on_restart=core.metrics.http_parse_restarts.inc
+        )
         self._gate = DrainGate()
         self._runner = web.AppRunner(
             KServeHttp(core, settings, self._pool, self._gate).app(token),

@@ -59,8 +59,10 @@ def _log_failed_start(warm: asyncio.Future[bool]) -> None:
 
 
 class ParsePool:
-    def __init__(self, processes: int) -> None:
+    def __init__(self, processes: int, on_restart: Callable[[], None] | None = None) -> None:
+        """`on_restart`: called each time a dead parse process is replaced (a metric)."""
         self._processes = processes
+        self._on_restart = on_restart
         self._pool: ProcessPoolExecutor | None = None
         self._warm: asyncio.Future[bool] | None = None
 
@@ -90,6 +92,8 @@ class ParsePool:
         except BrokenProcessPool:
             # The process died (killed for memory, say): answer this request, start afresh.
             log.error("the HTTP parse process died; starting a new one")
+            if self._on_restart is not None:
+                self._on_restart()
             await self.close()
             self.start()
             raise Overloaded("the request parser restarted: retry") from None

@@ -159,6 +159,13 @@ class ServerMetrics:
             registry=self.registry,
         )
 
+        self.http_parse_restarts = Counter(
+            "edgefleet_http_parse_process_restarts",
+            "Times the HTTP port's JSON parse process died (killed for memory, say) and was "
+            "started again; the request it was parsing was answered 429 (retry).",
+            registry=self.registry,
+        )
+
     def watch_models(self, loaded: Callable[[], Iterable[ModelInfoLabels]]) -> None:
         """Expose `edgefleet_model_info` for the versions `loaded()` describes at each scrape."""
         self.registry.register(_ModelInfo(loaded))

@@ -185,6 +185,39 @@ async def test_the_parse_process_starts_with_the_first_large_body(repository: Pa
         assert parse_processes() == before + 1
 
 
+async def test_a_parse_process_killed_mid_body_is_counted_and_replaced(
+    repository: Path, tmp_path: Path
+):
+    """kill -9 of the parse process while it parses a large body: that request gets 429 (retry),
+    the restart is counted in the server's metrics, and the next large body is answered."""
+    body = write_big_json(tmp_path / "body.json", 8.0).read_bytes()
+    async with running_server(repository, http_port=0) as server:
+        url = f"http://127.0.0.1:{server.http_port}/v2/models/{ONNX_MODEL}/infer"
+        registry = server.core.metrics.registry
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, data=io.BytesIO(body)) as response:
+                assert response.status == 200  # the process is up now
+            parser = next(
+                child
+                for child in psutil.Process().children(recursive=True)
+                if "spawn_main" in " ".join(child.cmdline())
+            )
+
+            async def kill_while_parsing() -> None:
+                await asyncio.sleep(0.05)  # the body is sent and being parsed by now
+                parser.kill()
+
+            killer = asyncio.create_task(kill_while_parsing())
+            async with session.post(url, data=io.BytesIO(body)) as response:
+                status, text = response.status, await response.text()
+            await killer
+            restarts = registry.get_sample_value("edgefleet_http_parse_process_restarts_total")
+            assert restarts == 1, (status, text)
+            assert status == 429 and "restarted" in text, (status, text)
+            async with session.post(url, data=io.BytesIO(body)) as response:
+                assert response.status == 200, await response.text()
+
+
 async def test_slow_bodies_hold_bounded_memory_and_are_closed(http_server: EdgeServer):
     async with LiveProbe(http_server.port) as probe:
         result = await attacker(
