@@ -8,6 +8,7 @@ budget answers such a page with the lines that fit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import time
@@ -202,6 +203,10 @@ async def test_an_expensive_camera_gets_its_share_of_device_time_and_no_more(
     assert shares["honest-1"] > 0.18 and shares["honest-2"] > 0.18, shares
 
 
+# How long, past its 25 s, the one-at-a-time test waits for its pages on a loaded machine.
+PAGES_AT_MOST_S = 150
+
+
 async def test_a_camera_past_its_share_runs_one_frame_at_a_time(tmp_path: Path, built_models: Path):
     """A live camera of pages (280 words, 64 read) allowed 4 frames in flight and sending
     faster than they are read, beside an honest one at 0.5 fps: served only when the honest
@@ -216,6 +221,7 @@ async def test_a_camera_past_its_share_runs_one_frame_at_a_time(tmp_path: Path, 
     hostile = png_bytes(text_grid(640, 480, 8, 35, seed=1))
     runs: list[tuple[float, float]] = []
     honest_answers = 0
+    two_pages_after_the_first = asyncio.Event()
     async with running_server(repo) as server:
         loop = asyncio.get_running_loop()
 
@@ -243,6 +249,8 @@ async def test_a_camera_past_its_share_runs_one_frame_at_a_time(tmp_path: Path, 
                 ended = loop.time()
                 timings = reply.result.timings
                 runs.append((ended - (timings.total_us - timings.queue_us) / 1e6, ended))
+                if sum(run[0] >= min(runs)[1] for run in runs) >= 2:
+                    two_pages_after_the_first.set()
 
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             stub = fs_grpc.FrameStreamServiceStub(channel)
@@ -250,7 +258,12 @@ async def test_a_camera_past_its_share_runs_one_frame_at_a_time(tmp_path: Path, 
                 asyncio.create_task(camera("honest", honest, 0.5, 4)),
                 asyncio.create_task(camera("hostile", hostile, 4.0, 4)),
             ]
+            # 25 s, and then until two pages began after the first ended: on a loaded machine
+            # a page runs for 7 s or more.
             await asyncio.sleep(25)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PAGES_AT_MOST_S):
+                    await two_pages_after_the_first.wait()
             for task in cameras:
                 task.cancel()
             await asyncio.gather(*cameras, return_exceptions=True)
