@@ -29,7 +29,7 @@ from server.errors import (
     RequiredModelFailed,
     ShuttingDown,
 )
-from server.frames.memory import FrameMemory, default_budget, largest_frame_bytes
+from server.frames.memory import FrameMemory, default_budget
 from server.frames.scheduler import FrameScheduler
 from server.frames.session import FrameSession
 from server.frames.types import (
@@ -127,7 +127,12 @@ class InferenceCore:
         budget = settings.frame_memory_budget_bytes or default_budget(
             probe_hardware(nvml=None, onnx_providers=lambda: ()).memory.usable_bytes
         )
-        self.frame_memory = FrameMemory(budget)
+        self.frame_memory = FrameMemory(
+            budget, settings.max_message_bytes, self.metrics.frame_memory_overcommits.inc
+        )
+        self.metrics.frame_memory_read_ahead.set_function(
+            lambda: self.frame_memory.read_ahead_bytes
+        )
         self.metrics.frame_memory_budget.set(budget)
         self.metrics.frame_memory.set_function(lambda: self.frame_memory.held_bytes)
 
@@ -438,7 +443,6 @@ class InferenceCore:
             resolve_model=resolve,
             metrics=metrics,
             memory=self.frame_memory,
-            first_read_reserve=largest_frame_bytes(self.settings.max_message_bytes),
         )
         self._streams += 1
         self._camera_streams[name] = self._camera_streams.get(name, 0) + 1

@@ -5,31 +5,36 @@ with a window of 64 raw 4K frames took RSS from 139 to 2,241 MB, and 1,024 strea
 A frame holds its bytes as received plus its decoded pixels (`frame_bytes`) from the moment it
 is accepted until its result, drop or failure, so what all streams hold never exceeds the
 budget:
-- a BLOCK stream holds a reserve (its last frame's size; before its first, what the largest
-  message may hold, `largest_frame_bytes`) before it asks gRPC for its next message (gRPC
-  receives a message whole once asked), so when the budget is full it stops
-  reading and gRPC flow control holds its sender back; a frame needing more than the reserve
-  gives it back and waits for its whole size; a stream whose sender sends nothing for a
-  second gives the reserve back, so an idle stream holds nothing (its next frame waits for
-  its whole size once received);
+- a BLOCK stream holds a reserve (its last frame's size; before its first, that of the
+  largest frame BLOCK streams read last, `FrameMemory.first_read`) before it asks gRPC for
+  its next message (gRPC receives a message whole once asked), so when the budget is full it
+  stops reading and gRPC flow control holds its sender back; a frame needing more than the
+  reserve keeps it and waits for the rest; a stream whose sender sends nothing for a second
+  gives the reserve back (its next frame waits for its whole size once received);
+- a BLOCK stream also holds its read-ahead from its first frame until it ends: once a stream
+  has taken a message, gRPC receives as many bytes of its next messages before it asks (its
+  flow control window), whether or not the budget has room (`read_ahead_bytes_of`). Without
+  it 64 streams of raw 4K frames took 1.5 GB past the budget, one message each. So at most
+  budget / (frame + read-ahead) streams read at once; the others wait before their first
+  frame, when gRPC holds nothing for them;
 - a live stream keeps reading and drops a frame that does not fit (`overloaded`, "frame
   memory budget full");
 - a frame needing more than the whole budget is refused (RESOURCE_EXHAUSTED), never waited for.
 
-Outside the budget, before our code runs: once a stream has taken a message, gRPC receives
-its next one (up to `max_message_bytes`) on its own, one per open stream with bandwidth-delay
-probing off (`grpc_bdp_probe`; on, its windows grow to several messages per stream), and a
-BLOCK frame waiting for its whole size keeps its bytes as received (an idle stream's, or one
-larger than its reserve). 64 BLOCK streams of raw 4K frames under a 256 MiB budget peaked at
-2.1 GB RSS (ready at 0.15): the budget plus gRPC's read-ahead and its copies of the messages
-being received (tests/server/test_frame_memory_rss.py). The decoded pixels, the large part,
-are always inside it. The default budget is a share of the device's memory (`default_budget`).
+Outside the budget: gRPC's handing over of the message being read (its slices, a contiguous
+copy and the Python bytes at once: a lone 23.7 MiB message peaked at +121 to +144 MB), and the
+read-ahead of live streams, which read whatever comes (with flow credits, one frame). 64
+BLOCK streams of raw 4K frames under a 256 MiB budget: +330 to +364 MB RSS over ready, the same
+for 16 and 128 streams (tests/server/test_frame_memory_rss.py). The default budget is a share
+of the device's memory (`default_budget`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from server.frames.types import EncodedFrame
 from server.vision.preprocess import FrameEncoding
@@ -69,6 +74,18 @@ def frame_bytes(frame: EncodedFrame, encoding: FrameEncoding, max_pixels: int) -
     return len(data) + 3 * size[0] * size[1]
 
 
+# A frame message's bytes besides the frame's data: its other fields and gRPC's framing.
+MESSAGE_OVERHEAD_BYTES = 4096
+
+
+def read_ahead_bytes_of(frame: EncodedFrame) -> int:
+    """What gRPC may receive for a stream before it asks again, once it has taken this frame:
+    as many bytes as this frame's message (its flow control window grows to the last message
+    taken; measured with grpcio 1.81: 24 MB after a 24 MB message, 12 MB after a 12 MB one, next to
+    nothing after a 1 KB one)."""
+    return len(frame.data) + MESSAGE_OVERHEAD_BYTES
+
+
 def largest_frame_bytes(max_message_bytes: int) -> int:
     """What the frame of the largest message may hold: a raw frame's bytes and pixels (a JPEG
     or PNG decoding to more waits for its whole size once received)."""
@@ -99,18 +116,55 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-class FrameMemory:
-    """The bytes held by the frames of all streams, against one budget. Event loop only."""
+# A BLOCK stream's first frame is expected to be as large as the largest of this many frames
+# the BLOCK streams read last (a fleet's cameras are alike).
+RECENT_FRAMES = 16
 
-    def __init__(self, budget_bytes: int) -> None:
+
+@dataclass
+class _Waiter:
+    size: int
+    read_ahead: int  # of `size`: the change in the waiting stream's read-ahead
+    holding: int  # what the waiting stream holds and gives back only once granted
+    granted: asyncio.Future[None]
+    first_read: bool = False  # sized when its turn comes, as the frames read by then
+
+
+class FrameMemory:
+    """The bytes held by the frames of all streams, against one budget. Event loop only.
+
+    Part of what is held is read-ahead (`read_ahead_bytes`): what gRPC may receive for the
+    BLOCK streams before they ask (`read_ahead_bytes_of`), held from a stream's first read
+    until it ends. Only a stream's end gives it back, so a waiter that could fit only once
+    some read-ahead is given back does not hold up the waiters behind it; and when nothing
+    but read-ahead and waiters' holdings is held, so nothing will be given back, the waiter
+    in turn (or the oldest) passes the budget (`overcommits`) rather than stall every BLOCK
+    stream: frames larger than their stream's first, or a budget too small for a frame
+    beside the open streams' read-ahead."""
+
+    def __init__(
+        self,
+        budget_bytes: int,
+        max_message_bytes: int,
+        on_overcommit: Callable[[], None] | None = None,
+    ) -> None:
         self.budget_bytes = budget_bytes
         self.peak_bytes = 0
+        self.overcommits = 0  # times what is held went past the budget
+        self._max_message_bytes = max_message_bytes
+        self._on_overcommit = on_overcommit
         self._held = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._read_ahead = 0
+        self._waiters: deque[_Waiter] = deque()
+        self._recent: deque[tuple[int, int]] = deque(maxlen=RECENT_FRAMES)
 
     @property
     def held_bytes(self) -> int:
         return self._held
+
+    @property
+    def read_ahead_bytes(self) -> int:
+        return self._read_ahead
 
     def too_large(self, size: int) -> bool:
         """A frame that could never fit, even alone."""
@@ -122,41 +176,111 @@ class FrameMemory:
             f"budget {self.budget_bytes / MB:.1f} MiB, {self._held / MB:.1f} MiB held"
         )
 
+    def first_read(self) -> tuple[int, int]:
+        """(reserve, read-ahead) a BLOCK stream holds before its first frame, whose size it
+        does not know: those of the largest of the frames BLOCK streams read last; before any,
+        what the largest message's frame and read-ahead may hold, cut to a quarter and an
+        eighth of the budget (in full, one open stream kept every other from starting under a
+        64 MiB budget). A first frame larger than that waits for the rest of its size."""
+        if self._recent:
+            return max(frame for frame, _ in self._recent), max(ahead for _, ahead in self._recent)
+        return (
+            min(largest_frame_bytes(self._max_message_bytes), self.budget_bytes // 4),
+            min(self._max_message_bytes + MESSAGE_OVERHEAD_BYTES, self.budget_bytes // 8),
+        )
+
+    async def hold_first_read(self) -> tuple[int, int]:
+        """Hold what a BLOCK stream's first frame and its read-ahead are expected to need
+        (`first_read`, as estimated when granted); returns (reserve, read-ahead) held."""
+        reserve, read_ahead = self.first_read()
+        size, read_ahead = await self.hold(reserve + read_ahead, read_ahead, first_read=True)
+        return size - read_ahead, read_ahead
+
+    def read(self, frame_size: int, read_ahead: int) -> None:
+        """A BLOCK stream read a frame of `frame_size` that left `read_ahead` with gRPC."""
+        self._recent.append((frame_size, read_ahead))
+
     def try_hold(self, size: int) -> bool:
         """Hold `size` bytes now if they fit (live streams); False: drop the frame."""
-        if self._waiters or self._held + size > self.budget_bytes:
+        if self._someone_waits_in_turn() or self._held + size > self.budget_bytes:
             return False
-        self._take(size)
+        self._take(size, 0)
         return True
 
-    async def hold(self, size: int) -> None:
-        """Hold `size` bytes (at most the budget), waiting in turn until they fit (BLOCK)."""
-        if not self._waiters and self._held + size <= self.budget_bytes:
-            self._take(size)
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        entry = (size, waiter)
-        self._waiters.append(entry)
+    async def hold(
+        self, size: int, read_ahead: int = 0, holding: int = 0, *, first_read: bool = False
+    ) -> tuple[int, int]:
+        """Hold `size` bytes, waiting in turn until they fit (BLOCK). `read_ahead` of them
+        (negative: given back) change the caller's read-ahead; `holding` is what the caller
+        holds besides and gives back only once granted. Returns (size, read-ahead) held: a
+        first read's are sized when its turn comes."""
+        if not self._someone_waits_in_turn() and self._held + size <= self.budget_bytes:
+            self._take(size, read_ahead)
+            return size, read_ahead
+        granted = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(size, read_ahead, holding, granted, first_read)
+        self._waiters.append(waiter)
+        self._grant()  # with nothing else held, it may pass at once (see the class)
         try:
-            await waiter
+            await waiter.granted
         except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.release(size)  # granted just as it was cancelled
+            if waiter.granted.done() and not waiter.granted.cancelled():
+                self.release(waiter.size, waiter.read_ahead)  # granted as it was cancelled
             else:
-                self._waiters.remove(entry)
+                self._waiters.remove(waiter)
                 self._grant()
             raise
+        return waiter.size, waiter.read_ahead
 
-    def release(self, size: int) -> None:
+    def release(self, size: int, read_ahead: int = 0) -> None:
         self._held = max(0, self._held - size)
+        self._read_ahead = max(0, self._read_ahead - read_ahead)
         self._grant()
 
-    def _take(self, size: int) -> None:
+    def resize_read_ahead(self, old: int, new: int) -> None:
+        """A stream's read-ahead is now `new` bytes (its last message's), fits or not: gRPC
+        receives them whether or not the budget has room."""
+        self._take(new - old, new - old)
+        if new < old:
+            self._grant()
+
+    def _take(self, size: int, read_ahead: int) -> None:
+        was_within = self._held <= self.budget_bytes
         self._held += size
+        self._read_ahead += read_ahead
         self.peak_bytes = max(self.peak_bytes, self._held)
+        if was_within and self._held > self.budget_bytes:
+            self.overcommits += 1
+            if self._on_overcommit is not None:
+                self._on_overcommit()
+
+    def _fits_some_day(self, waiter: _Waiter) -> bool:
+        """Fits once every frame and reserve is given back: read-ahead frees only when a
+        stream ends (the waiter's own is counted in its size)."""
+        return self._read_ahead + waiter.holding + waiter.size <= self.budget_bytes
+
+    def _someone_waits_in_turn(self) -> bool:
+        return any(self._fits_some_day(waiter) for waiter in self._waiters)
 
     def _grant(self) -> None:
-        while self._waiters and self._held + self._waiters[0][0] <= self.budget_bytes:
-            size, waiter = self._waiters.popleft()
-            self._take(size)
-            waiter.set_result(None)
+        while self._waiters:
+            reserve, read_ahead = self.first_read()
+            for waiter in self._waiters:
+                if waiter.first_read:
+                    waiter.size, waiter.read_ahead = reserve + read_ahead, read_ahead
+            in_turn = next((w for w in self._waiters if self._fits_some_day(w)), None)
+            if in_turn is None or self._held + in_turn.size > self.budget_bytes:
+                if self._held > self._read_ahead + sum(w.holding for w in self._waiters):
+                    return  # frames running or waiting will give back what it needs
+                # Nothing will be given back: a frame waiting for the rest of its size goes
+                # first (it runs and gives back), else an open stream's next read; a new
+                # stream's first read waits for a stream to end (it only adds read-ahead).
+                passing = [w for w in self._waiters if not w.first_read or not self._read_ahead]
+                finishing = next((w for w in passing if w.holding), None)
+                in_turn = finishing or (in_turn if in_turn in passing else None)
+                in_turn = in_turn or next(iter(passing), None)
+                if in_turn is None:
+                    return
+            self._waiters.remove(in_turn)
+            self._take(in_turn.size, in_turn.read_ahead)
+            in_turn.granted.set_result(None)

@@ -18,8 +18,9 @@ pulls them when the model has room, fairly across streams, and decodes only what
   client that sends without credits meets drop_oldest as before.
 - Every frame holds its bytes and decoded pixels in the server's frame memory budget
   (server/frames/memory.py) from when it is read until it is answered or dropped: a BLOCK
-  stream holds a reserve before it reads its next message and waits while the budget is full
-  (a stream whose sender stays idle gives the reserve back); a live stream drops the frame
+  stream holds a reserve before it reads its next message, and from its first frame what
+  gRPC may receive for it unasked (its read-ahead), and waits while the budget is full (a
+  stream whose sender stays idle gives the reserve back); a live stream drops the frame
   (`overloaded`, "frame memory budget full"); a frame larger than the whole budget gets a
   FrameError (RESOURCE_EXHAUSTED).
 A bad frame gets a FrameError and the stream goes on. Closing the stream releases its waiting
@@ -46,7 +47,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from server.analytics.stream import FrameInfo, StreamAnalytics
 from server.analytics.types import FrameAnalytics
 from server.errors import EdgeError, Overloaded, RequestTooLarge, ShuttingDown
-from server.frames.memory import FrameMemory, frame_bytes
+from server.frames.memory import FrameMemory, frame_bytes, read_ahead_bytes_of
 from server.frames.scheduler import FrameScheduler
 from server.frames.types import (
     AnalyticsEventsEvent,
@@ -91,7 +92,6 @@ class FrameSession:
         resolve_model: ModelResolver,
         metrics: StreamMetrics,
         memory: FrameMemory,
-        first_read_reserve: int = 0,
     ) -> None:
         self.options = options
         self.lossless = options.policy is OverloadPolicy.BLOCK
@@ -105,13 +105,19 @@ class FrameSession:
         # with their result, drop or error, or when the stream closes.
         self._running_bytes: dict[int, list[int]] = {}
         # What a BLOCK stream holds before it asks gRPC for its next message: its last frame's
-        # size (a camera's frames are alike), before the first what the largest message may
-        # hold; gRPC receives a message whole once asked, and without a first reserve 64
-        # streams' first 4K frames were all taken in at once, past the budget. A stream whose
-        # sender sends nothing for READ_RESERVE_IDLE_S gives it back (`_reserved`): an idle
-        # stream holds none of the budget.
-        self._read_reserve = min(first_read_reserve, memory.budget_bytes)
+        # size (a camera's frames are alike), before the first that of the largest frame
+        # streams read last; gRPC receives a message whole once asked, and without a first
+        # reserve 64 streams' first 4K frames were all taken in at once, past the budget. A
+        # stream whose sender sends nothing for READ_RESERVE_IDLE_S gives it back
+        # (`_reserved`).
+        # Besides, from its first frame until it ends, the stream holds its read-ahead
+        # (`_read_ahead`): gRPC receives its next message's bytes before it asks, as many as
+        # its last message's (`read_ahead_bytes_of`), room or not: 64 streams of 4K frames
+        # took 1.5 GB past the budget that way. Before a read the stream holds the
+        # read-ahead it expects (`_next_read_ahead`), after it what its message had.
+        self._read_reserve = self._next_read_ahead = 0  # before the first: `first_read`
         self._reserved = 0
+        self._read_ahead = 0
         self._max_age_s = options.max_age_ms / 1000 if options.max_age_ms > 0 else None
         self._slot: deque[WaitingFrame] = deque()
         self._running = 0
@@ -172,6 +178,7 @@ class FrameSession:
                 for size in sizes:
                     self._memory.release(size)
             self._running_bytes.clear()
+            self._give_back_read_ahead()
 
     async def _read(self, frames: AsyncIterator[EncodedFrame]) -> None:
         loop = asyncio.get_running_loop()
@@ -186,6 +193,9 @@ class FrameSession:
                 if self.lossless:  # the sender waits until there is room: nothing is lost
                     frame = await self._read_reserved(incoming)
                     reserve, self._reserved = self._reserved, 0
+                    self._next_read_ahead = read_ahead_bytes_of(frame)
+                    self._memory.resize_read_ahead(self._read_ahead, self._next_read_ahead)
+                    self._read_ahead = self._next_read_ahead
                 else:
                     frame = await anext(incoming)
                     reserve = 0
@@ -202,13 +212,18 @@ class FrameSession:
                     continue
                 if self.lossless:
                     self._read_reserve = min(size, self._memory.budget_bytes)
+                    self._memory.read(self._read_reserve, self._read_ahead)
                     if size <= reserve:
                         self._memory.release(reserve - size)
-                    else:  # holding the reserve while waiting for more could deadlock; an idle
-                        # stream's frame arrives with none
-                        self._memory.release(reserve)
+                    else:  # keeps its reserve while it waits for the rest: given back, it let
+                        # the next stream start and take in a frame too large for it (an idle
+                        # stream's frame arrives with none)
                         self._metrics.memory_waited()
-                        await self._memory.hold(size)
+                        try:
+                            await self._memory.hold(size - reserve, holding=reserve)
+                        except BaseException:
+                            self._memory.release(reserve)
+                            raise
                 else:
                     if self._slot:
                         replaced = self._slot.popleft()
@@ -223,7 +238,7 @@ class FrameSession:
                 self._slot.append(WaitingFrame(frame, arrival, size))
                 self._scheduler.frame_waiting()
         except StopAsyncIteration:
-            pass
+            self._give_back_read_ahead()  # the sender is done: nothing more comes
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # surfaced to the transport after pending results
@@ -238,8 +253,13 @@ class FrameSession:
 
     async def _read_reserved(self, incoming: AsyncIterator[EncodedFrame]) -> EncodedFrame:
         """The next frame, asked for while holding the reserve (`_reserved`) unless the sender
-        stayed idle for READ_RESERVE_IDLE_S, when it is given back."""
-        await self._memory.hold(self._read_reserve)
+        stayed idle for READ_RESERVE_IDLE_S, when it is given back, and the read-ahead."""
+        if self._next_read_ahead:
+            more_read_ahead = self._next_read_ahead - self._read_ahead
+            await self._memory.hold(self._read_reserve + more_read_ahead, more_read_ahead)
+        else:  # the first frame: its sizes as those of the frames read when its turn comes
+            self._read_reserve, self._next_read_ahead = await self._memory.hold_first_read()
+        self._read_ahead = self._next_read_ahead
         self._reserved = self._read_reserve
         idle = asyncio.get_running_loop().call_later(READ_RESERVE_IDLE_S, self._give_back_reserve)
         try:
@@ -253,6 +273,10 @@ class FrameSession:
     def _give_back_reserve(self) -> None:
         self._memory.release(self._reserved)
         self._reserved = 0
+
+    def _give_back_read_ahead(self) -> None:
+        self._memory.release(self._read_ahead, self._read_ahead)
+        self._read_ahead = 0
 
     def _refuse_too_large(self, frame: EncodedFrame, size: int) -> None:
         """A frame that could never fit in the budget, even alone: an error, never a wait."""

@@ -130,6 +130,19 @@ class ServerMetrics:
             "The most bytes the camera frames of all streams may hold.",
             registry=self.registry,
         )
+        self.frame_memory_read_ahead = Gauge(
+            "edgefleet_frame_memory_read_ahead_bytes",
+            "Of the frame memory bytes: what gRPC may receive for BLOCK streams before they ask "
+            "(each stream's last message size, held until the stream ends).",
+            registry=self.registry,
+        )
+        self.frame_memory_overcommits = Counter(
+            "edgefleet_frame_memory_overcommits",
+            "Times the camera frames and read-ahead went past the frame memory budget: frames "
+            "larger than their stream began with, or a budget too small for a frame beside the "
+            "open BLOCK streams' read-ahead.",
+            registry=self.registry,
+        )
         self.frames_over_memory_budget = Counter(
             "edgefleet_frames_over_memory_budget",
             "Camera frames that did not fit the frame memory budget: dropped (live streams), "

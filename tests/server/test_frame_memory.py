@@ -19,6 +19,7 @@ import numpy as np
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from server.app import EdgeServer
+from server.frames.memory import MESSAGE_OVERHEAD_BYTES
 from server.frames.session import READ_RESERVE_IDLE_S
 from testkit.camera import collect
 from testkit.edge import running_server
@@ -62,8 +63,8 @@ def sample(server: EdgeServer, name: str, **labels: str) -> float:
 
 async def test_block_streams_hold_no_more_than_the_budget_and_lose_nothing(repository):
     """16 BLOCK streams, each allowed 64 frames in flight (85 MiB of frames each), under a
-    24 MiB budget: the frames held never pass it, every frame is answered in order, and the
-    memory is all given back."""
+    24 MiB budget: the frames and what gRPC may receive ahead for the streams reading (2.6 MiB
+    each) never pass it, every frame is answered in order, and the memory is all given back."""
     budget = 24 * MB
     async with running_server(
         repository, frame_memory_budget_bytes=budget, max_message_bytes=4 * MB
@@ -82,8 +83,11 @@ async def test_block_streams_hold_no_more_than_the_budget_and_lose_nothing(repos
             assert not stream["error"] and not stream["dropped"]
             assert [result.sequence for result in stream["result"]] == list(range(16))
         assert HELD <= memory.peak_bytes <= budget, memory.peak_bytes
-        assert memory.held_bytes == 0
+        assert memory.held_bytes == 0 and memory.read_ahead_bytes == 0
+        assert memory.overcommits == 0
         assert sample(server, "edgefleet_frame_memory_bytes") == 0
+        assert sample(server, "edgefleet_frame_memory_read_ahead_bytes") == 0
+        assert sample(server, "edgefleet_frame_memory_overcommits_total") == 0
         assert sample(server, "edgefleet_frame_memory_budget_bytes") == budget
 
 
@@ -147,11 +151,13 @@ async def test_a_frame_larger_than_the_budget_is_refused_and_the_stream_goes_on(
 
 
 async def test_an_idle_block_stream_gives_its_reserve_back(repository):
-    """A BLOCK stream whose sender has nothing to send holds none of the budget once
-    READ_RESERVE_IDLE_S has passed: with a budget of one frame, a live camera beside it gets
-    its frame answered, and the BLOCK stream's next frame, when it comes, is answered too.
-    Before, the idle stream kept its last frame's size reserved for as long as it stayed open."""
-    budget = HELD + MB
+    """A BLOCK stream whose sender has nothing to send holds only its read-ahead (what gRPC may
+    receive for it unasked: its last message's size) once READ_RESERVE_IDLE_S has passed: with
+    a budget of one frame beside it, a live camera gets its frame answered, and the BLOCK
+    stream's next frame, when it comes, is answered too. Before, the idle stream kept its last
+    frame's size reserved for as long as it stayed open."""
+    read_ahead = len(FRAME) + MESSAGE_OVERHEAD_BYTES
+    budget = HELD + read_ahead + MB
     async with running_server(repository, frame_memory_budget_bytes=budget) as server:
         memory = server.core.frame_memory
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -180,12 +186,15 @@ async def test_an_idle_block_stream_gives_its_reserve_back(repository):
             assert first.WhichOneof("kind") == "result" and first.result.sequence == 0
             # The stream now waits for its sender; within a few idle periods it holds nothing.
             for _ in range(int(10 * READ_RESERVE_IDLE_S / 0.05)):
-                if not memory.held_bytes:
+                if memory.held_bytes == read_ahead:
                     break
                 await asyncio.sleep(0.05)
-            assert memory.held_bytes == 0, "an idle BLOCK stream still holds budget"
+            assert memory.held_bytes == read_ahead, "an idle BLOCK stream still holds a reserve"
+            assert memory.read_ahead_bytes == read_ahead
+            assert sample(server, "edgefleet_frame_memory_read_ahead_bytes") == read_ahead
 
-            # A frame the size of the whole budget fits only while the idle stream holds none.
+            # A frame the size of the rest of the budget fits only while the idle stream holds no
+            # reserve.
             live = await raw_stream(stub, "live", 1, fs.OVERLOAD_POLICY_DROP_OLDEST)
             assert not live["dropped"] and len(live["result"]) == 1, live
 
