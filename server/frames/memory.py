@@ -19,14 +19,17 @@ budget:
   frame, when gRPC holds nothing for them;
 - a live stream keeps reading and drops a frame that does not fit (`overloaded`, "frame
   memory budget full");
-- a frame needing more than the whole budget is refused (RESOURCE_EXHAUSTED), never waited for.
+- a frame needing more than the whole budget is refused (RESOURCE_EXHAUSTED), never waited for;
+- room is kept for gRPC handing the next message over (`HANDOVER_COPIES` of the largest of
+  the last messages): while it does, it holds a contiguous copy of the message's slices, the
+  Python bytes and protobuf's copy, and the stream's next read-ahead arrives (a lone 23.7 MiB
+  message peaked at +121 to +144 MB with a handler that keeps nothing).
 
-Outside the budget: gRPC's handing over of the message being read (its slices, a contiguous
-copy and the Python bytes at once: a lone 23.7 MiB message peaked at +121 to +144 MB), and the
-read-ahead of live streams, which read whatever comes (with flow credits, one frame). 64
-BLOCK streams of raw 4K frames under a 256 MiB budget: +330 to +364 MB RSS over ready, the same
-for 16 and 128 streams (tests/server/test_frame_memory_rss.py). The default budget is a share
-of the device's memory (`default_budget`).
+Outside the budget: the read-ahead of live streams, which read whatever comes (with flow
+credits, one frame). 64 BLOCK streams of raw 4K frames under a 256 MiB (268 MB) budget: +236 to
++267 MB RSS over ready, the same for 16 streams, +282 for 128
+(tests/server/test_frame_memory_rss.py). The default budget is a share of the device's memory
+(`default_budget`).
 """
 
 from __future__ import annotations
@@ -117,8 +120,14 @@ def _jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 # A BLOCK stream's first frame is expected to be as large as the largest of this many frames
-# the BLOCK streams read last (a fleet's cameras are alike).
+# the BLOCK streams read last (a fleet's cameras are alike); gRPC's handing over of the next
+# message, as large as the largest of as many messages any stream read last.
 RECENT_FRAMES = 16
+# What gRPC's handing over of a message holds at once, in messages, besides the read-ahead it
+# was and the frame's bytes it becomes: a contiguous copy of its slices, the Python bytes,
+# protobuf's copy, and the stream's next read-ahead, arriving meanwhile (with 3, 64 streams of
+# 4K frames peaked 16 to 48 MB past a 268 MB budget; with 4, 32 MB under to 14 MB past).
+HANDOVER_COPIES = 4
 
 
 @dataclass
@@ -157,6 +166,8 @@ class FrameMemory:
         self._read_ahead = 0
         self._waiters: deque[_Waiter] = deque()
         self._recent: deque[tuple[int, int]] = deque(maxlen=RECENT_FRAMES)
+        self._recent_messages: deque[int] = deque(maxlen=RECENT_FRAMES)
+        self._handover = 0
 
     @property
     def held_bytes(self) -> int:
@@ -200,9 +211,25 @@ class FrameMemory:
         """A BLOCK stream read a frame of `frame_size` that left `read_ahead` with gRPC."""
         self._recent.append((frame_size, read_ahead))
 
+    def received(self, message_bytes: int) -> None:
+        """A stream received a message of `message_bytes`: the next message gRPC hands over is
+        expected as large as the largest of the last ones, and room is kept for its copies."""
+        self._recent_messages.append(message_bytes)
+        handover = HANDOVER_COPIES * max(self._recent_messages)
+        if handover != self._handover:
+            shrinks = handover < self._handover
+            self._handover = handover
+            if shrinks:
+                self._grant()
+
+    @property
+    def room_bytes(self) -> int:
+        """The budget less the room kept for gRPC handing over the next message."""
+        return self.budget_bytes - self._handover
+
     def try_hold(self, size: int) -> bool:
         """Hold `size` bytes now if they fit (live streams); False: drop the frame."""
-        if self._someone_waits_in_turn() or self._held + size > self.budget_bytes:
+        if self._someone_waits_in_turn() or self._held + size > self.room_bytes:
             return False
         self._take(size, 0)
         return True
@@ -214,7 +241,7 @@ class FrameMemory:
         (negative: given back) change the caller's read-ahead; `holding` is what the caller
         holds besides and gives back only once granted. Returns (size, read-ahead) held: a
         first read's are sized when its turn comes."""
-        if not self._someone_waits_in_turn() and self._held + size <= self.budget_bytes:
+        if not self._someone_waits_in_turn() and self._held + size <= self.room_bytes:
             self._take(size, read_ahead)
             return size, read_ahead
         granted = asyncio.get_running_loop().create_future()
@@ -245,11 +272,11 @@ class FrameMemory:
             self._grant()
 
     def _take(self, size: int, read_ahead: int) -> None:
-        was_within = self._held <= self.budget_bytes
+        was_within = self._held <= self.room_bytes
         self._held += size
         self._read_ahead += read_ahead
         self.peak_bytes = max(self.peak_bytes, self._held)
-        if was_within and self._held > self.budget_bytes:
+        if was_within and self._held > self.room_bytes:
             self.overcommits += 1
             if self._on_overcommit is not None:
                 self._on_overcommit()
@@ -257,7 +284,7 @@ class FrameMemory:
     def _fits_some_day(self, waiter: _Waiter) -> bool:
         """Fits once every frame and reserve is given back: read-ahead frees only when a
         stream ends (the waiter's own is counted in its size)."""
-        return self._read_ahead + waiter.holding + waiter.size <= self.budget_bytes
+        return self._read_ahead + waiter.holding + waiter.size <= self.room_bytes
 
     def _someone_waits_in_turn(self) -> bool:
         return any(self._fits_some_day(waiter) for waiter in self._waiters)
@@ -269,7 +296,7 @@ class FrameMemory:
                 if waiter.first_read:
                     waiter.size, waiter.read_ahead = reserve + read_ahead, read_ahead
             in_turn = next((w for w in self._waiters if self._fits_some_day(w)), None)
-            if in_turn is None or self._held + in_turn.size > self.budget_bytes:
+            if in_turn is None or self._held + in_turn.size > self.room_bytes:
                 if self._held > self._read_ahead + sum(w.holding for w in self._waiters):
                     return  # frames running or waiting will give back what it needs
                 # Nothing will be given back: a frame waiting for the rest of its size goes

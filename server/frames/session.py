@@ -47,7 +47,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from server.analytics.stream import FrameInfo, StreamAnalytics
 from server.analytics.types import FrameAnalytics
 from server.errors import EdgeError, Overloaded, RequestTooLarge, ShuttingDown
-from server.frames.memory import FrameMemory, frame_bytes, read_ahead_bytes_of
+from server.frames.memory import (
+    MESSAGE_OVERHEAD_BYTES,
+    FrameMemory,
+    frame_bytes,
+    read_ahead_bytes_of,
+)
 from server.frames.scheduler import FrameScheduler
 from server.frames.types import (
     AnalyticsEventsEvent,
@@ -200,6 +205,7 @@ class FrameSession:
                     frame = await anext(incoming)
                     reserve = 0
                 arrival = loop.time()
+                self._memory.received(len(frame.data) + MESSAGE_OVERHEAD_BYTES)
                 if self._credits and self._credit_granted_at is not None:
                     self._scheduler.credit_used(arrival - self._credit_granted_at)
                 self._credit_granted_at = None

@@ -19,7 +19,7 @@ import numpy as np
 from protos.edgefleet.v1 import frame_stream_pb2 as fs
 from protos.edgefleet.v1 import frame_stream_pb2_grpc as fs_grpc
 from server.app import EdgeServer
-from server.frames.memory import MESSAGE_OVERHEAD_BYTES
+from server.frames.memory import HANDOVER_COPIES, MESSAGE_OVERHEAD_BYTES
 from server.frames.session import READ_RESERVE_IDLE_S
 from testkit.camera import collect
 from testkit.edge import running_server
@@ -157,7 +157,8 @@ async def test_an_idle_block_stream_gives_its_reserve_back(repository):
     stream's next frame, when it comes, is answered too. Before, the idle stream kept its last
     frame's size reserved for as long as it stayed open."""
     read_ahead = len(FRAME) + MESSAGE_OVERHEAD_BYTES
-    budget = HELD + read_ahead + MB
+    # One frame, the idle stream's read-ahead and the room kept for gRPC handing a message over.
+    budget = HELD + read_ahead + HANDOVER_COPIES * read_ahead + MB
     async with running_server(repository, frame_memory_budget_bytes=budget) as server:
         memory = server.core.frame_memory
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.frames.memory import FrameMemory
+from server.frames.memory import HANDOVER_COPIES, RECENT_FRAMES, FrameMemory
 
 MB = 2**20
 
@@ -124,3 +124,23 @@ async def test_a_cancelled_waiter_leaves_nothing_held_and_lets_the_next_one_in()
     cancelled.cancel()
     await settle()
     assert behind.done() and memory.held_bytes == 100 * MB and memory.read_ahead_bytes == 0
+
+
+async def test_room_is_kept_for_grpc_handing_over_the_largest_recent_message():
+    """gRPC holds several copies of a message while it hands it over (server/frames/memory.py),
+    so the budget keeps room for those of the largest of the last messages: after a 10 MiB
+    message, 40 MiB of a 100 MiB budget; a frame past the rest waits until the large message
+    is no longer among the last 16."""
+    memory = FrameMemory(100 * MB, 32 * MB)
+    memory.received(10 * MB)
+    assert memory.room_bytes == 100 * MB - HANDOVER_COPIES * 10 * MB
+    assert not memory.try_hold(memory.room_bytes + 1)
+    await memory.hold(30 * MB)  # a running frame
+    waiting = asyncio.create_task(memory.hold(50 * MB))
+    await settle()
+    assert not waiting.done()
+    for _ in range(RECENT_FRAMES):
+        memory.received(1 * MB)
+    await settle()
+    assert waiting.done() and memory.room_bytes == 100 * MB - HANDOVER_COPIES * MB
+    assert memory.held_bytes == 80 * MB and memory.overcommits == 0
