@@ -202,10 +202,11 @@ def main() -> None:
             "|---|---:|---:|---:|---:|---:|",
             *rss_rows,
             "",
-            "With probing off gRPC receives one message per stream ahead of its reader "
-            f"({STREAMS} x 24 MB here): the peak is about the budget plus that plus gRPC's "
-            "copies of the messages being received. On, each stream's receive window grows "
-            "to several messages.",
+            "With probing off gRPC receives as many bytes ahead of a stream's reader as its "
+            "last message had: the budget holds that for each stream reading, and room for "
+            "gRPC handing a message over, so the peak stays about the budget "
+            f"({BUDGET / 1e6:.0f} MB). On, each stream's receive window grows to several "
+            "messages, which the budget does not see.",
             "",
             f"Normal traffic: one 720p JPEG BLOCK stream (window 4, {JPEG_FRAMES} frames as "
             f"fast as the server takes them), then {KSERVE_REQUESTS} KServe requests of 28.7 MB "
