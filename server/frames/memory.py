@@ -11,12 +11,13 @@ budget:
   stops reading and gRPC flow control holds its sender back; a frame needing more than the
   reserve keeps it and waits for the rest; a stream whose sender sends nothing for a second
   gives the reserve back (its next frame waits for its whole size once received);
-- a BLOCK stream also holds its read-ahead from its first frame until it ends: once a stream
+- every stream also holds its read-ahead from its first frame until it ends: once a stream
   has taken a message, gRPC receives as many bytes of its next messages before it asks (its
   flow control window), whether or not the budget has room (`read_ahead_bytes_of`). Without
-  it 64 streams of raw 4K frames took 1.5 GB past the budget, one message each. So at most
-  budget / (frame + read-ahead) streams read at once; the others wait before their first
-  frame, when gRPC holds nothing for them;
+  it 64 BLOCK streams of raw 4K frames took 1.5 GB past the budget, one message each. So at
+  most budget / (frame + read-ahead) streams read at once; the others wait before their
+  first frame, when gRPC holds nothing for them (a live stream holds no reserve, but starts
+  only where a frame would fit beside the streams' read-ahead);
 - a live stream keeps reading and drops a frame that does not fit (`overloaded`, "frame
   memory budget full");
 - a frame needing more than the whole budget is refused (RESOURCE_EXHAUSTED), never waited for;
@@ -25,11 +26,9 @@ budget:
   Python bytes and protobuf's copy, and the stream's next read-ahead arrives (a lone 23.7 MiB
   message peaked at +121 to +144 MB with a handler that keeps nothing).
 
-Outside the budget: the read-ahead of live streams, which read whatever comes (with flow
-credits, one frame). 64 BLOCK streams of raw 4K frames under a 256 MiB (268 MB) budget: +236 to
-+267 MB RSS over ready, the same for 16 streams, +282 for 128
-(tests/server/test_frame_memory_rss.py). The default budget is a share of the device's memory
-(`default_budget`).
+64 BLOCK streams of raw 4K frames under a 256 MiB (268 MB) budget: +236 to +267 MB RSS over
+ready, the same for 16 streams, +282 for 128 (tests/server/test_frame_memory_rss.py). The
+default budget is a share of the device's memory (`default_budget`).
 """
 
 from __future__ import annotations
@@ -137,6 +136,10 @@ class _Waiter:
     holding: int  # what the waiting stream holds and gives back only once granted
     granted: asyncio.Future[None]
     first_read: bool = False  # sized when its turn comes, as the frames read by then
+    with_frame: bool = True  # a first read holds its frame's reserve too (BLOCK streams)
+    # Must fit some day beside it but is not held: a live stream's first frame, so the live
+    # streams reading never leave no room for a frame.
+    headroom: int = 0
 
 
 class FrameMemory:
@@ -167,7 +170,8 @@ class FrameMemory:
         self._waiters: deque[_Waiter] = deque()
         self._recent: deque[tuple[int, int]] = deque(maxlen=RECENT_FRAMES)
         self._recent_messages: deque[int] = deque(maxlen=RECENT_FRAMES)
-        self._handover = 0
+        # Before any message, room for one as large as a first read expects (`first_read`).
+        self._handover = HANDOVER_COPIES * self.first_read()[1]
 
     @property
     def held_bytes(self) -> int:
@@ -200,15 +204,19 @@ class FrameMemory:
             min(self._max_message_bytes + MESSAGE_OVERHEAD_BYTES, self.budget_bytes // 8),
         )
 
-    async def hold_first_read(self) -> tuple[int, int]:
-        """Hold what a BLOCK stream's first frame and its read-ahead are expected to need
-        (`first_read`, as estimated when granted); returns (reserve, read-ahead) held."""
+    async def hold_first_read(self, with_frame: bool = True) -> tuple[int, int]:
+        """Hold what a stream's first frame (a BLOCK stream's; a live stream holds its frame
+        once read) and its read-ahead are expected to need (`first_read`, as estimated when
+        granted); returns (reserve, read-ahead) held."""
         reserve, read_ahead = self.first_read()
-        size, read_ahead = await self.hold(reserve + read_ahead, read_ahead, first_read=True)
+        reserve = reserve if with_frame else 0
+        size, read_ahead = await self.hold(
+            reserve + read_ahead, read_ahead, first_read=True, with_frame=with_frame
+        )
         return size - read_ahead, read_ahead
 
     def read(self, frame_size: int, read_ahead: int) -> None:
-        """A BLOCK stream read a frame of `frame_size` that left `read_ahead` with gRPC."""
+        """A stream read a frame of `frame_size` that left `read_ahead` with gRPC."""
         self._recent.append((frame_size, read_ahead))
 
     def received(self, message_bytes: int) -> None:
@@ -235,17 +243,29 @@ class FrameMemory:
         return True
 
     async def hold(
-        self, size: int, read_ahead: int = 0, holding: int = 0, *, first_read: bool = False
+        self,
+        size: int,
+        read_ahead: int = 0,
+        holding: int = 0,
+        *,
+        first_read: bool = False,
+        with_frame: bool = True,
     ) -> tuple[int, int]:
         """Hold `size` bytes, waiting in turn until they fit (BLOCK). `read_ahead` of them
         (negative: given back) change the caller's read-ahead; `holding` is what the caller
         holds besides and gives back only once granted. Returns (size, read-ahead) held: a
         first read's are sized when its turn comes."""
-        if not self._someone_waits_in_turn() and self._held + size <= self.room_bytes:
+        granted = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(size, read_ahead, holding, granted, first_read, with_frame)
+        if first_read and not with_frame:
+            waiter.headroom = self.first_read()[0]
+        if (
+            not self._someone_waits_in_turn()
+            and self._fits_some_day(waiter)
+            and self._held + size <= self.room_bytes
+        ):
             self._take(size, read_ahead)
             return size, read_ahead
-        granted = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(size, read_ahead, holding, granted, first_read)
         self._waiters.append(waiter)
         self._grant()  # with nothing else held, it may pass at once (see the class)
         try:
@@ -284,7 +304,8 @@ class FrameMemory:
     def _fits_some_day(self, waiter: _Waiter) -> bool:
         """Fits once every frame and reserve is given back: read-ahead frees only when a
         stream ends (the waiter's own is counted in its size)."""
-        return self._read_ahead + waiter.holding + waiter.size <= self.room_bytes
+        needs = waiter.holding + waiter.size + waiter.headroom
+        return self._read_ahead + needs <= self.room_bytes
 
     def _someone_waits_in_turn(self) -> bool:
         return any(self._fits_some_day(waiter) for waiter in self._waiters)
@@ -294,7 +315,9 @@ class FrameMemory:
             reserve, read_ahead = self.first_read()
             for waiter in self._waiters:
                 if waiter.first_read:
-                    waiter.size, waiter.read_ahead = reserve + read_ahead, read_ahead
+                    waiter.size = (reserve if waiter.with_frame else 0) + read_ahead
+                    waiter.headroom = 0 if waiter.with_frame else reserve
+                    waiter.read_ahead = read_ahead
             in_turn = next((w for w in self._waiters if self._fits_some_day(w)), None)
             if in_turn is None or self._held + in_turn.size > self.room_bytes:
                 if self._held > self._read_ahead + sum(w.holding for w in self._waiters):

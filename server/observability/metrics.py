@@ -132,7 +132,7 @@ class ServerMetrics:
         )
         self.frame_memory_read_ahead = Gauge(
             "edgefleet_frame_memory_read_ahead_bytes",
-            "Of the frame memory bytes: what gRPC may receive for BLOCK streams before they ask "
+            "Of the frame memory bytes: what gRPC may receive for the streams before they ask "
             "(each stream's last message size, held until the stream ends).",
             registry=self.registry,
         )

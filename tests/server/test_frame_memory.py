@@ -92,9 +92,11 @@ async def test_block_streams_hold_no_more_than_the_budget_and_lose_nothing(repos
 
 
 async def test_live_streams_drop_what_does_not_fit_with_the_reason(repository):
-    """Live cameras sending as fast as they can with a budget of three frames: what does not
-    fit is dropped as overloaded, saying why, counted; every frame is answered or dropped."""
-    budget = 3 * HELD
+    """Live cameras sending as fast as they can with a budget of three frames (beside their
+    read-ahead and the room for gRPC handing a message over): what does not fit is dropped
+    as overloaded, saying why, counted; every frame is answered or dropped."""
+    read_ahead = len(FRAME) + MESSAGE_OVERHEAD_BYTES
+    budget = 3 * HELD + (6 + HANDOVER_COPIES) * read_ahead
     async with running_server(repository, frame_memory_budget_bytes=budget) as server:
         memory = server.core.frame_memory
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -157,8 +159,9 @@ async def test_an_idle_block_stream_gives_its_reserve_back(repository):
     stream's next frame, when it comes, is answered too. Before, the idle stream kept its last
     frame's size reserved for as long as it stayed open."""
     read_ahead = len(FRAME) + MESSAGE_OVERHEAD_BYTES
-    # One frame, the idle stream's read-ahead and the room kept for gRPC handing a message over.
-    budget = HELD + read_ahead + HANDOVER_COPIES * read_ahead + MB
+    # One frame, the idle and the live stream's read-ahead and the room kept for gRPC handing
+    # a message over.
+    budget = HELD + 2 * read_ahead + HANDOVER_COPIES * read_ahead + MB
     async with running_server(repository, frame_memory_budget_bytes=budget) as server:
         memory = server.core.frame_memory
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -205,3 +208,41 @@ async def test_an_idle_block_stream_gives_its_reserve_back(repository):
             send_next.set()  # the sender ends: so does the stream
             assert [response async for response in responses] == []
         assert memory.held_bytes == 0
+
+
+async def test_live_streams_hold_their_read_ahead_and_wait_for_room_to_start(repository):
+    """gRPC receives a live stream's next message before the stream asks, too, so a live
+    stream holds its read-ahead from its first frame until it ends and starts reading only
+    once that fits: with room for two streams' read-ahead and one frame, four live cameras
+    take turns (never more than two reading at once), and each frame is answered or dropped."""
+    read_ahead = len(FRAME) + MESSAGE_OVERHEAD_BYTES
+    budget = HELD + (2 + HANDOVER_COPIES) * read_ahead + MB
+    async with running_server(repository, frame_memory_budget_bytes=budget) as server:
+        memory = server.core.frame_memory
+        most_read_ahead = 0
+
+        async def watch() -> None:
+            nonlocal most_read_ahead
+            while True:
+                most_read_ahead = max(most_read_ahead, memory.read_ahead_bytes)
+                await asyncio.sleep(0.002)
+
+        watcher = asyncio.create_task(watch())
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = fs_grpc.FrameStreamServiceStub(channel)
+            seen = await asyncio.gather(
+                *(
+                    raw_stream(stub, f"live{index}", 6, fs.OVERLOAD_POLICY_DROP_OLDEST)
+                    for index in range(4)
+                )
+            )
+        watcher.cancel()
+        for stream in seen:
+            answered = {result.sequence for result in stream["result"]}
+            dropped = {seq for notice in stream["dropped"] for seq in notice.sequences}
+            assert not stream["error"] and answered | dropped == set(range(6)), stream
+        assert any(stream["result"] for stream in seen), "no live frame was answered"
+        # Two streams' read-ahead at most (a first read expects an eighth of the budget).
+        assert read_ahead <= most_read_ahead <= 2 * max(read_ahead, budget // 8), most_read_ahead
+        assert memory.peak_bytes <= budget
+        assert memory.held_bytes == memory.read_ahead_bytes == 0
