@@ -33,6 +33,12 @@ old, its stream gets a fresh credit when its turn comes near (and, while a pull 
 time that much more has passed), and the newer frame replaces it. A pull that reaches a
 passed-over one that old skips it for this round.
 
+Fair at every unit: a frame run on its own takes its turn, by the same cost order, before each
+unit of its work (a detector run, a crop batch, a cascade stage; cost_shares.UnitTurns), so a
+page of text yields the device to the honest frames that came after it. A frame waiting for its
+turn, or one whose stream was past its share when chosen, holds no pull slot: it must not keep
+the frames it yields to from starting.
+
 All or nothing: frames of every other kind run as tasks of their stream; when the stream
 closes (or the server stops), they are cancelled, and with them every stage, pyramid level and
 crop batch they still had queued (server/concurrency.py), so a frame nobody will read stops
@@ -54,7 +60,7 @@ from typing import Protocol
 
 from server.errors import EdgeError, Overloaded
 from server.frames.batch_sizer import BatchSizer
-from server.frames.cost_shares import CostShares
+from server.frames.cost_shares import CostShares, FrameTurn, UnitTurns
 from server.frames.types import BatchFrame, FrameAnalysis, StreamOptions, WaitingFrame
 from server.frames.work.batch import FrameBatchJob
 from server.frames.work.dispatch import FrameWork, frame_work, run_frame
@@ -128,6 +134,7 @@ class Pick:
     waiting: WaitingFrame
     token: int = 0  # its charge in the stream's cost share (frames run on their own)
     settled: bool = False  # its result, error or drop has been handed to the stream
+    past_share: bool = False  # its stream was past its cost share when it was chosen
 
 
 class FrameScheduler:
@@ -142,6 +149,8 @@ class FrameScheduler:
         self._sessions: dict[int, ScheduledStream] = {}
         # Device time per stream, for frames run on their own (cost_shares.py).
         self._shares = CostShares()
+        # The same order at every unit of those frames' work (a crop batch, a detector run).
+        self._turns = UnitTurns(self._shares)
         self._wake = asyncio.Event()
         self._batches: set[asyncio.Task[None]] = set()
         # Frames running on their own (pipelines, cascades, detectors), by stream: closing a
@@ -445,7 +454,8 @@ class FrameScheduler:
             waiting = session.take(now, model)
             if waiting is None:
                 continue
-            picks.append(Pick(session, waiting, self._shares.started(key, now)))
+            token = self._shares.started(key, now)
+            picks.append(Pick(session, waiting, token, past_share=tags[key] > fair))
             served.append(session)
         while len(picks) < max_rows:
             took = False
@@ -510,14 +520,17 @@ class FrameScheduler:
             # frames chosen together still share the model's batches in its batcher.
             pull = asyncio.current_task()
             assert pull is not None
-            tasks = [self._start_frame(model, pick, loop, pull) for pick in picks]
-            # The pull's slot is free when its frames are done, or when the ones left have
-            # run DETACH_AFTER times as long as a frame usually takes (they run on, tracked
-            # by stream, and are cancelled with it).
+            started = [self._start_frame(model, pick, loop, pull) for pick in picks]
+            tasks = [task for task, _ in started]
+            # The pull's slot is free when its frames no longer need it (done, or waiting for
+            # their turn while others' frames run, or past their share from the start: they
+            # yield to the others at every unit, so they must not keep the others' frames from
+            # starting), or when the ones left have run DETACH_AFTER times as long as a frame
+            # usually takes (they run on, tracked by stream, and are cancelled with it).
             detach_s = self._frame_s * DETACH_AFTER if self._frame_s else None
             try:
                 if tasks:
-                    await asyncio.wait(tasks, timeout=detach_s)
+                    await asyncio.wait([turn.released for _, turn in started], timeout=detach_s)
             except asyncio.CancelledError:
                 for task in tasks:
                     task.cancel()
@@ -570,14 +583,18 @@ class FrameScheduler:
         pick: Pick,
         loop: asyncio.AbstractEventLoop,
         pull: asyncio.Task[None],
-    ) -> asyncio.Task[None]:
+    ) -> tuple[asyncio.Task[None], FrameTurn]:
         """Run one frame as a task of its stream (cancelled with it); `pull` is the pull that
         chose it, whose expected end its start sets."""
         key = id(pick.session)
-        task = asyncio.create_task(self._analyze_one(model, pick, loop, pull))
+        turn = self._turns.turn(key, pick.token)
+        if pick.past_share:
+            turn.release()
+        task = asyncio.create_task(self._analyze_one(model, pick, loop, pull, turn))
+        task.add_done_callback(lambda _: turn.release())
         if key not in self._sessions:  # closed while this pull was chosen
             task.cancel()
-            return task
+            return task, turn
         running = self._frames.setdefault(key, set())
         running.add(task)
 
@@ -587,7 +604,7 @@ class FrameScheduler:
                 del self._frames[key]
 
         task.add_done_callback(forget)
-        return task
+        return task, turn
 
     async def _analyze_one(
         self,
@@ -595,18 +612,22 @@ class FrameScheduler:
         pick: Pick,
         loop: asyncio.AbstractEventLoop,
         pull: asyncio.Task[None],
+        turn: FrameTurn,
     ) -> None:
         if not pull.done():
             self._running(0.0, pull)
         started = loop.time()
+        self._turns.began(turn)
         try:
             with model.lease():  # its own: the frame may outlive its pull (DETACH_AFTER)
                 analysis = await run_frame(
-                    model, pick.waiting.frame, pick.session.options, self._pool
+                    model, pick.waiting.frame, pick.session.options, self._pool, turn
                 )
         except Exception as exc:
             self._fail_picks(model, [pick], exc, loop, "a frame failed")
             return
+        finally:
+            self._turns.ended(turn)
         self._ran(analysis.times.infer_s)
         took = loop.time() - started
         if not self._frame_s or took <= self._frame_s * DETACH_AFTER:

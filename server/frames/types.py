@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 import numpy as np
 
@@ -55,6 +56,15 @@ class StreamOptions:
 
 
 # ---------------------------------------------------------------- a frame on its way
+
+
+class UnitTurn(Protocol):
+    """A running frame's place among the others at each unit of its model work (a detector
+    run, a crop batch, a cascade stage): the scheduler's (server/frames/cost_shares.py)."""
+
+    async def wait(self) -> None:
+        """Return when the frame's next unit may start."""
+        ...
 
 
 @dataclass(frozen=True)

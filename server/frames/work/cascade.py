@@ -10,7 +10,8 @@ server/vision/mtcnn.py and runs in the preprocess pool, never on the event loop.
 one unit of work for the scheduler, whatever its stages, and its parts run all or nothing (a
 failed or cancelled frame cancels its other levels and batches). A region larger than the
 pipeline's `budget.max_side` is scaled down to it first and the frame answered with what the
-cascade finds there (truncated).
+cascade finds there (truncated). Each stage first waits for the frame's turn (`UnitTurn`): a frame
+of a stream past its share of the device yields to the others' frames between its stages.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from concurrent.futures import Executor
 import numpy as np
 
 from server.concurrency import all_or_nothing
-from server.frames.types import DecodedFrame, EncodedFrame, FrameAnalysis, StageTimes, StreamOptions
+from server.frames.types import (
+    DecodedFrame,
+    EncodedFrame,
+    FrameAnalysis,
+    StageTimes,
+    StreamOptions,
+    UnitTurn,
+)
 from server.frames.work.steps import decode_source, stage_member
 from server.frames.work.timing import book_member_stage
 from server.manifest import CascadeStage, PipelineStage
@@ -145,8 +153,9 @@ def _detections(
 
 
 async def run_cascade(
-    pipeline: ModelVersion, frame: EncodedFrame, options: StreamOptions, pool: Executor
-) -> FrameAnalysis:
+    pipeline: ModelVersion, frame: EncodedFrame, options: StreamOptions, pool: Executor,
+    turn: UnitTurn,
+) -> FrameAnalysis:  # fmt: skip
     """Every stage on the frame's region of interest; detections in source pixels, best first.
     Members are resolved stage by stage (a hot swap applies from the next stage on); a stage
     that leaves no candidate ends the frame early."""
@@ -162,7 +171,7 @@ async def run_cascade(
         view, scale = await loop.run_in_executor(pool, reduced, view, max_side)
         times.preprocess_s += loop.time() - started
     detections = await _run_stages(
-        pipeline, spec.stages, decoded, view, scale, options, pool, times
+        pipeline, spec.stages, decoded, view, scale, options, pool, times, turn
     )
     return FrameAnalysis(
         pipeline.version, detections=detections, times=times, truncated=scale != 1.0
@@ -188,11 +197,13 @@ async def _run_stages(
     options: StreamOptions,
     pool: Executor,
     times: StageTimes,
+    turn: UnitTurn,
 ) -> list[Detection]:
     """`view`: the region of interest, reduced by `scale` when over the work budget."""
     color = decoded.color
     first = stages[0].cascade
     frame = object()  # its requests to the members count as one in the batches they share
+    await turn.wait()
     with stage_member(pipeline, stages[0]).lease() as proposer:
         found: mtcnn.Candidates | mtcnn.Faces = await _pyramid(
             proposer, first, view, color, pool, times, frame
@@ -202,6 +213,7 @@ async def _run_stages(
             return []
         assert isinstance(found, mtcnn.Candidates)
         last = index == len(stages) - 1
+        await turn.wait()
         with stage_member(pipeline, stage).lease() as refiner:
             found = await _refine(
                 refiner, stage.cascade, last, view, color, found, pool, times, frame

@@ -16,7 +16,7 @@ from __future__ import annotations
 from concurrent.futures import Executor
 from enum import Enum
 
-from server.frames.types import EncodedFrame, FrameAnalysis, StreamOptions
+from server.frames.types import EncodedFrame, FrameAnalysis, StreamOptions, UnitTurn
 from server.frames.work.cascade import run_cascade
 from server.frames.work.pipeline import run_pipeline
 from server.frames.work.single import analyze_frame
@@ -42,12 +42,15 @@ def frame_work(manifest: ModelManifest) -> FrameWork:
 
 
 async def run_frame(
-    model: ModelVersion, frame: EncodedFrame, options: StreamOptions, pool: Executor
-) -> FrameAnalysis:
-    """One frame on its own (the scheduler runs BATCH frames several at once, in batch.py)."""
+    model: ModelVersion, frame: EncodedFrame, options: StreamOptions, pool: Executor,
+    turn: UnitTurn,
+) -> FrameAnalysis:  # fmt: skip
+    """One frame on its own (the scheduler runs BATCH frames several at once, in batch.py);
+    a pipeline's or cascade's units each wait for the frame's `turn` (a single model's frame is
+    one unit: the scheduler's order at its start is all there is)."""
     work = frame_work(model.manifest)
     if work is FrameWork.PIPELINE:
-        return await run_pipeline(model, frame, options, pool)
+        return await run_pipeline(model, frame, options, pool, turn)
     if work is FrameWork.CASCADE:
-        return await run_cascade(model, frame, options, pool)
+        return await run_cascade(model, frame, options, pool, turn)
     return await analyze_frame(model, frame, options, pool)

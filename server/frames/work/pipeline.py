@@ -18,7 +18,9 @@ Stages (server.manifest.PipelineStage):
   stage's `min_score` are dropped. Past the pipeline's `budget.max_crops` only the best-scored
   detections are read and the frame is answered with those (truncated).
 A frame's parts run all or nothing (server/concurrency.py): when one fails, or the frame is
-cancelled (its stream closed, shutdown), every other part is cancelled with it.
+cancelled (its stream closed, shutdown), every other part is cancelled with it. Each unit (the
+detector run, each crop batch) first waits for the frame's turn (`UnitTurn`): a frame of a
+stream past its share of the device yields to the others' frames between its units.
 A pipeline whose first stage is `pyramid` is a cascade (MTCNN's P-, R- and O-Net), run by
 server/frames/work/cascade.py instead (server/frames/work/dispatch.py decides). Whatever the
 stages, the frame stays one unit of work for the scheduler.
@@ -36,7 +38,14 @@ from functools import partial
 import numpy as np
 
 from server.concurrency import bounded_all_or_nothing
-from server.frames.types import DecodedFrame, EncodedFrame, FrameAnalysis, StageTimes, StreamOptions
+from server.frames.types import (
+    DecodedFrame,
+    EncodedFrame,
+    FrameAnalysis,
+    StageTimes,
+    StreamOptions,
+    UnitTurn,
+)
 from server.frames.work.steps import decode_source, find_detections, prepare, stage_member
 from server.frames.work.timing import book_member_stage
 from server.manifest import PipelineStage
@@ -91,12 +100,13 @@ def _cut_all(
 
 async def _detect(
     member: ModelVersion, decoded: DecodedFrame, options: StreamOptions, pool: Executor,
-    times: StageTimes, frame: Hashable,
+    times: StageTimes, frame: Hashable, turn: UnitTurn,
 ) -> list[Detection]:  # fmt: skip
     loop = asyncio.get_running_loop()
     spec = member.manifest.preprocess
     post = member.manifest.postprocess
     assert spec is not None and post.output  # checked when the pipeline loaded
+    await turn.wait()
     started = loop.time()
     tensor, transform = await loop.run_in_executor(pool, prepare, decoded, spec)
     prepared = loop.time()
@@ -113,6 +123,7 @@ async def _detect(
 async def _crop_stage(
     member: ModelVersion, stage: PipelineStage, decoded: DecodedFrame,
     detections: list[Detection], pool: Executor, times: StageTimes, frame: Hashable,
+    turn: UnitTurn,
 ) -> list[Detection]:  # fmt: skip
     loop = asyncio.get_running_loop()
     spec = member.manifest.preprocess
@@ -130,6 +141,7 @@ async def _crop_stage(
     async def read(group: list[tuple[int, np.ndarray]]) -> InferOutcome:
         # Each batch is prepared only when its turn comes: a page's crops never sit in memory
         # as tensors all at once (a page of 880 lines took RSS +958 MB that way).
+        await turn.wait()
         began = loop.time()
         tensor = await loop.run_in_executor(
             pool, crops_to_batch, [crop for _, crop in group], decoded.color, spec
@@ -162,9 +174,11 @@ async def _crop_stage(
 
 
 async def run_pipeline(
-    pipeline: ModelVersion, frame: EncodedFrame, options: StreamOptions, pool: Executor
-) -> FrameAnalysis:
-    """Detect, then crop stages, each on the member the registry serves now."""
+    pipeline: ModelVersion, frame: EncodedFrame, options: StreamOptions, pool: Executor,
+    turn: UnitTurn,
+) -> FrameAnalysis:  # fmt: skip
+    """Detect, then crop stages, each on the member the registry serves now, each unit in
+    the frame's `turn`."""
     spec = pipeline.manifest.pipeline
     assert spec is not None
     times = StageTimes()
@@ -176,11 +190,13 @@ async def run_pipeline(
         member = stage_member(pipeline, stage)
         with member.lease():
             if stage.kind == "detect":
-                detections = await _detect(member, decoded, options, pool, times, key)
+                detections = await _detect(member, decoded, options, pool, times, key, turn)
             else:
                 detections, cut = within_budget(detections, spec.budget.max_crops)
                 truncated = truncated or cut
-                detections = await _crop_stage(member, stage, decoded, detections, pool, times, key)
+                detections = await _crop_stage(
+                    member, stage, decoded, detections, pool, times, key, turn
+                )
     return FrameAnalysis(pipeline.version, detections=detections, times=times, truncated=truncated)
 
 
