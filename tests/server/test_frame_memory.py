@@ -246,3 +246,41 @@ async def test_live_streams_hold_their_read_ahead_and_wait_for_room_to_start(rep
         assert read_ahead <= most_read_ahead <= 2 * max(read_ahead, budget // 8), most_read_ahead
         assert memory.peak_bytes <= budget
         assert memory.held_bytes == memory.read_ahead_bytes == 0
+
+
+async def test_streams_cancelled_mid_read_give_back_every_byte(repository):
+    """Cameras that hang up at any point (waiting for room, mid-frame, with frames running)
+    leave nothing held: no frame, reserve or read-ahead, nothing past the budget, and a camera
+    that comes next is answered."""
+    read_ahead = len(FRAME) + MESSAGE_OVERHEAD_BYTES
+    budget = 2 * HELD + (4 + HANDOVER_COPIES) * read_ahead
+    async with running_server(repository, frame_memory_budget_bytes=budget) as server:
+        memory = server.core.frame_memory
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = fs_grpc.FrameStreamServiceStub(channel)
+
+            async def hang_up_after(name: str, policy: fs.OverloadPolicy, answers: int) -> None:
+                task = asyncio.ensure_future(raw_stream(stub, name, 40, policy))
+                await asyncio.sleep(0.05 + 0.03 * answers)
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+            await asyncio.gather(
+                *(
+                    hang_up_after(
+                        f"cam{index}",
+                        fs.OVERLOAD_POLICY_BLOCK if index % 3 else fs.OVERLOAD_POLICY_DROP_OLDEST,
+                        index,
+                    )
+                    for index in range(12)
+                )
+            )
+            for _ in range(200):  # the server sees each hang-up as its stream is cancelled
+                if memory.held_bytes == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert memory.held_bytes == 0 and memory.read_ahead_bytes == 0
+            assert memory.overcommits == 0
+            after = await raw_stream(stub, "after", 3, fs.OVERLOAD_POLICY_BLOCK)
+            assert [result.sequence for result in after["result"]] == [0, 1, 2]
+        assert memory.peak_bytes <= budget
