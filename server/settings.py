@@ -106,6 +106,7 @@ class SandboxSettings(BaseSettings):
     # before its worker is killed (SIGKILL): a forward that loops forever must not hold the
     # model, its requests and shutdown. The waiting requests answer DEADLINE_EXCEEDED and the
     # worker restarts for the next one (a kill counts towards the version's restart limit).
+    # An ONNX run in the server process has the same limit: onnxruntime is told to stop.
     run_timeout_s: float = Field(default=30.0, gt=0)
     # Seconds a worker may take to start and load its model (torch's import, the unpickling
     # that runs a scripted `__setstate__`), on a slow device too.

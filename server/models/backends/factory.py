@@ -22,14 +22,21 @@ def load_backend(
 ) -> Backend:
     """Load the model file the plan names. Blocking: call it off the event loop.
     `on_worker_restart`: called each time a confined model's worker process dies;
-    `on_run_timeout`: each time one is killed for passing the run time limit."""
+    `on_run_timeout`: each time a run is stopped for passing the run time limit."""
     model_path = Path(plan.model_file)
     if not model_path.is_absolute():
         model_path = version_dir / model_path
     if plan.backend == "onnx":
         from server.models.backends.onnx import OnnxBackend
+        from server.settings import SandboxSettings
 
-        return OnnxBackend(model_path, manifest, plan)
+        return OnnxBackend(
+            model_path,
+            manifest,
+            plan,
+            run_timeout_s=SandboxSettings().run_timeout_s,
+            on_timeout=on_run_timeout,
+        )
     if plan.backend == "torchscript":
         # TorchScript is code: it runs in a confined worker process, never in this one (and
         # this process never imports torch for it).
