@@ -33,6 +33,7 @@ from server.manifest import ModelManifest, read_manifest
 from server.models.backends.base import Backend
 from server.models.backends.factory import load_backend
 from server.models.runtime_plan import RuntimePlan
+from server.settings import SandboxSettings
 from testkit.repositories import BUILT_MODELS, copy_model
 
 MODEL = "efficientnet_lite0"
@@ -53,7 +54,7 @@ def measure(
     outputs = [spec.name for spec in manifest.outputs]
     loaded: list[tuple[Backend, dict[str, np.ndarray], list[float]]] = []
     for plan in plans:
-        backend = load_backend(version_dir, manifest, plan)
+        backend = load_backend(version_dir, manifest, plan, SandboxSettings())
         inputs = synthetic_inputs(manifest, max(plan.max_batch_size, 1))
         for _ in range(3):
             backend.run(inputs, outputs)

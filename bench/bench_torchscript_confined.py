@@ -29,6 +29,7 @@ from server.models.backends.base import Backend
 from server.models.backends.confined_torchscript import ConfinedTorchScriptBackend
 from server.models.backends.torchscript import TorchScriptBackend
 from server.models.runtime_plan import ManifestPlanner
+from server.settings import SandboxSettings
 from testkit.repositories import BUILT_MODELS, TORCHSCRIPT_MODEL
 
 BATCHES = (1, 8)
@@ -110,7 +111,9 @@ def main() -> None:
     in_process = TorchScriptBackend.in_process(model_path, manifest, plan)
     in_process_load_s = time.perf_counter() - started
     started = time.perf_counter()
-    confined = ConfinedTorchScriptBackend(model_path, version_dir, manifest, plan)
+    confined = ConfinedTorchScriptBackend(
+        model_path, version_dir, manifest, plan, SandboxSettings()
+    )
     confined_load_s = time.perf_counter() - started
     worker = psutil.Process(confined.pid)
     sides: dict[str, tuple[Backend, list[psutil.Process]]] = {

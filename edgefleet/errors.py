@@ -71,15 +71,16 @@ def missing_extra(error: ModuleNotFoundError) -> str | None:
     )
 
 
-def settings_error(error: ValidationError, *, prefix: str) -> str:
-    """The first problem of a settings object, as a flag and an environment variable."""
+def settings_error(error: ValidationError, *, prefix: str, flags: bool = True) -> str:
+    """The first problem of a settings object, as a flag (when it has flags) and an
+    environment variable."""
     first = error.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "settings"
-    flag = "--" + field.replace("_", "-")
     variable = prefix + field.upper()
+    named = f"--{field.replace('_', '-')} / {variable}" if flags else variable
     value = first.get("input")
     shown = f" {value!r}" if isinstance(value, str | int | float) else ""
-    return f"{flag} / {variable}{shown}: {first['msg']}"
+    return f"{named}{shown}: {first['msg']}"
 
 
 class _CalibrationNoise(logging.Filter):

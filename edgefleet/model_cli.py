@@ -200,6 +200,7 @@ def check(
     from server.models.registry import check_pipeline_members, read_version_manifest
     from server.models.runtime_plan import ManifestPlanner
     from server.observability.metrics import ServerMetrics
+    from server.settings import SandboxSettings
 
     try:
         manifest = read_version_manifest(directory)
@@ -225,7 +226,8 @@ def check(
             from server.models.version import ModelVersion
 
             plan = ManifestPlanner().plan(directory, manifest)
-            version = ModelVersion(directory, manifest, plan, ServerMetrics())
+            sandbox = SandboxSettings()  # EDGEFLEET_SANDBOX_*, as the server reads them
+            version = ModelVersion(directory, manifest, plan, ServerMetrics(), sandbox=sandbox)
             try:
                 version.smoke_test()
             finally:

@@ -24,7 +24,12 @@ from edgefleet.errors import (
     quiet_third_party_logs,
     settings_error,
 )
-from server.settings import DEFAULT_MAX_FRAME_PIXELS, DEFAULT_MAX_MESSAGE_BYTES, ServerSettings
+from server.settings import (
+    DEFAULT_MAX_FRAME_PIXELS,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    SandboxSettings,
+    ServerSettings,
+)
 
 if TYPE_CHECKING:
     from fleet.agent.settings import AgentSettings
@@ -398,7 +403,11 @@ def _server_settings(ctx: click.Context) -> ServerSettings:
             value = str(value).upper()
         given[_FLAG_FIELDS.get(name, name)] = value
     try:
-        return ServerSettings(**given)
+        sandbox = SandboxSettings()  # no flags: EDGEFLEET_SANDBOX_* only
+    except ValidationError as exc:
+        fail(settings_error(exc, prefix="EDGEFLEET_SANDBOX_", flags=False), ExitCode.USAGE)
+    try:
+        return ServerSettings(**given, sandbox=sandbox)
     except ValidationError as exc:
         fail(settings_error(exc, prefix="EDGEFLEET_"), ExitCode.USAGE)
 

@@ -101,6 +101,7 @@ class InferenceCore:
             self._load_pool,
             versions_kept=settings.versions_kept,
             camera_streams=lambda name: self._camera_streams.get(name, 0),
+            sandbox=settings.sandbox,
         )
         self.metrics.watch_models(lambda: [model.info_labels for model in self.registry.loaded()])
         self._started = False

@@ -16,6 +16,27 @@ DEFAULT_MAX_FRAME_PIXELS = 7680 * 4320
 DEFAULT_HTTP_BODY_BUDGET_BYTES = 3 * DEFAULT_MAX_MESSAGE_BYTES
 
 
+class SandboxSettings(BaseSettings):
+    """How model code is confined (docs/security.md, "What a model can and cannot do on a
+    device"). Read from `EDGEFLEET_SANDBOX_*` once, with the server's settings or by `model
+    check`, and passed down to where a model is loaded."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_SANDBOX_", frozen=True, extra="ignore")
+
+    # On a kernel without Landlock, TorchScript models are refused unless this is set: they
+    # then run as an unprivileged user without sockets, but can read what that user can.
+    allow_unconfined: bool = False
+    # Seconds one run of a confined model (a batch, a camera frame's job, the warm-up) may take
+    # before its worker is killed (SIGKILL): a forward that loops forever must not hold the
+    # model, its requests and shutdown. The waiting requests answer DEADLINE_EXCEEDED and the
+    # worker restarts for the next one (a kill counts towards the version's restart limit).
+    # An ONNX run in the server process has the same limit: onnxruntime is told to stop.
+    run_timeout_s: float = Field(default=30.0, gt=0)
+    # Seconds a worker may take to start and load its model (torch's import, the unpickling
+    # that runs a scripted `__setstate__`), on a slow device too.
+    load_timeout_s: float = Field(default=120.0, gt=0)
+
+
 class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", frozen=True, extra="forbid")
 
@@ -91,23 +112,5 @@ class ServerSettings(BaseSettings):
     # Processes that parse large JSON request bodies, so the event loop (which serves gRPC and
     # the camera streams too) never does; 0 parses on the loop (tests of the parser only).
     http_parse_processes: int = Field(default=1, ge=0, le=16)
-
-
-class SandboxSettings(BaseSettings):
-    """How model code is confined (docs/security.md, "What a model can and cannot do on a
-    device"). Read from `EDGEFLEET_SANDBOX_*` where a model is loaded (server and `model check`)."""
-
-    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_SANDBOX_", frozen=True, extra="ignore")
-
-    # On a kernel without Landlock, TorchScript models are refused unless this is set: they
-    # then run as an unprivileged user without sockets, but can read what that user can.
-    allow_unconfined: bool = False
-    # Seconds one run of a confined model (a batch, a camera frame's job, the warm-up) may take
-    # before its worker is killed (SIGKILL): a forward that loops forever must not hold the
-    # model, its requests and shutdown. The waiting requests answer DEADLINE_EXCEEDED and the
-    # worker restarts for the next one (a kill counts towards the version's restart limit).
-    # An ONNX run in the server process has the same limit: onnxruntime is told to stop.
-    run_timeout_s: float = Field(default=30.0, gt=0)
-    # Seconds a worker may take to start and load its model (torch's import, the unpickling
-    # that runs a scripted `__setstate__`), on a slow device too.
-    load_timeout_s: float = Field(default=120.0, gt=0)
+    # How model code is confined and how long a run may take (`EDGEFLEET_SANDBOX_*`).
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)

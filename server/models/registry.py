@@ -42,6 +42,7 @@ from server.models.pipeline_members import stage_problem
 from server.models.runtime_plan import Planner, RuntimePlan, UpgradeJob
 from server.models.version import ModelVersion
 from server.observability.metrics import ServerMetrics
+from server.settings import SandboxSettings
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,10 @@ class ModelRegistry:
         *,
         versions_kept: int = 1,
         camera_streams: Callable[[str], int] = lambda name: 0,
+        sandbox: SandboxSettings,
     ) -> None:
         self._repository = repository
+        self._sandbox = sandbox
         # How many camera streams are open on a model: a new version must take their frames.
         self._camera_streams = camera_streams
         self._planner = planner
@@ -301,15 +304,16 @@ class ModelRegistry:
         """Blocking: plan, load the runtime and warm it up (a pipeline has no runtime)."""
         if manifest.pipeline is not None:
             return ModelVersion(
-                version_dir, manifest, pipeline_plan(manifest), self._metrics, members=self.resolve
-            )
+                version_dir, manifest, pipeline_plan(manifest), self._metrics,
+                sandbox=self._sandbox, members=self.resolve,
+            )  # fmt: skip
         plan = self._planner.plan(version_dir, manifest)
         return self._new_version(version_dir, manifest, plan)
 
     def _new_version(
         self, version_dir: Path, manifest: ModelManifest, plan: RuntimePlan
     ) -> ModelVersion:
-        model = ModelVersion(version_dir, manifest, plan, self._metrics)
+        model = ModelVersion(version_dir, manifest, plan, self._metrics, sandbox=self._sandbox)
         if model.process_bytes:
             self._planner.observe_process(plan.backend, model.process_bytes)
         release_free_memory()  # what the load parsed and optimized and then freed

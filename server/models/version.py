@@ -25,6 +25,7 @@ from server.models.stats import ModelStats
 from server.models.tensors import check_tensor
 from server.models.types import Arrays
 from server.observability.metrics import ModelInfoLabels, ServerMetrics
+from server.settings import SandboxSettings
 from server.vision.decoders.ctc_text import characters
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class ModelVersion:
         plan: RuntimePlan,
         metrics: ServerMetrics,
         *,
+        sandbox: SandboxSettings,
         members: MemberResolver | None = None,
     ) -> None:
         self.version_dir = version_dir
@@ -101,6 +103,7 @@ class ModelVersion:
             version_dir,
             manifest,
             plan,
+            sandbox,
             on_worker_restart=events.labels(self.name, self.version, "worker_died").inc,
             on_run_timeout=events.labels(self.name, self.version, "run_timeout").inc,
         )

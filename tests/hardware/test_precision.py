@@ -31,6 +31,7 @@ from server.hardware.policy import PlannerSettings
 from server.hardware.precision import convert_with_guard
 from server.manifest import RuntimePins, read_manifest, sha256_file
 from server.models.backends.factory import load_backend
+from server.settings import SandboxSettings
 from server.vision.preprocess import to_model_input
 from testkit.edge import server_settings
 from testkit.hardware import load_profile
@@ -114,7 +115,7 @@ def test_honest_int8_of_efficientnet_lite0_passes_the_guard(
     assert sha256_file(converted) == verdict["converted_sha256"]
 
     # The int8 model gives these photos the classes fp32 gives them.
-    backend = load_backend(version_dir, manifest, plan)
+    backend = load_backend(version_dir, manifest, plan, SandboxSettings())
     fp32 = ort.InferenceSession(str(version_dir / "model.onnx"))
     assert manifest.preprocess is not None
     for name in ("chelsea", "coffee"):  # photos fp32 is confident about

@@ -43,6 +43,21 @@ async def test_9_missing_repository_exits_2_with_one_line(tmp_path):
     assert "typo does not exist" in one_line_error(stderr)
 
 
+async def test_10_a_bad_sandbox_variable_is_one_line_before_loading_models(repository):
+    """EDGEFLEET_SANDBOX_* have no flags: read once with the server's settings, a bad one is
+    named as its variable, exit 2, before any model loads (it was read by each model load)."""
+    code, _, stderr = await run_serve(
+        "--repository", str(repository), "--port", "0", "--metrics-port", "-1",
+        "--http-port", "-1", "--planner", "manifest", "--log-level", "INFO",
+        env={"EDGEFLEET_SANDBOX_RUN_TIMEOUT_S": "-1"},
+    )  # fmt: skip
+    assert code == 2
+    assert one_line_error(stderr) == (
+        "edgefleet: EDGEFLEET_SANDBOX_RUN_TIMEOUT_S '-1': Input should be greater than 0"
+    )
+    assert "loaded" not in stderr
+
+
 async def test_10_busy_port_exits_3_before_loading_models(repository):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -602,10 +602,12 @@ from pathlib import Path
 from server.models.backends.factory import load_backend
 from server.models.registry import read_version_manifest
 from server.models.runtime_plan import ManifestPlanner
+from server.settings import SandboxSettings
 
 version_dir = Path(sys.argv[1])
 manifest = read_version_manifest(version_dir)
-backend = load_backend(version_dir, manifest, ManifestPlanner().plan(version_dir, manifest))
+plan = ManifestPlanner().plan(version_dir, manifest)
+backend = load_backend(version_dir, manifest, plan, SandboxSettings())
 print(backend.pid, flush=True)
 backend.run({"x": np.ones((1, 4), np.float32)}, ["y"])  # loops until this process is killed
 """

@@ -45,6 +45,7 @@ class ConfinedTorchScriptBackend:
         version_dir: Path,
         manifest: ModelManifest,
         plan: RuntimePlan,
+        sandbox: SandboxSettings,
         *,
         on_restart: Callable[[], None] | None = None,
         on_timeout: Callable[[], None] | None = None,
@@ -53,7 +54,6 @@ class ConfinedTorchScriptBackend:
         killed for passing the run time limit."""
         self._label = f"{manifest.name}/{manifest.version}"
         check_torchscript_archive(model_path, self._label)
-        sandbox = SandboxSettings()
         self._run_timeout_s = sandbox.run_timeout_s
         self._load_timeout_s = sandbox.load_timeout_s
         self._request = {

@@ -10,12 +10,14 @@ from pathlib import Path
 from server.manifest import ModelManifest
 from server.models.backends.base import Backend
 from server.models.runtime_plan import RuntimePlan
+from server.settings import SandboxSettings
 
 
 def load_backend(
     version_dir: Path,
     manifest: ModelManifest,
     plan: RuntimePlan,
+    sandbox: SandboxSettings,
     *,
     on_worker_restart: Callable[[], None] | None = None,
     on_run_timeout: Callable[[], None] | None = None,
@@ -28,13 +30,12 @@ def load_backend(
         model_path = version_dir / model_path
     if plan.backend == "onnx":
         from server.models.backends.onnx import OnnxBackend
-        from server.settings import SandboxSettings
 
         return OnnxBackend(
             model_path,
             manifest,
             plan,
-            run_timeout_s=SandboxSettings().run_timeout_s,
+            run_timeout_s=sandbox.run_timeout_s,
             on_timeout=on_run_timeout,
         )
     if plan.backend == "torchscript":
@@ -47,6 +48,7 @@ def load_backend(
             version_dir,
             manifest,
             plan,
+            sandbox,
             on_restart=on_worker_restart,
             on_timeout=on_run_timeout,
         )
