@@ -254,9 +254,14 @@ class DeviceRegistry:
                 "public_key_sha256": device.public_key_sha256 or peer.public_key_sha256,
             }
         )
+        await self._store.run(Store.upsert_device, updated)
+        # Only after the store has it: until the caller attaches the device's stream (right
+        # after this returns, with no await between), `refresh` takes the store's copy of a
+        # device not connected here, and one taken while this upsert was under way (the
+        # enrollment's copy) had overwritten what the hello said, for good: its labels and
+        # versions were lost until the next hello (a PostgreSQL test under load, 60 s).
         self._devices[device_id] = updated
         self._live.touch(device_id, updated.last_seen)
-        await self._store.run(Store.upsert_device, updated)
         return device_id
 
     def active_seen(self, device_id: str, model: str, version: str) -> None:
