@@ -40,8 +40,9 @@ class ModelWorkerFailed(EdgeError):
 
 
 class ModelRunTimedOut(EdgeError):
-    """A model's run passed the device's run time limit (EDGEFLEET_SANDBOX_RUN_TIMEOUT_S): the
-    process running it was killed. The message names the model and the limit."""
+    """A model's run passed the device's run time limit (EDGEFLEET_SANDBOX_RUN_TIMEOUT_S): a
+    TorchScript worker was killed, an ONNX run stopped. The message names the model and the
+    limit."""
 
     grpc_status = "DEADLINE_EXCEEDED"
     # The model's worker, not the client, was too slow: a gateway's timeout.
