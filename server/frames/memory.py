@@ -255,17 +255,16 @@ class FrameMemory:
         (negative: given back) change the caller's read-ahead; `holding` is what the caller
         holds besides and gives back only once granted. Returns (size, read-ahead) held: a
         first read's are sized when its turn comes."""
-        granted = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(size, read_ahead, holding, granted, first_read, with_frame)
-        if first_read and not with_frame:
-            waiter.headroom = self.first_read()[0]
+        headroom = self.first_read()[0] if first_read and not with_frame else 0
         if (
             not self._someone_waits_in_turn()
-            and self._fits_some_day(waiter)
+            and self._read_ahead + holding + size + headroom <= self.room_bytes
             and self._held + size <= self.room_bytes
-        ):
+        ):  # the fast path of every BLOCK read: no future, no waiter
             self._take(size, read_ahead)
             return size, read_ahead
+        granted = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(size, read_ahead, holding, granted, first_read, with_frame, headroom)
         self._waiters.append(waiter)
         self._grant()  # with nothing else held, it may pass at once (see the class)
         try:

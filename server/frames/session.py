@@ -48,7 +48,6 @@ from server.analytics.stream import FrameInfo, StreamAnalytics
 from server.analytics.types import FrameAnalytics
 from server.errors import EdgeError, Overloaded, RequestTooLarge, ShuttingDown
 from server.frames.memory import (
-    MESSAGE_OVERHEAD_BYTES,
     FrameMemory,
     frame_bytes,
     read_ahead_bytes_of,
@@ -201,11 +200,12 @@ class FrameSession:
                 else:
                     frame = await self._read_live(incoming)
                     reserve = 0
-                self._next_read_ahead = read_ahead_bytes_of(frame)
+                message_bytes = read_ahead_bytes_of(frame)  # what gRPC may hold ahead: as much
+                self._next_read_ahead = message_bytes
                 self._memory.resize_read_ahead(self._read_ahead, self._next_read_ahead)
                 self._read_ahead = self._next_read_ahead
                 arrival = loop.time()
-                self._memory.received(len(frame.data) + MESSAGE_OVERHEAD_BYTES)
+                self._memory.received(message_bytes)
                 if self._credits and self._credit_granted_at is not None:
                     self._scheduler.credit_used(arrival - self._credit_granted_at)
                 self._credit_granted_at = None
@@ -216,9 +216,10 @@ class FrameSession:
                     self._refuse_too_large(frame, size)
                     self._scheduler.frame_waiting()  # a credited stream gets its next credit
                     continue
-                self._memory.read(min(size, self._memory.budget_bytes), self._read_ahead)
+                expected = min(size, self._memory.budget_bytes)  # the next frame's, alike
+                self._memory.read(expected, self._read_ahead)
                 if self.lossless:
-                    self._read_reserve = min(size, self._memory.budget_bytes)
+                    self._read_reserve = expected
                     if size <= reserve:
                         self._memory.release(reserve - size)
                     else:  # keeps its reserve while it waits for the rest: given back, it let
